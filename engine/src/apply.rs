@@ -1,0 +1,1 @@
+//! Applying etcd requests to the MVCC store.

@@ -1,0 +1,1 @@
+//! Errors with etcd texts.

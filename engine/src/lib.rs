@@ -1,0 +1,11 @@
+//! keel-engine: the pure state machine at the heart of keel.
+//!
+//! No I/O, no clocks, no threads, no OS randomness (DESIGN.md rule 1): time, seeds, peer
+//! messages and disk completions come in as inputs; messages, disk writes and client replies go
+//! out as outputs.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod apply;
+pub mod error;
+pub mod mvcc;

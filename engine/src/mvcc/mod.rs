@@ -1,0 +1,1 @@
+//! Multi-version concurrency control, etcd style.
