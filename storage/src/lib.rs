@@ -1,1 +1,15 @@
-//! placeholder
+//! keel's durable storage, free of any async runtime.
+//!
+//! * [`Disk`] is the only way keel touches files; [`OsDisk`] implements it on the operating
+//!   system, [`SimDisk`] in memory with a power-loss model for deterministic simulation.
+//! * [`Wal`] is the write-ahead log of raft entries and hard state: crc32-checked records in
+//!   size-rotated segment files, group-committed (many records, one fsync).
+#![deny(missing_docs)]
+
+pub mod disk;
+pub mod sim_disk;
+pub mod wal;
+
+pub use disk::{Disk, DiskFile, OsDisk};
+pub use sim_disk::SimDisk;
+pub use wal::{Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};

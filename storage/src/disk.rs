@@ -1,0 +1,159 @@
+//! The [`Disk`] trait: the only way keel touches files.
+//!
+//! Two implementations exist: [`OsDisk`] (std::fs, used in production) and
+//! [`crate::SimDisk`] (an in-memory disk with a crash model, owned by the simulation harness so
+//! that it outlives a node's crash).
+//!
+//! Durability contract, which both implementations honour and which the WAL relies on:
+//!
+//! | operation                     | durable when                                              |
+//! |-------------------------------|-----------------------------------------------------------|
+//! | [`DiskFile::append`]          | after [`DiskFile::sync`] on that file returns `Ok`        |
+//! | creating a file (open_append) | after [`Disk::sync_dir`] of its parent directory          |
+//! | [`Disk::rename`]              | after [`Disk::sync_dir`] of both parent directories       |
+//! | [`Disk::remove`]              | after [`Disk::sync_dir`] of its parent directory          |
+//! | [`Disk::truncate`]            | when it returns `Ok` (the implementation syncs the file)  |
+//! | [`Disk::create_dir_all`]      | when it returns `Ok` (see the per-implementation notes)   |
+//!
+//! A failed `sync` or `sync_dir` leaves the durability of everything it covered unknown; callers
+//! must treat it as fatal (see [`crate::wal`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// A file opened for appending, obtained from [`Disk::open_append`].
+pub trait DiskFile: Send {
+    /// Appends all of `buf` at the end of the file (not durable until [`DiskFile::sync`]).
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes every byte appended so far durable (`fdatasync`).
+    fn sync(&mut self) -> io::Result<()>;
+    /// The file's current length in bytes, including appended but unsynced bytes.
+    fn len(&self) -> u64;
+    /// Whether [`DiskFile::len`] is zero.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The storage keel writes to: a file system with explicit durability points.
+///
+/// Paths are passed as given; implementations do not canonicalize them, so callers should build
+/// every path the same way (e.g. `dir.join(name)`).
+pub trait Disk: Send + Sync + 'static {
+    /// Creates `path` and any missing parent directories.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The names (not paths) of the entries of directory `path`, sorted bytewise.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The whole content of the file at `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens `path` for appending, creating it (empty) if it does not exist.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Sets the length of the file at `path` to `len` and makes the file durable.
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Renames `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the file at `path`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the creations, renames and removals of entries in directory `path` durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// [`Disk`] on the operating system's file system (std::fs).
+///
+/// `sync` is `fdatasync` (`File::sync_data`); `sync_dir` opens the directory and calls
+/// `sync_all` on it. `create_dir_all` also syncs the parent of each directory it creates, so a
+/// new data directory survives a power loss.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsDisk;
+
+impl OsDisk {
+    /// A handle on the OS file system.
+    pub fn new() -> Self {
+        OsDisk
+    }
+}
+
+struct OsFile {
+    file: File,
+    len: u64,
+}
+
+impl DiskFile for OsFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Disk for OsDisk {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        if path.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.create_dir_all(parent)?;
+        }
+        match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => self.sync_dir(parent),
+            None => self.sync_dir(Path::new(".")),
+        }
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let name = entry?.file_name().into_string().map_err(|name| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("non-UTF-8 file name {name:?} in {}", path.display()),
+                )
+            })?;
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Box::new(OsFile { file, len }))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}
