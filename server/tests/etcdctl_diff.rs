@@ -1,0 +1,1224 @@
+//! Differential test: keel must be indistinguishable from etcd 3.4 to etcdctl 3.4.
+//!
+//! Starts real etcd and keel (each a fresh single-member cluster on loopback), runs the same etcdctl
+//! command sequence against both, normalizes only what legitimately differs (ids, ports, raft
+//! terms/indexes, db sizes, hashes, server version, timings) and fails listing every command whose
+//! output, error text or exit code differs.
+//!
+//! `etcd_vs_etcd_harness_self_check` runs the sequence against two etcd instances: it proves the
+//! normalizers hide the noise without needing keel.
+//!
+//! Env knobs: `KEEL_DIFF_DUMP=FILE` writes every step's normalized outputs (both sides) to FILE.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+
+/// etcdctl's `--command-timeout` for every step.
+const COMMAND_TIMEOUT: &str = "5s";
+/// Give up on a server after this many consecutive steps that each took longer than this.
+const SLOW_STEP: Duration = Duration::from_secs(5);
+const MAX_SLOW_STEPS_IN_A_ROW: usize = 3;
+
+// ---------------------------------------------------------------------------------------------
+// The command sequence.
+
+/// What, beyond the always-on normalization, a step's output needs hidden.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Norm {
+    /// Only ids, ports, raft terms and client-log noise (timestamps, client UUIDs).
+    Plain,
+    /// `endpoint status`: also server version, db sizes, raft index / applied index.
+    Status,
+    /// `endpoint health`: also the time the probe took.
+    Health,
+    /// `endpoint hashkv`: also the hash (compact_revision and header revision stay exact).
+    HashKv,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    args: Vec<String>,
+    stdin: Option<Vec<u8>>,
+    /// Short description of `stdin` for reports (the bytes may be megabytes).
+    stdin_desc: String,
+    norm: Norm,
+}
+
+impl Step {
+    fn display(&self) -> String {
+        let mut s = String::from("etcdctl");
+        for a in &self.args {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
+                let _ = write!(s, " {a:?}");
+            } else {
+                let _ = write!(s, " {a}");
+            }
+        }
+        if self.stdin.is_some() {
+            let _ = write!(s, " <<< {}", self.stdin_desc);
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Seq {
+    steps: Vec<Step>,
+}
+
+impl Seq {
+    /// A command given as whitespace-separated words.
+    fn cmd(&mut self, cmd: &str) {
+        self.argv(&cmd.split_whitespace().collect::<Vec<_>>());
+    }
+
+    /// A command given as exact arguments (for empty strings, spaces, newlines).
+    fn argv(&mut self, args: &[&str]) {
+        self.push(args, None, String::new(), Norm::Plain);
+    }
+
+    fn normed(&mut self, cmd: &str, norm: Norm) {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        self.push(&args, None, String::new(), norm);
+    }
+
+    fn with_stdin(&mut self, cmd: &str, stdin: Vec<u8>, desc: &str) {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        self.push(&args, Some(stdin), desc.to_string(), Norm::Plain);
+    }
+
+    /// `txn --interactive=false [flags]` fed `script` (compares, blank line, success ops, blank
+    /// line, failure ops, blank line).
+    fn txn(&mut self, flags: &str, script: &str) {
+        let mut cmd = String::from("txn --interactive=false ");
+        cmd.push_str(flags);
+        let desc = format!("{script:?}");
+        let desc = if desc.len() > 300 {
+            format!("{}...({} bytes)", &desc[..300], script.len())
+        } else {
+            desc
+        };
+        self.with_stdin(&cmd, script.as_bytes().to_vec(), &desc);
+    }
+
+    fn push(&mut self, args: &[&str], stdin: Option<Vec<u8>>, stdin_desc: String, norm: Norm) {
+        self.steps.push(Step {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin,
+            stdin_desc,
+            norm,
+        });
+    }
+}
+
+/// The cluster-level commands, in every output format that is not client-side only.
+fn cluster_commands(s: &mut Seq) {
+    for w in ["simple", "json", "table", "fields"] {
+        s.cmd(&format!("member list -w {w}"));
+        s.normed(&format!("endpoint status -w {w}"), Norm::Status);
+        s.normed(&format!("endpoint health -w {w}"), Norm::Health);
+        s.normed(&format!("endpoint hashkv -w {w}"), Norm::HashKv);
+    }
+}
+
+/// Both servers start empty (revision 1) and get exactly this sequence, so revisions must match.
+/// Revision numbers in comments are what etcd reports after the step; `--rev`/`compaction`
+/// arguments below rely on them.
+fn sequence() -> Vec<Step> {
+    let mut s = Seq::default();
+
+    cluster_commands(&mut s);
+
+    // --- single keys, write-out formats, --prev-kv
+    s.cmd("get foo");
+    s.cmd("put foo bar"); // rev 2
+    s.cmd("get foo");
+    s.cmd("put foo bar -w json"); // rev 3
+    s.cmd("get foo -w json");
+    s.cmd("get foo -w fields");
+    s.cmd("put foo baz --prev-kv"); // rev 4
+    s.cmd("put foo baz2 --prev-kv -w json"); // rev 5
+    s.cmd("put foo baz3 --prev-kv -w fields"); // rev 6
+    s.cmd("get foo -w fields");
+    s.cmd("get missing");
+    s.cmd("get missing -w json");
+    s.cmd("get missing -w fields");
+    // etcdctl applies the put, then fails to print it: rev 7
+    s.cmd("put foo baz3 -w table");
+    s.cmd("get foo --hex");
+
+    // --- a keyspace (11 keys in all: few enough that etcd's sort of ties is stable, see below)
+    for (k, v) in [
+        ("a", "5"),   // rev 8
+        ("ab", "3"),  // rev 9
+        ("abc", "9"), // rev 10
+        ("b", "1"),   // rev 11
+        ("b1", "7"),  // rev 12
+        ("c", "2"),   // rev 13
+        ("d", "8"),   // rev 14
+        ("e", "4"),   // rev 15
+        ("ab", "6"),  // rev 16, ab version 2
+        ("c", "0"),   // rev 17, c version 2
+        ("c", "1"),   // rev 18, c version 3
+    ] {
+        s.argv(&["put", k, v]);
+    }
+    s.argv(&["put", "key with space", "multi\nline value"]); // rev 19
+    s.argv(&["put", "ключ", "значение"]); // rev 20
+    s.cmd("put a 5 -w json"); // rev 21, same value again: a version 2
+
+    // --- ranges
+    s.cmd("get a");
+    s.cmd("get a --prefix");
+    s.cmd("get a --prefix -w json");
+    s.cmd("get a --prefix -w fields");
+    s.argv(&["get", "--prefix", ""]);
+    s.cmd("get --from-key b");
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+    s.cmd("get --from-key zzz -w json");
+    s.cmd("get a c");
+    s.cmd("get a c -w json");
+    s.cmd("get b1 c -w fields");
+    s.cmd("get c a -w json"); // end before start: empty
+    s.cmd("get a a -w json"); // end == start: empty
+    s.argv(&["get", "key with space", "-w", "json"]);
+    s.argv(&["get", "ключ"]);
+
+    // --- --limit and `more`
+    s.cmd("get a --prefix --limit 2");
+    s.cmd("get a --prefix --limit 2 -w json");
+    s.cmd("get a --prefix --limit 3 -w json"); // exactly all: more false
+    s.cmd("get a --prefix --limit 0 -w json");
+    s.argv(&["get", "--from-key", "", "--limit", "3", "-w", "fields"]);
+    s.cmd("get --from-key b --limit 1 --keys-only -w json");
+
+    // --- keys-only, print-value-only, consistency
+    s.cmd("get a --prefix --keys-only");
+    s.argv(&["get", "--from-key", "", "--keys-only", "-w", "json"]);
+    s.cmd("get a --prefix --print-value-only");
+    s.cmd("get a --prefix --print-value-only --keys-only");
+    s.argv(&["get", "--from-key", "", "--print-value-only"]);
+    s.cmd("get foo --consistency=s");
+    s.cmd("get a --prefix --consistency=s -w json");
+    s.cmd("get a --prefix --consistency=l -w fields");
+    s.cmd("get foo --consistency=x"); // client-side error
+
+    // --- sorting. etcd 3.4 sorts with Go's sort.Sort, which is insertion sort (stable) for ≤ 12
+    // elements; with 11 keys ties (VERSION, VALUE "1") must come out in key order for both orders.
+    for target in ["KEY", "VERSION", "CREATE", "MODIFY", "VALUE"] {
+        for order in ["ASCEND", "DESCEND"] {
+            s.argv(&[
+                "get",
+                "--from-key",
+                "",
+                &format!("--sort-by={target}"),
+                &format!("--order={order}"),
+            ]);
+        }
+    }
+    s.argv(&["get", "--from-key", "", "--order=DESCEND", "-w", "json"]);
+    s.argv(&["get", "--from-key", "", "--sort-by=MODIFY", "-w", "json"]);
+    s.argv(&[
+        "get",
+        "--from-key",
+        "",
+        "--sort-by=VERSION",
+        "--order=DESCEND",
+        "--limit=4",
+        "-w",
+        "json",
+    ]);
+    s.cmd("get a --prefix --sort-by=VALUE --order=DESCEND --limit=2 -w json");
+    s.cmd("get a --prefix --sort-by=CREATE --order=DESCEND --keys-only");
+    s.cmd("get a --prefix --sort-by=BOGUS"); // client-side error
+
+    // --- historical reads
+    s.cmd("get foo --rev=1 -w json"); // no keys yet
+    s.cmd("get foo --rev=2");
+    s.cmd("get foo --rev=4 -w json");
+    s.cmd("get a --prefix --rev=9 -w json");
+    s.argv(&["get", "--from-key", "", "--rev=12"]);
+    s.cmd("get c --rev=16 -w fields");
+    s.cmd("get foo --rev=0 -w json");
+    s.cmd("get c --rev=20 --sort-by=VERSION -w json");
+    s.cmd("get foo --rev=21"); // current
+    s.cmd("get foo --rev=22"); // future
+    s.cmd("get foo --rev=1000 -w json"); // future
+
+    // --- put flags
+    s.cmd("put a --ignore-value --prev-kv -w json"); // rev 22: a keeps value 5, version 3
+    s.cmd("get a -w json");
+    s.cmd("put nokey --ignore-value"); // key not found
+    s.cmd("put b newb --ignore-lease -w json"); // rev 23
+    s.cmd("put nokey2 v --ignore-lease"); // key not found
+    s.cmd("put a x --ignore-value"); // client-side error: value given
+    s.cmd("put a 1 --lease=1234"); // lease not found
+    s.cmd("get a b1 -w json");
+
+    // --- request validation errors
+    s.argv(&["put", "", "x"]);
+    s.argv(&["get", ""]);
+    s.argv(&["del", ""]);
+    s.cmd("put onlykey"); // no value, stdin not a pipe: usage error
+    s.with_stdin("put onlykey", b"from\nstdin".to_vec(), "\"from\\nstdin\""); // rev 24
+    s.cmd("get onlykey -w json");
+    s.cmd("put"); // usage error
+    let over = vec![b'v'; 1677722]; // 1.6 MiB value > 1.5 MiB --max-request-bytes
+    s.with_stdin("put big", over, "<1.6 MiB of 'v'>");
+    let under = vec![b'u'; 1468006]; // 1.4 MiB value: fits
+    s.with_stdin("put big", under, "<1.4 MiB of 'u'>"); // rev 25
+    s.cmd("get big --keys-only -w json");
+    s.cmd("get big --print-value-only");
+    s.cmd("del big -w json"); // rev 26
+
+    // --- txn: compares on value / version / create / mod, with = != > <, both branches.
+    // Here foo has create 2, mod 7, version 6, value baz3.
+    s.txn(
+        "",
+        "value(\"foo\") = \"baz3\"\n\nput t1 a\nput t2 b\nget foo\n\nput t3 c\n\n",
+    ); // rev 27
+    s.txn(
+        "",
+        "value(\"foo\") != \"baz3\"\n\nput t1 x\n\nput t3 c\nget t --prefix\n\n",
+    ); // rev 28
+    s.txn("", "value(\"foo\") > \"baz\"\n\ndel t1\n\nput t1 never\n\n"); // rev 29
+    s.txn("", "value(\"foo\") < \"baz\"\n\nput t1 never\n\nget t2\n\n"); // read-only
+    s.txn("", "version(\"foo\") = \"6\"\n\nput v1 x\n\n\n"); // rev 30
+    s.txn(
+        "",
+        "version(\"foo\") > \"6\"\n\nput v2 never\n\nput v2 y\n\n",
+    ); // rev 31
+    s.txn("", "version(\"foo\") < \"7\"\n\nget v --prefix\n\n\n");
+    s.txn("", "version(\"foo\") != \"6\"\n\n\nget v2\n\n");
+    s.txn("", "version(\"missing\") = \"0\"\n\nget missing\n\n\n");
+    s.txn("", "create(\"foo\") = \"2\"\n\nput v3 z\n\n\n"); // rev 32
+    s.txn("", "create(\"foo\") < \"2\"\n\n\n\n\n");
+    s.txn("", "create(\"foo\") > \"1\"\n\nget foo\n\n\n");
+    s.txn("", "create(\"foo\") != \"2\"\n\n\nget foo\n\n");
+    s.txn("", "mod(\"foo\") = \"7\"\n\nput v4 q\n\n\n"); // rev 33
+    s.txn("", "mod(\"foo\") != \"7\"\n\nput v4 never\n\n\n");
+    s.txn("", "mod(\"foo\") > \"7\"\n\n\nget v4\n\n");
+    s.txn("", "mod(\"foo\") < \"8\"\n\nget v4\n\n\n");
+    // several compares: all true / one false; multi-op branches
+    s.txn(
+        "",
+        "mod(\"foo\") > \"3\"\ncreate(\"a\") = \"8\"\nversion(\"c\") = \"3\"\n\nput m1 1\nput m2 2\ndel v1\nget m --prefix\n\nput never 1\n\n",
+    ); // rev 34
+    s.txn(
+        "",
+        "mod(\"foo\") > \"3\"\nvalue(\"a\") = \"6\"\n\nput never 1\n\nput m3 3\ndel m1\nget m --prefix\n\n",
+    ); // rev 35
+    s.txn("", "\nput n1 1\n\nput never 1\n\n"); // no compares: success; rev 36
+    s.txn("", "\n\n\n"); // empty txn
+                         // compares on missing keys
+    s.txn("", "value(\"missing\") = \"\"\n\nget yes\n\nget no\n\n");
+    s.txn("", "value(\"missing\") != \"x\"\n\nget yes\n\nget no\n\n");
+    s.txn("", "create(\"missing\") = \"0\"\n\nget yes\n\nget no\n\n");
+    s.txn("", "mod(\"missing\") < \"1\"\n\nget yes\n\nget no\n\n");
+    // the same key in both branches is fine
+    s.txn("", "value(\"foo\") = \"baz3\"\n\nput s 1\n\nput s 2\n\n"); // rev 37
+                                                                      // range ops inside a txn
+    s.txn("", "\nget a c\nget --prefix m\ndel --prefix n\n\n\n"); // rev 38
+    s.txn("", "\nget --from-key t\nput n2 2\n\n\n"); // rev 39
+                                                     // write-out formats
+    s.txn(
+        "-w json",
+        "value(\"foo\") = \"baz3\"\n\nput j1 x\nget --prefix m\ndel m2 --prev-kv\n\n\n",
+    ); // rev 40
+    s.txn(
+        "-w json",
+        "value(\"foo\") = \"nope\"\n\n\nget j1\nput j2 y\n\n",
+    ); // rev 41
+    s.txn(
+        "-w fields",
+        "mod(\"foo\") < \"100\"\n\nput j3 z\nget j1\ndel j2\n\n\n",
+    ); // rev 42
+    s.txn("-w fields", "mod(\"foo\") > \"100\"\n\n\nget j3\n\n");
+    s.txn("-w simple", "\ndel --prefix j\n\n\n"); // rev 43
+                                                  // syntax errors (client side)
+    s.txn("", "\n\nfrobnicate x\n\n\n");
+
+    // --- txn validation errors
+    s.txn("", "\nput d1 1\nput d1 2\n\n\n"); // duplicate put
+    s.txn("", "\nput d1 1\ndel d1\n\n\n"); // put + del of the same key
+    s.txn("", "\ndel --prefix d\nput d9 1\n\n\n"); // put inside a deleted range
+    s.txn("", "value(\"foo\") = \"x\"\n\n\nput d1 1\nput d1 2\n\n"); // in the branch not taken
+    s.txn("", "\ndel d1\ndel d1\n\n\n"); // two deletes: allowed (deletes nothing)
+    s.txn("", "\nget d1\nput d1 1\n\n\n"); // get + put: allowed; rev 44
+    let puts = |n: usize| -> String { (0..n).map(|i| format!("put tx/{i:03} {i}\n")).collect() };
+    s.txn("", &format!("\n{}\n\n", puts(129))); // too many ops
+    s.txn("", &format!("value(\"foo\") = \"x\"\n\n\n{}\n", puts(129))); // too many (failure)
+    s.txn("", &format!("\n{}\n\n", puts(128))); // exactly the limit: fine; rev 45
+    let compares: String = (0..129)
+        .map(|i| format!("version(\"k{i}\") = \"0\"\n"))
+        .collect();
+    s.txn("", &format!("{compares}\nput never 1\n\n\n")); // too many compares
+    s.cmd("get tx/ --prefix --keys-only --limit=3 -w json");
+    s.cmd("del tx/ --prefix -w json"); // rev 46
+
+    // --- deletes
+    s.cmd("del ab"); // rev 47
+    s.cmd("del ab");
+    s.cmd("del a --prefix --prev-kv"); // rev 48
+    s.cmd("del m --from-key -w json"); // rev 49
+    s.cmd("del b c -w fields"); // rev 50
+    s.cmd("del d --prev-kv -w json"); // rev 51
+    s.cmd("del missing -w fields");
+    s.cmd("del missing --prefix -w json");
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+
+    // --- compaction
+    s.cmd("put cmp 1"); // rev 52
+    s.cmd("put cmp 2 -w json"); // rev 53 = COMPACT_REV
+    s.cmd("put cmp 3");
+    s.cmd("put cmp 4");
+    s.cmd("get cmp -w json");
+    s.normed("endpoint hashkv -w json", Norm::HashKv);
+    let c = COMPACT_REV;
+    s.cmd(&format!("compaction {c}"));
+    s.cmd(&format!("get cmp --rev={}", c - 1));
+    s.cmd(&format!("get cmp --rev={} -w json", c - 1));
+    s.cmd("get cmp --rev=1");
+    s.cmd(&format!("get cmp --rev={c} -w json"));
+    s.cmd(&format!("get cmp --rev={}", c + 1));
+    s.cmd(&format!("get --from-key cmp --rev={c} -w json"));
+    s.cmd(&format!("compaction {c}")); // already compacted
+    s.cmd(&format!("compaction {}", c - 1)); // compacted
+    s.cmd("compaction 100000"); // future
+    s.cmd("get cmp --rev=100000"); // future
+    s.normed("endpoint hashkv -w json", Norm::HashKv); // compact_revision
+    s.cmd(&format!("compaction {} --physical", c + 1));
+    s.cmd(&format!("get cmp --rev={c}"));
+    s.cmd(&format!("get cmp --rev={} -w json", c + 1));
+    s.cmd("compaction 0"); // compacted
+    s.cmd("get cmp -w fields");
+    s.cmd("put cmp 5 -w json");
+
+    // --- leases (only deterministic bits: no granted ids)
+    s.cmd("lease list");
+    s.cmd("lease revoke 1234");
+    s.cmd("lease timetolive 1234");
+    s.cmd("lease keep-alive --once 1234");
+
+    // --- maintenance
+    s.cmd("alarm list");
+    s.cmd("defrag");
+
+    cluster_commands(&mut s);
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+
+    s.steps
+}
+
+/// The revision of `put cmp 2` in [`sequence`] (etcd's numbering): `compaction` targets it.
+const COMPACT_REV: i64 = 53;
+
+// ---------------------------------------------------------------------------------------------
+// Running etcdctl.
+
+#[derive(Clone, Debug)]
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+fn run_etcdctl(etcdctl: &Path, endpoint: &str, args: &[String], stdin: Option<&[u8]>) -> Output {
+    let start = Instant::now();
+    let mut cmd = Command::new(etcdctl);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg(format!("--command-timeout={COMMAND_TIMEOUT}"))
+        .arg("--dial-timeout=2s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let result = cmd.spawn().and_then(|mut child| {
+        // Feed stdin from another thread: it may be megabytes, and etcdctl writes while reading.
+        let feeder = match (child.stdin.take(), stdin) {
+            (Some(mut pipe), Some(bytes)) => {
+                let bytes = bytes.to_vec();
+                Some(std::thread::spawn(move || {
+                    let _ = pipe.write_all(&bytes);
+                }))
+            }
+            _ => None,
+        };
+        let out = child.wait_with_output();
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+        out
+    });
+    match result {
+        Ok(out) => Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            took: start.elapsed(),
+        },
+        Err(e) => Output {
+            code: -2,
+            stdout: String::new(),
+            stderr: format!("failed to run etcdctl: {e}"),
+            took: start.elapsed(),
+        },
+    }
+}
+
+/// One server under test, plus what its outputs need normalized.
+struct Target {
+    label: String,
+    endpoint: String,
+    ids: Idents,
+}
+
+/// Identifiers that legitimately differ between two servers.
+#[derive(Clone, Debug, Default)]
+struct Idents {
+    client_port: u16,
+    peer_port: u16,
+    cluster_id: Option<u64>,
+    member_id: Option<u64>,
+}
+
+/// Waits until `endpoint health` succeeds (leader elected, reads served); gives up after `timeout`
+/// without failing: the sequence will then show what is wrong.
+fn wait_healthy(etcdctl: &Path, endpoint: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = run_etcdctl(
+            etcdctl,
+            endpoint,
+            &["endpoint".into(), "health".into()],
+            None,
+        );
+        if out.code == 0 {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Learns cluster and member id from `endpoint status -w json` (or `member list -w json`).
+fn learn_ids(etcdctl: &Path, server: &Server) -> Idents {
+    let mut ids = Idents {
+        client_port: server.ports.client,
+        peer_port: server.ports.peer,
+        ..Idents::default()
+    };
+    for cmd in [["endpoint", "status"], ["member", "list"]] {
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend(["-w".to_string(), "json".to_string()]);
+        let out = run_etcdctl(etcdctl, &server.endpoint(), &args, None);
+        if out.code != 0 {
+            continue;
+        }
+        ids.cluster_id = ids
+            .cluster_id
+            .or_else(|| json_u64(&out.stdout, "cluster_id"));
+        ids.member_id = ids.member_id.or_else(|| json_u64(&out.stdout, "member_id"));
+    }
+    ids
+}
+
+fn json_u64(text: &str, key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let at = text.find(&pat)? + pat.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok().filter(|&v| v != 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalization.
+
+/// Replaces every occurrence of `needle` that is not part of a longer alphanumeric token.
+fn replace_token(text: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(needle) {
+        let start = from + pos;
+        let end = start + needle.len();
+        let before_ok = start == 0 || !bytes[start - 1].is_ascii_alphanumeric();
+        let after_ok = end == bytes.len() || !bytes[end].is_ascii_alphanumeric();
+        if before_ok && after_ok {
+            out.push_str(&text[last..start]);
+            out.push_str(with);
+            last = end;
+        }
+        from = end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// Rewrites the value of every `"key":VALUE` / `"key" : VALUE` (JSON and `-w fields`) for which `f`
+/// returns a replacement. VALUE is a quoted string or a bare token ending at `,` `}` `]` or a line end.
+fn map_field(text: &str, key: &str, f: impl Fn(&str) -> Option<String>) -> String {
+    let pat = format!("\"{key}\"");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(&pat) {
+        let after_key = pos + pat.len();
+        out.push_str(&rest[..after_key]);
+        rest = &rest[after_key..];
+        // Separator: ":" or " : ".
+        let sep_len = if rest.starts_with(':') {
+            1
+        } else if rest.starts_with(" : ") {
+            3
+        } else {
+            continue;
+        };
+        out.push_str(&rest[..sep_len]);
+        rest = &rest[sep_len..];
+        let value_len = if let Some(inner) = rest.strip_prefix('"') {
+            match inner.find('"') {
+                Some(q) => q + 2,
+                None => rest.len(),
+            }
+        } else {
+            rest.find([',', '}', ']', '\n']).unwrap_or(rest.len())
+        };
+        let value = &rest[..value_len];
+        match f(value) {
+            Some(new) => out.push_str(&new),
+            None => out.push_str(value),
+        }
+        rest = &rest[value_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn mask_field(text: &str, key: &str, placeholder: &str) -> String {
+    map_field(text, key, |_| Some(placeholder.to_string()))
+}
+
+/// Masks nonzero values only (a zero term in an inner txn header is real data).
+fn mask_nonzero_field(text: &str, key: &str, placeholder: &str) -> String {
+    map_field(text, key, |v| (v != "0").then(|| placeholder.to_string()))
+}
+
+/// Replaces `"ts":"..."` in etcdctl's client log lines and the random client id in their target.
+fn mask_client_log(text: &str) -> String {
+    let text = mask_field(text, "ts", "\"<TS>\"");
+    let marker = "endpoint://client-";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(pos) = rest.find(marker) {
+        let start = pos + marker.len();
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let uuid_len = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+            .unwrap_or(rest.len());
+        out.push_str("<UUID>");
+        rest = &rest[uuid_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Applies `f(column_index, cell)` to the cells of comma-separated lines starting with `prefix`
+/// (etcdctl's `simple` format for endpoint commands).
+fn map_simple_columns(text: &str, prefix: &str, cols: &[usize], placeholder: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            if !line.starts_with(prefix) {
+                return line.to_string();
+            }
+            line.split(", ")
+                .enumerate()
+                .map(|(i, cell)| {
+                    if cols.contains(&i) && !cell.is_empty() {
+                        placeholder.to_string()
+                    } else {
+                        cell.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Re-renders etcdctl's ASCII tables without padding (widths depend on masked cells) and masks
+/// the cells of the columns named in `mask_cols`.
+fn normalize_table(text: &str, mask_cols: &[&str]) -> String {
+    let mut header: Vec<String> = Vec::new();
+    text.split('\n')
+        .map(|line| {
+            if line.starts_with('+') && line.ends_with('+') {
+                let n = line.matches('+').count().saturating_sub(1);
+                return format!("+{}", "-+".repeat(n));
+            }
+            if !(line.starts_with('|') && line.ends_with('|')) {
+                return line.to_string();
+            }
+            let cells: Vec<String> = line[1..line.len() - 1]
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect();
+            let cells = if header.is_empty() {
+                header = cells.clone();
+                cells
+            } else {
+                cells
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let masked = header
+                            .get(i)
+                            .is_some_and(|h| mask_cols.contains(&h.as_str()));
+                        if masked && !c.is_empty() {
+                            "<MASKED>".to_string()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            };
+            format!("| {} |", cells.join(" | "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn normalize(text: &str, step: &Step, ids: &Idents) -> String {
+    // Endpoints and URLs.
+    let mut t = text.replace(
+        &format!("127.0.0.1:{}", ids.client_port),
+        "127.0.0.1:<CLIENT_PORT>",
+    );
+    t = t.replace(
+        &format!("127.0.0.1:{}", ids.peer_port),
+        "127.0.0.1:<PEER_PORT>",
+    );
+    // Cluster and member ids: in named fields whatever their value, elsewhere (hex in simple and
+    // table output, decimal in other places) as whole tokens when long enough to be unambiguous.
+    for (id, name) in [(ids.member_id, "MEMBER_ID"), (ids.cluster_id, "CLUSTER_ID")] {
+        let Some(id) = id else { continue };
+        let dec = id.to_string();
+        let placeholder = format!("<{name}>");
+        let keys: &[&str] = if name == "MEMBER_ID" {
+            &["member_id", "MemberID", "ID", "leader", "Leader"]
+        } else {
+            &["cluster_id", "ClusterID"]
+        };
+        for key in keys {
+            t = map_field(&t, key, |v| (v == dec).then(|| placeholder.clone()));
+        }
+        for (form, ph) in [
+            (format!("{id:016x}"), format!("<{name}_HEX>")),
+            (format!("{id:x}"), format!("<{name}_HEX>")),
+            (dec.clone(), placeholder.clone()),
+        ] {
+            if form.len() >= 8 {
+                t = replace_token(&t, &form, &ph);
+            }
+        }
+    }
+    for key in ["raft_term", "RaftTerm", "raftTerm"] {
+        t = mask_nonzero_field(&t, key, "<TERM>");
+    }
+    t = mask_client_log(&t);
+
+    let endpoint_prefix = "127.0.0.1:<CLIENT_PORT>, ";
+    let mut table_cols: Vec<&str> = Vec::new();
+    match step.norm {
+        Norm::Plain => {}
+        Norm::Status => {
+            for key in [
+                "version",
+                "Version",
+                "dbSize",
+                "DBSize",
+                "dbSizeInUse",
+                "DBSizeInUse",
+                "raftIndex",
+                "RaftIndex",
+                "raftAppliedIndex",
+                "RaftAppliedIndex",
+            ] {
+                t = mask_field(&t, key, "<MASKED>");
+            }
+            // endpoint, id, version, db size, is leader, is learner, term, index, applied, errors
+            t = map_simple_columns(&t, endpoint_prefix, &[2, 3, 6, 7, 8], "<MASKED>");
+            table_cols = vec![
+                "VERSION",
+                "DB SIZE",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "RAFT APPLIED INDEX",
+            ];
+        }
+        Norm::Health => {
+            t = mask_field(&t, "took", "\"<TOOK>\"");
+            t = mask_field(&t, "Took", "\"<TOOK>\"");
+            t = t
+                .split('\n')
+                .map(|line| match line.find("took = ") {
+                    Some(at) => format!("{}took = <TOOK>", &line[..at]),
+                    None => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            table_cols = vec!["TOOK"];
+        }
+        Norm::HashKv => {
+            t = mask_field(&t, "hash", "<HASH>");
+            t = mask_field(&t, "Hash", "<HASH>");
+            t = map_simple_columns(&t, endpoint_prefix, &[1], "<HASH>");
+            table_cols = vec!["HASH"];
+        }
+    }
+    let is_table = step
+        .args
+        .windows(2)
+        .any(|w| w[0] == "-w" && w[1] == "table")
+        || step.args.iter().any(|a| a == "--write-out=table");
+    if is_table {
+        t = normalize_table(&t, &table_cols);
+    }
+    t
+}
+
+fn render(out: &Output, step: &Step, ids: &Idents) -> String {
+    format!(
+        "exit code: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.code,
+        normalize(&out.stdout, step, ids),
+        normalize(&out.stderr, step, ids)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diffing and reporting.
+
+fn clip_line(line: &str) -> String {
+    const MAX: usize = 200;
+    if line.len() <= MAX {
+        return line.to_string();
+    }
+    let mut cut = MAX;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...({} bytes)", &line[..cut], line.len())
+}
+
+fn clip_block(text: &str, max_lines: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = lines.iter().take(max_lines).map(|l| clip_line(l)).collect();
+    if lines.len() > max_lines {
+        out.push(format!("...({} more lines)", lines.len() - max_lines));
+    }
+    out.join("\n")
+}
+
+/// A line diff (LCS) of `a` (expected) and `b` (actual), with `-`/`+` marks and 2 lines of context.
+fn line_diff(a: &str, b: &str) -> String {
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let (n, m) = (a.len(), b.len());
+    let mut ops: Vec<(char, &str)> = Vec::new();
+    if n.saturating_mul(m) <= 4_000_000 {
+        // lcs[i][j] = LCS length of a[i..] and b[j..]
+        let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+        for i in (0..n).rev() {
+            for j in (0..m).rev() {
+                lcs[i][j] = if a[i] == b[j] {
+                    lcs[i + 1][j + 1] + 1
+                } else {
+                    lcs[i + 1][j].max(lcs[i][j + 1])
+                };
+            }
+        }
+        let (mut i, mut j) = (0, 0);
+        while i < n || j < m {
+            if i < n && j < m && a[i] == b[j] {
+                ops.push((' ', a[i]));
+                i += 1;
+                j += 1;
+            } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+                ops.push(('-', a[i]));
+                i += 1;
+            } else {
+                ops.push(('+', b[j]));
+                j += 1;
+            }
+        }
+    } else {
+        for k in 0..n.max(m) {
+            match (a.get(k), b.get(k)) {
+                (Some(x), Some(y)) if x == y => ops.push((' ', x)),
+                (x, y) => {
+                    if let Some(x) = x {
+                        ops.push(('-', x));
+                    }
+                    if let Some(y) = y {
+                        ops.push(('+', y));
+                    }
+                }
+            }
+        }
+    }
+    let changed: Vec<usize> = (0..ops.len()).filter(|&k| ops[k].0 != ' ').collect();
+    let mut out = String::new();
+    let mut last_shown: Option<usize> = None;
+    let mut shown = 0;
+    for (k, (mark, line)) in ops.iter().enumerate() {
+        let near = changed.iter().any(|&c| c.abs_diff(k) <= 2);
+        if !near {
+            continue;
+        }
+        if last_shown.is_some_and(|l| l + 1 != k) {
+            out.push_str("  ...\n");
+        }
+        let _ = writeln!(out, "{mark} {}", clip_line(line));
+        last_shown = Some(k);
+        shown += 1;
+        if shown >= 80 {
+            out.push_str("  ...(diff truncated)\n");
+            break;
+        }
+    }
+    out
+}
+
+struct Mismatch {
+    index: usize,
+    command: String,
+    expected: String,
+    actual: String,
+}
+
+impl Mismatch {
+    fn report(&self, a: &str, b: &str) -> String {
+        format!(
+            "=== step {}: {}\n--- {a} (normalized)\n{}\n--- {b} (normalized)\n{}\n--- diff (-{a} +{b})\n{}",
+            self.index,
+            self.command,
+            clip_block(&self.expected, 40),
+            clip_block(&self.actual, 40),
+            line_diff(&self.expected, &self.actual)
+        )
+    }
+}
+
+/// Runs `steps` against both targets (each step concurrently on both) and returns every mismatch.
+/// A target that keeps timing out ends the run early; the steps not run are reported.
+fn run_sequence(
+    etcdctl: &Path,
+    expected: &Target,
+    actual: &Target,
+    steps: &[Step],
+    dump: Option<&Path>,
+) -> RunResult {
+    let mut mismatches = Vec::new();
+    let mut expected_outputs = Vec::new();
+    let mut slow_in_a_row = [0usize; 2];
+    let mut dump_text = String::new();
+    let mut aborted = None;
+    for (index, step) in steps.iter().enumerate() {
+        let run = |t: &Target| run_etcdctl(etcdctl, &t.endpoint, &step.args, step.stdin.as_deref());
+        let (out_a, out_b) = std::thread::scope(|scope| {
+            let ha = scope.spawn(|| run(expected));
+            let out_b = run(actual);
+            let out_a = ha.join().unwrap_or_else(|_| Output {
+                code: -3,
+                stdout: String::new(),
+                stderr: "runner thread panicked".into(),
+                took: Duration::ZERO,
+            });
+            (out_a, out_b)
+        });
+        let ra = render(&out_a, step, &expected.ids);
+        let rb = render(&out_b, step, &actual.ids);
+        if dump.is_some() {
+            let _ = write!(
+                dump_text,
+                "=== step {index}: {}\n--- {}\n{}\n--- {}\n{}\n\n",
+                step.display(),
+                expected.label,
+                clip_block(&ra, 60),
+                actual.label,
+                clip_block(&rb, 60)
+            );
+        }
+        expected_outputs.push(ra.clone());
+        if ra != rb {
+            mismatches.push(Mismatch {
+                index,
+                command: step.display(),
+                expected: ra,
+                actual: rb,
+            });
+        }
+        for (k, out) in [&out_a, &out_b].into_iter().enumerate() {
+            if out.took >= SLOW_STEP {
+                slow_in_a_row[k] += 1;
+            } else {
+                slow_in_a_row[k] = 0;
+            }
+        }
+        if let Some(k) = slow_in_a_row
+            .iter()
+            .position(|&n| n >= MAX_SLOW_STEPS_IN_A_ROW)
+        {
+            let label = if k == 0 {
+                &expected.label
+            } else {
+                &actual.label
+            };
+            aborted = Some(format!(
+                "{label} timed out on {MAX_SLOW_STEPS_IN_A_ROW} steps in a row; steps {}..{} not run",
+                index + 1,
+                steps.len()
+            ));
+            break;
+        }
+    }
+    if let Some(path) = dump {
+        let _ = std::fs::write(path, dump_text);
+    }
+    RunResult {
+        mismatches,
+        aborted,
+        expected_outputs,
+    }
+}
+
+struct RunResult {
+    mismatches: Vec<Mismatch>,
+    /// Why the run stopped early, if it did.
+    aborted: Option<String>,
+    /// The normalized output of the reference server (etcd) for each step run.
+    expected_outputs: Vec<String>,
+}
+
+/// Guards against the sequence drifting from the revisions its `--rev`/`compaction` arguments
+/// assume: in etcd's answers, `put cmp 2` must land at [`COMPACT_REV`] and the first compaction
+/// must succeed there.
+fn check_sequence_assumptions(steps: &[Step], expected: &[String]) -> Result<()> {
+    let find = |display: &str| {
+        steps
+            .iter()
+            .position(|s| s.display() == display)
+            .with_context(|| format!("no step `{display}` in the sequence"))
+    };
+    let put = find("etcdctl put cmp 2 -w json")?;
+    let compaction = find(&format!("etcdctl compaction {COMPACT_REV}"))?;
+    let (Some(put_out), Some(compaction_out)) = (expected.get(put), expected.get(compaction))
+    else {
+        return Ok(()); // the run stopped early; that is reported elsewhere
+    };
+    anyhow::ensure!(
+        put_out.contains(&format!("\"revision\":{COMPACT_REV},"))
+            && compaction_out.contains(&format!("compacted revision {COMPACT_REV}")),
+        "sequence drifted: COMPACT_REV = {COMPACT_REV} but etcd answered `put cmp 2 -w json` with\n\
+         {put_out}\nand `compaction {COMPACT_REV}` with\n{compaction_out}\n\
+         set COMPACT_REV to the revision of `put cmp 2`"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// Starts a fresh single-member cluster of `program` with the flags both servers get.
+fn start_server(label: &str, program: &Path, dir: &TempDir) -> Result<Server> {
+    let ports = Ports::pick();
+    let data_dir = dir.path().join(format!("{label}.data"));
+    let extra = [
+        "--max-request-bytes=1572864".to_string(),
+        "--max-txn-ops=128".to_string(),
+        "--log-level=info".to_string(),
+    ];
+    Server::start_etcd_style(label, program, "default", &data_dir, ports, &extra)
+        .with_context(|| format!("starting {label} ({})", program.display()))
+}
+
+fn diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    let etcdctl = require_on_path("etcdctl")?;
+    let dir = TempDir::new("etcdctl-diff")?;
+    let started = Instant::now();
+    let mut a = start_server("etcd", &etcd, &dir)?;
+    let mut b = start_server(other_label, &other_program, &dir)?;
+    let healthy_a = wait_healthy(&etcdctl, &a.endpoint(), Duration::from_secs(20));
+    anyhow::ensure!(
+        healthy_a,
+        "etcd did not become healthy; log:\n{}",
+        a.log_tail(3000)
+    );
+    if !wait_healthy(&etcdctl, &b.endpoint(), Duration::from_secs(20)) {
+        eprintln!("warning: {other_label} never answered `endpoint health`; running anyway");
+    }
+    let ta = Target {
+        label: "etcd".into(),
+        endpoint: a.endpoint(),
+        ids: learn_ids(&etcdctl, &a),
+    };
+    let tb = Target {
+        label: other_label.into(),
+        endpoint: b.endpoint(),
+        ids: learn_ids(&etcdctl, &b),
+    };
+    eprintln!(
+        "servers ready after {:?}; etcd ids {:?}, {other_label} ids {:?}",
+        started.elapsed(),
+        ta.ids,
+        tb.ids
+    );
+    let steps = sequence();
+    let dump = std::env::var_os("KEEL_DIFF_DUMP").map(PathBuf::from);
+    let RunResult {
+        mismatches,
+        aborted,
+        expected_outputs,
+    } = run_sequence(&etcdctl, &ta, &tb, &steps, dump.as_deref());
+    check_sequence_assumptions(&steps, &expected_outputs)?;
+    eprintln!(
+        "{} steps run in {:?}: {} mismatches",
+        steps.len(),
+        started.elapsed(),
+        mismatches.len()
+    );
+
+    let mut problems = String::new();
+    for (server, label) in [(&mut a, "etcd"), (&mut b, other_label)] {
+        if !server.is_running() {
+            let _ = writeln!(
+                problems,
+                "{label} exited during the run; log tail:\n{}",
+                server.log_tail(3000)
+            );
+        }
+    }
+    if let Some(why) = &aborted {
+        let _ = writeln!(problems, "{why}");
+    }
+    if mismatches.is_empty() && problems.is_empty() {
+        return Ok(());
+    }
+    let mut report = String::new();
+    for m in &mismatches {
+        let _ = writeln!(report, "{}", m.report("etcd", other_label));
+    }
+    let _ = writeln!(report, "{problems}");
+    let _ = writeln!(
+        report,
+        "{} of {} steps differ between etcd and {other_label}:",
+        mismatches.len(),
+        steps.len()
+    );
+    for m in &mismatches {
+        let _ = writeln!(report, "  step {}: {}", m.index, clip_line(&m.command));
+    }
+    let report_path = dir.path().join("mismatches.txt");
+    let _ = std::fs::write(&report_path, &report);
+    eprintln!("{report}");
+    eprintln!(
+        "full report: {} (etcd log {}, {other_label} log {})",
+        report_path.display(),
+        a.log_path().display(),
+        b.log_path().display()
+    );
+    anyhow::bail!(
+        "{} mismatches between etcd and {other_label} (see above){}",
+        mismatches.len(),
+        if problems.is_empty() { "" } else { "; " }.to_string() + problems.trim()
+    )
+}
+
+#[test]
+fn etcdctl_sees_keel_as_etcd() -> Result<()> {
+    diff_against_etcd("keel", keel_bin())
+}
+
+/// The harness against itself: two etcd instances must be indistinguishable after normalization.
+/// If this fails, a normalizer misses noise (or etcd's behavior is not deterministic somewhere).
+#[test]
+fn etcd_vs_etcd_harness_self_check() -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    diff_against_etcd("etcd-2", etcd)
+}
+
+#[test]
+fn normalizer_unit_checks() {
+    let ids = Idents {
+        client_port: 40000,
+        peer_port: 40001,
+        cluster_id: Some(15118495548433857066),
+        member_id: Some(13668033151171901709),
+    };
+    let step = |norm| Step {
+        args: vec![],
+        stdin: None,
+        stdin_desc: String::new(),
+        norm,
+    };
+    let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
+    assert_eq!(
+        normalize(json, &step(Norm::Plain), &ids),
+        r#"{"header":{"cluster_id":<CLUSTER_ID>,"member_id":<MEMBER_ID>,"revision":4,"raft_term":<TERM>},"kvs":[{"key":"YQ==","version":2}]}"#
+    );
+    let fields = "\"ClusterID\" : 0\n\"MemberID\" : 13668033151171901709\n\"RaftTerm\" : 0\n\"Revision\" : 6\n";
+    assert_eq!(
+        normalize(fields, &step(Norm::Plain), &ids),
+        "\"ClusterID\" : 0\n\"MemberID\" : <MEMBER_ID>\n\"RaftTerm\" : 0\n\"Revision\" : 6\n"
+    );
+    let status = "127.0.0.1:40000, bdae9bbc11dd390d, 3.4.23, 20 kB, true, false, 2, 7, 7, \n";
+    assert_eq!(
+        normalize(status, &step(Norm::Status), &ids),
+        "127.0.0.1:<CLIENT_PORT>, <MEMBER_ID_HEX>, <MASKED>, <MASKED>, true, false, <MASKED>, <MASKED>, <MASKED>, \n"
+    );
+    let log = r#"{"level":"warn","ts":"2026-11-23T06:32:18.466Z","target":"endpoint://client-167af250-aacb-4322-911c-e53dd60d52f7/127.0.0.1:40000","attempt":0}"#;
+    assert_eq!(
+        normalize(log, &step(Norm::Plain), &ids),
+        r#"{"level":"warn","ts":"<TS>","target":"endpoint://client-<UUID>/127.0.0.1:<CLIENT_PORT>","attempt":0}"#
+    );
+    // A short value equal to nothing learned is left alone; revisions are never masked.
+    assert_eq!(
+        normalize(
+            "\"revision\":13668033151171901709x",
+            &step(Norm::Plain),
+            &ids
+        ),
+        "\"revision\":13668033151171901709x"
+    );
+    assert_eq!(line_diff("a\nb\nc", "a\nx\nc"), "  a\n- b\n+ x\n  c\n");
+}
