@@ -36,6 +36,8 @@
 //! unsynced bytes it covered are *lost* (they read back fine until the crash, but the durable
 //! image holds zeros there, even if a later sync succeeds). [`SimDisk::fail_next_write`] makes
 //! the next `append` write only the first half of its buffer and then fail (a short write).
+//! [`SimDisk::power_cut_at_next_sync`] makes the next sync fail having made nothing durable and
+//! switches the disk off (every call fails) until `crash`, which tears the unsynced tail.
 //! [`SimDisk::corrupt_sector`] flips one bit in one durable sector.
 //!
 //! Example: `append(a); sync(); append(b); crash(seed)` leaves `a` followed by some whole
@@ -100,6 +102,9 @@ struct State {
     generation: u64,
     fail_next_sync: bool,
     fail_next_write: bool,
+    power_cut_at_next_sync: bool,
+    /// Set by a power cut: every operation fails until [`SimDisk::crash`].
+    powered_off: bool,
 }
 
 /// A simulated disk: a durable image plus pending writes, with crashes and faults on demand.
@@ -121,6 +126,25 @@ fn parent_of(path: &Path) -> PathBuf {
 }
 
 impl State {
+    fn check_power(&self) -> io::Result<()> {
+        if self.powered_off {
+            Err(io::Error::other(
+                "simulated power loss: the disk is off until crash()",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Consumes a sync fault, if one is armed.
+    fn sync_fault(&mut self) -> Option<io::Error> {
+        if std::mem::take(&mut self.power_cut_at_next_sync) {
+            self.powered_off = true;
+            return Some(io::Error::other("simulated power loss during sync"));
+        }
+        None
+    }
+
     fn inode(&mut self, path: &Path) -> io::Result<(InodeId, &mut Inode)> {
         let id = *self.live.get(path).ok_or_else(|| not_found(path))?;
         let inode = self.inodes.get_mut(&id).ok_or_else(|| not_found(path))?;
@@ -154,6 +178,14 @@ impl SimDisk {
         self.lock().fail_next_sync = true;
     }
 
+    /// Cuts the power during the next `DiskFile::sync` or `Disk::sync_dir`: that call fails
+    /// having made nothing durable, and every operation fails until [`SimDisk::crash`], which
+    /// then tears the unsynced bytes as usual. This is how a simulation reaches a torn write
+    /// even though the WAL writes and syncs in one call.
+    pub fn power_cut_at_next_sync(&self) {
+        self.lock().power_cut_at_next_sync = true;
+    }
+
     /// Makes the next `DiskFile::append` write half its buffer and fail.
     pub fn fail_next_write(&self) {
         self.lock().fail_next_write = true;
@@ -173,6 +205,8 @@ impl SimDisk {
         st.generation += 1;
         st.fail_next_sync = false;
         st.fail_next_write = false;
+        st.power_cut_at_next_sync = false;
+        st.powered_off = false;
     }
 
     /// Flips one bit in one durable sector of the file at `path`, chosen by `seed`.
@@ -264,6 +298,7 @@ struct SimFile {
 impl SimFile {
     fn with_inode<T>(&self, f: impl FnOnce(&mut State, InodeId) -> io::Result<T>) -> io::Result<T> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.check_power()?;
         if st.generation != self.generation {
             return Err(io::Error::other(
                 "file handle is stale: the disk crashed since open",
@@ -298,6 +333,9 @@ impl DiskFile for SimFile {
 
     fn sync(&mut self) -> io::Result<()> {
         self.with_inode(|st, id| {
+            if let Some(e) = st.sync_fault() {
+                return Err(e);
+            }
             let fail = std::mem::take(&mut st.fail_next_sync);
             let inode = inode_mut(st, id)?;
             let len = inode.data.len() as u64;
@@ -323,6 +361,7 @@ impl DiskFile for SimFile {
 impl Disk for SimDisk {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.check_power()?;
         if st.live.contains_key(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -337,6 +376,7 @@ impl Disk for SimDisk {
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
         let st = self.lock();
+        st.check_power()?;
         if !st.dirs.contains(path) {
             return Err(not_found(path));
         }
@@ -354,12 +394,14 @@ impl Disk for SimDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut st = self.lock();
+        st.check_power()?;
         let (_, inode) = st.inode(path)?;
         Ok(inode.data.clone())
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         let mut st = self.lock();
+        st.check_power()?;
         let id = match st.live.get(path) {
             Some(id) => *id,
             None => {
@@ -386,6 +428,7 @@ impl Disk for SimDisk {
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut st = self.lock();
+        st.check_power()?;
         let (_, inode) = st.inode(path)?;
         inode.data.resize(len as usize, 0);
         inode.synced_len = len;
@@ -394,6 +437,7 @@ impl Disk for SimDisk {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.check_power()?;
         st.require_parent(to)?;
         let id = st.live.remove(from).ok_or_else(|| not_found(from))?;
         st.live.insert(to.to_path_buf(), id);
@@ -402,6 +446,7 @@ impl Disk for SimDisk {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.check_power()?;
         st.live
             .remove(path)
             .map(|_| ())
@@ -410,8 +455,12 @@ impl Disk for SimDisk {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.check_power()?;
         if !st.dirs.contains(path) {
             return Err(not_found(path));
+        }
+        if let Some(e) = st.sync_fault() {
+            return Err(e);
         }
         if std::mem::take(&mut st.fail_next_sync) {
             return Err(io::Error::other("simulated directory fsync failure"));
@@ -524,6 +573,39 @@ mod tests {
         assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaabbbbcccc");
         disk.crash(0);
         assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaa\0\0\0\0cccc");
+    }
+
+    #[test]
+    fn power_cut_during_sync_leaves_bytes_pending() {
+        let disk = SimDisk::new();
+        let dir = Path::new("/d");
+        disk.create_dir_all(dir).unwrap();
+        let mut f = write(&disk, &dir.join("f"), b"aaaa", true);
+        disk.sync_dir(dir).unwrap();
+        f.append(&[b'b'; 2000]).unwrap();
+        disk.power_cut_at_next_sync();
+        assert!(f.sync().is_err());
+        assert!(
+            disk.read(&dir.join("f")).is_err(),
+            "the disk is off until crash"
+        );
+        let mut lens = BTreeSet::new();
+        for seed in 0..64 {
+            let d = SimDisk::new();
+            d.create_dir_all(dir).unwrap();
+            let mut f = write(&d, &dir.join("f"), b"aaaa", true);
+            d.sync_dir(dir).unwrap();
+            f.append(&[b'b'; 2000]).unwrap();
+            d.power_cut_at_next_sync();
+            assert!(f.sync().is_err());
+            d.crash(seed);
+            let got = d.read(&dir.join("f")).unwrap();
+            lens.insert(got.iter().filter(|b| **b == b'b').count() + 4);
+        }
+        assert!(
+            lens.contains(&4) && lens.contains(&2004) && lens.contains(&512),
+            "{lens:?}"
+        );
     }
 
     #[test]

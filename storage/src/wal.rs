@@ -96,8 +96,10 @@
 //!    possibly followed by zeros where the file grew but a data sector was never written. So it
 //!    explains: a header cut short; a body cut short (the length, at most the maximum, runs past
 //!    the end of the file); or a crc mismatch where the record holds unwritten-looking bytes:
-//!    the all-zero suffix of the file starts at or before `o`, or starts inside the record at a
-//!    512-byte-aligned offset, or an aligned 512-byte sector inside the record is all zeros.
+//!    the all-zero suffix of the file starts inside the record's header (type 0 does not
+//!    exist, so nothing of the record was written); or it starts inside the record
+//!    and runs past the record's end or through a 512-byte-aligned offset inside it; or an
+//!    aligned 512-byte sector inside the record is all zeros.
 //!    A length above the maximum or a plain crc mismatch (a flipped bit) is not explained.
 //! 3. If a valid record (length in bounds, crc good, payload well formed) starts at any offset
 //!    after `o` in `F`: **corrupt**. This is what exposes a garbage length in the middle of a
@@ -431,7 +433,12 @@ fn explained_by_tear(b: &[u8], o: usize, bad: Bad) -> bool {
             let zero_sector = (o.next_multiple_of(SECTOR_BYTES)..end)
                 .step_by(SECTOR_BYTES)
                 .any(|s| s + SECTOR_BYTES <= end && b[s..s + SECTOR_BYTES].iter().all(|x| *x == 0));
-            zero_from <= o || (zero_from < end && zero_from % SECTOR_BYTES == 0) || zero_sector
+            // The zero suffix starts inside the record and runs past its end, or through a
+            // sector boundary inside it: the file grew but those bytes were never written.
+            let zero_tail = zero_from < end
+                && (b.len() > end || zero_from.next_multiple_of(SECTOR_BYTES) < end);
+            // Type 0 never exists: zeros from inside the header on mean nothing was written.
+            zero_from < o + RECORD_HEADER_BYTES || zero_tail || zero_sector
         }
     }
 }
@@ -1067,9 +1074,14 @@ mod tests {
         assert!(!explained_by_tear(&b, 100, Bad::Crc { len: 400 }));
         assert!(explained_by_tear(&b, 100, Bad::Crc { len: 500 }));
         // Zero suffix from 300 (unaligned) inside the record: a data tail of zeros, not a tear.
-        let mut c = vec![1u8; 600];
+        // Zero suffix from 300 (unaligned), the record ends at the end of the file: its data
+        // may simply end in zeros, so a crc mismatch is corruption.
+        let mut c = vec![1u8; 509];
         c[300..].fill(0);
         assert!(!explained_by_tear(&c, 100, Bad::Crc { len: 400 }));
+        // The same zeros running past the record's end: the file grew, data never written.
+        c.resize(600, 0);
+        assert!(explained_by_tear(&c, 100, Bad::Crc { len: 400 }));
         assert!(explained_by_tear(&c, 300, Bad::Crc { len: 0 }));
         // An all-zero aligned sector inside the record, data after it.
         let mut d = vec![1u8; 2000];
