@@ -1,1 +1,25 @@
 //! Multi-version concurrency control, etcd style.
+//!
+//! - [`revision`]: `Revision { main, sub }`, the store's logical clock.
+//! - [`key_index`]: one key's history as generations of revisions (etcd's `keyIndex`).
+//! - [`tree_index`]: key → history, ordered (etcd's `treeIndex`), and [`KeyRange`].
+//! - [`store`]: the store, write transactions, range reads, events.
+//! - [`compaction`]: freeing history no read at or after a revision needs.
+//! - [`hash`]: a deterministic digest of the kept history, to compare replicas.
+
+pub mod compaction;
+pub mod hash;
+pub mod key_index;
+pub mod revision;
+pub mod store;
+pub mod tree_index;
+
+pub use compaction::CompactStats;
+pub use hash::HashKv;
+pub use key_index::{Entry, Found, Generation, KeyIndex};
+pub use revision::Revision;
+pub use store::{
+    delete_event, put_event, Event, KeyValue, RangeOptions, RangeResult, Store, TxnOutcome,
+    WriteTxn,
+};
+pub use tree_index::{KeyRange, TreeIndex};

@@ -1,0 +1,97 @@
+//! Physical compaction: freeing every revision that no read at or after a revision needs.
+//!
+//! `compact(n)` keeps, for each key, every revision after `n` plus the latest revision ≤ `n`
+//! unless that is a tombstone; a key left with nothing is removed (etcd's rule). Only keys
+//! changed since the previous compaction are visited (the store's change log names them), so a
+//! compaction costs O(changes since the last one × log keys), not O(keys).
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keel_engine::error::Error;
+//! use keel_engine::mvcc::{KeyRange, RangeOptions, Store};
+//! let mut store = Store::default();
+//! let v = |s: &'static str| Bytes::from_static(s.as_bytes());
+//! store.write().put(b"foo", v("1"), 0); // rev 2
+//! store.write().put(b"foo", v("2"), 0); // rev 3
+//! store.write().put(b"bar", v("x"), 0); // rev 4
+//! store.write().delete_range(KeyRange::Single(b"bar")); // rev 5
+//! assert_eq!(store.stored_revision_count(), 4);
+//! let stats = store.compact(5).unwrap();
+//! // foo keeps 3 (its latest ≤ 5); bar's put and tombstone are freed, bar is gone.
+//! assert_eq!((stats.revisions_freed, stats.keys_removed), (3, 1));
+//! assert_eq!(store.stored_revision_count(), 1);
+//! assert_eq!(store.key_count(), 1);
+//! let at = |revision| RangeOptions { revision, ..Default::default() };
+//! assert_eq!(store.range(KeyRange::Single(b"foo"), &at(4)), Err(Error::Compacted));
+//! assert_eq!(store.range(KeyRange::Single(b"foo"), &at(5)).unwrap().kvs[0].value, v("2"));
+//! assert_eq!(store.compact(5), Err(Error::Compacted));
+//! assert_eq!(store.compact(6), Err(Error::FutureRev));
+//! ```
+
+use bytes::Bytes;
+
+use super::store::Store;
+use crate::error::Error;
+
+/// What a compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactStats {
+    /// Keys whose history was examined.
+    pub keys_visited: u64,
+    /// Stored revisions freed.
+    pub revisions_freed: u64,
+    /// Revisions ≤ the compaction revision kept (one per live key that was visited).
+    pub revisions_kept: u64,
+    /// Keys removed because nothing of them was left.
+    pub keys_removed: u64,
+}
+
+impl Store {
+    /// Compacts at `revision`: afterwards reads before `revision` fail with `Compacted`, reads
+    /// at or after it answer as before. Errors (etcd's): `Compacted` if `revision` ≤ the
+    /// compaction revision, `FutureRev` if it is after the current revision.
+    pub fn compact(&mut self, revision: i64) -> Result<CompactStats, Error> {
+        if revision <= self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        if revision > self.current_revision {
+            return Err(Error::FutureRev);
+        }
+        let changed_end = self.log.partition_point(|e| e.revision.main <= revision);
+        let mut keys: Vec<Bytes> = self
+            .log
+            .range(..changed_end)
+            .map(|e| e.key.clone())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut stats = CompactStats::default();
+        let mut kept = Vec::new();
+        for key in &keys {
+            let Some(key_index) = self.index.get_mut(key) else {
+                continue;
+            };
+            stats.keys_visited += 1;
+            stats.revisions_freed += key_index.compact(revision, &mut kept) as u64;
+            if key_index.is_empty() {
+                self.index.remove(key);
+                stats.keys_removed += 1;
+            }
+        }
+        stats.revisions_kept = kept.len() as u64;
+        assert!(
+            kept.iter().all(|r| r.main <= revision),
+            "kept revisions are ≤ {revision}"
+        );
+        assert!(
+            stats.revisions_freed <= self.stored_revisions,
+            "freed more than stored"
+        );
+        self.stored_revisions -= stats.revisions_freed;
+        // The log keeps changes from the compaction revision on (watchers may start there).
+        let dropped = self.log.partition_point(|e| e.revision.main < revision);
+        self.log.drain(..dropped);
+        self.compact_revision = revision;
+        Ok(stats)
+    }
+}

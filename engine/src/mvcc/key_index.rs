@@ -1,0 +1,322 @@
+//! The history of one key: generations of revisions, each holding the value written at it.
+//!
+//! A *generation* is one life of a key: from the put that creates it to the tombstone that
+//! deletes it. The last generation is the key's current life; it is empty when the key is
+//! deleted. Unlike etcd, which keeps values in a separate revision-keyed bucket, each revision
+//! here carries its value, so a read is one tree lookup.
+//!
+//! # Worked example (etcd's `keyIndex` comment, carried over)
+//!
+//! `put(1.0); put(2.0); tombstone(3.0); put(4.0); tombstone(5.0)` on key `foo` gives
+//!
+//! ```text
+//! generations:            compact(2):          compact(4):       compact(5) / compact(6):
+//!    {empty}                 {empty}              {empty}           {empty}  -> key removed
+//!    {4.0, 5.0(t)}           {4.0, 5.0(t)}        {4.0, 5.0(t)}
+//!    {1.0, 2.0, 3.0(t)}      {2.0, 3.0(t)}
+//! ```
+//!
+//! `compact(n)` drops every revision ≤ n except the largest one of the generation alive at `n`
+//! (needed to answer a read at `n`), drops generations whose tombstone is ≤ n, and a key whose
+//! only generation is empty is removed by the caller. The brief's example,
+//! `put(1.0); put(2.0); tombstone(3.0); put(4.0)`:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keel_engine::mvcc::{KeyIndex, Revision};
+//! let build = || {
+//!     let mut ki = KeyIndex::default();
+//!     ki.put(Revision::new(1, 0), Bytes::from_static(b"v1"), 0);
+//!     ki.put(Revision::new(2, 0), Bytes::from_static(b"v2"), 0);
+//!     ki.tombstone(Revision::new(3, 0));
+//!     ki.put(Revision::new(4, 0), Bytes::from_static(b"v4"), 0);
+//!     ki
+//! };
+//! let mains = |ki: &KeyIndex| ki.revisions().map(|r| r.main).collect::<Vec<_>>();
+//! assert_eq!(mains(&build()), [1, 2, 3, 4]);
+//! // Reads: revision 3 sees the tombstone (absent), 4 sees the new life at version 1.
+//! assert_eq!(build().get(2).map(|f| (f.entry.revision.main, f.version)), Some((2, 2)));
+//! assert!(build().get(3).is_none());
+//! assert_eq!(build().get(4).map(|f| (f.created.main, f.version)), Some((4, 1)));
+//! for (n, kept) in [(1, vec![1, 2, 3, 4]), (2, vec![2, 3, 4]), (3, vec![4]), (4, vec![4]),
+//!                   (9, vec![4])] {
+//!     let mut ki = build();
+//!     ki.compact(n, &mut Vec::new());
+//!     assert_eq!(mains(&ki), kept, "compact({n})");
+//! }
+//! ```
+
+use bytes::Bytes;
+
+use super::revision::Revision;
+
+/// One stored version of a key: the revision it was written at and what was written.
+/// A tombstone is the last entry of a non-last generation; its value is empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// When this version was written.
+    pub revision: Revision,
+    /// The value written (empty for a tombstone).
+    pub value: Bytes,
+    /// The lease attached (0 for none or for a tombstone).
+    pub lease: i64,
+}
+
+/// One life of a key, from creation to tombstone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Changes made in this generation, tombstone included (etcd's `ver`); never decreases,
+    /// even when compaction drops entries, so versions stay right.
+    pub changes: i64,
+    /// The revision that created this generation.
+    pub created: Revision,
+    /// The entries still stored, oldest first.
+    pub entries: Vec<Entry>,
+}
+
+impl Generation {
+    /// Version of the entry at `index`: the number of puts in this life up to and including it.
+    fn version_at(&self, index: usize) -> i64 {
+        assert!(index < self.entries.len(), "entry index out of bounds");
+        // `entries.len() - index - 1` entries follow it; cast is safe: bounded by memory.
+        self.changes - (self.entries.len() - index - 1) as i64
+    }
+}
+
+/// What a read at some revision finds for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found<'a> {
+    /// The entry visible at the read revision (never a tombstone).
+    pub entry: &'a Entry,
+    /// The revision that created the generation (etcd's `create_revision`).
+    pub created: Revision,
+    /// The key's version at that entry (1 for the creating put).
+    pub version: i64,
+}
+
+/// The history of one key (etcd's `keyIndex`). See the module doc for a worked example.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyIndex {
+    modified: Revision,
+    generations: Vec<Generation>,
+}
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex {
+            modified: Revision::default(),
+            generations: vec![Generation::default()],
+        }
+    }
+}
+
+impl KeyIndex {
+    /// The revision of the last change (put or tombstone).
+    pub fn modified(&self) -> Revision {
+        self.modified
+    }
+
+    /// The generations, oldest first; the last one is the current life (empty if deleted).
+    pub fn generations(&self) -> &[Generation] {
+        &self.generations
+    }
+
+    /// All stored revisions, oldest first.
+    pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
+        self.generations
+            .iter()
+            .flat_map(|g| g.entries.iter().map(|e| e.revision))
+    }
+
+    /// Number of stored entries (tombstones included).
+    pub fn entry_count(&self) -> usize {
+        self.generations.iter().map(|g| g.entries.len()).sum()
+    }
+
+    /// True when nothing is stored: the key may be removed from the tree.
+    pub fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].entries.is_empty()
+    }
+
+    /// True when the key exists at the latest revision.
+    pub fn is_alive(&self) -> bool {
+        self.generations
+            .last()
+            .is_some_and(|g| !g.entries.is_empty())
+    }
+
+    /// Records a put at `revision`. Panics if `revision` does not move forward.
+    pub fn put(&mut self, revision: Revision, value: Bytes, lease: i64) {
+        assert!(
+            revision > self.modified,
+            "put at {revision} not after {}",
+            self.modified
+        );
+        let generation = self.current_mut();
+        if generation.entries.is_empty() {
+            generation.created = revision;
+        }
+        generation.entries.push(Entry {
+            revision,
+            value,
+            lease,
+        });
+        generation.changes += 1;
+        self.modified = revision;
+    }
+
+    /// Records a delete at `revision` and opens a new, empty generation.
+    /// Returns false (and changes nothing) if the key is not alive.
+    pub fn tombstone(&mut self, revision: Revision) -> bool {
+        assert!(
+            revision > self.modified,
+            "tombstone at {revision} not after {}",
+            self.modified
+        );
+        if !self.is_alive() {
+            return false;
+        }
+        let generation = self.current_mut();
+        generation.entries.push(Entry {
+            revision,
+            value: Bytes::new(),
+            lease: 0,
+        });
+        generation.changes += 1;
+        self.generations.push(Generation::default());
+        self.modified = revision;
+        true
+    }
+
+    fn current_mut(&mut self) -> &mut Generation {
+        let last = self.generations.len() - 1;
+        &mut self.generations[last]
+    }
+
+    /// The latest live entry, if the key exists now: O(1).
+    pub fn current(&self) -> Option<Found<'_>> {
+        let generation = self.generations.last()?;
+        let index = generation.entries.len().checked_sub(1)?;
+        Some(Found {
+            entry: &generation.entries[index],
+            created: generation.created,
+            version: generation.changes,
+        })
+    }
+
+    /// What a read at main revision `at` sees, or `None` if the key did not exist then (or the
+    /// revision needed was compacted away).
+    pub fn get(&self, at: i64) -> Option<Found<'_>> {
+        let generation = self.find_generation(at)?;
+        // Entries are sorted by revision: count those at or before `at`.
+        let visible = generation
+            .entries
+            .partition_point(|e| e.revision.main <= at);
+        let index = visible.checked_sub(1)?;
+        Some(Found {
+            entry: &generation.entries[index],
+            created: generation.created,
+            version: generation.version_at(index),
+        })
+    }
+
+    /// The entry written exactly at `revision` (a put, never a tombstone), if still stored.
+    pub fn find(&self, revision: Revision) -> Option<Found<'_>> {
+        let last = self.generations.len() - 1;
+        for (g, generation) in self.generations.iter().enumerate() {
+            let Ok(index) = generation
+                .entries
+                .binary_search_by(|e| e.revision.cmp(&revision))
+            else {
+                continue;
+            };
+            if g != last && index + 1 == generation.entries.len() {
+                return None; // the tombstone
+            }
+            let version = generation.version_at(index);
+            let entry = &generation.entries[index];
+            return Some(Found {
+                entry,
+                created: generation.created,
+                version,
+            });
+        }
+        None
+    }
+
+    /// The generation alive at `at` (etcd's `findGeneration`).
+    fn find_generation(&self, at: i64) -> Option<&Generation> {
+        let last = self.generations.len() - 1;
+        for (index, generation) in self.generations.iter().enumerate().rev() {
+            let (Some(first), Some(final_entry)) =
+                (generation.entries.first(), generation.entries.last())
+            else {
+                continue;
+            };
+            if index != last && final_entry.revision.main <= at {
+                return None; // tombstoned at or before `at`
+            }
+            if first.revision.main <= at {
+                return Some(generation);
+            }
+        }
+        None
+    }
+
+    /// Revisions with main ≥ `since`, keeping only the last sub per main (etcd's `since`).
+    pub fn since(&self, since: i64) -> Vec<Revision> {
+        let mut out: Vec<Revision> = Vec::new();
+        for revision in self.revisions().filter(|r| r.main >= since) {
+            match out.last_mut() {
+                Some(last) if last.main == revision.main => *last = revision,
+                _ => out.push(revision),
+            }
+        }
+        out
+    }
+
+    /// Drops every entry not needed to answer reads at main revisions ≥ `at` (see the module
+    /// doc). Pushes the revision kept at or below `at`, if any, onto `kept`. Returns the number
+    /// of entries freed.
+    pub fn compact(&mut self, at: i64, kept: &mut Vec<Revision>) -> usize {
+        let last = self.generations.len() - 1;
+        // Skip generations tombstoned at or before `at`: nothing in them is readable.
+        let mut index = 0;
+        while index < last {
+            let tombstone = self.generations[index].entries.last();
+            assert!(
+                tombstone.is_some(),
+                "a non-last generation always ends in a tombstone"
+            );
+            if tombstone.is_some_and(|t| t.revision.main > at) {
+                break;
+            }
+            index += 1;
+        }
+        let mut freed: usize = self.generations[..index]
+            .iter()
+            .map(|g| g.entries.len())
+            .sum();
+        let generation = &mut self.generations[index];
+        let visible = generation
+            .entries
+            .partition_point(|e| e.revision.main <= at);
+        if visible > 1 {
+            generation.entries.drain(..visible - 1);
+            freed += visible - 1;
+        }
+        if visible > 0 && generation.entries.len() == 1 && index != last {
+            // Only the tombstone is left: the generation is dead at `at`.
+            freed += 1;
+            index += 1;
+        } else if visible > 0 {
+            kept.push(generation.entries[0].revision);
+        }
+        self.generations.drain(..index);
+        assert!(
+            !self.generations.is_empty(),
+            "the current generation is never dropped"
+        );
+        freed
+    }
+}

@@ -1,0 +1,378 @@
+//! The multi-version store: every version of every key, a revision counter, write transactions.
+//!
+//! The store starts at revision 1 with nothing in it (as etcd does). A write transaction's
+//! changes all get the same main revision (`current + 1`) and increasing sub revisions; a
+//! transaction that changes nothing leaves the revision alone. Reads inside a write
+//! transaction see its earlier writes.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keel_engine::mvcc::{KeyRange, RangeOptions, Store};
+//! let mut store = Store::default();
+//! assert_eq!(store.current_revision(), 1);
+//! let mut txn = store.write();
+//! txn.put(b"a", Bytes::from_static(b"1"), 0);
+//! txn.put(b"b", Bytes::from_static(b"2"), 0);
+//! // The txn reads its own writes, at the revision it is writing.
+//! let seen = txn.range(KeyRange::from_wire(b"a", b"\0"), &RangeOptions::default()).unwrap();
+//! assert_eq!((seen.count, seen.revision), (2, 2));
+//! let outcome = txn.end();
+//! assert_eq!(outcome.revision, 2);
+//! assert_eq!(outcome.events.len(), 2); // PUT a (2.0), PUT b (2.1)
+//! // A txn that deletes nothing does not bump the revision.
+//! let mut txn = store.write();
+//! assert_eq!(txn.delete_range(KeyRange::Single(b"zzz")), 0);
+//! assert_eq!(txn.end().revision, 2);
+//! // Reads at an old revision see the old state.
+//! store.write().put(b"a", Bytes::from_static(b"3"), 0);
+//! let old = store.range(KeyRange::Single(b"a"), &RangeOptions { revision: 2, ..Default::default() })
+//!     .unwrap();
+//! assert_eq!(old.kvs[0].value, Bytes::from_static(b"1"));
+//! assert_eq!(old.revision, 3); // the header revision is always the current one
+//! ```
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::key_index::Found;
+use super::revision::Revision;
+use super::tree_index::{KeyRange, TreeIndex};
+use crate::error::Error;
+use keel_proto::mvccpb::event::EventType;
+pub use keel_proto::mvccpb::{Event, KeyValue};
+
+/// Builds the wire `KeyValue` for what a read found (two refcount bumps, no copies).
+fn kv_from_found(key: &Bytes, found: Found<'_>) -> KeyValue {
+    KeyValue {
+        key: key.clone(),
+        create_revision: found.created.main,
+        mod_revision: found.entry.revision.main,
+        version: found.version,
+        value: found.entry.value.clone(),
+        lease: found.entry.lease,
+    }
+}
+
+/// A PUT event for `kv`. `prev_kv` is left `None` by the store (watchers that want it read
+/// it with [`Store::kv_at`] at `mod_revision - 1`).
+pub fn put_event(kv: KeyValue) -> Event {
+    Event {
+        r#type: EventType::Put as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
+/// A DELETE event: as in etcd, its kv carries only the key and the deleting revision.
+pub fn delete_event(key: Bytes, revision: i64) -> Event {
+    let kv = KeyValue {
+        key,
+        mod_revision: revision,
+        ..Default::default()
+    };
+    Event {
+        r#type: EventType::Delete as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
+/// Options for a range read (etcd's `mvcc.RangeOptions`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RangeOptions {
+    /// Return at most this many kvs; ≤ 0 means no limit. `count` ignores it.
+    pub limit: i64,
+    /// Read at this revision; ≤ 0 means the current one.
+    pub revision: i64,
+    /// Only count, return no kvs.
+    pub count_only: bool,
+}
+
+/// The answer to a range read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// The kvs, in key order, at most `limit` of them.
+    pub kvs: Vec<KeyValue>,
+    /// How many keys the range holds at the read revision, ignoring `limit`.
+    pub count: i64,
+    /// The store's current revision (not the read revision), as etcd reports it.
+    pub revision: i64,
+}
+
+/// What a finished write transaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// The store's revision after the txn (unchanged if it changed nothing).
+    pub revision: i64,
+    /// The events the txn produced, in sub-revision order.
+    pub events: Vec<Event>,
+}
+
+/// One change in revision order, kept from the compaction revision on: lets compaction visit
+/// only keys changed since the last one, and lets watchers catch up (a delete event needs only
+/// the key and revision, so even a tombstone compaction freed can still be reported).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LogEntry {
+    pub(super) revision: Revision,
+    pub(super) key: Bytes,
+    pub(super) tombstone: bool,
+}
+
+/// The MVCC store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(super) index: TreeIndex,
+    pub(super) log: VecDeque<LogEntry>,
+    pub(super) current_revision: i64,
+    /// -1 until the first compaction, as in etcd (so `compact(0)` once succeeds).
+    pub(super) compact_revision: i64,
+    pub(super) stored_revisions: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            index: TreeIndex::default(),
+            log: VecDeque::new(),
+            current_revision: 1,
+            compact_revision: -1,
+            stored_revisions: 0,
+        }
+    }
+}
+
+impl Store {
+    /// The revision of the last write transaction that changed something (1 when empty).
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The revision of the last compaction, -1 if never compacted.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// Number of keys with any stored history (deleted keys not yet compacted included).
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Number of stored revisions (versions and tombstones) over all keys.
+    pub fn stored_revision_count(&self) -> u64 {
+        self.stored_revisions
+    }
+
+    /// The tree index, for inspection.
+    pub fn index(&self) -> &TreeIndex {
+        &self.index
+    }
+
+    /// Starts a write transaction.
+    pub fn write(&mut self) -> WriteTxn<'_> {
+        let begin_revision = self.current_revision;
+        WriteTxn {
+            store: self,
+            begin_revision,
+            changes: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads `range` at `options.revision` (etcd's `rangeKeys`). Errors: `FutureRev` if the
+    /// revision is after the current one, `Compacted` if it is before the compaction revision
+    /// (reading exactly at the compaction revision works, as in etcd).
+    pub fn range(&self, range: KeyRange<'_>, options: &RangeOptions) -> Result<RangeResult, Error> {
+        let current = self.current_revision;
+        if options.revision > current {
+            return Err(Error::FutureRev);
+        }
+        let at = if options.revision <= 0 {
+            current
+        } else {
+            options.revision
+        };
+        if at < self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        let limit = usize::try_from(options.limit)
+            .ok()
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let mut kvs = Vec::new();
+        let mut count: i64 = 0;
+        for (key, key_index) in self.index.range(range) {
+            let found = if at == current {
+                key_index.current()
+            } else {
+                key_index.get(at)
+            };
+            let Some(found) = found else { continue };
+            count += 1;
+            if !options.count_only && kvs.len() < limit {
+                kvs.push(kv_from_found(key, found));
+            }
+        }
+        Ok(RangeResult {
+            kvs,
+            count,
+            revision: current,
+        })
+    }
+
+    /// `key`'s state at main revision `at` (≤ 0: current), if it existed then and the revision
+    /// needed has not been compacted away.
+    pub fn kv_at(&self, key: &[u8], at: i64) -> Option<KeyValue> {
+        let at = if at <= 0 { self.current_revision } else { at };
+        let (stored, key_index) = self.index.range(KeyRange::Single(key)).next()?;
+        key_index.get(at).map(|found| kv_from_found(stored, found))
+    }
+
+    /// Events with main revision in `[from, to]`, at most `max` of them, in revision order:
+    /// what a watcher catching up from `from` needs. `Compacted` if `from` is before the
+    /// compaction revision (events at the compaction revision itself, deletes included, are
+    /// still served).
+    pub fn events(&self, from: i64, to: i64, max: usize) -> Result<Vec<Event>, Error> {
+        if from < self.compact_revision {
+            return Err(Error::Compacted);
+        }
+        let start = self.log.partition_point(|e| e.revision.main < from);
+        let mut out = Vec::new();
+        for entry in self
+            .log
+            .range(start..)
+            .take_while(|e| e.revision.main <= to)
+            .take(max)
+        {
+            out.extend(self.event_for(entry));
+        }
+        Ok(out)
+    }
+
+    /// The event for a logged change; `None` only for a put that compaction freed because a
+    /// later change in the same txn, at the compaction revision, superseded it.
+    fn event_for(&self, entry: &LogEntry) -> Option<Event> {
+        let main = entry.revision.main;
+        if entry.tombstone {
+            return Some(delete_event(entry.key.clone(), main));
+        }
+        let found = self
+            .index
+            .get(&entry.key)
+            .and_then(|ki| ki.find(entry.revision));
+        assert!(
+            found.is_some() || main == self.compact_revision,
+            "logged put {} of {:?} is stored",
+            entry.revision,
+            entry.key
+        );
+        found.map(|f| put_event(kv_from_found(&entry.key, f)))
+    }
+}
+
+/// A write transaction: all its changes share one main revision. Changes are applied to the
+/// store as they are made (callers validate first, so a txn never needs rolling back); the
+/// revision moves on at the first change.
+#[derive(Debug)]
+pub struct WriteTxn<'s> {
+    store: &'s mut Store,
+    begin_revision: i64,
+    changes: i64,
+    events: Vec<Event>,
+}
+
+impl WriteTxn<'_> {
+    /// The revision reads inside this txn see: the begin revision, plus one once it changed
+    /// something.
+    pub fn revision(&self) -> i64 {
+        assert!(self.store.current_revision == self.begin_revision + i64::from(self.changes > 0));
+        self.store.current_revision
+    }
+
+    /// The store as this txn sees it (its own writes included).
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Number of changes made so far.
+    pub fn changes(&self) -> i64 {
+        self.changes
+    }
+
+    fn next_revision(&mut self) -> Revision {
+        let revision = Revision::new(self.begin_revision + 1, self.changes);
+        self.changes += 1;
+        self.store.current_revision = revision.main;
+        revision
+    }
+
+    /// Puts `value` at `key` with `lease`; returns the txn's main revision.
+    pub fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
+        let revision = self.next_revision();
+        let store = &mut *self.store;
+        let (stored_key, key_index) = store.index.entry(key);
+        key_index.put(revision, value.clone(), lease);
+        let (created, version) = key_index
+            .current()
+            .map(|found| (found.created.main, found.version))
+            .unwrap_or_else(|| unreachable!("just put"));
+        store.stored_revisions += 1;
+        store.log.push_back(LogEntry {
+            revision,
+            key: stored_key.clone(),
+            tombstone: false,
+        });
+        let kv = KeyValue {
+            key: stored_key,
+            create_revision: created,
+            mod_revision: revision.main,
+            version,
+            value,
+            lease,
+        };
+        self.events.push(put_event(kv));
+        revision.main
+    }
+
+    /// Deletes every key in `range` that exists; returns how many.
+    pub fn delete_range(&mut self, range: KeyRange<'_>) -> i64 {
+        let main = self.begin_revision + 1;
+        let mut deleted: i64 = 0;
+        let store = &mut *self.store;
+        for (key, key_index) in store.index.range_mut(range) {
+            if !key_index.is_alive() {
+                continue;
+            }
+            let revision = Revision::new(main, self.changes);
+            let tombstoned = key_index.tombstone(revision);
+            assert!(tombstoned, "a live key can be tombstoned");
+            self.changes += 1;
+            deleted += 1;
+            store.stored_revisions += 1;
+            store.log.push_back(LogEntry {
+                revision,
+                key: key.clone(),
+                tombstone: true,
+            });
+            self.events.push(delete_event(key.clone(), main));
+        }
+        if deleted > 0 {
+            store.current_revision = main;
+        }
+        deleted
+    }
+
+    /// Reads as [`Store::range`] does, seeing this txn's writes.
+    pub fn range(&self, range: KeyRange<'_>, options: &RangeOptions) -> Result<RangeResult, Error> {
+        self.store.range(range, options)
+    }
+
+    /// Finishes the txn. Dropping it without calling `end` keeps its changes but loses the
+    /// events.
+    pub fn end(self) -> TxnOutcome {
+        TxnOutcome {
+            revision: self.store.current_revision,
+            events: self.events,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The key → [`KeyIndex`] map, ordered by key bytes (etcd's `treeIndex`).
+//!
+//! Ranges follow etcd's wire rules, resolved once by [`KeyRange::from_wire`]:
+//!
+//! ```
+//! use keel_engine::mvcc::KeyRange;
+//! assert_eq!(KeyRange::from_wire(b"a", b""), KeyRange::Single(b"a"));          // one key
+//! assert_eq!(KeyRange::from_wire(b"a", b"c"), KeyRange::Interval(b"a", Some(b"c"))); // [a, c)
+//! assert_eq!(KeyRange::from_wire(b"a", b"\0"), KeyRange::Interval(b"a", None)); // keys ≥ a
+//! assert!(KeyRange::from_wire(b"a", b"c").contains(b"b"));
+//! assert!(!KeyRange::from_wire(b"c", b"a").contains(b"b")); // end ≤ start: empty
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use super::key_index::KeyIndex;
+
+/// A set of keys, as a request names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRange<'a> {
+    /// Exactly this key.
+    Single(&'a [u8]),
+    /// Keys in `[start, end)`; `None` as end means no upper bound.
+    Interval(&'a [u8], Option<&'a [u8]>),
+}
+
+impl<'a> KeyRange<'a> {
+    /// Resolves etcd's `(key, range_end)`: empty `range_end` is the single key `key`,
+    /// `range_end == "\0"` means every key ≥ `key`, anything else is `[key, range_end)`.
+    pub fn from_wire(key: &'a [u8], range_end: &'a [u8]) -> Self {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::Interval(key, None),
+            end => KeyRange::Interval(key, Some(end)),
+        }
+    }
+
+    /// True if `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match *self {
+            KeyRange::Single(k) => k == key,
+            KeyRange::Interval(start, None) => start <= key,
+            KeyRange::Interval(start, Some(end)) => start <= key && key < end,
+        }
+    }
+
+    /// The bounds for a `BTreeMap` range; an inverted interval becomes an empty one rather than
+    /// a panic.
+    fn bounds(&self) -> (Bound<&'a [u8]>, Bound<&'a [u8]>) {
+        match *self {
+            KeyRange::Single(k) => (Bound::Included(k), Bound::Included(k)),
+            KeyRange::Interval(start, None) => (Bound::Included(start), Bound::Unbounded),
+            KeyRange::Interval(start, Some(end)) if end <= start => {
+                (Bound::Included(start), Bound::Excluded(start))
+            }
+            KeyRange::Interval(start, Some(end)) => (Bound::Included(start), Bound::Excluded(end)),
+        }
+    }
+}
+
+/// Ordered map from key to its history.
+#[derive(Clone, Debug, Default)]
+pub struct TreeIndex {
+    keys: BTreeMap<Bytes, KeyIndex>,
+}
+
+impl TreeIndex {
+    /// Number of keys with any stored history.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key has stored history.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The history of `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
+        self.keys.get(key)
+    }
+
+    /// The history of `key`, if any, for changing.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut KeyIndex> {
+        self.keys.get_mut(key)
+    }
+
+    /// The history of `key`, created empty if absent, with the stored key (a refcounted clone,
+    /// for events). A new key is stored as a fresh copy, so it never pins a larger buffer (say,
+    /// a whole decoded raft entry) in memory.
+    pub fn entry(&mut self, key: &[u8]) -> (Bytes, &mut KeyIndex) {
+        // Two tree walks; a single-walk form needs either an owned key up front (which would
+        // pin the caller's buffer) or borrows today's borrow checker rejects.
+        if !self.keys.contains_key(key) {
+            self.keys
+                .insert(Bytes::copy_from_slice(key), KeyIndex::default());
+        }
+        match self
+            .keys
+            .range_mut::<[u8], _>(KeyRange::Single(key).bounds())
+            .next()
+        {
+            Some((stored, index)) => (stored.clone(), index),
+            None => unreachable!("key inserted above"),
+        }
+    }
+
+    /// Keys in `range` with their histories, in key order.
+    pub fn range<'s>(
+        &'s self,
+        range: KeyRange<'_>,
+    ) -> impl Iterator<Item = (&'s Bytes, &'s KeyIndex)> + 's {
+        self.keys.range::<[u8], _>(range.bounds())
+    }
+
+    /// Keys in `range` with their histories, for changing.
+    pub fn range_mut<'s>(
+        &'s mut self,
+        range: KeyRange<'_>,
+    ) -> impl Iterator<Item = (&'s Bytes, &'s mut KeyIndex)> + 's {
+        self.keys.range_mut::<[u8], _>(range.bounds())
+    }
+
+    /// All keys with their histories, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyIndex)> {
+        self.keys.iter()
+    }
+
+    /// Removes `key`'s history.
+    pub fn remove(&mut self, key: &[u8]) -> Option<KeyIndex> {
+        self.keys.remove(key)
+    }
+}
