@@ -8,7 +8,10 @@
 //! `etcd_vs_etcd_harness_self_check` runs the sequence against two etcd instances: it proves the
 //! normalizers hide the noise without needing keel.
 //!
-//! Env knobs: `KEEL_DIFF_DUMP=FILE` writes every step's normalized outputs (both sides) to FILE.
+//! The `grpc_*` tests do the same over gRPC for request fields etcdctl 3.4 cannot set.
+//!
+//! Env knobs: `KEEL_DIFF_DUMP=FILE` writes every step's normalized outputs (both sides) to FILE
+//! (and FILE.grpc for the gRPC tests).
 
 mod common;
 
@@ -1221,4 +1224,496 @@ fn normalizer_unit_checks() {
         "\"revision\":13668033151171901709x"
     );
     assert_eq!(line_diff("a\nb\nc", "a\nx\nc"), "  a\n- b\n+ x\n  c\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same idea one level down: request fields etcdctl 3.4 cannot set (min/max mod/create
+// revision filters, count_only, nested txns, compares over ranges, ...), sent over gRPC to both
+// servers; responses are compared as prost Debug text with only cluster/member id and raft term
+// masked, errors as gRPC code + message.
+
+mod grpc {
+    use super::*;
+    use bytes::Bytes;
+    use keel_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use keel_proto::etcdserverpb::kv_client::KvClient;
+    use keel_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+    use keel_proto::etcdserverpb::request_op::Request;
+    use keel_proto::etcdserverpb::{
+        CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+        TxnRequest,
+    };
+    use tonic::transport::Channel;
+
+    #[derive(Clone, Debug)]
+    pub(super) enum Op {
+        Put(PutRequest),
+        Range(RangeRequest),
+        Delete(DeleteRangeRequest),
+        Txn(TxnRequest),
+        Compact(CompactionRequest),
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn put(k: &str, v: &str) -> PutRequest {
+        PutRequest {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        }
+    }
+
+    fn range(k: &str, end: &str) -> RangeRequest {
+        RangeRequest {
+            key: b(k),
+            range_end: b(end),
+            ..Default::default()
+        }
+    }
+
+    /// Everything from "" on.
+    fn all() -> RangeRequest {
+        range("\0", "\0")
+    }
+
+    fn cmp(key: &str, target: CompareTarget, result: CompareResult, value: TargetUnion) -> Compare {
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b(key),
+            range_end: Bytes::new(),
+            target_union: Some(value),
+        }
+    }
+
+    fn op(r: Request) -> RequestOp {
+        RequestOp { request: Some(r) }
+    }
+
+    pub(super) fn steps() -> Vec<Op> {
+        let mut s = Vec::new();
+        // A keyspace with several versions per key: revisions 2..=13.
+        for (k, v) in [
+            ("k1", "a"),
+            ("k2", "b"),
+            ("k3", "c"),
+            ("k1", "d"),
+            ("k4", "e"),
+            ("k2", "f"),
+            ("k5", "g"),
+            ("k1", "h"),
+            ("k6", "i"),
+            ("k3", "j"),
+            ("k7", "k"),
+            ("k8", "l"),
+        ] {
+            s.push(Op::Put(put(k, v)));
+        }
+        // Revision filters, alone and with limit / sort / count_only / keys_only / revision.
+        let filtered = |f: &dyn Fn(&mut RangeRequest)| {
+            let mut r = all();
+            f(&mut r);
+            Op::Range(r)
+        };
+        s.push(filtered(&|r| r.min_mod_revision = 8));
+        s.push(filtered(&|r| r.max_mod_revision = 7));
+        s.push(filtered(&|r| r.min_create_revision = 4));
+        s.push(filtered(&|r| r.max_create_revision = 4));
+        s.push(filtered(&|r| {
+            r.min_mod_revision = 5;
+            r.max_mod_revision = 10;
+        }));
+        s.push(filtered(&|r| {
+            r.min_create_revision = 3;
+            r.max_create_revision = 9;
+            r.min_mod_revision = 6;
+        }));
+        s.push(filtered(&|r| {
+            r.min_mod_revision = 8;
+            r.limit = 2;
+        }));
+        s.push(filtered(&|r| {
+            r.max_create_revision = 6;
+            r.limit = 1;
+        }));
+        s.push(filtered(&|r| {
+            r.min_mod_revision = 8;
+            r.count_only = true;
+        }));
+        s.push(filtered(&|r| {
+            r.min_mod_revision = 8;
+            r.keys_only = true;
+        }));
+        s.push(filtered(&|r| {
+            r.min_mod_revision = 3;
+            r.revision = 9;
+        }));
+        s.push(filtered(&|r| {
+            r.max_mod_revision = 100;
+            r.min_mod_revision = 100;
+        }));
+        s.push(filtered(&|r| {
+            r.min_create_revision = 5;
+            r.sort_order = SortOrder::Descend as i32;
+            r.sort_target = SortTarget::Mod as i32;
+            r.limit = 3;
+        }));
+        // count_only / keys_only / limit / sort corners.
+        s.push(filtered(&|r| r.count_only = true));
+        s.push(filtered(&|r| {
+            r.count_only = true;
+            r.limit = 2;
+        }));
+        s.push(filtered(&|r| {
+            r.count_only = true;
+            r.keys_only = true;
+        }));
+        s.push(filtered(&|r| r.limit = -1));
+        s.push(filtered(&|r| {
+            r.limit = 3;
+            r.sort_order = SortOrder::Descend as i32;
+        }));
+        s.push(filtered(&|r| {
+            r.limit = 3;
+            r.sort_order = SortOrder::Ascend as i32;
+            r.sort_target = SortTarget::Value as i32;
+        }));
+        s.push(filtered(&|r| {
+            r.sort_order = SortOrder::None as i32;
+            r.sort_target = SortTarget::Version as i32;
+        }));
+        s.push(filtered(&|r| r.sort_order = 7)); // unknown enum value
+        s.push(filtered(&|r| {
+            r.serializable = true;
+            r.limit = 2;
+        }));
+        s.push(filtered(&|r| r.revision = -1));
+        s.push(Op::Range(range("k1", "")));
+        s.push(Op::Range(range("k", "k4")));
+        s.push(Op::Range(range("k5", "\0")));
+        s.push(Op::Range(range("", "k2")));
+        // Put flags.
+        s.push(Op::Put(PutRequest {
+            prev_kv: true,
+            ..put("k1", "m")
+        }));
+        s.push(Op::Put(PutRequest {
+            ignore_value: true,
+            prev_kv: true,
+            ..put("k2", "")
+        }));
+        s.push(Op::Put(PutRequest {
+            ignore_value: true,
+            ..put("k2", "not-empty")
+        }));
+        s.push(Op::Put(PutRequest {
+            ignore_lease: true,
+            ..put("k3", "n")
+        }));
+        s.push(Op::Put(PutRequest {
+            ignore_lease: true,
+            lease: 5,
+            ..put("k3", "o")
+        }));
+        s.push(Op::Put(PutRequest {
+            lease: 5,
+            ..put("k3", "o")
+        }));
+        // Txn: compares over ranges, lease compare, nested txns.
+        let txn = |compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+            Op::Txn(TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+        };
+        let mut ranged = cmp(
+            "k1",
+            CompareTarget::Version,
+            CompareResult::Greater,
+            TargetUnion::Version(0),
+        );
+        ranged.range_end = b("k4");
+        s.push(txn(
+            vec![ranged.clone()],
+            vec![op(Request::RequestRange(range("k1", "k4")))],
+            vec![],
+        ));
+        let mut ranged_mod = ranged.clone();
+        ranged_mod.target = CompareTarget::Mod as i32;
+        ranged_mod.result = CompareResult::Less as i32;
+        ranged_mod.target_union = Some(TargetUnion::ModRevision(10));
+        s.push(txn(
+            vec![ranged_mod],
+            vec![op(Request::RequestPut(put("yes", "1")))],
+            vec![op(Request::RequestPut(put("no", "1")))],
+        ));
+        s.push(txn(
+            vec![cmp(
+                "k1",
+                CompareTarget::Lease,
+                CompareResult::Equal,
+                TargetUnion::Lease(0),
+            )],
+            vec![op(Request::RequestRange(range("k1", "")))],
+            vec![],
+        ));
+        s.push(txn(
+            vec![cmp(
+                "missing",
+                CompareTarget::Lease,
+                CompareResult::Equal,
+                TargetUnion::Lease(0),
+            )],
+            vec![op(Request::RequestRange(range("k1", "")))],
+            vec![op(Request::RequestRange(range("k2", "")))],
+        ));
+        let inner = TxnRequest {
+            compare: vec![cmp(
+                "k1",
+                CompareTarget::Value,
+                CompareResult::Equal,
+                TargetUnion::Value(b("m")),
+            )],
+            success: vec![
+                op(Request::RequestPut(put("nested", "1"))),
+                op(Request::RequestRange(range("k1", ""))),
+            ],
+            failure: vec![op(Request::RequestPut(put("nested", "0")))],
+        };
+        s.push(txn(
+            vec![],
+            vec![
+                op(Request::RequestTxn(inner.clone())),
+                op(Request::RequestPut(put("outer", "1"))),
+                op(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b("k8"),
+                    prev_kv: true,
+                    ..Default::default()
+                })),
+            ],
+            vec![],
+        ));
+        // A nested txn writing a key its parent also writes.
+        s.push(txn(
+            vec![],
+            vec![
+                op(Request::RequestTxn(inner.clone())),
+                op(Request::RequestPut(put("nested", "2"))),
+            ],
+            vec![],
+        ));
+        // Nested txns in both branches writing the same key: allowed.
+        s.push(txn(
+            vec![],
+            vec![op(Request::RequestTxn(inner.clone()))],
+            vec![op(Request::RequestTxn(inner))],
+        ));
+        // A compare with a target that does not match its value.
+        s.push(txn(
+            vec![cmp(
+                "k1",
+                CompareTarget::Mod,
+                CompareResult::Equal,
+                TargetUnion::Value(b("x")),
+            )],
+            vec![],
+            vec![],
+        ));
+        s.push(Op::Txn(TxnRequest::default()));
+        s.push(txn(vec![], vec![RequestOp { request: None }], vec![]));
+        // Deletes.
+        s.push(Op::Delete(DeleteRangeRequest {
+            key: b("k5"),
+            range_end: b("k7"),
+            prev_kv: true,
+        }));
+        s.push(Op::Delete(DeleteRangeRequest {
+            key: b("zzz"),
+            range_end: b("\0"),
+            prev_kv: true,
+        }));
+        s.push(Op::Delete(DeleteRangeRequest::default()));
+        s.push(Op::Range(all()));
+        // Compaction.
+        s.push(Op::Compact(CompactionRequest {
+            revision: 10,
+            physical: true,
+        }));
+        s.push(filtered(&|r| r.revision = 9));
+        s.push(filtered(&|r| r.revision = 10));
+        s.push(filtered(&|r| {
+            r.revision = 10;
+            r.min_mod_revision = 9;
+        }));
+        s.push(Op::Compact(CompactionRequest {
+            revision: 10,
+            physical: false,
+        }));
+        s.push(Op::Compact(CompactionRequest {
+            revision: 1000,
+            physical: false,
+        }));
+        s.push(Op::Compact(CompactionRequest {
+            revision: -1,
+            physical: false,
+        }));
+        s.push(txn(
+            vec![],
+            vec![op(Request::RequestRange(RangeRequest {
+                revision: 5,
+                ..range("k1", "")
+            }))],
+            vec![],
+        ));
+        s.push(Op::Range(all()));
+        s
+    }
+
+    pub(super) async fn client(server: &Server) -> Result<KvClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", server.endpoint()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", server.label()))?;
+        Ok(KvClient::new(channel))
+    }
+
+    pub(super) async fn run(client: &mut KvClient<Channel>, op: &Op) -> String {
+        fn show<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> String {
+            match r {
+                Ok(resp) => format!("{:#?}", resp.into_inner()),
+                Err(status) => format!(
+                    "error: code {:?}, message {:?}",
+                    status.code(),
+                    status.message()
+                ),
+            }
+        }
+        let call = async {
+            match op.clone() {
+                Op::Put(r) => show(client.put(r).await),
+                Op::Range(r) => show(client.range(r).await),
+                Op::Delete(r) => show(client.delete_range(r).await),
+                Op::Txn(r) => show(client.txn(r).await),
+                Op::Compact(r) => show(client.compact(r).await),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), call).await {
+            Ok(text) => text,
+            Err(_) => "timed out after 5s".to_string(),
+        }
+    }
+
+    /// Masks nonzero `cluster_id`, `member_id`, `raft_term` in prost Debug output.
+    pub(super) fn normalize(text: &str) -> String {
+        text.split('\n')
+            .map(|line| {
+                for key in ["cluster_id: ", "member_id: ", "raft_term: "] {
+                    if let Some(at) = line.find(key) {
+                        let value = line[at + key.len()..].trim_end_matches(',');
+                        if value != "0" {
+                            return format!("{}{key}<MASKED>,", &line[..at]);
+                        }
+                    }
+                }
+                line.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    let dir = TempDir::new("grpc-diff")?;
+    let started = Instant::now();
+    let a = start_server("etcd", &etcd, &dir)?;
+    let b = start_server(other_label, &other_program, &dir)?;
+    let mut ca = grpc::client(&a).await?;
+    let mut cb = grpc::client(&b).await?;
+    // Wait for a leader on both (a linearizable read succeeds).
+    let probe = grpc::Op::Range(keel_proto::etcdserverpb::RangeRequest {
+        key: bytes::Bytes::from_static(b"probe"),
+        ..Default::default()
+    });
+    for (client, label) in [(&mut ca, "etcd"), (&mut cb, other_label)] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = grpc::run(client, &probe).await;
+            if !(answer.starts_with("error") || answer.starts_with("timed out")) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{label} never served a read: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let steps = grpc::steps();
+    let mut mismatches = Vec::new();
+    let mut dump_text = String::new();
+    for (index, op) in steps.iter().enumerate() {
+        let (ra, rb) = tokio::join!(grpc::run(&mut ca, op), grpc::run(&mut cb, op));
+        let (ra, rb) = (grpc::normalize(&ra), grpc::normalize(&rb));
+        let _ = write!(
+            dump_text,
+            "=== step {index}: {op:?}\n--- etcd\n{ra}\n--- {other_label}\n{rb}\n\n"
+        );
+        if ra != rb {
+            mismatches.push(Mismatch {
+                index,
+                command: format!("{op:?}"),
+                expected: ra,
+                actual: rb,
+            });
+        }
+    }
+    if let Some(path) = std::env::var_os("KEEL_DIFF_DUMP") {
+        let mut path = PathBuf::from(path).into_os_string();
+        path.push(".grpc");
+        let _ = std::fs::write(path, dump_text);
+    }
+    eprintln!(
+        "{} gRPC steps in {:?}: {} mismatches",
+        steps.len(),
+        started.elapsed(),
+        mismatches.len()
+    );
+    if mismatches.is_empty() {
+        return Ok(());
+    }
+    let mut report = String::new();
+    for m in &mismatches {
+        let _ = writeln!(report, "{}", m.report("etcd", other_label));
+    }
+    let _ = writeln!(
+        report,
+        "{} of {} gRPC steps differ between etcd and {other_label}: {:?}",
+        mismatches.len(),
+        steps.len(),
+        mismatches.iter().map(|m| m.index).collect::<Vec<_>>()
+    );
+    let report_path = dir.path().join("grpc-mismatches.txt");
+    let _ = std::fs::write(&report_path, &report);
+    eprintln!("{report}\nfull report: {}", report_path.display());
+    anyhow::bail!(
+        "{} gRPC mismatches between etcd and {other_label}",
+        mismatches.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_kv_requests_match_etcd() -> Result<()> {
+    grpc_diff_against_etcd("keel", keel_bin()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_etcd_vs_etcd_harness_self_check() -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    grpc_diff_against_etcd("etcd-2", etcd).await
 }
