@@ -84,6 +84,12 @@
 //!
 //! # Recovery: torn tail or corruption
 //!
+//! Before returning, `open` fdatasyncs the last segment and fsyncs the directory: a process
+//! that died between `write` and `fsync` leaves bytes in the page cache that read back fine but
+//! are not durable, and raft must not act on a vote or entry that a power loss could still
+//! take back. (Only the last segment can hold such bytes: a new segment is started only after
+//! every earlier write was synced.)
+//!
 //! [`Wal::open`] replays every segment in `seq` order. A record is *bad* if fewer than 9 bytes
 //! remain for its header, its length exceeds the maximum, it extends past the end of the file,
 //! or its crc does not match. (A record with a good crc but a malformed payload, unknown type
@@ -701,7 +707,11 @@ impl Wal {
         let hard_state = replay.hard_state;
         let (segments, active) = match segments.last() {
             Some(last) => {
-                let active = disk.open_append(&last.path).map_err(io_err(&last.path))?;
+                let mut active = disk.open_append(&last.path).map_err(io_err(&last.path))?;
+                // What we recovered may sit in the page cache only (the process died between
+                // write and fsync): make it durable before anyone acts on it.
+                active.sync().map_err(io_err(&last.path))?;
+                disk.sync_dir(dir).map_err(io_err(dir))?;
                 (segments, active)
             }
             None => {

@@ -1,0 +1,111 @@
+//! The WAL on the real file system (OsDisk), in a unique temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keel_storage::{Disk, OsDisk, Wal, WalError, WalOptions};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("keel-storage-{tag}-{}-{nanos}", std::process::id());
+        TempDir(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn wal_round_trip_rotation_and_torn_tail_on_the_os() {
+    let tmp = TempDir::new("wal");
+    let dir = tmp.0.join("member").join("wal");
+    let disk: Arc<dyn Disk> = Arc::new(OsDisk::new());
+    let opts = WalOptions {
+        segment_bytes_max: 4096,
+    };
+    let (mut wal, rec) = Wal::open(disk.clone(), &dir, opts).unwrap();
+    assert!(rec.entries.is_empty() && rec.hard_state.is_none());
+    for i in 1..=100u64 {
+        wal.append_entry(i, 1 + i / 50, &vec![i as u8; (i * 13 % 200) as usize])
+            .unwrap();
+        if i % 10 == 0 {
+            wal.append_hard_state(format!("commit={i}").as_bytes())
+                .unwrap();
+            wal.sync().unwrap();
+        }
+    }
+    assert!(wal.segment_count() > 2);
+    drop(wal);
+
+    let (wal, rec) = Wal::open(disk.clone(), &dir, opts).unwrap();
+    assert_eq!(rec.entries.len(), 100);
+    assert!(rec
+        .entries
+        .iter()
+        .enumerate()
+        .all(|(k, e)| e.index == k as u64 + 1));
+    assert_eq!(rec.entries[41].data, vec![42u8; (42 * 13 % 200) as usize]);
+    assert_eq!(rec.hard_state.as_deref(), Some(&b"commit=100"[..]));
+    assert!(rec.warnings.is_empty());
+    drop(wal);
+
+    // Tear the last record of the last segment, as a power loss could.
+    let names = disk.list_dir(&dir).unwrap();
+    let last = dir.join(names.last().unwrap());
+    let len = std::fs::metadata(&last).unwrap().len();
+    disk.truncate(&last, len - 5).unwrap();
+    let (_, rec) = Wal::open(disk.clone(), &dir, opts).unwrap();
+    assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
+    assert!(rec.warnings[0].contains(&last.display().to_string()));
+    assert_eq!(rec.hard_state.as_deref(), Some(&b"commit=90"[..]));
+    assert_eq!(
+        rec.entries.len(),
+        100,
+        "the torn record was the hard state after entry 100"
+    );
+
+    // Flip a byte in the first segment: corruption, named by file.
+    let first = dir.join(&names[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[60] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    match Wal::open(disk, &dir, opts) {
+        Err(WalError::Corrupt { file, .. }) => assert_eq!(file, first),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn os_disk_basics() {
+    let tmp = TempDir::new("disk");
+    let disk = OsDisk::new();
+    let dir = tmp.0.join("d");
+    disk.create_dir_all(&dir).unwrap();
+    disk.create_dir_all(&dir).unwrap();
+    let mut f = disk.open_append(&dir.join("b")).unwrap();
+    f.append(b"hello ").unwrap();
+    f.append(b"world").unwrap();
+    f.sync().unwrap();
+    assert_eq!(f.len(), 11);
+    let f2 = disk.open_append(&dir.join("b")).unwrap();
+    assert_eq!(f2.len(), 11);
+    disk.open_append(&dir.join("a")).unwrap();
+    disk.sync_dir(&dir).unwrap();
+    assert_eq!(disk.list_dir(&dir).unwrap(), vec!["a", "b"]);
+    disk.rename(&dir.join("b"), &dir.join("c")).unwrap();
+    disk.truncate(&dir.join("c"), 5).unwrap();
+    assert_eq!(disk.read(&dir.join("c")).unwrap(), b"hello");
+    disk.remove(&dir.join("a")).unwrap();
+    assert_eq!(disk.list_dir(&dir).unwrap(), vec!["c"]);
+    assert!(disk.read(&dir.join("a")).is_err());
+}
