@@ -223,9 +223,13 @@ impl Store {
     /// `key`'s state at main revision `at` (≤ 0: current), if it existed then and the revision
     /// needed has not been compacted away.
     pub fn kv_at(&self, key: &[u8], at: i64) -> Option<KeyValue> {
-        let at = if at <= 0 { self.current_revision } else { at };
         let (stored, key_index) = self.index.range(KeyRange::Single(key)).next()?;
-        key_index.get(at).map(|found| kv_from_found(stored, found))
+        let found = if at <= 0 || at == self.current_revision {
+            key_index.current()
+        } else {
+            key_index.get(at)
+        };
+        found.map(|found| kv_from_found(stored, found))
     }
 
     /// Events with main revision in `[from, to]`, at most `max` of them, in revision order:
