@@ -117,9 +117,31 @@
 //!    [`Recovered::warnings`]. A last segment torn inside its header is removed instead.
 //!
 //! Corruption makes `open` fail with [`WalError::Corrupt`] naming the file, the offset of the
-//! bad record and the reason; data is never dropped silently. One limitation is inherent to
-//! the format: a bit flip that enlarges the length field of the very last record of the last
-//! segment (staying within the maximum) looks exactly like a torn write and is truncated.
+//! bad record and the reason; data is never dropped silently.
+//!
+//! Example: the last segment holds records `H A B C D` and power failed while `D` was being
+//! written, so the file ends 40 bytes into `D`'s 300-byte body. `D` runs past the end of the
+//! file (rule 2 explains it) and nothing valid follows (rule 3): torn, truncate to `D`'s
+//! offset, recover `A B C`. If instead a bit flip turned `B`'s length into 100 000, `B` also
+//! runs past the end, but `C` is a valid record after it: corrupt at `B`'s offset. If a bit
+//! flipped in `B`'s payload, its crc fails with no zeros in sight: corrupt at `B`'s offset.
+//!
+//! # Limitations and follow-ups
+//!
+//! * A bit flip that enlarges the length field of the very last record of the last segment
+//!   (staying within the maximum) looks exactly like a torn write, and is truncated.
+//! * A torn record whose opaque payload embeds a well-formed record (a client could store one
+//!   as a value) makes rule 3 report corruption: safe, but `open` then needs an operator. A
+//!   format version 2 could seed each crc with the segment seq and the record's offset, so
+//!   that bytes are valid only where the writer put them.
+//! * After a failed fsync the page cache may still hold bytes that never reached the disk. If
+//!   the process restarts without a power loss, `open` reads them back and its own fsync may
+//!   succeed without writing them. Reading with `O_DIRECT` at recovery would close this.
+//! * Segments are not preallocated; `fdatasync` on a growing file also flushes its size.
+//!   Preallocating (as etcd does) would save that metadata write per batch.
+//! * Log compaction: [`Wal::release_before`] removes whole segments below an index, one
+//!   directory sync per file. The caller must call it only for indices covered by a durable
+//!   snapshot, and skip recovered entries at or below that snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,6 +271,17 @@ struct Segment {
     path: PathBuf,
 }
 
+impl Segment {
+    fn new(dir: &Path, seq: u64, first_index: u64) -> Segment {
+        let path = dir.join(segment_name(seq, first_index));
+        Segment {
+            seq,
+            first_index,
+            path,
+        }
+    }
+}
+
 fn segment_name(seq: u64, first_index: u64) -> String {
     format!("{seq:016x}-{first_index:016x}.wal")
 }
@@ -288,7 +321,7 @@ impl LogPos {
                 s.index
             ));
         }
-        if index > self.last_index + 1 {
+        if index > self.last_index.saturating_add(1) {
             return Err(format!(
                 "entry {index} leaves a gap after {}",
                 self.last_index
@@ -311,7 +344,7 @@ impl LogPos {
             ));
         }
         *self = LogPos {
-            first_index: s.index + 1,
+            first_index: s.index.saturating_add(1),
             last_index: s.index,
             snapshot: Some(s),
         };
@@ -530,7 +563,10 @@ impl Replay {
                     ..expect
                 })
             }
-            Some(pos) if pos.last_index + 1 != h.first_index || pos.snapshot != h.snapshot => {
+            Some(pos)
+                if pos.last_index.saturating_add(1) != h.first_index
+                    || pos.snapshot != h.snapshot =>
+            {
                 return Err(format!(
                     "segment header (first_index {}, snapshot {:?}) does not follow the log \
                      (last_index {}, snapshot {:?}): records are missing",
@@ -690,40 +726,32 @@ impl Wal {
         let mut replay = Replay::default();
         let mut warnings = Vec::new();
         let count = segments.len();
-        let mut torn_header: Option<u64> = None;
+        let mut torn_header_seq: Option<u64> = None;
         for (i, seg) in segments.iter().enumerate() {
             let bytes = disk.read(&seg.path).map_err(io_err(&seg.path))?;
             let valid = replay_segment(&mut replay, seg, &bytes, i + 1 == count)?;
             if valid < bytes.len() || valid == 0 {
+                assert!(i + 1 == count, "only the last segment can be torn");
                 let warning = repair_torn_tail(disk.as_ref(), dir, seg, valid, bytes.len())?;
                 warnings.push(warning);
-                torn_header = (valid == 0).then_some(seg.seq);
+                torn_header_seq = (valid == 0).then_some(seg.seq);
             }
         }
-        if torn_header.is_some() {
+        if torn_header_seq.is_some() {
             segments.pop();
         }
         let pos = replay.pos.unwrap_or(LogPos::FRESH);
         let hard_state = replay.hard_state;
         let (segments, active) = match segments.last() {
             Some(last) => {
-                let mut active = disk.open_append(&last.path).map_err(io_err(&last.path))?;
-                // What we recovered may sit in the page cache only (the process died between
-                // write and fsync): make it durable before anyone acts on it.
-                active.sync().map_err(io_err(&last.path))?;
-                disk.sync_dir(dir).map_err(io_err(dir))?;
+                let active = reopen_last_segment(disk.as_ref(), dir, last)?;
                 (segments, active)
             }
             None => {
-                let seq = torn_header.unwrap_or(0);
-                let first_index = pos.last_index + 1;
-                let path = dir.join(segment_name(seq, first_index));
-                let seg = Segment {
-                    seq,
-                    first_index,
-                    path,
-                };
-                let active = create_segment(disk.as_ref(), dir, &seg, pos, hard_state.as_deref())?;
+                let seq = torn_header_seq.unwrap_or(0);
+                let seg = Segment::new(dir, seq, pos.last_index.saturating_add(1));
+                let hs = hard_state.as_deref();
+                let active = create_segment(disk.as_ref(), dir, &seg, pos, hs)?;
                 (vec![seg], active)
             }
         };
@@ -839,13 +867,7 @@ impl Wal {
     /// Starts the next segment; its prefix is appended but not synced (the batch sync is).
     fn rotate(&mut self) -> Result<(), WalError> {
         let seq = self.segments.last().map_or(0, |s| s.seq + 1);
-        let first_index = self.synced_pos.last_index + 1;
-        let path = self.dir.join(segment_name(seq, first_index));
-        let seg = Segment {
-            seq,
-            first_index,
-            path,
-        };
+        let seg = Segment::new(&self.dir, seq, self.synced_pos.last_index.saturating_add(1));
         let mut file = self
             .disk
             .open_append(&seg.path)
@@ -907,6 +929,11 @@ impl Wal {
     /// The last snapshot mark (including a buffered one).
     pub fn snapshot(&self) -> Option<SnapshotMark> {
         self.pos.snapshot
+    }
+
+    /// The number of bytes appended and not yet synced.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buf.len() as u64
     }
 
     /// Whether an earlier failure poisoned this `Wal`.
@@ -982,6 +1009,20 @@ fn create_segment(
     disk.sync_dir(dir).map_err(io_err(dir))?;
     tracing::info!(segment = %seg.path.display(), "wal: new segment");
     Ok(file)
+}
+
+/// Opens the last segment for appending, after making what recovery read from it durable.
+fn reopen_last_segment(
+    disk: &dyn Disk,
+    dir: &Path,
+    last: &Segment,
+) -> Result<Box<dyn DiskFile>, WalError> {
+    let mut active = disk.open_append(&last.path).map_err(io_err(&last.path))?;
+    // What we recovered may sit in the page cache only (the process died between write and
+    // fsync): make it durable before anyone acts on it.
+    active.sync().map_err(io_err(&last.path))?;
+    disk.sync_dir(dir).map_err(io_err(dir))?;
+    Ok(active)
 }
 
 /// Truncates a torn tail at `valid` (removing the file if even its header is torn).
