@@ -29,6 +29,10 @@ const COMMAND_TIMEOUT: &str = "5s";
 /// Give up on a server after this many consecutive steps that each took longer than this.
 const SLOW_STEP: Duration = Duration::from_secs(5);
 const MAX_SLOW_STEPS_IN_A_ROW: usize = 3;
+/// etcdctl gets SIGKILLed after this long whatever it is doing (its own timeouts failed).
+const HARD_LIMIT: Duration = Duration::from_secs(30);
+/// How long `watch` steps run before they are killed.
+const WATCH_WINDOW: Duration = Duration::from_millis(1500);
 
 // ---------------------------------------------------------------------------------------------
 // The command sequence.
@@ -53,6 +57,9 @@ struct Step {
     /// Short description of `stdin` for reports (the bytes may be megabytes).
     stdin_desc: String,
     norm: Norm,
+    /// For commands that never exit by themselves (`watch`): SIGKILL etcdctl after this long and
+    /// compare what it printed until then.
+    kill_after: Option<Duration>,
 }
 
 impl Step {
@@ -67,6 +74,9 @@ impl Step {
         }
         if self.stdin.is_some() {
             let _ = write!(s, " <<< {}", self.stdin_desc);
+        }
+        if let Some(after) = self.kill_after {
+            let _ = write!(s, "  (killed after {after:?})");
         }
         s
     }
@@ -118,7 +128,22 @@ impl Seq {
             stdin,
             stdin_desc,
             norm,
+            kill_after: None,
         });
+    }
+
+    /// A `watch` command: runs for [`WATCH_WINDOW`], then gets killed.
+    fn watch(&mut self, cmd: &str) {
+        self.watch_argv(&cmd.split_whitespace().collect::<Vec<_>>());
+    }
+
+    fn watch_argv(&mut self, args: &[&str]) {
+        let mut all = vec!["watch"];
+        all.extend_from_slice(args);
+        self.argv(&all);
+        if let Some(step) = self.steps.last_mut() {
+            step.kill_after = Some(WATCH_WINDOW);
+        }
     }
 }
 
@@ -378,6 +403,13 @@ fn sequence() -> Vec<Step> {
     s.cmd("del missing --prefix -w json");
     s.argv(&["get", "--from-key", "", "-w", "json"]);
 
+    // --- watch (history replay: every event so far, with the revisions they happened at)
+    s.watch_argv(&["--prefix", "", "--rev=1"]);
+    s.watch("foo --rev=2 --prev-kv");
+    s.watch("--prefix t --rev=20 -w json");
+    s.watch("a c --rev=8 -w fields");
+    s.watch("nothing-here");
+
     // --- compaction
     s.cmd("put cmp 1"); // rev 52
     s.cmd("put cmp 2 -w json"); // rev 53 = COMPACT_REV
@@ -404,6 +436,9 @@ fn sequence() -> Vec<Step> {
     s.cmd("compaction 0"); // compacted
     s.cmd("get cmp -w fields");
     s.cmd("put cmp 5 -w json");
+    s.watch("cmp --rev=1"); // compacted
+    s.watch(&format!("cmp --rev={c} -w json"));
+    s.watch(&format!("--prefix cmp --rev={} --prev-kv", c + 1));
 
     // --- leases (only deterministic bits: no granted ids)
     s.cmd("lease list");
@@ -435,7 +470,13 @@ struct Output {
     took: Duration,
 }
 
-fn run_etcdctl(etcdctl: &Path, endpoint: &str, args: &[String], stdin: Option<&[u8]>) -> Output {
+fn run_etcdctl(
+    etcdctl: &Path,
+    endpoint: &str,
+    args: &[String],
+    stdin: Option<&[u8]>,
+    kill_after: Option<Duration>,
+) -> Output {
     let start = Instant::now();
     let mut cmd = Command::new(etcdctl);
     for (k, _) in std::env::vars_os() {
@@ -466,7 +507,22 @@ fn run_etcdctl(etcdctl: &Path, endpoint: &str, args: &[String], stdin: Option<&[
             }
             _ => None,
         };
+        // Watchdog: SIGKILL etcdctl after `kill_after` (watch) or HARD_LIMIT (a hang).
+        let pid = child.id();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let limit = kill_after.unwrap_or(HARD_LIMIT);
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(limit).is_err() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        });
         let out = child.wait_with_output();
+        let _ = done_tx.send(());
+        let _ = watchdog.join();
         if let Some(f) = feeder {
             let _ = f.join();
         }
@@ -509,12 +565,8 @@ struct Idents {
 fn wait_healthy(etcdctl: &Path, endpoint: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        let out = run_etcdctl(
-            etcdctl,
-            endpoint,
-            &["endpoint".into(), "health".into()],
-            None,
-        );
+        let args = ["endpoint".to_string(), "health".to_string()];
+        let out = run_etcdctl(etcdctl, endpoint, &args, None, None);
         if out.code == 0 {
             return true;
         }
@@ -535,7 +587,7 @@ fn learn_ids(etcdctl: &Path, server: &Server) -> Idents {
     for cmd in [["endpoint", "status"], ["member", "list"]] {
         let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
         args.extend(["-w".to_string(), "json".to_string()]);
-        let out = run_etcdctl(etcdctl, &server.endpoint(), &args, None);
+        let out = run_etcdctl(etcdctl, &server.endpoint(), &args, None, None);
         if out.code != 0 {
             continue;
         }
@@ -956,7 +1008,15 @@ fn run_sequence(
     let mut dump_text = String::new();
     let mut aborted = None;
     for (index, step) in steps.iter().enumerate() {
-        let run = |t: &Target| run_etcdctl(etcdctl, &t.endpoint, &step.args, step.stdin.as_deref());
+        let run = |t: &Target| {
+            run_etcdctl(
+                etcdctl,
+                &t.endpoint,
+                &step.args,
+                step.stdin.as_deref(),
+                step.kill_after,
+            )
+        };
         let (out_a, out_b) = std::thread::scope(|scope| {
             let ha = scope.spawn(|| run(expected));
             let out_b = run(actual);
@@ -991,7 +1051,7 @@ fn run_sequence(
             });
         }
         for (k, out) in [&out_a, &out_b].into_iter().enumerate() {
-            if out.took >= SLOW_STEP {
+            if out.took >= SLOW_STEP && step.kill_after.is_none() {
                 slow_in_a_row[k] += 1;
             } else {
                 slow_in_a_row[k] = 0;
@@ -1193,6 +1253,7 @@ fn normalizer_unit_checks() {
         stdin: None,
         stdin_desc: String::new(),
         norm,
+        kill_after: None,
     };
     let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
     assert_eq!(
