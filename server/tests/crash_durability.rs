@@ -233,7 +233,15 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_puts_survive_kill_9() -> Result<()> {
-    let dir = TempDir::new("crash-durability")?;
+    let mut dir = TempDir::new("crash-durability")?;
+    let result = kill_restart_rounds(&dir).await;
+    if result.is_err() {
+        dir.keep(); // data dir and per-round server logs, for inspection
+    }
+    result
+}
+
+async fn kill_restart_rounds(dir: &TempDir) -> Result<()> {
     // Same ports every round: a restarted member keeps its URLs.
     let ports = Ports::pick();
     let mut acked: HashMap<String, Acked> = HashMap::new();
@@ -241,7 +249,7 @@ async fn acknowledged_puts_survive_kill_9() -> Result<()> {
 
     for (round, kill_after_ms) in KILL_AFTER_MS.iter().enumerate() {
         let round_start = Instant::now();
-        let mut server = start_keel(&dir, ports, round)?;
+        let mut server = start_keel(dir, ports, round)?;
         let mut client = connect_ready(&server).await?;
         let (store, revision) = read_all(&mut client).await?;
         let problems = verify(round, &store, revision, &acked);
@@ -298,7 +306,7 @@ async fn acknowledged_puts_survive_kill_9() -> Result<()> {
 
     // Final restart: everything acknowledged in every round is there.
     let round = KILL_AFTER_MS.len();
-    let server = start_keel(&dir, ports, round)?;
+    let server = start_keel(dir, ports, round)?;
     let mut client = connect_ready(&server).await?;
     let (store, revision) = read_all(&mut client).await?;
     let problems = verify(round, &store, revision, &acked);

@@ -1137,7 +1137,7 @@ fn start_server(label: &str, program: &Path, dir: &TempDir) -> Result<Server> {
 fn diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
     let etcd = require_on_path("etcd")?;
     let etcdctl = require_on_path("etcdctl")?;
-    let dir = TempDir::new("etcdctl-diff")?;
+    let mut dir = TempDir::new("etcdctl-diff")?;
     let started = Instant::now();
     let mut a = start_server("etcd", &etcd, &dir)?;
     let mut b = start_server(other_label, &other_program, &dir)?;
@@ -1211,6 +1211,7 @@ fn diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
     for m in &mismatches {
         let _ = writeln!(report, "  step {}: {}", m.index, clip_line(&m.command));
     }
+    dir.keep();
     let report_path = dir.path().join("mismatches.txt");
     let _ = std::fs::write(&report_path, &report);
     eprintln!("{report}");
@@ -1690,7 +1691,7 @@ mod grpc {
 
 async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
     let etcd = require_on_path("etcd")?;
-    let dir = TempDir::new("grpc-diff")?;
+    let mut dir = TempDir::new("grpc-diff")?;
     let started = Instant::now();
     let a = start_server("etcd", &etcd, &dir)?;
     let b = start_server(other_label, &other_program, &dir)?;
@@ -1759,6 +1760,7 @@ async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Re
         steps.len(),
         mismatches.iter().map(|m| m.index).collect::<Vec<_>>()
     );
+    dir.keep();
     let report_path = dir.path().join("grpc-mismatches.txt");
     let _ = std::fs::write(&report_path, &report);
     eprintln!("{report}\nfull report: {}", report_path.display());

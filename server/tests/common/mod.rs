@@ -84,11 +84,12 @@ impl Ports {
     }
 }
 
-/// A fresh directory under `std::env::temp_dir()`, removed on drop (kept if the thread is panicking,
-/// so a failing test leaves its logs and data behind for inspection).
+/// A fresh directory under `std::env::temp_dir()`, removed on drop unless [`TempDir::keep`] was
+/// called or the thread is panicking (so a failing test leaves its logs and data behind).
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
+    keep: bool,
 }
 
 impl TempDir {
@@ -104,17 +105,22 @@ impl TempDir {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(TempDir { path })
+        Ok(TempDir { path, keep: false })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Leaves the directory in place after drop (call it when a test fails).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if self.keep || std::thread::panicking() {
             eprintln!("keeping {} for inspection", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);
