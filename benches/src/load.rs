@@ -1,0 +1,261 @@
+//! Drives the requests: connections, clients, and the shared request budget.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{request_timeout, Cli, Command, Consistency};
+
+/// At most this many distinct error messages are kept (the rest are counted as "other").
+const ERROR_KINDS_MAX: usize = 16;
+
+/// What one benchmark run measured.
+pub struct Run {
+    /// Latency of every successful request.
+    pub latencies: Vec<Duration>,
+    /// Wall time from the first request to the last response.
+    pub elapsed: Duration,
+    pub errors: Errors,
+}
+
+/// Failed requests, grouped by message.
+#[derive(Default)]
+pub struct Errors {
+    by_message: BTreeMap<String, u64>,
+}
+
+impl Errors {
+    fn record(&mut self, message: String) {
+        let kinds = self.by_message.len();
+        let key = if kinds < ERROR_KINDS_MAX || self.by_message.contains_key(&message) {
+            message
+        } else {
+            "(other errors)".to_string()
+        };
+        *self.by_message.entry(key).or_insert(0) += 1;
+    }
+
+    fn merge(&mut self, other: Errors) {
+        for (message, count) in other.by_message {
+            *self.by_message.entry(message).or_insert(0) += count;
+        }
+    }
+
+    /// Number of failed requests.
+    pub fn total(&self) -> u64 {
+        self.by_message.values().sum()
+    }
+
+    /// Lists the errors the way etcd's benchmark does, or nothing when there were none.
+    pub fn render(&self) -> String {
+        if self.by_message.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("\nError distribution:\n");
+        for (message, count) in &self.by_message {
+            out.push_str(&format!("  [{count}]\t{message}\n"));
+        }
+        out
+    }
+}
+
+/// One client's share of the work, built once per client.
+#[derive(Clone)]
+enum Workload {
+    Put {
+        key_size: usize,
+        key_space_size: u64,
+        sequential: bool,
+        value: bytes::Bytes,
+    },
+    Range(RangeRequest),
+}
+
+/// Runs the benchmark described by `cli` to completion.
+pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
+    let channels = connect(cli).await?;
+    let workload = workload(&cli.command);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(cli.clients);
+    for client_index in 0..cli.clients {
+        let client = KvClient::new(channels[client_index % channels.len()].clone());
+        let job = Job {
+            client,
+            workload: workload.clone(),
+            next: next.clone(),
+            total: cli.total,
+            timeout: request_timeout(cli),
+            rng: StdRng::seed_from_u64(0x6b65_656c ^ client_index as u64),
+        };
+        tasks.push(tokio::spawn(job.run()));
+    }
+    let mut latencies = Vec::with_capacity(usize::try_from(cli.total).unwrap_or(0));
+    let mut errors = Errors::default();
+    for task in tasks {
+        let (client_latencies, client_errors) = task.await.context("client task panicked")?;
+        latencies.extend(client_latencies);
+        errors.merge(client_errors);
+    }
+    Ok(Run {
+        latencies,
+        elapsed: started.elapsed(),
+        errors,
+    })
+}
+
+/// Opens `--conns` channels, spreading them over the endpoints round-robin.
+async fn connect(cli: &Cli) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(cli.conns);
+    for conn_index in 0..cli.conns {
+        let endpoint = &cli.endpoints[conn_index % cli.endpoints.len()];
+        let uri = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("bad endpoint {endpoint:?}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {uri}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+fn workload(command: &Command) -> Workload {
+    match command {
+        Command::Put {
+            key_size,
+            val_size,
+            key_space_size,
+            sequential_keys,
+        } => {
+            let mut value = vec![0u8; *val_size];
+            StdRng::seed_from_u64(7).fill_bytes(&mut value);
+            Workload::Put {
+                key_size: *key_size,
+                key_space_size: *key_space_size,
+                sequential: *sequential_keys,
+                value: value.into(),
+            }
+        }
+        Command::Range {
+            key,
+            end,
+            consistency,
+        } => Workload::Range(RangeRequest {
+            key: key.clone().into_bytes().into(),
+            range_end: end
+                .clone()
+                .map(String::into_bytes)
+                .unwrap_or_default()
+                .into(),
+            serializable: *consistency == Consistency::S,
+            ..RangeRequest::default()
+        }),
+    }
+}
+
+/// Encodes key number `n` big-endian into exactly `key_size` bytes (keeping the low bytes when
+/// `key_size < 8`), so keys sort numerically.
+fn encode_key(n: u64, key_size: usize) -> bytes::Bytes {
+    let mut key = vec![0u8; key_size];
+    let be = n.to_be_bytes();
+    let take = key_size.min(be.len());
+    key[key_size - take..].copy_from_slice(&be[be.len() - take..]);
+    key.into()
+}
+
+/// One concurrent client: takes request numbers from the shared counter until the budget is
+/// spent.
+struct Job {
+    client: KvClient<Channel>,
+    workload: Workload,
+    next: Arc<AtomicU64>,
+    total: u64,
+    timeout: Duration,
+    rng: StdRng,
+}
+
+impl Job {
+    async fn run(mut self) -> (Vec<Duration>, Errors) {
+        let mut latencies = Vec::new();
+        let mut errors = Errors::default();
+        loop {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            if n >= self.total {
+                break;
+            }
+            let started = Instant::now();
+            match tokio::time::timeout(self.timeout, self.request(n)).await {
+                Ok(Ok(())) => latencies.push(started.elapsed()),
+                Ok(Err(status)) => {
+                    errors.record(format!("{:?}: {}", status.code(), status.message()))
+                }
+                Err(_) => errors.record("request deadline exceeded (client side)".to_string()),
+            }
+        }
+        (latencies, errors)
+    }
+
+    async fn request(&mut self, n: u64) -> Result<(), tonic::Status> {
+        match &self.workload {
+            Workload::Put {
+                key_size,
+                key_space_size,
+                sequential,
+                value,
+            } => {
+                let number = if *sequential {
+                    n % key_space_size
+                } else {
+                    self.rng.random_range(0..*key_space_size)
+                };
+                let request = PutRequest {
+                    key: encode_key(number, *key_size),
+                    value: value.clone(),
+                    ..PutRequest::default()
+                };
+                self.client.put(request).await?;
+            }
+            Workload::Range(request) => {
+                self.client.range(request.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fixed_size_big_endian() {
+        assert_eq!(&encode_key(0x0102, 4)[..], [0, 0, 1, 2]);
+        assert_eq!(&encode_key(0x0102, 1)[..], [2]);
+        assert_eq!(&encode_key(1, 10)[..], [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn error_kinds_are_bounded() {
+        let mut errors = Errors::default();
+        for i in 0..100 {
+            errors.record(format!("error {i}"));
+        }
+        assert_eq!(errors.total(), 100);
+        assert_eq!(errors.by_message.len(), ERROR_KINDS_MAX + 1);
+    }
+}
