@@ -13,3 +13,20 @@ pub mod wal;
 pub use disk::{Disk, DiskFile, OsDisk};
 pub use sim_disk::SimDisk;
 pub use wal::{Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    #[test]
+    fn handles_cross_threads() {
+        send_sync::<SimDisk>();
+        send_sync::<OsDisk>();
+        send_sync::<std::sync::Arc<dyn Disk>>();
+        send::<Wal>();
+        send::<Box<dyn DiskFile>>();
+    }
+}

@@ -432,6 +432,10 @@ impl Disk for SimDisk {
         let (_, inode) = st.inode(path)?;
         inode.data.resize(len as usize, 0);
         inode.synced_len = len;
+        inode.lost.retain(|r| r.start < len);
+        for r in &mut inode.lost {
+            r.end = r.end.min(len);
+        }
         Ok(())
     }
 

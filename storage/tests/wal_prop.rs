@@ -182,7 +182,8 @@ fn consistent(model: &Model, rec: &Recovered, floor: u64) -> bool {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 300,
+        // PROPTEST_CASES overrides, for longer soaks.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
