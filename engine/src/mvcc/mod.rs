@@ -22,4 +22,4 @@ pub use store::{
     delete_event, put_event, Event, KeyValue, RangeOptions, RangeResult, Store, TxnOutcome,
     WriteTxn,
 };
-pub use tree_index::{KeyRange, TreeIndex};
+pub use tree_index::{KeyRange, Range, TreeIndex};

@@ -11,7 +11,7 @@
 //! assert!(!KeyRange::from_wire(b"c", b"a").contains(b"b")); // end ≤ start: empty
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -92,28 +92,29 @@ impl TreeIndex {
     /// for events). A new key is stored as a fresh copy, so it never pins a larger buffer (say,
     /// a whole decoded raft entry) in memory.
     pub fn entry(&mut self, key: &[u8]) -> (Bytes, &mut KeyIndex) {
-        // Two tree walks; a single-walk form needs either an owned key up front (which would
-        // pin the caller's buffer) or borrows today's borrow checker rejects.
-        if !self.keys.contains_key(key) {
-            self.keys
-                .insert(Bytes::copy_from_slice(key), KeyIndex::default());
-        }
-        match self
-            .keys
-            .range_mut::<[u8], _>(KeyRange::Single(key).bounds())
-            .next()
-        {
-            Some((stored, index)) => (stored.clone(), index),
+        // Two tree walks; one walk needs either an owned key up front (which would pin the
+        // caller's buffer) or a conditional return of a borrow, which today's borrow checker
+        // rejects.
+        let stored = match self.keys.get_key_value(key) {
+            Some((stored, _)) => stored.clone(),
+            None => {
+                let stored = Bytes::copy_from_slice(key);
+                self.keys.insert(stored.clone(), KeyIndex::default());
+                stored
+            }
+        };
+        match self.keys.get_mut(key) {
+            Some(index) => (stored, index),
             None => unreachable!("key inserted above"),
         }
     }
 
-    /// Keys in `range` with their histories, in key order.
-    pub fn range<'s>(
-        &'s self,
-        range: KeyRange<'_>,
-    ) -> impl Iterator<Item = (&'s Bytes, &'s KeyIndex)> + 's {
-        self.keys.range::<[u8], _>(range.bounds())
+    /// Keys in `range` with their histories, in key order. A single key is one lookup.
+    pub fn range<'s>(&'s self, range: KeyRange<'_>) -> Range<'s> {
+        match range {
+            KeyRange::Single(key) => Range::One(self.keys.get_key_value(key)),
+            _ => Range::Many(self.keys.range::<[u8], _>(range.bounds())),
+        }
     }
 
     /// Keys in `range` with their histories, for changing.
@@ -132,5 +133,25 @@ impl TreeIndex {
     /// Removes `key`'s history.
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyIndex> {
         self.keys.remove(key)
+    }
+}
+
+/// Iterator over the keys of a [`KeyRange`], from [`TreeIndex::range`].
+#[derive(Clone, Debug)]
+pub enum Range<'s> {
+    /// A single-key range: at most one item.
+    One(Option<(&'s Bytes, &'s KeyIndex)>),
+    /// An interval.
+    Many(btree_map::Range<'s, Bytes, KeyIndex>),
+}
+
+impl<'s> Iterator for Range<'s> {
+    type Item = (&'s Bytes, &'s KeyIndex);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Range::One(item) => item.take(),
+            Range::Many(range) => range.next(),
+        }
     }
 }
