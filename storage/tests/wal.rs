@@ -474,7 +474,7 @@ fn failed_rotation_poisons() {
     let (mut wal, _) = open(&disk, 100).unwrap();
     commit(&mut wal, &entries(1..=3, 1));
     wal.append_entry(4, 1, b"d").unwrap();
-    // The rotation's directory sync is the second sync of this call.
+    // This sync starts a new segment; power fails during its fsync.
     disk.power_cut_at_next_sync();
     assert!(wal.sync().is_err());
     assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
