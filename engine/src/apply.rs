@@ -8,7 +8,9 @@
 //! - [`range`], [`put`], [`delete_range`], [`txn`], [`compact`], [`hash_kv`]: run on committed
 //!   entries (or, for reads, on the applied state). Each response's `header` carries only
 //!   `revision`; the node fills `cluster_id`, `member_id` and `raft_term` (of the top-level
-//!   response only: etcd leaves nested headers as they are here).
+//!   response only: etcd leaves nested headers as they are here). The events a write made
+//!   (for watchers) are left in the store: take them with [`Store::take_events`] after each
+//!   applied entry; the next write replaces them. A failed write leaves none.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -18,9 +20,9 @@
 //! let mut store = Store::default();
 //! let put = PutRequest { key: Bytes::from("k"), value: Bytes::from("v"), ..Default::default() };
 //! apply::check_put(&put).unwrap();
-//! let applied = apply::put(&mut store, &put, &NoLeases).unwrap();
-//! assert_eq!(applied.response.header.unwrap().revision, 2);
-//! assert_eq!(applied.events.len(), 1);
+//! let response = apply::put(&mut store, &put, &NoLeases).unwrap();
+//! assert_eq!(response.header.unwrap().revision, 2);
+//! assert_eq!(store.take_events().len(), 1);
 //! let get = RangeRequest { key: Bytes::from("k"), ..Default::default() };
 //! let got = apply::range(&store, &get).unwrap();
 //! assert_eq!((got.count, got.kvs[0].version), (1, 1));
@@ -41,7 +43,7 @@ use keel_proto::etcdserverpb::{
 };
 
 use crate::error::Error;
-use crate::mvcc::{Event, KeyRange, KeyValue, RangeOptions, Store, WriteTxn};
+use crate::mvcc::{KeyRange, KeyValue, RangeOptions, Store, WriteTxn};
 
 /// etcd's default `--max-txn-ops`.
 pub const TXN_OPS_MAX_DEFAULT: usize = 128;
@@ -62,15 +64,6 @@ impl LeaseLookup for NoLeases {
     fn exists(&self, _id: i64) -> bool {
         false
     }
-}
-
-/// A write's response together with the events it produced (for watchers).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Applied<R> {
-    /// The response to send.
-    pub response: R,
-    /// The changes made, in revision order.
-    pub events: Vec<Event>,
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -360,16 +353,16 @@ pub fn put(
     store: &mut Store,
     req: &PutRequest,
     leases: &dyn LeaseLookup,
-) -> Result<Applied<PutResponse>, Error> {
+) -> Result<PutResponse, Error> {
+    store.set_applied_events(Vec::new());
     if req.lease != 0 && !leases.exists(req.lease) {
         return Err(Error::LeaseNotFound);
     }
     let mut txn = store.write();
     let response = put_in(&mut txn, req)?;
-    Ok(Applied {
-        response,
-        events: txn.end().events,
-    })
+    let events = txn.end().events;
+    store.set_applied_events(events);
+    Ok(response)
 }
 
 fn put_in(txn: &mut WriteTxn<'_>, req: &PutRequest) -> Result<PutResponse, Error> {
@@ -404,13 +397,13 @@ fn put_in(txn: &mut WriteTxn<'_>, req: &PutRequest) -> Result<PutResponse, Error
 pub fn delete_range(
     store: &mut Store,
     req: &DeleteRangeRequest,
-) -> Result<Applied<DeleteRangeResponse>, Error> {
+) -> Result<DeleteRangeResponse, Error> {
+    store.set_applied_events(Vec::new());
     let mut txn = store.write();
     let response = delete_in(&mut txn, req)?;
-    Ok(Applied {
-        response,
-        events: txn.end().events,
-    })
+    let events = txn.end().events;
+    store.set_applied_events(events);
+    Ok(response)
 }
 
 fn delete_in(
@@ -456,21 +449,21 @@ pub fn txn(
     store: &mut Store,
     req: &TxnRequest,
     leases: &dyn LeaseLookup,
-) -> Result<Applied<TxnResponse>, Error> {
+) -> Result<TxnResponse, Error> {
+    store.set_applied_events(Vec::new());
     let mut path = Vec::new();
     compare_path(store, req, &mut path);
+    let mut effects = Vec::new();
     walk_chosen(req, &path, &mut 0, &mut |op| {
-        check_put_op(store, op, leases)
+        check_put_op(store, op, leases, &mut effects)
     })?;
     walk_chosen(req, &path, &mut 0, &mut |op| check_range_op(store, op))?;
     let mut write = store.write();
     let mut response = apply_txn(&mut write, req, &path, &mut 0)?;
     let outcome = write.end();
     response.header = header(outcome.revision);
-    Ok(Applied {
-        response,
-        events: outcome.events,
-    })
+    store.set_applied_events(outcome.events);
+    Ok(response)
 }
 
 /// Pre-order list of compare outcomes: this txn's, then those of nested txns on its chosen
@@ -504,11 +497,11 @@ fn next_outcome(path: &[bool], cursor: &mut usize) -> bool {
 }
 
 /// Calls `check` on every non-txn op of the chosen paths, in order.
-fn walk_chosen(
-    req: &TxnRequest,
+fn walk_chosen<'r>(
+    req: &'r TxnRequest,
     path: &[bool],
     cursor: &mut usize,
-    check: &mut dyn FnMut(&RequestOp) -> Result<(), Error>,
+    check: &mut dyn FnMut(&'r RequestOp) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let succeeded = next_outcome(path, cursor);
     for op in chosen_ops(req, succeeded) {
@@ -520,15 +513,54 @@ fn walk_chosen(
     Ok(())
 }
 
-fn check_put_op(store: &Store, op: &RequestOp, leases: &dyn LeaseLookup) -> Result<(), Error> {
-    let Some(Request::RequestPut(put)) = &op.request else {
-        return Ok(());
-    };
-    if (put.ignore_value || put.ignore_lease) && store.kv_at(&put.key, 0).is_none() {
-        return Err(Error::KeyNotFound);
+/// What the ops before the one being checked did, in order: lets a put with
+/// `ignore_value`/`ignore_lease` be checked against the state it will really see.
+enum Effect<'r> {
+    Put(&'r [u8]),
+    Delete(KeyRange<'r>),
+}
+
+/// Whether `key` exists after `effects`, applied to `store`.
+fn exists_after(store: &Store, effects: &[Effect<'_>], key: &[u8]) -> bool {
+    for effect in effects.iter().rev() {
+        match effect {
+            Effect::Put(put) if *put == key => return true,
+            Effect::Delete(range) if range.contains(key) => return false,
+            _ => {}
+        }
     }
-    if put.lease != 0 && !leases.exists(put.lease) {
-        return Err(Error::LeaseNotFound);
+    store.kv_at(key, 0).is_some()
+}
+
+/// etcd's `checkPut`, with one deliberate difference: etcd checks `ignore_value` against the
+/// state before the txn, so a delete earlier in the same txn that removes the key (possible
+/// when its `range_end` is `"\0"`, which `checkIntervals` lets through) makes etcd 3.4.23
+/// panic while applying ("unexpected error during txn: etcdserver: key not found"). keel
+/// checks against the state the put will see and answers `KeyNotFound`, changing nothing.
+fn check_put_op<'r>(
+    store: &Store,
+    op: &'r RequestOp,
+    leases: &dyn LeaseLookup,
+    effects: &mut Vec<Effect<'r>>,
+) -> Result<(), Error> {
+    match &op.request {
+        Some(Request::RequestPut(put)) => {
+            let needs_key = put.ignore_value || put.ignore_lease;
+            if needs_key && !exists_after(store, effects, &put.key) {
+                return Err(Error::KeyNotFound);
+            }
+            if put.lease != 0 && !leases.exists(put.lease) {
+                return Err(Error::LeaseNotFound);
+            }
+            effects.push(Effect::Put(&put.key));
+        }
+        Some(Request::RequestDeleteRange(delete)) => {
+            effects.push(Effect::Delete(KeyRange::from_wire(
+                &delete.key,
+                &delete.range_end,
+            )));
+        }
+        _ => {}
     }
     Ok(())
 }

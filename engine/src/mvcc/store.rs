@@ -128,6 +128,8 @@ pub struct Store {
     /// -1 until the first compaction, as in etcd (so `compact(0)` once succeeds).
     pub(super) compact_revision: i64,
     pub(super) stored_revisions: u64,
+    /// Events of the last write applied through `crate::apply` (replaced by the next one).
+    pub(super) applied_events: Vec<Event>,
 }
 
 impl Default for Store {
@@ -138,11 +140,29 @@ impl Default for Store {
             current_revision: 1,
             compact_revision: -1,
             stored_revisions: 0,
+            applied_events: Vec::new(),
         }
     }
 }
 
 impl Store {
+    /// An empty store at revision 1.
+    pub fn new() -> Self {
+        Store::default()
+    }
+
+    /// Takes the events of the last write applied through [`crate::apply`] (`put`,
+    /// `delete_range`, `txn`). Each such write replaces them, so the buffer holds at most one
+    /// write's events: drain it after every applied entry that should reach watchers.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.applied_events)
+    }
+
+    /// Records `events` as the last applied write's (see [`Store::take_events`]).
+    pub fn set_applied_events(&mut self, events: Vec<Event>) {
+        self.applied_events = events;
+    }
+
     /// The revision of the last write transaction that changed something (1 when empty).
     pub fn current_revision(&self) -> i64 {
         self.current_revision
