@@ -442,17 +442,36 @@ fn keel_answers_like_etcd() {
         .ok()
         .and_then(|s| s.parse().ok());
     let mut rng = Rng(seed.unwrap_or(SEED));
+    // KEEL_ETCD_TRACE_EVENTS: leave compactions out and also write every event (for a watch
+    // diff against etcd from revision 1).
+    let no_compaction = std::env::var("KEEL_ETCD_TRACE_EVENTS").is_ok();
     let mut lines = Vec::with_capacity(REQUESTS);
     let mut requests = String::new();
     for _ in 0..REQUESTS {
         let mut gen = Gen { rng, store: &store };
         let req = gen.request();
         rng = gen.rng;
+        if no_compaction && matches!(req, Req::Compact(_)) {
+            continue;
+        }
         writeln!(requests, "{}", json_line(&req)).unwrap();
         lines.push(execute(&mut store, &req));
     }
     if let Ok(path) = std::env::var("KEEL_ETCD_TRACE_WRITE") {
         write_trace(&path, &requests, &lines);
+        if no_compaction {
+            let events = store
+                .events(1, store.current_revision(), usize::MAX)
+                .unwrap();
+            let events: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    let kind = if e.r#type == 1 { "DELETE" } else { "PUT" };
+                    format!("{kind} {}", kv(e.kv.as_ref().unwrap()))
+                })
+                .collect();
+            write_trace(&format!("{path}.events"), "", &events);
+        }
         return;
     }
     let expected = include_str!("apply_etcd_trace.expected");
