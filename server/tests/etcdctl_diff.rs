@@ -8,7 +8,13 @@
 //! `etcd_vs_etcd_harness_self_check` runs the sequence against two etcd instances: it proves the
 //! normalizers hide the noise without needing keel.
 //!
-//! The `grpc_*` tests do the same over gRPC for request fields etcdctl 3.4 cannot set.
+//! The `grpc_*` tests do the same over gRPC for request fields etcdctl 3.4 cannot set: its `get`
+//! has no `--count-only` or `--min/max-mod/create-rev` (those came in 3.5), and its txn parser
+//! panics on `lease("k") = "0"`.
+//!
+//! Run: `cargo test -p keel-server --test etcdctl_diff` (needs `etcd` and `etcdctl` 3.4 on PATH;
+//! a missing one is a failure, not a skip). A failure lists every differing step with both
+//! normalized outputs and a diff, and leaves the report and both servers' logs in a temp dir.
 //!
 //! Env knobs: `KEEL_DIFF_DUMP=FILE` writes every step's normalized outputs (both sides) to FILE
 //! (and FILE.grpc for the gRPC tests).
