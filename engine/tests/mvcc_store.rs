@@ -257,3 +257,33 @@ fn key_index_since_and_find() {
     );
     assert_eq!(ki.modified(), Revision::new(5, 0));
 }
+
+#[test]
+fn snapshot_detects_damage() {
+    use keel_engine::mvcc::SnapshotError;
+    let mut store = Store::default();
+    for i in 0..10u8 {
+        store
+            .write()
+            .put(&[b'a' + i % 3], Bytes::from(vec![i; 10]), 0);
+    }
+    store.compact(5).unwrap();
+    let bytes = store.encode_snapshot();
+    let restored = Store::decode_snapshot(&bytes).unwrap();
+    assert_eq!(restored.encode_snapshot(), bytes);
+    for i in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[i] ^= 0x40;
+        assert!(Store::decode_snapshot(&damaged).is_err(), "flip at {i}");
+    }
+    for len in 0..bytes.len() {
+        assert!(
+            Store::decode_snapshot(&bytes[..len]).is_err(),
+            "cut at {len}"
+        );
+    }
+    assert_eq!(
+        Store::decode_snapshot(b"KEELMVCC").err(),
+        Some(SnapshotError::Truncated)
+    );
+}

@@ -111,6 +111,32 @@ impl Default for KeyIndex {
 }
 
 impl KeyIndex {
+    /// Rebuilds a key index from its generations (as [`KeyIndex::generations`] gave them),
+    /// or `None` if they break an invariant: revisions strictly increase, every generation
+    /// but the last is non-empty, a generation's changes are at least its stored entries.
+    pub fn from_generations(generations: Vec<Generation>) -> Option<KeyIndex> {
+        let last = generations.len().checked_sub(1)?;
+        let mut modified = Revision::default();
+        for (index, generation) in generations.iter().enumerate() {
+            if index != last && generation.entries.is_empty() {
+                return None;
+            }
+            if generation.changes < generation.entries.len() as i64 {
+                return None;
+            }
+            for entry in &generation.entries {
+                if entry.revision <= modified {
+                    return None;
+                }
+                modified = entry.revision;
+            }
+        }
+        Some(KeyIndex {
+            modified,
+            generations,
+        })
+    }
+
     /// The revision of the last change (put or tombstone).
     pub fn modified(&self) -> Revision {
         self.modified

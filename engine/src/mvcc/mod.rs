@@ -6,11 +6,13 @@
 //! - [`store`]: the store, write transactions, range reads, events.
 //! - [`compaction`]: freeing history no read at or after a revision needs.
 //! - [`hash`]: a deterministic digest of the kept history, to compare replicas.
+//! - [`snapshot`]: the whole store to bytes and back, for raft snapshots.
 
 pub mod compaction;
 pub mod hash;
 pub mod key_index;
 pub mod revision;
+pub mod snapshot;
 pub mod store;
 pub mod tree_index;
 
@@ -18,6 +20,7 @@ pub use compaction::CompactStats;
 pub use hash::HashKv;
 pub use key_index::{Entry, Found, Generation, KeyIndex};
 pub use revision::Revision;
+pub use snapshot::SnapshotError;
 pub use store::{
     delete_event, put_event, Event, KeyValue, RangeOptions, RangeResult, Store, TxnOutcome,
     WriteTxn,

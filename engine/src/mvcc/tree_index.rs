@@ -109,6 +109,12 @@ impl TreeIndex {
         }
     }
 
+    /// Inserts `key`'s history as is (snapshot restore); `key` should not share a larger
+    /// buffer.
+    pub(super) fn insert(&mut self, key: Bytes, key_index: KeyIndex) {
+        self.keys.insert(key, key_index);
+    }
+
     /// Keys in `range` with their histories, in key order. A single key is one lookup.
     pub fn range<'s>(&'s self, range: KeyRange<'_>) -> Range<'s> {
         match range {

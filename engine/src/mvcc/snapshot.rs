@@ -1,0 +1,272 @@
+//! Encoding the whole store to bytes and back, for raft snapshots.
+//!
+//! The encoding is keel's own, versioned and crc32-protected. It dumps the key index as it
+//! is (every generation with its stored entries and change count), the change log watchers
+//! catch up from, and the two revision counters, so a decoded store answers every read,
+//! hash and catch-up exactly as the original:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use keel_engine::mvcc::{KeyRange, Store};
+//! let mut store = Store::default();
+//! store.write().put(b"a", Bytes::from_static(b"1"), 0);
+//! store.write().put(b"a", Bytes::from_static(b"2"), 0);
+//! store.write().delete_range(KeyRange::Single(b"a"));
+//! store.compact(3).unwrap();
+//! let bytes = store.encode_snapshot();
+//! let restored = Store::decode_snapshot(&bytes).unwrap();
+//! assert_eq!(restored.hash_kv(0), store.hash_kv(0));
+//! assert_eq!(restored.events(3, 4, 10), store.events(3, 4, 10));
+//! let mut corrupt = bytes.clone();
+//! corrupt[20] ^= 1;
+//! assert!(Store::decode_snapshot(&corrupt).is_err());
+//! ```
+//!
+//! Layout (integers big-endian):
+//!
+//! ```text
+//! "KEELMVCC" | format u32 = 1 | current_revision i64 | compact_revision i64
+//! key_count u64 | per key: key | generation_count u32 | per generation:
+//!     created (main i64, sub i64) | changes i64 | entry_count u32 |
+//!     per entry: (main i64, sub i64) | lease i64 | value
+//! log_count u64 | per log entry: (main i64, sub i64) | tombstone u8 | key
+//! crc32 (IEEE) of everything before it, u32
+//! ```
+//! where a key or value is a u32 length and the bytes.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+
+use super::key_index::{Entry, Generation, KeyIndex};
+use super::revision::Revision;
+use super::store::{LogEntry, Store};
+use super::tree_index::{KeyRange, TreeIndex};
+
+const MAGIC: &[u8; 8] = b"KEELMVCC";
+const FORMAT: u32 = 1;
+
+/// Why a snapshot could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes end before the snapshot does.
+    #[error("mvcc snapshot: truncated")]
+    Truncated,
+    /// Not a keel MVCC snapshot, or a format this build does not know.
+    #[error("mvcc snapshot: unknown magic or format")]
+    UnknownFormat,
+    /// The checksum does not match: the bytes were damaged.
+    #[error("mvcc snapshot: checksum mismatch")]
+    Checksum,
+    /// The contents break an invariant of the store.
+    #[error("mvcc snapshot: inconsistent contents")]
+    Inconsistent,
+}
+
+fn put_revision(out: &mut Vec<u8>, revision: Revision) {
+    out.extend_from_slice(&revision.to_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).unwrap_or_else(|_| panic!("key or value over 4 GiB"));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    let len = u32::try_from(len).unwrap_or_else(|_| panic!("count over u32"));
+    out.extend_from_slice(&len.to_be_bytes());
+}
+
+impl Store {
+    /// Encodes the store (see the module doc for the layout).
+    pub fn encode_snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT.to_be_bytes());
+        out.extend_from_slice(&self.current_revision.to_be_bytes());
+        out.extend_from_slice(&self.compact_revision.to_be_bytes());
+        out.extend_from_slice(&(self.index.len() as u64).to_be_bytes());
+        for (key, key_index) in self.index.iter() {
+            put_bytes(&mut out, key);
+            put_len(&mut out, key_index.generations().len());
+            for generation in key_index.generations() {
+                put_revision(&mut out, generation.created);
+                out.extend_from_slice(&generation.changes.to_be_bytes());
+                put_len(&mut out, generation.entries.len());
+                for entry in &generation.entries {
+                    put_revision(&mut out, entry.revision);
+                    out.extend_from_slice(&entry.lease.to_be_bytes());
+                    put_bytes(&mut out, &entry.value);
+                }
+            }
+        }
+        out.extend_from_slice(&(self.log.len() as u64).to_be_bytes());
+        for entry in &self.log {
+            put_revision(&mut out, entry.revision);
+            out.push(u8::from(entry.tombstone));
+            put_bytes(&mut out, &entry.key);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Decodes a store encoded by [`Store::encode_snapshot`]. Values are copied out of
+    /// `bytes` (one allocation per key and per value), so the snapshot buffer is not pinned.
+    pub fn decode_snapshot(bytes: &[u8]) -> Result<Store, SnapshotError> {
+        let body_len = bytes.len().checked_sub(4).ok_or(SnapshotError::Truncated)?;
+        let (body, crc) = bytes.split_at(body_len);
+        let mut reader = Reader(body);
+        if reader.take(MAGIC.len())? != MAGIC || reader.u32()? != FORMAT {
+            return Err(SnapshotError::UnknownFormat);
+        }
+        let crc_bytes: [u8; 4] = crc.try_into().map_err(|_| SnapshotError::Truncated)?;
+        if crc32fast::hash(body) != u32::from_be_bytes(crc_bytes) {
+            return Err(SnapshotError::Checksum);
+        }
+        let current_revision = reader.i64()?;
+        let compact_revision = reader.i64()?;
+        if current_revision < 1 || compact_revision > current_revision || compact_revision < -1 {
+            return Err(SnapshotError::Inconsistent);
+        }
+        let mut store = Store {
+            current_revision,
+            compact_revision,
+            ..Store::default()
+        };
+        store.index = reader.index(current_revision, &mut store.stored_revisions)?;
+        store.log = reader.log(&store.index, current_revision, compact_revision)?;
+        if !reader.0.is_empty() {
+            return Err(SnapshotError::Inconsistent);
+        }
+        Ok(store)
+    }
+}
+
+/// A cursor over the snapshot body.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.0.len() < n {
+            return Err(SnapshotError::Truncated);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        Ok(self.take(4)?.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        Ok(self.take(8)?.get_u64())
+    }
+    fn i64(&mut self) -> Result<i64, SnapshotError> {
+        Ok(self.take(8)?.get_i64())
+    }
+    fn revision(&mut self) -> Result<Revision, SnapshotError> {
+        Ok(Revision::new(self.i64()?, self.i64()?))
+    }
+    fn bytes(&mut self) -> Result<Bytes, SnapshotError> {
+        let len = self.u32()? as usize;
+        Ok(Bytes::copy_from_slice(self.take(len)?))
+    }
+    /// A count of items each at least `item_bytes_min` long: rejects counts the remaining
+    /// bytes cannot hold, so a damaged count cannot make us allocate without bound.
+    fn count(&mut self, wide: bool, item_bytes_min: usize) -> Result<usize, SnapshotError> {
+        let count = if wide {
+            self.u64()?
+        } else {
+            u64::from(self.u32()?)
+        };
+        let count = usize::try_from(count).map_err(|_| SnapshotError::Truncated)?;
+        if count.saturating_mul(item_bytes_min) > self.0.len() {
+            return Err(SnapshotError::Truncated);
+        }
+        Ok(count)
+    }
+
+    fn index(&mut self, current: i64, stored: &mut u64) -> Result<TreeIndex, SnapshotError> {
+        let mut index = TreeIndex::default();
+        let mut previous: Option<Bytes> = None;
+        for _ in 0..self.count(true, 8)? {
+            let key = self.bytes()?;
+            if key.is_empty() || previous.as_ref().is_some_and(|p| *p >= key) {
+                return Err(SnapshotError::Inconsistent); // keys are unique and sorted
+            }
+            let mut generations = Vec::new();
+            for _ in 0..self.count(false, 28)? {
+                let created = self.revision()?;
+                let changes = self.i64()?;
+                let mut entries = Vec::new();
+                for _ in 0..self.count(false, 28)? {
+                    let revision = self.revision()?;
+                    let lease = self.i64()?;
+                    let value = self.bytes()?;
+                    if revision.main > current {
+                        return Err(SnapshotError::Inconsistent);
+                    }
+                    entries.push(Entry {
+                        revision,
+                        value,
+                        lease,
+                    });
+                }
+                *stored += entries.len() as u64;
+                generations.push(Generation {
+                    changes,
+                    created,
+                    entries,
+                });
+            }
+            let key_index =
+                KeyIndex::from_generations(generations).ok_or(SnapshotError::Inconsistent)?;
+            if key_index.is_empty() {
+                return Err(SnapshotError::Inconsistent);
+            }
+            index.insert(key.clone(), key_index);
+            previous = Some(key);
+        }
+        Ok(index)
+    }
+
+    fn log(
+        &mut self,
+        index: &TreeIndex,
+        current: i64,
+        compacted: i64,
+    ) -> Result<VecDeque<LogEntry>, SnapshotError> {
+        let count = self.count(true, 21)?;
+        let mut log = VecDeque::with_capacity(count);
+        let mut previous = Revision::default();
+        for _ in 0..count {
+            let revision = self.revision()?;
+            let tombstone = match self.take(1)?[0] {
+                0 => false,
+                1 => true,
+                _ => return Err(SnapshotError::Inconsistent),
+            };
+            let key = self.bytes()?;
+            if revision <= previous || revision.main > current {
+                return Err(SnapshotError::Inconsistent);
+            }
+            previous = revision;
+            // A logged put is stored (unless compaction freed it at the compaction revision).
+            let found = index.range(KeyRange::Single(&key)).next();
+            let put_stored = found.is_some_and(|(_, ki)| ki.find(revision).is_some());
+            let freed_at_compaction = revision.main == compacted;
+            if revision.main < compacted || (!tombstone && !put_stored && !freed_at_compaction) {
+                return Err(SnapshotError::Inconsistent);
+            }
+            // Share the index's copy of the key when it has one.
+            let key = found.map_or(key, |(stored, _)| stored.clone());
+            log.push_back(LogEntry {
+                revision,
+                key,
+                tombstone,
+            });
+        }
+        Ok(log)
+    }
+}
