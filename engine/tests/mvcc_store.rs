@@ -151,6 +151,16 @@ fn compaction_frees_memory() {
     assert_eq!(store.key_count(), keys_n / 2);
     let recount: usize = store.index().iter().map(|(_, ki)| ki.entry_count()).sum();
     assert_eq!(recount as u64, store.stored_revision_count());
+    // The buffers shrank too, not just the counts.
+    let capacity: usize = store
+        .index()
+        .iter()
+        .map(|(_, ki)| ki.entry_capacity())
+        .sum();
+    assert!(
+        capacity <= 16 * keys_n / 2,
+        "entry capacity {capacity} after compaction"
+    );
     // A second compaction visits only keys changed since: none.
     store.write().put(b"key000", v("y"), 0);
     let stats = store.compact(store.current_revision()).unwrap();

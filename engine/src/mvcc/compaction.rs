@@ -91,6 +91,9 @@ impl Store {
         // The log keeps changes from the compaction revision on (watchers may start there).
         let dropped = self.log.partition_point(|e| e.revision.main < revision);
         self.log.drain(..dropped);
+        if self.log.capacity() > 1024 && self.log.len() <= self.log.capacity() / 4 {
+            self.log.shrink_to_fit();
+        }
         self.compact_revision = revision;
         Ok(stats)
     }

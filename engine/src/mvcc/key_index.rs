@@ -154,6 +154,11 @@ impl KeyIndex {
             .flat_map(|g| g.entries.iter().map(|e| e.revision))
     }
 
+    /// Entry slots allocated (≥ [`KeyIndex::entry_count`]), for memory accounting.
+    pub fn entry_capacity(&self) -> usize {
+        self.generations.iter().map(|g| g.entries.capacity()).sum()
+    }
+
     /// Number of stored entries (tombstones included).
     pub fn entry_count(&self) -> usize {
         self.generations.iter().map(|g| g.entries.len()).sum()
@@ -343,6 +348,21 @@ impl KeyIndex {
             !self.generations.is_empty(),
             "the current generation is never dropped"
         );
+        // Give the memory back, not just the slots: a hot key compacted from a million
+        // versions to one must not keep a million-entry buffer.
+        for generation in &mut self.generations {
+            shrink_if_sparse(&mut generation.entries);
+        }
+        shrink_if_sparse(&mut self.generations);
         freed
+    }
+}
+
+/// Shrinks `items` when at most a quarter of its capacity is used (and the waste is worth a
+/// reallocation).
+pub(super) fn shrink_if_sparse<T>(items: &mut Vec<T>) {
+    const WASTE_MIN: usize = 16;
+    if items.capacity() > WASTE_MIN && items.len() <= items.capacity() / 4 {
+        items.shrink_to_fit();
     }
 }
