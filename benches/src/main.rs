@@ -42,6 +42,9 @@ pub struct Cli {
     /// Per-request deadline in seconds; a request that misses it counts as an error.
     #[arg(long, global = true, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Tokio worker threads for the load generator (0: one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub threads: usize,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -88,7 +91,11 @@ pub enum Consistency {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     validate(&cli)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        builder.worker_threads(cli.threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
