@@ -3,7 +3,8 @@
 //! `compact(n)` keeps, for each key, every revision after `n` plus the latest revision ≤ `n`
 //! unless that is a tombstone; a key left with nothing is removed (etcd's rule). Only keys
 //! changed since the previous compaction are visited (the store's change log names them), so a
-//! compaction costs O(changes since the last one × log keys), not O(keys).
+//! compaction costs O(changes since the last one × log keys), or one O(keys) pass over the tree
+//! when there were more changes than keys.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -30,6 +31,7 @@
 
 use bytes::Bytes;
 
+use super::key_index::KeyIndex;
 use super::store::Store;
 use crate::error::Error;
 
@@ -58,24 +60,33 @@ impl Store {
             return Err(Error::FutureRev);
         }
         let changed_end = self.log.partition_point(|e| e.revision.main <= revision);
-        let mut keys: Vec<Bytes> = self
-            .log
-            .range(..changed_end)
-            .map(|e| e.key.clone())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
-        for key in &keys {
-            let Some(key_index) = self.index.get_mut(key) else {
-                continue;
-            };
+        let mut compact_key = |key_index: &mut KeyIndex| {
             stats.keys_visited += 1;
             stats.revisions_freed += key_index.compact(revision, &mut kept) as u64;
-            if key_index.is_empty() {
-                self.index.remove(key);
-                stats.keys_removed += 1;
+            let empty = key_index.is_empty();
+            stats.keys_removed += u64::from(empty);
+            !empty
+        };
+        if changed_end >= self.index.len() {
+            // Most keys changed: one ordered pass over the tree beats sorting the changes.
+            self.index.retain(|_, key_index| compact_key(key_index));
+        } else {
+            let mut keys: Vec<Bytes> = self
+                .log
+                .range(..changed_end)
+                .map(|e| e.key.clone())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in &keys {
+                let Some(key_index) = self.index.get_mut(key) else {
+                    continue;
+                };
+                if !compact_key(key_index) {
+                    self.index.remove(key);
+                }
             }
         }
         stats.revisions_kept = kept.len() as u64;

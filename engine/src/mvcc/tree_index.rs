@@ -115,6 +115,11 @@ impl TreeIndex {
         self.keys.insert(key, key_index);
     }
 
+    /// Keeps only the keys for which `keep` returns true, visiting all in key order.
+    pub(super) fn retain(&mut self, keep: impl FnMut(&Bytes, &mut KeyIndex) -> bool) {
+        self.keys.retain(keep);
+    }
+
     /// Keys in `range` with their histories, in key order. A single key is one lookup.
     pub fn range<'s>(&'s self, range: KeyRange<'_>) -> Range<'s> {
         match range {
