@@ -20,7 +20,14 @@ use keel_proto::etcdserverpb::{
     LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest, RangeRequest,
     RequestOp, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
 };
+use keel_proto::health::health_check_response::ServingStatus;
+use keel_proto::health::health_client::HealthClient;
+use keel_proto::health::HealthCheckRequest;
 use keel_proto::mvccpb::event::EventType;
+use keel_proto::v3electionpb::election_client::ElectionClient;
+use keel_proto::v3electionpb::{CampaignRequest, LeaderRequest, ResignRequest};
+use keel_proto::v3lockpb::lock_client::LockClient;
+use keel_proto::v3lockpb::{LockRequest, UnlockRequest};
 use tonic::transport::Channel;
 
 /// A single-member etcd in a temporary directory, killed on drop.
@@ -130,6 +137,8 @@ async fn generated_clients_speak_to_etcd() {
         KvClient::new(channel.clone()),
     )
     .await;
+    lock_and_election_checks(channel.clone()).await;
+    health_check(channel.clone()).await;
     maintenance_checks(channel).await;
 }
 
@@ -416,4 +425,61 @@ async fn maintenance_checks(channel: Channel) {
         .into_inner();
     assert_eq!(hash.compact_revision, header.revision);
     assert_ne!(hash.hash, 0);
+}
+
+async fn lock_and_election_checks(channel: Channel) {
+    let mut lease = LeaseClient::new(channel.clone());
+    let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+    let lease_id = lease
+        .lease_grant(grant)
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+
+    let mut lock = LockClient::new(channel.clone());
+    let request = LockRequest {
+        name: b("mutex"),
+        lease: lease_id,
+    };
+    let held = lock.lock(request).await.expect("lock").into_inner();
+    assert!(held.key.starts_with(b"mutex/"), "lock key {:?}", held.key);
+    lock.unlock(UnlockRequest { key: held.key })
+        .await
+        .expect("unlock");
+
+    let mut election = ElectionClient::new(channel);
+    let campaign = CampaignRequest {
+        name: b("vote"),
+        lease: lease_id,
+        value: b("me"),
+    };
+    let leader = election
+        .campaign(campaign)
+        .await
+        .expect("campaign")
+        .into_inner();
+    let leader = leader.leader.expect("leader key");
+    assert_eq!((leader.name.clone(), leader.lease), (b("vote"), lease_id));
+    let current = election
+        .leader(LeaderRequest { name: b("vote") })
+        .await
+        .expect("leader");
+    let kv = current.into_inner().kv.expect("leader kv");
+    assert_eq!((kv.key, kv.value), (leader.key.clone(), b("me")));
+    election
+        .resign(ResignRequest {
+            leader: Some(leader),
+        })
+        .await
+        .expect("resign");
+}
+
+async fn health_check(channel: Channel) {
+    let mut health = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let response = health.check(request).await.expect("health").into_inner();
+    assert_eq!(response.status, ServingStatus::Serving as i32);
 }
