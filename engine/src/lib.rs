@@ -9,3 +9,6 @@
 pub mod apply;
 pub mod error;
 pub mod mvcc;
+pub mod node;
+pub mod raft_log;
+pub mod rng;

@@ -1,1 +1,197 @@
-//! placeholder
+//! keel-server: the runtime driver around the pure engine, the etcd v3 gRPC services, and the
+//! glue to durable storage.
+//!
+//! Written once for two runtimes: with `--cfg madsim` its `tokio`/`tonic` resolve to madsim's
+//! simulated crates, so the simulator runs this very code. Only `main` builds a runtime;
+//! everything else is reached through [`run`].
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod driver;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::node::{Node, NodeConfig, Recovered};
+use keel_engine::raft_log::{decode_entry, decode_hard_state, CodecError};
+use keel_storage::disk::Disk;
+use keel_storage::wal::{Wal, WalError, WalOptions};
+
+pub use crate::clock::{Clock, SystemClock};
+pub use crate::config::Config;
+
+/// What the server runs on: its disk, its clock and its seed. Production passes the OS disk,
+/// the system clock and a fresh random seed; the simulator passes its own.
+#[derive(Clone)]
+pub struct Env {
+    /// All file I/O goes through this.
+    pub disk: Arc<dyn Disk>,
+    /// All time is read through this.
+    pub clock: Arc<dyn Clock>,
+    /// Seeds the engine's random choices; should differ between runs of a member.
+    pub seed: u64,
+}
+
+/// Why the server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The WAL could not be opened (corruption, I/O error).
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// A WAL record passed its crc but does not decode.
+    #[error("WAL record does not decode: {0}")]
+    Codec(#[from] CodecError),
+    /// The engine refused to start.
+    #[error(transparent)]
+    Start(#[from] keel_engine::node::StartError),
+    /// The driver stopped (e.g. a failed fsync).
+    #[error(transparent)]
+    Driver(#[from] driver::DriverError),
+    /// A gRPC listener failed.
+    #[error("serving {addr}: {reason}")]
+    Serve {
+        /// The address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Identity of this member and its cluster, derived from the bootstrap flags like etcd does.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// This member's name.
+    pub name: String,
+    /// Peer URLs advertised.
+    pub peer_urls: Vec<String>,
+    /// Client URLs advertised.
+    pub client_urls: Vec<String>,
+}
+
+fn identity(config: &Config) -> Result<(Identity, Vec<u64>), ServerError> {
+    let members = config.initial_members()?;
+    let token = config.initial_cluster_token.as_str();
+    let member_id_of = |urls: &[String]| {
+        let mut parts: Vec<&str> = urls.iter().map(String::as_str).collect();
+        parts.sort_unstable();
+        parts.push(token);
+        config::stable_id(&parts)
+    };
+    let voters: Vec<u64> = members.iter().map(|m| member_id_of(&m.peer_urls)).collect();
+    let me = members
+        .iter()
+        .find(|m| m.name == config.name)
+        .ok_or_else(|| config::ConfigError::InitialCluster("does not name --name".into()))?;
+    let member_id = member_id_of(&me.peer_urls);
+    let mut sorted = voters.clone();
+    sorted.sort_unstable();
+    let id_texts: Vec<String> = sorted.iter().map(|id| format!("{id:x}")).collect();
+    let mut parts: Vec<&str> = id_texts.iter().map(String::as_str).collect();
+    parts.push(token);
+    let cluster_id = config::stable_id(&parts);
+    let identity = Identity {
+        member_id,
+        cluster_id,
+        name: config.name.clone(),
+        peer_urls: me.peer_urls.clone(),
+        client_urls: config.advertise_client_url_list(),
+    };
+    Ok((identity, voters))
+}
+
+/// Opens the WAL under `data_dir` and reads back what it holds.
+fn open_wal(disk: &Arc<dyn Disk>, data_dir: &Path) -> Result<(Wal, Recovered), ServerError> {
+    let wal_dir = data_dir.join("member").join("wal");
+    disk.create_dir_all(&wal_dir)
+        .map_err(|source| ServerError::DataDir {
+            path: wal_dir.display().to_string(),
+            source,
+        })?;
+    let (wal, from_disk) = Wal::open(Arc::clone(disk), &wal_dir, WalOptions::default())?;
+    let hard_state = from_disk
+        .hard_state
+        .as_deref()
+        .map(decode_hard_state)
+        .transpose()?;
+    let mut entries = Vec::with_capacity(from_disk.entries.len());
+    for e in &from_disk.entries {
+        entries.push(decode_entry(&e.data)?);
+    }
+    tracing::info!(entries = entries.len(), dir = %wal_dir.display(), "recovered WAL");
+    Ok((
+        wal,
+        Recovered {
+            hard_state,
+            entries,
+        },
+    ))
+}
+
+/// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
+/// dropping the future (or the runtime).
+pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
+    let (identity, voters) = identity(&config)?;
+    let (tick_ms, election_ticks) = config.ticks()?;
+    let client_addrs = config.client_listen_addrs()?;
+    let (wal, recovered) = open_wal(&env.disk, &config.data_dir)?;
+    let node = Node::new(
+        NodeConfig {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            voters,
+            election_ticks,
+            heartbeat_ticks: 1,
+            seed: env.seed,
+            incarnation: env.seed & 0xff_ffff,
+        },
+        recovered,
+    )?;
+    // etcd's request timeout: 5 s plus twice the election timeout.
+    let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
+    let (handle, fatal) = driver::start(
+        node,
+        wal,
+        env.clock.clone(),
+        Duration::from_millis(tick_ms),
+        request_timeout,
+    );
+    let services = api::Services::new(handle, identity, &config);
+    let mut servers = Vec::new();
+    for addr in client_addrs {
+        tracing::info!(%addr, "serving client requests");
+        servers.push(tokio::spawn(services.clone().serve(addr)));
+    }
+    tokio::select! {
+        err = fatal => match err {
+            Ok(e) => Err(e.into()),
+            Err(_) => Err(driver::DriverError::Task("driver vanished".into()).into()),
+        },
+        result = futures::future::select_all(servers) => {
+            let (joined, _, _) = result;
+            match joined {
+                Ok(Ok(())) => Err(ServerError::Serve { addr: "client".into(), reason: "listener stopped".into() }),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(ServerError::Serve { addr: "client".into(), reason: e.to_string() }),
+            }
+        }
+    }
+}

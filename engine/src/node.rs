@@ -1,0 +1,701 @@
+//! The keel node: one member's raft-rs `RawNode`, its MVCC store and the apply loop, driven
+//! sans-I/O.
+//!
+//! The driver feeds [`Input`]s to [`Node::step`] and drains [`Output`]s with
+//! [`Node::take_outputs`]. Nothing here touches a disk, a socket or a clock.
+//!
+//! # The path of a write
+//! ```text
+//! Input::Request{Put}  → propose (RaftRequest in a log entry)
+//!                      → Output::Persist{entries, then_send}   driver appends to WAL, fsyncs
+//! Input::Persisted{n}  → raft counts the local copy; with a quorum the entry commits
+//!                      → apply to MVCC → Output::Reply{token, Put response}
+//! ```
+//! A client therefore hears "ok" only after its entry is durable on a quorum (DESIGN.md rule 4):
+//! raft-rs counts the leader's own log only once `on_persist_ready` reports it written.
+//!
+//! # The path of a linearizable read (ReadIndex, batched)
+//! Reads that arrive while a ReadIndex round is in flight wait for the next round, so many
+//! reads share one round. When raft confirms the read index, the reads are served once the
+//! applied index reaches it. Serializable reads are served at once from the applied state.
+//!
+//! # Persist before send, in the type
+//! [`PersistBatch::then_send`] carries the messages raft-rs allows out only after the batch is
+//! durable (votes, append acks); [`Output::Send`] carries the ones that may go at once.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use keel_proto::etcdserverpb::{
+    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    HashKvRequest, HashKvResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use keel_proto::keelpb::{raft_request, RaftRequest};
+use prost::Message as _;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
+
+use crate::apply::{self, LeaseLookup};
+use crate::error::Error;
+use crate::mvcc::Store;
+use crate::raft_log;
+use crate::rng::SplitMix64;
+
+/// Requests waiting for a leader, at most.
+pub const WAITING_FOR_LEADER_MAX: usize = 10_000;
+/// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
+/// entries between commit and apply.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 100_000;
+/// Raft log entries kept in memory behind the applied index, for slow followers.
+pub const LOG_ENTRIES_KEPT_MAX: u64 = 5_000;
+
+/// How a member starts.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This member's id (non-zero).
+    pub member_id: u64,
+    /// The cluster's id, reported in every response header.
+    pub cluster_id: u64,
+    /// The voting members at bootstrap (including this one).
+    pub voters: Vec<u64>,
+    /// Ticks without a leader before a follower campaigns (plus seeded jitter of up to as many).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// The seed every random choice of this member derives from.
+    pub seed: u64,
+    /// Distinguishes this run of the member from earlier ones, so proposal ids of an earlier run
+    /// found in the log never match a live request.
+    pub incarnation: u64,
+}
+
+/// What the driver read back from the WAL at start.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The newest persisted hard state, if any.
+    pub hard_state: Option<HardState>,
+    /// The persisted log, contiguous, starting at index 1.
+    pub entries: Vec<Entry>,
+}
+
+/// A client request, as the gRPC layer hands it over (already validated).
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// KV.Range.
+    Range(RangeRequest),
+    /// KV.Put.
+    Put(PutRequest),
+    /// KV.DeleteRange.
+    DeleteRange(DeleteRangeRequest),
+    /// KV.Txn.
+    Txn(TxnRequest),
+    /// KV.Compact.
+    Compaction(CompactionRequest),
+    /// Maintenance.HashKV (served locally, like etcd).
+    HashKv(HashKvRequest),
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// KV.Range.
+    Range(RangeResponse),
+    /// KV.Put.
+    Put(PutResponse),
+    /// KV.DeleteRange.
+    DeleteRange(DeleteRangeResponse),
+    /// KV.Txn.
+    Txn(TxnResponse),
+    /// KV.Compact.
+    Compaction(CompactionResponse),
+    /// Maintenance.HashKV.
+    HashKv(HashKvResponse),
+}
+
+impl Response {
+    fn header_mut(&mut self) -> &mut ResponseHeader {
+        let header = match self {
+            Response::Range(r) => &mut r.header,
+            Response::Put(r) => &mut r.header,
+            Response::DeleteRange(r) => &mut r.header,
+            Response::Txn(r) => &mut r.header,
+            Response::Compaction(r) => &mut r.header,
+            Response::HashKv(r) => &mut r.header,
+        };
+        header.get_or_insert_with(ResponseHeader::default)
+    }
+}
+
+/// An input to the node.
+#[derive(Debug)]
+pub enum Input {
+    /// One raft tick of the driver's monotonic clock has elapsed.
+    Tick,
+    /// A client request; the reply comes back as [`Output::Reply`] with the same token.
+    Request {
+        /// The driver's handle for the reply.
+        token: u64,
+        /// The request.
+        request: Request,
+    },
+    /// A raft message from a peer.
+    Peer(Box<Message>),
+    /// Every [`PersistBatch`] numbered up to `number` is durable.
+    Persisted {
+        /// The batch number.
+        number: u64,
+    },
+}
+
+/// Raft state the driver must make durable before it reports [`Input::Persisted`].
+#[derive(Debug, Default)]
+pub struct PersistBatch {
+    /// Reported back in [`Input::Persisted`].
+    pub number: u64,
+    /// A new hard state to write, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Log entries to append; an entry at an index already written replaces it and all after.
+    pub entries: Vec<Entry>,
+    /// Messages to send only once this batch is durable.
+    pub then_send: Vec<Message>,
+}
+
+impl PersistBatch {
+    fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.entries.is_empty() && self.then_send.is_empty()
+    }
+}
+
+/// An output of the node.
+#[derive(Debug)]
+pub enum Output {
+    /// Write this to the WAL, fsync, then send `then_send` and report `Input::Persisted`.
+    Persist(PersistBatch),
+    /// Messages that may be sent at once.
+    Send(Vec<Message>),
+    /// The answer to a request.
+    Reply {
+        /// The token the request came with.
+        token: u64,
+        /// The response, or etcd's error.
+        result: Result<Response, Error>,
+    },
+}
+
+/// A member's raft and store status, for Maintenance.Status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The leader this member knows of (0 if none).
+    pub leader: u64,
+    /// Current raft term.
+    pub raft_term: u64,
+    /// Last index in the raft log.
+    pub raft_index: u64,
+    /// Last applied index.
+    pub raft_applied_index: u64,
+    /// Current store revision.
+    pub revision: i64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+    /// Bytes of keys and values the store holds (all kept revisions).
+    pub db_size_bytes: u64,
+}
+
+/// Leases arrive with the lease issue; until then no lease exists, so a put with a non-zero
+/// lease is refused with etcd's "requested lease not found".
+struct NoLeases;
+
+impl LeaseLookup for NoLeases {
+    fn exists(&self, _id: i64) -> bool {
+        false
+    }
+}
+
+/// A batch of linearizable reads sharing one ReadIndex round.
+#[derive(Debug, Default)]
+struct ReadBatch {
+    reads: Vec<(u64, Request)>,
+}
+
+/// One member of a keel cluster, sans-I/O.
+pub struct Node {
+    cfg: NodeConfig,
+    raw: RawNode<MemStorage>,
+    store: Store,
+    applied_index: u64,
+    outputs: Vec<Output>,
+    next_proposal_seq: u64,
+    /// proposal id → token, for proposals of this run not yet applied.
+    proposals: BTreeMap<u64, u64>,
+    waiting_for_leader: VecDeque<(u64, Request)>,
+    /// Reads waiting for the next ReadIndex round.
+    reads_next: ReadBatch,
+    /// The ReadIndex round in flight: its context id and reads.
+    reads_in_flight: Option<(u64, ReadBatch)>,
+    next_read_ctx: u64,
+    /// Confirmed read index → reads to serve once applied reaches it.
+    reads_confirmed: VecDeque<(u64, ReadBatch)>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("member_id", &self.cfg.member_id)
+            .field("applied_index", &self.applied_index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// raft-rs rejected the configuration or the recovered state.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The configuration is unusable.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+}
+
+impl Node {
+    /// Starts a member from its recovered WAL state (empty on first boot).
+    pub fn new(cfg: NodeConfig, recovered: Recovered) -> Result<Node, StartError> {
+        if cfg.member_id == 0 || !cfg.voters.contains(&cfg.member_id) {
+            return Err(StartError::Config(format!(
+                "member {:x} must be non-zero and one of the voters {:x?}",
+                cfg.member_id, cfg.voters
+            )));
+        }
+        let storage =
+            MemStorage::new_with_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
+        {
+            let mut core = storage.wl();
+            core.append(&recovered.entries)?;
+            if let Some(hs) = recovered.hard_state {
+                core.set_hardstate(hs);
+            }
+        }
+        let raft_cfg = raft::Config {
+            id: cfg.member_id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            // raft-rs draws from this range with rand 0.8's thread_rng; after every step the node
+            // overwrites that draw with its own (see `enforce_election_timeout`).
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: 2 * cfg.election_ticks,
+            applied: 0,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_cfg.validate()?;
+        let raw = RawNode::new(&raft_cfg, storage, &raft_log::logger())?;
+        let mut node = Node {
+            raw,
+            store: Store::new(),
+            applied_index: 0,
+            outputs: Vec::new(),
+            next_proposal_seq: 0,
+            proposals: BTreeMap::new(),
+            waiting_for_leader: VecDeque::new(),
+            reads_next: ReadBatch::default(),
+            reads_in_flight: None,
+            next_read_ctx: 1,
+            reads_confirmed: VecDeque::new(),
+            cfg,
+        };
+        if node.cfg.voters.len() == 1 {
+            // A one-member cluster need not wait an election timeout to lead itself.
+            node.raw.campaign()?;
+        }
+        node.enforce_election_timeout();
+        node.drive();
+        Ok(node)
+    }
+
+    /// Feeds one input; outputs accumulate until [`Node::take_outputs`].
+    pub fn step(&mut self, input: Input) {
+        match input {
+            Input::Tick => {
+                self.raw.tick();
+            }
+            Input::Request { token, request } => self.on_request(token, request),
+            Input::Peer(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "dropped a peer message");
+                }
+            }
+            Input::Persisted { number } => self.raw.on_persist_ready(number),
+        }
+        self.enforce_election_timeout();
+        self.drive();
+    }
+
+    /// Drains the outputs produced so far, in order.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// This member's status.
+    pub fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        NodeStatus {
+            member_id: self.cfg.member_id,
+            cluster_id: self.cfg.cluster_id,
+            leader: raft.leader_id,
+            raft_term: raft.term,
+            raft_index: raft.raft_log.last_index(),
+            raft_applied_index: self.applied_index,
+            revision: self.store.current_revision(),
+            is_learner: false,
+            db_size_bytes: self.store.stored_revision_count(),
+        }
+    }
+
+    /// The MVCC store as of the applied index (for local, serializable inspection).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Makes raft's randomized election timeout a pure function of (seed, term, role), in
+    /// `[election_ticks, 2 * election_ticks)`.
+    ///
+    /// raft-rs re-draws the timeout from `thread_rng` whenever it resets (a change of term or
+    /// role), which madsim cannot make deterministic. Raft only reads the timeout on a later
+    /// tick, so overwriting it after every step makes raft's own draw irrelevant; and because
+    /// our value depends on no generator state, a reset we did not foresee cannot shift the
+    /// values that follow. Different members (seeds) and terms get different timeouts, which is
+    /// what breaks split votes.
+    fn enforce_election_timeout(&mut self) {
+        let base = self.cfg.election_ticks as u64;
+        let role = match self.raw.raft.state {
+            StateRole::Follower => 1u64,
+            StateRole::PreCandidate => 2,
+            StateRole::Candidate => 3,
+            StateRole::Leader => 4,
+        };
+        let term = self.raw.raft.term;
+        let mut mix = SplitMix64::new(self.cfg.seed ^ term.rotate_left(17) ^ (role << 61));
+        let want = (base + mix.below(base)) as usize;
+        if self.raw.raft.randomized_election_timeout() != want {
+            self.raw.raft.set_randomized_election_timeout(want);
+        }
+    }
+
+    fn has_leader(&self) -> bool {
+        self.raw.raft.leader_id != raft::INVALID_ID
+    }
+
+    fn on_request(&mut self, token: u64, request: Request) {
+        match classify(&request) {
+            Path::Local => self.serve_read(token, request),
+            Path::ReadIndex | Path::Log if !self.has_leader() => {
+                if self.waiting_for_leader.len() >= WAITING_FOR_LEADER_MAX {
+                    self.reply(token, Err(Error::NoLeader));
+                } else {
+                    self.waiting_for_leader.push_back((token, request));
+                }
+            }
+            Path::ReadIndex => {
+                self.reads_next.reads.push((token, request));
+                self.start_read_round();
+            }
+            Path::Log => self.propose(token, request),
+        }
+    }
+
+    fn propose(&mut self, token: u64, request: Request) {
+        if self.proposals.len() >= PROPOSALS_IN_FLIGHT_MAX {
+            self.reply(token, Err(Error::TooManyRequests));
+            return;
+        }
+        let Some(body) = into_log_request(request) else {
+            unreachable!("only writes are proposed");
+        };
+        self.next_proposal_seq += 1;
+        let id = (self.cfg.incarnation << 40).wrapping_add(self.next_proposal_seq);
+        let entry = RaftRequest {
+            member_id: self.cfg.member_id,
+            id,
+            request: Some(body),
+        };
+        match self.raw.propose(vec![], entry.encode_to_vec()) {
+            Ok(()) => {
+                let previous = self.proposals.insert(id, token);
+                assert!(previous.is_none(), "proposal id {id:x} reused");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "proposal dropped");
+                self.reply(token, Err(Error::NoLeader));
+            }
+        }
+    }
+
+    /// Starts a ReadIndex round for the waiting reads, unless one is in flight.
+    fn start_read_round(&mut self) {
+        if self.reads_in_flight.is_some() || self.reads_next.reads.is_empty() {
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let batch = std::mem::take(&mut self.reads_next);
+        self.reads_in_flight = Some((ctx, batch));
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    fn serve_read(&mut self, token: u64, request: Request) {
+        let result = match request {
+            Request::Range(r) => apply::range(&self.store, &r).map(Response::Range),
+            Request::HashKv(r) => apply::hash_kv(&self.store, &r).map(Response::HashKv),
+            // A read-only txn: it writes nothing, so running it outside the log is safe.
+            Request::Txn(t) => apply::txn(&mut self.store, &t, &NoLeases).map(Response::Txn),
+            other => unreachable!("not a read: {other:?}"),
+        };
+        self.reply(token, result);
+    }
+
+    fn reply(&mut self, token: u64, mut result: Result<Response, Error>) {
+        if let Ok(response) = &mut result {
+            let header = response.header_mut();
+            header.cluster_id = self.cfg.cluster_id;
+            header.member_id = self.cfg.member_id;
+            header.raft_term = self.raw.raft.term;
+            if header.revision == 0 {
+                header.revision = self.store.current_revision();
+            }
+        }
+        self.outputs.push(Output::Reply { token, result });
+    }
+
+    /// Handles every pending raft Ready.
+    fn drive(&mut self) {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            if ready.ss().is_some() {
+                self.on_leader_change();
+            }
+            let messages = ready.take_messages();
+            if !messages.is_empty() {
+                self.outputs.push(Output::Send(messages));
+            }
+            assert!(
+                ready.snapshot().is_empty(),
+                "snapshots arrive with the replication issue"
+            );
+            let committed = ready.take_committed_entries();
+            self.apply_entries(&committed);
+            for rs in ready.take_read_states() {
+                self.on_read_state(rs.index, &rs.request_ctx);
+            }
+            let batch = PersistBatch {
+                number: ready.number(),
+                hard_state: ready.hs().cloned(),
+                entries: ready.take_entries(),
+                then_send: ready.take_persisted_messages(),
+            };
+            {
+                let mut core = self.raw.mut_store().wl();
+                if let Err(e) = core.append(&batch.entries) {
+                    panic!("raft handed us entries that do not extend the log: {e}");
+                }
+                if let Some(hs) = &batch.hard_state {
+                    core.set_hardstate(hs.clone());
+                }
+            }
+            self.raw.advance_append_async(ready);
+            if batch.is_empty() {
+                self.raw.on_persist_ready(batch.number);
+            } else {
+                self.outputs.push(Output::Persist(batch));
+            }
+            self.serve_confirmed_reads();
+        }
+    }
+
+    fn on_leader_change(&mut self) {
+        if !self.has_leader() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.waiting_for_leader);
+        for (token, request) in waiting {
+            self.on_request(token, request);
+        }
+        // A read round that raced with the leader change may never be answered: retry it.
+        if let Some((_, batch)) = self.reads_in_flight.take() {
+            let mut reads = batch.reads;
+            reads.append(&mut self.reads_next.reads);
+            self.reads_next.reads = reads;
+        }
+        self.start_read_round();
+    }
+
+    fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
+        let Some((in_flight, _)) = &self.reads_in_flight else {
+            return;
+        };
+        if ctx != in_flight.to_be_bytes() {
+            return;
+        }
+        if let Some((_, batch)) = self.reads_in_flight.take() {
+            self.reads_confirmed.push_back((index, batch));
+        }
+        self.start_read_round();
+    }
+
+    fn serve_confirmed_reads(&mut self) {
+        while let Some((index, _)) = self.reads_confirmed.front() {
+            if *index > self.applied_index {
+                break;
+            }
+            if let Some((_, batch)) = self.reads_confirmed.pop_front() {
+                for (token, request) in batch.reads {
+                    self.serve_read(token, request);
+                }
+            }
+        }
+    }
+
+    fn apply_entries(&mut self, entries: &[Entry]) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        for entry in entries {
+            assert!(
+                entry.index == self.applied_index + 1,
+                "applied index must advance by one: applied {}, entry {}",
+                self.applied_index,
+                entry.index
+            );
+            match entry.entry_type {
+                EntryType::EntryNormal => self.apply_normal(entry),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    // Membership changes arrive with the replication issue; the bootstrap
+                    // configuration comes from --initial-cluster.
+                    tracing::warn!(index = entry.index, "ignoring a conf change entry");
+                }
+            }
+            self.applied_index = entry.index;
+        }
+        self.raw.advance_apply_to(last.index);
+        self.release_applied_log();
+    }
+
+    fn apply_normal(&mut self, entry: &Entry) {
+        if entry.data.is_empty() {
+            return; // a new leader's empty entry
+        }
+        let request = match RaftRequest::decode(entry.data.as_ref()) {
+            Ok(r) => r,
+            Err(e) => panic!("committed entry {} does not decode: {e}", entry.index),
+        };
+        let result = match request.request {
+            Some(raft_request::Request::Put(p)) => {
+                apply::put(&mut self.store, &p, &NoLeases).map(Response::Put)
+            }
+            Some(raft_request::Request::DeleteRange(d)) => {
+                apply::delete_range(&mut self.store, &d).map(Response::DeleteRange)
+            }
+            Some(raft_request::Request::Txn(t)) => {
+                apply::txn(&mut self.store, &t, &NoLeases).map(Response::Txn)
+            }
+            Some(raft_request::Request::Compaction(c)) => {
+                apply::compact(&mut self.store, &c).map(Response::Compaction)
+            }
+            Some(raft_request::Request::Range(r)) => {
+                apply::range(&self.store, &r).map(Response::Range)
+            }
+            None => panic!("committed entry {} carries no request", entry.index),
+        };
+        if request.member_id == self.cfg.member_id {
+            if let Some(token) = self.proposals.remove(&request.id) {
+                self.reply(token, result);
+            }
+        }
+    }
+
+    /// Frees in-memory log entries well behind the applied index (the WAL keeps them).
+    fn release_applied_log(&mut self) {
+        let first = match self.raw.store().first_index() {
+            Ok(i) => i,
+            Err(e) => panic!("in-memory raft log has no first index: {e}"),
+        };
+        if self.applied_index < first + 2 * LOG_ENTRIES_KEPT_MAX {
+            return;
+        }
+        let keep_from = self.applied_index - LOG_ENTRIES_KEPT_MAX;
+        if let Err(e) = self.raw.mut_store().wl().compact(keep_from) {
+            panic!("compacting the in-memory raft log to {keep_from}: {e}");
+        }
+    }
+}
+
+/// Where a request is served.
+enum Path {
+    /// From the applied state, at once (serializable).
+    Local,
+    /// From the applied state once a ReadIndex round confirms it is current (linearizable).
+    ReadIndex,
+    /// Through the raft log.
+    Log,
+}
+
+fn classify(request: &Request) -> Path {
+    match request {
+        Request::Range(r) if r.serializable => Path::Local,
+        Request::Range(_) => Path::ReadIndex,
+        Request::HashKv(_) => Path::Local,
+        Request::Txn(t) if txn_is_read_only(t) => {
+            if txn_is_serializable(t) {
+                Path::Local
+            } else {
+                Path::ReadIndex
+            }
+        }
+        Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) | Request::Compaction(_) => {
+            Path::Log
+        }
+    }
+}
+
+fn txn_ops(t: &TxnRequest) -> impl Iterator<Item = &request_op::Request> {
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .filter_map(|op| op.request.as_ref())
+}
+
+/// True when no branch, however nested, writes.
+fn txn_is_read_only(t: &TxnRequest) -> bool {
+    txn_ops(t).all(|op| match op {
+        request_op::Request::RequestRange(_) => true,
+        request_op::Request::RequestTxn(inner) => txn_is_read_only(inner),
+        _ => false,
+    })
+}
+
+/// True when every range in a read-only txn asks for a serializable read (etcd's rule).
+fn txn_is_serializable(t: &TxnRequest) -> bool {
+    txn_ops(t).all(|op| match op {
+        request_op::Request::RequestRange(r) => r.serializable,
+        request_op::Request::RequestTxn(inner) => txn_is_serializable(inner),
+        _ => false,
+    })
+}
+
+fn into_log_request(request: Request) -> Option<raft_request::Request> {
+    Some(match request {
+        Request::Put(p) => raft_request::Request::Put(p),
+        Request::DeleteRange(d) => raft_request::Request::DeleteRange(d),
+        Request::Txn(t) => raft_request::Request::Txn(t),
+        Request::Compaction(c) => raft_request::Request::Compaction(c),
+        Request::Range(_) | Request::HashKv(_) => return None,
+    })
+}

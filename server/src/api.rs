@@ -1,0 +1,265 @@
+//! The etcd v3 gRPC services.
+//!
+//! Implemented: KV (all five methods), Maintenance.Status and HashKV, Cluster.MemberList and
+//! grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
+//! `Unimplemented` (the generated default), never a fake success.
+//!
+//! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
+//! request size) happens here, with etcd's codes and texts; everything else is the engine's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keel_engine::apply;
+use keel_engine::error::Error;
+use keel_engine::node::{Request, Response};
+use keel_proto::etcdserverpb::auth_server::{Auth, AuthServer};
+use keel_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use keel_proto::etcdserverpb::kv_server::{Kv, KvServer};
+use keel_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
+use keel_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use keel_proto::etcdserverpb::watch_server::{Watch, WatchServer};
+use keel_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
+    HashKvResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
+};
+use keel_proto::health::health_check_response::ServingStatus;
+use keel_proto::health::health_server::{Health, HealthServer};
+use keel_proto::health::{HealthCheckRequest, HealthCheckResponse};
+use keel_proto::v3electionpb::election_server::{Election, ElectionServer};
+use keel_proto::v3lockpb::lock_server::{Lock, LockServer};
+use prost::Message as _;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::config::{Config, GRPC_OVERHEAD_BYTES};
+use crate::driver::Handle;
+use crate::{Identity, ServerError};
+
+/// The etcd server version keel reports in Maintenance.Status: the etcd API level its wire
+/// behaviour is tested against (etcd 3.4.23).
+pub const ETCD_VERSION: &str = "3.4.23";
+
+/// The client-facing services of one member.
+#[derive(Clone)]
+pub struct Services {
+    handle: Handle,
+    identity: Arc<Identity>,
+    max_request_bytes: usize,
+    max_txn_ops: usize,
+}
+
+impl Services {
+    /// Services answering through `handle`.
+    pub fn new(handle: Handle, identity: Identity, config: &Config) -> Self {
+        Self {
+            handle,
+            identity: Arc::new(identity),
+            max_request_bytes: config.max_request_bytes as usize,
+            max_txn_ops: config.max_txn_ops as usize,
+        }
+    }
+
+    /// Serves every etcd v3 service on `addr` until the listener fails.
+    pub async fn serve(self, addr: SocketAddr) -> Result<(), ServerError> {
+        let max_message = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        tonic::transport::Server::builder()
+            .add_service(KvServer::new(self.clone()).max_decoding_message_size(max_message))
+            .add_service(MaintenanceServer::new(self.clone()))
+            .add_service(ClusterServer::new(self.clone()))
+            .add_service(HealthServer::new(self.clone()))
+            .add_service(WatchServer::new(NotYet))
+            .add_service(LeaseServer::new(NotYet))
+            .add_service(AuthServer::new(NotYet))
+            .add_service(LockServer::new(NotYet))
+            .add_service(ElectionServer::new(NotYet))
+            .serve(addr)
+            .await
+            .map_err(|e| ServerError::Serve {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    async fn call(&self, request: Request) -> Result<Response, Status> {
+        self.handle.request(request).await.map_err(to_status)
+    }
+
+    fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.max_request_bytes {
+            return Err(to_status(Error::RequestTooLarge));
+        }
+        Ok(())
+    }
+
+    fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision,
+            raft_term,
+        }
+    }
+}
+
+/// etcd's error → gRPC status, with etcd's code and text (`Code` carries gRPC's numbers).
+pub fn to_status(e: Error) -> Status {
+    Status::new(tonic::Code::from_i32(e.code() as i32), e.to_string())
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("keel: unexpected response to {what}"))
+}
+
+#[tonic::async_trait]
+impl Kv for Services {
+    async fn range(
+        &self,
+        request: GrpcRequest<RangeRequest>,
+    ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let r = request.into_inner();
+        apply::check_range(&r).map_err(to_status)?;
+        match self.call(Request::Range(r)).await? {
+            Response::Range(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("Range")),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: GrpcRequest<PutRequest>,
+    ) -> Result<GrpcResponse<PutResponse>, Status> {
+        let r = request.into_inner();
+        apply::check_put(&r).map_err(to_status)?;
+        self.check_size(r.encoded_len())?;
+        match self.call(Request::Put(r)).await? {
+            Response::Put(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("Put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: GrpcRequest<DeleteRangeRequest>,
+    ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
+        let r = request.into_inner();
+        apply::check_delete_range(&r).map_err(to_status)?;
+        self.check_size(r.encoded_len())?;
+        match self.call(Request::DeleteRange(r)).await? {
+            Response::DeleteRange(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("DeleteRange")),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: GrpcRequest<TxnRequest>,
+    ) -> Result<GrpcResponse<TxnResponse>, Status> {
+        let r = request.into_inner();
+        apply::check_txn(&r, self.max_txn_ops).map_err(to_status)?;
+        self.check_size(r.encoded_len())?;
+        match self.call(Request::Txn(r)).await? {
+            Response::Txn(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("Txn")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: GrpcRequest<CompactionRequest>,
+    ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        match self.call(Request::Compaction(r)).await? {
+            Response::Compaction(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("Compact")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for Services {
+    async fn status(
+        &self,
+        _request: GrpcRequest<StatusRequest>,
+    ) -> Result<GrpcResponse<StatusResponse>, Status> {
+        let s = self.handle.status().await.map_err(to_status)?;
+        let db_size = s.db_size_bytes as i64;
+        Ok(GrpcResponse::new(StatusResponse {
+            header: Some(self.header(s.revision, s.raft_term)),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: s.leader,
+            raft_index: s.raft_index,
+            raft_term: s.raft_term,
+            raft_applied_index: s.raft_applied_index,
+            errors: Vec::new(),
+            db_size_in_use: db_size,
+            is_learner: s.is_learner,
+            ..Default::default()
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: GrpcRequest<HashKvRequest>,
+    ) -> Result<GrpcResponse<HashKvResponse>, Status> {
+        match self.call(Request::HashKv(request.into_inner())).await? {
+            Response::HashKv(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("HashKV")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Services {
+    async fn member_list(
+        &self,
+        _request: GrpcRequest<MemberListRequest>,
+    ) -> Result<GrpcResponse<MemberListResponse>, Status> {
+        let s = self.handle.status().await.map_err(to_status)?;
+        let me = &self.identity;
+        Ok(GrpcResponse::new(MemberListResponse {
+            header: Some(self.header(s.revision, s.raft_term)),
+            members: vec![Member {
+                id: me.member_id,
+                name: me.name.clone(),
+                peer_ur_ls: me.peer_urls.clone(),
+                client_ur_ls: me.client_urls.clone(),
+                is_learner: false,
+            }],
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Health for Services {
+    async fn check(
+        &self,
+        _request: GrpcRequest<HealthCheckRequest>,
+    ) -> Result<GrpcResponse<HealthCheckResponse>, Status> {
+        let status = match self.handle.status().await {
+            Ok(s) if s.leader != 0 => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        Ok(GrpcResponse::new(HealthCheckResponse {
+            status: status as i32,
+        }))
+    }
+}
+
+/// Services whose etcd methods keel does not implement yet: every method answers gRPC
+/// `Unimplemented` through the generated defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct NotYet;
+
+#[tonic::async_trait]
+impl Watch for NotYet {}
+#[tonic::async_trait]
+impl Lease for NotYet {}
+#[tonic::async_trait]
+impl Auth for NotYet {}
+#[tonic::async_trait]
+impl Lock for NotYet {}
+#[tonic::async_trait]
+impl Election for NotYet {}

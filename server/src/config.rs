@@ -1,0 +1,284 @@
+//! Server configuration: etcd's flag names and defaults, each also settable from `KEEL_*`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// The default per-request size limit, as etcd's `--max-request-bytes` (1.5 MiB).
+pub const MAX_REQUEST_BYTES_DEFAULT: u32 = 1536 * 1024;
+/// gRPC framing allowance on top of the request limit, as etcd's `grpcOverheadBytes`.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// keel: an etcd v3–compatible, strongly consistent key-value store.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "keel", version, about)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "KEEL_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory.
+    #[arg(
+        long = "data-dir",
+        env = "KEEL_DATA_DIR",
+        default_value = "default.keel"
+    )]
+    pub data_dir: PathBuf,
+    /// List of URLs to listen on for client traffic.
+    #[arg(
+        long = "listen-client-urls",
+        env = "KEEL_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(
+        long = "advertise-client-urls",
+        env = "KEEL_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(
+        long = "listen-peer-urls",
+        env = "KEEL_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(
+        long = "initial-advertise-peer-urls",
+        env = "KEEL_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping (name=peer-url,...).
+    #[arg(
+        long = "initial-cluster",
+        env = "KEEL_INITIAL_CLUSTER",
+        default_value = "default=http://127.0.0.1:2380"
+    )]
+    pub initial_cluster: String,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(
+        long = "initial-cluster-state",
+        env = "KEEL_INITIAL_CLUSTER_STATE",
+        default_value = "new",
+        value_parser = ["new", "existing"]
+    )]
+    pub initial_cluster_state: String,
+    /// Initial cluster token, mixed into the cluster id.
+    #[arg(
+        long = "initial-cluster-token",
+        env = "KEEL_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long = "max-request-bytes", env = "KEEL_MAX_REQUEST_BYTES", default_value_t = MAX_REQUEST_BYTES_DEFAULT)]
+    pub max_request_bytes: u32,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long = "max-txn-ops", env = "KEEL_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: u32,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(
+        long = "heartbeat-interval",
+        env = "KEEL_HEARTBEAT_INTERVAL",
+        default_value_t = 100
+    )]
+    pub heartbeat_interval_ms: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(
+        long = "election-timeout",
+        env = "KEEL_ELECTION_TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub election_timeout_ms: u64,
+    /// Log level: debug, info, warn, error, panic, or fatal.
+    #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A configuration that names something impossible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A URL we cannot listen on or parse.
+    #[error("invalid URL {url:?} in {flag}: {reason}")]
+    Url {
+        /// The flag it came from.
+        flag: &'static str,
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `--initial-cluster` is malformed or does not name this member.
+    #[error("--initial-cluster {0}")]
+    InitialCluster(String),
+    /// Timing flags that cannot work.
+    #[error("{0}")]
+    Timing(String),
+}
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    /// The member's name.
+    pub name: String,
+    /// Its peer URLs.
+    pub peer_urls: Vec<String>,
+}
+
+impl Config {
+    /// The socket addresses of `--listen-client-urls`.
+    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        parse_urls("--listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// The advertised client URLs.
+    pub fn advertise_client_url_list(&self) -> Vec<String> {
+        split_list(&self.advertise_client_urls)
+    }
+
+    /// `--initial-cluster`, grouped by member name in order of first appearance.
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        let mut members: Vec<InitialMember> = Vec::new();
+        for item in split_list(&self.initial_cluster) {
+            let Some((name, url)) = item.split_once('=') else {
+                return Err(ConfigError::InitialCluster(format!(
+                    "entry {item:?} is not name=url"
+                )));
+            };
+            parse_urls("--initial-cluster", url)?;
+            match members.iter_mut().find(|m| m.name == name) {
+                Some(m) => m.peer_urls.push(url.to_string()),
+                None => members.push(InitialMember {
+                    name: name.to_string(),
+                    peer_urls: vec![url.to_string()],
+                }),
+            }
+        }
+        if !members.iter().any(|m| m.name == self.name) {
+            return Err(ConfigError::InitialCluster(format!(
+                "has no member named {:?} (--name)",
+                self.name
+            )));
+        }
+        Ok(members)
+    }
+
+    /// The raft tick length and election timeout in ticks.
+    pub fn ticks(&self) -> Result<(u64, usize), ConfigError> {
+        let hb = self.heartbeat_interval_ms;
+        let el = self.election_timeout_ms;
+        if hb == 0 || el < 5 * hb {
+            return Err(ConfigError::Timing(format!(
+                "--election-timeout[{el}ms] should be at least as 5 times as \
+                 --heartbeat-interval[{hb}ms]"
+            )));
+        }
+        Ok((hb, (el / hb) as usize))
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut out = Vec::new();
+    for url in split_list(list) {
+        let err = |reason: &str| ConfigError::Url {
+            flag,
+            url: url.clone(),
+            reason: reason.into(),
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("unix://"))
+            .ok_or_else(|| err("only http:// URLs are supported"))?;
+        let hostport = rest.trim_end_matches('/');
+        let hostport = match hostport.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => hostport.to_string(),
+        };
+        let addr: SocketAddr = hostport
+            .parse()
+            .map_err(|_| err("expected http://IP:PORT"))?;
+        out.push(addr);
+    }
+    if out.is_empty() {
+        return Err(ConfigError::Url {
+            flag,
+            url: list.into(),
+            reason: "no URL given".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// etcd-style ids: a 64-bit FNV-1a hash of the given parts (deterministic, no randomness).
+pub fn stable_id(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut all = vec!["keel"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = cfg(&[]);
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.keel"));
+        assert_eq!(
+            c.client_listen_addrs().expect("ok"),
+            vec!["127.0.0.1:2379".parse().expect("addr")]
+        );
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.ticks().expect("ok"), (100, 10));
+        assert_eq!(c.initial_members().expect("ok").len(), 1);
+    }
+
+    #[test]
+    fn initial_cluster_must_name_this_member() {
+        let c = cfg(&[
+            "--name",
+            "n2",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:2380",
+        ]);
+        assert!(c.initial_members().is_err());
+        let c = cfg(&["--listen-client-urls", "https://1.2.3.4:1"]);
+        assert!(c.client_listen_addrs().is_err());
+        let c = cfg(&[
+            "--initial-cluster",
+            "a=http://127.0.0.1:1,default=http://127.0.0.1:2",
+        ]);
+        assert_eq!(c.initial_members().expect("ok")[1].name, "default");
+    }
+
+    #[test]
+    fn stable_ids_differ_by_part() {
+        assert_ne!(stable_id(&["a", "b"]), stable_id(&["ab"]));
+        assert_eq!(stable_id(&["x"]), stable_id(&["x"]));
+    }
+}

@@ -1,0 +1,270 @@
+//! The runtime driver: owns the engine [`Node`], feeds it inputs, carries out its outputs.
+//!
+//! Three tasks:
+//! - the **driver loop** owns the node: commands from the gRPC layer, ticks, disk completions
+//!   go in; replies, messages and persist batches come out;
+//! - the **WAL writer** takes persist batches, writes every batch queued behind the first one
+//!   and fsyncs once (group commit), then reports the newest durable batch back;
+//! - the **ticker** sleeps one heartbeat interval on the node's [`Clock`] and sends a tick.
+//!
+//! A client's reply is released only when the engine applies its entry, which it can do only
+//! after the WAL writer reported the entry durable: acknowledgement after fsync, by
+//! construction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::error::Error;
+use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
+use keel_engine::raft_log::{encode_entry, encode_hard_state};
+use keel_storage::wal::{Wal, WalError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::Clock;
+
+/// Commands the driver loop takes in one turn before it handles outputs, at most.
+pub const COMMANDS_PER_TURN_MAX: usize = 1024;
+/// Persist batches the WAL writer merges into one fsync, at most.
+pub const BATCHES_PER_SYNC_MAX: usize = 4096;
+/// Commands queued towards the driver, at most (back-pressure on clients beyond that).
+pub const COMMAND_QUEUE_MAX: usize = 16 * 1024;
+
+/// What the gRPC layer asks of the driver.
+enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<Response, Error>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+}
+
+/// A cheap, clonable handle to the driver, used by the gRPC services.
+#[derive(Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    request_timeout: Duration,
+}
+
+impl Handle {
+    /// Sends a request through the node and waits for its reply, up to the request timeout.
+    pub async fn request(&self, request: Request) -> Result<Response, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request { request, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// This member's raft status.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// Why the driver stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The WAL failed (a failed fsync is fatal).
+    #[error("WAL: {0}")]
+    Wal(#[from] WalError),
+    /// A task of the driver died.
+    #[error("driver task failed: {0}")]
+    Task(String),
+}
+
+/// Starts the driver tasks; returns the handle and a receiver that yields the fatal error
+/// that stops the node.
+pub fn start(
+    node: Node,
+    wal: Wal,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+    request_timeout: Duration,
+) -> (Handle, oneshot::Receiver<DriverError>) {
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (ticks_tx, ticks_rx) = mpsc::channel(1);
+    let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+    let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+    let (fatal_tx, fatal_rx) = oneshot::channel();
+
+    tokio::spawn(ticker(clock, tick, ticks_tx));
+    tokio::spawn(wal_writer(wal, persist_rx, durable_tx));
+    let driver = DriverLoop {
+        node,
+        replies: BTreeMap::new(),
+        next_token: 1,
+        persist_tx,
+    };
+    tokio::spawn(async move {
+        let err = driver.run(commands_rx, ticks_rx, durable_rx).await;
+        tracing::error!(error = %err, "keel driver stopped");
+        let _ = fatal_tx.send(err);
+    });
+    (
+        Handle {
+            commands: commands_tx,
+            request_timeout,
+        },
+        fatal_rx,
+    )
+}
+
+async fn ticker(clock: Arc<dyn Clock>, tick: Duration, ticks: mpsc::Sender<()>) {
+    loop {
+        clock.sleep(tick).await;
+        match ticks.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => return,
+        }
+    }
+}
+
+/// A persist batch's outcome, reported from the WAL writer to the driver loop.
+type Durable = Result<u64, WalError>;
+
+struct DriverLoop {
+    node: Node,
+    replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
+    next_token: u64,
+    persist_tx: mpsc::UnboundedSender<PersistBatch>,
+}
+
+impl DriverLoop {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut ticks: mpsc::Receiver<()>,
+        mut durable: mpsc::UnboundedReceiver<Durable>,
+    ) -> DriverError {
+        self.dispatch();
+        loop {
+            tokio::select! {
+                biased;
+                done = durable.recv() => match done {
+                    Some(Ok(number)) => self.node.step(Input::Persisted { number }),
+                    Some(Err(e)) => return DriverError::Wal(e),
+                    None => return DriverError::Task("WAL writer exited".into()),
+                },
+                Some(()) = ticks.recv() => self.node.step(Input::Tick),
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        return DriverError::Task("all handles dropped".into());
+                    };
+                    self.on_command(command);
+                    for _ in 1..COMMANDS_PER_TURN_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => self.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request { request, reply } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.replies.insert(token, reply);
+                self.node.step(Input::Request { token, request });
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.node.status());
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        for output in self.node.take_outputs() {
+            match output {
+                Output::Persist(batch) => {
+                    if self.persist_tx.send(batch).is_err() {
+                        tracing::error!("WAL writer is gone; dropping a persist batch");
+                    }
+                }
+                Output::Send(messages) => {
+                    // Peers arrive with the replication issue; a one-member cluster sends none.
+                    tracing::debug!(count = messages.len(), "no transport for peer messages");
+                }
+                Output::Reply { token, result } => {
+                    if let Some(reply) = self.replies.remove(&token) {
+                        // The client may have given up (timeout); that is fine.
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes persist batches to the WAL: everything queued goes out with one fsync.
+async fn wal_writer(
+    wal: Wal,
+    mut batches: mpsc::UnboundedReceiver<PersistBatch>,
+    durable: mpsc::UnboundedSender<Durable>,
+) {
+    let mut wal = Some(wal);
+    while let Some(first) = batches.recv().await {
+        let mut group = vec![first];
+        while group.len() < BATCHES_PER_SYNC_MAX {
+            match batches.try_recv() {
+                Ok(b) => group.push(b),
+                Err(_) => break,
+            }
+        }
+        let Some(mut w) = wal.take() else {
+            return;
+        };
+        // The write and fsync block; keep them off the async workers.
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = write_group(&mut w, &group);
+            (w, result, group)
+        })
+        .await;
+        let (w, result, group) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "WAL write task panicked");
+                return;
+            }
+        };
+        if let Err(e) = result {
+            // A failed write or fsync is fatal: nothing after it may be acknowledged.
+            let _ = durable.send(Err(e));
+            return;
+        }
+        wal = Some(w);
+        let newest = group.last().map_or(0, |b| b.number);
+        if durable.send(Ok(newest)).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_group(wal: &mut Wal, group: &[PersistBatch]) -> Result<(), WalError> {
+    for batch in group {
+        for entry in &batch.entries {
+            wal.append_entry(entry.index, entry.term, &encode_entry(entry))?;
+        }
+        if let Some(hs) = &batch.hard_state {
+            wal.append_hard_state(&encode_hard_state(hs))?;
+        }
+    }
+    wal.sync()
+}

@@ -1,0 +1,167 @@
+//! The cluster builder: keel members as madsim nodes, each running the real
+//! `keel_server::run` over a [`SimDisk`] and a [`SimClock`] that the harness owns.
+//!
+//! A member's disk outlives its kill: [`Cluster::crash`] kills the node, makes the disk lose
+//! what was not fsynced (tearing the last write at sector granularity), and restarts it; the
+//! restarted node recovers from that disk exactly as production recovers after a power cut.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser as _;
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_server::{Config, Env};
+use keel_storage::sim_disk::SimDisk;
+use madsim::runtime::{Handle, NodeHandle};
+use tonic::transport::Channel;
+
+use crate::clock::SimClock;
+use crate::trace::fnv1a;
+
+/// The client port every member listens on.
+pub const CLIENT_PORT: u16 = 2379;
+/// The peer port every member listens on.
+pub const PEER_PORT: u16 = 2380;
+
+/// One simulated member.
+pub struct Member {
+    /// Its madsim node.
+    pub node: NodeHandle,
+    /// Its disk, owned by the harness.
+    pub disk: SimDisk,
+    /// Its address.
+    pub ip: IpAddr,
+    /// How many times it has booted.
+    pub boots: Arc<AtomicU64>,
+}
+
+/// A simulated keel cluster plus a client node.
+pub struct Cluster {
+    handle: Handle,
+    seed: u64,
+    /// The members, in order of `--initial-cluster`.
+    pub members: Vec<Member>,
+    /// A node for clients to run on.
+    pub client_node: NodeHandle,
+}
+
+fn member_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + i as u8))
+}
+
+fn member_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// etcd-style flags for member `i` of `size`.
+fn member_config(i: usize, size: usize) -> Config {
+    let ip = member_ip(i);
+    let cluster: Vec<String> = (0..size)
+        .map(|j| format!("{}=http://{}:{PEER_PORT}", member_name(j), member_ip(j)))
+        .collect();
+    let args = vec![
+        "keel".to_string(),
+        format!("--name={}", member_name(i)),
+        "--data-dir=/data".to_string(),
+        format!("--listen-client-urls=http://{ip}:{CLIENT_PORT}"),
+        format!("--advertise-client-urls=http://{ip}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls=http://{ip}:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=http://{ip}:{PEER_PORT}"),
+        format!("--initial-cluster={}", cluster.join(",")),
+    ];
+    match Config::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => panic!("the simulator's own flags must parse: {e}"),
+    }
+}
+
+impl Cluster {
+    /// Builds `size` members and a client node; call inside a madsim runtime.
+    pub fn new(size: usize, seed: u64) -> Cluster {
+        let handle = Handle::current();
+        let mut members = Vec::with_capacity(size);
+        for i in 0..size {
+            let disk = SimDisk::new();
+            let boots = Arc::new(AtomicU64::new(0));
+            let config = member_config(i, size);
+            let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
+            let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
+            let node = handle
+                .create_node()
+                .name(member_name(i))
+                .ip(member_ip(i))
+                .init(move || {
+                    let boot = init_boots.fetch_add(1, Ordering::Relaxed);
+                    let env = Env {
+                        disk: Arc::new(init_disk.clone()),
+                        clock: Arc::new(SimClock::new(0, 0)),
+                        seed: fnv1a(
+                            member_seed
+                                .to_le_bytes()
+                                .into_iter()
+                                .chain(boot.to_le_bytes()),
+                        ),
+                    };
+                    let config = config.clone();
+                    async move {
+                        if let Err(e) = keel_server::run(config, env).await {
+                            tracing::error!(error = %e, "keel member stopped");
+                        }
+                    }
+                })
+                .build();
+            members.push(Member {
+                node,
+                disk,
+                ip: member_ip(i),
+                boots,
+            });
+        }
+        let client_node = handle
+            .create_node()
+            .name("client")
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, 1)))
+            .build();
+        Cluster {
+            handle,
+            seed,
+            members,
+            client_node,
+        }
+    }
+
+    /// The seed this cluster was built from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Member `i`'s client endpoint.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!(
+            "http://{}",
+            SocketAddr::new(self.members[i].ip, CLIENT_PORT)
+        )
+    }
+
+    /// Kills member `i` (power cut: its disk loses what was not fsynced), then restarts it.
+    pub fn crash(&self, i: usize, crash_seed: u64) {
+        let member = &self.members[i];
+        self.handle.kill(member.node.id());
+        member.disk.crash(crash_seed);
+        self.handle.restart(member.node.id());
+    }
+
+    /// A KV client for member `i`, retrying until the member listens (bounded).
+    pub async fn kv_client(&self, i: usize) -> KvClient<Channel> {
+        let endpoint = self.endpoint(i);
+        for _ in 0..100 {
+            if let Ok(c) = KvClient::connect(endpoint.clone()).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("member {i} at {endpoint} never accepted a connection");
+    }
+}
