@@ -59,6 +59,10 @@ impl Store {
         if revision > self.current_revision {
             return Err(Error::FutureRev);
         }
+        // Changes after the previous compaction, up to this one (the log also holds those at
+        // the previous compaction revision, already compacted).
+        let previous = self.compact_revision;
+        let changed_start = self.log.partition_point(|e| e.revision.main <= previous);
         let changed_end = self.log.partition_point(|e| e.revision.main <= revision);
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
@@ -69,13 +73,13 @@ impl Store {
             stats.keys_removed += u64::from(empty);
             !empty
         };
-        if changed_end >= self.index.len() {
+        if changed_end - changed_start >= self.index.len() {
             // Most keys changed: one ordered pass over the tree beats sorting the changes.
             self.index.retain(|_, key_index| compact_key(key_index));
         } else {
             let mut keys: Vec<Bytes> = self
                 .log
-                .range(..changed_end)
+                .range(changed_start..changed_end)
                 .map(|e| e.key.clone())
                 .collect();
             keys.sort_unstable();
