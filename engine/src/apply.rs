@@ -433,6 +433,19 @@ pub fn compact(store: &mut Store, req: &CompactionRequest) -> Result<CompactionR
     })
 }
 
+/// True if no branch of the txn, nested ones included, writes (etcd's `isTxnReadonly`): such
+/// a txn may be served like a range, without going through the log.
+pub fn txn_is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(nested)) => txn_is_read_only(nested),
+            Some(Request::RequestRange(_)) | None => true,
+        })
+}
+
 /// Applies a txn (etcd's `applierV3backend.Txn`), which must have passed [`check_txn`]:
 ///
 /// 1. Evaluates the compares of the txn and of every nested txn on the chosen paths against

@@ -913,3 +913,19 @@ fn ignore_value_after_a_from_key_delete_fails_cleanly() {
     do_txn(&mut store, &txn_req(vec![del("a", "b"), ignore_d()])).unwrap();
     assert_eq!(store.kv_at(b"d", 0).unwrap().value, b("1"));
 }
+
+#[test]
+fn read_only_txns() {
+    assert!(apply::txn_is_read_only(&txn_req(vec![get("a", 0)])));
+    assert!(apply::txn_is_read_only(&TxnRequest::default()));
+    let nested_put = nested(vec![], vec![get("a", 0)], vec![put("a", "1")]);
+    assert!(!apply::txn_is_read_only(&txn_req(vec![
+        get("a", 0),
+        nested_put
+    ])));
+    let failure_delete = TxnRequest {
+        failure: vec![del("a", "")],
+        ..Default::default()
+    };
+    assert!(!apply::txn_is_read_only(&failure_delete));
+}
