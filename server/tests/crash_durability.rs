@@ -1,7 +1,8 @@
 //! Crash durability: every put keel acknowledged survives `kill -9` and a restart on the same data
 //! directory, at the revision it was acknowledged with.
 //!
-//! Each round starts keel on the same data dir, checks everything acknowledged in earlier rounds,
+//! Each round starts keel on the same data dir (every other round after first killing it right
+//! after its port opens, i.e. during recovery), checks everything acknowledged in earlier rounds,
 //! runs a concurrent put load (unique keys), SIGKILLs keel mid-load at a different point, and
 //! moves on. A final restart checks the last round. Unacknowledged puts may or may not be there,
 //! but whatever is there must be exactly what was written.
@@ -249,6 +250,12 @@ async fn kill_restart_rounds(dir: &TempDir) -> Result<()> {
 
     for (round, kill_after_ms) in KILL_AFTER_MS.iter().enumerate() {
         let round_start = Instant::now();
+        if round % 2 == 1 {
+            // Also crash during startup (recovery / election), before any client traffic.
+            let mut early = start_keel(dir, ports, round)?;
+            tokio::time::sleep(Duration::from_millis(10 * round as u64)).await;
+            early.kill();
+        }
         let mut server = start_keel(dir, ports, round)?;
         let mut client = connect_ready(&server).await?;
         let (store, revision) = read_all(&mut client).await?;

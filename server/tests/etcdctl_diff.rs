@@ -989,14 +989,40 @@ struct Mismatch {
 impl Mismatch {
     fn report(&self, a: &str, b: &str) -> String {
         format!(
-            "=== step {}: {}\n--- {a} (normalized)\n{}\n--- {b} (normalized)\n{}\n--- diff (-{a} +{b})\n{}",
+            "=== step {}: {}\n--- {a} (normalized)\n{}\n--- {b} (normalized)\n{}\n--- diff (-{a} +{b})\n{}{}",
             self.index,
             self.command,
             clip_block(&self.expected, 40),
             clip_block(&self.actual, 40),
-            line_diff(&self.expected, &self.actual)
+            line_diff(&self.expected, &self.actual),
+            first_difference(&self.expected, &self.actual, a, b),
         )
     }
+}
+
+/// Where two texts first differ, with some context: long JSON lines get clipped in the diff.
+fn first_difference(x: &str, y: &str, a: &str, b: &str) -> String {
+    let at = x
+        .bytes()
+        .zip(y.bytes())
+        .position(|(p, q)| p != q)
+        .unwrap_or(x.len().min(y.len()));
+    let window = |t: &str| {
+        let mut start = at.saturating_sub(60);
+        while !t.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = (at + 120).min(t.len());
+        while !t.is_char_boundary(end) {
+            end += 1;
+        }
+        format!("{:?}", &t[start..end])
+    };
+    format!(
+        "--- first difference at byte {at}\n  {a}: {}\n  {b}: {}\n",
+        window(x),
+        window(y)
+    )
 }
 
 /// Runs `steps` against both targets (each step concurrently on both) and returns every mismatch.
