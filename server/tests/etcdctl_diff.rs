@@ -66,6 +66,9 @@ struct Step {
     /// For commands that never exit by themselves (`watch`): SIGKILL etcdctl after this long and
     /// compare what it printed until then.
     kill_after: Option<Duration>,
+    /// A `lease grant`: remember the id each server printed; later steps say `{LEASE}` for it and
+    /// outputs show it as `<LEASE n>`.
+    capture_lease: bool,
 }
 
 impl Step {
@@ -135,7 +138,16 @@ impl Seq {
             stdin_desc,
             norm,
             kill_after: None,
+            capture_lease: false,
         });
+    }
+
+    /// `lease grant ...`, remembering the granted id per server.
+    fn grant(&mut self, cmd: &str) {
+        self.cmd(cmd);
+        if let Some(step) = self.steps.last_mut() {
+            step.capture_lease = true;
+        }
     }
 
     /// A `watch` command: runs for [`WATCH_WINDOW`], then gets killed.
@@ -446,17 +458,68 @@ fn sequence() -> Vec<Step> {
     s.watch(&format!("cmp --rev={c} -w json"));
     s.watch(&format!("--prefix cmp --rev={} --prev-kv", c + 1));
 
-    // --- leases (only deterministic bits: no granted ids)
+    // --- leases (granted ids differ per server: captured, substituted for {LEASE}, masked; no
+    // remaining-TTL output, which depends on timing)
     s.cmd("lease list");
     s.cmd("lease revoke 1234");
     s.cmd("lease timetolive 1234");
     s.cmd("lease keep-alive --once 1234");
+    // TTL too small: granted with the minimum TTL. Revoked at once: `lease list` prints leases
+    // in Go map order, so it may only ever see one.
+    s.grant("lease grant 0");
+    s.cmd("lease revoke {LEASE}");
+    s.grant("lease grant 600");
+    s.cmd("lease list");
+    s.cmd("put leased v --lease={LEASE}");
+    s.cmd("get leased -w json");
+    s.cmd("get leased -w fields");
+    s.cmd("put leased v2 --ignore-lease --prev-kv -w json");
+    s.cmd("get leased -w json");
+    s.cmd("put leased2 v --lease={LEASE} -w json");
+    s.cmd("lease keep-alive --once {LEASE}");
+    s.cmd("lease revoke {LEASE}"); // deletes leased, leased2
+    s.cmd("get --prefix leased -w json");
+    s.cmd("lease timetolive {LEASE}");
+    s.cmd("lease revoke {LEASE}");
+    s.cmd("lease list");
+    // etcdctl's lock: a session lease, a txn, and a watch on the key ahead
+    s.cmd("lock mylock echo hi");
+    s.cmd("get mylock --prefix -w json");
+
+    // --- auth (not enabled; users and roles)
+    s.cmd("user list");
+    s.cmd("role list");
+    s.cmd("auth enable"); // no root user
+    s.cmd("user get root");
+    s.cmd("user add alice:pw");
+    s.cmd("user add alice:pw");
+    s.cmd("role add r1");
+    s.cmd("role grant-permission r1 readwrite foo");
+    s.cmd("role grant-permission --prefix r1 read bar");
+    s.cmd("role grant-permission r1 write x z");
+    s.cmd("user grant-role alice r1");
+    s.cmd("user grant-role alice nope");
+    s.cmd("user get alice");
+    s.cmd("user get alice --detail");
+    s.cmd("role get r1");
+    s.cmd("user list -w json");
+    s.cmd("role get r1 -w json");
+    s.cmd("role revoke-permission r1 foo");
+    s.cmd("role revoke-permission r1 never");
+    s.cmd("user revoke-role alice r1");
+    s.cmd("user delete alice");
+    s.cmd("role delete r1");
+    s.cmd("user list");
+    s.cmd("role list -w json");
 
     // --- maintenance
     s.cmd("alarm list");
     s.cmd("defrag");
 
     cluster_commands(&mut s);
+    s.cmd("member list --hex -w json");
+    s.normed("endpoint status --cluster -w json", Norm::Status);
+    s.normed("endpoint health --cluster", Norm::Health);
     s.argv(&["get", "--from-key", "", "-w", "json"]);
 
     s.steps
@@ -564,6 +627,8 @@ struct Idents {
     peer_port: u16,
     cluster_id: Option<u64>,
     member_id: Option<u64>,
+    /// Lease ids granted so far by `lease grant` steps (see [`Step::capture_lease`]).
+    leases: Vec<u64>,
 }
 
 /// Waits until `endpoint health` succeeds (leader elected, reads served); gives up after `timeout`
@@ -603,6 +668,13 @@ fn learn_ids(etcdctl: &Path, server: &Server) -> Idents {
         ids.member_id = ids.member_id.or_else(|| json_u64(&out.stdout, "member_id"));
     }
     ids
+}
+
+/// The id in `lease 694d7d3a6f1c0d0b granted with TTL(600s)`.
+fn granted_lease(stdout: &str) -> Option<u64> {
+    let rest = stdout.strip_prefix("lease ")?;
+    let hex: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u64::from_str_radix(&hex, 16).ok()
 }
 
 fn json_u64(text: &str, key: &str) -> Option<u64> {
@@ -808,6 +880,14 @@ fn normalize(text: &str, step: &Step, ids: &Idents) -> String {
         ] {
             if form.len() >= 8 {
                 t = replace_token(&t, &form, &ph);
+            }
+        }
+    }
+    for (n, lease) in ids.leases.iter().enumerate() {
+        let placeholder = format!("<LEASE {n}>");
+        for form in [format!("{lease:016x}"), format!("{lease:x}"), lease.to_string()] {
+            if form.len() >= 8 {
+                t = replace_token(&t, &form, &placeholder);
             }
         }
     }
@@ -1039,19 +1119,28 @@ fn run_sequence(
     let mut slow_in_a_row = [0usize; 2];
     let mut dump_text = String::new();
     let mut aborted = None;
+    let mut ids = [expected.ids.clone(), actual.ids.clone()];
     for (index, step) in steps.iter().enumerate() {
-        let run = |t: &Target| {
+        let run = |t: &Target, ids: &Idents| {
+            let args: Vec<String> = step
+                .args
+                .iter()
+                .map(|a| match ids.leases.last() {
+                    Some(lease) => a.replace("{LEASE}", &format!("{lease:x}")),
+                    None => a.clone(),
+                })
+                .collect();
             run_etcdctl(
                 etcdctl,
                 &t.endpoint,
-                &step.args,
+                &args,
                 step.stdin.as_deref(),
                 step.kill_after,
             )
         };
         let (out_a, out_b) = std::thread::scope(|scope| {
-            let ha = scope.spawn(|| run(expected));
-            let out_b = run(actual);
+            let ha = scope.spawn(|| run(expected, &ids[0]));
+            let out_b = run(actual, &ids[1]);
             let out_a = ha.join().unwrap_or_else(|_| Output {
                 code: -3,
                 stdout: String::new(),
@@ -1060,8 +1149,15 @@ fn run_sequence(
             });
             (out_a, out_b)
         });
-        let ra = render(&out_a, step, &expected.ids);
-        let rb = render(&out_b, step, &actual.ids);
+        if step.capture_lease {
+            for (k, out) in [&out_a, &out_b].into_iter().enumerate() {
+                if let Some(lease) = granted_lease(&out.stdout) {
+                    ids[k].leases.push(lease);
+                }
+            }
+        }
+        let ra = render(&out_a, step, &ids[0]);
+        let rb = render(&out_b, step, &ids[1]);
         if dump.is_some() {
             let _ = write!(
                 dump_text,
@@ -1280,6 +1376,7 @@ fn normalizer_unit_checks() {
         peer_port: 40001,
         cluster_id: Some(15118495548433857066),
         member_id: Some(13668033151171901709),
+        leases: vec![0x694d7d3a6f1c0d0b],
     };
     let step = |norm| Step {
         args: vec![],
@@ -1287,6 +1384,7 @@ fn normalizer_unit_checks() {
         stdin_desc: String::new(),
         norm,
         kill_after: None,
+        capture_lease: false,
     };
     let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
     assert_eq!(
@@ -1318,6 +1416,18 @@ fn normalizer_unit_checks() {
         "\"revision\":13668033151171901709x"
     );
     assert_eq!(line_diff("a\nb\nc", "a\nx\nc"), "  a\n- b\n+ x\n  c\n");
+    assert_eq!(
+        normalize(
+            "lease 694d7d3a6f1c0d0b granted with TTL(600s)\n\"lease\":7587858637114838283,",
+            &step(Norm::Plain),
+            &ids
+        ),
+        "lease <LEASE 0> granted with TTL(600s)\n\"lease\":<LEASE 0>,"
+    );
+    assert_eq!(
+        granted_lease("lease 694d7d3a6f1c0d0b granted with TTL(600s)\n"),
+        Some(0x694d7d3a6f1c0d0b)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
