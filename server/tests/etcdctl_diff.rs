@@ -69,6 +69,9 @@ struct Step {
     /// A `lease grant`: remember the id each server printed; later steps say `{LEASE}` for it and
     /// outputs show it as `<LEASE n>`.
     capture_lease: bool,
+    /// Give etcdctl the endpoint as a URL (`http://127.0.0.1:PORT`, as `--cluster` does) instead
+    /// of `127.0.0.1:PORT`: etcdctl's per-endpoint clients then send that URL as :authority.
+    url_endpoint: bool,
 }
 
 impl Step {
@@ -86,6 +89,9 @@ impl Step {
         }
         if let Some(after) = self.kill_after {
             let _ = write!(s, "  (killed after {after:?})");
+        }
+        if self.url_endpoint {
+            s.push_str("  (--endpoints=http://127.0.0.1:PORT)");
         }
         s
     }
@@ -139,7 +145,16 @@ impl Seq {
             norm,
             kill_after: None,
             capture_lease: false,
+            url_endpoint: false,
         });
+    }
+
+    /// A command run with `--endpoints=http://127.0.0.1:PORT`.
+    fn with_url_endpoint(&mut self, cmd: &str, norm: Norm) {
+        self.normed(cmd, norm);
+        if let Some(step) = self.steps.last_mut() {
+            step.url_endpoint = true;
+        }
     }
 
     /// `lease grant ...`, remembering the granted id per server.
@@ -520,6 +535,10 @@ fn sequence() -> Vec<Step> {
     s.cmd("member list --hex -w json");
     s.normed("endpoint status --cluster -w json", Norm::Status);
     s.normed("endpoint health --cluster", Norm::Health);
+    s.with_url_endpoint("get foo -w json", Norm::Plain);
+    s.with_url_endpoint("endpoint status", Norm::Status);
+    s.with_url_endpoint("endpoint hashkv -w json", Norm::HashKv);
+    s.with_url_endpoint("endpoint health", Norm::Health);
     s.argv(&["get", "--from-key", "", "-w", "json"]);
 
     s.steps
@@ -788,7 +807,8 @@ fn mask_client_log(text: &str) -> String {
 fn map_simple_columns(text: &str, prefix: &str, cols: &[usize], placeholder: &str) -> String {
     text.split('\n')
         .map(|line| {
-            if !line.starts_with(prefix) {
+            let bare = line.strip_prefix("http://").unwrap_or(line);
+            if !bare.starts_with(prefix) {
                 return line.to_string();
             }
             line.split(", ")
@@ -1130,9 +1150,14 @@ fn run_sequence(
                     None => a.clone(),
                 })
                 .collect();
+            let endpoint = if step.url_endpoint {
+                format!("http://{}", t.endpoint)
+            } else {
+                t.endpoint.clone()
+            };
             run_etcdctl(
                 etcdctl,
-                &t.endpoint,
+                &endpoint,
                 &args,
                 step.stdin.as_deref(),
                 step.kill_after,
@@ -1385,6 +1410,7 @@ fn normalizer_unit_checks() {
         norm,
         kill_after: None,
         capture_lease: false,
+        url_endpoint: false,
     };
     let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
     assert_eq!(
