@@ -473,6 +473,21 @@ fn sequence() -> Vec<Step> {
     s.watch(&format!("cmp --rev={c} -w json"));
     s.watch(&format!("--prefix cmp --rev={} --prev-kv", c + 1));
 
+    // --- maintenance
+    s.cmd("alarm list");
+    s.cmd("defrag");
+
+    cluster_commands(&mut s);
+    s.cmd("member list --hex -w json");
+    s.normed("endpoint status --cluster -w json", Norm::Status);
+    s.normed("endpoint health --cluster", Norm::Health);
+    s.with_url_endpoint("get foo -w json", Norm::Plain);
+    s.with_url_endpoint("endpoint status", Norm::Status);
+    s.with_url_endpoint("endpoint hashkv -w json", Norm::HashKv);
+    s.with_url_endpoint("endpoint health", Norm::Health);
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+
+    // Last, so that if they write differently the revisions of everything above still match.
     // --- leases (granted ids differ per server: captured, substituted for {LEASE}, masked; no
     // remaining-TTL output, which depends on timing)
     s.cmd("lease list");
@@ -526,20 +541,6 @@ fn sequence() -> Vec<Step> {
     s.cmd("role delete r1");
     s.cmd("user list");
     s.cmd("role list -w json");
-
-    // --- maintenance
-    s.cmd("alarm list");
-    s.cmd("defrag");
-
-    cluster_commands(&mut s);
-    s.cmd("member list --hex -w json");
-    s.normed("endpoint status --cluster -w json", Norm::Status);
-    s.normed("endpoint health --cluster", Norm::Health);
-    s.with_url_endpoint("get foo -w json", Norm::Plain);
-    s.with_url_endpoint("endpoint status", Norm::Status);
-    s.with_url_endpoint("endpoint hashkv -w json", Norm::HashKv);
-    s.with_url_endpoint("endpoint health", Norm::Health);
-    s.argv(&["get", "--from-key", "", "-w", "json"]);
 
     s.steps
 }
@@ -905,7 +906,11 @@ fn normalize(text: &str, step: &Step, ids: &Idents) -> String {
     }
     for (n, lease) in ids.leases.iter().enumerate() {
         let placeholder = format!("<LEASE {n}>");
-        for form in [format!("{lease:016x}"), format!("{lease:x}"), lease.to_string()] {
+        for form in [
+            format!("{lease:016x}"),
+            format!("{lease:x}"),
+            lease.to_string(),
+        ] {
             if form.len() >= 8 {
                 t = replace_token(&t, &form, &placeholder);
             }
