@@ -105,6 +105,9 @@ run_load() {
   log "$side: $label"
   if timeout "$STEP_TIMEOUT" "$BENCH_BIN" "$@" >"$out" 2>&1; then
     grep '^RESULT' "$out" | tail -1 >"$WORK/$side.$label.result"
+    if grep -q 'returned 0 key-value pairs' "$out"; then
+      log "$side: $label: WARNING: every range came back empty"
+    fi
   else
     log "$side: $label failed or timed out (last lines below)"; tail -3 "$out" >&2
     echo "RESULT failed" >"$WORK/$side.$label.result"

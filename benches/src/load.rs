@@ -24,6 +24,9 @@ pub struct Run {
     /// Wall time from the first request to the last response.
     pub elapsed: Duration,
     pub errors: Errors,
+    /// Key-value pairs returned by all Range responses together (a sanity check that reads
+    /// really read something).
+    pub range_kvs: u64,
 }
 
 /// Failed requests, grouped by message.
@@ -100,15 +103,18 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
     }
     let mut latencies = Vec::with_capacity(usize::try_from(cli.total).unwrap_or(0));
     let mut errors = Errors::default();
+    let mut range_kvs = 0;
     for task in tasks {
-        let (client_latencies, client_errors) = task.await.context("client task panicked")?;
-        latencies.extend(client_latencies);
-        errors.merge(client_errors);
+        let outcome = task.await.context("client task panicked")?;
+        latencies.extend(outcome.latencies);
+        errors.merge(outcome.errors);
+        range_kvs += outcome.range_kvs;
     }
     Ok(Run {
         latencies,
         elapsed: started.elapsed(),
         errors,
+        range_kvs,
     })
 }
 
@@ -178,6 +184,13 @@ fn encode_key(n: u64, key_size: usize) -> bytes::Bytes {
     key.into()
 }
 
+/// What one client measured.
+struct Outcome {
+    latencies: Vec<Duration>,
+    errors: Errors,
+    range_kvs: u64,
+}
+
 /// One concurrent client: takes request numbers from the shared counter until the budget is
 /// spent.
 struct Job {
@@ -190,9 +203,12 @@ struct Job {
 }
 
 impl Job {
-    async fn run(mut self) -> (Vec<Duration>, Errors) {
-        let mut latencies = Vec::new();
-        let mut errors = Errors::default();
+    async fn run(mut self) -> Outcome {
+        let mut outcome = Outcome {
+            latencies: Vec::new(),
+            errors: Errors::default(),
+            range_kvs: 0,
+        };
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
             if n >= self.total {
@@ -200,17 +216,25 @@ impl Job {
             }
             let started = Instant::now();
             match tokio::time::timeout(self.timeout, self.request(n)).await {
-                Ok(Ok(())) => latencies.push(started.elapsed()),
-                Ok(Err(status)) => {
-                    errors.record(format!("{:?}: {}", status.code(), status.message()))
+                Ok(Ok(kvs)) => {
+                    outcome.latencies.push(started.elapsed());
+                    outcome.range_kvs += kvs;
                 }
-                Err(_) => errors.record("request deadline exceeded (client side)".to_string()),
+                Ok(Err(status)) => {
+                    outcome
+                        .errors
+                        .record(format!("{:?}: {}", status.code(), status.message()))
+                }
+                Err(_) => outcome
+                    .errors
+                    .record("request deadline exceeded (client side)".to_string()),
             }
         }
-        (latencies, errors)
+        outcome
     }
 
-    async fn request(&mut self, n: u64) -> Result<(), tonic::Status> {
+    /// Sends request number `n`; returns how many key-value pairs a Range brought back.
+    async fn request(&mut self, n: u64) -> Result<u64, tonic::Status> {
         match &self.workload {
             Workload::Put {
                 key_size,
@@ -229,12 +253,13 @@ impl Job {
                     ..PutRequest::default()
                 };
                 self.client.put(request).await?;
+                Ok(0)
             }
             Workload::Range(request) => {
-                self.client.range(request.clone()).await?;
+                let response = self.client.range(request.clone()).await?.into_inner();
+                Ok(response.kvs.len() as u64)
             }
         }
-        Ok(())
     }
 }
 

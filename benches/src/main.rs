@@ -103,6 +103,12 @@ fn main() -> anyhow::Result<()> {
     let summary = report::Summary::new(&run.latencies, run.elapsed, run.errors.total());
     print!("{}", summary.render());
     print!("{}", run.errors.render());
+    if let Command::Range { .. } = cli.command {
+        println!(
+            "\nRange responses returned {} key-value pairs in total.",
+            run.range_kvs
+        );
+    }
     println!(
         "{}",
         summary.result_line(op_name(&cli.command), cli.clients, cli.total)
