@@ -72,10 +72,15 @@ struct Step {
     /// Give etcdctl the endpoint as a URL (`http://127.0.0.1:PORT`, as `--cluster` does) instead
     /// of `127.0.0.1:PORT`: etcdctl's per-endpoint clients then send that URL as :authority.
     url_endpoint: bool,
+    /// Not an etcdctl command: SIGKILL both servers and restart them on their data dirs.
+    restart: bool,
 }
 
 impl Step {
     fn display(&self) -> String {
+        if self.restart {
+            return "(kill -9 both servers, restart them on their data dirs)".to_string();
+        }
         let mut s = String::from("etcdctl");
         for a in &self.args {
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
@@ -146,7 +151,16 @@ impl Seq {
             kill_after: None,
             capture_lease: false,
             url_endpoint: false,
+            restart: false,
         });
+    }
+
+    /// Kill -9 both servers and restart them (same flags, ports and data dirs).
+    fn restart(&mut self) {
+        self.argv(&[]);
+        if let Some(step) = self.steps.last_mut() {
+            step.restart = true;
+        }
     }
 
     /// A command run with `--endpoints=http://127.0.0.1:PORT`.
@@ -486,6 +500,19 @@ fn sequence() -> Vec<Step> {
     s.with_url_endpoint("endpoint hashkv -w json", Norm::HashKv);
     s.with_url_endpoint("endpoint health", Norm::Health);
     s.argv(&["get", "--from-key", "", "-w", "json"]);
+
+    // --- crash and recovery: the same state (keys, history, compaction, ids) after kill -9
+    s.restart();
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+    s.cmd(&format!("get cmp --rev={c}")); // still compacted
+    s.cmd(&format!("get cmp --rev={} -w json", c + 1));
+    s.cmd(&format!("compaction {}", c + 1));
+    s.normed("endpoint hashkv -w json", Norm::HashKv);
+    s.normed("endpoint status -w json", Norm::Status);
+    s.cmd("member list -w json");
+    s.watch(&format!("--prefix cmp --rev={}", c + 1));
+    s.cmd("put after-restart 1 -w json");
+    s.cmd("get after-restart -w json");
 
     // Last, so that if they write differently the revisions of everything above still match.
     // --- leases (granted ids differ per server: captured, substituted for {LEASE}, masked; no
@@ -1138,6 +1165,7 @@ fn run_sequence(
     actual: &Target,
     steps: &[Step],
     dump: Option<&Path>,
+    restart: &mut dyn FnMut() -> std::result::Result<(), String>,
 ) -> RunResult {
     let mut mismatches = Vec::new();
     let mut expected_outputs = Vec::new();
@@ -1146,6 +1174,18 @@ fn run_sequence(
     let mut aborted = None;
     let mut ids = [expected.ids.clone(), actual.ids.clone()];
     for (index, step) in steps.iter().enumerate() {
+        if step.restart {
+            if let Err(why) = restart() {
+                mismatches.push(Mismatch {
+                    index,
+                    command: step.display(),
+                    expected: "both restarted".to_string(),
+                    actual: why,
+                });
+            }
+            expected_outputs.push(String::new());
+            continue;
+        }
         let run = |t: &Target, ids: &Idents| {
             let args: Vec<String> = step
                 .args
@@ -1280,8 +1320,7 @@ fn check_sequence_assumptions(steps: &[Step], expected: &[String]) -> Result<()>
 // The tests.
 
 /// Starts a fresh single-member cluster of `program` with the flags both servers get.
-fn start_server(label: &str, program: &Path, dir: &TempDir) -> Result<Server> {
-    let ports = Ports::pick();
+fn start_server(label: &str, program: &Path, dir: &TempDir, ports: Ports) -> Result<Server> {
     let data_dir = dir.path().join(format!("{label}.data"));
     let extra = [
         "--max-request-bytes=1572864".to_string(),
@@ -1297,8 +1336,8 @@ fn diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
     let etcdctl = require_on_path("etcdctl")?;
     let mut dir = TempDir::new("etcdctl-diff")?;
     let started = Instant::now();
-    let mut a = start_server("etcd", &etcd, &dir)?;
-    let mut b = start_server(other_label, &other_program, &dir)?;
+    let mut a = start_server("etcd", &etcd, &dir, Ports::pick())?;
+    let mut b = start_server(other_label, &other_program, &dir, Ports::pick())?;
     let healthy_a = wait_healthy(&etcdctl, &a.endpoint(), Duration::from_secs(20));
     anyhow::ensure!(
         healthy_a,
@@ -1326,11 +1365,24 @@ fn diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
     );
     let steps = sequence();
     let dump = std::env::var_os("KEEL_DIFF_DUMP").map(PathBuf::from);
+    let mut restart = || -> std::result::Result<(), String> {
+        a.kill();
+        b.kill();
+        a = start_server("etcd", &etcd, &dir, a.ports).map_err(|e| format!("{e:#}"))?;
+        b = start_server(other_label, &other_program, &dir, b.ports)
+            .map_err(|e| format!("{e:#}"))?;
+        for (server, label) in [(&a, "etcd"), (&b, other_label)] {
+            if !wait_healthy(&etcdctl, &server.endpoint(), Duration::from_secs(20)) {
+                return Err(format!("{label} not healthy 20s after restart"));
+            }
+        }
+        Ok(())
+    };
     let RunResult {
         mismatches,
         aborted,
         expected_outputs,
-    } = run_sequence(&etcdctl, &ta, &tb, &steps, dump.as_deref());
+    } = run_sequence(&etcdctl, &ta, &tb, &steps, dump.as_deref(), &mut restart);
     check_sequence_assumptions(&steps, &expected_outputs)?;
     eprintln!(
         "{} steps run in {:?}: {} mismatches",
@@ -1416,6 +1468,7 @@ fn normalizer_unit_checks() {
         kill_after: None,
         capture_lease: false,
         url_endpoint: false,
+        restart: false,
     };
     let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
     assert_eq!(
@@ -1866,8 +1919,8 @@ async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Re
     let etcd = require_on_path("etcd")?;
     let mut dir = TempDir::new("grpc-diff")?;
     let started = Instant::now();
-    let a = start_server("etcd", &etcd, &dir)?;
-    let b = start_server(other_label, &other_program, &dir)?;
+    let a = start_server("etcd", &etcd, &dir, Ports::pick())?;
+    let b = start_server(other_label, &other_program, &dir, Ports::pick())?;
     let mut ca = grpc::client(&a).await?;
     let mut cb = grpc::client(&b).await?;
     // Wait for a leader on both (a linearizable read succeeds).
