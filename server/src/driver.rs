@@ -231,7 +231,10 @@ async fn wal_writer(
         let Some(mut w) = wal.take() else {
             return;
         };
-        // The write and fsync block; keep them off the async workers.
+        // The write and fsync block; keep them off the async workers. Under madsim this runs
+        // the closure as a simulated task (madsim marks it deprecated to discourage real
+        // blocking); the simulated disk never blocks, so that is exactly right there.
+        #[allow(deprecated)]
         let joined = tokio::task::spawn_blocking(move || {
             let result = write_group(&mut w, &group);
             (w, result, group)

@@ -168,26 +168,38 @@ async fn connect(endpoint: String) -> KvClient<Channel> {
     panic!("{endpoint} never accepted a connection");
 }
 
-/// Writers put unique keys until the member dies; returns what was acknowledged.
-async fn writers(endpoint: String, writers: usize, trace: Trace) -> Vec<(String, String)> {
+/// Puts per writer per round, at most.
+const PUTS_PER_WRITER_MAX: usize = 400;
+/// A client gives up on one request after this long (outcome unknown).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Writers put unique keys until the member dies (or a bound); returns what was acknowledged.
+async fn writers(
+    endpoint: String,
+    writers: usize,
+    round: u64,
+    trace: Trace,
+) -> Vec<(String, String)> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for w in 0..writers {
         let (endpoint, acked, trace) = (endpoint.clone(), Arc::clone(&acked), trace.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(mut kv) = KvClient::connect(endpoint).await else {
-                return;
-            };
-            for i in 0.. {
-                let (key, value) = (format!("w{w}-{i}"), format!("v{w}-{i}"));
-                match kv.put(put(&key, &value)).await {
-                    Ok(r) => {
+            let mut kv = connect(endpoint).await;
+            for i in 0..PUTS_PER_WRITER_MAX {
+                let (key, value) = (format!("r{round}-w{w}-{i}"), format!("v{w}-{i}"));
+                match tokio::time::timeout(REQUEST_TIMEOUT, kv.put(put(&key, &value))).await {
+                    Ok(Ok(r)) => {
                         let rev = r.into_inner().header.map_or(0, |h| h.revision);
                         trace.record(format!("ack {key} rev={rev}"));
                         acked.lock().expect("lock").push((key, value));
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         trace.record(format!("fail {key} {:?}", e.code()));
+                        return;
+                    }
+                    Err(_) => {
+                        trace.record(format!("timeout {key}"));
                         return;
                     }
                 }
@@ -211,7 +223,7 @@ async fn crash_scenario(seed: u64) -> u64 {
         let endpoint = cluster.endpoint(0);
         let load = cluster
             .client_node
-            .spawn(writers(endpoint, 4, trace.clone()));
+            .spawn(writers(endpoint, 4, round, trace.clone()));
         let delay_ms = 300 + fnv1a(seed.to_le_bytes().into_iter().chain([round as u8])) % 700;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         trace.record(format!("crash round={round} after={delay_ms}ms"));
@@ -242,6 +254,11 @@ async fn crash_scenario(seed: u64) -> u64 {
             })
             .await
             .expect("verifier");
+    }
+    if std::env::var_os("KEEL_SIM_DUMP").is_some() {
+        for e in trace.events().iter().filter(|e| !e.contains(" ack ")) {
+            eprintln!("{e}");
+        }
     }
     trace.hash()
 }
