@@ -4,7 +4,8 @@
 //! Each round starts keel on the same data dir (every other round after first killing it right
 //! after its port opens, i.e. during recovery), checks everything acknowledged in earlier rounds,
 //! runs a concurrent put load (unique keys), SIGKILLs keel mid-load at a different point, and
-//! moves on. A final restart checks the last round. Unacknowledged puts may or may not be there,
+//! moves on. A quarter of the writers write key pairs in one txn, which must survive atomically.
+//! A final restart checks the last round. Unacknowledged puts may or may not be there,
 //! but whatever is there must be exactly what was written.
 //!
 //! `KEEL_CRASH_TEST_BIN=/usr/bin/etcd` runs the same test against another etcd-compatible server
@@ -22,7 +23,8 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use common::{keel_bin, Ports, Server, TempDir};
 use keel_proto::etcdserverpb::kv_client::KvClient;
-use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use keel_proto::etcdserverpb::request_op::Request;
+use keel_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
 use tonic::transport::Channel;
 
 const PREFIX: &str = "crash/";
@@ -185,14 +187,31 @@ fn verify(
             ));
         }
     }
-    // Revisions of acknowledged puts are distinct (each put is its own revision).
+    // Txn pairs are atomic: both keys or neither.
+    for key in store.keys() {
+        let partner = if let Some(base) = key.strip_suffix("/a") {
+            format!("{base}/b")
+        } else if let Some(base) = key.strip_suffix("/b") {
+            format!("{base}/a")
+        } else {
+            continue;
+        };
+        if !store.contains_key(&partner) {
+            problems.push(format!(
+                "after restart {round}: {key} present without {partner} (written in one txn)"
+            ));
+        }
+    }
+    // Each acknowledged write has its own revision.
     let mut by_rev: HashMap<i64, &str> = HashMap::new();
     for (key, a) in acked {
-        if let Some(other) = by_rev.insert(a.revision, key) {
-            problems.push(format!(
-                "{key} and {other} were both acknowledged at revision {}",
-                a.revision
-            ));
+        if let Some(other) = by_rev.insert(a.revision, write_of(key)) {
+            if other != write_of(key) {
+                problems.push(format!(
+                    "{key} and {other} were both acknowledged at revision {}",
+                    a.revision
+                ));
+            }
         }
     }
     problems
@@ -207,29 +226,65 @@ async fn writer(
     acked: Arc<Mutex<Vec<(String, Acked)>>>,
     acked_count: Arc<AtomicUsize>,
 ) {
+    // Every fourth writer writes pairs `.../a`, `.../b` in one txn instead of single puts.
+    let pairs = id % 4 == 3;
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = format!("{PREFIX}r{round}/w{id}/{seq:07}");
-        let value = value_for(&key);
-        let req = PutRequest {
-            key: Bytes::from(key.clone()),
-            value: Bytes::from(value.clone()),
-            ..Default::default()
+        let base = format!("{PREFIX}r{round}/w{id}/{seq:07}");
+        let keys = if pairs {
+            vec![format!("{base}/a"), format!("{base}/b")]
+        } else {
+            vec![base]
         };
-        match tokio::time::timeout(RPC_TIMEOUT, client.put(req)).await {
-            Ok(Ok(resp)) => {
-                let revision = resp.into_inner().header.map_or(0, |h| h.revision);
-                acked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((key, Acked { value, revision }));
-                acked_count.fetch_add(1, Ordering::Relaxed);
+        let puts: Vec<PutRequest> = keys
+            .iter()
+            .map(|key| PutRequest {
+                key: Bytes::from(key.clone()),
+                value: Bytes::from(value_for(key)),
+                ..Default::default()
+            })
+            .collect();
+        let revision = if pairs {
+            let txn = TxnRequest {
+                success: puts
+                    .into_iter()
+                    .map(|p| RequestOp {
+                        request: Some(Request::RequestPut(p)),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            match tokio::time::timeout(RPC_TIMEOUT, client.txn(txn)).await {
+                Ok(Ok(resp)) => resp.into_inner().header.map_or(0, |h| h.revision),
+                // Killed (or unavailable): this write's fate is unknown; stop writing.
+                Ok(Err(_)) | Err(_) => break,
             }
-            // Killed (or unavailable): this put's fate is unknown; stop writing.
-            Ok(Err(_)) | Err(_) => break,
+        } else {
+            let Some(put) = puts.into_iter().next() else {
+                break;
+            };
+            match tokio::time::timeout(RPC_TIMEOUT, client.put(put)).await {
+                Ok(Ok(resp)) => resp.into_inner().header.map_or(0, |h| h.revision),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        };
+        {
+            let mut acked = acked.lock().unwrap_or_else(|e| e.into_inner());
+            for key in keys {
+                let value = value_for(&key);
+                acked.push((key, Acked { value, revision }));
+            }
         }
+        acked_count.fetch_add(1, Ordering::Relaxed);
         seq += 1;
     }
+}
+
+/// The write a key belongs to: a txn's pair `.../a`, `.../b` is one write.
+fn write_of(key: &str) -> &str {
+    key.strip_suffix("/a")
+        .or_else(|| key.strip_suffix("/b"))
+        .unwrap_or(key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,11 +374,44 @@ async fn kill_restart_rounds(dir: &TempDir) -> Result<()> {
     let problems = verify(round, &store, revision, &acked);
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     eprintln!(
-        "{} acknowledged puts verified across {} kills in {:?} ({} keys present, revision {revision})",
+        "{} acknowledged keys verified across {} kills in {:?} ({} keys present, revision {revision})",
         acked.len(),
         KILL_AFTER_MS.len(),
         started.elapsed(),
         store.len()
     );
     Ok(())
+}
+
+/// The checker itself: it must flag lost, changed, misplaced and torn writes.
+#[test]
+fn verify_flags_lost_changed_and_torn_writes() {
+    let k = |s: &str| format!("{PREFIX}{s}");
+    let acked: HashMap<String, Acked> = [
+        (k("lost"), 5),
+        (k("moved"), 6),
+        (k("ok"), 7),
+        (k("t/a"), 8),
+        (k("t/b"), 8),
+    ]
+    .into_iter()
+    .map(|(key, revision)| {
+        let value = value_for(&key);
+        (key, Acked { value, revision })
+    })
+    .collect();
+    let mut store: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    for (key, rev) in [("moved", 9), ("ok", 7), ("t/a", 8), ("t/b", 8)] {
+        store.insert(k(key), (value_for(&k(key)), rev));
+    }
+    // "lost" is missing, "moved" has the wrong mod_revision.
+    assert_eq!(verify(0, &store, 9, &acked).len(), 2);
+    store.insert(k("lost"), (value_for(&k("lost")), 5));
+    store.insert(k("moved"), (value_for(&k("moved")), 6));
+    assert_eq!(verify(0, &store, 9, &acked), Vec::<String>::new());
+    store.insert(k("u/a"), (value_for(&k("u/a")), 10)); // torn: no u/b
+    store.insert(k("junk"), ("garbage".to_string(), 11));
+    let problems = verify(0, &store, 11, &acked);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(verify(0, &store, 4, &acked).len(), 3); // store behind acknowledged revisions
 }
