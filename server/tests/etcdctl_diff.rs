@@ -2,19 +2,20 @@
 //!
 //! Starts real etcd and keel (each a fresh single-member cluster on loopback), runs the same etcdctl
 //! command sequence against both, normalizes only what legitimately differs (ids, ports, raft
-//! terms/indexes, db sizes, hashes, server version, timings) and fails listing every command whose
-//! output, error text or exit code differs.
+//! terms/indexes, db sizes, hashes, server version, timings, granted lease ids) and fails listing
+//! every command whose output, error text or exit code differs.
 //!
-//! `etcd_vs_etcd_harness_self_check` runs the sequence against two etcd instances: it proves the
-//! normalizers hide the noise without needing keel.
-//!
-//! The `grpc_*` tests do the same over gRPC for request fields etcdctl 3.4 cannot set: its `get`
-//! has no `--count-only` or `--min/max-mod/create-rev` (those came in 3.5), and its txn parser
-//! panics on `lease("k") = "0"`.
+//! | test | what |
+//! |---|---|
+//! | `etcdctl_sees_keel_as_etcd` | ~290 etcdctl steps: KV, txn, compaction, watch, errors, cluster and maintenance commands, a kill -9 + restart of both servers, leases, lock, auth |
+//! | `etcdctl_sees_keel_limits_as_etcd` | both started with `--max-request-bytes=4096 --max-txn-ops=4` |
+//! | `grpc_kv_requests_match_etcd` | KV requests etcdctl 3.4 cannot make (its `get` has no `--count-only` or `--min/max-mod/create-rev`, those came in 3.5; its txn parser panics on `lease("k") = "0"`): compared as prost Debug text |
+//! | `*_self_check` | the same against a second etcd: proves the normalizers hide the noise and nothing else |
 //!
 //! Run: `cargo test -p keel-server --test etcdctl_diff` (needs `etcd` and `etcdctl` 3.4 on PATH;
 //! a missing one is a failure, not a skip). A failure lists every differing step with both
-//! normalized outputs and a diff, and leaves the report and both servers' logs in a temp dir.
+//! normalized outputs, a diff and the first differing bytes, and leaves the report and both
+//! servers' data and logs in a temp dir.
 //!
 //! Env knobs: `KEEL_DIFF_DUMP=FILE` writes every step's normalized outputs (both sides) to FILE
 //! (and FILE.grpc for the gRPC tests).
