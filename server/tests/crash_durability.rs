@@ -359,7 +359,7 @@ async fn kill_restart_rounds(dir: &TempDir) -> Result<()> {
         let new: Vec<(String, Acked)> =
             std::mem::take(&mut *round_acked.lock().unwrap_or_else(|e| e.into_inner()));
         eprintln!(
-            "round {round}: killed {kill_after_ms} ms after the first ack; {} puts acknowledged; round took {:?}",
+            "round {round}: killed {kill_after_ms} ms after the first ack; {} keys acknowledged; round took {:?}",
             new.len(),
             round_start.elapsed()
         );
