@@ -202,8 +202,6 @@ pub struct NodeStatus {
     pub revision: i64,
     /// Whether this member is a learner.
     pub is_learner: bool,
-    /// Bytes of keys and values the store holds (all kept revisions).
-    pub db_size_bytes: u64,
 }
 
 /// Leases arrive with the lease issue; until then no lease exists, so a put with a non-zero
@@ -356,7 +354,6 @@ impl Node {
             raft_applied_index: self.applied_index,
             revision: self.store.current_revision(),
             is_learner: false,
-            db_size_bytes: self.store.stored_revision_count(),
         }
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use keel_engine::apply;
 use keel_engine::error::Error;
 use keel_engine::node::{Request, Response};
+use keel_proto::etcdserverpb::alarm_request::AlarmAction;
 use keel_proto::etcdserverpb::auth_server::{Auth, AuthServer};
 use keel_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use keel_proto::etcdserverpb::kv_server::{Kv, KvServer};
@@ -20,10 +21,10 @@ use keel_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
 use keel_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use keel_proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use keel_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
-    HashKvResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest,
-    TxnResponse,
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, Member, MemberListRequest,
+    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::{Health, HealthServer};
@@ -63,9 +64,11 @@ impl Services {
 
     /// Serves every etcd v3 service on `addr` until the listener fails.
     pub async fn serve(self, addr: SocketAddr) -> Result<(), ServerError> {
-        let max_message = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        // tonic refuses messages above this outright (with its own wording); messages between
+        // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
+        let decode_cap = 4 * self.max_message_bytes();
         tonic::transport::Server::builder()
-            .add_service(KvServer::new(self.clone()).max_decoding_message_size(max_message))
+            .add_service(KvServer::new(self.clone()).max_decoding_message_size(decode_cap))
             .add_service(MaintenanceServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(HealthServer::new(self.clone()))
@@ -86,7 +89,25 @@ impl Services {
         self.handle.request(request).await.map_err(to_status)
     }
 
+    /// etcd's gRPC receive limit: `--max-request-bytes` plus framing allowance.
+    fn max_message_bytes(&self) -> usize {
+        self.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
+
+    /// A message over the gRPC receive limit, refused as grpc-go (and so etcd) words it.
+    fn check_message(&self, encoded_len: usize) -> Result<(), Status> {
+        let max = self.max_message_bytes();
+        if encoded_len > max {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({encoded_len} vs. {max})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A request that fits gRPC but not a raft entry: etcd's "request is too large".
     fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        self.check_message(encoded_len)?;
         if encoded_len > self.max_request_bytes {
             return Err(to_status(Error::RequestTooLarge));
         }
@@ -119,6 +140,7 @@ impl Kv for Services {
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
         let r = request.into_inner();
+        self.check_message(r.encoded_len())?;
         apply::check_range(&r).map_err(to_status)?;
         match self.call(Request::Range(r)).await? {
             Response::Range(resp) => Ok(GrpcResponse::new(resp)),
@@ -170,6 +192,7 @@ impl Kv for Services {
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         let r = request.into_inner();
+        self.check_message(r.encoded_len())?;
         match self.call(Request::Compaction(r)).await? {
             Response::Compaction(resp) => Ok(GrpcResponse::new(resp)),
             _ => Err(unexpected("Compact")),
@@ -179,12 +202,31 @@ impl Kv for Services {
 
 #[tonic::async_trait]
 impl Maintenance for Services {
+    async fn alarm(
+        &self,
+        request: GrpcRequest<AlarmRequest>,
+    ) -> Result<GrpcResponse<AlarmResponse>, Status> {
+        let r = request.into_inner();
+        if r.action != AlarmAction::Get as i32 {
+            // Alarms are raised by the space quota and corruption checks, which keel does not
+            // have yet; nothing can be activated or deactivated.
+            return Err(Status::unimplemented(
+                "keel: alarm activation is not supported yet",
+            ));
+        }
+        let s = self.handle.status().await.map_err(to_status)?;
+        Ok(GrpcResponse::new(AlarmResponse {
+            header: Some(self.header(s.revision, s.raft_term)),
+            alarms: Vec::new(),
+        }))
+    }
+
     async fn status(
         &self,
         _request: GrpcRequest<StatusRequest>,
     ) -> Result<GrpcResponse<StatusResponse>, Status> {
         let s = self.handle.status().await.map_err(to_status)?;
-        let db_size = s.db_size_bytes as i64;
+        let db_size = self.handle.wal_bytes() as i64;
         Ok(GrpcResponse::new(StatusResponse {
             header: Some(self.header(s.revision, s.raft_term)),
             version: ETCD_VERSION.to_string(),
@@ -220,7 +262,8 @@ impl Cluster for Services {
         let s = self.handle.status().await.map_err(to_status)?;
         let me = &self.identity;
         Ok(GrpcResponse::new(MemberListResponse {
-            header: Some(self.header(s.revision, s.raft_term)),
+            // etcd's Cluster service fills no revision into its headers.
+            header: Some(self.header(0, s.raft_term)),
             members: vec![Member {
                 id: me.member_id,
                 name: me.name.clone(),

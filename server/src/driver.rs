@@ -12,6 +12,7 @@
 //! construction.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ enum Command {
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     request_timeout: Duration,
+    wal_bytes: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -61,6 +63,12 @@ impl Handle {
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout),
         }
+    }
+
+    /// Bytes of WAL on disk as of the last sync: keel's durable footprint, reported as etcd's
+    /// `dbSize`.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal_bytes.load(Ordering::Relaxed)
     }
 
     /// This member's raft status.
@@ -100,8 +108,14 @@ pub fn start(
     let (durable_tx, durable_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
+    let wal_bytes = Arc::new(AtomicU64::new(wal.disk_bytes()));
     tokio::spawn(ticker(clock, tick, ticks_tx));
-    tokio::spawn(wal_writer(wal, persist_rx, durable_tx));
+    tokio::spawn(wal_writer(
+        wal,
+        persist_rx,
+        durable_tx,
+        Arc::clone(&wal_bytes),
+    ));
     let driver = DriverLoop {
         node,
         replies: BTreeMap::new(),
@@ -117,6 +131,7 @@ pub fn start(
         Handle {
             commands: commands_tx,
             request_timeout,
+            wal_bytes,
         },
         fatal_rx,
     )
@@ -218,6 +233,7 @@ async fn wal_writer(
     wal: Wal,
     mut batches: mpsc::UnboundedReceiver<PersistBatch>,
     durable: mpsc::UnboundedSender<Durable>,
+    wal_bytes: Arc<AtomicU64>,
 ) {
     let mut wal = Some(wal);
     while let Some(first) = batches.recv().await {
@@ -252,6 +268,7 @@ async fn wal_writer(
             let _ = durable.send(Err(e));
             return;
         }
+        wal_bytes.store(w.disk_bytes(), Ordering::Relaxed);
         wal = Some(w);
         let newest = group.last().map_or(0, |b| b.number);
         if durable.send(Ok(newest)).is_err() {

@@ -10,6 +10,8 @@
 //!
 //! `KEEL_CRASH_TEST_BIN=/usr/bin/etcd` runs the same test against another etcd-compatible server
 //! (how the harness itself was validated).
+// These tests run real processes (etcd, keel) on real sockets: tokio build only.
+#![cfg(not(madsim))]
 
 mod common;
 

@@ -269,6 +269,8 @@ struct Segment {
     seq: u64,
     first_index: u64,
     path: PathBuf,
+    /// The file's length once sealed (the active segment's length is `Wal::active.len()`).
+    sealed_bytes: u64,
 }
 
 impl Segment {
@@ -278,6 +280,7 @@ impl Segment {
             seq,
             first_index,
             path,
+            sealed_bytes: 0,
         }
     }
 }
@@ -627,6 +630,7 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<Segment>, WalError> 
                 seq,
                 first_index,
                 path: dir.join(name),
+                sealed_bytes: 0,
             })
         })
         .collect();
@@ -727,9 +731,10 @@ impl Wal {
         let mut warnings = Vec::new();
         let count = segments.len();
         let mut torn_header_seq: Option<u64> = None;
-        for (i, seg) in segments.iter().enumerate() {
+        for (i, seg) in segments.iter_mut().enumerate() {
             let bytes = disk.read(&seg.path).map_err(io_err(&seg.path))?;
             let valid = replay_segment(&mut replay, seg, &bytes, i + 1 == count)?;
+            seg.sealed_bytes = valid as u64;
             if valid < bytes.len() || valid == 0 {
                 assert!(i + 1 == count, "only the last segment can be torn");
                 let warning = repair_torn_tail(disk.as_ref(), dir, seg, valid, bytes.len())?;
@@ -884,6 +889,9 @@ impl Wal {
         );
         file.append(&prefix).map_err(io_err(&seg.path))?;
         tracing::info!(segment = %seg.path.display(), "wal: new segment");
+        if let Some(sealed) = self.segments.last_mut() {
+            sealed.sealed_bytes = self.active.len();
+        }
         self.segments.push(seg);
         self.active = file;
         Ok(())
@@ -939,6 +947,13 @@ impl Wal {
     /// Whether an earlier failure poisoned this `Wal`.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// Bytes of WAL on disk: every segment file, the active one as written so far.
+    pub fn disk_bytes(&self) -> u64 {
+        let sealed = self.segments.len().saturating_sub(1);
+        let sealed_bytes: u64 = self.segments[..sealed].iter().map(|s| s.sealed_bytes).sum();
+        sealed_bytes + self.active.len()
     }
 
     /// The number of segment files.
@@ -1082,6 +1097,7 @@ mod tests {
             seq: 0,
             first_index: 1,
             path: PathBuf::new(),
+            sealed_bytes: 0,
         };
         let mut buf = Vec::new();
         encode_segment_prefix(&mut buf, &seg, LogPos::FRESH, Some(&[0x08, 0x01]));

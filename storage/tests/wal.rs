@@ -598,3 +598,28 @@ fn records_recovered_from_the_page_cache_are_made_durable() {
         "what open returned must survive a crash"
     );
 }
+
+#[test]
+fn disk_bytes_counts_every_segment_across_rotation_and_reopen() {
+    let disk = SimDisk::new();
+    let dir = std::path::Path::new("/wal-bytes");
+    let opts = keel_storage::WalOptions {
+        segment_bytes_max: 256,
+    };
+    let (mut wal, _) = Wal::open(std::sync::Arc::new(disk.clone()), dir, opts).expect("open");
+    let empty = wal.disk_bytes();
+    assert!(empty > 0, "a fresh WAL holds its segment header");
+    for i in 1..=20u64 {
+        wal.append_entry(i, 1, &[7u8; 40]).expect("append");
+        wal.sync().expect("sync");
+    }
+    assert!(wal.segment_count() > 2, "the test should rotate");
+    let written = wal.disk_bytes();
+    assert!(
+        written > empty + 20 * 40,
+        "every entry's bytes count: {written}"
+    );
+    drop(wal);
+    let (reopened, _) = Wal::open(std::sync::Arc::new(disk), dir, opts).expect("reopen");
+    assert_eq!(reopened.disk_bytes(), written, "reopen sees the same files");
+}
