@@ -899,6 +899,44 @@ impl History {
         out
     }
 
+    /// The events of `ops`, ordered by time (an invocation before a completion at the same
+    /// time; otherwise in the order given). Operations with no completion time get none.
+    pub fn from_operations(ops: &[Operation]) -> History {
+        let mut keyed: Vec<(u64, u8, usize, Event)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            let f = op.request.function();
+            let invoke = Event {
+                process: op.process,
+                f,
+                time: op.invoke_time,
+                body: EventBody::Invoke(op.request.clone()),
+            };
+            keyed.push((op.invoke_time, 1, i, invoke));
+            let Some(t) = op.complete_time else { continue };
+            let body = match &op.outcome {
+                Outcome::Ok(r) => EventBody::Ok(r.clone()),
+                Outcome::Fail(e) => EventBody::Fail { error: e.clone() },
+                Outcome::Info(e) => EventBody::Info { error: e.clone() },
+            };
+            keyed.push((
+                t,
+                0,
+                i,
+                Event {
+                    process: op.process,
+                    f,
+                    time: t,
+                    body,
+                },
+            ));
+        }
+        // Completions first at equal times: a process's next invocation may share the time.
+        keyed.sort_by_key(|k| (k.0, k.1, k.2));
+        History {
+            events: keyed.into_iter().map(|k| k.3).collect(),
+        }
+    }
+
     /// Pairs invocations with completions, in order of invocation. An invocation with no
     /// completion becomes an `Info` operation with no completion time.
     pub fn operations(&self) -> Result<Vec<Operation>, HistoryError> {

@@ -10,4 +10,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod check;
+pub mod gen;
 pub mod history;
+pub mod model;

@@ -1,0 +1,281 @@
+//! What reads pin without search.
+//!
+//! A read at revision `d` that shows `x=v@m` (mod revision `m`) says two things that hold in
+//! every linearization: the write that made revision `m` put `x=v`, and no write touched `x` in
+//! `(m, d]`. So if an acknowledged write put `x` at a revision in `(m, d]`, the read lost it; if
+//! the acknowledged write at `m` put something else, or no acknowledged or in-doubt write ever
+//! put `x=v`, the value is a phantom. A single-key read that shows nothing after an acknowledged
+//! put, with no delete that could have removed it, lost that put too.
+use std::collections::HashMap;
+
+use super::describe::who;
+use super::order::{data_revision, Prepared};
+use super::{Violation, ViolationKind};
+use crate::history::{
+    KeyValue, Operation, Outcome, Request, RequestOp, Response, ResponseOp, Revision,
+};
+use crate::model::in_range;
+
+/// Indexes of who put what.
+pub struct Facts {
+    /// Acknowledged puts per key: (revision, op, value), by revision.
+    pub ok_puts: HashMap<String, Vec<(Revision, usize, String)>>,
+    /// Every op (any outcome) that might put `(key, value)`.
+    pub any_puts: HashMap<(String, String), Vec<usize>>,
+    /// Ops that could delete keys (ok with their revision, or in doubt): (start, end, rev, op).
+    pub deletes: Vec<(String, Option<String>, Option<Revision>, usize)>,
+}
+
+fn branch_ops<'r>(req: &'r Request, resp: Option<&Response>) -> Vec<&'r RequestOp> {
+    match (req, resp) {
+        (Request::Txn(t), Some(Response::Txn(r))) => {
+            let b = if r.succeeded { &t.success } else { &t.failure };
+            b.iter().collect()
+        }
+        (Request::Txn(t), _) => t.success.iter().chain(&t.failure).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Facts {
+    /// Indexes the history.
+    pub fn new(p: &Prepared<'_>) -> Self {
+        let mut f = Facts {
+            ok_puts: HashMap::new(),
+            any_puts: HashMap::new(),
+            deletes: Vec::new(),
+        };
+        for op in p.ops {
+            let ok = op.ok();
+            let rev = ok
+                .filter(|r| crate::model::mutates(r))
+                .map(|r| r.revision());
+            let in_doubt = matches!(op.outcome, Outcome::Info(_));
+            let mut puts: Vec<(&str, &str)> = Vec::new();
+            let mut dels: Vec<(&str, Option<&str>)> = Vec::new();
+            match &op.request {
+                Request::Put(x) => puts.push((&x.key, &x.value)),
+                Request::Delete(d) => dels.push((&d.key, d.range_end.as_deref())),
+                Request::Txn(_) => {
+                    for o in branch_ops(&op.request, ok) {
+                        match o {
+                            RequestOp::Put(x) => puts.push((&x.key, &x.value)),
+                            RequestOp::Delete(d) => dels.push((&d.key, d.range_end.as_deref())),
+                            RequestOp::Range(_) => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+            for (k, v) in puts {
+                let kv = (k.to_string(), v.to_string());
+                f.any_puts.entry(kv).or_default().push(op.id);
+                if let Some(r) = rev {
+                    let e = f.ok_puts.entry(k.to_string()).or_default();
+                    e.push((r, op.id, v.to_string()));
+                }
+            }
+            if rev.is_some() || in_doubt {
+                for (k, end) in dels {
+                    f.deletes
+                        .push((k.to_string(), end.map(str::to_string), rev, op.id));
+                }
+            }
+        }
+        for puts in f.ok_puts.values_mut() {
+            puts.sort_unstable_by_key(|x| x.0);
+        }
+        f
+    }
+
+    /// Checks every `ok` read's kvs against the facts.
+    pub fn check_reads(&self, p: &Prepared<'_>) -> Result<(), Violation> {
+        for reads in p.reads_at.values() {
+            for &id in reads {
+                let op = &p.ops[id];
+                let Some(resp) = op.ok() else { continue };
+                let d = data_revision(op, resp.revision());
+                for (start, end, kvs) in shown(op, resp) {
+                    for kv in kvs {
+                        self.check_kv(p, op, d, kv)?;
+                    }
+                    if end.is_none() && kvs.is_empty() {
+                        self.check_absent(p, op, d, &start)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_kv(
+        &self,
+        p: &Prepared<'_>,
+        op: &Operation,
+        d: Revision,
+        kv: &KeyValue,
+    ) -> Result<(), Violation> {
+        let m = kv.mod_revision;
+        let sane = m <= d
+            && m > p.initial
+            && kv.create_revision <= m
+            && kv.create_revision > p.initial
+            && kv.version >= 1;
+        if !sane {
+            return Err(Violation::new(
+                ViolationKind::PhantomValue,
+                &[op],
+                format!(
+                    "read at rev {d} by p{} saw {kv}, which no store at rev {d} can hold",
+                    op.process
+                ),
+            ));
+        }
+        let puts = self.ok_puts.get(&kv.key).map_or(&[][..], |v| v.as_slice());
+        // An acknowledged put of the key after m, at or before d: the read lost it.
+        let after = puts.partition_point(|x| x.0 <= m);
+        if let Some((w, wid, wv)) = puts.get(after).filter(|x| x.0 <= d) {
+            let wop = &p.ops[*wid];
+            return Err(Violation::new(
+                ViolationKind::LostWrite,
+                &[op, wop],
+                format!(
+                    "read at rev {d} by p{} saw {}={} (mod rev {m}), but {} put {}={wv} at rev \
+                     {w}, and {m} < {w} <= {d}: the read lost an acknowledged write",
+                    op.process,
+                    kv.key,
+                    kv.value,
+                    who(wop),
+                    kv.key
+                ),
+            ));
+        }
+        if let Some(&wid) = p.writer.get(&m) {
+            let wrote = puts
+                .iter()
+                .any(|x| x.0 == m && x.1 == wid && x.2 == kv.value);
+            if !wrote {
+                let wop = &p.ops[wid];
+                return Err(Violation::new(
+                    ViolationKind::PhantomValue,
+                    &[op, wop],
+                    format!(
+                        "read at rev {d} by p{} saw {kv}, but rev {m} was made by {}, which did \
+                         not put {}={}",
+                        op.process,
+                        who(wop),
+                        kv.key,
+                        kv.value
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        self.check_in_doubt_writer(p, op, d, kv)
+    }
+
+    /// Revision `m` was taken by no acknowledged write: an in-doubt write must have put the value.
+    fn check_in_doubt_writer(
+        &self,
+        p: &Prepared<'_>,
+        op: &Operation,
+        d: Revision,
+        kv: &KeyValue,
+    ) -> Result<(), Violation> {
+        let key = (kv.key.clone(), kv.value.clone());
+        let writers = self.any_puts.get(&key).map_or(&[][..], |v| v.as_slice());
+        let in_doubt = writers
+            .iter()
+            .any(|&w| matches!(p.ops[w].outcome, Outcome::Info(_)));
+        if in_doubt {
+            return Ok(());
+        }
+        let mut named: Vec<&Operation> = vec![op];
+        named.extend(writers.iter().take(3).map(|&w| &p.ops[w]));
+        let why = match writers.first().map(|&w| &p.ops[w]) {
+            None => "no operation ever wrote that value".to_string(),
+            Some(w) if matches!(w.outcome, Outcome::Fail(_)) => {
+                format!("only {}, which failed, wrote it", who(w))
+            }
+            Some(w) => format!(
+                "{} wrote it at rev {}, not at {}",
+                who(w),
+                w.ok().map_or(0, |r| r.revision()),
+                kv.mod_revision
+            ),
+        };
+        Err(Violation::new(
+            ViolationKind::PhantomValue,
+            &named,
+            format!(
+                "read at rev {d} by p{} saw {}={} (mod rev {}), but {why}",
+                op.process, kv.key, kv.value, kv.mod_revision
+            ),
+        ))
+    }
+
+    /// A single-key read that saw nothing: the last acknowledged put at or before `d` must have
+    /// been deleted by something.
+    fn check_absent(
+        &self,
+        p: &Prepared<'_>,
+        op: &Operation,
+        d: Revision,
+        key: &str,
+    ) -> Result<(), Violation> {
+        let puts = self.ok_puts.get(key).map_or(&[][..], |v| v.as_slice());
+        let n = puts.partition_point(|x| x.0 <= d);
+        let Some((w, wid, wv)) = n.checked_sub(1).and_then(|i| puts.get(i)) else {
+            return Ok(());
+        };
+        let deletable = self.deletes.iter().any(|(s, e, rev, _)| {
+            in_range(key, s, e.as_deref()) && rev.is_none_or(|r| r > *w && r <= d)
+        });
+        if deletable {
+            return Ok(());
+        }
+        let wop = &p.ops[*wid];
+        Err(Violation::new(
+            ViolationKind::LostWrite,
+            &[op, wop],
+            format!(
+                "read at rev {d} by p{} saw no {key}, but {} put {key}={wv} at rev {w} <= {d} and \
+                 nothing could have deleted it: the read lost an acknowledged write",
+                op.process,
+                who(wop)
+            ),
+        ))
+    }
+}
+
+/// The (range start, range end, kvs) a non-mutating `ok` op shows about the state at its data
+/// revision: a range's result, or the ranges inside a txn that wrote nothing.
+fn shown<'o>(
+    op: &'o Operation,
+    resp: &'o Response,
+) -> Vec<(String, Option<String>, &'o [KeyValue])> {
+    let mut out = Vec::new();
+    match (&op.request, resp) {
+        (Request::Get(_) | Request::Range(_), Response::Range(r)) => {
+            if let Some(req) = op.request.as_range() {
+                if req.limit.filter(|l| *l > 0).is_none() {
+                    out.push((req.key, req.range_end, &r.kvs[..]));
+                } else {
+                    out.push((req.key, Some("\0".to_string()), &r.kvs[..]));
+                }
+            }
+        }
+        (Request::Txn(_), Response::Txn(t)) => {
+            for (o, r) in branch_ops(&op.request, Some(resp))
+                .into_iter()
+                .zip(&t.responses)
+            {
+                if let (RequestOp::Range(q), ResponseOp::Range(rr)) = (o, r) {
+                    out.push((q.key.clone(), q.range_end.clone(), &rr.kvs[..]));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}

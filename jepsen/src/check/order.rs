@@ -1,0 +1,332 @@
+//! Ordering by revision: duplicate revisions, per-client monotonicity, real-time order and
+//! compaction, without search.
+//!
+//! Each `ok` operation gets a key: `2r` for a write that changed the store at revision `r`,
+//! `2h + 1` for anything else with header revision `h` (it sits after write `h`, before write
+//! `h + 1`). Example: `put x=1 -> rev 2` has key 4, `get x -> rev 2` key 5, `put x=2 -> rev 3`
+//! key 6. If `put x=2` completed before the get was invoked, the get's key 5 < 6 is a stale read.
+use std::collections::HashMap;
+
+use super::describe::who;
+use super::{Violation, ViolationKind};
+use crate::history::{Operation, Outcome, Request, Revision};
+use crate::model::{may_mutate, mutates};
+
+/// The history, indexed for the checks.
+pub struct Prepared<'a> {
+    /// The operations.
+    pub ops: &'a [Operation],
+    /// The revision before the history.
+    pub initial: Revision,
+    /// Order key of each `ok` operation (see the module doc).
+    pub key: Vec<Option<i64>>,
+    /// `ok` operations that changed the store, by revision (the first one, if duplicated).
+    pub writer: HashMap<Revision, usize>,
+    /// `ok` operations that did not change the store, by the revision whose state they show.
+    pub reads_at: HashMap<Revision, Vec<usize>>,
+    /// Operations with unknown outcome that could change the store.
+    pub in_doubt: Vec<usize>,
+    /// The highest revision any `ok` operation reports.
+    pub max_revision: Revision,
+}
+
+/// The revision whose state a non-mutating `ok` op shows: its explicit read revision or header.
+pub fn data_revision(op: &Operation, header: Revision) -> Revision {
+    match &op.request {
+        Request::Range(r) => r.revision.filter(|r| *r > 0).unwrap_or(header),
+        _ => header,
+    }
+}
+
+impl<'a> Prepared<'a> {
+    /// Indexes `ops`.
+    pub fn new(ops: &'a [Operation], initial: Revision) -> Self {
+        let mut p = Prepared {
+            ops,
+            initial,
+            key: vec![None; ops.len()],
+            writer: HashMap::new(),
+            reads_at: HashMap::new(),
+            in_doubt: Vec::new(),
+            max_revision: initial,
+        };
+        for op in ops {
+            match &op.outcome {
+                Outcome::Ok(resp) => {
+                    let r = resp.revision();
+                    p.max_revision = p.max_revision.max(r);
+                    if mutates(resp) {
+                        p.key[op.id] = Some(r.saturating_mul(2));
+                        p.writer.entry(r).or_insert(op.id);
+                    } else {
+                        p.key[op.id] = Some(r.saturating_mul(2).saturating_add(1));
+                        if !matches!(op.request, Request::Compact(_)) {
+                            let d = data_revision(op, r);
+                            p.reads_at.entry(d).or_default().push(op.id);
+                        }
+                    }
+                }
+                Outcome::Info(_) if may_mutate(&op.request) => p.in_doubt.push(op.id),
+                Outcome::Info(_) | Outcome::Fail(_) => {}
+            }
+        }
+        p
+    }
+
+    fn op(&self, id: usize) -> &'a Operation {
+        &self.ops[id]
+    }
+}
+
+/// All the order checks, in the order that gives the clearest explanation.
+pub fn check_order(p: &Prepared<'_>) -> Result<(), Violation> {
+    bad_revisions(p)?;
+    duplicate_revisions(p)?;
+    future_revisions(p)?;
+    per_client(p)?;
+    real_time(p)?;
+    compaction(p)
+}
+
+fn bad_revisions(p: &Prepared<'_>) -> Result<(), Violation> {
+    for op in p.ops {
+        let Some(resp) = op.ok() else { continue };
+        let r = resp.revision();
+        let low = if mutates(resp) {
+            r <= p.initial
+        } else {
+            r < p.initial
+        };
+        if low {
+            return Err(Violation::new(
+                ViolationKind::BadRevision,
+                &[op],
+                format!(
+                    "{} reports rev {r}, but the store starts at rev {} (so the first write \
+                     makes rev {})",
+                    who(op),
+                    p.initial,
+                    p.initial + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn duplicate_revisions(p: &Prepared<'_>) -> Result<(), Violation> {
+    for op in p.ops {
+        let Some(resp) = op.ok().filter(|r| mutates(r)) else {
+            continue;
+        };
+        let r = resp.revision();
+        let first = p.writer.get(&r).copied().unwrap_or(op.id);
+        if first != op.id {
+            let a = p.op(first);
+            return Err(Violation::new(
+                ViolationKind::DuplicateRevision,
+                &[a, op],
+                format!(
+                    "{} and {} both changed the store and both report rev {r}; a revision is \
+                     made by exactly one write",
+                    who(a),
+                    who(op)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn future_revisions(p: &Prepared<'_>) -> Result<(), Violation> {
+    for op in p.ops {
+        let Some(resp) = op.ok() else { continue };
+        let h = resp.revision();
+        let asked = match &op.request {
+            Request::Range(r) => r.revision.filter(|r| *r > 0),
+            Request::Compact(c) => Some(c.revision),
+            _ => None,
+        };
+        if let Some(asked) = asked.filter(|a| *a > h) {
+            return Err(Violation::new(
+                ViolationKind::FutureRevision,
+                &[op],
+                format!(
+                    "{} succeeded at header rev {h}, but rev {asked} did not exist yet; etcd \
+                     answers future_rev",
+                    who(op)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn per_client(p: &Prepared<'_>) -> Result<(), Violation> {
+    let mut last: HashMap<u64, usize> = HashMap::new(); // process -> op with the highest key
+    for op in p.ops {
+        let Some(k) = p.key[op.id] else { continue };
+        if let Some(&prev) = last.get(&op.process) {
+            let pk = p.key[prev].unwrap_or(i64::MIN);
+            if pk > k && !op.request.is_serializable() {
+                let a = p.op(prev);
+                return Err(Violation::new(
+                    ViolationKind::RevisionBackwards,
+                    &[a, op],
+                    format!(
+                        "p{} saw rev {} ({}) and then rev {} ({}): the revision went backwards \
+                         for one client",
+                        op.process,
+                        rev_of(a),
+                        who(a),
+                        rev_of(op),
+                        who(op)
+                    ),
+                ));
+            }
+            if pk >= k {
+                continue;
+            }
+        }
+        last.insert(op.process, op.id);
+    }
+    Ok(())
+}
+
+fn rev_of(op: &Operation) -> Revision {
+    op.ok().map_or(0, |r| r.revision())
+}
+
+fn is_write(p: &Prepared<'_>, op: &Operation) -> bool {
+    p.key[op.id].is_some_and(|k| k % 2 == 0)
+}
+
+/// One sort and one sweep: for each operation `b`, the largest key among operations completed
+/// before `b` was invoked must not exceed `b`'s key.
+fn real_time(p: &Prepared<'_>) -> Result<(), Violation> {
+    let mut by_completion: Vec<(u64, usize)> = Vec::new();
+    let mut by_invoke: Vec<(u64, usize)> = Vec::new();
+    for op in p.ops {
+        if let (Some(_), Some(t)) = (p.key[op.id], op.complete_time) {
+            by_completion.push((t, op.id));
+            by_invoke.push((op.invoke_time, op.id));
+        }
+    }
+    by_completion.sort_unstable();
+    by_invoke.sort_unstable();
+    let mut i = 0;
+    let mut best: Option<(i64, usize)> = None;
+    for &(invoked, b) in &by_invoke {
+        while i < by_completion.len() && by_completion[i].0 < invoked {
+            let a = by_completion[i].1;
+            let ka = p.key[a].unwrap_or(i64::MIN);
+            if best.is_none_or(|(k, _)| ka > k) {
+                best = Some((ka, a));
+            }
+            i += 1;
+        }
+        let (Some((ka, a)), Some(kb)) = (best, p.key[b]) else {
+            continue;
+        };
+        if ka > kb && !(p.op(b).request.is_serializable() && !is_write(p, p.op(b))) {
+            return Err(real_time_violation(p, p.op(a), p.op(b)));
+        }
+    }
+    Ok(())
+}
+
+fn real_time_violation(p: &Prepared<'_>, a: &Operation, b: &Operation) -> Violation {
+    let what = if is_write(p, b) { "write" } else { "read" };
+    let stale = if is_write(p, b) {
+        "writes must take revisions in real-time order"
+    } else {
+        "a stale read"
+    };
+    let a_end = a.complete_time.unwrap_or(0);
+    Violation::new(
+        ViolationKind::RealTime,
+        &[a, b],
+        format!(
+            "{what} at rev {} by p{} ({}), but {} at rev {} completed (t {a_end}) before p{}'s \
+             {what} was invoked (t {}): {stale}",
+            rev_of(b),
+            b.process,
+            super::describe::request_text(&b.request),
+            who(a),
+            rev_of(a),
+            b.process,
+            b.invoke_time
+        ),
+    )
+}
+
+/// A successful read at revision `rv` must come before every compaction to a revision above
+/// `rv`: neither after it in revision order nor invoked after it completed.
+fn compaction(p: &Prepared<'_>) -> Result<(), Violation> {
+    let compacts: Vec<(&Operation, Revision)> = p
+        .ops
+        .iter()
+        .filter_map(|op| match (&op.request, op.ok()) {
+            (Request::Compact(c), Some(_)) => Some((op, c.revision)),
+            _ => None,
+        })
+        .collect();
+    if compacts.is_empty() {
+        return Ok(());
+    }
+    // Prefix maxima of compaction revisions by key and by completion time.
+    let mut by_key: Vec<(i64, Revision, usize)> = compacts
+        .iter()
+        .map(|(op, c)| (p.key[op.id].unwrap_or(i64::MAX), *c, op.id))
+        .collect();
+    by_key.sort_unstable();
+    let mut by_end: Vec<(u64, Revision, usize)> = compacts
+        .iter()
+        .map(|(op, c)| (op.complete_time.unwrap_or(u64::MAX), *c, op.id))
+        .collect();
+    by_end.sort_unstable();
+    let key_max = prefix_max(by_key.iter().map(|x| (x.1, x.2)));
+    let end_max = prefix_max(by_end.iter().map(|x| (x.1, x.2)));
+    for op in p.ops {
+        let (Request::Range(r), Some(_), Some(k)) = (&op.request, op.ok(), p.key[op.id]) else {
+            continue;
+        };
+        let Some(rv) = r.revision.filter(|r| *r > 0) else {
+            continue;
+        };
+        let n = by_key.partition_point(|x| x.0 < k);
+        let m = by_end.partition_point(|x| x.0 < op.invoke_time);
+        let before = [
+            n.checked_sub(1).map(|i| key_max[i]),
+            m.checked_sub(1).map(|i| end_max[i]),
+        ];
+        for (c, cid) in before.into_iter().flatten() {
+            if c > rv {
+                let cop = p.op(cid);
+                return Err(Violation::new(
+                    ViolationKind::ReadBelowCompaction,
+                    &[cop, op],
+                    format!(
+                        "{} read rev {rv} successfully, but {} (compacting below rev {c}) came \
+                         before it; etcd answers compacted",
+                        who(op),
+                        who(cop)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prefix_max(items: impl Iterator<Item = (Revision, usize)>) -> Vec<(Revision, usize)> {
+    let mut out: Vec<(Revision, usize)> = Vec::new();
+    for (c, id) in items {
+        let next = match out.last() {
+            Some(&(m, mid)) if m >= c => (m, mid),
+            _ => (c, id),
+        };
+        out.push(next);
+    }
+    out
+}

@@ -1,0 +1,667 @@
+//! Replay of the store revision by revision, searching only over in-doubt writes.
+//!
+//! Revision `r` is made by the acknowledged write that reports it, if any: the model applies it
+//! to the state at `r - 1` and its response must match. Otherwise an in-doubt write made it:
+//! the candidates are unused in-doubt writes invoked before anything at or after revision `r`
+//! had completed, that change the store when applied, and that put what reads saw at mod
+//! revision `r`. Each such revision is a choice point; after each revision, the reads of that
+//! revision are checked against the model. A failure backtracks to the latest choice point with
+//! candidates left; a state seen before (revision, set of used in-doubt writes, live state) is a
+//! dead end already explored. With no in-doubt writes there is no choice and no backtracking.
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use super::describe::{request_text, who};
+use super::facts::Facts;
+use super::order::Prepared;
+use super::{CheckOptions, Verdict, Violation, ViolationKind};
+use crate::history::{KeyValue, Operation, Request, Response, ResponseOp, Revision};
+use crate::model::{Model, Undo};
+
+struct Choice {
+    revision: Revision,
+    candidates: Vec<usize>,
+    next: usize,
+    log_len: usize,
+}
+
+enum Step {
+    Bad(Violation),
+    Seen,
+}
+
+impl From<Violation> for Step {
+    fn from(v: Violation) -> Step {
+        Step::Bad(v)
+    }
+}
+
+struct LogEntry {
+    undo: Undo,
+    in_doubt: Option<(Revision, usize)>,
+}
+
+/// The replay's state.
+pub struct Search<'a> {
+    p: &'a Prepared<'a>,
+    options: &'a CheckOptions,
+    model: Model,
+    log: Vec<LogEntry>,
+    chosen: HashMap<Revision, usize>,
+    used: Vec<bool>,
+    used_hash: u64,
+    stack: Vec<Choice>,
+    memo: HashSet<(Revision, u64, u64)>,
+    steps: u64,
+    started: Instant,
+    deepest: Option<(Revision, Violation)>,
+    hints: HashMap<Revision, Vec<(usize, KeyValue)>>,
+    observed: HashSet<(String, String)>,
+    min_revision: Vec<(Revision, usize)>,
+    ok_by_revision: Vec<(Revision, usize)>,
+    facts: &'a Facts,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
+    match resp {
+        Response::Range(r) => r.kvs.iter().collect(),
+        Response::Txn(t) => t
+            .responses
+            .iter()
+            .filter_map(|r| match r {
+                ResponseOp::Range(r) => Some(r.kvs.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl<'a> Search<'a> {
+    /// Prepares the replay.
+    pub fn new(p: &'a Prepared<'a>, facts: &'a Facts, options: &'a CheckOptions) -> Self {
+        let mut s = Search {
+            p,
+            options,
+            model: Model::new(p.initial),
+            log: Vec::new(),
+            chosen: HashMap::new(),
+            used: vec![false; p.ops.len()],
+            used_hash: 0,
+            stack: Vec::new(),
+            memo: HashSet::new(),
+            steps: 0,
+            started: Instant::now(),
+            deepest: None,
+            hints: HashMap::new(),
+            observed: HashSet::new(),
+            min_revision: Vec::new(),
+            ok_by_revision: Vec::new(),
+            facts,
+        };
+        s.index();
+        s
+    }
+
+    fn index(&mut self) {
+        for reads in self.p.reads_at.values() {
+            for &id in reads {
+                let Some(resp) = self.p.ops[id].ok() else {
+                    continue;
+                };
+                for kv in shown_kvs(resp) {
+                    self.observed.insert((kv.key.clone(), kv.value.clone()));
+                    if !self.p.writer.contains_key(&kv.mod_revision) {
+                        let h = self.hints.entry(kv.mod_revision).or_default();
+                        h.push((id, kv.clone()));
+                    }
+                }
+            }
+        }
+        // The earliest revision each in-doubt write can take: after everything that completed
+        // before it was invoked.
+        let mut done: Vec<(u64, i64)> = self
+            .p
+            .ops
+            .iter()
+            .filter_map(|op| Some((op.complete_time?, self.p.key[op.id]?)))
+            .collect();
+        done.sort_unstable();
+        let mut best = i64::MIN;
+        let maxes: Vec<i64> = done
+            .iter()
+            .map(|d| {
+                best = best.max(d.1);
+                best
+            })
+            .collect();
+        for &id in &self.p.in_doubt {
+            let t = self.p.ops[id].invoke_time;
+            let n = done.partition_point(|d| d.0 < t);
+            let min = match n.checked_sub(1) {
+                Some(i) => maxes[i] / 2 + 1,
+                None => self.p.initial + 1,
+            };
+            self.min_revision.push((min, id));
+        }
+        self.min_revision.sort_unstable();
+        for op in self.p.ops {
+            if let Some(r) = op.ok() {
+                self.ok_by_revision.push((r.revision(), op.id));
+            }
+        }
+        self.ok_by_revision.sort_unstable();
+    }
+
+    /// Runs the replay to a verdict.
+    pub fn run(mut self) -> Verdict {
+        if let Err(v) = self.check_reads(self.p.initial) {
+            return Verdict::Invalid(v);
+        }
+        let mut r = self.p.initial + 1;
+        loop {
+            if r > self.p.max_revision {
+                return Verdict::Valid;
+            }
+            if let Some(reason) = self.out_of_budget() {
+                return Verdict::Unknown { reason };
+            }
+            let step = match self.p.writer.get(&r) {
+                Some(&w) => self.apply_acknowledged(w, r).map_err(Step::from),
+                None => {
+                    self.stack.push(Choice {
+                        revision: r,
+                        candidates: self.candidates(r),
+                        next: 0,
+                        log_len: self.log.len(),
+                    });
+                    self.advance(r)
+                }
+            };
+            match step.and_then(|()| self.after(r)) {
+                Ok(()) => r += 1,
+                Err(e) => {
+                    self.note(r, e);
+                    match self.backtrack() {
+                        Some(back) => r = back + 1,
+                        None => return self.verdict_after_exhaustion(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn verdict_after_exhaustion(&mut self) -> Verdict {
+        match self.deepest.take() {
+            Some((_, v)) => Verdict::Invalid(v),
+            None => Verdict::Unknown {
+                reason: "search exhausted without a recorded violation".to_string(),
+            },
+        }
+    }
+
+    fn out_of_budget(&mut self) -> Option<String> {
+        self.steps += 1;
+        if self.steps > self.options.max_steps {
+            return Some(format!(
+                "gave up after {} replay steps (max_steps); {} choice points open",
+                self.options.max_steps,
+                self.stack.len()
+            ));
+        }
+        if self.steps % 1024 == 0 && self.started.elapsed() > self.options.time_limit {
+            return Some(format!(
+                "gave up after {:?} (time_limit), {} replay steps",
+                self.options.time_limit, self.steps
+            ));
+        }
+        None
+    }
+
+    fn note(&mut self, r: Revision, e: Step) {
+        let Step::Bad(v) = e else { return };
+        if self.deepest.as_ref().is_none_or(|(d, _)| r > *d) {
+            self.deepest = Some((r, v));
+        }
+    }
+
+    /// Checks revision `r`'s reads and the memo.
+    fn after(&mut self, r: Revision) -> Result<(), Step> {
+        self.check_reads(r)?;
+        if !self.stack.is_empty() && self.memo.len() < self.options.max_memo_states {
+            let key = (r, self.used_hash, self.model.state_hash());
+            if !self.memo.insert(key) {
+                return Err(Step::Seen);
+            }
+        }
+        Ok(())
+    }
+
+    /// Goes back to the latest choice point with candidates left; returns its revision, made
+    /// anew and checked.
+    fn backtrack(&mut self) -> Option<Revision> {
+        loop {
+            let choice = self.stack.last()?;
+            let (r, log_len) = (choice.revision, choice.log_len);
+            self.undo_to(log_len);
+            match self.advance(r).and_then(|()| self.after(r)) {
+                Ok(()) => return Some(r),
+                Err(e) => self.note(r, e),
+            }
+            if self.out_of_budget().is_some() {
+                return None;
+            }
+        }
+    }
+
+    fn undo_to(&mut self, len: usize) {
+        while self.log.len() > len {
+            let Some(entry) = self.log.pop() else { break };
+            self.model.undo(entry.undo);
+            if let Some((rev, id)) = entry.in_doubt {
+                self.used[id] = false;
+                self.used_hash ^= splitmix(id as u64);
+                self.chosen.remove(&rev);
+            }
+        }
+    }
+
+    fn candidates(&self, r: Revision) -> Vec<usize> {
+        let n = self.min_revision.partition_point(|x| x.0 <= r);
+        let open = self.min_revision[..n]
+            .iter()
+            .map(|x| x.1)
+            .filter(|&id| !self.used[id]);
+        if let Some(hints) = self.hints.get(&r) {
+            let wanted: Vec<(&str, &str)> = hints
+                .iter()
+                .map(|(_, kv)| (kv.key.as_str(), kv.value.as_str()))
+                .collect();
+            return open
+                .filter(|&id| {
+                    wanted.iter().all(|(k, v)| {
+                        let kv = ((*k).to_string(), (*v).to_string());
+                        self.facts
+                            .any_puts
+                            .get(&kv)
+                            .is_some_and(|ws| ws.contains(&id))
+                    })
+                })
+                .collect();
+        }
+        let (mut quiet, mut seen): (Vec<usize>, Vec<usize>) =
+            open.partition(|&id| !self.is_observed(id));
+        quiet.append(&mut seen);
+        quiet
+    }
+
+    fn is_observed(&self, id: usize) -> bool {
+        let put = |k: &str, v: &str| self.observed.contains(&(k.to_string(), v.to_string()));
+        match &self.p.ops[id].request {
+            Request::Put(x) => put(&x.key, &x.value),
+            Request::Txn(t) => t.success.iter().chain(&t.failure).any(|o| match o {
+                crate::history::RequestOp::Put(x) => put(&x.key, &x.value),
+                _ => false,
+            }),
+            _ => false,
+        }
+    }
+
+    /// Makes revision `r` with the top choice point's next viable candidate.
+    fn advance(&mut self, r: Revision) -> Result<(), Step> {
+        loop {
+            let Some(choice) = self.stack.last_mut() else {
+                return Err(Step::Seen);
+            };
+            let Some(&id) = choice.candidates.get(choice.next) else {
+                let first_try = choice.next == 0 || choice.candidates.is_empty();
+                let tried = choice.candidates.len();
+                self.stack.pop();
+                return Err(if first_try || tried == 0 {
+                    Step::Bad(self.unexplained(r))
+                } else {
+                    Step::Seen
+                });
+            };
+            choice.next += 1;
+            let Ok((_, undo)) = self.model.apply(&self.p.ops[id].request) else {
+                continue;
+            };
+            if self.model.revision() != r || !self.hints_hold(r) {
+                self.model.undo(undo);
+                continue;
+            }
+            self.used[id] = true;
+            self.used_hash ^= splitmix(id as u64);
+            self.chosen.insert(r, id);
+            self.log.push(LogEntry {
+                undo,
+                in_doubt: Some((r, id)),
+            });
+            return Ok(());
+        }
+    }
+
+    fn hints_hold(&self, r: Revision) -> bool {
+        let Some(hints) = self.hints.get(&r) else {
+            return true;
+        };
+        hints.iter().all(|(_, kv)| {
+            self.model.current(&kv.key).is_some_and(|e| {
+                e.value == kv.value
+                    && e.mod_revision == r
+                    && e.create_revision == kv.create_revision
+                    && e.version == kv.version
+            })
+        })
+    }
+
+    fn unexplained(&self, r: Revision) -> Violation {
+        let mut named: Vec<&Operation> = Vec::new();
+        let n = self.ok_by_revision.partition_point(|x| x.0 < r);
+        if let Some(&(rev, id)) = self.ok_by_revision.get(n) {
+            named.push(&self.p.ops[id]);
+            let mut why = format!(
+                "rev {r} was made by no operation: no acknowledged write reports rev {r} and no \
+                 in-doubt write invoked early enough can make it, yet {} reports rev {rev}",
+                who(&self.p.ops[id])
+            );
+            if let Some(hints) = self.hints.get(&r) {
+                for (rid, kv) in hints.iter().take(2) {
+                    named.push(&self.p.ops[*rid]);
+                    why.push_str(&format!(
+                        "; p{} saw {kv} written at rev {r}",
+                        self.p.ops[*rid].process
+                    ));
+                }
+            }
+            return Violation::new(ViolationKind::UnexplainedRevision, &named, why);
+        }
+        Violation::new(
+            ViolationKind::UnexplainedRevision,
+            &named,
+            format!("rev {r} was made by no operation"),
+        )
+    }
+
+    fn writer_of(&self, rev: Revision) -> Option<&'a Operation> {
+        let id = self.p.writer.get(&rev).or_else(|| self.chosen.get(&rev))?;
+        Some(&self.p.ops[*id])
+    }
+
+    /// Applies the acknowledged write at revision `r`; its response must match.
+    fn apply_acknowledged(&mut self, w: usize, r: Revision) -> Result<(), Violation> {
+        let op = &self.p.ops[w];
+        let Some(actual) = op.ok() else {
+            return Err(Violation::new(
+                ViolationKind::WrongResponse,
+                &[op],
+                "not acknowledged".to_string(),
+            ));
+        };
+        let (expected, undo) = match self.model.apply(&op.request) {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(Violation::new(
+                    ViolationKind::WrongResponse,
+                    &[op],
+                    format!("{} succeeded at rev {r}, but the model says {e}", who(op)),
+                ))
+            }
+        };
+        let changed = self.model.revision() == r;
+        let mismatch = self.diff(op, &expected, actual, r - 1).or_else(|| {
+            (!changed).then(|| {
+                format!(
+                    "{} reports it changed the store at rev {r}, but applied to the state at \
+                     rev {} it changes nothing",
+                    who(op),
+                    r - 1
+                )
+            })
+        });
+        if let Some(why) = mismatch {
+            self.model.undo(undo);
+            return Err(self.wrong(op, why));
+        }
+        self.log.push(LogEntry {
+            undo,
+            in_doubt: None,
+        });
+        Ok(())
+    }
+
+    /// Checks every non-mutating `ok` op whose data revision is `r` against the model at `r`.
+    fn check_reads(&mut self, r: Revision) -> Result<(), Violation> {
+        let Some(reads) = self.p.reads_at.get(&r) else {
+            return Ok(());
+        };
+        for &id in reads {
+            let op = &self.p.ops[id];
+            let Some(actual) = op.ok() else { continue };
+            let mut req = op.request.clone();
+            if let Request::Range(q) = &mut req {
+                q.revision = None;
+            }
+            let outcome = self.model.apply(&req);
+            let (expected, undo) = match outcome {
+                Ok(x) => x,
+                Err(e) => {
+                    let why = format!("{} succeeded, but the model says {e}", who(op));
+                    return Err(self.wrong(op, why));
+                }
+            };
+            let changed = self.model.revision() != r;
+            self.model.undo(undo);
+            let why = if changed {
+                Some(format!(
+                    "{} reports it changed nothing at rev {r}, but applied to the state at rev \
+                     {r} it changes the store ({})",
+                    who(op),
+                    super::describe::response_text(&expected)
+                ))
+            } else {
+                self.diff(op, &expected, actual, r)
+            };
+            if let Some(why) = why {
+                return Err(self.wrong(op, why));
+            }
+        }
+        Ok(())
+    }
+
+    fn wrong(&self, op: &'a Operation, why: String) -> Violation {
+        let mut named = vec![op];
+        // Name the writers of every revision the explanation shows as `@rev` (at most three).
+        for part in why.split('@').skip(1) {
+            if named.len() > 3 {
+                break;
+            }
+            let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+            let Ok(rev) = digits.parse::<Revision>() else {
+                continue;
+            };
+            if let Some(w) = self.writer_of(rev) {
+                if !named.iter().any(|n| n.id == w.id) {
+                    named.push(w);
+                }
+            }
+        }
+        Violation::new(ViolationKind::WrongResponse, &named, why)
+    }
+
+    /// Why `actual` differs from `expected` (the model's answer at revision `at`), if it does.
+    fn diff(
+        &self,
+        op: &Operation,
+        expected: &Response,
+        actual: &Response,
+        at: Revision,
+    ) -> Option<String> {
+        let subject = format!(
+            "{} (ok {})",
+            who(op),
+            super::describe::response_text(actual)
+        );
+        match (expected, actual) {
+            (Response::Range(e), Response::Range(a)) => {
+                self.diff_range(&subject, &e.kvs, &a.kvs, at).or_else(|| {
+                    (e.count != a.count || e.more != a.more).then(|| {
+                        format!(
+                            "{subject}: count {} more {}, but the state at rev {at} gives \
+                                 count {} more {}",
+                            a.count, a.more, e.count, e.more
+                        )
+                    })
+                })
+            }
+            (Response::Txn(e), Response::Txn(a)) => self.diff_txn(op, &subject, e, a, at),
+            (Response::Delete(e), Response::Delete(a)) => {
+                let same =
+                    e.deleted == a.deleted && (a.prev_kvs.is_empty() || a.prev_kvs == e.prev_kvs);
+                (!same).then(|| {
+                    format!(
+                        "{subject}: deleted {}, but the state at rev {at} gives deleted {}{}",
+                        a.deleted,
+                        e.deleted,
+                        self.key_state(&e.prev_kvs)
+                    )
+                })
+            }
+            (Response::Put(e), Response::Put(a)) => {
+                let same = a.prev_kv.is_none() || a.prev_kv == e.prev_kv;
+                (!same).then(|| {
+                    format!(
+                        "{subject}: prev_kv {:?}, but at rev {at} it is {}",
+                        a.prev_kv.as_ref().map(|k| k.to_string()),
+                        e.prev_kv
+                            .as_ref()
+                            .map_or("absent".to_string(), |k| self.kv_with_writer(k))
+                    )
+                })
+            }
+            (Response::Compact(_), Response::Compact(_)) => None,
+            _ => Some(format!("{subject}: response of the wrong kind")),
+        }
+    }
+
+    fn kv_with_writer(&self, kv: &KeyValue) -> String {
+        match self.writer_of(kv.mod_revision) {
+            Some(w) => format!("{kv} written by {}", who(w)),
+            None => kv.to_string(),
+        }
+    }
+
+    fn key_state(&self, kvs: &[KeyValue]) -> String {
+        if kvs.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = kvs.iter().take(3).map(|k| self.kv_with_writer(k)).collect();
+        format!(" ({})", parts.join(", "))
+    }
+
+    fn diff_range(
+        &self,
+        subject: &str,
+        expected: &[KeyValue],
+        actual: &[KeyValue],
+        at: Revision,
+    ) -> Option<String> {
+        if expected == actual {
+            return None;
+        }
+        let mut keys: Vec<&str> = expected
+            .iter()
+            .chain(actual)
+            .map(|k| k.key.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let e = expected.iter().find(|k| k.key == key);
+            let a = actual.iter().find(|k| k.key == key);
+            if e == a {
+                continue;
+            }
+            let saw = a.map_or(format!("no {key}"), |k| k.to_string());
+            let is = match e {
+                Some(k) => format!("{key} is {}", self.kv_with_writer(k)),
+                None => format!("{key} does not exist"),
+            };
+            return Some(format!("{subject} saw {saw}, but at rev {at} {is}"));
+        }
+        Some(format!("{subject}: kvs differ from the state at rev {at}"))
+    }
+
+    fn diff_txn(
+        &self,
+        op: &Operation,
+        subject: &str,
+        e: &crate::history::TxnResponse,
+        a: &crate::history::TxnResponse,
+        at: Revision,
+    ) -> Option<String> {
+        if e.succeeded != a.succeeded {
+            let Request::Txn(t) = &op.request else {
+                return Some(format!("{subject}: not a txn"));
+            };
+            let keys: Vec<String> = t
+                .compares
+                .iter()
+                .map(|c| match self.model.current(&c.key) {
+                    // The model has already been undone to `at` for reads; for writes it is
+                    // at `at + 1`, so show the entry as of `at` from the expected state.
+                    Some(x) if x.mod_revision <= at => {
+                        let kv = KeyValue::new(
+                            &c.key,
+                            &x.value,
+                            x.create_revision,
+                            x.mod_revision,
+                            x.version,
+                        );
+                        self.kv_with_writer(&kv)
+                    }
+                    Some(_) => format!("{} (changed by this txn)", c.key),
+                    None => format!("{} absent", c.key),
+                })
+                .collect();
+            return Some(format!(
+                "{subject} {}, but its compares ({}) are {} at rev {at}: {}",
+                if a.succeeded { "succeeded" } else { "failed" },
+                request_text(&op.request)
+                    .trim_start_matches("txn if ")
+                    .split(" then ")
+                    .next()
+                    .unwrap_or(""),
+                if e.succeeded { "true" } else { "false" },
+                keys.join(", ")
+            ));
+        }
+        if e.responses.len() != a.responses.len() {
+            return Some(format!("{subject}: wrong number of responses"));
+        }
+        for (er, ar) in e.responses.iter().zip(&a.responses) {
+            let why = match (er, ar) {
+                (ResponseOp::Range(x), ResponseOp::Range(y)) => {
+                    self.diff_range(subject, &x.kvs, &y.kvs, at)
+                }
+                (ResponseOp::Delete(x), ResponseOp::Delete(y)) => (x.deleted != y.deleted)
+                    .then(|| format!("{subject}: deleted {}, expected {}", y.deleted, x.deleted)),
+                (ResponseOp::Put(_), ResponseOp::Put(_)) => None,
+                _ => Some(format!("{subject}: responses of the wrong kind")),
+            };
+            if why.is_some() {
+                return why;
+            }
+        }
+        None
+    }
+}

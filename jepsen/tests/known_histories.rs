@@ -1,0 +1,393 @@
+//! Known-bad histories the checker must reject (naming the right operations), and good ones it
+//! must accept. Operation ids are their order of invocation.
+use keel_jepsen::check::{check, CheckOptions, Verdict, Violation, ViolationKind};
+use keel_jepsen::history::{Compare, History, KeyValue, Request, RequestOp, Response, ResponseOp};
+
+fn kv(k: &str, v: &str, create: i64, modr: i64, version: i64) -> KeyValue {
+    KeyValue::new(k, v, create, modr, version)
+}
+
+fn verdict(h: &History) -> Verdict {
+    check(h, &CheckOptions::default())
+}
+
+#[track_caller]
+fn invalid(h: &History, kind: ViolationKind, names: &[usize]) -> Violation {
+    let v = match verdict(h) {
+        Verdict::Invalid(v) => v,
+        other => panic!("expected {kind:?}, got {other}"),
+    };
+    assert_eq!(v.kind, kind, "{v}");
+    for id in names {
+        assert!(v.names(*id), "op {id} not named in {v}");
+    }
+    v
+}
+
+#[track_caller]
+fn valid(h: &History) {
+    let v = verdict(h);
+    assert!(v.is_valid(), "{v}");
+}
+
+/// p1: put x=1 -> 2, put x=2 -> 3 (ops 0, 1).
+fn two_puts() -> keel_jepsen::history::HistoryBuilder {
+    History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(2))
+        .invoke(1, Request::put("x", "2"))
+        .ok(1, Response::put(3))
+}
+
+#[test]
+fn stale_read() {
+    let h = two_puts()
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::RealTime, &[1, 2]);
+    assert!(v.explanation.contains("stale read"), "{v}");
+    assert!(v.explanation.contains("read at rev 2 by p2"), "{v}");
+    assert!(
+        v.explanation.contains("p1's put x=2 at rev 3 completed"),
+        "{v}"
+    );
+}
+
+#[test]
+fn lost_acknowledged_write_seen_as_old_value() {
+    let h = two_puts()
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(3, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::LostWrite, &[1, 2]);
+    assert!(v.explanation.contains("lost an acknowledged write"), "{v}");
+}
+
+#[test]
+fn lost_acknowledged_write_seen_as_absent() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(2))
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![]))
+        .build();
+    invalid(&h, ViolationKind::LostWrite, &[0, 1]);
+}
+
+#[test]
+fn duplicate_revision() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .invoke(2, Request::put("y", "1"))
+        .ok(1, Response::put(2))
+        .ok(2, Response::put(2))
+        .build();
+    invalid(&h, ViolationKind::DuplicateRevision, &[0, 1]);
+}
+
+#[test]
+fn duplicate_unique_value_at_another_revision() {
+    // x=a was written once, at rev 2; a read shows it at rev 3, which was p2's put of y.
+    let h = History::builder()
+        .invoke(1, Request::put("x", "a"))
+        .ok(1, Response::put(2))
+        .invoke(2, Request::put("y", "b"))
+        .ok(2, Response::put(3))
+        .invoke(3, Request::get("x"))
+        .ok(3, Response::range(3, vec![kv("x", "a", 3, 3, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::PhantomValue, &[1, 2]);
+    assert!(v.explanation.contains("did not put x=a"), "{v}");
+}
+
+#[test]
+fn read_of_a_value_never_written() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(2))
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "zzz", 2, 2, 1)]))
+        .build();
+    invalid(&h, ViolationKind::PhantomValue, &[0, 1]);
+}
+
+#[test]
+fn read_of_a_value_written_only_by_a_failed_txn() {
+    let txn = Request::txn(vec![], vec![RequestOp::put("x", "t")], vec![]);
+    let h = History::builder()
+        .invoke(1, txn)
+        .fail(1, "etcdserver: request timed out, certainly not applied")
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "t", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::PhantomValue, &[0, 1]);
+    assert!(v.explanation.contains("which failed"), "{v}");
+}
+
+#[test]
+fn revision_backwards_for_a_client() {
+    let h = two_puts()
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(3, vec![kv("x", "2", 2, 3, 2)]))
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::RevisionBackwards, &[2, 3]);
+    assert!(v.explanation.contains("went backwards"), "{v}");
+}
+
+#[test]
+fn revision_backwards_in_real_time_order() {
+    // p1's put completes at rev 3; p2's put, invoked afterwards, gets rev 2.
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(3))
+        .invoke(2, Request::put("y", "1"))
+        .ok(2, Response::put(2))
+        .build();
+    let v = invalid(&h, ViolationKind::RealTime, &[0, 1]);
+    assert!(v.explanation.contains("real-time order"), "{v}");
+}
+
+#[test]
+fn half_applied_multi_key_txn() {
+    let txn = Request::txn(
+        vec![],
+        vec![RequestOp::put("x", "1"), RequestOp::put("y", "1")],
+        vec![],
+    );
+    let h = History::builder()
+        .invoke(1, txn)
+        .ok(
+            1,
+            Response::txn(2, true, vec![ResponseOp::put(2), ResponseOp::put(2)]),
+        )
+        .invoke(2, Request::range("a", "\0"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::WrongResponse, &[0, 1]);
+    assert!(v.explanation.contains("saw no y"), "{v}");
+}
+
+#[test]
+fn two_cas_successes_from_the_same_mod_revision() {
+    let cas = |v: &str| {
+        Request::txn(
+            vec![Compare::mod_eq("x", 2)],
+            vec![RequestOp::put("x", v)],
+            vec![],
+        )
+    };
+    let h = History::builder()
+        .invoke(1, Request::put("x", "0"))
+        .ok(1, Response::put(2))
+        .invoke(2, cas("a"))
+        .invoke(3, cas("b"))
+        .ok(2, Response::txn(3, true, vec![ResponseOp::put(3)]))
+        .ok(3, Response::txn(4, true, vec![ResponseOp::put(4)]))
+        .build();
+    let v = invalid(&h, ViolationKind::WrongResponse, &[1, 2]);
+    assert!(v.explanation.contains("mod(x) = 2"), "{v}");
+    assert!(v.explanation.contains("are false at rev 3"), "{v}");
+}
+
+#[test]
+fn successful_read_below_the_compacted_revision() {
+    let h = two_puts()
+        .invoke(3, Request::compact(3))
+        .ok(3, Response::compact(3))
+        .invoke(2, Request::get_at("x", 2))
+        .ok(2, Response::range(3, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    invalid(&h, ViolationKind::ReadBelowCompaction, &[2, 3]);
+}
+
+#[test]
+fn unexplained_revision_gap() {
+    // Rev 2 was made by nobody: the only writes are p1's put at rev 3.
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(3))
+        .build();
+    invalid(&h, ViolationKind::UnexplainedRevision, &[0]);
+}
+
+#[test]
+fn concurrent_puts_and_reads_with_overlapping_windows() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .invoke(2, Request::get("x"))
+        .invoke(3, Request::put("x", "2"))
+        .invoke(4, Request::get("x"))
+        .ok(4, Response::range(3, vec![kv("x", "2", 2, 3, 2)]))
+        .ok(2, Response::range(1, vec![]))
+        .ok(3, Response::put(3))
+        .ok(1, Response::put(2))
+        .invoke(2, Request::range("a", "\0"))
+        .ok(2, Response::range(3, vec![kv("x", "2", 2, 3, 2)]))
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn info_write_that_took_effect() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .info(1)
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn info_write_that_did_not_take_effect() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .info(1)
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(1, vec![]))
+        .invoke(3, Request::put("y", "1"))
+        .ok(3, Response::put(2))
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn info_writes_placed_in_gaps_only_a_later_read_explains() {
+    // Two in-doubt puts; rev 2 is unobserved, rev 3 is seen as x=2.
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .invoke(2, Request::put("x", "2"))
+        .info(1)
+        .info(2)
+        .invoke(3, Request::get("x"))
+        .ok(3, Response::range(3, vec![kv("x", "2", 2, 3, 2)]))
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn info_write_cannot_be_placed_before_it_was_invoked() {
+    // x=1's put is invoked after a read at rev 2 completed, so it cannot make rev 2.
+    let h = History::builder()
+        .invoke(2, Request::get("y"))
+        .ok(2, Response::range(2, vec![]))
+        .invoke(1, Request::put("x", "1"))
+        .info(1)
+        .build();
+    invalid(&h, ViolationKind::UnexplainedRevision, &[0]);
+}
+
+#[test]
+fn cas_chain_and_txn_reads() {
+    let h = History::builder()
+        .invoke(1, Request::put("x", "0"))
+        .ok(1, Response::put(2))
+        .invoke(
+            2,
+            Request::txn(
+                vec![Compare::mod_eq("x", 2)],
+                vec![RequestOp::put("x", "1")],
+                vec![],
+            ),
+        )
+        .ok(2, Response::txn(3, true, vec![ResponseOp::put(3)]))
+        .invoke(
+            3,
+            Request::txn(
+                vec![Compare::mod_eq("x", 2)],
+                vec![RequestOp::put("x", "bad")],
+                vec![RequestOp::get("x")],
+            ),
+        )
+        .ok(
+            3,
+            Response::txn(
+                3,
+                false,
+                vec![ResponseOp::range(3, vec![kv("x", "1", 2, 3, 2)])],
+            ),
+        )
+        .invoke(
+            2,
+            Request::txn(
+                vec![Compare::version_eq("x", 2)],
+                vec![RequestOp::put("x", "2"), RequestOp::put("y", "2")],
+                vec![],
+            ),
+        )
+        .ok(
+            2,
+            Response::txn(4, true, vec![ResponseOp::put(4), ResponseOp::put(4)]),
+        )
+        .invoke(1, Request::delete("y"))
+        .ok(1, Response::delete(5, 1))
+        .invoke(1, Request::delete("y"))
+        .ok(1, Response::delete(5, 0))
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn compaction_then_reads_above_it() {
+    let h = two_puts()
+        .invoke(3, Request::compact(3))
+        .ok(3, Response::compact(3))
+        .invoke(2, Request::get_at("x", 3))
+        .ok(2, Response::range(3, vec![kv("x", "2", 2, 3, 2)]))
+        .invoke(2, Request::get_at("x", 2))
+        .fail(2, "compacted")
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn serializable_reads_may_be_stale_but_not_from_the_future() {
+    let stale = Request::Get(keel_jepsen::history::GetRequest {
+        key: "x".into(),
+        serializable: true,
+    });
+    let h = two_puts()
+        .invoke(2, stale.clone())
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    valid(&h);
+    let h = History::builder()
+        .invoke(2, stale)
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .invoke(1, Request::put("x", "1"))
+        .ok(1, Response::put(2))
+        .build();
+    invalid(&h, ViolationKind::RealTime, &[0, 1]);
+}
+
+#[test]
+fn out_of_budget_is_unknown_not_valid() {
+    let mut b = History::builder();
+    for p in 0..6 {
+        b = b.invoke(p, Request::put("x", &p.to_string())).info(p);
+    }
+    let h = b
+        .invoke(9, Request::get("y"))
+        .ok(9, Response::range(7, vec![]))
+        .build();
+    let options = CheckOptions {
+        max_steps: 3,
+        ..CheckOptions::default()
+    };
+    assert!(matches!(check(&h, &options), Verdict::Unknown { .. }));
+    valid(&h);
+}
+
+#[test]
+fn jsonl_history_checks_the_same() {
+    let h = two_puts()
+        .invoke(2, Request::get("x"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let text = h.to_jsonl();
+    let v = keel_jepsen::check::check_jsonl(&text, &CheckOptions::default()).unwrap();
+    assert_eq!(v, verdict(&h));
+}
