@@ -307,7 +307,7 @@ impl Gen<'_> {
                     .filter(|(t, _)| *t < op.invoke_time)
                     .map(|x| x.1)
                     .max();
-                let Some(w) = w.filter(|w| *w - 1 >= self.model.compacted().max(1)) else {
+                let Some(w) = w.filter(|w| *w > self.model.compacted().max(1)) else {
                     return;
                 };
                 let past = RangeRequest {
@@ -365,9 +365,6 @@ fn inject_after(ops: &mut [Operation], fault: Fault, start: usize) -> Option<(u6
 }
 
 fn duplicate_revision(ops: &mut [Operation], i: usize) -> bool {
-    let Some(Response::Put(_)) = ops[i].ok() else {
-        return false;
-    };
     let Some(Response::Put(p)) = ops[i].ok() else {
         return false;
     };

@@ -384,6 +384,7 @@ pub fn may_mutate(req: &Request) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

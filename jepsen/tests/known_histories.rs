@@ -1,5 +1,6 @@
 //! Known-bad histories the checker must reject (naming the right operations), and good ones it
 //! must accept. Operation ids are their order of invocation.
+#![allow(clippy::unwrap_used)]
 use keel_jepsen::check::{check, CheckOptions, Verdict, Violation, ViolationKind};
 use keel_jepsen::history::{Compare, History, KeyValue, Request, RequestOp, Response, ResponseOp};
 
@@ -17,6 +18,7 @@ fn invalid(h: &History, kind: ViolationKind, names: &[usize]) -> Violation {
         Verdict::Invalid(v) => v,
         other => panic!("expected {kind:?}, got {other}"),
     };
+    eprintln!("{v}");
     assert_eq!(v.kind, kind, "{v}");
     for id in names {
         assert!(v.names(*id), "op {id} not named in {v}");
@@ -47,7 +49,11 @@ fn stale_read() {
         .build();
     let v = invalid(&h, ViolationKind::RealTime, &[1, 2]);
     assert!(v.explanation.contains("stale read"), "{v}");
-    assert!(v.explanation.contains("read at rev 2 by p2"), "{v}");
+    assert!(
+        v.explanation
+            .contains("read at rev 2 by p2 (get x) saw x=1"),
+        "{v}"
+    );
     assert!(
         v.explanation.contains("p1's put x=2 at rev 3 completed"),
         "{v}"
@@ -277,7 +283,12 @@ fn info_write_cannot_be_placed_before_it_was_invoked() {
         .invoke(1, Request::put("x", "1"))
         .info(1)
         .build();
-    invalid(&h, ViolationKind::UnexplainedRevision, &[0]);
+    let v = invalid(&h, ViolationKind::UnexplainedRevision, &[0, 1]);
+    assert!(
+        v.explanation
+            .contains("invoked after rev 2 was already observed"),
+        "{v}"
+    );
 }
 
 #[test]

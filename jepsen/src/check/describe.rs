@@ -107,6 +107,22 @@ pub fn response_text(resp: &Response) -> String {
     }
 }
 
+/// ` saw x=1, y=2` for a range (` saw nothing` if empty); empty for other responses.
+pub fn seen_text(resp: &Response) -> String {
+    let Response::Range(r) = resp else {
+        return String::new();
+    };
+    if r.kvs.is_empty() {
+        return " saw nothing".to_string();
+    }
+    let kvs: Vec<String> = r
+        .kvs
+        .iter()
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect();
+    format!(" saw {}", kvs.join(", "))
+}
+
 /// `p1 put x=2 -> ok rev 6 [t 10..12]`.
 pub fn operation_text(op: &Operation) -> String {
     let outcome = match &op.outcome {

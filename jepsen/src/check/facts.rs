@@ -140,12 +140,14 @@ impl Facts {
                 ViolationKind::LostWrite,
                 &[op, wop],
                 format!(
-                    "read at rev {d} by p{} saw {}={} (mod rev {m}), but {} put {}={wv} at rev \
-                     {w}, and {m} < {w} <= {d}: the read lost an acknowledged write",
+                    "read at rev {d} by p{} saw {}={} (mod rev {m}), but p{}'s {} of {}={wv} \
+                     was acknowledged at rev {w}, and {m} < {w} <= {d}: the read lost an \
+                     acknowledged write",
                     op.process,
                     kv.key,
                     kv.value,
-                    who(wop),
+                    wop.process,
+                    wop.request.function().name(),
                     kv.key
                 ),
             ));
@@ -239,10 +241,12 @@ impl Facts {
             ViolationKind::LostWrite,
             &[op, wop],
             format!(
-                "read at rev {d} by p{} saw no {key}, but {} put {key}={wv} at rev {w} <= {d} and \
-                 nothing could have deleted it: the read lost an acknowledged write",
+                "read at rev {d} by p{} saw no {key}, but p{}'s {} of {key}={wv} was \
+                 acknowledged at rev {w} <= {d} and nothing could have deleted it: the read lost \
+                 an acknowledged write",
                 op.process,
-                who(wop)
+                wop.process,
+                wop.request.function().name()
             ),
         ))
     }

@@ -228,7 +228,8 @@ fn real_time(p: &Prepared<'_>) -> Result<(), Violation> {
         let (Some((ka, a)), Some(kb)) = (best, p.key[b]) else {
             continue;
         };
-        if ka > kb && !(p.op(b).request.is_serializable() && !is_write(p, p.op(b))) {
+        let checked = is_write(p, p.op(b)) || !p.op(b).request.is_serializable();
+        if checked && ka > kb {
             return Err(real_time_violation(p, p.op(a), p.op(b)));
         }
     }
@@ -247,11 +248,12 @@ fn real_time_violation(p: &Prepared<'_>, a: &Operation, b: &Operation) -> Violat
         ViolationKind::RealTime,
         &[a, b],
         format!(
-            "{what} at rev {} by p{} ({}), but {} at rev {} completed (t {a_end}) before p{}'s \
+            "{what} at rev {} by p{} ({}){}, but {} at rev {} completed (t {a_end}) before p{}'s \
              {what} was invoked (t {}): {stale}",
             rev_of(b),
             b.process,
             super::describe::request_text(&b.request),
+            b.ok().map(super::describe::seen_text).unwrap_or_default(),
             who(a),
             rev_of(a),
             b.process,
@@ -307,7 +309,7 @@ fn compaction(p: &Prepared<'_>) -> Result<(), Violation> {
                     ViolationKind::ReadBelowCompaction,
                     &[cop, op],
                     format!(
-                        "{} read rev {rv} successfully, but {} (compacting below rev {c}) came \
+                        "{} succeeded, but {} (compacting below rev {c}) came \
                          before it; etcd answers compacted",
                         who(op),
                         who(cop)

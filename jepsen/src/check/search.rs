@@ -217,7 +217,7 @@ impl<'a> Search<'a> {
                 self.stack.len()
             ));
         }
-        if self.steps % 1024 == 0 && self.started.elapsed() > self.options.time_limit {
+        if self.steps.is_multiple_of(1024) && self.started.elapsed() > self.options.time_limit {
             return Some(format!(
                 "gave up after {:?} (time_limit), {} replay steps",
                 self.options.time_limit, self.steps
@@ -374,6 +374,19 @@ impl<'a> Search<'a> {
                  in-doubt write invoked early enough can make it, yet {} reports rev {rev}",
                 who(&self.p.ops[id])
             );
+            let late = self
+                .min_revision
+                .iter()
+                .find(|x| x.0 > r && !self.used[x.1]);
+            if let Some(&(min, lid)) = late {
+                let lop = &self.p.ops[lid];
+                named.push(lop);
+                why.push_str(&format!(
+                    "; {} is in doubt but was invoked after rev {} was already observed",
+                    who(lop),
+                    min - 1
+                ));
+            }
             if let Some(hints) = self.hints.get(&r) {
                 for (rid, kv) in hints.iter().take(2) {
                     named.push(&self.p.ops[*rid]);
