@@ -66,16 +66,20 @@ pub enum Fault {
     PhantomValue,
     /// A client's read reports a revision below one it saw before.
     RevisionBackwards,
+    /// A multi-key range misses one live key (as if half of a txn were applied); only the
+    /// replay can see this one.
+    MissingKey,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::StaleRead,
         Fault::LostWrite,
         Fault::DuplicateRevision,
         Fault::PhantomValue,
         Fault::RevisionBackwards,
+        Fault::MissingKey,
     ];
 }
 
@@ -355,6 +359,7 @@ fn inject_after(ops: &mut [Operation], fault: Fault, start: usize) -> Option<(u6
             Fault::DuplicateRevision => duplicate_revision(ops, i),
             Fault::PhantomValue => phantom(&mut ops[i]),
             Fault::RevisionBackwards => backwards(ops, i),
+            Fault::MissingKey => missing_key(&mut ops[i]),
             _ => false,
         };
         if found {
@@ -380,6 +385,23 @@ fn duplicate_revision(ops: &mut [Operation], i: usize) -> bool {
         p.revision = prev;
     }
     true
+}
+
+fn missing_key(op: &mut Operation) -> bool {
+    let Request::Range(q) = &op.request else {
+        return false;
+    };
+    if q.range_end.is_none() || q.serializable {
+        return false;
+    }
+    if let Outcome::Ok(Response::Range(r)) = &mut op.outcome {
+        if r.kvs.len() >= 2 {
+            r.kvs.remove(0);
+            r.count -= 1;
+            return true;
+        }
+    }
+    false
 }
 
 fn phantom(op: &mut Operation) -> bool {

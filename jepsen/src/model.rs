@@ -63,6 +63,13 @@ pub struct Undo {
     pushed: Vec<String>,
 }
 
+impl Undo {
+    /// The keys the undone change wrote (a key twice if written twice).
+    pub fn keys(&self) -> &[String] {
+        &self.pushed
+    }
+}
+
 /// The store: key → versions, the current and the compacted revision.
 #[derive(Clone, Debug)]
 pub struct Model {

@@ -3,11 +3,11 @@
 //! memory, which `/usr/bin/time -v` reports for the whole process).
 //!
 //! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, single-1k-50,
-//! single-10k-10, single-10k-10-stale; faults: stale, lost, dup, phantom, backwards.
+//! single-10k-10, single-10k-10-stale; faults: stale, lost, dup, phantom, backwards, missing.
 use std::process::ExitCode;
 use std::time::Instant;
 
-use keel_jepsen::check::{check, CheckOptions, Verdict};
+use keel_jepsen::check::{check_with_stats, CheckOptions, Verdict};
 use keel_jepsen::gen::{generate, Fault, GenConfig, Workload};
 
 fn fault(name: &str) -> Option<Fault> {
@@ -17,6 +17,7 @@ fn fault(name: &str) -> Option<Fault> {
         "dup" => Fault::DuplicateRevision,
         "phantom" => Fault::PhantomValue,
         "backwards" => Fault::RevisionBackwards,
+        "missing" => Fault::MissingKey,
         _ => return None,
     })
 }
@@ -105,7 +106,14 @@ fn main() -> ExitCode {
         let g = generate(&cfg);
         let gen_time = t.elapsed();
         let t = Instant::now();
-        let verdict = check(&g.history, &CheckOptions::default());
+        let ops = match g.history.operations() {
+            Ok(ops) => ops,
+            Err(e) => {
+                eprintln!("{name}: generated a malformed history: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (verdict, stats) = check_with_stats(&ops, &CheckOptions::default());
         let check_time = t.elapsed();
         let want_valid = cfg.fault.is_none();
         let short = match &verdict {
@@ -116,7 +124,8 @@ fn main() -> ExitCode {
         let right = verdict.is_valid() == want_valid && !matches!(verdict, Verdict::Unknown { .. });
         ok &= right;
         println!(
-            "{name}: {} events, fault {:?}, generated in {gen_time:.2?}, checked in {check_time:.2?}: {short}{}",
+            "{name}: {} events, fault {:?}, generated in {gen_time:.2?}, checked in \
+             {check_time:.2?}: {short}{}\n    {stats:?}",
             g.history.events.len(),
             g.injected,
             if right { "" } else { "  <-- WRONG" }

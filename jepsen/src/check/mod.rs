@@ -30,6 +30,7 @@ use crate::history::{History, HistoryError, Operation, ProcessId, Revision};
 
 pub mod describe;
 pub mod facts;
+pub mod forbid;
 pub mod order;
 pub mod search;
 
@@ -200,16 +201,22 @@ pub fn check_jsonl(text: &str, options: &CheckOptions) -> Result<Verdict, Histor
 
 /// Checks paired operations (`ops[i].id == i`).
 pub fn check_operations(ops: &[Operation], options: &CheckOptions) -> Verdict {
+    check_with_stats(ops, options).0
+}
+
+/// Checks paired operations (`ops[i].id == i`) and says what the replay did (all zero if the
+/// history failed before the replay).
+pub fn check_with_stats(ops: &[Operation], options: &CheckOptions) -> (Verdict, search::Stats) {
     for (i, op) in ops.iter().enumerate() {
         assert_eq!(op.id, i, "operations must be numbered in order");
     }
     let prep = order::Prepared::new(ops, options.initial_revision);
     if let Err(v) = order::check_order(&prep) {
-        return Verdict::Invalid(v);
+        return (Verdict::Invalid(v), search::Stats::default());
     }
     let facts = facts::Facts::new(&prep);
     if let Err(v) = facts.check_reads(&prep) {
-        return Verdict::Invalid(v);
+        return (Verdict::Invalid(v), search::Stats::default());
     }
-    search::Search::new(&prep, &facts, options).run()
+    search::Search::new(&prep, &facts, options).run_with_stats()
 }

@@ -13,10 +13,27 @@ use std::time::Instant;
 
 use super::describe::{request_text, who};
 use super::facts::Facts;
+use super::forbid::Forbidden;
 use super::order::Prepared;
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
-use crate::history::{KeyValue, Operation, Request, Response, ResponseOp, Revision};
+use crate::history::{
+    CompareResult, CompareTarget, KeyValue, Operand, Operation, Request, Response, ResponseOp,
+    Revision,
+};
 use crate::model::{Model, Undo};
+
+/// What the replay did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Revisions produced, backtracking included.
+    pub steps: u64,
+    /// Revisions made by an in-doubt write (choice points opened).
+    pub choice_points: u64,
+    /// Candidates tried at choice points, the first included.
+    pub candidates_tried: u64,
+    /// Times the replay went back to an earlier choice point.
+    pub backtracks: u64,
+}
 
 struct Choice {
     revision: Revision,
@@ -57,6 +74,11 @@ pub struct Search<'a> {
     deepest: Option<(Revision, Violation)>,
     hints: HashMap<Revision, Vec<(usize, KeyValue)>>,
     observed: HashSet<(String, String)>,
+    /// Where puts of a key cannot be.
+    no_puts: Forbidden,
+    /// Where deletes of a key cannot be.
+    no_deletes: Forbidden,
+    stats: Stats,
     min_revision: Vec<(Revision, usize)>,
     ok_by_revision: Vec<(Revision, usize)>,
     facts: &'a Facts,
@@ -103,6 +125,9 @@ impl<'a> Search<'a> {
             deepest: None,
             hints: HashMap::new(),
             observed: HashSet::new(),
+            no_puts: Forbidden::default(),
+            no_deletes: Forbidden::default(),
+            stats: Stats::default(),
             min_revision: Vec::new(),
             ok_by_revision: Vec::new(),
             facts,
@@ -117,7 +142,9 @@ impl<'a> Search<'a> {
                 let Some(resp) = self.p.ops[id].ok() else {
                     continue;
                 };
+                let d = super::order::data_revision(&self.p.ops[id], resp.revision());
                 for kv in shown_kvs(resp) {
+                    self.forbid_around(kv, d);
                     self.observed.insert((kv.key.clone(), kv.value.clone()));
                     if !self.p.writer.contains_key(&kv.mod_revision) {
                         let h = self.hints.entry(kv.mod_revision).or_default();
@@ -126,6 +153,32 @@ impl<'a> Search<'a> {
                 }
             }
         }
+        // A txn whose guard mod(k) = m held saw k unchanged since m, too.
+        for op in self.p.ops {
+            let (Request::Txn(t), Some(Response::Txn(resp))) = (&op.request, op.ok()) else {
+                continue;
+            };
+            if !resp.succeeded {
+                continue;
+            }
+            let at = if crate::model::mutates(&Response::Txn(resp.clone())) {
+                resp.revision - 1
+            } else {
+                resp.revision
+            };
+            for c in &t.compares {
+                if let (CompareTarget::Mod, CompareResult::Equal, Operand::Int(m)) =
+                    (c.target, c.result, &c.operand)
+                {
+                    if *m > 0 {
+                        self.no_puts.add(&c.key, *m, at);
+                        self.no_deletes.add(&c.key, *m, at);
+                    }
+                }
+            }
+        }
+        self.no_puts.build();
+        self.no_deletes.build();
         // The earliest revision each in-doubt write can take: after everything that completed
         // before it was invoked.
         let mut done: Vec<(u64, i64)> = self
@@ -162,7 +215,18 @@ impl<'a> Search<'a> {
     }
 
     /// Runs the replay to a verdict.
-    pub fn run(mut self) -> Verdict {
+    pub fn run(self) -> Verdict {
+        self.run_with_stats().0
+    }
+
+    /// Runs the replay to a verdict, with what it did.
+    pub fn run_with_stats(mut self) -> (Verdict, Stats) {
+        let v = self.replay();
+        self.stats.steps = self.steps;
+        (v, self.stats)
+    }
+
+    fn replay(&mut self) -> Verdict {
         if let Err(v) = self.check_reads(self.p.initial) {
             return Verdict::Invalid(v);
         }
@@ -177,6 +241,7 @@ impl<'a> Search<'a> {
             let step = match self.p.writer.get(&r) {
                 Some(&w) => self.apply_acknowledged(w, r).map_err(Step::from),
                 None => {
+                    self.stats.choice_points += 1;
                     self.stack.push(Choice {
                         revision: r,
                         candidates: self.candidates(r),
@@ -248,6 +313,7 @@ impl<'a> Search<'a> {
     /// Goes back to the latest choice point with candidates left; returns its revision, made
     /// anew and checked.
     fn backtrack(&mut self) -> Option<Revision> {
+        self.stats.backtracks += 1;
         loop {
             let choice = self.stack.last()?;
             let (r, log_len) = (choice.revision, choice.log_len);
@@ -332,10 +398,12 @@ impl<'a> Search<'a> {
                 });
             };
             choice.next += 1;
+            self.stats.candidates_tried += 1;
             let Ok((_, undo)) = self.model.apply(&self.p.ops[id].request) else {
                 continue;
             };
-            if self.model.revision() != r || !self.hints_hold(r) {
+            if self.model.revision() != r || !self.hints_hold(r) || !self.unseen_by_reads(&undo, r)
+            {
                 self.model.undo(undo);
                 continue;
             }
@@ -348,6 +416,33 @@ impl<'a> Search<'a> {
             });
             return Ok(());
         }
+    }
+
+    /// What a read at `d` showing `kv` forbids (see [`Forbidden`]).
+    fn forbid_around(&mut self, kv: &KeyValue, d: Revision) {
+        let (c, m) = (kv.create_revision, kv.mod_revision);
+        let acked = self.facts.ok_puts.get(&kv.key).map_or(0, |puts| {
+            let lo = puts.partition_point(|x| x.0 < c);
+            let hi = puts.partition_point(|x| x.0 <= m);
+            let mut revs: Vec<Revision> = puts[lo..hi.max(lo)].iter().map(|x| x.0).collect();
+            revs.dedup();
+            revs.len()
+        });
+        let counted = i64::try_from(acked).unwrap_or(i64::MAX) >= kv.version;
+        self.no_puts
+            .add(&kv.key, if counted { c - 1 } else { m }, d);
+        self.no_deletes.add(&kv.key, c, d);
+    }
+
+    /// Whether what reads saw allows this change's writes at `r`.
+    fn unseen_by_reads(&self, undo: &Undo, r: Revision) -> bool {
+        undo.keys().iter().all(|key| {
+            if self.model.current(key).is_some() {
+                !self.no_puts.forbids(key, r)
+            } else {
+                !self.no_deletes.forbids(key, r)
+            }
+        })
     }
 
     fn hints_hold(&self, r: Revision) -> bool {
