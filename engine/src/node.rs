@@ -220,6 +220,15 @@ struct ReadBatch {
     reads: Vec<(u64, Request)>,
 }
 
+/// A deliberately stale copy of the store: the simulator's `stale-read` bug (see
+/// [`Node::inject_stale_reads`]).
+struct StaleReads {
+    /// The copy is refreshed every this many applied entries.
+    every_applied: u64,
+    applied_since_refresh: u64,
+    copy: Store,
+}
+
 /// One member of a keel cluster, sans-I/O.
 pub struct Node {
     cfg: NodeConfig,
@@ -238,6 +247,8 @@ pub struct Node {
     next_read_ctx: u64,
     /// Confirmed read index → reads to serve once applied reaches it.
     reads_confirmed: VecDeque<(u64, ReadBatch)>,
+    /// Only ever set by the simulator's `stale-read` bug.
+    stale_reads: Option<StaleReads>,
 }
 
 impl std::fmt::Debug for Node {
@@ -308,6 +319,7 @@ impl Node {
             reads_in_flight: None,
             next_read_ctx: 1,
             reads_confirmed: VecDeque::new(),
+            stale_reads: None,
             cfg,
         };
         if node.cfg.voters.len() == 1 {
@@ -360,6 +372,23 @@ impl Node {
     /// The MVCC store as of the applied index (for local, serializable inspection).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// A deliberate bug for the simulator to catch, never enabled in production (only the
+    /// server's simulation build calls this, when keel-sim runs with `--bug stale-read`):
+    /// from now on linearizable ranges are answered from a copy of the store refreshed only
+    /// every `every_applied` applied entries, so they may miss writes already acknowledged.
+    #[doc(hidden)]
+    pub fn inject_stale_reads(&mut self, every_applied: u64) {
+        assert!(
+            every_applied > 0,
+            "stale copy refresh interval must be positive"
+        );
+        self.stale_reads = Some(StaleReads {
+            every_applied,
+            applied_since_refresh: 0,
+            copy: self.store.clone(),
+        });
     }
 
     /// Makes raft's randomized election timeout a pure function of (seed, term, role), in
@@ -554,7 +583,13 @@ impl Node {
             }
             if let Some((_, batch)) = self.reads_confirmed.pop_front() {
                 for (token, request) in batch.reads {
-                    self.serve_read(token, request);
+                    match (&self.stale_reads, request) {
+                        (Some(stale), Request::Range(r)) => {
+                            let result = apply::range(&stale.copy, &r).map(Response::Range);
+                            self.reply(token, result);
+                        }
+                        (_, request) => self.serve_read(token, request),
+                    }
                 }
             }
         }
@@ -580,6 +615,13 @@ impl Node {
                 }
             }
             self.applied_index = entry.index;
+            if let Some(stale) = &mut self.stale_reads {
+                stale.applied_since_refresh += 1;
+                if stale.applied_since_refresh >= stale.every_applied {
+                    stale.applied_since_refresh = 0;
+                    stale.copy = self.store.clone();
+                }
+            }
         }
         self.raw.advance_apply_to(last.index);
         self.release_applied_log();
@@ -589,7 +631,7 @@ impl Node {
         if entry.data.is_empty() {
             return; // a new leader's empty entry
         }
-        let request = match RaftRequest::decode(entry.data.as_ref()) {
+        let request = match RaftRequest::decode(entry.data.clone()) {
             Ok(r) => r,
             Err(e) => panic!("committed entry {} does not decode: {e}", entry.index),
         };

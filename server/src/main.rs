@@ -21,11 +21,12 @@ fn main() -> anyhow::Result<()> {
             seed: rand::random(),
         };
         tokio::select! {
-            result = keel_server::run(config, env) => result.context("keel stopped"),
+            biased;
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupted; stopping");
                 Ok(())
             }
+            result = keel_server::run(config, env) => result.context("keel stopped"),
         }
     })
 }

@@ -1,0 +1,329 @@
+//! The raft node, driven sans-I/O: inputs in, exact outputs checked.
+//!
+//! A tiny in-test "disk" keeps what `Output::Persist` asks for, so recovery can be replayed.
+
+use keel_engine::node::{
+    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
+};
+use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use raft::eraftpb::{Entry, HardState};
+
+const MEMBER: u64 = 0x11;
+
+fn config(seed: u64) -> NodeConfig {
+    NodeConfig {
+        member_id: MEMBER,
+        cluster_id: 0xc1,
+        voters: vec![MEMBER],
+        election_ticks: 10,
+        heartbeat_ticks: 1,
+        seed,
+        incarnation: 1,
+    }
+}
+
+/// What a perfect disk would hold: the log with raft's overwrite rule, and the hard state.
+#[derive(Default, Clone)]
+struct Disk {
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+}
+
+impl Disk {
+    fn write(&mut self, batch: &PersistBatch) {
+        for e in &batch.entries {
+            self.entries.truncate((e.index - 1) as usize);
+            self.entries.push(e.clone());
+        }
+        if let Some(hs) = &batch.hard_state {
+            self.hard_state = Some(hs.clone());
+        }
+    }
+
+    fn recovered(&self) -> Recovered {
+        Recovered {
+            hard_state: self.hard_state.clone(),
+            entries: self.entries.clone(),
+        }
+    }
+}
+
+/// Runs a node against a perfect disk: every Persist is written and acknowledged at once.
+struct Harness {
+    node: Node,
+    disk: Disk,
+    replies: Vec<(u64, Result<Response, keel_engine::error::Error>)>,
+}
+
+impl Harness {
+    fn start(seed: u64, disk: Disk) -> Harness {
+        let node = Node::new(config(seed), disk.recovered()).expect("node starts");
+        let mut h = Harness {
+            node,
+            disk,
+            replies: Vec::new(),
+        };
+        h.settle();
+        h
+    }
+
+    /// Handles outputs until none are left, acknowledging every persist batch.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            let outputs = self.node.take_outputs();
+            if outputs.is_empty() {
+                return;
+            }
+            for out in outputs {
+                match out {
+                    Output::Persist(batch) => {
+                        self.disk.write(&batch);
+                        assert!(batch.then_send.is_empty(), "one member sends nothing");
+                        self.node.step(Input::Persisted {
+                            number: batch.number,
+                        });
+                    }
+                    Output::Send(msgs) => panic!("a one-member cluster sent {msgs:?}"),
+                    Output::Reply { token, result } => self.replies.push((token, result)),
+                }
+            }
+        }
+        panic!("outputs never settled");
+    }
+
+    fn request(
+        &mut self,
+        token: u64,
+        request: Request,
+    ) -> Result<Response, keel_engine::error::Error> {
+        self.node.step(Input::Request { token, request });
+        self.settle();
+        let i = self
+            .replies
+            .iter()
+            .position(|(t, _)| *t == token)
+            .expect("a reply");
+        self.replies.remove(i).1
+    }
+}
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put(PutRequest {
+        key: key.to_owned().into(),
+        value: value.to_owned().into(),
+        ..Default::default()
+    })
+}
+
+fn get(key: &str, serializable: bool) -> Request {
+    Request::Range(RangeRequest {
+        key: key.to_owned().into(),
+        serializable,
+        ..Default::default()
+    })
+}
+
+fn value(result: Result<Response, keel_engine::error::Error>) -> Option<Vec<u8>> {
+    match result.expect("ok") {
+        Response::Range(r) => r.kvs.first().map(|kv| kv.value.to_vec()),
+        other => panic!("expected a range response, got {other:?}"),
+    }
+}
+
+// Reference: Raft §5.3 — an entry is committed once stored on a majority (here: this member's
+// disk), and only committed entries are applied and answered.
+#[test]
+fn a_put_is_answered_only_after_its_entry_is_persisted() {
+    let mut h = Harness::start(1, Disk::default());
+    assert_eq!(
+        h.node.status().leader,
+        MEMBER,
+        "a one-member cluster leads itself at once"
+    );
+
+    h.node.step(Input::Request {
+        token: 7,
+        request: put("a", "1"),
+    });
+    let outputs = h.node.take_outputs();
+    assert_eq!(
+        outputs.len(),
+        1,
+        "only a persist request before the disk answers: {outputs:?}"
+    );
+    let Output::Persist(batch) = &outputs[0] else {
+        panic!("expected Persist, got {outputs:?}")
+    };
+    assert_eq!(batch.entries.len(), 1);
+    assert!(
+        !batch.entries[0].data.is_empty(),
+        "the entry carries the put"
+    );
+
+    // The disk has not answered: no reply however long we wait.
+    h.node.step(Input::Tick);
+    assert!(
+        h.node
+            .take_outputs()
+            .iter()
+            .all(|o| !matches!(o, Output::Reply { .. })),
+        "no reply before the entry is durable"
+    );
+
+    h.disk.write(batch);
+    h.node.step(Input::Persisted {
+        number: batch.number,
+    });
+    let outputs = h.node.take_outputs();
+    let reply = outputs.iter().find_map(|o| match o {
+        Output::Reply {
+            token: 7,
+            result: Ok(Response::Put(p)),
+        } => Some(p.clone()),
+        _ => None,
+    });
+    let header = reply
+        .expect("the put is answered once durable")
+        .header
+        .expect("header");
+    assert_eq!(
+        (header.revision, header.member_id, header.cluster_id),
+        (2, MEMBER, 0xc1)
+    );
+    assert!(header.raft_term >= 1);
+}
+
+// Reference: Raft §8 — a linearizable read waits for the leader to confirm its read index and
+// for the state machine to reach it; a serializable read is answered from local state at once.
+#[test]
+fn linearizable_reads_go_through_read_index_and_serializable_reads_do_not() {
+    let mut h = Harness::start(2, Disk::default());
+    assert!(h.request(1, put("k", "v")).is_ok());
+
+    h.node.step(Input::Request {
+        token: 2,
+        request: get("k", true),
+    });
+    let outputs = h.node.take_outputs();
+    assert!(
+        matches!(
+            outputs.as_slice(),
+            [Output::Reply {
+                token: 2,
+                result: Ok(_)
+            }]
+        ),
+        "serializable: answered in the same step, {outputs:?}"
+    );
+
+    assert_eq!(value(h.request(3, get("k", false))), Some(b"v".to_vec()));
+    assert_eq!(value(h.request(4, get("missing", false))), None);
+}
+
+#[test]
+fn many_reads_share_a_read_index_round_and_all_are_answered() {
+    let mut h = Harness::start(3, Disk::default());
+    assert!(h.request(1, put("k", "v")).is_ok());
+    for token in 10..60 {
+        h.node.step(Input::Request {
+            token,
+            request: get("k", false),
+        });
+    }
+    h.settle();
+    let answered: Vec<u64> = h.replies.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        answered,
+        (10..60).collect::<Vec<_>>(),
+        "every read answered, in order"
+    );
+}
+
+#[test]
+fn a_restarted_member_recovers_every_acknowledged_write_from_its_log() {
+    let mut h = Harness::start(4, Disk::default());
+    for i in 0..50 {
+        assert!(h
+            .request(i, put(&format!("k{}", i % 7), &format!("v{i}")))
+            .is_ok());
+    }
+    let revision = h.node.status().revision;
+    let disk = h.disk.clone();
+
+    let mut again = Harness::start(5, disk);
+    assert_eq!(
+        again.node.status().revision,
+        revision,
+        "same revision after replay"
+    );
+    for k in 0..7 {
+        let last = (0..50).filter(|i| i % 7 == k).max().expect("some write");
+        let got = value(again.request(100 + k, get(&format!("k{k}"), false)));
+        assert_eq!(got, Some(format!("v{last}").into_bytes()));
+    }
+    // A new write continues the revision sequence.
+    match again.request(200, put("new", "x")) {
+        Ok(Response::Put(p)) => assert_eq!(p.header.expect("header").revision, revision + 1),
+        other => panic!("expected a put response, got {other:?}"),
+    }
+}
+
+#[test]
+fn same_seed_and_inputs_give_identical_outputs() {
+    let run = |seed: u64| {
+        let mut h = Harness::start(seed, Disk::default());
+        let mut trace = Vec::new();
+        for i in 0..30u64 {
+            h.node.step(Input::Tick);
+            trace.push(format!(
+                "{:?}",
+                h.request(i, put(&format!("k{}", i % 3), "v"))
+            ));
+            trace.push(format!("{:?}", h.node.status()));
+        }
+        trace
+    };
+    assert_eq!(run(9), run(9));
+}
+
+#[test]
+fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
+    // Followers of a (would-be) three-member cluster: they never hear a leader, so each
+    // campaigns after its own seeded timeout, in [election_ticks, 2 * election_ticks).
+    let ticks_until_campaign = |seed: u64| {
+        let cfg = NodeConfig {
+            voters: vec![MEMBER, 0x22, 0x33],
+            ..config(seed)
+        };
+        let mut node = Node::new(cfg, Recovered::default()).expect("starts");
+        for tick in 1..=100u64 {
+            node.step(Input::Tick);
+            let campaigned = node.take_outputs().into_iter().any(|o| match o {
+                Output::Send(msgs) => !msgs.is_empty(),
+                Output::Persist(b) => !b.then_send.is_empty(),
+                Output::Reply { .. } => false,
+            });
+            if campaigned {
+                return tick;
+            }
+        }
+        panic!("seed {seed}: never campaigned");
+    };
+    let timeouts: Vec<u64> = (0..40).map(ticks_until_campaign).collect();
+    for (seed, t) in timeouts.iter().enumerate() {
+        assert!(
+            (10..=20).contains(t),
+            "seed {seed}: campaigned after {t} ticks"
+        );
+        assert_eq!(
+            *t,
+            ticks_until_campaign(seed as u64),
+            "seed {seed}: not deterministic"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = timeouts.iter().collect();
+    assert!(
+        distinct.len() >= 5,
+        "timeouts should spread over the range: {timeouts:?}"
+    );
+}
