@@ -2,7 +2,7 @@
 //! criterion: each case runs for seconds and the figures that matter are wall time and peak
 //! memory, which `/usr/bin/time -v` reports for the whole process).
 //!
-//! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, single-1k-50,
+//! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, store-10k-info10, single-1k-50,
 //! single-10k-10, single-10k-10-stale; faults: stale, lost, dup, phantom, backwards, missing.
 use std::process::ExitCode;
 use std::time::Instant;
@@ -59,6 +59,15 @@ fn base_case(name: &str, seed: u64) -> Option<GenConfig> {
             clients: 50,
             keys: 20,
             info_per_mille: 10,
+            latency_max: 200,
+            workload: Workload::Store,
+            ..base
+        },
+        "store-10k-info10" => GenConfig {
+            ops: 10_000,
+            clients: 20,
+            keys: 20,
+            info_per_mille: 100,
             latency_max: 200,
             workload: Workload::Store,
             ..base
