@@ -651,6 +651,53 @@ pub struct Event {
     pub body: EventBody,
 }
 
+impl Event {
+    /// `process` invokes `req` at `time`.
+    pub fn invoke(process: ProcessId, time: u64, req: Request) -> Self {
+        Event {
+            process,
+            f: req.function(),
+            time,
+            body: EventBody::Invoke(req),
+        }
+    }
+    /// `process`'s op of kind `f` succeeds at `time` with `resp`.
+    pub fn ok(process: ProcessId, f: Function, time: u64, resp: Response) -> Self {
+        Event {
+            process,
+            f,
+            time,
+            body: EventBody::Ok(resp),
+        }
+    }
+    /// `process`'s op of kind `f` certainly did not take effect (`error`: why).
+    pub fn fail(process: ProcessId, f: Function, time: u64, error: &str) -> Self {
+        Event {
+            process,
+            f,
+            time,
+            body: EventBody::Fail {
+                error: Some(error.to_string()),
+            },
+        }
+    }
+    /// `process`'s op of kind `f` has an unknown outcome (`error`: why, e.g. `timeout`).
+    pub fn info(process: ProcessId, f: Function, time: u64, error: &str) -> Self {
+        Event {
+            process,
+            f,
+            time,
+            body: EventBody::Info {
+                error: Some(error.to_string()),
+            },
+        }
+    }
+    /// This event as one JSON line (no newline).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// The wire shape of an [`Event`].
 #[derive(Serialize, Deserialize)]
 struct RawEvent {

@@ -210,6 +210,17 @@ fn successful_read_below_the_compacted_revision() {
 }
 
 #[test]
+fn compaction_to_an_already_compacted_revision() {
+    let h = two_puts()
+        .invoke(3, Request::compact(3))
+        .ok(3, Response::compact(3))
+        .invoke(4, Request::compact(2))
+        .ok(4, Response::compact(3))
+        .build();
+    invalid(&h, ViolationKind::ReadBelowCompaction, &[2, 3]);
+}
+
+#[test]
 fn unexplained_revision_gap() {
     // Rev 2 was made by nobody: the only writes are p1's put at rev 3.
     let h = History::builder()

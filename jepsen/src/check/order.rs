@@ -289,6 +289,37 @@ fn compaction(p: &Prepared<'_>) -> Result<(), Violation> {
     by_end.sort_unstable();
     let key_max = prefix_max(by_key.iter().map(|x| (x.1, x.2)));
     let end_max = prefix_max(by_end.iter().map(|x| (x.1, x.2)));
+    let before = |k: i64, invoked: u64| {
+        let n = by_key.partition_point(|x| x.0 < k);
+        let m = by_end.partition_point(|x| x.0 < invoked);
+        [
+            n.checked_sub(1).map(|i| key_max[i]),
+            m.checked_sub(1).map(|i| end_max[i]),
+        ]
+    };
+    let mut same: HashMap<Revision, usize> = HashMap::new();
+    for &(op, c) in &compacts {
+        let first = *same.entry(c).or_insert(op.id);
+        let earlier = before(p.key[op.id].unwrap_or(i64::MAX), op.invoke_time);
+        let clash = earlier
+            .into_iter()
+            .flatten()
+            .find(|x| x.0 >= c)
+            .map(|x| x.1);
+        if let Some(cid) = clash.or((first != op.id).then_some(first)) {
+            let cop = p.op(cid);
+            return Err(Violation::new(
+                ViolationKind::ReadBelowCompaction,
+                &[cop, op],
+                format!(
+                    "{} succeeded, but {} came before it or beside it; a compaction to a \
+                     revision already compacted fails with compacted",
+                    who(op),
+                    who(cop)
+                ),
+            ));
+        }
+    }
     for op in p.ops {
         let (Request::Range(r), Some(_), Some(k)) = (&op.request, op.ok(), p.key[op.id]) else {
             continue;
