@@ -12,3 +12,6 @@ pub mod mvcc;
 pub mod node;
 pub mod raft_log;
 pub mod rng;
+
+/// raft-rs's wire types (messages, entries, hard state), as the driver and transport see them.
+pub use raft::eraftpb as raftpb;

@@ -4,7 +4,7 @@
 //! The codec is pure (bytes in, bytes out); the driver owns the disk.
 
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, HardState};
+use raft::eraftpb::{Entry, HardState, Message};
 
 /// A persisted record that does not decode: the WAL's crc passed, so this is a bug or a
 /// record from an incompatible version.
@@ -40,6 +40,22 @@ pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, CodecError> {
     hs.merge_from_bytes(bytes)
         .map_err(|e| CodecError(format!("raft hard state does not decode: {e}")))?;
     Ok(hs)
+}
+
+/// Encodes a raft message for the peer transport.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    message
+        .write_to_bytes()
+        .unwrap_or_else(|e| panic!("encoding a raft message in memory cannot fail: {e}"))
+}
+
+/// Decodes a raft message received from a peer.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
+    let mut message = Message::default();
+    message
+        .merge_from_bytes(bytes)
+        .map_err(|e| CodecError(format!("raft message does not decode: {e}")))?;
+    Ok(message)
 }
 
 /// A slog drain that forwards raft-rs's log lines to `tracing`, under target `raft`.

@@ -11,7 +11,7 @@
 //! | [`authpb`] | `authpb` | `User`, `Permission`, `Role` |
 //! | [`v3lockpb`] | `v3lockpb` | the Lock service |
 //! | [`v3electionpb`] | `v3electionpb` | the Election service |
-//! | [`keelpb`] | `keelpb` | `RaftRequest`, the payload of one raft log entry |
+//! | [`keelpb`] | `keelpb` | `RaftRequest`, the payload of one raft log entry; the `Peer` service between members |
 //! | [`health`] | `grpc.health.v1` | the standard gRPC health service |
 //!
 //! With the `grpc` feature each service `Foo` has `foo_client::FooClient` and

@@ -11,6 +11,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod transport;
 
 use std::path::Path;
 use std::sync::Arc;

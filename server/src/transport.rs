@@ -1,0 +1,234 @@
+//! Peer transport: raft messages between members, over gRPC streams on the peer port.
+//!
+//! Outbound, every peer has its own task and its own bounded queue. [`Transport::send`] never
+//! waits: when a peer's queue is full (the peer is slow or gone) the message is dropped and
+//! counted. Raft tolerates lost messages (it retransmits appends and heartbeats), so a slow or
+//! dead peer costs the others nothing. The task connects lazily, when it has something to send,
+//! streams messages in batches (everything queued goes in one [`MessageBatch`]), and reconnects
+//! with exponential backoff after a failure.
+//!
+//! Inbound, [`PeerService`] accepts `keelpb.Peer/Send` streams, checks the cluster id and hands
+//! every decoded message to the driver.
+//!
+//! ```text
+//! driver ──send(msgs)──▶ queue[peer 2] ──▶ task ──stream MessageBatch──▶ peer 2: PeerService
+//!                     └─▶ queue[peer 3] ──▶ task ──stream MessageBatch──▶ peer 3: PeerService
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::raft_log::{decode_message, encode_message};
+use keel_engine::raftpb::Message;
+use keel_proto::keelpb::peer_client::PeerClient;
+use keel_proto::keelpb::peer_server::Peer;
+use keel_proto::keelpb::{MessageBatch, SendAck};
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock::Clock;
+
+/// Messages queued towards one peer, at most; beyond that new messages are dropped.
+pub const PEER_QUEUE_MAX: usize = 4096;
+/// Messages in one batch on the wire, at most.
+pub const BATCH_MESSAGES_MAX: usize = 512;
+/// Batches in flight on one stream, at most.
+pub const STREAM_BATCHES_MAX: usize = 16;
+/// The first reconnect delay; it doubles after each failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// The longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Who this member is on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalIdentity {
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+}
+
+/// Outbound raft traffic to every peer.
+pub struct Transport {
+    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Transport {
+    /// Starts one sender task per peer (`member id → peer URL`, e.g. `http://10.0.0.2:2380`).
+    pub fn start(
+        local: LocalIdentity,
+        peers: BTreeMap<u64, String>,
+        clock: Arc<dyn Clock>,
+    ) -> Transport {
+        let mut queues = BTreeMap::new();
+        for (peer, url) in peers {
+            assert_ne!(peer, local.member_id, "a member is not its own peer");
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            tokio::spawn(peer_sender(local, peer, url, rx, Arc::clone(&clock)));
+            queues.insert(peer, tx);
+        }
+        Transport {
+            queues,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Queues each message for its peer; never waits. Messages to unknown peers, or to peers
+    /// whose queue is full, are dropped (raft retransmits).
+    pub fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            let Some(queue) = self.queues.get(&message.to) else {
+                tracing::debug!(to = message.to, "raft message to an unknown peer dropped");
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if queue.try_send(message).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Messages dropped so far (full queues, unknown peers).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// One peer's sender: connect when there is something to send, stream batches, reconnect with
+/// backoff. Ends when the [`Transport`] is dropped.
+async fn peer_sender(
+    local: LocalIdentity,
+    peer: u64,
+    url: String,
+    mut queue: mpsc::Receiver<Message>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let connected = match Endpoint::from_shared(url.clone()) {
+            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
+            Err(e) => {
+                tracing::error!(peer, %url, error = %e, "unusable peer URL; dropping its traffic");
+                while queue.recv().await.is_some() {}
+                return;
+            }
+        };
+        let channel = match connected {
+            Ok(channel) => channel,
+            Err(e) => {
+                tracing::debug!(peer, %url, error = %e, "peer unreachable; retrying");
+                // `first` is dropped: raft will send again.
+                clock.sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let (batches, stream) = mpsc::channel(STREAM_BATCHES_MAX);
+        let mut client = PeerClient::new(channel);
+        let call = tokio::spawn(async move {
+            client
+                .send(tokio_stream::wrappers::ReceiverStream::new(stream))
+                .await
+        });
+        let ended = pump(local, first, &mut queue, batches).await;
+        match call.await {
+            Ok(Ok(_)) => tracing::debug!(peer, "peer stream closed"),
+            Ok(Err(status)) => tracing::debug!(peer, %status, "peer stream failed"),
+            Err(e) => tracing::debug!(peer, error = %e, "peer stream task failed"),
+        }
+        if ended {
+            return;
+        }
+        clock.sleep(backoff).await;
+    }
+}
+
+/// Moves queued messages into batches on one stream until the stream breaks (returns false) or
+/// the transport is dropped (returns true).
+async fn pump(
+    local: LocalIdentity,
+    first: Message,
+    queue: &mut mpsc::Receiver<Message>,
+    batches: mpsc::Sender<MessageBatch>,
+) -> bool {
+    let mut pending = vec![first];
+    loop {
+        while pending.len() < BATCH_MESSAGES_MAX {
+            match queue.try_recv() {
+                Ok(m) => pending.push(m),
+                Err(_) => break,
+            }
+        }
+        let batch = MessageBatch {
+            from: local.member_id,
+            cluster_id: local.cluster_id,
+            messages: pending
+                .drain(..)
+                .map(|m| encode_message(&m).into())
+                .collect(),
+        };
+        if batches.send(batch).await.is_err() {
+            return false; // the stream ended; what was in it is lost, raft retransmits
+        }
+        match queue.recv().await {
+            Some(m) => pending.push(m),
+            None => return true,
+        }
+    }
+}
+
+/// Inbound raft traffic: the `keelpb.Peer` service.
+#[derive(Clone)]
+pub struct PeerService {
+    local: LocalIdentity,
+    inbound: mpsc::Sender<Message>,
+}
+
+impl PeerService {
+    /// A service that hands every received message to `inbound` (the driver).
+    pub fn new(local: LocalIdentity, inbound: mpsc::Sender<Message>) -> Self {
+        PeerService { local, inbound }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            if batch.cluster_id != self.local.cluster_id {
+                return Err(Status::failed_precondition(format!(
+                    "keel: member {:x} belongs to cluster {:x}, not {:x}",
+                    batch.from, batch.cluster_id, self.local.cluster_id
+                )));
+            }
+            for bytes in &batch.messages {
+                let message = decode_message(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("keel: {e}")))?;
+                if message.to != self.local.member_id {
+                    return Err(Status::invalid_argument(format!(
+                        "keel: message for member {:x} sent to member {:x}",
+                        message.to, self.local.member_id
+                    )));
+                }
+                if self.inbound.send(message).await.is_err() {
+                    return Err(Status::unavailable("keel: member is stopping"));
+                }
+            }
+        }
+        Ok(Response::new(SendAck {}))
+    }
+}
