@@ -172,7 +172,7 @@ fn half_applied_multi_key_txn() {
         .invoke(2, Request::range("a", "\0"))
         .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
         .build();
-    let v = invalid(&h, ViolationKind::WrongResponse, &[0, 1]);
+    let v = invalid(&h, ViolationKind::LostWrite, &[0, 1]);
     assert!(v.explanation.contains("saw no y"), "{v}");
 }
 

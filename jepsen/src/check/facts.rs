@@ -6,7 +6,7 @@
 //! the acknowledged write at `m` put something else, or no acknowledged or in-doubt write ever
 //! put `x=v`, the value is a phantom. A single-key read that shows nothing after an acknowledged
 //! put, with no delete that could have removed it, lost that put too.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::describe::who;
 use super::order::{data_revision, Prepared};
@@ -19,7 +19,7 @@ use crate::model::in_range;
 /// Indexes of who put what.
 pub struct Facts {
     /// Acknowledged puts per key: (revision, op, value), by revision.
-    pub ok_puts: HashMap<String, Vec<(Revision, usize, String)>>,
+    pub ok_puts: BTreeMap<String, Vec<(Revision, usize, String)>>,
     /// Every op (any outcome) that might put `(key, value)`.
     pub any_puts: HashMap<(String, String), Vec<usize>>,
     /// Ops that could delete keys (ok with their revision, or in doubt): (start, end, rev, op).
@@ -41,7 +41,7 @@ impl Facts {
     /// Indexes the history.
     pub fn new(p: &Prepared<'_>) -> Self {
         let mut f = Facts {
-            ok_puts: HashMap::new(),
+            ok_puts: BTreeMap::new(),
             any_puts: HashMap::new(),
             deletes: Vec::new(),
         };
@@ -90,18 +90,19 @@ impl Facts {
 
     /// Checks every `ok` read's kvs against the facts.
     pub fn check_reads(&self, p: &Prepared<'_>) -> Result<(), Violation> {
-        for reads in p.reads_at.values() {
-            for &id in reads {
-                let op = &p.ops[id];
-                let Some(resp) = op.ok() else { continue };
-                let d = data_revision(op, resp.revision());
-                for (start, end, kvs) in shown(op, resp) {
-                    for kv in kvs {
-                        self.check_kv(p, op, d, kv)?;
-                    }
-                    if end.is_none() && kvs.is_empty() {
-                        self.check_absent(p, op, d, &start)?;
-                    }
+        for op in p.ops {
+            let Some(resp) = op.ok() else { continue };
+            let read = p.key[op.id].is_some_and(|k| k % 2 == 1);
+            if !read || matches!(op.request, Request::Compact(_)) {
+                continue;
+            }
+            let d = data_revision(op, resp.revision());
+            for (start, end, kvs, complete) in shown(op, resp) {
+                for kv in kvs {
+                    self.check_kv(p, op, d, kv)?;
+                }
+                if complete {
+                    self.check_absent_keys(p, op, d, &start, end.as_deref(), kvs)?;
                 }
             }
         }
@@ -216,8 +217,35 @@ impl Facts {
         ))
     }
 
-    /// A single-key read that saw nothing: the last acknowledged put at or before `d` must have
-    /// been deleted by something.
+    /// Every key of the range that the read did not show.
+    fn check_absent_keys(
+        &self,
+        p: &Prepared<'_>,
+        op: &Operation,
+        d: Revision,
+        start: &str,
+        end: Option<&str>,
+        kvs: &[KeyValue],
+    ) -> Result<(), Violation> {
+        if end.is_none() {
+            return match kvs.is_empty() {
+                true => self.check_absent(p, op, d, start),
+                false => Ok(()),
+            };
+        }
+        for key in self.ok_puts.range(start.to_string()..).map(|x| x.0) {
+            if !in_range(key, start, end) {
+                break;
+            }
+            if !kvs.iter().any(|kv| &kv.key == key) {
+                self.check_absent(p, op, d, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A read that saw no `key`: the last acknowledged put at or before `d` must have been
+    /// deleted by something.
     fn check_absent(
         &self,
         p: &Prepared<'_>,
@@ -230,8 +258,12 @@ impl Facts {
         let Some((w, wid, wv)) = n.checked_sub(1).and_then(|i| puts.get(i)) else {
             return Ok(());
         };
-        let deletable = self.deletes.iter().any(|(s, e, rev, _)| {
-            in_range(key, s, e.as_deref()) && rev.is_none_or(|r| r > *w && r <= d)
+        let deletable = self.deletes.iter().any(|(s, e, rev, id)| {
+            in_range(key, s, e.as_deref())
+                && match rev {
+                    Some(r) => *r > *w && *r <= d,
+                    None => p.could_place(*id, *w, d),
+                }
         });
         if deletable {
             return Ok(());
@@ -252,21 +284,19 @@ impl Facts {
     }
 }
 
-/// The (range start, range end, kvs) a non-mutating `ok` op shows about the state at its data
-/// revision: a range's result, or the ranges inside a txn that wrote nothing.
+/// The (range start, range end, kvs, whether every live key is shown) a non-mutating `ok` op
+/// shows about the state at its data revision: a range's result, or the ranges inside a txn
+/// that wrote nothing.
 fn shown<'o>(
     op: &'o Operation,
     resp: &'o Response,
-) -> Vec<(String, Option<String>, &'o [KeyValue])> {
+) -> Vec<(String, Option<String>, &'o [KeyValue], bool)> {
     let mut out = Vec::new();
     match (&op.request, resp) {
         (Request::Get(_) | Request::Range(_), Response::Range(r)) => {
             if let Some(req) = op.request.as_range() {
-                if req.limit.filter(|l| *l > 0).is_none() {
-                    out.push((req.key, req.range_end, &r.kvs[..]));
-                } else {
-                    out.push((req.key, Some("\0".to_string()), &r.kvs[..]));
-                }
+                let complete = req.limit.filter(|l| *l > 0).is_none();
+                out.push((req.key, req.range_end, &r.kvs[..], complete));
             }
         }
         (Request::Txn(_), Response::Txn(t)) => {
@@ -275,7 +305,8 @@ fn shown<'o>(
                 .zip(&t.responses)
             {
                 if let (RequestOp::Range(q), ResponseOp::Range(rr)) = (o, r) {
-                    out.push((q.key.clone(), q.range_end.clone(), &rr.kvs[..]));
+                    let complete = q.limit.filter(|l| *l > 0).is_none();
+                    out.push((q.key.clone(), q.range_end.clone(), &rr.kvs[..], complete));
                 }
             }
         }

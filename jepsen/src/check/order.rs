@@ -28,6 +28,11 @@ pub struct Prepared<'a> {
     pub in_doubt: Vec<usize>,
     /// The highest revision any `ok` operation reports.
     pub max_revision: Revision,
+    /// For in-doubt writes, the earliest revision each can make: after everything that
+    /// completed before it was invoked (other entries are unused).
+    pub min_revision: Vec<Revision>,
+    /// Revisions up to `max_revision` that no acknowledged write reports, ascending.
+    pub gaps: Vec<Revision>,
 }
 
 /// The revision whose state a non-mutating `ok` op shows: its explicit read revision or header.
@@ -49,6 +54,8 @@ impl<'a> Prepared<'a> {
             reads_at: HashMap::new(),
             in_doubt: Vec::new(),
             max_revision: initial,
+            min_revision: vec![initial + 1; ops.len()],
+            gaps: Vec::new(),
         };
         for op in ops {
             match &op.outcome {
@@ -70,7 +77,42 @@ impl<'a> Prepared<'a> {
                 Outcome::Info(_) | Outcome::Fail(_) => {}
             }
         }
+        p.gaps = (initial + 1..=p.max_revision)
+            .filter(|r| !p.writer.contains_key(r))
+            .collect();
+        p.index_min_revisions();
         p
+    }
+
+    fn index_min_revisions(&mut self) {
+        let mut done: Vec<(u64, i64)> = self
+            .ops
+            .iter()
+            .filter_map(|op| Some((op.complete_time?, self.key[op.id]?)))
+            .collect();
+        done.sort_unstable();
+        let mut best = i64::MIN;
+        let maxes: Vec<i64> = done
+            .iter()
+            .map(|d| {
+                best = best.max(d.1);
+                best
+            })
+            .collect();
+        for &id in &self.in_doubt {
+            let t = self.ops[id].invoke_time;
+            let n = done.partition_point(|d| d.0 < t);
+            if let Some(i) = n.checked_sub(1) {
+                self.min_revision[id] = (maxes[i] / 2 + 1).max(self.initial + 1);
+            }
+        }
+    }
+
+    /// Whether an in-doubt write `id` could make some revision in `(lo, hi]`.
+    pub fn could_place(&self, id: usize, lo: Revision, hi: Revision) -> bool {
+        let lo = lo.max(self.min_revision[id] - 1);
+        let n = self.gaps.partition_point(|g| *g <= lo);
+        self.gaps.get(n).is_some_and(|g| *g <= hi)
     }
 
     fn op(&self, id: usize) -> &'a Operation {

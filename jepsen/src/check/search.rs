@@ -177,33 +177,13 @@ impl<'a> Search<'a> {
                 }
             }
         }
+        for hints in self.hints.values_mut() {
+            hints.sort_unstable_by_key(|h| h.0);
+        }
         self.no_puts.build();
         self.no_deletes.build();
-        // The earliest revision each in-doubt write can take: after everything that completed
-        // before it was invoked.
-        let mut done: Vec<(u64, i64)> = self
-            .p
-            .ops
-            .iter()
-            .filter_map(|op| Some((op.complete_time?, self.p.key[op.id]?)))
-            .collect();
-        done.sort_unstable();
-        let mut best = i64::MIN;
-        let maxes: Vec<i64> = done
-            .iter()
-            .map(|d| {
-                best = best.max(d.1);
-                best
-            })
-            .collect();
         for &id in &self.p.in_doubt {
-            let t = self.p.ops[id].invoke_time;
-            let n = done.partition_point(|d| d.0 < t);
-            let min = match n.checked_sub(1) {
-                Some(i) => maxes[i] / 2 + 1,
-                None => self.p.initial + 1,
-            };
-            self.min_revision.push((min, id));
+            self.min_revision.push((self.p.min_revision[id], id));
         }
         self.min_revision.sort_unstable();
         for op in self.p.ops {
