@@ -247,16 +247,21 @@ async fn wal_writer(
         let Some(mut w) = wal.take() else {
             return;
         };
+        let newest = group.last().map_or(0, |b| b.number);
+        let acked_early = ack_before_fsync_bug();
+        if acked_early && durable.send(Ok(newest)).is_err() {
+            return;
+        }
         // The write and fsync block; keep them off the async workers. Under madsim this runs
         // the closure as a simulated task (madsim marks it deprecated to discourage real
         // blocking); the simulated disk never blocks, so that is exactly right there.
         #[allow(deprecated)]
         let joined = tokio::task::spawn_blocking(move || {
             let result = write_group(&mut w, &group);
-            (w, result, group)
+            (w, result)
         })
         .await;
-        let (w, result, group) = match joined {
+        let (w, result) = match joined {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "WAL write task panicked");
@@ -270,11 +275,22 @@ async fn wal_writer(
         }
         wal_bytes.store(w.disk_bytes(), Ordering::Relaxed);
         wal = Some(w);
-        let newest = group.last().map_or(0, |b| b.number);
-        if durable.send(Ok(newest)).is_err() {
+        if !acked_early && durable.send(Ok(newest)).is_err() {
             return;
         }
     }
+}
+
+/// The simulator's `ack-before-fsync` bug: a batch is reported durable before it is written.
+#[cfg(madsim)]
+fn ack_before_fsync_bug() -> bool {
+    keel_storage::bugs::enabled(keel_storage::bugs::Bug::AckBeforeFsync)
+}
+
+/// Production builds cannot turn the `ack-before-fsync` bug on.
+#[cfg(not(madsim))]
+fn ack_before_fsync_bug() -> bool {
+    false
 }
 
 fn write_group(wal: &mut Wal, group: &[PersistBatch]) -> Result<(), WalError> {

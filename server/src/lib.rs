@@ -147,6 +147,26 @@ fn open_wal(disk: &Arc<dyn Disk>, data_dir: &Path) -> Result<(Wal, Recovered), S
     ))
 }
 
+/// The simulator's `stale-read` bug: linearizable ranges come from a copy of the store
+/// refreshed every this many applied entries.
+#[cfg(madsim)]
+pub const STALE_READ_REFRESH_ENTRIES: u64 = 8;
+
+/// Passes the simulator's engine bugs (see `keel_storage::bugs`) to the node.
+#[cfg(madsim)]
+fn with_sim_bugs(mut node: Node) -> Node {
+    if keel_storage::bugs::enabled(keel_storage::bugs::Bug::StaleRead) {
+        node.inject_stale_reads(STALE_READ_REFRESH_ENTRIES);
+    }
+    node
+}
+
+/// Production builds inject no bugs.
+#[cfg(not(madsim))]
+fn with_sim_bugs(node: Node) -> Node {
+    node
+}
+
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
 /// dropping the future (or the runtime).
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
@@ -154,7 +174,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (wal, recovered) = open_wal(&env.disk, &config.data_dir)?;
-    let node = Node::new(
+    let node = with_sim_bugs(Node::new(
         NodeConfig {
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
@@ -165,7 +185,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             incarnation: env.seed & 0xff_ffff,
         },
         recovered,
-    )?;
+    )?);
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
     let (handle, fatal) = driver::start(

@@ -7,14 +7,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser as _;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_server::{Config, Env};
 use keel_storage::sim_disk::SimDisk;
+use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
+use madsim::task::NodeId;
 use tonic::transport::Channel;
 
 use crate::clock::SimClock;
@@ -33,8 +35,12 @@ pub struct Member {
     pub disk: SimDisk,
     /// Its address.
     pub ip: IpAddr,
+    /// Its clock, owned by the harness (every boot gets a clone: same skew).
+    pub clock: SimClock,
     /// How many times it has booted.
     pub boots: Arc<AtomicU64>,
+    /// Why the current boot's `keel_server::run` returned, once it has (a fatal error).
+    pub exit: Arc<Mutex<Option<String>>>,
 }
 
 /// A simulated keel cluster plus a client node.
@@ -45,6 +51,10 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// A node for clients to run on.
     pub client_node: NodeHandle,
+}
+
+fn set_exit(exit: &Mutex<Option<String>>, why: Option<String>) {
+    *exit.lock().unwrap_or_else(|e| e.into_inner()) = why;
 }
 
 fn member_ip(i: usize) -> IpAddr {
@@ -84,9 +94,12 @@ impl Cluster {
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
             let disk = SimDisk::new();
+            let clock = SimClock::new(0, 0);
             let boots = Arc::new(AtomicU64::new(0));
+            let exit = Arc::new(Mutex::new(None));
             let config = member_config(i, size);
             let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
+            let (init_clock, init_exit) = (clock.clone(), Arc::clone(&exit));
             let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
             let node = handle
                 .create_node()
@@ -94,9 +107,10 @@ impl Cluster {
                 .ip(member_ip(i))
                 .init(move || {
                     let boot = init_boots.fetch_add(1, Ordering::Relaxed);
+                    set_exit(&init_exit, None);
                     let env = Env {
                         disk: Arc::new(init_disk.clone()),
-                        clock: Arc::new(SimClock::new(0, 0)),
+                        clock: Arc::new(init_clock.clone()),
                         seed: fnv1a(
                             member_seed
                                 .to_le_bytes()
@@ -105,10 +119,16 @@ impl Cluster {
                         ),
                     };
                     let config = config.clone();
+                    let exit = Arc::clone(&init_exit);
                     async move {
-                        if let Err(e) = keel_server::run(config, env).await {
-                            tracing::error!(error = %e, "keel member stopped");
-                        }
+                        let why = match keel_server::run(config, env).await {
+                            Err(e) => {
+                                tracing::error!(error = %e, "keel member stopped");
+                                e.to_string()
+                            }
+                            Ok(()) => "run returned Ok".to_string(),
+                        };
+                        set_exit(&exit, Some(why));
                     }
                 })
                 .build();
@@ -116,7 +136,9 @@ impl Cluster {
                 node,
                 disk,
                 ip: member_ip(i),
+                clock,
                 boots,
+                exit,
             });
         }
         let client_node = handle
@@ -151,6 +173,47 @@ impl Cluster {
         self.handle.kill(member.node.id());
         member.disk.crash(crash_seed);
         self.handle.restart(member.node.id());
+    }
+
+    /// Kills member `i`'s process and starts it again; the disk keeps everything written
+    /// (the page cache survives a process crash).
+    pub fn restart(&self, i: usize) {
+        // `kill` also closes the node's sockets; `restart` alone would leave the old listener
+        // bound and the new boot could not listen.
+        self.handle.kill(self.members[i].node.id());
+        self.handle.restart(self.members[i].node.id());
+    }
+
+    /// Freezes every task of member `i` (a stop-the-world pause) until [`Cluster::resume`].
+    pub fn pause(&self, i: usize) {
+        self.handle.pause(self.members[i].node.id());
+    }
+
+    /// Resumes member `i` after [`Cluster::pause`].
+    pub fn resume(&self, i: usize) {
+        self.handle.resume(self.members[i].node.id());
+    }
+
+    /// Why member `i`'s current boot stopped, if it has.
+    pub fn exited(&self, i: usize) -> Option<String> {
+        self.members[i]
+            .exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The madsim node ids of the members, then the client node: the network's nodes, in the
+    /// order partitions index them.
+    pub fn net_nodes(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.members.iter().map(|m| m.node.id()).collect();
+        ids.push(self.client_node.id());
+        ids
+    }
+
+    /// The simulated network.
+    pub fn net(&self) -> Arc<NetSim> {
+        NetSim::current()
     }
 
     /// A KV client for member `i`, retrying until the member listens (bounded).

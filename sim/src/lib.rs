@@ -5,11 +5,26 @@
 //! [`keel_storage::sim_disk::SimDisk`] (it outlives a node's kill, so a crash can drop unsynced
 //! writes and tear the last one) and each node's [`clock::SimClock`] (offset and drift).
 //!
-//! Build and run with `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=target/sim`; in the normal
-//! build only the runtime-agnostic parts ([`clock`], [`trace`]) compile.
+//! One seed decides everything (see `sim/README.md`): the fault mix ([`nemesis::Swarm`]), when
+//! each fault lands, what the clients do, and madsim's scheduling. A run has a safety phase
+//! (faults on, invariants checked as operations complete), then a liveness phase (every fault
+//! healed, every member must serve again within a bound), then the history checks
+//! ([`check`], [`linearizable`]).
+//!
+//! Build and run with `RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR=/work/tgt/sim`; in the normal
+//! build only the runtime-agnostic parts compile.
 #![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod check;
 pub mod clock;
 #[cfg(madsim)]
 pub mod cluster;
+pub mod history;
+pub mod linearizable;
+pub mod nemesis;
+#[cfg(madsim)]
+pub mod run;
 pub mod trace;
+#[cfg(madsim)]
+pub mod workload;

@@ -6,6 +6,8 @@
 //!   size-rotated segment files, group-committed (many records, one fsync).
 #![deny(missing_docs)]
 
+#[cfg(madsim)]
+pub mod bugs;
 pub mod disk;
 pub mod sim_disk;
 pub mod wal;

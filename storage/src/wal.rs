@@ -598,6 +598,10 @@ fn replay_segment(
     while o < b.len() || o == 0 {
         let (kind, payload, next) = match frame_at(b, o) {
             Ok(frame) => frame,
+            Err(Bad::Crc { len }) if skip_crc_bug() => {
+                let end = o + RECORD_HEADER_BYTES + len as usize;
+                (b[o + 8], &b[o + RECORD_HEADER_BYTES..end], end)
+            }
             Err(bad) if !is_last => return Err(corrupt(o, format!("{bad} in a non-last segment"))),
             Err(bad) if !explained_by_tear(b, o, bad) => return Err(corrupt(o, bad.to_string())),
             Err(bad) => match valid_record_after(b, o + 1) {
@@ -617,6 +621,18 @@ fn replay_segment(
         o = next;
     }
     Ok(o)
+}
+
+/// The simulator's `skip-crc` bug: recovery accepts a record whose crc fails.
+#[cfg(madsim)]
+fn skip_crc_bug() -> bool {
+    crate::bugs::enabled(crate::bugs::Bug::SkipCrc)
+}
+
+/// Production builds cannot turn the `skip-crc` bug on.
+#[cfg(not(madsim))]
+fn skip_crc_bug() -> bool {
+    false
 }
 
 /// Lists the segments in `dir`, sorted by seq, checking that no seq is missing.

@@ -1,0 +1,49 @@
+//! Linearizability of a run's history, decided by keel-jepsen's checker.
+//!
+//! Run it outside the madsim runtime: the checker's time budget reads the clock, which madsim
+//! virtualizes inside a simulation.
+
+use std::time::Duration;
+
+use keel_jepsen::check::{check, CheckOptions, Verdict};
+
+use crate::check::{events_between, Failure};
+use crate::history::{to_jepsen, Entry};
+
+/// The checker's wall-clock budget per history.
+pub const CHECK_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// Checks `entries` for linearizability under etcd's KV model. An `Unknown` verdict (the
+/// checker gave up) is a failure too. The failure's evidence is the operations the checker
+/// names, as this crate prints them, plus the nemesis events while they ran.
+pub fn check_history(entries: &[Entry], events: &[(u64, String)]) -> Option<Failure> {
+    let options = CheckOptions {
+        time_limit: CHECK_TIME_LIMIT,
+        ..CheckOptions::default()
+    };
+    match check(&to_jepsen(entries), &options) {
+        Verdict::Valid => None,
+        Verdict::Unknown { reason } => Some(Failure {
+            what: format!("linearizability unknown (a failure): {reason}"),
+            evidence: Vec::new(),
+        }),
+        Verdict::Invalid(v) => {
+            // keel-jepsen numbers operations in order of invocation.
+            let mut by_invocation: Vec<&Entry> = entries.iter().collect();
+            by_invocation.sort_by_key(|e| e.invoke_seq);
+            let named: Vec<&Entry> = v
+                .ops
+                .iter()
+                .filter_map(|op| by_invocation.get(op.id).copied())
+                .collect();
+            let from = named.iter().map(|e| e.invoke_ns).min().unwrap_or(0);
+            let to = named.iter().map(|e| e.complete_ns).max().unwrap_or(0);
+            let mut evidence: Vec<String> = named.iter().map(|e| e.to_string()).collect();
+            evidence.extend(events_between(events, from, to, 12));
+            Some(Failure {
+                what: format!("not linearizable ({:?}): {}", v.kind, v.explanation),
+                evidence,
+            })
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! One seed, end to end: build the cluster, run the workload under the seed's nemesis (safety
+//! phase), heal every fault and require the cluster to serve again (liveness phase), then check
+//! the history. Each seed runs in a fresh madsim runtime, so a seed replays exactly.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use keel_proto::etcdserverpb::HashKvRequest;
+use keel_storage::bugs::{self, Bug};
+use madsim::runtime::Runtime;
+
+use crate::check::{acked_writes_survive, events_between, Failure};
+use crate::cluster::Cluster;
+use crate::history::{to_jepsen, Entry, Op, Outcome};
+use crate::linearizable::check_history;
+use crate::nemesis::{Nemesis, Swarm};
+use crate::trace::Trace;
+use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
+
+/// Client ids from here on are the harness's own (liveness probes, the final read).
+pub const HARNESS_CLIENT_BASE: usize = 1000;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The seed: decides the fault mix, fault timing, workload and madsim's scheduling.
+    pub seed: u64,
+    /// Members in the cluster.
+    pub nodes: usize,
+    /// Simulated seconds of the safety phase (faults on).
+    pub duration_s: u64,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Bugs to inject (simulation builds only).
+    pub bugs: Vec<Bug>,
+    /// Simulated seconds the healed cluster has to serve again.
+    pub liveness_bound_s: u64,
+}
+
+impl SimConfig {
+    /// The defaults for `seed`: one member (replication comes next), 3 s of faults, 4 clients.
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            nodes: 1,
+            duration_s: 3,
+            clients: 4,
+            bugs: Vec::new(),
+            liveness_bound_s: 15,
+        }
+    }
+
+    /// The one-line command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=/work/tgt/sim cargo run --release -p \
+             keel-sim -- --seed {} --nodes {} --duration {} --clients {}",
+            self.seed, self.nodes, self.duration_s, self.clients
+        );
+        for b in &self.bugs {
+            cmd.push_str(&format!(" --bug {}", b.name()));
+        }
+        cmd
+    }
+}
+
+/// The result of one seed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What ran.
+    pub config: SimConfig,
+    /// Hash of the trace: every nemesis event and every operation, in order.
+    pub trace_hash: u64,
+    /// The seed's fault mix.
+    pub swarm: String,
+    /// Operations recorded.
+    pub ops: usize,
+    /// Simulated time the run took.
+    pub sim_time: Duration,
+    /// Everything that went wrong (empty: passed).
+    pub failures: Vec<Failure>,
+    /// The history in keel-jepsen's JSON-lines format.
+    pub history_jsonl: String,
+    /// The trace's events, in order.
+    pub trace_events: Vec<String>,
+    /// The history, in completion order.
+    pub entries: Vec<Entry>,
+    /// The nemesis events: (simulated ns since start, description).
+    pub events: Vec<(u64, String)>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs one seed in a fresh madsim runtime. Never panics: a panic inside the simulation (an
+/// assertion in keel, say) becomes a failure of the run.
+pub fn run_seed(config: &SimConfig) -> Report {
+    bugs::set(&config.bugs);
+    let rt = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    let cfg = config.clone();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(simulate(cfg))));
+    bugs::set(&[]);
+    match result {
+        Ok(mut report) => {
+            // Outside the runtime: the checker's time budget needs the real clock.
+            if let Some(f) = check_history(&report.entries, &report.events) {
+                report.failures.push(f);
+            }
+            report
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            Report {
+                config: config.clone(),
+                trace_hash: 0,
+                swarm: Swarm::from_seed(config.seed).describe(),
+                ops: 0,
+                sim_time: Duration::ZERO,
+                failures: vec![Failure {
+                    what: format!("the simulation panicked: {msg}"),
+                    evidence: Vec::new(),
+                }],
+                history_jsonl: String::new(),
+                trace_events: Vec::new(),
+                entries: Vec::new(),
+                events: Vec::new(),
+            }
+        }
+    }
+}
+
+async fn simulate(config: SimConfig) -> Report {
+    let trace = Trace::new();
+    let ctx = Ctx::new(trace.clone());
+    let swarm = Swarm::from_seed(config.seed);
+    trace.record(format!(
+        "run seed={} nodes={} duration={}s clients={} bugs={:?} {}",
+        config.seed,
+        config.nodes,
+        config.duration_s,
+        config.clients,
+        config.bugs,
+        swarm.describe()
+    ));
+    let cluster = Cluster::new(config.nodes, config.seed);
+    let mut failures = Vec::new();
+    for i in 0..config.nodes {
+        if !probe_serves(&cluster, i, 10_000).await {
+            failures.push(Failure {
+                what: format!("n{} never served after the first boot", i + 1),
+                evidence: Vec::new(),
+            });
+        }
+    }
+    if failures.is_empty() {
+        failures = phases(&config, &cluster, &ctx, swarm.clone()).await;
+    }
+    let entries = ctx.history.entries();
+    let history_jsonl = to_jepsen(&entries).to_jsonl();
+    Report {
+        config,
+        trace_hash: trace.hash(),
+        swarm: swarm.describe(),
+        ops: entries.len(),
+        sim_time: Duration::from_nanos(ctx.now_ns()),
+        failures,
+        history_jsonl,
+        trace_events: trace.events(),
+        entries,
+        events: ctx.events(),
+    }
+}
+
+/// The safety phase, the liveness phase and the checks; returns the failures.
+async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) -> Vec<Failure> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(config.duration_s);
+    let clients = spawn_clients(cluster, ctx, config.clients, config.seed, until);
+    let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
+    nemesis.run_until(until).await;
+    for c in clients {
+        let _ = c.await;
+    }
+    nemesis.heal();
+    let mut failures: Vec<Failure> = ctx.violations();
+    let healed_ns = ctx.now_ns();
+    let bound = Duration::from_secs(config.liveness_bound_s);
+    let deadline = tokio::time::Instant::now() + bound;
+    for i in 0..config.nodes {
+        if let Err(f) = serve_again(cluster, ctx, i, deadline).await {
+            failures.push(f);
+        }
+    }
+    if failures.iter().any(|f| f.what.contains("did not serve")) {
+        return failures;
+    }
+    ctx.event(format!(
+        "liveness: every member served again {:.3}s after healing",
+        (ctx.now_ns() - healed_ns) as f64 / 1e9
+    ));
+    let final_read = recorded_op(
+        cluster,
+        ctx,
+        HARNESS_CLIENT_BASE + 999,
+        0,
+        Op::Range {
+            serializable: false,
+        },
+    )
+    .await;
+    let entries = ctx.history.entries();
+    match final_read {
+        Some(read) => {
+            failures.extend(acked_writes_survive(&entries, &read, &ctx.events()));
+            if let Some(f) = hash_kv_agree(cluster, &read).await {
+                failures.push(f);
+            }
+        }
+        None => failures.push(Failure {
+            what: "the final read could not connect".to_string(),
+            evidence: Vec::new(),
+        }),
+    }
+    failures
+}
+
+/// Requires member `i` to take a linearizable write and read before `deadline`.
+async fn serve_again(
+    cluster: &Cluster,
+    ctx: &Ctx,
+    i: usize,
+    deadline: tokio::time::Instant,
+) -> Result<(), Failure> {
+    let client = HARNESS_CLIENT_BASE + i;
+    let mut attempt = 0u64;
+    let mut last: Option<Entry> = None;
+    while tokio::time::Instant::now() < deadline {
+        attempt += 1;
+        let put = Op::Put {
+            key: "k0".to_string(),
+            value: format!("live-n{}-{attempt}", i + 1),
+        };
+        let get = Op::Get {
+            key: "k0".to_string(),
+            serializable: false,
+        };
+        if let Some(e) = recorded_op(cluster, ctx, client, i, put).await {
+            if matches!(e.outcome, Outcome::Ok(_)) {
+                if let Some(g) = recorded_op(cluster, ctx, client, i, get).await {
+                    if matches!(g.outcome, Outcome::Ok(_)) {
+                        return Ok(());
+                    }
+                    last = Some(g);
+                }
+            } else {
+                last = Some(e);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut evidence: Vec<String> = last.iter().map(|e| e.to_string()).collect();
+    if let Some(why) = cluster.exited(i) {
+        evidence.push(format!("n{} stopped: {why}", i + 1));
+    }
+    let events = ctx.events();
+    let tail_from = events.len().saturating_sub(6);
+    evidence.extend(events_between(&events[tail_from..], 0, u64::MAX, 6));
+    Err(Failure {
+        what: format!(
+            "liveness: n{} did not serve a linearizable put and get within the bound after \
+             every fault healed",
+            i + 1
+        ),
+        evidence,
+    })
+}
+
+/// Every member's HashKV at the final read's revision agrees.
+async fn hash_kv_agree(cluster: &Cluster, final_read: &Entry) -> Option<Failure> {
+    let Outcome::Ok(result) = &final_read.outcome else {
+        return None;
+    };
+    let revision = result.revision();
+    let mut hashes = Vec::new();
+    for i in 0..cluster.members.len() {
+        let endpoint = cluster.endpoint(i);
+        let task = cluster.client_node.spawn(async move {
+            let mut m = tokio::time::timeout(OP_TIMEOUT, MaintenanceClient::connect(endpoint))
+                .await
+                .ok()?
+                .ok()?;
+            let r = tokio::time::timeout(OP_TIMEOUT, m.hash_kv(HashKvRequest { revision }))
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
+            Some((r.hash, r.compact_revision))
+        });
+        hashes.push(task.await.ok().flatten());
+    }
+    let first = hashes.first().cloned().flatten();
+    let agree = first.is_some() && hashes.iter().all(|h| *h == first);
+    (!agree).then(|| Failure {
+        what: format!("members' HashKV at revision {revision} disagree (or did not answer)"),
+        evidence: hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("n{}: {h:?}", i + 1))
+            .collect(),
+    })
+}
