@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod error;
+pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft_log;
