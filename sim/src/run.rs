@@ -18,6 +18,10 @@ use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
 use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
 
+/// Simulated seconds a run may take beyond its safety and liveness phases (boot, draining
+/// clients, the final read) before madsim's time limit fails it.
+pub const RUN_SLACK_S: u64 = 60;
+
 /// Client ids from here on are the harness's own (liveness probes, the final read).
 pub const HARNESS_CLIENT_BASE: usize = 1000;
 
@@ -101,7 +105,11 @@ impl Report {
 /// assertion in keel, say) becomes a failure of the run.
 pub fn run_seed(config: &SimConfig) -> Report {
     bugs::set(&config.bugs);
-    let rt = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    let mut rt = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
+    // A run that never ends (a client or the liveness loop stuck) fails instead of spinning.
+    rt.set_time_limit(Duration::from_secs(
+        config.duration_s + config.liveness_bound_s + RUN_SLACK_S,
+    ));
     let cfg = config.clone();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(simulate(cfg))));
     bugs::set(&[]);

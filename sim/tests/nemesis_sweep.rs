@@ -9,7 +9,7 @@ use keel_sim::run::{run_seed, Report, SimConfig};
 use keel_storage::bugs::Bug;
 
 /// Seeds of the clean sweep.
-const SWEEP: Range<u64> = 0..40;
+const SWEEP: Range<u64> = 0..100;
 /// Every bug must be caught by some seed in here (a prefix of `SWEEP`).
 const BUG_SEEDS: Range<u64> = 0..20;
 
@@ -30,6 +30,38 @@ fn bounded_sweep_passes() {
         .map(|r| describe(&r))
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn longer_runs_pass() {
+    let failed: Vec<String> = (100..105)
+        .map(|seed| {
+            run_seed(&SimConfig {
+                duration_s: 20,
+                clients: 8,
+                ..SimConfig::new(seed)
+            })
+        })
+        .filter(|r| !r.passed())
+        .map(|r| describe(&r))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
+fn the_history_is_valid_keel_jepsen_json_lines() {
+    let report = run_seed(&SimConfig::new(3));
+    let verdict = keel_jepsen::check::check_jsonl(
+        &report.history_jsonl,
+        &keel_jepsen::check::CheckOptions::default(),
+    )
+    .expect("the history parses");
+    assert!(verdict.is_valid(), "{verdict}");
+    assert_eq!(
+        report.history_jsonl.lines().count(),
+        2 * report.ops,
+        "one invocation and one completion per operation"
+    );
 }
 
 /// Runs `bug` over `BUG_SEEDS`; returns the seeds that caught it.
