@@ -27,8 +27,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use keel_proto::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    HashKvRequest, HashKvResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, TxnRequest, TxnResponse,
+    HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
@@ -36,8 +38,9 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
 
-use crate::apply::{self, LeaseLookup};
+use crate::apply;
 use crate::error::Error;
+use crate::lease::Leases;
 use crate::mvcc::Store;
 use crate::raft_log;
 use crate::rng::SplitMix64;
@@ -63,6 +66,9 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// The length of one tick, in milliseconds: the node's clock (for lease expiry) advances by
+    /// this much with every `Input::Tick`.
+    pub tick_ms: u64,
     /// The seed every random choice of this member derives from.
     pub seed: u64,
     /// Distinguishes this run of the member from earlier ones, so proposal ids of an earlier run
@@ -94,6 +100,16 @@ pub enum Request {
     Compaction(CompactionRequest),
     /// Maintenance.HashKV (served locally, like etcd).
     HashKv(HashKvRequest),
+    /// Lease.LeaseGrant.
+    LeaseGrant(LeaseGrantRequest),
+    /// Lease.LeaseRevoke.
+    LeaseRevoke(LeaseRevokeRequest),
+    /// One keepalive of Lease.LeaseKeepAlive (leader only).
+    LeaseKeepAlive(LeaseKeepAliveRequest),
+    /// Lease.LeaseTimeToLive.
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    /// Lease.LeaseLeases.
+    LeaseLeases(LeaseLeasesRequest),
 }
 
 /// The answer to a [`Request`].
@@ -111,6 +127,16 @@ pub enum Response {
     Compaction(CompactionResponse),
     /// Maintenance.HashKV.
     HashKv(HashKvResponse),
+    /// Lease.LeaseGrant.
+    LeaseGrant(LeaseGrantResponse),
+    /// Lease.LeaseRevoke.
+    LeaseRevoke(LeaseRevokeResponse),
+    /// One answer of Lease.LeaseKeepAlive.
+    LeaseKeepAlive(LeaseKeepAliveResponse),
+    /// Lease.LeaseTimeToLive.
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    /// Lease.LeaseLeases.
+    LeaseLeases(LeaseLeasesResponse),
 }
 
 impl Response {
@@ -122,6 +148,11 @@ impl Response {
             Response::Txn(r) => &mut r.header,
             Response::Compaction(r) => &mut r.header,
             Response::HashKv(r) => &mut r.header,
+            Response::LeaseGrant(r) => &mut r.header,
+            Response::LeaseRevoke(r) => &mut r.header,
+            Response::LeaseKeepAlive(r) => &mut r.header,
+            Response::LeaseTimeToLive(r) => &mut r.header,
+            Response::LeaseLeases(r) => &mut r.header,
         };
         header.get_or_insert_with(ResponseHeader::default)
     }
@@ -204,16 +235,6 @@ pub struct NodeStatus {
     pub is_learner: bool,
 }
 
-/// Leases arrive with the lease issue; until then no lease exists, so a put with a non-zero
-/// lease is refused with etcd's "requested lease not found".
-struct NoLeases;
-
-impl LeaseLookup for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
-
 /// A batch of linearizable reads sharing one ReadIndex round.
 #[derive(Debug, Default)]
 struct ReadBatch {
@@ -249,6 +270,10 @@ pub struct Node {
     reads_confirmed: VecDeque<(u64, ReadBatch)>,
     /// Only ever set by the simulator's `stale-read` bug.
     stale_reads: Option<StaleReads>,
+    /// Leases and their keys.
+    leases: Leases,
+    /// The node's clock: ticks so far times the tick length, in milliseconds.
+    now_ms: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -320,6 +345,8 @@ impl Node {
             next_read_ctx: 1,
             reads_confirmed: VecDeque::new(),
             stale_reads: None,
+            leases: Leases::new(min_lease_ttl_s(&cfg), cfg.seed),
+            now_ms: 0,
             cfg,
         };
         if node.cfg.voters.len() == 1 {
@@ -335,7 +362,9 @@ impl Node {
     pub fn step(&mut self, input: Input) {
         match input {
             Input::Tick => {
+                self.now_ms += self.cfg.tick_ms;
                 self.raw.tick();
+                self.propose_lease_work();
             }
             Input::Request { token, request } => self.on_request(token, request),
             Input::Peer(msg) => {
@@ -443,9 +472,26 @@ impl Node {
             self.reply(token, Err(Error::TooManyRequests));
             return;
         }
-        let Some(body) = into_log_request(request) else {
+        let Some(mut body) = into_log_request(request) else {
             unreachable!("only writes are proposed");
         };
+        if let raft_request::Request::LeaseGrant(grant) = &mut body {
+            // The proposer picks the id, so every member applies the same grant.
+            if grant.id == 0 {
+                grant.id = self.leases.choose_id();
+            }
+        }
+        match self.propose_entry(body) {
+            Some(id) => {
+                let previous = self.proposals.insert(id, token);
+                assert!(previous.is_none(), "proposal id {id:x} reused");
+            }
+            None => self.reply(token, Err(Error::NoLeader)),
+        }
+    }
+
+    /// Proposes one log entry; returns its proposal id, or `None` if raft dropped it.
+    fn propose_entry(&mut self, body: raft_request::Request) -> Option<u64> {
         self.next_proposal_seq += 1;
         let id = (self.cfg.incarnation << 40).wrapping_add(self.next_proposal_seq);
         let entry = RaftRequest {
@@ -454,14 +500,30 @@ impl Node {
             request: Some(body),
         };
         match self.raw.propose(vec![], entry.encode_to_vec()) {
-            Ok(()) => {
-                let previous = self.proposals.insert(id, token);
-                assert!(previous.is_none(), "proposal id {id:x} reused");
-            }
+            Ok(()) => Some(id),
             Err(e) => {
                 tracing::debug!(error = %e, "proposal dropped");
-                self.reply(token, Err(Error::NoLeader));
+                None
             }
+        }
+    }
+
+    /// Leader: proposes revokes of expired leases and remaining-TTL checkpoints. Expiry is
+    /// decided here, from the leader's clock only, and carried out through the log.
+    fn propose_lease_work(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let work = self.leases.leader_work(self.now_ms);
+        for id in work.revoke {
+            let body = raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
+            if self.propose_entry(body).is_none() {
+                self.leases.revoke_not_proposed(id);
+            }
+        }
+        if let Some(checkpoints) = work.checkpoint {
+            // A lost checkpoint is harmless: the next one comes an interval later.
+            let _ = self.propose_entry(raft_request::Request::LeaseCheckpoint(checkpoints));
         }
     }
 
@@ -482,7 +544,16 @@ impl Node {
             Request::Range(r) => apply::range(&self.store, &r).map(Response::Range),
             Request::HashKv(r) => apply::hash_kv(&self.store, &r).map(Response::HashKv),
             // A read-only txn: it writes nothing, so running it outside the log is safe.
-            Request::Txn(t) => apply::txn(&mut self.store, &t, &NoLeases).map(Response::Txn),
+            Request::Txn(t) => apply::txn(&mut self.store, &t, &self.leases).map(Response::Txn),
+            Request::LeaseKeepAlive(k) if self.raw.raft.state == StateRole::Leader => self
+                .leases
+                .keep_alive(k.id, self.now_ms)
+                .map(Response::LeaseKeepAlive),
+            Request::LeaseKeepAlive(_) => Err(Error::NotLeader),
+            Request::LeaseTimeToLive(t) => Ok(Response::LeaseTimeToLive(
+                self.leases.time_to_live(&t, self.now_ms),
+            )),
+            Request::LeaseLeases(_) => Ok(Response::LeaseLeases(self.leases.list())),
             other => unreachable!("not a read: {other:?}"),
         };
         self.reply(token, result);
@@ -547,6 +618,13 @@ impl Node {
     }
 
     fn on_leader_change(&mut self) {
+        // Only the leader decides lease expiry; a new leader extends every lease by one
+        // election timeout, as etcd's promote does.
+        let leading = self.raw.raft.state == StateRole::Leader;
+        if leading != self.leases.lessor().is_primary() {
+            let extend_ms = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+            self.leases.set_leader(leading, self.now_ms, extend_ms);
+        }
         if !self.has_leader() {
             return;
         }
@@ -637,13 +715,25 @@ impl Node {
         };
         let result = match request.request {
             Some(raft_request::Request::Put(p)) => {
-                apply::put(&mut self.store, &p, &NoLeases).map(Response::Put)
+                apply::put(&mut self.store, &p, &self.leases).map(Response::Put)
             }
             Some(raft_request::Request::DeleteRange(d)) => {
                 apply::delete_range(&mut self.store, &d).map(Response::DeleteRange)
             }
             Some(raft_request::Request::Txn(t)) => {
-                apply::txn(&mut self.store, &t, &NoLeases).map(Response::Txn)
+                apply::txn(&mut self.store, &t, &self.leases).map(Response::Txn)
+            }
+            Some(raft_request::Request::LeaseGrant(g)) => self
+                .leases
+                .apply_grant(&g, self.now_ms)
+                .map(Response::LeaseGrant),
+            Some(raft_request::Request::LeaseRevoke(r)) => self
+                .leases
+                .apply_revoke(&mut self.store, r.id)
+                .map(Response::LeaseRevoke),
+            Some(raft_request::Request::LeaseCheckpoint(c)) => {
+                self.leases.apply_checkpoint(&c);
+                return;
             }
             Some(raft_request::Request::Compaction(c)) => {
                 apply::compact(&mut self.store, &c).map(Response::Compaction)
@@ -653,6 +743,9 @@ impl Node {
             }
             None => panic!("committed entry {} carries no request", entry.index),
         };
+        // Keys written or deleted by this entry move between leases.
+        let events = self.store.take_events();
+        self.leases.observe(&events);
         if request.member_id == self.cfg.member_id {
             if let Some(token) = self.proposals.remove(&request.id) {
                 self.reply(token, result);
@@ -674,6 +767,12 @@ impl Node {
             panic!("compacting the in-memory raft log to {keep_from}: {e}");
         }
     }
+}
+
+/// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in seconds (2 s at the defaults).
+fn min_lease_ttl_s(cfg: &NodeConfig) -> i64 {
+    let election_ms = cfg.election_ticks as u64 * cfg.tick_ms;
+    (3 * election_ms).div_ceil(2 * 1000).max(1) as i64
 }
 
 /// Where a request is served.
@@ -698,8 +797,15 @@ fn classify(request: &Request) -> Path {
                 Path::ReadIndex
             }
         }
-        Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) | Request::Compaction(_) => {
-            Path::Log
+        Request::Put(_)
+        | Request::DeleteRange(_)
+        | Request::Txn(_)
+        | Request::Compaction(_)
+        | Request::LeaseGrant(_)
+        | Request::LeaseRevoke(_) => Path::Log,
+        // Lease state as of a confirmed read index; keepalives must also run on the leader.
+        Request::LeaseKeepAlive(_) | Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => {
+            Path::ReadIndex
         }
     }
 }
@@ -735,6 +841,12 @@ fn into_log_request(request: Request) -> Option<raft_request::Request> {
         Request::DeleteRange(d) => raft_request::Request::DeleteRange(d),
         Request::Txn(t) => raft_request::Request::Txn(t),
         Request::Compaction(c) => raft_request::Request::Compaction(c),
-        Request::Range(_) | Request::HashKv(_) => return None,
+        Request::LeaseGrant(g) => raft_request::Request::LeaseGrant(g),
+        Request::LeaseRevoke(r) => raft_request::Request::LeaseRevoke(r),
+        Request::Range(_)
+        | Request::HashKv(_)
+        | Request::LeaseKeepAlive(_)
+        | Request::LeaseTimeToLive(_)
+        | Request::LeaseLeases(_) => return None,
     })
 }

@@ -17,6 +17,7 @@ fn config(seed: u64) -> NodeConfig {
         voters: vec![MEMBER],
         election_ticks: 10,
         heartbeat_ticks: 1,
+        tick_ms: 100,
         seed,
         incarnation: 1,
     }
@@ -326,4 +327,59 @@ fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
         distinct.len() >= 5,
         "timeouts should spread over the range: {timeouts:?}"
     );
+}
+
+#[test]
+fn the_leader_expires_a_lease_through_the_log_after_its_ttl_and_not_before() {
+    use keel_proto::etcdserverpb::{LeaseGrantRequest, LeaseTimeToLiveRequest};
+    let mut h = Harness::start(6, Disk::default());
+    // TTL 1 s asks for less than etcd's minimum (1.5 × 1 s election timeout → 2 s).
+    let id = match h.request(1, Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 })) {
+        Ok(Response::LeaseGrant(g)) => {
+            assert_eq!(g.ttl, 2, "granted the minimum TTL");
+            g.id
+        }
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let leased = PutRequest {
+        key: "eph".into(),
+        value: "x".into(),
+        lease: id,
+        ..Default::default()
+    };
+    assert!(h.request(2, Request::Put(leased)).is_ok());
+    let revision = h.node.status().revision;
+
+    for _ in 0..19 {
+        h.node.step(Input::Tick); // 100 ms each
+        h.settle();
+    }
+    assert_eq!(
+        value(h.request(3, get("eph", false))),
+        Some(b"x".to_vec()),
+        "1.9 s: alive"
+    );
+    for _ in 0..2 {
+        h.node.step(Input::Tick);
+        h.settle();
+    }
+    assert_eq!(
+        value(h.request(4, get("eph", false))),
+        None,
+        "2.1 s: revoked, key deleted"
+    );
+    assert_eq!(
+        h.node.status().revision,
+        revision + 1,
+        "one revision for the revoke"
+    );
+    let ttl = LeaseTimeToLiveRequest { id, keys: true };
+    match h.request(5, Request::LeaseTimeToLive(ttl)) {
+        Ok(Response::LeaseTimeToLive(t)) => assert_eq!(t.ttl, -1, "gone"),
+        other => panic!("expected time-to-live, got {other:?}"),
+    }
+
+    // The revoke is in the log: a restarted member agrees, without waiting for any clock.
+    let again = Harness::start(7, h.disk.clone());
+    assert_eq!(again.node.status().revision, revision + 1);
 }

@@ -1,7 +1,7 @@
 //! The etcd v3 gRPC services.
 //!
-//! Implemented: KV (all five methods), Maintenance.Status and HashKV, Cluster.MemberList and
-//! grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
+//! Implemented: KV (all five methods), Lease (all five), Maintenance.Status, HashKV and Alarm
+//! listing, Cluster.MemberList and grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
 //! `Unimplemented` (the generated default), never a fake success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
@@ -22,9 +22,11 @@ use keel_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServe
 use keel_proto::etcdserverpb::watch_server::{Watch, WatchServer};
 use keel_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, HashKvRequest, HashKvResponse, Member, MemberListRequest,
-    MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
-    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeResponse, HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::{Health, HealthServer};
@@ -32,11 +34,15 @@ use keel_proto::health::{HealthCheckRequest, HealthCheckResponse};
 use keel_proto::v3electionpb::election_server::{Election, ElectionServer};
 use keel_proto::v3lockpb::lock_server::{Lock, LockServer};
 use prost::Message as _;
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+use tonic::codegen::BoxStream;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::driver::Handle;
 use crate::{Identity, ServerError};
+
+/// Keepalive answers queued towards one client stream, at most.
+pub const KEEPALIVE_REPLIES_MAX: usize = 64;
 
 /// The etcd server version keel reports in Maintenance.Status: the etcd API level its wire
 /// behaviour is tested against (etcd 3.4.23).
@@ -73,7 +79,7 @@ impl Services {
             .add_service(ClusterServer::new(self.clone()))
             .add_service(HealthServer::new(self.clone()))
             .add_service(WatchServer::new(NotYet))
-            .add_service(LeaseServer::new(NotYet))
+            .add_service(LeaseServer::new(self.clone()))
             .add_service(AuthServer::new(NotYet))
             .add_service(LockServer::new(NotYet))
             .add_service(ElectionServer::new(NotYet))
@@ -201,6 +207,90 @@ impl Kv for Services {
 }
 
 #[tonic::async_trait]
+impl Lease for Services {
+    async fn lease_grant(
+        &self,
+        request: GrpcRequest<LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        match self.call(Request::LeaseGrant(request.into_inner())).await? {
+            Response::LeaseGrant(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("LeaseGrant")),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: GrpcRequest<LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        match self
+            .call(Request::LeaseRevoke(request.into_inner()))
+            .await?
+        {
+            Response::LeaseRevoke(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("LeaseRevoke")),
+        }
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<BoxStream<LeaseKeepAliveResponse>>, Status> {
+        let mut keepalives = request.into_inner();
+        let (replies, stream) = tokio::sync::mpsc::channel(KEEPALIVE_REPLIES_MAX);
+        let services = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let keepalive = match keepalives.message().await {
+                    Ok(Some(k)) => k,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = replies.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let reply = match services.call(Request::LeaseKeepAlive(keepalive)).await {
+                    Ok(Response::LeaseKeepAlive(r)) => Ok(r),
+                    Ok(_) => Err(unexpected("LeaseKeepAlive")),
+                    Err(status) => Err(status),
+                };
+                let failed = reply.is_err();
+                if replies.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(stream);
+        Ok(GrpcResponse::new(Box::pin(stream)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: GrpcRequest<LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        match self
+            .call(Request::LeaseTimeToLive(request.into_inner()))
+            .await?
+        {
+            Response::LeaseTimeToLive(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("LeaseTimeToLive")),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        request: GrpcRequest<LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        match self
+            .call(Request::LeaseLeases(request.into_inner()))
+            .await?
+        {
+            Response::LeaseLeases(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("LeaseLeases")),
+        }
+    }
+}
+
+#[tonic::async_trait]
 impl Maintenance for Services {
     async fn alarm(
         &self,
@@ -298,8 +388,6 @@ pub struct NotYet;
 
 #[tonic::async_trait]
 impl Watch for NotYet {}
-#[tonic::async_trait]
-impl Lease for NotYet {}
 #[tonic::async_trait]
 impl Auth for NotYet {}
 #[tonic::async_trait]

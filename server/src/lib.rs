@@ -181,6 +181,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             voters,
             election_ticks,
             heartbeat_ticks: 1,
+            tick_ms,
             seed: env.seed,
             incarnation: env.seed & 0xff_ffff,
         },

@@ -1,7 +1,9 @@
 //! Leases: client-granted TTLs that keys can be attached to (etcd's lessor).
 //!
-//! Wiring into the node (Lease gRPC service, LeaseGrant/Revoke/Checkpoint log entries, the
-//! leader's expiry loop) comes with the leases-and-watches issue; [`lessor`] is the pure state
-//! it will drive.
+//! [`lessor`] holds the leases and, on the leader, their expiry schedule; [`leases`] adds the
+//! key attachments (from MVCC events) and the leader's bookkeeping, and is what the node drives.
 
+pub mod leases;
 pub mod lessor;
+
+pub use leases::Leases;
