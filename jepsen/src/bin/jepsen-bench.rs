@@ -3,7 +3,7 @@
 //! memory, which `/usr/bin/time -v` reports for the whole process).
 //!
 //! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, store-10k-info10, single-1k-50,
-//! single-10k-10, single-10k-10-stale; faults: stale, lost, dup, phantom, backwards, missing.
+//! single-10k-10, single-10k-10-stale (JEPSEN_BENCH_DUMP=DIR writes each history there); faults: stale, lost, dup, phantom, backwards, missing.
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -114,6 +114,12 @@ fn main() -> ExitCode {
         let t = Instant::now();
         let g = generate(&cfg);
         let gen_time = t.elapsed();
+        if let Ok(dir) = std::env::var("JEPSEN_BENCH_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{name}.jsonl"));
+            if let Err(e) = std::fs::write(&path, g.history.to_jsonl()) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+        }
         let t = Instant::now();
         let ops = match g.history.operations() {
             Ok(ops) => ops,

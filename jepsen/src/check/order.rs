@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::describe::who;
 use super::{Violation, ViolationKind};
-use crate::history::{Operation, Outcome, Request, Revision};
+use crate::history::{Operation, Outcome, Request, Response, ResponseOp, Revision};
 use crate::model::{may_mutate, mutates};
 
 /// The history, indexed for the checks.
@@ -33,6 +33,8 @@ pub struct Prepared<'a> {
     pub min_revision: Vec<Revision>,
     /// Revisions up to `max_revision` that no acknowledged write reports, ascending.
     pub gaps: Vec<Revision>,
+    /// The gaps no read saw as a key's mod revision (only these can hold a pure delete).
+    pub free_gaps: Vec<Revision>,
 }
 
 /// The revision whose state a non-mutating `ok` op shows: its explicit read revision or header.
@@ -56,6 +58,7 @@ impl<'a> Prepared<'a> {
             max_revision: initial,
             min_revision: vec![initial + 1; ops.len()],
             gaps: Vec::new(),
+            free_gaps: Vec::new(),
         };
         for op in ops {
             match &op.outcome {
@@ -79,6 +82,26 @@ impl<'a> Prepared<'a> {
         }
         p.gaps = (initial + 1..=p.max_revision)
             .filter(|r| !p.writer.contains_key(r))
+            .collect();
+        let mut pinned: std::collections::HashSet<Revision> = std::collections::HashSet::new();
+        for op in ops {
+            match op.ok() {
+                Some(Response::Range(r)) => pinned.extend(r.kvs.iter().map(|kv| kv.mod_revision)),
+                Some(Response::Txn(t)) => {
+                    for inner in &t.responses {
+                        if let ResponseOp::Range(r) = inner {
+                            pinned.extend(r.kvs.iter().map(|kv| kv.mod_revision));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        p.free_gaps = p
+            .gaps
+            .iter()
+            .copied()
+            .filter(|g| !pinned.contains(g))
             .collect();
         p.index_min_revisions();
         p
@@ -108,11 +131,16 @@ impl<'a> Prepared<'a> {
         }
     }
 
-    /// Whether an in-doubt write `id` could make some revision in `(lo, hi]`.
+    /// Whether an in-doubt write `id` could make some revision in `(lo, hi]`: a gap it was
+    /// invoked early enough for, and for a plain delete, one no read saw a put at.
     pub fn could_place(&self, id: usize, lo: Revision, hi: Revision) -> bool {
         let lo = lo.max(self.min_revision[id] - 1);
-        let n = self.gaps.partition_point(|g| *g <= lo);
-        self.gaps.get(n).is_some_and(|g| *g <= hi)
+        let gaps = match self.ops[id].request {
+            Request::Delete(_) => &self.free_gaps,
+            _ => &self.gaps,
+        };
+        let n = gaps.partition_point(|g| *g <= lo);
+        gaps.get(n).is_some_and(|g| *g <= hi)
     }
 
     fn op(&self, id: usize) -> &'a Operation {

@@ -17,8 +17,8 @@ use super::forbid::Forbidden;
 use super::order::Prepared;
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
 use crate::history::{
-    CompareResult, CompareTarget, KeyValue, Operand, Operation, Request, Response, ResponseOp,
-    Revision,
+    CompareResult, CompareTarget, KeyValue, Operand, Operation, Request, RequestOp, Response,
+    ResponseOp, Revision,
 };
 use crate::model::{Model, Undo};
 
@@ -33,6 +33,23 @@ pub struct Stats {
     pub candidates_tried: u64,
     /// Times the replay went back to an earlier choice point.
     pub backtracks: u64,
+    /// Choice points skipped by backjumping.
+    pub jumps: u64,
+}
+
+/// Whether `req`, in any branch, puts or deletes `key`.
+fn writes_key(req: &Request, key: &str) -> bool {
+    let op_writes = |op: &RequestOp| match op {
+        RequestOp::Put(p) => p.key == key,
+        RequestOp::Delete(d) => crate::model::in_range(key, &d.key, d.range_end.as_deref()),
+        RequestOp::Range(_) => false,
+    };
+    match req {
+        Request::Put(p) => p.key == key,
+        Request::Delete(d) => crate::model::in_range(key, &d.key, d.range_end.as_deref()),
+        Request::Txn(t) => t.success.iter().chain(&t.failure).any(op_writes),
+        _ => false,
+    }
 }
 
 struct Choice {
@@ -78,6 +95,10 @@ pub struct Search<'a> {
     no_puts: Forbidden,
     /// Where deletes of a key cannot be.
     no_deletes: Forbidden,
+    /// Per key, what reads saw: (mod, create, version), by mod revision.
+    seen_versions: HashMap<String, Vec<(Revision, Revision, i64)>>,
+    /// The key whose state made the last read fail, for backjumping.
+    conflict: Option<String>,
     stats: Stats,
     min_revision: Vec<(Revision, usize)>,
     ok_by_revision: Vec<(Revision, usize)>,
@@ -107,6 +128,22 @@ fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
     }
 }
 
+/// The first key whose pair differs between two range results.
+fn first_differing_key(expected: &[KeyValue], actual: &[KeyValue]) -> Option<String> {
+    let mut keys: Vec<&str> = expected
+        .iter()
+        .chain(actual)
+        .map(|k| k.key.as_str())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .find(|key| {
+            expected.iter().find(|k| k.key == *key) != actual.iter().find(|k| k.key == *key)
+        })
+        .map(str::to_string)
+}
+
 impl<'a> Search<'a> {
     /// Prepares the replay.
     pub fn new(p: &'a Prepared<'a>, facts: &'a Facts, options: &'a CheckOptions) -> Self {
@@ -127,6 +164,8 @@ impl<'a> Search<'a> {
             observed: HashSet::new(),
             no_puts: Forbidden::default(),
             no_deletes: Forbidden::default(),
+            seen_versions: HashMap::new(),
+            conflict: None,
             stats: Stats::default(),
             min_revision: Vec::new(),
             ok_by_revision: Vec::new(),
@@ -145,6 +184,8 @@ impl<'a> Search<'a> {
                 let d = super::order::data_revision(&self.p.ops[id], resp.revision());
                 for kv in shown_kvs(resp) {
                     self.forbid_around(kv, d);
+                    let seen = self.seen_versions.entry(kv.key.clone()).or_default();
+                    seen.push((kv.mod_revision, kv.create_revision, kv.version));
                     self.observed.insert((kv.key.clone(), kv.value.clone()));
                     if !self.p.writer.contains_key(&kv.mod_revision) {
                         let h = self.hints.entry(kv.mod_revision).or_default();
@@ -179,6 +220,10 @@ impl<'a> Search<'a> {
         }
         for hints in self.hints.values_mut() {
             hints.sort_unstable_by_key(|h| h.0);
+        }
+        for seen in self.seen_versions.values_mut() {
+            seen.sort_unstable();
+            seen.dedup();
         }
         self.no_puts.build();
         self.no_deletes.build();
@@ -218,6 +263,7 @@ impl<'a> Search<'a> {
             if let Some(reason) = self.out_of_budget() {
                 return Verdict::Unknown { reason };
             }
+            self.conflict = None;
             let step = match self.p.writer.get(&r) {
                 Some(&w) => self.apply_acknowledged(w, r).map_err(Step::from),
                 None => {
@@ -295,6 +341,9 @@ impl<'a> Search<'a> {
     fn backtrack(&mut self) -> Option<Revision> {
         self.stats.backtracks += 1;
         loop {
+            if let Some(key) = self.conflict.take() {
+                self.jump(&key);
+            }
             let choice = self.stack.last()?;
             let (r, log_len) = (choice.revision, choice.log_len);
             self.undo_to(log_len);
@@ -305,6 +354,27 @@ impl<'a> Search<'a> {
             if self.out_of_budget().is_some() {
                 return None;
             }
+        }
+    }
+
+    /// Backjumping: a read failed because of `key`'s state, which only ops that write `key`
+    /// decide; drop the latest choice points none of whose choices (made or left) write it.
+    /// Their alternatives would leave `key`, and so the failure, as they are.
+    fn jump(&mut self, key: &str) {
+        while let Some(top) = self.stack.last() {
+            let made = self.chosen.get(&top.revision).copied();
+            let left = top.candidates.get(top.next..).unwrap_or(&[]);
+            let relevant = made
+                .into_iter()
+                .chain(left.iter().copied())
+                .any(|id| writes_key(&self.p.ops[id].request, key));
+            if relevant {
+                return;
+            }
+            let log_len = top.log_len;
+            self.undo_to(log_len);
+            self.stack.pop();
+            self.stats.jumps += 1;
         }
     }
 
@@ -416,13 +486,35 @@ impl<'a> Search<'a> {
 
     /// Whether what reads saw allows this change's writes at `r`.
     fn unseen_by_reads(&self, undo: &Undo, r: Revision) -> bool {
-        undo.keys().iter().all(|key| {
-            if self.model.current(key).is_some() {
-                !self.no_puts.forbids(key, r)
-            } else {
-                !self.no_deletes.forbids(key, r)
-            }
+        undo.keys().iter().all(|key| match self.model.current(key) {
+            Some(e) => !self.no_puts.forbids(key, r) && self.version_fits(key, e, r),
+            None => !self.no_deletes.forbids(key, r),
         })
+    }
+
+    /// A put of `key` at `r` leaves it at `e`; the next version a read saw, `(m, c, v)` with
+    /// `c <= r <= m`, is of the same generation, so it must have `e`'s create revision and room
+    /// for the acknowledged puts in `(r, m]`.
+    fn version_fits(&self, key: &str, e: &crate::model::Entry, r: Revision) -> bool {
+        let Some(seen) = self.seen_versions.get(key) else {
+            return true;
+        };
+        let n = seen.partition_point(|x| x.0 < r);
+        let Some(&(m, c, v)) = seen.get(n) else {
+            return true;
+        };
+        if c > r {
+            return true; // a later generation: something deletes the key in between
+        }
+        let acked = self.facts.ok_puts.get(key).map_or(0, |puts| {
+            let lo = puts.partition_point(|x| x.0 <= r);
+            let hi = puts.partition_point(|x| x.0 <= m);
+            let mut revs: Vec<Revision> = puts[lo..hi.max(lo)].iter().map(|x| x.0).collect();
+            revs.dedup();
+            revs.len()
+        });
+        let acked = i64::try_from(acked).unwrap_or(i64::MAX);
+        e.create_revision == c && e.version.saturating_add(acked) <= v
     }
 
     fn hints_hold(&self, r: Revision) -> bool {
@@ -560,6 +652,9 @@ impl<'a> Search<'a> {
                 self.diff(op, &expected, actual, r)
             };
             if let Some(why) = why {
+                if let (Response::Range(e), Response::Range(a)) = (&expected, actual) {
+                    self.conflict = first_differing_key(&e.kvs, &a.kvs);
+                }
                 return Err(self.wrong(op, why));
             }
         }
