@@ -233,6 +233,7 @@ mod inject {
 
     use super::{plan_partition, FaultKind, PartitionKind, SeedRng, Swarm};
     use crate::cluster::Cluster;
+    use crate::history::Outcome;
     use crate::workload::Ctx;
 
     /// Where each member's WAL lives on its simulated disk.
@@ -341,6 +342,7 @@ mod inject {
         /// Waits until member `i` stops on the armed disk fault (or a bound passes), lets the
         /// messages it already sent land, then power-cycles it.
         async fn await_fatal_then_power_cycle(&mut self, i: usize) {
+            let armed_ns = self.ctx.now_ns();
             let mut waited = 0;
             while self.cluster.exited(i).is_none() && waited < FAULT_WAIT_MS_MAX {
                 Self::sleep_ms(10).await;
@@ -354,7 +356,36 @@ mod inject {
                 i + 1,
                 why.as_deref().unwrap_or("no")
             ));
+            let cycled_ns = self.ctx.now_ns();
             self.cluster.crash(i, seed);
+            self.check_no_ack_after_disk_fault(i, armed_ns, cycled_ns);
+        }
+
+        /// A disk fault armed at `armed_ns` fails the member's next write or fsync, which is
+        /// fatal; so on a one-member cluster no write invoked after `armed_ns` can have been
+        /// acknowledged before the power cycle at `cycled_ns` (an acknowledgement needs an
+        /// fsync after the invocation). With more members a quorum can commit without this
+        /// member's fsync, so the check is skipped.
+        fn check_no_ack_after_disk_fault(&self, i: usize, armed_ns: u64, cycled_ns: u64) {
+            if self.cluster.members.len() != 1 {
+                return;
+            }
+            let acked = self.ctx.history.entries().into_iter().find(|e| {
+                e.member == i
+                    && e.op.is_write()
+                    && e.invoke_ns > armed_ns
+                    && e.complete_ns <= cycled_ns
+                    && matches!(e.outcome, Outcome::Ok(_))
+            });
+            if let Some(e) = acked {
+                let what = format!(
+                    "n{} acknowledged a write invoked after a fatal disk fault was armed (at \
+                     {:.3}s): its failed write or fsync did not stop it",
+                    i + 1,
+                    armed_ns as f64 / 1e9
+                );
+                self.ctx.violation(what, vec![e.to_string()]);
+            }
         }
 
         async fn partition(&mut self) {
