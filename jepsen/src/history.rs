@@ -708,15 +708,47 @@ struct RawEvent {
     time: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     req: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "is_invoke_none")]
-    resp: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "is_invoke_none")]
-    error: Option<String>,
+    // Completions always carry `resp` and `error` (null when absent); invocations carry
+    // neither: `Absent` is skipped, `Value(None)` is written as null.
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    resp: Field<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Field::is_absent")]
+    error: Field<String>,
 }
 
-// Completions always carry `resp` and `error` (null when absent); invocations carry neither.
-fn is_invoke_none<T>(_: &Option<T>) -> bool {
-    false
+/// A field that is absent, null, or a value.
+#[derive(Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    Value(Option<T>),
+}
+
+impl<T> Field<T> {
+    fn is_absent(&self) -> bool {
+        matches!(self, Field::Absent)
+    }
+    fn into_option(self) -> Option<T> {
+        match self {
+            Field::Absent => None,
+            Field::Value(v) => v,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Absent | Field::Value(None) => s.serialize_none(),
+            Field::Value(Some(v)) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Field::Value(Option::<T>::deserialize(d)?))
+    }
 }
 
 fn to_value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
@@ -725,11 +757,12 @@ fn to_value<T: Serialize>(v: &T) -> Option<serde_json::Value> {
 
 impl From<Event> for RawEvent {
     fn from(e: Event) -> RawEvent {
-        let (kind, req, resp, error) = match &e.body {
-            EventBody::Invoke(r) => ("invoke", request_value(r), None, None),
-            EventBody::Ok(r) => ("ok", None, response_value(r), None),
-            EventBody::Fail { error } => ("fail", None, None, error.clone()),
-            EventBody::Info { error } => ("info", None, None, error.clone()),
+        let done = |resp, error| (Field::Value(resp), Field::Value(error));
+        let (kind, req, (resp, error)) = match &e.body {
+            EventBody::Invoke(r) => ("invoke", request_value(r), (Field::Absent, Field::Absent)),
+            EventBody::Ok(r) => ("ok", None, done(response_value(r), None)),
+            EventBody::Fail { error } => ("fail", None, done(None, error.clone())),
+            EventBody::Info { error } => ("info", None, done(None, error.clone())),
         };
         RawEvent {
             process: e.process,
@@ -795,11 +828,15 @@ impl TryFrom<RawEvent> for Event {
                 EventBody::Invoke(parse_request(f, req).map_err(|e| format!("req: {e}"))?)
             }
             "ok" => {
-                let resp = raw.resp.ok_or("ok without resp")?;
+                let resp = raw.resp.into_option().ok_or("ok without resp")?;
                 EventBody::Ok(parse_response(f, resp).map_err(|e| format!("resp: {e}"))?)
             }
-            "fail" => EventBody::Fail { error: raw.error },
-            "info" => EventBody::Info { error: raw.error },
+            "fail" => EventBody::Fail {
+                error: raw.error.into_option(),
+            },
+            "info" => EventBody::Info {
+                error: raw.error.into_option(),
+            },
             other => return Err(format!("unknown type {other:?}")),
         };
         Ok(Event {
@@ -1158,6 +1195,16 @@ mod tests {
             .build();
         let text = h.to_jsonl();
         assert_eq!(History::from_jsonl(&text).unwrap(), h);
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            r#"{"process":1,"type":"invoke","f":"put","time":0,"req":{"key":"x","value":"1"}}"#
+        );
+        let second = text.lines().nth(1).unwrap();
+        assert_eq!(
+            second,
+            r#"{"process":1,"type":"ok","f":"put","time":1,"resp":{"revision":2},"error":null}"#
+        );
         let ops = h.operations().unwrap();
         assert_eq!(ops.len(), 6);
         assert_eq!(ops[5].complete_time, None);

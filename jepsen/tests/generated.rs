@@ -33,6 +33,17 @@ proptest! {
     }
 
     #[test]
+    fn correct_histories_with_many_in_doubt_ops_are_valid(seed in any::<u64>(), clients in 2usize..20) {
+        let cfg = GenConfig {
+            info_per_mille: 150,
+            ..config(seed, Workload::Store, clients, None)
+        };
+        let g = generate(&cfg);
+        let v = check(&g.history, &CheckOptions::default());
+        prop_assert!(v.is_valid(), "seed {seed}: {v}");
+    }
+
+    #[test]
     fn histories_with_a_fault_are_invalid(
         seed in any::<u64>(),
         w in workload(),

@@ -358,15 +358,16 @@ impl<'a> Search<'a> {
     }
 
     /// Backjumping: a read failed because of `key`'s state, which only ops that write `key`
-    /// decide; drop the latest choice points none of whose choices (made or left) write it.
-    /// Their alternatives would leave `key`, and so the failure, as they are.
+    /// decide; drop the latest choice points none of whose candidates write it. Their
+    /// alternatives would leave `key`, and so the failure, as they are.
     fn jump(&mut self, key: &str) {
         while let Some(top) = self.stack.last() {
             let made = self.chosen.get(&top.revision).copied();
-            let left = top.candidates.get(top.next..).unwrap_or(&[]);
+            // Every candidate counts, the ones already tried too: they may have failed for a
+            // reason that an earlier choice point's alternative removes.
             let relevant = made
                 .into_iter()
-                .chain(left.iter().copied())
+                .chain(top.candidates.iter().copied())
                 .any(|id| writes_key(&self.p.ops[id].request, key));
             if relevant {
                 return;
