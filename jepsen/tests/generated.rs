@@ -70,3 +70,16 @@ fn every_fault_is_injected_and_caught_in_a_store_history() {
         assert!(matches!(v, Verdict::Invalid(_)), "{fault:?}: {v}");
     }
 }
+
+/// Found by `correct_histories_with_many_in_doubt_ops_are_valid`: backjumping once skipped a
+/// choice point whose already-tried candidates wrote the conflicting key, and called this valid
+/// history invalid.
+#[test]
+fn backjumping_regression() {
+    let cfg = GenConfig {
+        info_per_mille: 150,
+        ..config(784_373_705_928_857_168, Workload::Store, 19, None)
+    };
+    let v = check(&generate(&cfg).history, &CheckOptions::default());
+    assert!(v.is_valid(), "{v}");
+}

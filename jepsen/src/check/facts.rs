@@ -22,8 +22,11 @@ pub struct Facts {
     pub ok_puts: BTreeMap<String, Vec<(Revision, usize, String)>>,
     /// Every op (any outcome) that might put `(key, value)`.
     pub any_puts: HashMap<(String, String), Vec<usize>>,
-    /// Ops that could delete keys (ok with their revision, or in doubt): (start, end, rev, op).
+    /// Ops that could delete a range of keys (ok with their revision, or in doubt):
+    /// (start, end, rev, op).
     pub deletes: Vec<(String, Option<String>, Option<Revision>, usize)>,
+    /// Ops that could delete one key: key -> (rev, op).
+    pub key_deletes: HashMap<String, Vec<(Option<Revision>, usize)>>,
 }
 
 fn branch_ops<'r>(req: &'r Request, resp: Option<&Response>) -> Vec<&'r RequestOp> {
@@ -44,6 +47,7 @@ impl Facts {
             ok_puts: BTreeMap::new(),
             any_puts: HashMap::new(),
             deletes: Vec::new(),
+            key_deletes: HashMap::new(),
         };
         for op in p.ops {
             let ok = op.ok();
@@ -77,8 +81,13 @@ impl Facts {
             }
             if rev.is_some() || in_doubt {
                 for (k, end) in dels {
-                    f.deletes
-                        .push((k.to_string(), end.map(str::to_string), rev, op.id));
+                    if end.is_none_or(str::is_empty) {
+                        let e = f.key_deletes.entry(k.to_string()).or_default();
+                        e.push((rev, op.id));
+                    } else {
+                        f.deletes
+                            .push((k.to_string(), end.map(str::to_string), rev, op.id));
+                    }
                 }
             }
         }
@@ -258,13 +267,16 @@ impl Facts {
         let Some((w, wid, wv)) = n.checked_sub(1).and_then(|i| puts.get(i)) else {
             return Ok(());
         };
-        let deletable = self.deletes.iter().any(|(s, e, rev, id)| {
-            in_range(key, s, e.as_deref())
-                && match rev {
-                    Some(r) => *r > *w && *r <= d,
-                    None => p.could_place(*id, *w, d),
-                }
-        });
+        let could = |rev: &Option<Revision>, id: usize| match rev {
+            Some(r) => *r > *w && *r <= d,
+            None => p.could_place(id, *w, d),
+        };
+        let one = self.key_deletes.get(key).map_or(&[][..], |v| v.as_slice());
+        let deletable = one.iter().any(|(rev, id)| could(rev, *id))
+            || self
+                .deletes
+                .iter()
+                .any(|(s, e, rev, id)| in_range(key, s, e.as_deref()) && could(rev, *id));
         if deletable {
             return Ok(());
         }
