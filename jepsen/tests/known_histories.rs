@@ -221,6 +221,32 @@ fn compaction_to_an_already_compacted_revision() {
 }
 
 #[test]
+fn failed_reads_need_a_reason() {
+    let h = two_puts()
+        .invoke(2, Request::get_at("x", 2))
+        .fail(2, "etcdserver: mvcc: required revision has been compacted")
+        .build();
+    invalid(&h, ViolationKind::WrongError, &[2]);
+    let h = two_puts()
+        .invoke(2, Request::get_at("x", 3))
+        .fail(
+            2,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+        .build();
+    invalid(&h, ViolationKind::WrongError, &[1, 2]);
+    let h = two_puts()
+        .invoke(3, Request::compact(3))
+        .info(3)
+        .invoke(2, Request::get_at("x", 2))
+        .fail(2, "compacted")
+        .invoke(2, Request::get_at("x", 9))
+        .fail(2, "future_rev")
+        .build();
+    valid(&h);
+}
+
+#[test]
 fn unexplained_revision_gap() {
     // Rev 2 was made by nobody: the only writes are p1's put at rev 3.
     let h = History::builder()

@@ -95,6 +95,9 @@ pub enum ViolationKind {
     WrongResponse,
     /// A revision no operation can have produced.
     UnexplainedRevision,
+    /// A read failed with an error the history cannot explain (`compacted` with no compaction
+    /// above its revision, `future_rev` for a revision already reached).
+    WrongError,
 }
 
 /// An operation named in a violation.

@@ -35,6 +35,8 @@ pub struct Prepared<'a> {
     pub gaps: Vec<Revision>,
     /// The gaps no read saw as a key's mod revision (only these can hold a pure delete).
     pub free_gaps: Vec<Revision>,
+    /// (completion time, largest key so far, its op) over `ok` ops, by completion time.
+    reached: Vec<(u64, i64, usize)>,
 }
 
 /// The revision whose state a non-mutating `ok` op shows: its explicit read revision or header.
@@ -59,6 +61,7 @@ impl<'a> Prepared<'a> {
             min_revision: vec![initial + 1; ops.len()],
             gaps: Vec::new(),
             free_gaps: Vec::new(),
+            reached: Vec::new(),
         };
         for op in ops {
             match &op.outcome {
@@ -108,27 +111,34 @@ impl<'a> Prepared<'a> {
     }
 
     fn index_min_revisions(&mut self) {
-        let mut done: Vec<(u64, i64)> = self
+        let mut done: Vec<(u64, i64, usize)> = self
             .ops
             .iter()
-            .filter_map(|op| Some((op.complete_time?, self.key[op.id]?)))
+            .filter_map(|op| Some((op.complete_time?, self.key[op.id]?, op.id)))
             .collect();
         done.sort_unstable();
-        let mut best = i64::MIN;
-        let maxes: Vec<i64> = done
+        let mut best = (i64::MIN, usize::MAX);
+        self.reached = done
             .iter()
             .map(|d| {
-                best = best.max(d.1);
-                best
+                if d.1 > best.0 {
+                    best = (d.1, d.2);
+                }
+                (d.0, best.0, best.1)
             })
             .collect();
         for &id in &self.in_doubt {
-            let t = self.ops[id].invoke_time;
-            let n = done.partition_point(|d| d.0 < t);
-            if let Some(i) = n.checked_sub(1) {
-                self.min_revision[id] = (maxes[i] / 2 + 1).max(self.initial + 1);
+            if let Some((key, _)) = self.reached_before(self.ops[id].invoke_time) {
+                self.min_revision[id] = (key / 2 + 1).max(self.initial + 1);
             }
         }
+    }
+
+    /// The largest order key among `ok` ops completed before `t`, and that op.
+    pub fn reached_before(&self, t: u64) -> Option<(i64, usize)> {
+        let n = self.reached.partition_point(|d| d.0 < t);
+        let &(_, key, id) = self.reached.get(n.checked_sub(1)?)?;
+        Some((key, id))
     }
 
     /// Whether an in-doubt write `id` could make some revision in `(lo, hi]`: a gap it was
@@ -155,7 +165,59 @@ pub fn check_order(p: &Prepared<'_>) -> Result<(), Violation> {
     future_revisions(p)?;
     per_client(p)?;
     real_time(p)?;
-    compaction(p)
+    compaction(p)?;
+    failed_reads(p)
+}
+
+/// A read at a past revision that failed with `compacted` needs a compaction above that
+/// revision requested before it completed; one that failed with `future_rev` must ask for a
+/// revision the store had not reached when it was invoked.
+fn failed_reads(p: &Prepared<'_>) -> Result<(), Violation> {
+    for op in p.ops {
+        let (Request::Range(r), Outcome::Fail(Some(error))) = (&op.request, &op.outcome) else {
+            continue;
+        };
+        let Some(rv) = r.revision.filter(|r| *r > 0) else {
+            continue;
+        };
+        let end = op.complete_time.unwrap_or(u64::MAX);
+        if error.contains("compacted") {
+            let compaction = p.ops.iter().any(|c| match (&c.request, &c.outcome) {
+                (Request::Compact(x), Outcome::Ok(_) | Outcome::Info(_)) => {
+                    x.revision > rv && c.invoke_time < end
+                }
+                _ => false,
+            });
+            if !compaction {
+                return Err(Violation::new(
+                    ViolationKind::WrongError,
+                    &[op],
+                    format!(
+                        "{} failed with compacted, but no compaction above rev {rv} was \
+                         requested before it completed",
+                        who(op)
+                    ),
+                ));
+            }
+        }
+        if error.contains("future") {
+            if let Some((key, id)) = p.reached_before(op.invoke_time).filter(|x| x.0 / 2 >= rv) {
+                let a = p.op(id);
+                return Err(Violation::new(
+                    ViolationKind::WrongError,
+                    &[a, op],
+                    format!(
+                        "{} failed with future_rev, but {} at rev {} completed before it was \
+                         invoked",
+                        who(op),
+                        who(a),
+                        key / 2
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn bad_revisions(p: &Prepared<'_>) -> Result<(), Violation> {
