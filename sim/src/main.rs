@@ -129,13 +129,6 @@ mod cli {
             (None, Some(r)) => r,
             (None, None) => 0..1,
         };
-        if args.nodes > 1 {
-            eprintln!(
-                "note: members do not replicate yet (peer messages are dropped), so a \
-                 {}-member cluster cannot elect a leader and its liveness phase fails",
-                args.nodes
-            );
-        }
         let single = args.seed.is_some();
         let started = Instant::now();
         let (mut passed, mut failed, mut sim_secs) = (0u64, 0u64, 0f64);

@@ -7,22 +7,33 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 /// A shared, append-only event log.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Trace {
     events: Arc<Mutex<Vec<String>>>,
+    origin: tokio::time::Instant,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Trace {
-    /// An empty trace.
+    /// An empty trace whose clock starts now.
     pub fn new() -> Self {
-        Self::default()
+        Trace {
+            events: Arc::default(),
+            origin: tokio::time::Instant::now(),
+        }
     }
 
-    /// Appends one event, stamped with the simulation's virtual time.
+    /// Appends one event, stamped with the simulation's virtual time since the trace began
+    /// (`12.345678901s event`).
     pub fn record(&self, event: impl std::fmt::Display) {
-        let at = tokio::time::Instant::now();
+        let at = tokio::time::Instant::now().duration_since(self.origin);
         let mut line = String::new();
-        let _ = write!(line, "{at:?} {event}");
+        let _ = write!(line, "{}.{:09}s {event}", at.as_secs(), at.subsec_nanos());
         match self.events.lock() {
             Ok(mut events) => events.push(line),
             Err(poisoned) => poisoned.into_inner().push(line),

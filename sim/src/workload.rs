@@ -345,7 +345,7 @@ impl Client {
                 let mut evidence = vec![max.to_string()];
                 evidence.extend(events_between(
                     &ctx.events(),
-                    max.complete_ns,
+                    max.invoke_ns,
                     entry.complete_ns,
                     8,
                 ));
