@@ -135,6 +135,11 @@ impl Config {
         parse_urls("--listen-client-urls", &self.listen_client_urls)
     }
 
+    /// The socket addresses of `--listen-peer-urls`.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        parse_urls("--listen-peer-urls", &self.listen_peer_urls)
+    }
+
     /// The advertised client URLs.
     pub fn advertise_client_url_list(&self) -> Vec<String> {
         split_list(&self.advertise_client_urls)

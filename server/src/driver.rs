@@ -19,10 +19,12 @@ use std::time::Duration;
 use keel_engine::error::Error;
 use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
 use keel_engine::raft_log::{encode_entry, encode_hard_state};
+use keel_engine::raftpb::Message;
 use keel_storage::wal::{Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
+use crate::transport::Transport;
 
 /// Commands the driver loop takes in one turn before it handles outputs, at most.
 pub const COMMANDS_PER_TURN_MAX: usize = 1024;
@@ -30,6 +32,8 @@ pub const COMMANDS_PER_TURN_MAX: usize = 1024;
 pub const BATCHES_PER_SYNC_MAX: usize = 4096;
 /// Commands queued towards the driver, at most (back-pressure on clients beyond that).
 pub const COMMAND_QUEUE_MAX: usize = 16 * 1024;
+/// Peer messages the driver loop takes in one turn, at most.
+pub const PEER_MESSAGES_PER_TURN_MAX: usize = 1024;
 
 /// What the gRPC layer asks of the driver.
 enum Command {
@@ -95,12 +99,15 @@ pub enum DriverError {
 
 /// Starts the driver tasks; returns the handle and a receiver that yields the fatal error
 /// that stops the node.
+/// `transport` carries the node's messages to its peers; `inbound` brings theirs.
 pub fn start(
     node: Node,
     wal: Wal,
     clock: Arc<dyn Clock>,
     tick: Duration,
     request_timeout: Duration,
+    transport: Arc<Transport>,
+    inbound: mpsc::Receiver<Message>,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (ticks_tx, ticks_rx) = mpsc::channel(1);
@@ -115,15 +122,17 @@ pub fn start(
         persist_rx,
         durable_tx,
         Arc::clone(&wal_bytes),
+        Arc::clone(&transport),
     ));
     let driver = DriverLoop {
         node,
         replies: BTreeMap::new(),
         next_token: 1,
         persist_tx,
+        transport,
     };
     tokio::spawn(async move {
-        let err = driver.run(commands_rx, ticks_rx, durable_rx).await;
+        let err = driver.run(commands_rx, ticks_rx, durable_rx, inbound).await;
         tracing::error!(error = %err, "keel driver stopped");
         let _ = fatal_tx.send(err);
     });
@@ -155,6 +164,7 @@ struct DriverLoop {
     replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
     next_token: u64,
     persist_tx: mpsc::UnboundedSender<PersistBatch>,
+    transport: Arc<Transport>,
 }
 
 impl DriverLoop {
@@ -163,6 +173,7 @@ impl DriverLoop {
         mut commands: mpsc::Receiver<Command>,
         mut ticks: mpsc::Receiver<()>,
         mut durable: mpsc::UnboundedReceiver<Durable>,
+        mut inbound: mpsc::Receiver<Message>,
     ) -> DriverError {
         self.dispatch();
         loop {
@@ -174,6 +185,15 @@ impl DriverLoop {
                     None => return DriverError::Task("WAL writer exited".into()),
                 },
                 Some(()) = ticks.recv() => self.node.step(Input::Tick),
+                Some(message) = inbound.recv() => {
+                    self.node.step(Input::Peer(Box::new(message)));
+                    for _ in 1..PEER_MESSAGES_PER_TURN_MAX {
+                        match inbound.try_recv() {
+                            Ok(message) => self.node.step(Input::Peer(Box::new(message))),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 command = commands.recv() => {
                     let Some(command) = command else {
                         return DriverError::Task("all handles dropped".into());
@@ -213,10 +233,7 @@ impl DriverLoop {
                         tracing::error!("WAL writer is gone; dropping a persist batch");
                     }
                 }
-                Output::Send(messages) => {
-                    // Peers arrive with the replication issue; a one-member cluster sends none.
-                    tracing::debug!(count = messages.len(), "no transport for peer messages");
-                }
+                Output::Send(messages) => self.transport.send(messages),
                 Output::Reply { token, result } => {
                     if let Some(reply) = self.replies.remove(&token) {
                         // The client may have given up (timeout); that is fine.
@@ -234,6 +251,7 @@ async fn wal_writer(
     mut batches: mpsc::UnboundedReceiver<PersistBatch>,
     durable: mpsc::UnboundedSender<Durable>,
     wal_bytes: Arc<AtomicU64>,
+    transport: Arc<Transport>,
 ) {
     let mut wal = Some(wal);
     while let Some(first) = batches.recv().await {
@@ -244,6 +262,11 @@ async fn wal_writer(
                 Err(_) => break,
             }
         }
+        // Votes and append acks: raft allows them out only once the batch is durable.
+        let then_send: Vec<Message> = group
+            .iter_mut()
+            .flat_map(|b| std::mem::take(&mut b.then_send))
+            .collect();
         let Some(mut w) = wal.take() else {
             return;
         };
@@ -275,6 +298,7 @@ async fn wal_writer(
         }
         wal_bytes.store(w.disk_bytes(), Ordering::Relaxed);
         wal = Some(w);
+        transport.send(then_send);
         if !acked_early && durable.send(Ok(newest)).is_err() {
             return;
         }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod driver;
 pub mod transport;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +89,10 @@ pub struct Identity {
     pub client_urls: Vec<String>,
 }
 
-fn identity(config: &Config) -> Result<(Identity, Vec<u64>), ServerError> {
+/// The other members: id → the peer URL to reach them at.
+type Peers = std::collections::BTreeMap<u64, String>;
+
+fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError> {
     let members = config.initial_members()?;
     let token = config.initial_cluster_token.as_str();
     let member_id_of = |urls: &[String]| {
@@ -103,6 +107,12 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>), ServerError> {
         .find(|m| m.name == config.name)
         .ok_or_else(|| config::ConfigError::InitialCluster("does not name --name".into()))?;
     let member_id = member_id_of(&me.peer_urls);
+    let peers: Peers = members
+        .iter()
+        .zip(&voters)
+        .filter(|(_, id)| **id != member_id)
+        .filter_map(|(m, id)| m.peer_urls.first().map(|url| (*id, url.clone())))
+        .collect();
     let mut sorted = voters.clone();
     sorted.sort_unstable();
     let id_texts: Vec<String> = sorted.iter().map(|id| format!("{id:x}")).collect();
@@ -116,7 +126,7 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>), ServerError> {
         peer_urls: me.peer_urls.clone(),
         client_urls: config.advertise_client_url_list(),
     };
-    Ok((identity, voters))
+    Ok((identity, voters, peers))
 }
 
 /// Opens the WAL under `data_dir` and reads back what it holds.
@@ -167,10 +177,26 @@ fn with_sim_bugs(node: Node) -> Node {
     node
 }
 
+/// Raft messages received from peers and not yet taken by the driver, at most.
+pub const PEER_INBOUND_MAX: usize = 16 * 1024;
+
+/// Serves the peer service on `addr` until the listener fails.
+async fn serve_peers(service: transport::PeerService, addr: SocketAddr) -> Result<(), ServerError> {
+    tonic::transport::Server::builder()
+        .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service))
+        .serve(addr)
+        .await
+        .map_err(|e| ServerError::Serve {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
 /// dropping the future (or the runtime).
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
-    let (identity, voters) = identity(&config)?;
+    let (identity, voters, peers) = identity(&config)?;
+    let peer_addrs = config.peer_listen_addrs()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (wal, recovered) = open_wal(&env.disk, &config.data_dir)?;
@@ -189,15 +215,28 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     )?);
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
+    let local = transport::LocalIdentity {
+        member_id: identity.member_id,
+        cluster_id: identity.cluster_id,
+    };
+    let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
+    let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
         node,
         wal,
         env.clock.clone(),
         Duration::from_millis(tick_ms),
         request_timeout,
+        transport,
+        inbound,
     );
     let services = api::Services::new(handle, identity, &config);
     let mut servers = Vec::new();
+    let peer_service = transport::PeerService::new(local, inbound_tx);
+    for addr in peer_addrs {
+        tracing::info!(%addr, "serving peer traffic");
+        servers.push(tokio::spawn(serve_peers(peer_service.clone(), addr)));
+    }
     for addr in client_addrs {
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(services.clone().serve(addr)));
