@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::describe::who;
+use super::forbid::Forbidden;
 use super::order::{data_revision, Prepared};
 use super::{Violation, ViolationKind};
 use crate::history::{
-    KeyValue, Operation, Outcome, Request, RequestOp, Response, ResponseOp, Revision,
+    CompareResult, CompareTarget, KeyValue, Operand, Operation, Outcome, Request, RequestOp,
+    Response, ResponseOp, Revision,
 };
 use crate::model::in_range;
 
@@ -27,6 +29,10 @@ pub struct Facts {
     pub deletes: Vec<(String, Option<String>, Option<Revision>, usize)>,
     /// Ops that could delete one key: key -> (rev, op).
     pub key_deletes: HashMap<String, Vec<(Option<Revision>, usize)>>,
+    /// Where what reads and CAS guards saw forbids a put of a key.
+    pub no_puts: Forbidden,
+    /// Where what reads and CAS guards saw forbids a delete of a key.
+    pub no_deletes: Forbidden,
 }
 
 fn branch_ops<'r>(req: &'r Request, resp: Option<&Response>) -> Vec<&'r RequestOp> {
@@ -48,6 +54,8 @@ impl Facts {
             any_puts: HashMap::new(),
             deletes: Vec::new(),
             key_deletes: HashMap::new(),
+            no_puts: Forbidden::default(),
+            no_deletes: Forbidden::default(),
         };
         for op in p.ops {
             let ok = op.ok();
@@ -94,7 +102,59 @@ impl Facts {
         for puts in f.ok_puts.values_mut() {
             puts.sort_unstable_by_key(|x| x.0);
         }
+        f.index_forbidden(p);
         f
+    }
+
+    fn index_forbidden(&mut self, p: &Prepared<'_>) {
+        for op in p.ops {
+            let Some(resp) = op.ok() else { continue };
+            let read = p.key[op.id].is_some_and(|k| k % 2 == 1);
+            if read && !matches!(op.request, Request::Compact(_)) {
+                let d = data_revision(op, resp.revision());
+                for (_, _, kvs, _) in shown(op, resp) {
+                    for kv in kvs {
+                        self.forbid_around(kv, d);
+                    }
+                }
+            }
+            // A txn whose guard mod(k) = m held saw k unchanged since m, too.
+            let (Request::Txn(t), Response::Txn(r)) = (&op.request, resp) else {
+                continue;
+            };
+            if !r.succeeded {
+                continue;
+            }
+            let at = if read { r.revision } else { r.revision - 1 };
+            for c in &t.compares {
+                if let (CompareTarget::Mod, CompareResult::Equal, Operand::Int(m)) =
+                    (c.target, c.result, &c.operand)
+                {
+                    if *m > 0 {
+                        self.no_puts.add(&c.key, *m, at);
+                        self.no_deletes.add(&c.key, *m, at);
+                    }
+                }
+            }
+        }
+        self.no_puts.build();
+        self.no_deletes.build();
+    }
+
+    /// What a read at `d` showing `kv` forbids (see [`Forbidden`]).
+    fn forbid_around(&mut self, kv: &KeyValue, d: Revision) {
+        let (c, m) = (kv.create_revision, kv.mod_revision);
+        let acked = self.ok_puts.get(&kv.key).map_or(0, |puts| {
+            let lo = puts.partition_point(|x| x.0 < c);
+            let hi = puts.partition_point(|x| x.0 <= m);
+            let mut revs: Vec<Revision> = puts[lo..hi.max(lo)].iter().map(|x| x.0).collect();
+            revs.dedup();
+            revs.len()
+        });
+        let counted = i64::try_from(acked).unwrap_or(i64::MAX) >= kv.version;
+        self.no_puts
+            .add(&kv.key, if counted { c - 1 } else { m }, d);
+        self.no_deletes.add(&kv.key, c, d);
     }
 
     /// Checks every `ok` read's kvs against the facts.
@@ -269,7 +329,7 @@ impl Facts {
         };
         let could = |rev: &Option<Revision>, id: usize| match rev {
             Some(r) => *r > *w && *r <= d,
-            None => p.could_place(id, *w, d),
+            None => p.could_place(id, *w, d, |g| !self.no_deletes.forbids(key, g)),
         };
         let one = self.key_deletes.get(key).map_or(&[][..], |v| v.as_slice());
         let deletable = one.iter().any(|(rev, id)| could(rev, *id))

@@ -142,15 +142,25 @@ impl<'a> Prepared<'a> {
     }
 
     /// Whether an in-doubt write `id` could make some revision in `(lo, hi]`: a gap it was
-    /// invoked early enough for, and for a plain delete, one no read saw a put at.
-    pub fn could_place(&self, id: usize, lo: Revision, hi: Revision) -> bool {
+    /// invoked early enough for, that `allowed` accepts, and for a plain delete, one no read saw
+    /// a put at.
+    pub fn could_place(
+        &self,
+        id: usize,
+        lo: Revision,
+        hi: Revision,
+        allowed: impl Fn(Revision) -> bool,
+    ) -> bool {
         let lo = lo.max(self.min_revision[id] - 1);
         let gaps = match self.ops[id].request {
             Request::Delete(_) => &self.free_gaps,
             _ => &self.gaps,
         };
         let n = gaps.partition_point(|g| *g <= lo);
-        gaps.get(n).is_some_and(|g| *g <= hi)
+        gaps[n..]
+            .iter()
+            .take_while(|g| **g <= hi)
+            .any(|g| allowed(*g))
     }
 
     fn op(&self, id: usize) -> &'a Operation {

@@ -13,13 +13,9 @@ use std::time::Instant;
 
 use super::describe::{request_text, who};
 use super::facts::Facts;
-use super::forbid::Forbidden;
 use super::order::Prepared;
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
-use crate::history::{
-    CompareResult, CompareTarget, KeyValue, Operand, Operation, Request, RequestOp, Response,
-    ResponseOp, Revision,
-};
+use crate::history::{KeyValue, Operation, Request, RequestOp, Response, ResponseOp, Revision};
 use crate::model::{Model, Undo};
 
 /// What the replay did.
@@ -91,10 +87,6 @@ pub struct Search<'a> {
     deepest: Option<(Revision, Violation)>,
     hints: HashMap<Revision, Vec<(usize, KeyValue)>>,
     observed: HashSet<(String, String)>,
-    /// Where puts of a key cannot be.
-    no_puts: Forbidden,
-    /// Where deletes of a key cannot be.
-    no_deletes: Forbidden,
     /// Per key, what reads saw: (mod, create, version), by mod revision.
     seen_versions: HashMap<String, Vec<(Revision, Revision, i64)>>,
     /// The key whose state made the last read fail, for backjumping.
@@ -162,8 +154,6 @@ impl<'a> Search<'a> {
             deepest: None,
             hints: HashMap::new(),
             observed: HashSet::new(),
-            no_puts: Forbidden::default(),
-            no_deletes: Forbidden::default(),
             seen_versions: HashMap::new(),
             conflict: None,
             stats: Stats::default(),
@@ -181,39 +171,13 @@ impl<'a> Search<'a> {
                 let Some(resp) = self.p.ops[id].ok() else {
                     continue;
                 };
-                let d = super::order::data_revision(&self.p.ops[id], resp.revision());
                 for kv in shown_kvs(resp) {
-                    self.forbid_around(kv, d);
                     let seen = self.seen_versions.entry(kv.key.clone()).or_default();
                     seen.push((kv.mod_revision, kv.create_revision, kv.version));
                     self.observed.insert((kv.key.clone(), kv.value.clone()));
                     if !self.p.writer.contains_key(&kv.mod_revision) {
                         let h = self.hints.entry(kv.mod_revision).or_default();
                         h.push((id, kv.clone()));
-                    }
-                }
-            }
-        }
-        // A txn whose guard mod(k) = m held saw k unchanged since m, too.
-        for op in self.p.ops {
-            let (Request::Txn(t), Some(Response::Txn(resp))) = (&op.request, op.ok()) else {
-                continue;
-            };
-            if !resp.succeeded {
-                continue;
-            }
-            let at = if crate::model::mutates(&Response::Txn(resp.clone())) {
-                resp.revision - 1
-            } else {
-                resp.revision
-            };
-            for c in &t.compares {
-                if let (CompareTarget::Mod, CompareResult::Equal, Operand::Int(m)) =
-                    (c.target, c.result, &c.operand)
-                {
-                    if *m > 0 {
-                        self.no_puts.add(&c.key, *m, at);
-                        self.no_deletes.add(&c.key, *m, at);
                     }
                 }
             }
@@ -225,8 +189,6 @@ impl<'a> Search<'a> {
             seen.sort_unstable();
             seen.dedup();
         }
-        self.no_puts.build();
-        self.no_deletes.build();
         for &id in &self.p.in_doubt {
             self.min_revision.push((self.p.min_revision[id], id));
         }
@@ -469,27 +431,11 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// What a read at `d` showing `kv` forbids (see [`Forbidden`]).
-    fn forbid_around(&mut self, kv: &KeyValue, d: Revision) {
-        let (c, m) = (kv.create_revision, kv.mod_revision);
-        let acked = self.facts.ok_puts.get(&kv.key).map_or(0, |puts| {
-            let lo = puts.partition_point(|x| x.0 < c);
-            let hi = puts.partition_point(|x| x.0 <= m);
-            let mut revs: Vec<Revision> = puts[lo..hi.max(lo)].iter().map(|x| x.0).collect();
-            revs.dedup();
-            revs.len()
-        });
-        let counted = i64::try_from(acked).unwrap_or(i64::MAX) >= kv.version;
-        self.no_puts
-            .add(&kv.key, if counted { c - 1 } else { m }, d);
-        self.no_deletes.add(&kv.key, c, d);
-    }
-
     /// Whether what reads saw allows this change's writes at `r`.
     fn unseen_by_reads(&self, undo: &Undo, r: Revision) -> bool {
         undo.keys().iter().all(|key| match self.model.current(key) {
-            Some(e) => !self.no_puts.forbids(key, r) && self.version_fits(key, e, r),
-            None => !self.no_deletes.forbids(key, r),
+            Some(e) => !self.facts.no_puts.forbids(key, r) && self.version_fits(key, e, r),
+            None => !self.facts.no_deletes.forbids(key, r),
         })
     }
 
