@@ -354,13 +354,23 @@ impl Cluster for Services {
         Ok(GrpcResponse::new(MemberListResponse {
             // etcd's Cluster service fills no revision into its headers.
             header: Some(self.header(0, s.raft_term)),
-            members: vec![Member {
-                id: me.member_id,
-                name: me.name.clone(),
-                peer_ur_ls: me.peer_urls.clone(),
-                client_ur_ls: me.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: me
+                .members
+                .iter()
+                .map(|(id, name, peer_urls)| Member {
+                    id: *id,
+                    name: name.clone(),
+                    peer_ur_ls: peer_urls.clone(),
+                    // Other members' client URLs are learned when they publish them through
+                    // raft (with the replication issue); until then only ours is known.
+                    client_ur_ls: if *id == me.member_id {
+                        me.client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    is_learner: false,
+                })
+                .collect(),
         }))
     }
 }

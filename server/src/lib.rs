@@ -87,6 +87,8 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
     /// Client URLs advertised.
     pub client_urls: Vec<String>,
+    /// Every member of the initial cluster: (id, name, peer URLs), in `--initial-cluster` order.
+    pub members: Vec<(u64, String, Vec<String>)>,
 }
 
 /// The other members: id → the peer URL to reach them at.
@@ -125,6 +127,11 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
         name: config.name.clone(),
         peer_urls: me.peer_urls.clone(),
         client_urls: config.advertise_client_url_list(),
+        members: members
+            .iter()
+            .zip(&voters)
+            .map(|(m, id)| (*id, m.name.clone(), m.peer_urls.clone()))
+            .collect(),
     };
     Ok((identity, voters, peers))
 }
