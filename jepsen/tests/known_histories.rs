@@ -177,6 +177,69 @@ fn half_applied_multi_key_txn() {
 }
 
 #[test]
+fn half_applied_in_doubt_txn() {
+    // The txn timed out; a read shows its x but not its y.
+    let txn = Request::txn(
+        vec![],
+        vec![RequestOp::put("x", "1"), RequestOp::put("y", "1")],
+        vec![],
+    );
+    let h = History::builder()
+        .invoke(1, txn)
+        .info(1)
+        .invoke(2, Request::range("a", "\0"))
+        .ok(2, Response::range(2, vec![kv("x", "1", 2, 2, 1)]))
+        .build();
+    let v = invalid(&h, ViolationKind::WrongResponse, &[0, 1]);
+    assert!(v.explanation.contains("saw no y"), "{v}");
+    // Applied whole, it is fine.
+    let txn = Request::txn(
+        vec![],
+        vec![RequestOp::put("x", "1"), RequestOp::put("y", "1")],
+        vec![],
+    );
+    let h = History::builder()
+        .invoke(1, txn)
+        .info(1)
+        .invoke(2, Request::range("a", "\0"))
+        .ok(
+            2,
+            Response::range(2, vec![kv("x", "1", 2, 2, 1), kv("y", "1", 2, 2, 1)]),
+        )
+        .build();
+    valid(&h);
+}
+
+#[test]
+fn in_doubt_cas_after_an_acknowledged_one_from_the_same_revision() {
+    // p3's CAS from mod 2 is in doubt; p2's CAS from mod 2 succeeded at rev 3. A read showing
+    // p3's value at rev 4 means both CASes succeeded from mod 2.
+    let cas = |v: &str| {
+        Request::txn(
+            vec![Compare::mod_eq("x", 2)],
+            vec![RequestOp::put("x", v)],
+            vec![],
+        )
+    };
+    let h = History::builder()
+        .invoke(1, Request::put("x", "0"))
+        .ok(1, Response::put(2))
+        .invoke(3, cas("b"))
+        .invoke(2, cas("a"))
+        .ok(2, Response::txn(3, true, vec![ResponseOp::put(3)]))
+        .info(3)
+        .invoke(4, Request::get("x"))
+        .ok(4, Response::range(4, vec![kv("x", "b", 2, 4, 3)]))
+        .build();
+    let v = invalid(&h, ViolationKind::UnexplainedRevision, &[1, 3]);
+    assert!(
+        v.explanation
+            .contains("p3's txn if mod(x) = 2 then put x=b"),
+        "{v}"
+    );
+}
+
+#[test]
 fn two_cas_successes_from_the_same_mod_revision() {
     let cas = |v: &str| {
         Request::txn(

@@ -139,9 +139,15 @@ pub struct Violation {
 impl Violation {
     /// A violation naming `ops`.
     pub fn new(kind: ViolationKind, ops: &[&Operation], explanation: String) -> Self {
+        let mut refs: Vec<OpRef> = Vec::with_capacity(ops.len());
+        for op in ops {
+            if !refs.iter().any(|r| r.id == op.id) {
+                refs.push(OpRef::of(op));
+            }
+        }
         Violation {
             kind,
-            ops: ops.iter().map(|op| OpRef::of(op)).collect(),
+            ops: refs,
             explanation,
         }
     }

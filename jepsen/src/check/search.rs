@@ -53,6 +53,8 @@ struct Choice {
     candidates: Vec<usize>,
     next: usize,
     log_len: usize,
+    /// Whether some candidate was ever accepted here (if none, the revision is unexplained).
+    accepted: bool,
 }
 
 enum Step {
@@ -235,6 +237,7 @@ impl<'a> Search<'a> {
                         candidates: self.candidates(r),
                         next: 0,
                         log_len: self.log.len(),
+                        accepted: false,
                     });
                     self.advance(r)
                 }
@@ -401,13 +404,13 @@ impl<'a> Search<'a> {
                 return Err(Step::Seen);
             };
             let Some(&id) = choice.candidates.get(choice.next) else {
-                let first_try = choice.next == 0 || choice.candidates.is_empty();
-                let tried = choice.candidates.len();
+                let accepted = choice.accepted;
+                let tried = std::mem::take(&mut choice.candidates);
                 self.stack.pop();
-                return Err(if first_try || tried == 0 {
-                    Step::Bad(self.unexplained(r))
+                return Err(if accepted {
+                    Step::Seen // the failures after each accepted candidate were noted then
                 } else {
-                    Step::Seen
+                    Step::Bad(self.unexplained(r, &tried))
                 });
             };
             choice.next += 1;
@@ -419,6 +422,9 @@ impl<'a> Search<'a> {
             {
                 self.model.undo(undo);
                 continue;
+            }
+            if let Some(choice) = self.stack.last_mut() {
+                choice.accepted = true;
             }
             self.used[id] = true;
             self.used_hash ^= splitmix(id as u64);
@@ -478,16 +484,26 @@ impl<'a> Search<'a> {
         })
     }
 
-    fn unexplained(&self, r: Revision) -> Violation {
+    fn unexplained(&self, r: Revision, tried: &[usize]) -> Violation {
         let mut named: Vec<&Operation> = Vec::new();
         let n = self.ok_by_revision.partition_point(|x| x.0 < r);
         if let Some(&(rev, id)) = self.ok_by_revision.get(n) {
             named.push(&self.p.ops[id]);
             let mut why = format!(
                 "rev {r} was made by no operation: no acknowledged write reports rev {r} and no \
-                 in-doubt write invoked early enough can make it, yet {} reports rev {rev}",
+                 in-doubt write can make it, yet {} reports rev {rev}",
                 who(&self.p.ops[id])
             );
+            for &cid in tried.iter().take(2) {
+                let cop = &self.p.ops[cid];
+                named.push(cop);
+                why.push_str(&format!(
+                    "; {} could sit there, but applied to the state at rev {} it changes nothing \
+                     or contradicts what reads saw",
+                    who(cop),
+                    r - 1
+                ));
+            }
             let late = self
                 .min_revision
                 .iter()
