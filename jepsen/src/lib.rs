@@ -7,6 +7,21 @@
 //!   compaction), shared by the checker and the history generator.
 //! - [`check`]: the revision-guided linearizability checker and its explanations.
 //! - [`gen`]: random histories from a correct sequential model, with optional injected faults.
+//!
+//! A recorder writes [`history::Event`]s (`Event::invoke`, `Event::ok`, `Event::fail`,
+//! `Event::info`) as JSON lines; a test then asks for a verdict and treats anything but
+//! `Valid` as a failure:
+//!
+//! ```
+//! use keel_jepsen::check::{check, CheckOptions, Verdict};
+//! use keel_jepsen::history::{Event, Function, History, Request, Response};
+//! let events = vec![
+//!     Event::invoke(1, 10, Request::put("x", "1")),
+//!     Event::ok(1, Function::Put, 20, Response::put(2)),
+//! ];
+//! let verdict = check(&History { events }, &CheckOptions::default());
+//! assert_eq!(verdict, Verdict::Valid);
+//! ```
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -170,7 +170,8 @@ impl fmt::Display for Violation {
 /// Budgets and assumptions.
 #[derive(Clone, Debug)]
 pub struct CheckOptions {
-    /// The store's revision before the history (etcd starts empty at 1).
+    /// The store's revision before the history. The store is assumed empty then (etcd
+    /// starts empty at revision 1); a history that starts on a populated store is not supported.
     pub initial_revision: Revision,
     /// Give up (Unknown) after producing this many revisions in the replay, backtracking
     /// included.
