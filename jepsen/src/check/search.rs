@@ -291,6 +291,12 @@ impl<'a> Search<'a> {
 
     /// Checks revision `r`'s reads and the memo.
     fn after(&mut self, r: Revision) -> Result<(), Step> {
+        assert_eq!(self.model.revision(), r, "the replay made a revision out of order");
+        assert_eq!(
+            self.log.len() as i64,
+            r - self.p.initial,
+            "one log entry per revision made"
+        );
         self.check_reads(r)?;
         if !self.stack.is_empty() && self.memo.len() < self.options.max_memo_states {
             let key = (r, self.used_hash, self.model.state_hash());
