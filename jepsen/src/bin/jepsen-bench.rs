@@ -2,8 +2,9 @@
 //! criterion: each case runs for seconds and the figures that matter are wall time and peak
 //! memory, which `/usr/bin/time -v` reports for the whole process).
 //!
-//! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, store-10k-info10, single-1k-50,
-//! single-10k-10, single-10k-10-stale (JEPSEN_BENCH_DUMP=DIR writes each history there); faults: stale, lost, dup, phantom, backwards, missing.
+//! `jepsen-bench [CASE[:FAULT][@SEED]...]`; cases: store-100k, store-10k, store-10k-info10,
+//! single-1k-50, single-1k-50-info5, single-10k-10, single-10k-10-stale; faults: stale, lost,
+//! dup, phantom, backwards, missing. `JEPSEN_BENCH_DUMP=DIR` writes each history there.
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -76,6 +77,14 @@ fn base_case(name: &str, seed: u64) -> Option<GenConfig> {
             ops: 1_000,
             clients: 50,
             info_per_mille: 0,
+            latency_max: 200,
+            workload: Workload::SingleKey,
+            ..base
+        },
+        "single-1k-50-info5" => GenConfig {
+            ops: 1_000,
+            clients: 50,
+            info_per_mille: 50,
             latency_max: 200,
             workload: Workload::SingleKey,
             ..base

@@ -291,7 +291,11 @@ impl<'a> Search<'a> {
 
     /// Checks revision `r`'s reads and the memo.
     fn after(&mut self, r: Revision) -> Result<(), Step> {
-        assert_eq!(self.model.revision(), r, "the replay made a revision out of order");
+        assert_eq!(
+            self.model.revision(),
+            r,
+            "the replay made a revision out of order"
+        );
         assert_eq!(
             self.log.len() as i64,
             r - self.p.initial,
