@@ -3,6 +3,7 @@
 //! the history. Each seed runs in a fresh madsim runtime, so a seed replays exactly.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -111,7 +112,9 @@ pub fn run_seed(config: &SimConfig) -> Report {
         config.duration_s + config.liveness_bound_s + RUN_SLACK_S,
     ));
     let cfg = config.clone();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(simulate(cfg))));
+    let recorder: Recorder = Arc::default();
+    let slot = Arc::clone(&recorder);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(simulate(cfg, slot))));
     bugs::set(&[]);
     match result {
         Ok(mut report) => {
@@ -127,28 +130,56 @@ pub fn run_seed(config: &SimConfig) -> Report {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "non-string panic".to_string());
-            Report {
-                config: config.clone(),
-                trace_hash: 0,
-                swarm: Swarm::from_seed(config.seed).describe(),
-                ops: 0,
-                sim_time: Duration::ZERO,
-                failures: vec![Failure {
-                    what: format!("the simulation panicked: {msg}"),
-                    evidence: Vec::new(),
-                }],
-                history_jsonl: String::new(),
-                trace_events: Vec::new(),
-                entries: Vec::new(),
-                events: Vec::new(),
-            }
+            panicked_report(config, &recorder, msg)
         }
     }
 }
 
-async fn simulate(config: SimConfig) -> Report {
+/// The trace and context of a run in progress, kept outside the runtime so that a run that
+/// panics can still report what happened up to the panic.
+type Recorder = Arc<Mutex<Option<(Trace, Ctx)>>>;
+
+/// The report of a run that panicked: the trace and history up to the panic, and the last
+/// nemesis events before it as evidence.
+fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Report {
+    let recorded = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (trace_hash, trace_events, entries, events) = match &recorded {
+        Some((trace, ctx)) => (
+            trace.hash(),
+            trace.events(),
+            ctx.history.entries(),
+            ctx.events(),
+        ),
+        None => (0, Vec::new(), Vec::new(), Vec::new()),
+    };
+    let tail_from = events.len().saturating_sub(8);
+    let sim_time = entries
+        .iter()
+        .map(|e| e.complete_ns)
+        .chain(events.iter().map(|(at, _)| *at))
+        .max()
+        .unwrap_or(0);
+    Report {
+        config: config.clone(),
+        trace_hash,
+        swarm: Swarm::from_seed(config.seed).describe(),
+        ops: entries.len(),
+        sim_time: Duration::from_nanos(sim_time),
+        failures: vec![Failure {
+            what: format!("the simulation panicked: {msg}"),
+            evidence: events_between(&events[tail_from..], 0, u64::MAX, 8),
+        }],
+        history_jsonl: to_jepsen(&entries).to_jsonl(),
+        trace_events,
+        entries,
+        events,
+    }
+}
+
+async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
     let trace = Trace::new();
     let ctx = Ctx::new(trace.clone());
+    *recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some((trace.clone(), ctx.clone()));
     let swarm = Swarm::from_seed(config.seed);
     trace.record(format!(
         "run seed={} nodes={} duration={}s clients={} bugs={:?} {}",
