@@ -260,12 +260,15 @@ pub struct Node {
     next_proposal_seq: u64,
     /// proposal id → token, for proposals of this run not yet applied.
     proposals: BTreeMap<u64, u64>,
-    waiting_for_leader: VecDeque<(u64, Request)>,
+    /// Requests that arrived while no leader was known: (since when, token, request).
+    waiting_for_leader: VecDeque<(u64, u64, Request)>,
     /// Reads waiting for the next ReadIndex round.
     reads_next: ReadBatch,
     /// The ReadIndex round in flight: its context id and reads.
     reads_in_flight: Option<(u64, ReadBatch)>,
     next_read_ctx: u64,
+    /// When the ReadIndex round in flight started (node clock, ms).
+    read_round_started_ms: u64,
     /// Confirmed read index → reads to serve once applied reaches it.
     reads_confirmed: VecDeque<(u64, ReadBatch)>,
     /// Only ever set by the simulator's `stale-read` bug.
@@ -274,6 +277,11 @@ pub struct Node {
     leases: Leases,
     /// The node's clock: ticks so far times the tick length, in milliseconds.
     now_ms: u64,
+    /// The number of the newest persist batch emitted, and of the newest reported durable.
+    persist_emitted: u64,
+    persist_durable: u64,
+    /// An empty Ready whose number waits for earlier batches to become durable.
+    persist_deferred: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -342,11 +350,15 @@ impl Node {
             waiting_for_leader: VecDeque::new(),
             reads_next: ReadBatch::default(),
             reads_in_flight: None,
+            read_round_started_ms: 0,
             next_read_ctx: 1,
             reads_confirmed: VecDeque::new(),
             stale_reads: None,
             leases: Leases::new(min_lease_ttl_s(&cfg), cfg.seed),
             now_ms: 0,
+            persist_emitted: 0,
+            persist_durable: 0,
+            persist_deferred: None,
             cfg,
         };
         if node.cfg.voters.len() == 1 {
@@ -365,6 +377,8 @@ impl Node {
                 self.now_ms += self.cfg.tick_ms;
                 self.raw.tick();
                 self.propose_lease_work();
+                self.retry_stuck_read_round();
+                self.expire_waiting_for_leader();
             }
             Input::Request { token, request } => self.on_request(token, request),
             Input::Peer(msg) => {
@@ -372,7 +386,7 @@ impl Node {
                     tracing::debug!(error = %e, "dropped a peer message");
                 }
             }
-            Input::Persisted { number } => self.raw.on_persist_ready(number),
+            Input::Persisted { number } => self.on_persisted(number),
         }
         self.enforce_election_timeout();
         self.drive();
@@ -456,7 +470,8 @@ impl Node {
                 if self.waiting_for_leader.len() >= WAITING_FOR_LEADER_MAX {
                     self.reply(token, Err(Error::NoLeader));
                 } else {
-                    self.waiting_for_leader.push_back((token, request));
+                    self.waiting_for_leader
+                        .push_back((self.now_ms, token, request));
                 }
             }
             Path::ReadIndex => {
@@ -469,8 +484,11 @@ impl Node {
 
     fn propose(&mut self, token: u64, request: Request) {
         if self.proposals.len() >= PROPOSALS_IN_FLIGHT_MAX {
-            self.reply(token, Err(Error::TooManyRequests));
-            return;
+            // Proposals lost in a leader change are never applied; their clients timed out
+            // long ago. Forget the oldest so lost ones cannot fill the table for good.
+            if let Some((_, oldest_token)) = self.proposals.pop_first() {
+                self.reply(oldest_token, Err(Error::Timeout));
+            }
         }
         let Some(mut body) = into_log_request(request) else {
             unreachable!("only writes are proposed");
@@ -536,7 +554,45 @@ impl Node {
         self.next_read_ctx += 1;
         let batch = std::mem::take(&mut self.reads_next);
         self.reads_in_flight = Some((ctx, batch));
+        self.read_round_started_ms = self.now_ms;
         self.raw.read_index(ctx.to_be_bytes().to_vec());
+    }
+
+    /// Requests wait at most two election timeouts for a leader, then get etcd's "no leader"
+    /// (instead of taking effect long after their client gave up).
+    fn expire_waiting_for_leader(&mut self) {
+        let wait_max_ms = 2 * self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+        while let Some((since, _, _)) = self.waiting_for_leader.front() {
+            if self.now_ms < since + wait_max_ms {
+                break;
+            }
+            if let Some((_, token, _)) = self.waiting_for_leader.pop_front() {
+                self.reply(token, Err(Error::NoLeader));
+            }
+        }
+    }
+
+    /// A ReadIndex round can be lost (a follower forwards it to a leader that a partition or a
+    /// crash then hides); after an election timeout its reads go into a fresh round, so one
+    /// lost message never stalls every later linearizable read.
+    fn retry_stuck_read_round(&mut self) {
+        let timeout_ms = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+        if self.reads_in_flight.is_none() || self.now_ms < self.read_round_started_ms + timeout_ms {
+            return;
+        }
+        if let Some((ctx, batch)) = self.reads_in_flight.take() {
+            tracing::debug!(
+                ctx,
+                reads = batch.reads.len(),
+                "read index round timed out; retrying"
+            );
+            let mut reads = batch.reads;
+            reads.append(&mut self.reads_next.reads);
+            self.reads_next.reads = reads;
+        }
+        if self.has_leader() {
+            self.start_read_round();
+        }
     }
 
     fn serve_read(&mut self, token: u64, request: Request) {
@@ -573,12 +629,15 @@ impl Node {
     }
 
     /// Handles every pending raft Ready.
+    ///
+    /// Nothing may call into raft between `ready()` and `advance_append_async` (raft-rs's
+    /// invariant: a proposal there corrupts its unstable log), so the Ready is taken apart
+    /// first, handed back, and only then are its committed entries applied, its reads
+    /// confirmed and a leader change acted on.
     fn drive(&mut self) {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
-            if ready.ss().is_some() {
-                self.on_leader_change();
-            }
+            let role_changed = ready.ss().is_some();
             let messages = ready.take_messages();
             if !messages.is_empty() {
                 self.outputs.push(Output::Send(messages));
@@ -588,10 +647,7 @@ impl Node {
                 "snapshots arrive with the replication issue"
             );
             let committed = ready.take_committed_entries();
-            self.apply_entries(&committed);
-            for rs in ready.take_read_states() {
-                self.on_read_state(rs.index, &rs.request_ctx);
-            }
+            let read_states = ready.take_read_states();
             let batch = PersistBatch {
                 number: ready.number(),
                 hard_state: ready.hs().cloned(),
@@ -608,12 +664,51 @@ impl Node {
                 }
             }
             self.raw.advance_append_async(ready);
+
+            self.apply_entries(&committed);
+            for rs in read_states {
+                self.on_read_state(rs.index, &rs.request_ctx);
+            }
             if batch.is_empty() {
-                self.raw.on_persist_ready(batch.number);
+                self.on_nothing_to_persist(batch.number);
             } else {
+                assert!(
+                    batch.number > self.persist_emitted,
+                    "persist batches out of order"
+                );
+                self.persist_emitted = batch.number;
                 self.outputs.push(Output::Persist(batch));
             }
             self.serve_confirmed_reads();
+            if role_changed {
+                self.on_leader_change();
+            }
+        }
+    }
+
+    /// A Ready with nothing to persist. raft-rs's `on_persist_ready(n)` means "every Ready up
+    /// to n is durable", so it may be said only once every earlier batch is: until then the
+    /// number waits.
+    fn on_nothing_to_persist(&mut self, number: u64) {
+        if self.persist_durable >= self.persist_emitted {
+            self.raw.on_persist_ready(number);
+        } else {
+            self.persist_deferred = Some(number);
+        }
+    }
+
+    /// The driver reports batches up to `number` durable.
+    fn on_persisted(&mut self, number: u64) {
+        assert!(
+            number <= self.persist_emitted,
+            "batch {number} was never emitted"
+        );
+        self.persist_durable = self.persist_durable.max(number);
+        self.raw.on_persist_ready(number);
+        if self.persist_durable >= self.persist_emitted {
+            if let Some(deferred) = self.persist_deferred.take() {
+                self.raw.on_persist_ready(deferred);
+            }
         }
     }
 
@@ -629,7 +724,7 @@ impl Node {
             return;
         }
         let waiting = std::mem::take(&mut self.waiting_for_leader);
-        for (token, request) in waiting {
+        for (_, token, request) in waiting {
             self.on_request(token, request);
         }
         // A read round that raced with the leader change may never be answered: retry it.

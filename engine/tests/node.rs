@@ -383,3 +383,61 @@ fn the_leader_expires_a_lease_through_the_log_after_its_ttl_and_not_before() {
     let again = Harness::start(7, h.disk.clone());
     assert_eq!(again.node.status().revision, revision + 1);
 }
+
+// Regression (found by keel-sim): a Ready with nothing to persist must not mark earlier,
+// still-unwritten batches durable. raft-rs's `on_persist_ready(n)` means "every Ready up to n".
+#[test]
+fn a_read_behind_an_unwritten_put_does_not_make_the_put_durable() {
+    let mut h = Harness::start(8, Disk::default());
+    h.node.step(Input::Request {
+        token: 1,
+        request: put("a", "1"),
+    });
+    let outputs = h.node.take_outputs();
+    let Some(Output::Persist(put_batch)) = outputs.into_iter().next() else {
+        panic!("expected the put's persist batch");
+    };
+    // The WAL has not written the put. A linearizable read arrives: its ReadIndex round makes
+    // Readies that persist nothing.
+    h.node.step(Input::Request {
+        token: 2,
+        request: get("a", false),
+    });
+    for _ in 0..3 {
+        h.node.step(Input::Tick);
+    }
+    let early: Vec<Output> = h.node.take_outputs();
+    assert!(
+        !early
+            .iter()
+            .any(|o| matches!(o, Output::Reply { token: 1, .. })),
+        "the put was answered before its entry was written: {early:?}"
+    );
+    // Once the disk reports the put durable, it is answered. The read ran concurrently with
+    // the unacknowledged put, so either answer is linearizable; it must be answered.
+    for out in early {
+        match out {
+            Output::Persist(b) => {
+                h.disk.write(&b);
+                h.node.step(Input::Persisted { number: b.number });
+            }
+            Output::Reply { token, result } => h.replies.push((token, result)),
+            Output::Send(m) => panic!("one member sends nothing: {m:?}"),
+        }
+    }
+    h.disk.write(&put_batch);
+    h.node.step(Input::Persisted {
+        number: put_batch.number,
+    });
+    h.settle();
+    let tokens: Vec<u64> = h.replies.iter().map(|(t, _)| *t).collect();
+    assert!(
+        tokens.contains(&1) && tokens.contains(&2),
+        "both answered: {tokens:?}"
+    );
+    assert_eq!(
+        value(h.request(3, get("a", false))),
+        Some(b"1".to_vec()),
+        "after the ack"
+    );
+}

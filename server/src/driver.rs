@@ -184,7 +184,11 @@ impl DriverLoop {
                     Some(Err(e)) => return DriverError::Wal(e),
                     None => return DriverError::Task("WAL writer exited".into()),
                 },
-                Some(()) = ticks.recv() => self.node.step(Input::Tick),
+                Some(()) = ticks.recv() => {
+                    self.node.step(Input::Tick);
+                    // Forget replies nobody waits for any more (the client timed out).
+                    self.replies.retain(|_, reply| !reply.is_closed());
+                }
                 Some(message) = inbound.recv() => {
                     self.node.step(Input::Peer(Box::new(message)));
                     for _ in 1..PEER_MESSAGES_PER_TURN_MAX {
@@ -291,6 +295,7 @@ async fn wal_writer(
                 return;
             }
         };
+        simulated_fsync_latency().await;
         if let Err(e) = result {
             // A failed write or fsync is fatal: nothing after it may be acknowledged.
             let _ = durable.send(Err(e));
@@ -304,6 +309,22 @@ async fn wal_writer(
         }
     }
 }
+
+/// Under simulation an fsync takes virtual time (0.5-3 ms, from madsim's per-run generator),
+/// so that work racing a write in flight — a read, a second batch — really overlaps it, as on a
+/// disk. (The simulated disk itself is synchronous and instant.)
+#[cfg(madsim)]
+async fn simulated_fsync_latency() {
+    // madsim's generator is seeded per simulation run (a thread-local one would carry its
+    // state from one run into the next and break same-seed-same-trace).
+    use madsim::rand::RngCore as _;
+    let micros = 500 + madsim::rand::thread_rng().next_u64() % 2500;
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+}
+
+/// Production fsyncs take the time they take.
+#[cfg(not(madsim))]
+async fn simulated_fsync_latency() {}
 
 /// The simulator's `ack-before-fsync` bug: a batch is reported durable before it is written.
 #[cfg(madsim)]

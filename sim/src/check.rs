@@ -158,7 +158,8 @@ pub fn acked_writes_survive(
     failures
 }
 
-/// Whether some delete of `key` may have happened after the write `w`.
+/// Whether some delete of `key` may have happened after the write `w`: an acknowledged one
+/// at a later revision, or one whose outcome is unknown.
 fn deleted_later(entries: &[Entry], key: &str, w: &LastWrite<'_>) -> bool {
     entries.iter().any(|e| {
         let Op::Delete { key: k } = &e.op else {
@@ -167,7 +168,10 @@ fn deleted_later(entries: &[Entry], key: &str, w: &LastWrite<'_>) -> bool {
         k == key
             && match &e.outcome {
                 Outcome::Ok(r) => r.revision() > w.revision,
-                Outcome::Info(_) => e.complete_ns >= w.entry.invoke_ns,
+                // Outcome unknown: the request may still be inside the cluster when its client
+                // gives up (a follower holds it until a leader appears, a proposal waits in a
+                // leader's log), so it may take effect at any time after its invocation.
+                Outcome::Info(_) => true,
                 Outcome::Fail(_) => false,
             }
     })
