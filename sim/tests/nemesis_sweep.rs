@@ -33,6 +33,25 @@ fn bounded_sweep_passes() {
 }
 
 #[test]
+fn bounded_sweep_of_three_and_five_member_clusters_passes() {
+    let configs = (0..40u64)
+        .map(|seed| SimConfig {
+            nodes: 3,
+            ..SimConfig::new(seed)
+        })
+        .chain((0..10u64).map(|seed| SimConfig {
+            nodes: 5,
+            ..SimConfig::new(seed)
+        }));
+    let failed: Vec<String> = configs
+        .map(|config| run_seed(&config))
+        .filter(|r| !r.passed())
+        .map(|r| describe(&r))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+#[test]
 fn longer_runs_pass() {
     let failed: Vec<String> = (100..105)
         .map(|seed| {
