@@ -326,8 +326,8 @@ impl Node {
             id: cfg.member_id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
-            // raft-rs draws from this range with rand 0.8's thread-local RNG; after every step the node
-            // overwrites that draw with its own (see `enforce_election_timeout`).
+            // raft-rs draws from this range with rand 0.8's thread-local RNG; after every step
+            // the node overwrites that draw with its own (see `enforce_election_timeout`).
             min_election_tick: cfg.election_ticks,
             max_election_tick: 2 * cfg.election_ticks,
             applied: 0,
@@ -437,8 +437,8 @@ impl Node {
     /// Makes raft's randomized election timeout a pure function of (seed, term, role), in
     /// `[election_ticks, 2 * election_ticks)`.
     ///
-    /// raft-rs re-draws the timeout from rand 0.8's thread-local RNG whenever it resets (a change of term or
-    /// role), which madsim cannot make deterministic. Raft only reads the timeout on a later
+    /// raft-rs re-draws the timeout from rand 0.8's thread-local RNG whenever it resets (a
+    /// change of term or role), which madsim cannot make deterministic. Raft only reads the timeout on a later
     /// tick, so overwriting it after every step makes raft's own draw irrelevant; and because
     /// our value depends on no generator state, a reset we did not foresee cannot shift the
     /// values that follow. Different members (seeds) and terms get different timeouts, which is
