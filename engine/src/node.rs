@@ -438,11 +438,11 @@ impl Node {
     /// `[election_ticks, 2 * election_ticks)`.
     ///
     /// raft-rs re-draws the timeout from rand 0.8's thread-local RNG whenever it resets (a
-    /// change of term or role), which madsim cannot make deterministic. Raft only reads the timeout on a later
-    /// tick, so overwriting it after every step makes raft's own draw irrelevant; and because
-    /// our value depends on no generator state, a reset we did not foresee cannot shift the
-    /// values that follow. Different members (seeds) and terms get different timeouts, which is
-    /// what breaks split votes.
+    /// change of term or role), which madsim cannot make deterministic. Raft only reads the
+    /// timeout on a later tick, so overwriting it after every step makes its draw irrelevant.
+    /// Our value depends on no generator state, so a reset we did not foresee cannot shift the
+    /// values that follow. Different members (seeds) and terms get different timeouts, which
+    /// is what breaks split votes.
     fn enforce_election_timeout(&mut self) {
         let base = self.cfg.election_ticks as u64;
         let role = match self.raw.raft.state {
