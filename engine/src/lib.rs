@@ -13,6 +13,7 @@ pub mod mvcc;
 pub mod node;
 pub mod raft_log;
 pub mod rng;
+pub mod watch;
 
 /// raft-rs's wire types (messages, entries, hard state), as the driver and transport see them.
 pub use raft::eraftpb as raftpb;

@@ -44,6 +44,8 @@ use crate::lease::Leases;
 use crate::mvcc::Store;
 use crate::raft_log;
 use crate::rng::SplitMix64;
+use crate::watch::{HeaderInfo, WatchHub, WatchInput, WatchOutput};
+use keel_proto::mvccpb::Event;
 
 /// Requests waiting for a leader, at most.
 pub const WAITING_FOR_LEADER_MAX: usize = 10_000;
@@ -177,6 +179,8 @@ pub enum Input {
         /// The batch number.
         number: u64,
     },
+    /// Something happened on a Watch stream (served from this member's applied state).
+    Watch(WatchInput),
 }
 
 /// Raft state the driver must make durable before it reports [`Input::Persisted`].
@@ -212,6 +216,8 @@ pub enum Output {
         /// The response, or etcd's error.
         result: Result<Response, Error>,
     },
+    /// Watch responses to send (in order) and streams to end.
+    Watch(Vec<WatchOutput>),
 }
 
 /// A member's raft and store status, for Maintenance.Status.
@@ -282,6 +288,12 @@ pub struct Node {
     persist_durable: u64,
     /// An empty Ready whose number waits for earlier batches to become durable.
     persist_deferred: Option<u64>,
+    /// Every watch served by this member.
+    watches: WatchHub,
+    /// Events of the entries being applied, for the watches.
+    watch_events: Vec<Event>,
+    /// Only ever set by the simulator's `lease-expire-on-follower-clock` bug.
+    lease_expiry_on_followers: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -359,6 +371,9 @@ impl Node {
             persist_emitted: 0,
             persist_durable: 0,
             persist_deferred: None,
+            watches: WatchHub::new(),
+            watch_events: Vec::new(),
+            lease_expiry_on_followers: false,
             cfg,
         };
         if node.cfg.voters.len() == 1 {
@@ -379,6 +394,12 @@ impl Node {
                 self.propose_lease_work();
                 self.retry_stuck_read_round();
                 self.expire_waiting_for_leader();
+                let header = self.header_info();
+                self.watches.tick(self.now_ms, &self.store, header);
+            }
+            Input::Watch(w) => {
+                let header = self.header_info();
+                self.watches.input(w, &self.store, header);
             }
             Input::Request { token, request } => self.on_request(token, request),
             Input::Peer(msg) => {
@@ -390,6 +411,33 @@ impl Node {
         }
         self.enforce_election_timeout();
         self.drive();
+        if self.watches.has_unsynced() {
+            let header = self.header_info();
+            self.watches.catch_up(&self.store, header);
+        }
+        let watch = self.watches.take_outputs();
+        if !watch.is_empty() {
+            self.outputs.push(Output::Watch(watch));
+        }
+    }
+
+    /// What watch response headers carry besides the revision.
+    fn header_info(&self) -> HeaderInfo {
+        HeaderInfo {
+            cluster_id: self.cfg.cluster_id,
+            member_id: self.cfg.member_id,
+            raft_term: self.raw.raft.term,
+        }
+    }
+
+    /// This member's watches (for inspection and the watch settings).
+    pub fn watches_mut(&mut self) -> &mut WatchHub {
+        &mut self.watches
+    }
+
+    /// This member's watches.
+    pub fn watches(&self) -> &WatchHub {
+        &self.watches
     }
 
     /// Drains the outputs produced so far, in order.
@@ -432,6 +480,15 @@ impl Node {
             applied_since_refresh: 0,
             copy: self.store.clone(),
         });
+    }
+
+    /// A deliberate bug for the simulator to catch (keel-sim `--bug
+    /// lease-expire-on-follower-clock`): every member, followers included, decides lease expiry
+    /// from its own clock and proposes revokes, though keepalives renew leases only on the
+    /// leader.
+    #[doc(hidden)]
+    pub fn inject_lease_expiry_on_followers(&mut self) {
+        self.lease_expiry_on_followers = true;
     }
 
     /// Makes raft's randomized election timeout a pure function of (seed, term, role), in
@@ -529,7 +586,7 @@ impl Node {
     /// Leader: proposes revokes of expired leases and remaining-TTL checkpoints. Expiry is
     /// decided here, from the leader's clock only, and carried out through the log.
     fn propose_lease_work(&mut self) {
-        if self.raw.raft.state != StateRole::Leader {
+        if self.raw.raft.state != StateRole::Leader && !self.lease_expiry_on_followers {
             return;
         }
         let work = self.leases.leader_work(self.now_ms);
@@ -715,7 +772,7 @@ impl Node {
     fn on_leader_change(&mut self) {
         // Only the leader decides lease expiry; a new leader extends every lease by one
         // election timeout, as etcd's promote does.
-        let leading = self.raw.raft.state == StateRole::Leader;
+        let leading = self.raw.raft.state == StateRole::Leader || self.lease_expiry_on_followers;
         if leading != self.leases.lessor().is_primary() {
             let extend_ms = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
             self.leases.set_leader(leading, self.now_ms, extend_ms);
@@ -798,6 +855,11 @@ impl Node {
         }
         self.raw.advance_apply_to(last.index);
         self.release_applied_log();
+        if !self.watch_events.is_empty() {
+            let events = std::mem::take(&mut self.watch_events);
+            let header = self.header_info();
+            self.watches.notify(&events, &self.store, header);
+        }
     }
 
     fn apply_normal(&mut self, entry: &Entry) {
@@ -839,8 +901,16 @@ impl Node {
             None => panic!("committed entry {} carries no request", entry.index),
         };
         // Keys written or deleted by this entry move between leases.
-        let events = self.store.take_events();
+        let mut events = self.store.take_events();
         self.leases.observe(&events);
+        if self.watches.watcher_count() > 0 {
+            if self.watches.wants_prev_kv() {
+                for event in &mut events {
+                    event.prev_kv = crate::watch::prev_kv(&self.store, event);
+                }
+            }
+            self.watch_events.append(&mut events);
+        }
         if request.member_id == self.cfg.member_id {
             if let Some(token) = self.proposals.remove(&request.id) {
                 self.reply(token, result);

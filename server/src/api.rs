@@ -1,7 +1,7 @@
 //! The etcd v3 gRPC services.
 //!
-//! Implemented: KV (all five methods), Lease (all five), Maintenance.Status, HashKV and Alarm
-//! listing, Cluster.MemberList and grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
+//! Implemented: KV (all five methods), Watch (see [`crate::watch`]), Lease (all five),
+//! Maintenance.Status, HashKV and Alarm listing, Cluster.MemberList and grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
 //! `Unimplemented` (the generated default), never a fake success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
@@ -19,7 +19,7 @@ use keel_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use keel_proto::etcdserverpb::kv_server::{Kv, KvServer};
 use keel_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
 use keel_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
-use keel_proto::etcdserverpb::watch_server::{Watch, WatchServer};
+use keel_proto::etcdserverpb::watch_server::WatchServer;
 use keel_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
     DeleteRangeResponse, HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse,
@@ -39,6 +39,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming}
 
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::driver::Handle;
+use crate::watch::WatchService;
 use crate::{Identity, ServerError};
 
 /// Keepalive answers queued towards one client stream, at most.
@@ -78,7 +79,7 @@ impl Services {
             .add_service(MaintenanceServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
             .add_service(HealthServer::new(self.clone()))
-            .add_service(WatchServer::new(NotYet))
+            .add_service(WatchServer::new(WatchService::new(self.handle.clone())))
             .add_service(LeaseServer::new(self.clone()))
             .add_service(AuthServer::new(NotYet))
             .add_service(LockServer::new(NotYet))
@@ -397,7 +398,6 @@ impl Health for Services {
 pub struct NotYet;
 
 #[tonic::async_trait]
-impl Watch for NotYet {}
 #[tonic::async_trait]
 impl Auth for NotYet {}
 #[tonic::async_trait]

@@ -20,6 +20,8 @@ use keel_engine::error::Error;
 use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
 use keel_engine::raft_log::{encode_entry, encode_hard_state};
 use keel_engine::raftpb::Message;
+use keel_engine::watch::{StreamId, WatchInput, WatchOutput, STREAM_WINDOW};
+use keel_proto::etcdserverpb::WatchResponse;
 use keel_storage::wal::{Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,12 +46,26 @@ enum Command {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// A Watch stream opens: its responses go to `responses`.
+    WatchOpen {
+        stream: StreamId,
+        responses: mpsc::Sender<WatchMessage>,
+    },
+    /// A create, cancel or progress request of a Watch stream.
+    Watch(WatchInput),
 }
+
+/// What the driver sends a Watch stream: a response, or the reason the stream ends.
+pub type WatchMessage = Result<WatchResponse, &'static str>;
 
 /// A cheap, clonable handle to the driver, used by the gRPC services.
 #[derive(Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
+    /// Credits and closes of Watch streams: never waits, so a stream's `Drop` and `poll` can
+    /// report them (bounded in practice by one message per window of responses read).
+    watch_control: mpsc::UnboundedSender<WatchInput>,
+    next_watch_stream: Arc<AtomicU64>,
     request_timeout: Duration,
     wal_bytes: Arc<AtomicU64>,
 }
@@ -67,6 +83,33 @@ impl Handle {
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout),
         }
+    }
+
+    /// Opens a Watch stream: returns its id and the receiver of its responses, which holds
+    /// at most [`STREAM_WINDOW`] of them (the engine sends no more without credit).
+    pub async fn watch_open(&self) -> Result<(StreamId, mpsc::Receiver<WatchMessage>), Error> {
+        let stream = self.next_watch_stream.fetch_add(1, Ordering::Relaxed);
+        let (responses, rx) = mpsc::channel(STREAM_WINDOW as usize);
+        self.commands
+            .send(Command::WatchOpen { stream, responses })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok((stream, rx))
+    }
+
+    /// A create, cancel or progress request of a Watch stream (waits while the driver is
+    /// busy: back-pressure on a client that floods requests).
+    pub async fn watch(&self, input: WatchInput) -> Result<(), Error> {
+        self.commands
+            .send(Command::Watch(input))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Returns read credit to a Watch stream, or reports it closed; never waits.
+    pub fn watch_control(&self, input: WatchInput) {
+        // The driver is gone only when the node stopped; then nobody cares.
+        let _ = self.watch_control.send(input);
     }
 
     /// Bytes of WAL on disk as of the last sync: keel's durable footprint, reported as etcd's
@@ -110,6 +153,7 @@ pub fn start(
     inbound: mpsc::Receiver<Message>,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (watch_control_tx, watch_control_rx) = mpsc::unbounded_channel();
     let (ticks_tx, ticks_rx) = mpsc::channel(1);
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
     let (durable_tx, durable_rx) = mpsc::unbounded_channel();
@@ -130,15 +174,20 @@ pub fn start(
         next_token: 1,
         persist_tx,
         transport,
+        watch_streams: BTreeMap::new(),
     };
     tokio::spawn(async move {
-        let err = driver.run(commands_rx, ticks_rx, durable_rx, inbound).await;
+        let err = driver
+            .run(commands_rx, ticks_rx, durable_rx, inbound, watch_control_rx)
+            .await;
         tracing::error!(error = %err, "keel driver stopped");
         let _ = fatal_tx.send(err);
     });
     (
         Handle {
             commands: commands_tx,
+            watch_control: watch_control_tx,
+            next_watch_stream: Arc::new(AtomicU64::new(1)),
             request_timeout,
             wal_bytes,
         },
@@ -165,6 +214,7 @@ struct DriverLoop {
     next_token: u64,
     persist_tx: mpsc::UnboundedSender<PersistBatch>,
     transport: Arc<Transport>,
+    watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
 }
 
 impl DriverLoop {
@@ -174,6 +224,7 @@ impl DriverLoop {
         mut ticks: mpsc::Receiver<()>,
         mut durable: mpsc::UnboundedReceiver<Durable>,
         mut inbound: mpsc::Receiver<Message>,
+        mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
     ) -> DriverError {
         self.dispatch();
         loop {
@@ -188,6 +239,15 @@ impl DriverLoop {
                     self.node.step(Input::Tick);
                     // Forget replies nobody waits for any more (the client timed out).
                     self.replies.retain(|_, reply| !reply.is_closed());
+                }
+                Some(input) = watch_control.recv() => {
+                    self.on_watch_control(input);
+                    for _ in 1..COMMANDS_PER_TURN_MAX {
+                        match watch_control.try_recv() {
+                            Ok(input) => self.on_watch_control(input),
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Some(message) = inbound.recv() => {
                     self.node.step(Input::Peer(Box::new(message)));
@@ -226,11 +286,32 @@ impl DriverLoop {
             Command::Status { reply } => {
                 let _ = reply.send(self.node.status());
             }
+            Command::WatchOpen { stream, responses } => {
+                self.watch_streams.insert(stream, responses);
+            }
+            Command::Watch(input) => self.node.step(Input::Watch(input)),
         }
     }
 
+    fn on_watch_control(&mut self, input: WatchInput) {
+        if let WatchInput::Close { stream } = &input {
+            self.watch_streams.remove(stream);
+        }
+        self.node.step(Input::Watch(input));
+    }
+
     fn dispatch(&mut self) {
-        for output in self.node.take_outputs() {
+        loop {
+            let outputs = self.node.take_outputs();
+            if outputs.is_empty() {
+                return;
+            }
+            self.dispatch_outputs(outputs);
+        }
+    }
+
+    fn dispatch_outputs(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
             match output {
                 Output::Persist(batch) => {
                     if self.persist_tx.send(batch).is_err() {
@@ -244,7 +325,39 @@ impl DriverLoop {
                         let _ = reply.send(result);
                     }
                 }
+                Output::Watch(outputs) => self.dispatch_watch(outputs),
             }
+        }
+    }
+
+    fn dispatch_watch(&mut self, outputs: Vec<WatchOutput>) {
+        let mut gone = Vec::new();
+        for output in outputs {
+            let (stream, message) = match output {
+                WatchOutput::Send(stream, response) => (stream, Ok(response)),
+                WatchOutput::Close(stream, reason) => (stream, Err(reason)),
+            };
+            let Some(tx) = self.watch_streams.get(&stream) else {
+                continue;
+            };
+            let closing = message.is_err();
+            match tx.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The engine sends at most a window without credit; this is a keel bug.
+                    // End the stream rather than drop a response silently.
+                    tracing::error!(stream, "watch stream exceeded its window; closing it");
+                    gone.push(stream);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(stream),
+            }
+            if closing {
+                self.watch_streams.remove(&stream);
+            }
+        }
+        for stream in gone {
+            self.watch_streams.remove(&stream);
+            self.node.step(Input::Watch(WatchInput::Close { stream }));
         }
     }
 }

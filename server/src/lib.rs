@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod transport;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -172,8 +173,15 @@ pub const STALE_READ_REFRESH_ENTRIES: u64 = 8;
 /// Passes the simulator's engine bugs (see `keel_storage::bugs`) to the node.
 #[cfg(madsim)]
 fn with_sim_bugs(mut node: Node) -> Node {
-    if keel_storage::bugs::enabled(keel_storage::bugs::Bug::StaleRead) {
+    use keel_storage::bugs::{enabled, Bug};
+    if enabled(Bug::StaleRead) {
         node.inject_stale_reads(STALE_READ_REFRESH_ENTRIES);
+    }
+    if enabled(Bug::WatchSkipCompactionBoundary) {
+        node.watches_mut().inject_skip_compaction_boundary();
+    }
+    if enabled(Bug::LeaseExpireOnFollowerClock) {
+        node.inject_lease_expiry_on_followers();
     }
     node
 }
@@ -207,7 +215,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (wal, recovered) = open_wal(&env.disk, &config.data_dir)?;
-    let node = with_sim_bugs(Node::new(
+    let mut node = with_sim_bugs(Node::new(
         NodeConfig {
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
@@ -220,6 +228,9 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
         recovered,
     )?);
+    // etcd splits a `fragment` watcher's responses above --max-request-bytes.
+    node.watches_mut()
+        .set_fragment_bytes(config.max_request_bytes as usize);
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
     let local = transport::LocalIdentity {

@@ -22,11 +22,23 @@ pub enum Bug {
     /// The engine answers linearizable ranges from a copy of the store that is refreshed only
     /// every few applied entries.
     StaleRead,
+    /// Watch catch-up from MVCC drops the delete events at exactly the compaction revision
+    /// (etcd issue #19179).
+    WatchSkipCompactionBoundary,
+    /// Followers decide lease expiry from their own clocks and propose revokes, though
+    /// keepalives renew leases only on the leader.
+    LeaseExpireOnFollowerClock,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 3] = [Bug::AckBeforeFsync, Bug::SkipCrc, Bug::StaleRead];
+    pub const ALL: [Bug; 5] = [
+        Bug::AckBeforeFsync,
+        Bug::SkipCrc,
+        Bug::StaleRead,
+        Bug::WatchSkipCompactionBoundary,
+        Bug::LeaseExpireOnFollowerClock,
+    ];
 
     /// The name used on the command line (`--bug NAME`).
     pub fn name(self) -> &'static str {
@@ -34,6 +46,8 @@ impl Bug {
             Bug::AckBeforeFsync => "ack-before-fsync",
             Bug::SkipCrc => "skip-crc",
             Bug::StaleRead => "stale-read",
+            Bug::WatchSkipCompactionBoundary => "watch-skip-compaction-boundary",
+            Bug::LeaseExpireOnFollowerClock => "lease-expire-on-follower-clock",
         }
     }
 
@@ -47,6 +61,8 @@ impl Bug {
             Bug::AckBeforeFsync => 1,
             Bug::SkipCrc => 2,
             Bug::StaleRead => 4,
+            Bug::WatchSkipCompactionBoundary => 8,
+            Bug::LeaseExpireOnFollowerClock => 16,
         }
     }
 }

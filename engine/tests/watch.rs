@@ -1,0 +1,574 @@
+//! Watches through the node: create, live events, catch-up from MVCC, compaction, filters,
+//! prev_kv, fragments, progress, cancellation and slow consumers — every response checked.
+
+use keel_engine::node::{Input, Node, NodeConfig, Output, Recovered, Request};
+use keel_engine::watch::{WatchInput, WatchOutput, STREAM_WINDOW};
+use keel_proto::etcdserverpb::request_op::Request as Op;
+use keel_proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchResponse,
+};
+use keel_proto::mvccpb::event::EventType;
+
+const MEMBER: u64 = 0x11;
+
+struct Harness {
+    node: Node,
+    sent: Vec<(u64, WatchResponse)>,
+    closed: Vec<(u64, &'static str)>,
+    next_token: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let cfg = NodeConfig {
+            member_id: MEMBER,
+            cluster_id: 0xc1,
+            voters: vec![MEMBER],
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            tick_ms: 100,
+            seed: 7,
+            incarnation: 1,
+        };
+        let node = Node::new(cfg, Recovered::default()).expect("node starts");
+        let mut h = Harness {
+            node,
+            sent: Vec::new(),
+            closed: Vec::new(),
+            next_token: 1,
+        };
+        h.settle();
+        h
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let outputs = self.node.take_outputs();
+            if outputs.is_empty() {
+                return;
+            }
+            for out in outputs {
+                match out {
+                    Output::Persist(batch) => self.node.step(Input::Persisted {
+                        number: batch.number,
+                    }),
+                    Output::Send(_) => panic!("one member sends nothing"),
+                    Output::Reply { result, .. } => {
+                        result.expect("request succeeds");
+                    }
+                    Output::Watch(outs) => {
+                        for o in outs {
+                            match o {
+                                WatchOutput::Send(s, r) => self.sent.push((s, r)),
+                                WatchOutput::Close(s, why) => self.closed.push((s, why)),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        panic!("never settled");
+    }
+
+    fn request(&mut self, request: Request) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.node.step(Input::Request { token, request });
+        self.settle();
+    }
+
+    fn put(&mut self, key: &str, value: &str) {
+        self.request(Request::Put(PutRequest {
+            key: key.to_owned().into(),
+            value: value.to_owned().into(),
+            ..Default::default()
+        }));
+    }
+
+    fn delete(&mut self, key: &str) {
+        self.request(Request::DeleteRange(DeleteRangeRequest {
+            key: key.to_owned().into(),
+            ..Default::default()
+        }));
+    }
+
+    fn watch(&mut self, stream: u64, request: WatchCreateRequest) {
+        self.node
+            .step(Input::Watch(WatchInput::Create { stream, request }));
+        self.settle();
+    }
+
+    fn input(&mut self, input: WatchInput) {
+        self.node.step(input_of(input));
+        self.settle();
+    }
+
+    fn take(&mut self, stream: u64) -> Vec<WatchResponse> {
+        let (mine, rest) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|(s, _)| *s == stream);
+        self.sent = rest;
+        mine.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn revision(&self) -> i64 {
+        self.node.store().current_revision()
+    }
+}
+
+fn input_of(w: WatchInput) -> Input {
+    Input::Watch(w)
+}
+
+fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: key.to_owned().into(),
+        range_end: end.to_owned().into(),
+        start_revision: start,
+        ..Default::default()
+    }
+}
+
+/// (type, key, value, mod revision) of every event of the responses, in order.
+fn events(responses: &[WatchResponse]) -> Vec<(&'static str, String, String, i64)> {
+    responses
+        .iter()
+        .flat_map(|r| r.events.iter())
+        .map(|e| {
+            let kv = e.kv.clone().expect("event kv");
+            let kind = if e.r#type == EventType::Delete as i32 {
+                "delete"
+            } else {
+                "put"
+            };
+            (
+                kind,
+                String::from_utf8(kv.key.to_vec()).expect("utf8"),
+                String::from_utf8(kv.value.to_vec()).expect("utf8"),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+fn ev(kind: &'static str, key: &str, value: &str, rev: i64) -> (&'static str, String, String, i64) {
+    (kind, key.to_owned(), value.to_owned(), rev)
+}
+
+#[test]
+fn a_watch_from_now_gets_created_then_each_change_in_its_range() {
+    let mut h = Harness::new();
+    h.put("a", "0"); // rev 2
+    h.watch(1, create("a", "", 0));
+    let created = h.take(1);
+    assert_eq!(created.len(), 1);
+    assert!(created[0].created);
+    assert_eq!(created[0].watch_id, 0);
+    let header = created[0].header.expect("header");
+    assert_eq!(
+        (header.revision, header.member_id, header.cluster_id),
+        (2, MEMBER, 0xc1)
+    );
+    h.put("a", "1"); // 3
+    h.put("b", "x"); // 4: not watched
+    h.delete("a"); // 5
+    let got = h.take(1);
+    assert_eq!(
+        events(&got),
+        vec![ev("put", "a", "1", 3), ev("delete", "a", "", 5)]
+    );
+    assert!(got.iter().all(|r| r.watch_id == 0 && !r.created));
+    assert_eq!(got[0].header.as_ref().map(|h| h.revision), Some(3));
+    assert_eq!(got[1].header.as_ref().map(|h| h.revision), Some(5));
+}
+
+#[test]
+fn prefix_and_from_key_ranges_and_filters() {
+    let mut h = Harness::new();
+    h.watch(1, create("p/", "p0", 0)); // prefix p/
+    h.watch(
+        1,
+        WatchCreateRequest {
+            filters: vec![0], // NOPUT
+            ..create("m", "\0", 0)
+        },
+    );
+    h.watch(
+        1,
+        WatchCreateRequest {
+            filters: vec![1], // NODELETE
+            ..create("p/a", "", 0)
+        },
+    );
+    let created = h.take(1);
+    let ids: Vec<i64> = created.iter().map(|r| r.watch_id).collect();
+    assert_eq!(ids, vec![0, 1, 2]);
+    h.put("p/a", "1"); // 2
+    h.put("o", "1"); // 3
+    h.delete("p/a"); // 4
+    h.put("z", "1"); // 5
+    h.delete("z"); // 6
+    let got = h.take(1);
+    let of = |id: i64| {
+        let rs: Vec<WatchResponse> = got.iter().filter(|r| r.watch_id == id).cloned().collect();
+        events(&rs)
+    };
+    assert_eq!(
+        of(0),
+        vec![ev("put", "p/a", "1", 2), ev("delete", "p/a", "", 4)]
+    );
+    // From "m" on, deletes only: "p/a" deleted at 4, "z" deleted at 6.
+    assert_eq!(
+        of(1),
+        vec![ev("delete", "p/a", "", 4), ev("delete", "z", "", 6)]
+    );
+    assert_eq!(of(2), vec![ev("put", "p/a", "1", 2)]);
+}
+
+#[test]
+fn a_historical_start_catches_up_from_mvcc_then_goes_live_without_gaps() {
+    let mut h = Harness::new();
+    for i in 0..2500 {
+        h.put(&format!("k{}", i % 7), &format!("v{i}"));
+    }
+    // revisions 2..=2501
+    h.watch(
+        1,
+        WatchCreateRequest {
+            prev_kv: true,
+            ..create("k", "l", 2)
+        },
+    );
+    // Catch-up happens in bounded batches, one per step: ticks drive the rest.
+    for _ in 0..10 {
+        h.node.step(Input::Tick);
+        h.settle();
+    }
+    h.put("k3", "live");
+    let got = h.take(1);
+    assert!(got[0].created);
+    let evs = events(&got[1..]);
+    assert_eq!(evs.len(), 2501);
+    for (i, e) in evs.iter().enumerate().take(2500) {
+        assert_eq!(e.3, i as i64 + 2, "revision order without gaps");
+        assert_eq!(e.2, format!("v{i}"));
+    }
+    assert_eq!(evs[2500], ev("put", "k3", "live", 2502));
+    // prev_kv: the previous version of the same key; none for a creation.
+    let all: Vec<_> = got[1..].iter().flat_map(|r| r.events.iter()).collect();
+    assert!(all[0].prev_kv.is_none());
+    let e = all[10].clone();
+    let prev = e.prev_kv.expect("prev kv");
+    assert_eq!(prev.mod_revision, e.kv.expect("kv").mod_revision - 7);
+    // No response holds more than 1000 revisions.
+    for r in &got[1..] {
+        let revs: Vec<i64> = events(std::slice::from_ref(r))
+            .iter()
+            .map(|e| e.3)
+            .collect();
+        assert!(revs.last().unwrap_or(&0) - revs.first().unwrap_or(&0) < 1000);
+    }
+}
+
+#[test]
+fn a_txn_revision_arrives_in_one_response() {
+    let mut h = Harness::new();
+    h.watch(1, create("a", "\0", 0));
+    h.take(1);
+    let put = |k: &str| RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key: k.to_owned().into(),
+            value: "t".into(),
+            ..Default::default()
+        })),
+    };
+    h.request(Request::Txn(TxnRequest {
+        success: vec![put("a1"), put("a2"), put("a3")],
+        ..Default::default()
+    }));
+    let got = h.take(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].events.len(), 3);
+}
+
+#[test]
+fn a_compacted_start_is_cancelled_with_the_compact_revision() {
+    let mut h = Harness::new();
+    for i in 0..10 {
+        h.put("a", &i.to_string());
+    } // revs 2..=11
+    h.request(Request::Compaction(CompactionRequest {
+        revision: 6,
+        physical: false,
+    }));
+    h.watch(1, create("a", "", 3));
+    let got = h.take(1);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].created && !got[0].canceled);
+    assert!(got[1].canceled);
+    assert_eq!(got[1].compact_revision, 6);
+    assert_eq!(got[1].watch_id, got[0].watch_id);
+    assert!(got[1].events.is_empty());
+    // The watch is gone: later changes are not sent to it.
+    h.put("a", "x");
+    assert!(h.take(1).is_empty());
+}
+
+#[test]
+fn a_start_at_the_compaction_revision_sees_the_delete_there() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // 2
+    h.delete("a"); // 3
+    h.put("b", "1"); // 4
+    h.request(Request::Compaction(CompactionRequest {
+        revision: 3,
+        physical: false,
+    }));
+    h.watch(1, create("a", "c", 3));
+    let got = h.take(1);
+    assert_eq!(
+        events(&got),
+        vec![ev("delete", "a", "", 3), ev("put", "b", "1", 4)]
+    );
+
+    // The simulator's bug drops exactly that delete (etcd #19179).
+    let mut h = Harness::new();
+    h.node.watches_mut().inject_skip_compaction_boundary();
+    h.put("a", "1");
+    h.delete("a");
+    h.put("b", "1");
+    h.request(Request::Compaction(CompactionRequest {
+        revision: 3,
+        physical: false,
+    }));
+    h.watch(1, create("a", "c", 3));
+    assert_eq!(events(&h.take(1)), vec![ev("put", "b", "1", 4)]);
+}
+
+#[test]
+fn create_errors_cancel_and_ids_follow_etcd() {
+    let mut h = Harness::new();
+    h.watch(1, create("b", "a", 0));
+    let got = h.take(1);
+    assert!(got[0].created && got[0].canceled);
+    assert_eq!(got[0].watch_id, -1);
+    assert_eq!(got[0].cancel_reason, "mvcc: watcher range is empty");
+
+    h.watch(
+        1,
+        WatchCreateRequest {
+            watch_id: 5,
+            ..create("a", "", 0)
+        },
+    );
+    h.watch(
+        1,
+        WatchCreateRequest {
+            watch_id: 5,
+            ..create("b", "", 0)
+        },
+    );
+    let got = h.take(1);
+    assert_eq!(got[0].watch_id, 5);
+    assert!(got[1].canceled);
+    assert_eq!(
+        got[1].cancel_reason,
+        "mvcc: duplicate watch ID provided on the WatchStream"
+    );
+    // Auto ids skip taken ones; ids are per stream.
+    h.watch(1, create("c", "", 0));
+    h.watch(2, create("c", "", 0));
+    assert_eq!(h.take(1)[0].watch_id, 0);
+    assert_eq!(h.take(2)[0].watch_id, 0);
+
+    h.input(WatchInput::Cancel {
+        stream: 1,
+        watch_id: 5,
+    });
+    let got = h.take(1);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].canceled && got[0].watch_id == 5);
+    // Unknown ids are ignored, like etcd.
+    h.input(WatchInput::Cancel {
+        stream: 1,
+        watch_id: 99,
+    });
+    assert!(h.take(1).is_empty());
+    h.put("a", "after cancel");
+    assert!(h.take(1).is_empty());
+}
+
+#[test]
+fn progress_requests_answer_with_the_current_revision_once_synced() {
+    let mut h = Harness::new();
+    h.put("a", "1");
+    h.watch(1, create("a", "", 0));
+    h.take(1);
+    h.input(WatchInput::Progress { stream: 1 });
+    let got = h.take(1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].watch_id, -1);
+    assert!(got[0].events.is_empty());
+    assert_eq!(
+        got[0].header.as_ref().map(|x| x.revision),
+        Some(h.revision())
+    );
+}
+
+#[test]
+fn progress_notify_reaches_idle_watchers_each_interval() {
+    let mut h = Harness::new();
+    h.node.watches_mut().set_progress_interval_ms(1000);
+    h.watch(
+        1,
+        WatchCreateRequest {
+            progress_notify: true,
+            ..create("a", "", 0)
+        },
+    );
+    h.watch(1, create("a", "", 0)); // did not ask
+    h.take(1);
+    for _ in 0..25 {
+        h.node.step(Input::Tick);
+        h.settle();
+    }
+    let got = h.take(1);
+    assert!(got.len() >= 2, "{got:?}");
+    assert!(got.iter().all(|r| r.watch_id == 0 && r.events.is_empty()));
+}
+
+#[test]
+fn fragments_split_a_large_revision_only_when_asked() {
+    let mut h = Harness::new();
+    h.node.watches_mut().set_fragment_bytes(300);
+    h.watch(
+        1,
+        WatchCreateRequest {
+            fragment: true,
+            ..create("a", "\0", 0)
+        },
+    );
+    h.watch(2, create("a", "\0", 0));
+    h.take(1);
+    h.take(2);
+    let ops: Vec<RequestOp> = (0..10)
+        .map(|i| RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: format!("a{i}").into(),
+                value: vec![b'x'; 100].into(),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    h.request(Request::Txn(TxnRequest {
+        success: ops,
+        ..Default::default()
+    }));
+    let frag = h.take(1);
+    assert!(frag.len() > 1);
+    assert!(frag[..frag.len() - 1].iter().all(|r| r.fragment));
+    assert!(!frag[frag.len() - 1].fragment);
+    assert_eq!(events(&frag).len(), 10);
+    let whole = h.take(2);
+    assert_eq!(whole.len(), 1);
+    assert_eq!(whole[0].events.len(), 10);
+}
+
+#[test]
+fn a_slow_stream_falls_behind_alone_and_catches_up_without_loss() {
+    let mut h = Harness::new();
+    h.watch(1, create("a", "", 0)); // the slow one
+    h.watch(2, create("a", "", 0));
+    h.take(1);
+    h.take(2);
+    let writes = STREAM_WINDOW as usize + 500;
+    let mut fast = Vec::new();
+    for i in 0..writes {
+        h.put("a", &i.to_string());
+        // Stream 2's client reads as it goes.
+        let read = h.take(2);
+        h.input(WatchInput::Credit {
+            stream: 2,
+            responses: read.len() as u32,
+        });
+        fast.extend(read);
+    }
+    // Stream 1 never returned credit: it got exactly a window's worth (less the created).
+    let slow = h.take(1);
+    assert_eq!(slow.len(), STREAM_WINDOW as usize - 1);
+    assert_eq!(h.node.watches().unsynced_count(), 1);
+    // Stream 2 got everything, one response per write.
+    assert_eq!(events(&fast).len(), writes);
+    // Credit returns: the slow watcher catches up from MVCC, in order, no duplicates.
+    let mut all = slow;
+    for _ in 0..20 {
+        h.input(WatchInput::Credit {
+            stream: 1,
+            responses: STREAM_WINDOW,
+        });
+        all.extend(h.take(1));
+    }
+    let evs = events(&all);
+    assert_eq!(evs.len(), writes);
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e.2, i.to_string());
+        assert_eq!(e.3, i as i64 + 2);
+    }
+    assert_eq!(h.node.watches().unsynced_count(), 0);
+    h.put("a", "live");
+    assert_eq!(
+        events(&h.take(1)),
+        vec![ev("put", "a", "live", writes as i64 + 2)]
+    );
+}
+
+#[test]
+fn a_slow_watcher_overtaken_by_compaction_is_cancelled_not_skipped() {
+    let mut h = Harness::new();
+    h.watch(1, create("a", "", 0));
+    h.take(1);
+    for i in 0..(STREAM_WINDOW as usize + 10) {
+        h.put("a", &i.to_string());
+    }
+    let got = h.take(1);
+    let last_seen = events(&got).last().map(|e| e.3).expect("some events");
+    let rev = h.revision();
+    h.request(Request::Compaction(CompactionRequest {
+        revision: rev,
+        physical: false,
+    }));
+    h.input(WatchInput::Credit {
+        stream: 1,
+        responses: STREAM_WINDOW,
+    });
+    let got = h.take(1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].canceled);
+    assert_eq!(got[0].compact_revision, rev);
+    assert!(last_seen < rev);
+}
+
+#[test]
+fn closing_a_stream_frees_its_watchers() {
+    let mut h = Harness::new();
+    for s in 1..=3 {
+        for k in 0..100 {
+            h.watch(
+                s,
+                create(&format!("k{k}"), "", if k % 2 == 0 { 0 } else { 1 }),
+            );
+        }
+    }
+    assert_eq!(h.node.watches().watcher_count(), 300);
+    h.take(2);
+    h.input(WatchInput::Close { stream: 2 });
+    assert_eq!(h.node.watches().watcher_count(), 200);
+    assert_eq!(h.node.watches().stream_count(), 2);
+    h.take(1);
+    h.take(3);
+    h.put("k4", "v");
+    assert_eq!(h.take(1).len(), 1);
+    assert_eq!(h.take(3).len(), 1);
+    assert!(h.take(2).is_empty());
+}
