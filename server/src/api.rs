@@ -39,6 +39,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming}
 
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::driver::Handle;
+use crate::forward::Forwarder;
 use crate::watch::WatchService;
 use crate::{Identity, ServerError};
 
@@ -53,6 +54,7 @@ pub const ETCD_VERSION: &str = "3.4.23";
 #[derive(Clone)]
 pub struct Services {
     handle: Handle,
+    forwarder: Arc<Forwarder>,
     identity: Arc<Identity>,
     max_request_bytes: usize,
     max_txn_ops: usize,
@@ -60,9 +62,10 @@ pub struct Services {
 
 impl Services {
     /// Services answering through `handle`.
-    pub fn new(handle: Handle, identity: Identity, config: &Config) -> Self {
+    pub fn new(handle: Handle, identity: Identity, config: &Config, forwarder: Forwarder) -> Self {
         Self {
             handle,
+            forwarder: Arc::new(forwarder),
             identity: Arc::new(identity),
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
@@ -119,6 +122,38 @@ impl Services {
             return Err(to_status(Error::RequestTooLarge));
         }
         Ok(())
+    }
+
+    /// One keepalive: served by the leader, forwarded to it by a follower.
+    async fn keep_alive(
+        &self,
+        keepalive: LeaseKeepAliveRequest,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        match self
+            .handle
+            .request(Request::LeaseKeepAlive(keepalive))
+            .await
+        {
+            Ok(Response::LeaseKeepAlive(r)) => Ok(r),
+            Ok(_) => Err(unexpected("LeaseKeepAlive")),
+            Err(Error::NotLeader) => {
+                let status = self.handle.status().await.map_err(to_status)?;
+                if status.leader == 0 || status.leader == status.member_id {
+                    return Err(to_status(Error::NoLeader));
+                }
+                let mut resp = self.forwarder.keep_alive(status.leader, keepalive).await?;
+                self.local_header(&mut resp.header);
+                Ok(resp)
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    /// A forwarded answer carries this member's identity in its header, as etcd's does.
+    fn local_header(&self, header: &mut Option<ResponseHeader>) {
+        let h = header.get_or_insert_with(ResponseHeader::default);
+        h.member_id = self.identity.member_id;
+        h.cluster_id = self.identity.cluster_id;
     }
 
     fn header(&self, revision: i64, raft_term: u64) -> ResponseHeader {
@@ -249,11 +284,7 @@ impl Lease for Services {
                         return;
                     }
                 };
-                let reply = match services.call(Request::LeaseKeepAlive(keepalive)).await {
-                    Ok(Response::LeaseKeepAlive(r)) => Ok(r),
-                    Ok(_) => Err(unexpected("LeaseKeepAlive")),
-                    Err(status) => Err(status),
-                };
+                let reply = services.keep_alive(keepalive).await;
                 let failed = reply.is_err();
                 if replies.send(reply).await.is_err() || failed {
                     return;
@@ -268,10 +299,15 @@ impl Lease for Services {
         &self,
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
-        match self
-            .call(Request::LeaseTimeToLive(request.into_inner()))
-            .await?
-        {
+        let request = request.into_inner();
+        // Only the leader knows how long a lease has left: a follower asks it.
+        let status = self.handle.status().await.map_err(to_status)?;
+        if status.leader != 0 && status.leader != status.member_id {
+            let mut resp = self.forwarder.time_to_live(status.leader, request).await?;
+            self.local_header(&mut resp.header);
+            return Ok(GrpcResponse::new(resp));
+        }
+        match self.call(Request::LeaseTimeToLive(request)).await? {
             Response::LeaseTimeToLive(resp) => Ok(GrpcResponse::new(resp)),
             _ => Err(unexpected("LeaseTimeToLive")),
         }

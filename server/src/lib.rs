@@ -11,6 +11,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod driver;
+pub mod forward;
 pub mod transport;
 pub mod watch;
 
@@ -237,6 +238,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
+    let forwarder = forward::Forwarder::new(identity.cluster_id, peers.clone());
     let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
@@ -248,9 +250,9 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         transport,
         inbound,
     );
-    let services = api::Services::new(handle, identity, &config);
+    let peer_service = transport::PeerService::new(local, inbound_tx, Some(handle.clone()));
+    let services = api::Services::new(handle, identity, &config, forwarder);
     let mut servers = Vec::new();
-    let peer_service = transport::PeerService::new(local, inbound_tx);
     for addr in peer_addrs {
         tracing::info!(%addr, "serving peer traffic");
         servers.push(tokio::spawn(serve_peers(peer_service.clone(), addr)));

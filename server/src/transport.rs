@@ -20,16 +20,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_engine::node::{Request as EngineRequest, Response as EngineResponse};
 use keel_engine::raft_log::{decode_message, encode_message};
 use keel_engine::raftpb::Message;
+use keel_proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::peer_server::Peer;
-use keel_proto::keelpb::{MessageBatch, SendAck};
+use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MessageBatch, SendAck};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::to_status;
 use crate::clock::Clock;
+use crate::driver::Handle;
 
 /// Messages queued towards one peer, at most; beyond that new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -192,12 +196,35 @@ async fn pump(
 pub struct PeerService {
     local: LocalIdentity,
     inbound: mpsc::Sender<Message>,
+    /// Serves lease requests forwarded by followers.
+    handle: Option<Handle>,
 }
 
 impl PeerService {
-    /// A service that hands every received message to `inbound` (the driver).
-    pub fn new(local: LocalIdentity, inbound: mpsc::Sender<Message>) -> Self {
-        PeerService { local, inbound }
+    /// A service that hands every received message to `inbound` (the driver) and serves
+    /// forwarded lease requests through `handle` (`None`: it refuses them).
+    pub fn new(
+        local: LocalIdentity,
+        inbound: mpsc::Sender<Message>,
+        handle: Option<Handle>,
+    ) -> Self {
+        PeerService {
+            local,
+            inbound,
+            handle,
+        }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<&Handle, Status> {
+        if cluster_id != self.local.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "keel: request from cluster {cluster_id:x} sent to a member of cluster {:x}",
+                self.local.cluster_id
+            )));
+        }
+        self.handle
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("keel: member is not serving lease requests"))
     }
 }
 
@@ -230,5 +257,36 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(SendAck {}))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveForward>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let keepalive = forward.request.unwrap_or_default();
+        match handle
+            .request(EngineRequest::LeaseKeepAlive(keepalive))
+            .await
+        {
+            Ok(EngineResponse::LeaseKeepAlive(r)) => Ok(Response::new(r)),
+            Ok(_) => Err(Status::internal("keel: unexpected answer to a keepalive")),
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveForward>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let query = forward.request.unwrap_or_default();
+        match handle.request(EngineRequest::LeaseTimeToLive(query)).await {
+            Ok(EngineResponse::LeaseTimeToLive(r)) => Ok(Response::new(r)),
+            Ok(_) => Err(Status::internal("keel: unexpected answer to a TTL query")),
+            Err(e) => Err(to_status(e)),
+        }
     }
 }

@@ -41,6 +41,7 @@ async fn serve(me: u64, addr: SocketAddr) -> (mpsc::Receiver<Message>, oneshot::
             cluster_id: CLUSTER,
         },
         inbound,
+        None,
     );
     tokio::spawn(
         tonic::transport::Server::builder()
