@@ -7,6 +7,8 @@
 //!   compaction), shared by the checker and the history generator.
 //! - [`check`]: the revision-guided linearizability checker and its explanations.
 //! - [`gen`]: random histories from a correct sequential model, with optional injected faults.
+//! - [`watch`]: the JSON-lines watch-log format and a checker of watch streams against a
+//!   history (ordered, unique, atomic, reliable, progress, `prev_kv`, create flags, filters).
 //!
 //! A recorder writes [`history::Event`]s (`Event::invoke`, `Event::ok`, `Event::fail`,
 //! `Event::info`) as JSON lines; a test then asks for a verdict and treats anything but
@@ -29,3 +31,4 @@ pub mod check;
 pub mod gen;
 pub mod history;
 pub mod model;
+pub mod watch;

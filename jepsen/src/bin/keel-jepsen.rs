@@ -1,5 +1,8 @@
 //! `keel-jepsen check FILE`: checks a JSON-lines history; prints `valid` or the explanation.
 //! Exit codes: 0 valid, 1 invalid, 2 unknown (budget, or a history that cannot be read).
+//!
+//! `keel-jepsen check-watch HISTORY WATCHES`: checks a watch log against its history; exit
+//! codes 0 valid, 1 invalid, 2 when a file cannot be read.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel_jepsen::check::{check, CheckOptions, Verdict};
 use keel_jepsen::history::History;
+use keel_jepsen::watch::{check_watches_with, WatchLog, WatchOptions, WatchVerdict};
 
 #[derive(Parser)]
 #[command(
@@ -35,25 +39,82 @@ enum Command {
         #[arg(long, default_value_t = 20_000_000)]
         max_steps: u64,
     },
+    /// Check a watch log (JSON lines) against the history of the same run.
+    CheckWatch {
+        /// The history file (`-` for standard input).
+        history: PathBuf,
+        /// The watch log.
+        watches: PathBuf,
+        /// The server may compact on its own, so a compaction outside the history may explain
+        /// a null `prev_kv`.
+        #[arg(long)]
+        unrecorded_compactions: bool,
+    },
+}
+
+fn read_text(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
 }
 
 fn read(file: &PathBuf) -> anyhow::Result<History> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-    };
-    Ok(History::from_jsonl(&text)?)
+    Ok(History::from_jsonl(&read_text(file)?)?)
+}
+
+fn read_watches(file: &PathBuf) -> anyhow::Result<WatchLog> {
+    let text = read_text(file)?;
+    WatchLog::from_jsonl(&text).with_context(|| format!("parsing {}", file.display()))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let Command::Check {
-        file,
-        initial_revision,
-        time_limit_secs,
-        max_steps,
-    } = cli.command;
+    match Cli::parse().command {
+        Command::Check {
+            file,
+            initial_revision,
+            time_limit_secs,
+            max_steps,
+        } => check_history(file, initial_revision, time_limit_secs, max_steps),
+        Command::CheckWatch {
+            history,
+            watches,
+            unrecorded_compactions,
+        } => check_watch(&history, &watches, unrecorded_compactions),
+    }
+}
+
+fn check_watch(history: &PathBuf, watches: &PathBuf, unrecorded_compactions: bool) -> ExitCode {
+    let inputs = read(history).and_then(|h| Ok((h, read_watches(watches)?)));
+    let (history, log) = match inputs {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("unknown: cannot read the inputs: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = WatchOptions {
+        unrecorded_compactions,
+    };
+    match check_watches_with(&history, &log, &options) {
+        WatchVerdict::Valid => {
+            println!("valid");
+            ExitCode::SUCCESS
+        }
+        WatchVerdict::Invalid(v) => {
+            print!("invalid: {v}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check_history(
+    file: PathBuf,
+    initial_revision: i64,
+    time_limit_secs: u64,
+    max_steps: u64,
+) -> ExitCode {
     let history = match read(&file) {
         Ok(h) => h,
         Err(e) => {
