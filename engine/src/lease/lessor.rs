@@ -271,7 +271,8 @@ impl Lessor {
     pub fn time_to_live(&self, id: i64, now_ms: u64) -> Option<(i64, i64)> {
         let lease = self.leases.get(&id)?;
         let remaining = match lease.expiry_ms {
-            Some(at) => (at.saturating_sub(now_ms)).div_ceil(1000) as i64,
+            // etcd truncates to whole seconds.
+            Some(at) => (at.saturating_sub(now_ms) / 1000) as i64,
             None if lease.remaining_ttl_s > 0 => lease.remaining_ttl_s,
             None => lease.ttl_s,
         };
