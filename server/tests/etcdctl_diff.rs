@@ -120,14 +120,9 @@ enum Scope {
     Everything,
 }
 
+#[derive(Default)]
 struct Seq {
     steps: Vec<Step>,
-}
-
-impl Default for Seq {
-    fn default() -> Self {
-        Seq { steps: Vec::new() }
-    }
 }
 
 impl Seq {
