@@ -45,10 +45,17 @@ enum Command {
         history: PathBuf,
         /// The watch log.
         watches: PathBuf,
+        /// The store's revision before the history (empty then).
+        #[arg(long, default_value_t = 1)]
+        initial_revision: i64,
         /// The server may compact on its own, so a compaction outside the history may explain
         /// a null `prev_kv`.
         #[arg(long)]
         unrecorded_compactions: bool,
+        /// The server may delete keys on its own (leases outside the history), so a delete
+        /// no op explains may still be real.
+        #[arg(long)]
+        unrecorded_deletes: bool,
     },
 }
 
@@ -80,12 +87,21 @@ fn main() -> ExitCode {
         Command::CheckWatch {
             history,
             watches,
+            initial_revision,
             unrecorded_compactions,
-        } => check_watch(&history, &watches, unrecorded_compactions),
+            unrecorded_deletes,
+        } => {
+            let options = WatchOptions {
+                initial_revision,
+                unrecorded_compactions,
+                unrecorded_deletes,
+            };
+            check_watch(&history, &watches, &options)
+        }
     }
 }
 
-fn check_watch(history: &PathBuf, watches: &PathBuf, unrecorded_compactions: bool) -> ExitCode {
+fn check_watch(history: &PathBuf, watches: &PathBuf, options: &WatchOptions) -> ExitCode {
     let inputs = read(history).and_then(|h| Ok((h, read_watches(watches)?)));
     let (history, log) = match inputs {
         Ok(x) => x,
@@ -94,10 +110,7 @@ fn check_watch(history: &PathBuf, watches: &PathBuf, unrecorded_compactions: boo
             return ExitCode::from(2);
         }
     };
-    let options = WatchOptions {
-        unrecorded_compactions,
-    };
-    match check_watches_with(&history, &log, &options) {
+    match check_watches_with(&history, &log, options) {
         WatchVerdict::Valid => {
             println!("valid");
             ExitCode::SUCCESS

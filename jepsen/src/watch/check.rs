@@ -22,12 +22,28 @@ use super::verdict::{bad, Check, WatchVerdict, WatchViolation, WatchViolationKin
 use super::{EventType, WatchEvent, WatchLog, WatchRecordKind};
 
 /// Assumptions about the run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchOptions {
+    /// The store's revision before the history, at which it was empty (etcd starts at 1), as
+    /// in [`crate::check::CheckOptions::initial_revision`].
+    pub initial_revision: Revision,
     /// The server may compact on its own (auto-compaction), so a compaction not in the history
     /// may explain a null `prev_kv`. Off: only the history's compactions (any outcome) and
     /// compactions a `canceled` record reports do.
     pub unrecorded_compactions: bool,
+    /// The server may delete keys on its own (lease expiry or revocation not in the history),
+    /// so a delete event at a revision no acknowledged write took needs no op to explain it.
+    pub unrecorded_deletes: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            initial_revision: 1,
+            unrecorded_compactions: false,
+            unrecorded_deletes: false,
+        }
+    }
 }
 
 /// Checks the watch streams of `log` against `history` (and each other).
@@ -257,6 +273,9 @@ impl Ctx<'_> {
         if ops.iter().filter(in_doubt).any(|o| o.invoke_time <= t) {
             return Ok(());
         }
+        if e.kind == EventType::Delete && self.options.unrecorded_deletes {
+            return Ok(());
+        }
         let watch = self.watch_of(i);
         let what = e.text();
         let base = WatchViolation::new(Kind::UnknownWrite, String::new())
@@ -415,7 +434,7 @@ impl Ctx<'_> {
 }
 
 /// Why a put continuing generation `c` at version `n` cannot directly follow `prev` (`None`:
-/// the empty store at revision 1).
+/// the empty store at the initial revision).
 fn follows(c: Revision, n: i64, prev: Option<(Revision, &Known)>) -> Option<String> {
     let Some((r1, p)) = prev.filter(|p| p.1.kind == EventType::Put) else {
         return Some("the key did not exist".to_string());
@@ -456,7 +475,10 @@ impl Chained<'_> {
 
     fn state_text(&self, prev: Option<(Revision, &Known)>) -> String {
         match prev {
-            None => "it did not exist at revision 1".to_string(),
+            None => format!(
+                "it did not exist at revision {} (the empty store)",
+                self.ctx.options.initial_revision
+            ),
             Some((r, k)) => format!(
                 "its last known change was a {} at revision {r} ({})",
                 k.kind.name(),
@@ -474,7 +496,7 @@ impl Chained<'_> {
         k: &Known,
         prev: Option<(Revision, &Known)>,
     ) -> Check<()> {
-        let r1 = prev.map_or(1, |p| p.0);
+        let r1 = prev.map_or(self.ctx.options.initial_revision, |p| p.0);
         let complete = self.coverage.covered(key, r1 + 1, r - 1);
         let existed = complete.then(|| prev.is_some_and(|p| p.1.kind == EventType::Put));
         let sources: Vec<Source> = prev.iter().map(|p| p.1.source).chain([k.source]).collect();
@@ -651,7 +673,7 @@ impl Chained<'_> {
     ) -> Check<()> {
         let why = if let Some((id, _)) = self.ctx.writes.complete_at(m) {
             format!("revision {m} was made by acknowledged op {id}, which did not put {key}")
-        } else if m <= 1 || self.coverage.covered(key, m, m) {
+        } else if m <= self.ctx.options.initial_revision || self.coverage.covered(key, m, m) {
             format!("{key} is known not to have changed at revision {m}")
         } else {
             return Ok(());

@@ -38,7 +38,7 @@
 //! notification that came before it; `prev_kv` only when asked for and locally consistent
 //! (same generation, version one less); a put's create flag (version 1 exactly when
 //! `create_revision == mod_revision`); after a cancel nothing but `closed`; a cancel for
-//! compaction at `C` only when the watch still needed a revision below `C`.
+//! compaction at `C` only for a watch that started below `C`.
 //!
 //! Against the ground truth ([`truth`], built from the KV history's acknowledged writes and
 //! every watch's events): an event agrees with the acknowledged write of its revision (same key,
@@ -55,6 +55,13 @@
 //! (version 1) follows an absent key. A `prev_kv` is the key's version at its `mod_revision`
 //! with no known change to the key between it and the event; it is null only for a create or
 //! where a compaction may have removed the revision before the event.
+//!
+//! Nothing is concluded that the data cannot support: a change is *known* only if an
+//! acknowledged write made it or a watch delivered it; in-doubt writes may or may not appear;
+//! an events response's header revision and a `created` response promise nothing about
+//! delivery; only the last event of a response (one less for a fragment) and progress
+//! notifications do. [`WatchOptions`] states what else the run may do (an initial revision
+//! other than 1, compactions and deletes outside the history).
 //!
 //! # Worked example
 //!

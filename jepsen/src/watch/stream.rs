@@ -3,6 +3,13 @@
 //! revisions, progress notifications, cancels for compaction, and each event's own create flag
 //! and `prev_kv` shape.
 //!
+//! The stream's *milestones* are where it promised completeness: after an events response
+//! every covered change up to its last event's revision was delivered (one less for a
+//! fragment, which may end inside a revision), after a progress notification every covered
+//! change up to its revision. The highest is the stream's *horizon*. An events response's
+//! header revision promises nothing: etcd's catch-up sends at most 1000 revisions per response
+//! (`watchBatchMaxRevs`) under the store's current revision as header.
+//!
 //! Fragments join into one *message*: an events record with `fragment: true` is continued by
 //! the next events record of the same watch, up to one with `fragment: false`. A revision's
 //! events must all lie in one message:
@@ -100,7 +107,7 @@ struct Walk<'a> {
     message: u64,
     open_fragment: bool,
     last: Option<(Revision, usize, u64)>, // (revision, record, message) of the last event
-    progress: Option<(Revision, usize)>,
+    progress: Option<(Revision, usize)>,  // the highest progress notification
     closed: Option<usize>,
 }
 
@@ -250,28 +257,18 @@ impl<'a> Walk<'a> {
         self.s.horizon = self.s.horizon.max(revision);
     }
 
-    /// etcd cancels a watch for compaction at `c` only while its next revision is below `c`
-    /// (compaction keeps revision `c` itself). The next revision is at least the start, one
-    /// past the last event and one past the last progress notification.
+    /// etcd cancels a watch for compaction at `c` only if it asked for a revision below `c`
+    /// (compaction keeps revision `c` itself). Only the start is checked: etcd's own
+    /// compaction check reads the watcher's `minRev`, which a restore from a snapshot can
+    /// leave behind the events already delivered.
     fn cancel(&mut self, i: usize, c: Revision) -> Check<()> {
-        if c <= 0 {
-            return Ok(());
-        }
-        let after_event = self.last.map_or(0, |l| l.0 + 1);
-        let after_progress = self.progress.map_or(0, |p| p.0 + 1);
-        let next = self.s.start.max(after_event).max(after_progress);
-        if next < c {
+        if c <= 0 || self.s.start < c {
             return Ok(());
         }
         let text = format!(
-            "watch {} was canceled for compaction at revision {c}, but the next revision it \
-             needed was {next} (start {}, last event {}, last progress {}), which a compaction \
-             at {c} keeps",
-            self.s.id,
-            self.s.start,
-            self.last.map_or("none".to_string(), |l| l.0.to_string()),
-            self.progress
-                .map_or("none".to_string(), |p| p.0.to_string()),
+            "watch {} was canceled for compaction at revision {c}, but it started at {}, which \
+             a compaction at {c} keeps",
+            self.s.id, self.s.start,
         );
         bad(self.fail(Kind::Canceled, text, &[self.s.open, i]))
     }
@@ -293,8 +290,14 @@ impl<'a> Walk<'a> {
         for (j, e) in events.iter().enumerate() {
             self.event(i, j, header, e)?;
         }
+        // A fragment may end inside a revision: only the revisions before its last are whole.
         if let Some(last) = events.last() {
-            self.milestone(i, last.revision(), false);
+            let whole = if fragment {
+                last.revision() - 1
+            } else {
+                last.revision()
+            };
+            self.milestone(i, whole, false);
         }
         self.open_fragment = fragment;
         if !fragment {
