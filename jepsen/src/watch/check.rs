@@ -73,11 +73,22 @@ fn run(history: &History, log: &WatchLog, options: &WatchOptions) -> Check<()> {
     };
     let writes = Writes::new(&ops)?;
     let streams = streams(log)?;
+    let cancels = log
+        .records
+        .iter()
+        .filter_map(|rec| match rec.kind {
+            WatchRecordKind::Canceled {
+                compact_revision, ..
+            } if compact_revision > 0 => Some((rec.time, compact_revision)),
+            _ => None,
+        })
+        .collect();
     let ctx = Ctx {
         log,
         writes: &writes,
         streams: &streams,
         options,
+        cancels,
     };
     for s in &streams {
         ctx.headers(s)?;
@@ -119,6 +130,8 @@ struct Ctx<'a> {
     writes: &'a Writes<'a>,
     streams: &'a [Stream<'a>],
     options: &'a WatchOptions,
+    /// `(time, compact_revision)` of every cancel for compaction.
+    cancels: Vec<(u64, Revision)>,
 }
 
 impl Ctx<'_> {
@@ -440,11 +453,13 @@ fn follows(c: Revision, n: i64, prev: Option<(Revision, &Known)>) -> Option<Stri
         return Some("the key did not exist".to_string());
     };
     match &p.kv {
-        Some(pkv) if (pkv.create_revision, pkv.version + 1) != (c, n) => Some(format!(
-            "expected create {} and version {}",
-            pkv.create_revision,
-            pkv.version + 1
-        )),
+        Some(pkv) if (pkv.create_revision, pkv.version.saturating_add(1)) != (c, n) => {
+            Some(format!(
+                "expected create {} and version {}",
+                pkv.create_revision,
+                pkv.version.saturating_add(1)
+            ))
+        }
         None if c > r1 => Some(format!("the generation must include the put at {r1}")),
         _ => None,
     }
@@ -497,7 +512,9 @@ impl Chained<'_> {
         prev: Option<(Revision, &Known)>,
     ) -> Check<()> {
         let r1 = prev.map_or(self.ctx.options.initial_revision, |p| p.0);
-        let complete = self.coverage.covered(key, r1 + 1, r - 1);
+        let complete = self
+            .coverage
+            .covered(key, r1.saturating_add(1), r.saturating_sub(1));
         let existed = complete.then(|| prev.is_some_and(|p| p.1.kind == EventType::Put));
         let sources: Vec<Source> = prev.iter().map(|p| p.1.source).chain([k.source]).collect();
         let nothing_between = "and every change in between is known";
@@ -624,7 +641,7 @@ impl Chained<'_> {
             let text = format!(
                 "{here} has a null prev_kv, but {key} existed at revision {} and no compaction \
                  to revision {r} or above came before",
-                r - 1
+                r.saturating_sub(1)
             );
             return bad(fail(text, &[]));
         };
@@ -700,10 +717,7 @@ impl Chained<'_> {
         if self.ctx.writes.compaction_by(r, t) {
             return true;
         }
-        self.ctx.log.records.iter().any(|rec| {
-            rec.time <= t
-                && matches!(rec.kind, WatchRecordKind::Canceled { compact_revision, .. }
-                    if compact_revision >= r)
-        })
+        let cancels = &self.ctx.cancels;
+        cancels.iter().any(|&(time, c)| time <= t && c >= r)
     }
 }

@@ -437,7 +437,7 @@ fn prev_shape(asked: bool, e: &WatchEvent) -> Option<String> {
         return Some(format!("prev_kv {p}: {why}"));
     }
     let same_generation = p.create_revision == kv.create_revision;
-    if e.kind == EventType::Put && (!same_generation || p.version + 1 != kv.version) {
+    if e.kind == EventType::Put && (!same_generation || p.version.saturating_add(1) != kv.version) {
         return Some(format!(
             "prev_kv {p} is not the previous version of a put with create {} and version {}",
             kv.create_revision, kv.version
