@@ -36,7 +36,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    fn record(&mut self, message: String) {
+    pub fn record(&mut self, message: String) {
         let kinds = self.by_message.len();
         let key = if kinds < ERROR_KINDS_MAX || self.by_message.contains_key(&message) {
             message
@@ -46,7 +46,7 @@ impl Errors {
         *self.by_message.entry(key).or_insert(0) += 1;
     }
 
-    fn merge(&mut self, other: Errors) {
+    pub fn merge(&mut self, other: Errors) {
         for (message, count) in other.by_message {
             *self.by_message.entry(message).or_insert(0) += count;
         }
@@ -84,7 +84,7 @@ enum Workload {
 
 /// Runs the benchmark described by `cli` to completion.
 pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
-    let channels = connect(cli).await?;
+    let channels = connect(cli, cli.conns).await?;
     let workload = workload(&cli.command);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -118,10 +118,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
     })
 }
 
-/// Opens `--conns` channels, spreading them over the endpoints round-robin.
-async fn connect(cli: &Cli) -> anyhow::Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(cli.conns);
-    for conn_index in 0..cli.conns {
+/// Opens `count` channels, spreading them over the endpoints round-robin.
+pub async fn connect(cli: &Cli, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for conn_index in 0..count {
         let endpoint = &cli.endpoints[conn_index % cli.endpoints.len()];
         let uri = if endpoint.contains("://") {
             endpoint.clone()
@@ -171,6 +171,7 @@ fn workload(command: &Command) -> Workload {
             serializable: *consistency == Consistency::S,
             ..RangeRequest::default()
         }),
+        other => panic!("not a KV load: {other:?}"),
     }
 }
 

@@ -4,14 +4,33 @@
 //! keel-bench --endpoints 127.0.0.1:2379 --conns 10 --clients 100 --total 100000 \
 //!     put --key-size 8 --val-size 256 --key-space-size 100000
 //! keel-bench --clients 100 range foo --consistency s
+//! keel-bench --conns 10 watch --watchers 10000 --streams 100 --puts 100 --rate 20
+//! keel-bench --conns 10 watch-mem --pid 1234 --watchers 100000 --streams 100
+//! keel-bench --conns 10 --clients 100 --total 200000 lease-keepalive --leases 1000 --streams 10
 //! ```
 //!
-//! It speaks only the etcd v3 KV API, so it measures real etcd and keel alike. The report
-//! mirrors etcd's (summary, histogram, latency percentiles) and ends with one `RESULT` line for
-//! scripts.
+//! It speaks only the etcd v3 API (KV, Watch, Lease), so it measures real etcd and keel alike.
+//! The KV and lease reports mirror etcd's benchmark (summary, histogram, latency percentiles);
+//! every report ends with one `RESULT` line for scripts.
+//!
+//! The binary drives real servers over real sockets. Under `--cfg madsim` (the simulator's
+//! build, which compiles the whole workspace) it is an empty program: its custom Watch codec
+//! needs real tonic, and a simulated load generator would measure nothing.
 
+#![cfg_attr(madsim, allow(dead_code, unused_imports))]
+
+mod histogram;
+#[cfg(not(madsim))]
+mod lease;
 mod load;
+mod procfs;
 mod report;
+#[cfg(not(madsim))]
+mod watch;
+#[cfg(not(madsim))]
+mod watch_mem;
+#[cfg(not(madsim))]
+mod watch_wire;
 
 use std::time::Duration;
 
@@ -77,6 +96,97 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
     },
+    /// Watch fan-out: N watchers on one prefix, a paced writer, delivery latency and loss.
+    Watch(WatchArgs),
+    /// Server memory per watcher and per Watch stream (reads /proc/PID/status).
+    WatchMem(WatchMemArgs),
+    /// Lease keepalives over LeaseKeepAlive streams, as fast as answers come back
+    /// (`--total` keepalives; `--clients` concurrent grants).
+    LeaseKeepalive(LeaseArgs),
+}
+
+/// Arguments of `watch`. Watchers and streams are spread over `--conns` connections.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// Watchers in total, all on the prefix.
+    #[arg(long, default_value_t = 10_000)]
+    pub watchers: u64,
+    /// Watch streams (many creates per stream), round-robin over the connections.
+    #[arg(long, default_value_t = 100)]
+    pub streams: u64,
+    /// Values the writer puts into the prefix; every watcher must see each once.
+    #[arg(long, default_value_t = 100)]
+    pub puts: u64,
+    /// Puts per second (0: as fast as --writers in flight allow).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Puts in flight at most (on a connection of the writer's own).
+    #[arg(long, default_value_t = 1)]
+    pub writers: u64,
+    /// Value size in bytes (at least 20: the stamp).
+    #[arg(long, default_value_t = 20)]
+    pub val_size: usize,
+    /// Key prefix watched and written.
+    #[arg(long, default_value = "keel-bench/watch/")]
+    pub prefix: String,
+    /// Give up waiting for events once none has arrived for this long after the last put.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+    /// Server pid: report its CPU time and resident set too.
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// Arguments of `watch-mem`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchMemArgs {
+    /// Server pid, whose VmRSS is read.
+    #[arg(long)]
+    pub pid: u32,
+    /// Watchers in total.
+    #[arg(long, default_value_t = 100_000)]
+    pub watchers: u64,
+    /// Watch streams, round-robin over the connections.
+    #[arg(long, default_value_t = 100)]
+    pub streams: u64,
+    /// Seconds to wait before each reading.
+    #[arg(long, default_value_t = 5)]
+    pub settle_secs: u64,
+    /// Key prefix watched.
+    #[arg(long, default_value = "keel-bench/watch-mem/")]
+    pub prefix: String,
+}
+
+/// Arguments of `lease-keepalive`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LeaseArgs {
+    /// Leases granted and kept alive.
+    #[arg(long, default_value_t = 1_000)]
+    pub leases: u64,
+    /// LeaseKeepAlive streams, round-robin over the connections; leases are dealt over them.
+    #[arg(long, default_value_t = 10)]
+    pub streams: u64,
+    /// TTL of each lease in seconds (long enough that none expires during the run).
+    #[arg(long, default_value_t = 600)]
+    pub ttl_secs: i64,
+}
+
+#[cfg(test)]
+impl WatchArgs {
+    /// Small valid arguments.
+    pub fn for_tests() -> Self {
+        WatchArgs {
+            watchers: 10,
+            streams: 2,
+            puts: 5,
+            rate: 0.0,
+            writers: 1,
+            val_size: 20,
+            prefix: "p/".into(),
+            drain_secs: 1,
+            pid: None,
+        }
+    }
 }
 
 /// Read consistency of a Range request.
@@ -88,6 +198,13 @@ pub enum Consistency {
     S,
 }
 
+#[cfg(madsim)]
+fn main() {
+    eprintln!("keel-bench measures real servers; build it without --cfg madsim");
+    std::process::exit(2);
+}
+
+#[cfg(not(madsim))]
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     validate(&cli)?;
@@ -99,7 +216,33 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    let run = runtime.block_on(load::run(&cli))?;
+    match &cli.command {
+        Command::Put { .. } | Command::Range { .. } => {
+            let run = runtime.block_on(load::run(&cli))?;
+            print_kv_report(&cli, &run);
+        }
+        Command::Watch(args) => {
+            let report = runtime.block_on(watch::run(&cli, args.clone()))?;
+            print!("{}", report.render(&cli, args));
+        }
+        Command::WatchMem(args) => {
+            let report = runtime.block_on(watch_mem::run(&cli, args))?;
+            print!("{}", report.render(&cli, args));
+        }
+        Command::LeaseKeepalive(args) => {
+            let run = runtime.block_on(lease::run(&cli, args))?;
+            println!(
+                "\nLease keepalive: {} leases over {} streams on {} connections",
+                args.leases, args.streams, cli.conns
+            );
+            print_kv_report(&cli, &run);
+        }
+    }
+    Ok(())
+}
+
+/// Prints etcd benchmark's report for a run of individually timed requests.
+fn print_kv_report(cli: &Cli, run: &load::Run) {
     let summary = report::Summary::new(&run.latencies, run.elapsed, run.errors.total());
     print!("{}", summary.render());
     print!("{}", run.errors.render());
@@ -109,11 +252,14 @@ fn main() -> anyhow::Result<()> {
             run.range_kvs
         );
     }
+    let clients = match &cli.command {
+        Command::LeaseKeepalive(args) => args.streams as usize,
+        _ => cli.clients,
+    };
     println!(
         "{}",
-        summary.result_line(op_name(&cli.command), cli.clients, cli.total)
+        summary.result_line(op_name(&cli.command), clients, cli.total)
     );
-    Ok(())
 }
 
 fn validate(cli: &Cli) -> anyhow::Result<()> {
@@ -150,6 +296,9 @@ fn op_name(command: &Command) -> &'static str {
             consistency: Consistency::S,
             ..
         } => "range-s",
+        Command::Watch(_) => "watch",
+        Command::WatchMem(_) => "watch-mem",
+        Command::LeaseKeepalive(_) => "lease-keepalive",
     }
 }
 
