@@ -54,12 +54,44 @@ pub enum Op {
         /// `(key, value)` pairs, distinct keys.
         kvs: Vec<(String, String)>,
     },
+    /// Put `value` at `key` attached to lease `lease` (a key of the lease key space, see
+    /// [`crate::lease_check`]; each such key is written once).
+    LeasePut {
+        /// The key.
+        key: String,
+        /// A value no other operation writes.
+        value: String,
+        /// The lease id.
+        lease: i64,
+    },
+    /// The deletion of lease `lease`'s keys (every key under `prefix`) by its revoke or
+    /// expiry. Never sent by a client: the harness adds one per granted lease, in doubt
+    /// (`info`) from the grant's invocation on, because a revoke or an expiry deletes the
+    /// lease's keys at a revision no acknowledged operation reports, at most once, and
+    /// perhaps never.
+    LeaseKeysGone {
+        /// The lease id.
+        lease: i64,
+        /// Every key of the lease starts with this.
+        prefix: String,
+    },
+    /// Compact away every revision below `revision`.
+    Compact {
+        /// The compaction revision.
+        revision: i64,
+    },
 }
 
 impl Op {
     /// Whether the operation may change the store.
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. } | Op::Range { .. })
+    }
+
+    /// Whether the operation touches only the lease key space (not the workload's `k*` keys).
+    pub fn is_lease_op(&self) -> bool {
+        matches!(self, Op::LeasePut { .. } | Op::LeaseKeysGone { .. })
+            || matches!(self, Op::Get { key, .. } if crate::lease_check::is_lease_key(key))
     }
 
     /// Whether the operation is a serializable (possibly stale) read.
@@ -171,6 +203,11 @@ impl fmt::Display for Op {
                 let parts: Vec<String> = kvs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 write!(f, "txn put {}", parts.join(" "))
             }
+            Op::LeasePut { key, value, lease } => write!(f, "put {key}={value} lease={lease:x}"),
+            Op::LeaseKeysGone { lease, prefix } => {
+                write!(f, "lease {lease:x} revoked or expired: delete {prefix}*")
+            }
+            Op::Compact { revision } => write!(f, "compact {revision}"),
         }
     }
 }
@@ -286,7 +323,25 @@ fn jepsen_request(op: &Op) -> jh::Request {
             let puts = kvs.iter().map(|(k, v)| jh::RequestOp::put(k, v)).collect();
             jh::Request::txn(vec![], puts, vec![])
         }
+        Op::LeasePut { key, value, .. } => jh::Request::put(key, value),
+        Op::LeaseKeysGone { prefix, .. } => jh::Request::Delete(jh::DeleteRequest {
+            key: prefix.clone(),
+            range_end: Some(prefix_end(prefix)),
+            prev_kv: false,
+        }),
+        Op::Compact { revision } => jh::Request::compact(*revision),
     }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`), for a
+/// prefix whose last byte is below 0xff.
+pub fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    match bytes.last_mut() {
+        Some(last) if *last < 0x7f => *last += 1,
+        _ => panic!("prefix_end: {prefix:?} must end in an ASCII byte below 0x7f"),
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn jepsen_response(op: &Op, result: &OpResult) -> jh::Response {
@@ -323,6 +378,10 @@ fn jepsen_response(op: &Op, result: &OpResult) -> jh::Response {
             let responses = kvs.iter().map(|_| jh::ResponseOp::put(revision)).collect();
             jh::Response::txn(revision, true, responses)
         }
+        (Op::LeaseKeysGone { .. }, OpResult::Write { deleted, .. }) => {
+            jh::Response::delete(revision, *deleted)
+        }
+        (Op::Compact { .. }, _) => jh::Response::compact(revision),
         (_, OpResult::Write { .. }) => jh::Response::put(revision),
     }
 }

@@ -21,10 +21,15 @@ pub mod clock;
 #[cfg(madsim)]
 pub mod cluster;
 pub mod history;
+#[cfg(madsim)]
+pub mod lease;
+pub mod lease_check;
 pub mod linearizable;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod run;
 pub mod trace;
+#[cfg(madsim)]
+pub mod watch;
 #[cfg(madsim)]
 pub mod workload;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use keel_jepsen::check::{check, CheckOptions, Verdict};
+use keel_jepsen::watch::{check_watches, WatchLog, WatchVerdict};
 
 use crate::check::{events_between, Failure};
 use crate::history::{to_jepsen, Entry};
@@ -46,4 +47,41 @@ pub fn check_history(entries: &[Entry], events: &[(u64, String)]) -> Option<Fail
             })
         }
     }
+}
+
+/// Checks the watch log against the history with keel-jepsen's watch checker (events in
+/// revision order, exactly once, no gaps, atomic per revision, agreeing with the history and
+/// with each other). The failure's evidence is the records and operations the checker names,
+/// plus the nemesis events while they happened.
+pub fn check_watch_log(
+    entries: &[Entry],
+    log: &WatchLog,
+    events: &[(u64, String)],
+) -> Option<Failure> {
+    let WatchVerdict::Invalid(v) = check_watches(&to_jepsen(entries), log) else {
+        return None;
+    };
+    let times: Vec<u64> = v
+        .records
+        .iter()
+        .filter_map(|r| log.records.get(r.index).map(|rec| rec.time))
+        .collect();
+    let from = times.iter().copied().min().unwrap_or(0);
+    let to = times.iter().copied().max().unwrap_or(0);
+    let mut evidence: Vec<String> = v
+        .records
+        .iter()
+        .map(|r| format!("watch record #{} (w{}): {}", r.index, r.watch, r.text))
+        .collect();
+    evidence.extend(v.ops.iter().map(|o| format!("op: {}", o.text)));
+    evidence.extend(events_between(
+        events,
+        from.saturating_sub(2_000_000_000),
+        to,
+        12,
+    ));
+    Some(Failure {
+        what: format!("watch checker ({:?}): {}", v.kind, v.explanation),
+        evidence,
+    })
 }

@@ -51,13 +51,21 @@ mod cli {
         /// Concurrent clients.
         #[arg(long, default_value_t = 4)]
         clients: usize,
-        /// Inject a bug: ack-before-fsync, skip-crc or stale-read (repeatable).
+        /// Lease clients (grant, keepalive, revoke, leased puts and reads).
+        #[arg(long, default_value_t = 2)]
+        lease_clients: usize,
+        /// Watch clients (0: no watches and no compactor).
+        #[arg(long, default_value_t = 2)]
+        watch_clients: usize,
+        /// Inject a bug (repeatable): ack-before-fsync, skip-crc, stale-read,
+        /// watch-skip-compaction-boundary, lease-expire-on-follower-clock.
         #[arg(long = "bug", value_parser = parse_bug)]
         bugs: Vec<Bug>,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
-        /// Write the history (keel-jepsen JSON lines) of the single seed to this file.
+        /// Write the history (keel-jepsen JSON lines) of the single seed to this file, and its
+        /// watch log (keel-jepsen watch-log JSON lines) next to it as `<stem>.watch.jsonl`.
         #[arg(long)]
         history_out: Option<std::path::PathBuf>,
     }
@@ -84,6 +92,8 @@ mod cli {
             nodes: args.nodes,
             duration_s: args.duration,
             clients: args.clients,
+            lease_clients: args.lease_clients,
+            watch_clients: args.watch_clients,
             bugs: args.bugs.clone(),
             ..SimConfig::new(seed)
         }
@@ -144,6 +154,11 @@ mod cli {
                 if let Some(path) = &args.history_out {
                     if let Err(e) = std::fs::write(path, &report.history_jsonl) {
                         eprintln!("writing {}: {e}", path.display());
+                    }
+                    // The watch log goes next to the history: h.jsonl -> h.watch.jsonl.
+                    let watch_path = path.with_extension("watch.jsonl");
+                    if let Err(e) = std::fs::write(&watch_path, report.watch_log.to_jsonl()) {
+                        eprintln!("writing {}: {e}", watch_path.display());
                     }
                 }
             }

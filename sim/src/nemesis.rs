@@ -84,11 +84,14 @@ pub enum FaultKind {
     ClockSkew,
     /// A bit flip in a durable WAL record: the node must refuse to start on it.
     Corruption,
+    /// Clock skew and drift on the leader (and one other member) mixed with a leader change:
+    /// the leader is isolated from its peers, crashed, or paused, while leases are live.
+    SkewedLeaderChange,
 }
 
 impl FaultKind {
     /// Every fault kind.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::PowerCut,
         FaultKind::Crash,
         FaultKind::ProcessRestart,
@@ -99,6 +102,7 @@ impl FaultKind {
         FaultKind::LossyNet,
         FaultKind::ClockSkew,
         FaultKind::Corruption,
+        FaultKind::SkewedLeaderChange,
     ];
 
     /// A short name for traces and reports.
@@ -114,6 +118,7 @@ impl FaultKind {
             FaultKind::LossyNet => "lossy-net",
             FaultKind::ClockSkew => "clock-skew",
             FaultKind::Corruption => "corruption",
+            FaultKind::SkewedLeaderChange => "skewed-leader-change",
         }
     }
 }
@@ -231,6 +236,9 @@ mod inject {
 
     use keel_storage::disk::Disk as _;
 
+    use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use keel_proto::etcdserverpb::StatusRequest;
+
     use super::{plan_partition, FaultKind, PartitionKind, SeedRng, Swarm};
     use crate::cluster::Cluster;
     use crate::history::Outcome;
@@ -328,6 +336,7 @@ mod inject {
                 FaultKind::LossyNet => self.lossy_net(),
                 FaultKind::ClockSkew => self.clock_skew(i),
                 FaultKind::Corruption => self.corruption(i).await,
+                FaultKind::SkewedLeaderChange => self.skewed_leader_change().await,
             }
         }
 
@@ -445,6 +454,99 @@ mod inject {
                 "clock n{} drift={drift}ppm wall-jump={jump_ms}ms",
                 i + 1
             ));
+        }
+
+        /// The member that calls itself leader (asked over Maintenance.Status from the client
+        /// node), if one answers.
+        async fn find_leader(&self) -> Option<usize> {
+            for i in 0..self.cluster.members.len() {
+                let endpoint = self.cluster.endpoint(i);
+                let ask = self.cluster.client_node.spawn(async move {
+                    let wait = Duration::from_millis(300);
+                    let mut m = tokio::time::timeout(wait, MaintenanceClient::connect(endpoint))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    let s = tokio::time::timeout(wait, m.status(StatusRequest {}))
+                        .await
+                        .ok()?
+                        .ok()?
+                        .into_inner();
+                    let me = s.header.map(|h| h.member_id)?;
+                    Some(s.leader != 0 && s.leader == me)
+                });
+                if ask.await.ok().flatten() == Some(true) {
+                    return Some(i);
+                }
+            }
+            None
+        }
+
+        /// Skews and drifts the leader's clock (by the largest drift, either way) and one
+        /// other member's, then changes the leader: isolates it from its peers (its clients
+        /// still reach it), crashes it, or pauses it.
+        async fn skewed_leader_change(&mut self) {
+            let n = self.cluster.members.len();
+            let found = self.find_leader().await;
+            let leader = found.unwrap_or_else(|| self.rng.index(n));
+            let max = crate::clock::DRIFT_PPM_MAX;
+            let lead_drift = if self.rng.chance(1, 2) { max } else { -max };
+            let other = (leader + 1 + self.rng.index(n.max(2) - 1)) % n;
+            let other_drift = self.rng.between(0, 2 * max as u64) as i64 - max;
+            let jump_ms = self.rng.between(0, 20_000) as i64 - 10_000;
+            self.cluster.members[leader].clock.set_drift_ppm(lead_drift);
+            self.cluster.members[leader].clock.jump_wall(jump_ms);
+            if other != leader {
+                self.cluster.members[other].clock.set_drift_ppm(other_drift);
+            }
+            let hold = self
+                .rng
+                .between(500, self.swarm.hold_ms_max.max(500) + 1500);
+            let how = self.rng.below(3);
+            self.note(format!(
+                "skewed-leader-change leader=n{}{} drift={lead_drift}ppm wall-jump={jump_ms}ms \
+                 n{} drift={other_drift}ppm; {} for {hold}ms",
+                leader + 1,
+                if found.is_some() { "" } else { "(guessed)" },
+                other + 1,
+                ["isolate", "crash", "pause"][how as usize]
+            ));
+            match how {
+                0 => self.isolate(leader, hold).await,
+                1 => {
+                    let seed = self.rng.next_u64();
+                    self.cluster.crash(leader, seed);
+                    Self::sleep_ms(hold).await;
+                }
+                _ => {
+                    self.cluster.pause(leader);
+                    Self::sleep_ms(hold).await;
+                    self.cluster.resume(leader);
+                }
+            }
+            self.note(format!("skewed-leader-change n{} back", leader + 1));
+        }
+
+        /// Cuts member `i` off from the other members (both ways) for `hold_ms`; with one
+        /// member, from the client node.
+        async fn isolate(&mut self, i: usize, hold_ms: u64) {
+            let nodes = self.cluster.net_nodes();
+            let members = self.cluster.members.len();
+            let peers: Vec<usize> = if members == 1 {
+                vec![members]
+            } else {
+                (0..members).filter(|&j| j != i).collect()
+            };
+            let net = self.cluster.net();
+            for &j in &peers {
+                net.clog_link(nodes[i], nodes[j]);
+                net.clog_link(nodes[j], nodes[i]);
+            }
+            Self::sleep_ms(hold_ms).await;
+            for &j in &peers {
+                net.unclog_link(nodes[i], nodes[j]);
+                net.unclog_link(nodes[j], nodes[i]);
+            }
         }
 
         /// Flips a bit in a durable WAL record of member `i` (never the last record of the

@@ -14,10 +14,14 @@ use madsim::runtime::Runtime;
 use crate::check::{acked_writes_survive, events_between, Failure};
 use crate::cluster::Cluster;
 use crate::history::{to_jepsen, Entry, Op, Outcome};
-use crate::linearizable::check_history;
+use crate::lease::{record_lease_deletions, spawn_lease_clients};
+use crate::lease_check::check_leases;
+use crate::linearizable::{check_history, check_watch_log};
 use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
+use crate::watch::{lease_deletions, spawn_watch_clients};
 use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
+use keel_jepsen::watch::WatchLog;
 
 /// Simulated seconds a run may take beyond its safety and liveness phases (boot, draining
 /// clients, the final read) before madsim's time limit fails it.
@@ -41,6 +45,10 @@ pub struct SimConfig {
     pub bugs: Vec<Bug>,
     /// Simulated seconds the healed cluster has to serve again.
     pub liveness_bound_s: u64,
+    /// Lease clients (see `src/lease.rs`).
+    pub lease_clients: usize,
+    /// Watch clients (see `src/watch.rs`); the compactor runs whenever there is one.
+    pub watch_clients: usize,
 }
 
 impl SimConfig {
@@ -53,6 +61,8 @@ impl SimConfig {
             clients: 4,
             bugs: Vec::new(),
             liveness_bound_s: 15,
+            lease_clients: 2,
+            watch_clients: 2,
         }
     }
 
@@ -60,8 +70,14 @@ impl SimConfig {
     pub fn replay_command(&self) -> String {
         let mut cmd = format!(
             "RUSTFLAGS=\"--cfg madsim\" CARGO_TARGET_DIR=/work/tgt/sim cargo run --release -p \
-             keel-sim -- --seed {} --nodes {} --duration {} --clients {}",
-            self.seed, self.nodes, self.duration_s, self.clients
+             keel-sim -- --seed {} --nodes {} --duration {} --clients {} --lease-clients {} \
+             --watch-clients {}",
+            self.seed,
+            self.nodes,
+            self.duration_s,
+            self.clients,
+            self.lease_clients,
+            self.watch_clients
         );
         for b in &self.bugs {
             cmd.push_str(&format!(" --bug {}", b.name()));
@@ -87,6 +103,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// The history in keel-jepsen's JSON-lines format.
     pub history_jsonl: String,
+    /// The watch clients' log (keel-jepsen's watch-log format).
+    pub watch_log: WatchLog,
     /// The trace's events, in order.
     pub trace_events: Vec<String>,
     /// The history, in completion order.
@@ -122,6 +140,9 @@ pub fn run_seed(config: &SimConfig) -> Report {
             if let Some(f) = check_history(&report.entries, &report.events) {
                 report.failures.push(f);
             }
+            if let Some(f) = check_watch_log(&report.entries, &report.watch_log, &report.events) {
+                report.failures.push(f);
+            }
             report
         }
         Err(panic) => {
@@ -143,14 +164,15 @@ type Recorder = Arc<Mutex<Option<(Trace, Ctx)>>>;
 /// nemesis events before it as evidence.
 fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Report {
     let recorded = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let (trace_hash, trace_events, entries, events) = match &recorded {
+    let (trace_hash, trace_events, entries, events, watch_log) = match &recorded {
         Some((trace, ctx)) => (
             trace.hash(),
             trace.events(),
             ctx.history.entries(),
             ctx.events(),
+            ctx.watches.log(),
         ),
-        None => (0, Vec::new(), Vec::new(), Vec::new()),
+        None => (0, Vec::new(), Vec::new(), Vec::new(), WatchLog::default()),
     };
     let tail_from = events.len().saturating_sub(8);
     let sim_time = entries
@@ -170,6 +192,7 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
             evidence: events_between(&events[tail_from..], 0, u64::MAX, 8),
         }],
         history_jsonl: to_jepsen(&entries).to_jsonl(),
+        watch_log,
         trace_events,
         entries,
         events,
@@ -203,6 +226,7 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
     if failures.is_empty() {
         failures = phases(&config, &cluster, &ctx, swarm.clone()).await;
     }
+    record_lease_deletions(&ctx);
     let entries = ctx.history.entries();
     let history_jsonl = to_jepsen(&entries).to_jsonl();
     Report {
@@ -213,6 +237,7 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         sim_time: Duration::from_nanos(ctx.now_ns()),
         failures,
         history_jsonl,
+        watch_log: ctx.watches.log(),
         trace_events: trace.events(),
         entries,
         events: ctx.events(),
@@ -222,7 +247,23 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
 /// The safety phase, the liveness phase and the checks; returns the failures.
 async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) -> Vec<Failure> {
     let until = tokio::time::Instant::now() + Duration::from_secs(config.duration_s);
-    let clients = spawn_clients(cluster, ctx, config.clients, config.seed, until);
+    let mut clients = spawn_clients(cluster, ctx, config.clients, config.seed, until);
+    clients.extend(spawn_lease_clients(
+        cluster,
+        ctx,
+        config.lease_clients,
+        config.seed,
+        until,
+    ));
+    if config.watch_clients > 0 {
+        clients.extend(spawn_watch_clients(
+            cluster,
+            ctx,
+            config.watch_clients,
+            config.seed,
+            until,
+        ));
+    }
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
     nemesis.run_until(until).await;
     for c in clients {
@@ -268,6 +309,13 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
             evidence: Vec::new(),
         }),
     }
+    let entries = ctx.history.entries();
+    failures.extend(check_leases(
+        &entries,
+        &ctx.leases.records(),
+        &lease_deletions(&ctx.watches.log()),
+        &ctx.events(),
+    ));
     failures
 }
 

@@ -12,7 +12,7 @@ use keel_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnio
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::request_op::Request as ReqOp;
 use keel_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -20,8 +20,10 @@ use tonic::{Code, Status};
 use crate::check::{events_between, Failure};
 use crate::cluster::Cluster;
 use crate::history::{Entry, History, KeyValue, Op, OpResult, Outcome};
+use crate::lease_check::LeaseLog;
 use crate::nemesis::SeedRng;
 use crate::trace::Trace;
+use crate::watch::WatchRecorder;
 
 /// Keys of the workload: `k0 .. k{KEYS-1}`.
 pub const KEYS: u64 = 6;
@@ -43,6 +45,10 @@ pub struct Ctx {
     pub violations: Arc<Mutex<Vec<Failure>>>,
     /// Nemesis events: (simulated ns since start, description).
     pub events: Arc<Mutex<Vec<(u64, String)>>>,
+    /// The lease clients' requests.
+    pub leases: LeaseLog,
+    /// The watch clients' log.
+    pub watches: WatchRecorder,
 }
 
 impl Ctx {
@@ -54,6 +60,8 @@ impl Ctx {
             start: tokio::time::Instant::now(),
             violations: Arc::new(Mutex::new(Vec::new())),
             events: Arc::new(Mutex::new(Vec::new())),
+            leases: LeaseLog::default(),
+            watches: WatchRecorder::default(),
         }
     }
 
@@ -184,6 +192,25 @@ pub async fn execute(kv: &mut KvClient<Channel>, op: &Op) -> Result<OpResult, St
             let r = kv.txn(txn).await?.into_inner();
             Ok(write(header_rev(r.header, |h| h.revision), true, 0))
         }
+        Op::LeasePut { key, value, lease } => {
+            let req = PutRequest {
+                lease: *lease,
+                ..put_req(key, value)
+            };
+            let r = kv.put(req).await?.into_inner();
+            Ok(write(header_rev(r.header, |h| h.revision), true, 0))
+        }
+        Op::Compact { revision } => {
+            let req = CompactionRequest {
+                revision: *revision,
+                physical: false,
+            };
+            let r = kv.compact(req).await?.into_inner();
+            Ok(write(header_rev(r.header, |h| h.revision), true, 0))
+        }
+        Op::LeaseKeysGone { .. } => Err(Status::unimplemented(
+            "the harness records lease deletions; no client sends them",
+        )),
     }
 }
 
