@@ -65,7 +65,8 @@ mem_load() {
 }
 
 run_round() {
-  local round=$1 side=$2 port=$3 load out="$WORK/r$round.$side"
+  local round=$1 side=$2 port=$3 load out
+  out="$WORK/r$round.$side"
   for load in "${LOADS[@]}"; do echo "RESULT not-run" >"$out.$load.result"; done
   log "round $round: $side: watch fan-out and lease keepalive"
   if start_single "$side" "$port"; then
@@ -107,7 +108,7 @@ table() {
   for metric in rps p50_ms p99_ms errors; do row lease-ka "$metric"; done
   for load in mem-100k mem-1m; do
     [[ " ${LOADS[*]} " == *" $load "* ]] || continue
-    for metric in bytes_per_watcher bytes_per_stream rss_watchers create_s; do
+    for metric in bytes_per_watcher bytes_per_stream rss_watchers_mib create_s; do
       row "$load" "$metric"
     done
   done

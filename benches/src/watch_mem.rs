@@ -198,14 +198,15 @@ impl MemReport {
         );
         out += &format!(
             "RESULT op=watch-mem watchers={} streams={} conns={} rss_conns={} rss_streams={} \
-             rss_watchers={} bytes_per_watcher={watcher:.0} bytes_per_stream={stream:.0} \
-             create_s={:.1}\n",
+             rss_watchers={} rss_watchers_mib={:.1} bytes_per_watcher={watcher:.0} \
+             bytes_per_stream={stream:.0} create_s={:.1}\n",
             args.watchers,
             args.streams,
             cli.conns,
             self.rss_conns,
             self.rss_streams,
             self.rss_watchers,
+            self.rss_watchers as f64 / (1024.0 * 1024.0),
             self.create_secs
         );
         out
