@@ -71,6 +71,8 @@ struct StreamTally {
     /// Highest `mod_revision` each watcher has seen.
     last_revision: Vec<i64>,
     latency: Histogram,
+    /// Responses that carried events.
+    responses: u64,
     events: u64,
     unique: u64,
     duplicates: u64,
@@ -93,6 +95,7 @@ impl StreamTally {
             seen: vec![0; words_per_watcher * watchers as usize],
             last_revision: vec![0; watchers as usize],
             latency: Histogram::default(),
+            responses: 0,
             events: 0,
             unique: 0,
             duplicates: 0,
@@ -133,6 +136,7 @@ impl StreamTally {
             return Ok((created, 0));
         };
         let before = self.unique;
+        self.responses += 1;
         for event in &batch.events {
             match event.stamp.filter(|s| s.seq < self.puts) {
                 Some(stamp) => self.on_event(watcher, stamp, event.mod_revision, now_ns),
@@ -165,6 +169,7 @@ impl StreamTally {
 
     fn merge(&mut self, other: StreamTally) {
         self.latency.merge(&other.latency);
+        self.responses += other.responses;
         self.events += other.events;
         self.unique += other.unique;
         self.duplicates += other.duplicates;
@@ -480,11 +485,14 @@ impl WatchReport {
         );
         out += &format!("  watchers created in:\t{:.2} s\n", self.create_secs);
         out += &format!(
-            "  events delivered:\t{} of {} expected in {:.2} s: {:.0} events/s\n",
+            "  events delivered:\t{} of {} expected in {:.2} s: {:.0} events/s, in {} \
+             responses ({:.2} events per response)\n",
             t.events,
             self.expected,
             self.delivery_secs,
-            self.events_per_sec()
+            self.events_per_sec(),
+            t.responses,
+            t.events as f64 / t.responses.max(1) as f64
         );
         out += &format!(
             "  fan-out latency (put sent -> event received), ms:\n    p50 {:.3}  p90 {:.3}  \
