@@ -496,19 +496,21 @@ mod inject {
             let jump_ms = self.rng.between(0, 20_000) as i64 - 10_000;
             self.cluster.members[leader].clock.set_drift_ppm(lead_drift);
             self.cluster.members[leader].clock.jump_wall(jump_ms);
-            if other != leader {
+            let other_note = if other != leader {
                 self.cluster.members[other].clock.set_drift_ppm(other_drift);
-            }
+                format!(" n{} drift={other_drift}ppm", other + 1)
+            } else {
+                String::new()
+            };
             let hold = self
                 .rng
                 .between(500, self.swarm.hold_ms_max.max(500) + 1500);
             let how = self.rng.below(3);
             self.note(format!(
-                "skewed-leader-change leader=n{}{} drift={lead_drift}ppm wall-jump={jump_ms}ms \
-                 n{} drift={other_drift}ppm; {} for {hold}ms",
+                "skewed-leader-change leader=n{}{} drift={lead_drift}ppm wall-jump={jump_ms}ms\
+                 {other_note}; {} for {hold}ms",
                 leader + 1,
                 if found.is_some() { "" } else { "(guessed)" },
-                other + 1,
                 ["isolate", "crash", "pause"][how as usize]
             ));
             match how {
