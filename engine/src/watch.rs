@@ -834,14 +834,14 @@ impl WatchHub {
             s.watchers.remove(&watcher.id);
         }
         self.free_watcher(w);
-        // etcd's compacted response: canceled, with the compact revision and a zero header
-        // revision.
+        // etcd's compacted response: canceled, with the compact revision, a zero header
+        // revision and no reason text (clients derive "required revision has been compacted"
+        // from `compact_revision`).
         let response = WatchResponse {
             header: header.at(0),
             watch_id: watcher.id,
             canceled: true,
             compact_revision: compacted,
-            cancel_reason: crate::error::Error::Compacted.to_string(),
             ..Default::default()
         };
         self.control(watcher.stream, response);
