@@ -421,6 +421,16 @@ impl Node {
         }
     }
 
+    /// The time a lease grant, renewal or promotion counts from: the *end* of the current tick.
+    ///
+    /// The node's clock moves only on ticks, so something handled between two ticks happened
+    /// at some time in `[now_ms, now_ms + tick_ms)`. Counting a lease's TTL from the end of that
+    /// interval means it never expires before its TTL has elapsed by the leader's clock (it may
+    /// live up to one tick longer, which etcd's contract allows).
+    fn lease_stamp_ms(&self) -> u64 {
+        self.now_ms + self.cfg.tick_ms
+    }
+
     /// What watch response headers carry besides the revision.
     fn header_info(&self) -> HeaderInfo {
         HeaderInfo {
@@ -660,7 +670,7 @@ impl Node {
             Request::Txn(t) => apply::txn(&mut self.store, &t, &self.leases).map(Response::Txn),
             Request::LeaseKeepAlive(k) if self.raw.raft.state == StateRole::Leader => self
                 .leases
-                .keep_alive(k.id, self.now_ms)
+                .keep_alive(k.id, self.lease_stamp_ms())
                 .map(Response::LeaseKeepAlive),
             Request::LeaseKeepAlive(_) => Err(Error::NotLeader),
             Request::LeaseTimeToLive(t) => Ok(Response::LeaseTimeToLive(
@@ -775,7 +785,8 @@ impl Node {
         let leading = self.raw.raft.state == StateRole::Leader || self.lease_expiry_on_followers;
         if leading != self.leases.lessor().is_primary() {
             let extend_ms = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
-            self.leases.set_leader(leading, self.now_ms, extend_ms);
+            self.leases
+                .set_leader(leading, self.lease_stamp_ms(), extend_ms);
         }
         if !self.has_leader() {
             return;
@@ -882,7 +893,7 @@ impl Node {
             }
             Some(raft_request::Request::LeaseGrant(g)) => self
                 .leases
-                .apply_grant(&g, self.now_ms)
+                .apply_grant(&g, self.lease_stamp_ms())
                 .map(Response::LeaseGrant),
             Some(raft_request::Request::LeaseRevoke(r)) => self
                 .leases

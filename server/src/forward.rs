@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use keel_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -21,6 +22,9 @@ use crate::transport::CONNECT_TIMEOUT;
 /// Connections to the other members' peer ports, made on first use.
 pub struct Forwarder {
     cluster_id: u64,
+    /// A forwarded call gives up after this long and drops its connection, so a connection
+    /// to a leader's previous incarnation cannot hang keepalives.
+    timeout: Duration,
     /// member id → peer URL.
     peers: BTreeMap<u64, String>,
     clients: Mutex<BTreeMap<u64, PeerClient<Channel>>>,
@@ -28,9 +32,11 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder to `peers` (member id → peer URL).
-    pub fn new(cluster_id: u64, peers: BTreeMap<u64, String>) -> Forwarder {
+    /// Each forwarded call is bounded by `timeout`.
+    pub fn new(cluster_id: u64, peers: BTreeMap<u64, String>, timeout: Duration) -> Forwarder {
         Forwarder {
             cluster_id,
+            timeout,
             peers,
             clients: Mutex::new(BTreeMap::new()),
         }
@@ -60,10 +66,38 @@ impl Forwarder {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets a connection that failed, so the next call reconnects.
-    fn failed(&self, member: u64, status: &Status) {
-        if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown {
-            self.lock().remove(&member);
+    /// Runs a forwarded call for at most the timeout.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<tonic::Response<T>, Status> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Status::unavailable(format!(
+                "keel: the leader did not answer a forwarded lease request within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    /// The answer of a forwarded call; a connection that failed or timed out is forgotten, so
+    /// the next call reconnects.
+    fn settle<T>(
+        &self,
+        member: u64,
+        result: Result<tonic::Response<T>, Status>,
+    ) -> Result<T, Status> {
+        match result {
+            Ok(r) => Ok(r.into_inner()),
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                ) {
+                    self.lock().remove(&member);
+                }
+                Err(status)
+            }
         }
     }
 
@@ -78,13 +112,8 @@ impl Forwarder {
             cluster_id: self.cluster_id,
             request: Some(request),
         };
-        match client.lease_keep_alive(forward).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(status) => {
-                self.failed(leader, &status);
-                Err(status)
-            }
-        }
+        let result = self.bounded(client.lease_keep_alive(forward)).await;
+        self.settle(leader, result)
     }
 
     /// Asks the leader for a lease's remaining time to live.
@@ -98,12 +127,7 @@ impl Forwarder {
             cluster_id: self.cluster_id,
             request: Some(request),
         };
-        match client.lease_time_to_live(forward).await {
-            Ok(r) => Ok(r.into_inner()),
-            Err(status) => {
-                self.failed(leader, &status);
-                Err(status)
-            }
-        }
+        let result = self.bounded(client.lease_time_to_live(forward)).await;
+        self.settle(leader, result)
     }
 }

@@ -238,7 +238,12 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
-    let forwarder = forward::Forwarder::new(identity.cluster_id, peers.clone());
+    // A forwarded lease request waits for the leader at most one election timeout.
+    let forwarder = forward::Forwarder::new(
+        identity.cluster_id,
+        peers.clone(),
+        Duration::from_millis(config.election_timeout_ms),
+    );
     let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
