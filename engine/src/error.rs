@@ -129,6 +129,12 @@ pub enum Error {
     /// A learner cannot serve this RPC.
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// MoveLeader to a member that is not a voter of the cluster.
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// MoveLeader did not complete in time.
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
 }
 
 impl Error {
@@ -145,7 +151,9 @@ impl Error {
             Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
             Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExist | Error::NotLeader => Code::FailedPrecondition,
+            Error::LeaseExist | Error::NotLeader | Error::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
             Error::NoLeader
             | Error::LeaderChanged
             | Error::NotCapable
@@ -154,7 +162,8 @@ impl Error {
             | Error::TimeoutDueToLeaderFail
             | Error::TimeoutDueToConnectionLost
             | Error::Unhealthy
-            | Error::NotSupportedForLearner => Code::Unavailable,
+            | Error::NotSupportedForLearner
+            | Error::TimeoutLeaderTransfer => Code::Unavailable,
             Error::Corrupt => Code::DataLoss,
         }
     }
@@ -218,6 +227,16 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (Error::NoLeader, "etcdserver: no leader", Code::Unavailable),
+            (
+                Error::BadLeaderTransferee,
+                "etcdserver: bad leader transferee",
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::TimeoutLeaderTransfer,
+                "etcdserver: request timed out, leader transfer took too long",
+                Code::Unavailable,
+            ),
             (
                 Error::Timeout,
                 "etcdserver: request timed out",

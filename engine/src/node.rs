@@ -29,8 +29,9 @@ use keel_proto::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MoveLeaderRequest,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
@@ -112,6 +113,8 @@ pub enum Request {
     LeaseTimeToLive(LeaseTimeToLiveRequest),
     /// Lease.LeaseLeases.
     LeaseLeases(LeaseLeasesRequest),
+    /// Maintenance.MoveLeader (leader only): answered once the target leads.
+    MoveLeader(MoveLeaderRequest),
 }
 
 /// The answer to a [`Request`].
@@ -139,6 +142,8 @@ pub enum Response {
     LeaseTimeToLive(LeaseTimeToLiveResponse),
     /// Lease.LeaseLeases.
     LeaseLeases(LeaseLeasesResponse),
+    /// Maintenance.MoveLeader.
+    MoveLeader(MoveLeaderResponse),
 }
 
 impl Response {
@@ -155,6 +160,7 @@ impl Response {
             Response::LeaseKeepAlive(r) => &mut r.header,
             Response::LeaseTimeToLive(r) => &mut r.header,
             Response::LeaseLeases(r) => &mut r.header,
+            Response::MoveLeader(r) => &mut r.header,
         };
         header.get_or_insert_with(ResponseHeader::default)
     }
@@ -294,6 +300,12 @@ pub struct Node {
     watch_events: Vec<Event>,
     /// Only ever set by the simulator's `lease-expire-on-follower-clock` bug.
     lease_expiry_on_followers: bool,
+    /// Only ever set by the simulator's `read-index-skip-heartbeat` bug.
+    reads_without_quorum: bool,
+    /// Only ever set by the simulator's `commit-without-quorum` bug.
+    commit_without_quorum: bool,
+    /// MoveLeader requests waiting for their target to lead: (token, target, deadline ms).
+    transfers: Vec<(u64, u64, u64)>,
 }
 
 impl std::fmt::Debug for Node {
@@ -374,6 +386,9 @@ impl Node {
             watches: WatchHub::new(),
             watch_events: Vec::new(),
             lease_expiry_on_followers: false,
+            reads_without_quorum: false,
+            commit_without_quorum: false,
+            transfers: Vec::new(),
             cfg,
         };
         if node.cfg.voters.len() == 1 {
@@ -411,6 +426,9 @@ impl Node {
         }
         self.enforce_election_timeout();
         self.drive();
+        if !self.transfers.is_empty() {
+            self.check_transfers();
+        }
         if self.watches.has_unsynced() {
             let header = self.header_info();
             self.watches.catch_up(&self.store, header);
@@ -501,6 +519,62 @@ impl Node {
         self.lease_expiry_on_followers = true;
     }
 
+    /// A deliberate bug for the simulator to catch (keel-sim `--bug read-index-skip-heartbeat`):
+    /// linearizable reads are served without confirming leadership — a leader answers from its
+    /// own state at once, and followers' read-index requests are answered by the leader
+    /// without a heartbeat round.
+    #[doc(hidden)]
+    pub fn inject_reads_without_quorum(&mut self) {
+        self.reads_without_quorum = true;
+        self.raw.raft.read_only.option = ReadOnlyOption::LeaseBased;
+    }
+
+    /// A deliberate bug for the simulator to catch (keel-sim `--bug commit-without-quorum`):
+    /// a leader applies (and acknowledges) entries as soon as they are durable on its own disk,
+    /// without waiting for a quorum to have them.
+    #[doc(hidden)]
+    pub fn inject_commit_without_quorum(&mut self) {
+        self.commit_without_quorum = true;
+    }
+
+    /// Starts a leader transfer to `target`; the reply waits until `target` leads.
+    fn move_leader(&mut self, token: u64, target: u64) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.reply(token, Err(Error::NotLeader));
+            return;
+        }
+        let is_voter = self.raw.raft.prs().conf().voters().contains(target);
+        if !is_voter {
+            self.reply(token, Err(Error::BadLeaderTransferee));
+            return;
+        }
+        if target != self.cfg.member_id {
+            self.raw.transfer_leader(target);
+        }
+        // etcd waits for the transfer up to its request timeout; three election timeouts is
+        // ample for raft's own transfer timeout (one election timeout) to run out first.
+        let deadline = self.now_ms + 3 * self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+        self.transfers.push((token, target, deadline));
+    }
+
+    /// Answers MoveLeader requests whose target now leads, or whose time ran out.
+    fn check_transfers(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        let now = self.now_ms;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.transfers)
+            .into_iter()
+            .partition(|&(_, target, deadline)| target == leader || now >= deadline);
+        self.transfers = waiting;
+        for (token, target, _) in done {
+            let result = if target == leader {
+                Ok(Response::MoveLeader(MoveLeaderResponse::default()))
+            } else {
+                Err(Error::TimeoutLeaderTransfer)
+            };
+            self.reply(token, result);
+        }
+    }
+
     /// Makes raft's randomized election timeout a pure function of (seed, term, role), in
     /// `[election_ticks, 2 * election_ticks)`.
     ///
@@ -531,6 +605,20 @@ impl Node {
     }
 
     fn on_request(&mut self, token: u64, request: Request) {
+        if let Request::MoveLeader(m) = &request {
+            self.move_leader(token, m.target_id);
+            return;
+        }
+        if self.reads_without_quorum
+            && self.raw.raft.state == StateRole::Leader
+            && matches!(classify(&request), Path::ReadIndex)
+            && !matches!(request, Request::LeaseKeepAlive(_))
+        {
+            // The `read-index-skip-heartbeat` bug: a leader answers linearizable reads from
+            // its own state without confirming it still leads.
+            self.serve_read(token, request);
+            return;
+        }
         match classify(&request) {
             Path::Local => self.serve_read(token, request),
             Path::ReadIndex | Path::Log if !self.has_leader() => {
@@ -777,6 +865,33 @@ impl Node {
                 self.raw.on_persist_ready(deferred);
             }
         }
+        if self.commit_without_quorum && self.raw.raft.state == StateRole::Leader {
+            self.apply_ahead_of_commit();
+        }
+    }
+
+    /// The `commit-without-quorum` bug: apply what is durable here, committed or not.
+    fn apply_ahead_of_commit(&mut self) {
+        let persisted = self.raw.raft.raft_log.persisted;
+        if persisted <= self.applied_index {
+            return;
+        }
+        let entries = match self.raw.raft.raft_log.slice(
+            self.applied_index + 1,
+            persisted + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        ) {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        for entry in &entries {
+            if entry.entry_type == EntryType::EntryNormal {
+                self.apply_normal(entry);
+            }
+            self.applied_index = entry.index;
+        }
+        self.serve_confirmed_reads();
     }
 
     fn on_leader_change(&mut self) {
@@ -841,6 +956,9 @@ impl Node {
             return;
         };
         for entry in entries {
+            if self.commit_without_quorum && entry.index <= self.applied_index {
+                continue; // applied ahead of its commit by the bug
+            }
             assert!(
                 entry.index == self.applied_index + 1,
                 "applied index must advance by one: applied {}, entry {}",
@@ -989,6 +1107,8 @@ fn classify(request: &Request) -> Path {
         Request::LeaseKeepAlive(_) | Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => {
             Path::ReadIndex
         }
+        // Handled before classification (`Node::move_leader`).
+        Request::MoveLeader(_) => Path::Local,
     }
 }
 
@@ -1029,6 +1149,7 @@ fn into_log_request(request: Request) -> Option<raft_request::Request> {
         | Request::HashKv(_)
         | Request::LeaseKeepAlive(_)
         | Request::LeaseTimeToLive(_)
-        | Request::LeaseLeases(_) => return None,
+        | Request::LeaseLeases(_)
+        | Request::MoveLeader(_) => return None,
     })
 }

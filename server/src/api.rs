@@ -1,7 +1,8 @@
 //! The etcd v3 gRPC services.
 //!
 //! Implemented: KV (all five methods), Watch (see [`crate::watch`]), Lease (all five),
-//! Maintenance.Status, HashKV and Alarm listing, Cluster.MemberList and grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
+//! Maintenance.Status, HashKV, MoveLeader and Alarm listing, Cluster.MemberList and
+//! grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
 //! `Unimplemented` (the generated default), never a fake success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
@@ -25,8 +26,9 @@ use keel_proto::etcdserverpb::{
     DeleteRangeResponse, HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    Member, MemberListRequest, MemberListResponse, MoveLeaderRequest, MoveLeaderResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::{Health, HealthServer};
@@ -376,6 +378,16 @@ impl Maintenance for Services {
         match self.call(Request::HashKv(request.into_inner())).await? {
             Response::HashKv(resp) => Ok(GrpcResponse::new(resp)),
             _ => Err(unexpected("HashKV")),
+        }
+    }
+
+    async fn move_leader(
+        &self,
+        request: GrpcRequest<MoveLeaderRequest>,
+    ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
+        match self.call(Request::MoveLeader(request.into_inner())).await? {
+            Response::MoveLeader(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("MoveLeader")),
         }
     }
 }

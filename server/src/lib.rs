@@ -184,6 +184,12 @@ fn with_sim_bugs(mut node: Node) -> Node {
     if enabled(Bug::LeaseExpireOnFollowerClock) {
         node.inject_lease_expiry_on_followers();
     }
+    if enabled(Bug::ReadIndexSkipHeartbeat) {
+        node.inject_reads_without_quorum();
+    }
+    if enabled(Bug::CommitWithoutQuorum) {
+        node.inject_commit_without_quorum();
+    }
     node
 }
 

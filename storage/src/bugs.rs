@@ -28,16 +28,23 @@ pub enum Bug {
     /// Followers decide lease expiry from their own clocks and propose revokes, though
     /// keepalives renew leases only on the leader.
     LeaseExpireOnFollowerClock,
+    /// Linearizable reads are served without confirming leadership (no heartbeat round).
+    ReadIndexSkipHeartbeat,
+    /// A leader applies and acknowledges entries once durable on its own disk, without a
+    /// quorum.
+    CommitWithoutQuorum,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
         Bug::WatchSkipCompactionBoundary,
         Bug::LeaseExpireOnFollowerClock,
+        Bug::ReadIndexSkipHeartbeat,
+        Bug::CommitWithoutQuorum,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -48,6 +55,8 @@ impl Bug {
             Bug::StaleRead => "stale-read",
             Bug::WatchSkipCompactionBoundary => "watch-skip-compaction-boundary",
             Bug::LeaseExpireOnFollowerClock => "lease-expire-on-follower-clock",
+            Bug::ReadIndexSkipHeartbeat => "read-index-skip-heartbeat",
+            Bug::CommitWithoutQuorum => "commit-without-quorum",
         }
     }
 
@@ -63,6 +72,8 @@ impl Bug {
             Bug::StaleRead => 4,
             Bug::WatchSkipCompactionBoundary => 8,
             Bug::LeaseExpireOnFollowerClock => 16,
+            Bug::ReadIndexSkipHeartbeat => 32,
+            Bug::CommitWithoutQuorum => 64,
         }
     }
 }
