@@ -15,6 +15,7 @@
 # Environment (all optional):
 #   ROUNDS=3  ONLY=etcd|keel  SKIP_BUILD=1  KEEP=1  STEP_TIMEOUT=900
 #   MEM_1M=1            add the 1M-watcher memory run (once per side per round)
+#   ONLY_LOADS="mem-1m" run only these loads (space-separated names from the list above)
 #   SETTLE_SECS=5       quiet time before each memory reading
 #   ETCD_PORT=24300 KEEL_PORT=24310   client port; the peer port is PORT+100
 set -euo pipefail
@@ -41,6 +42,10 @@ trap 'exit 130' INT TERM
 
 LOADS=(watch-10k watch-10k-burst watch-100k lease-ka mem-100k)
 if [[ "$MEM_1M" == 1 ]]; then LOADS+=(mem-1m); fi
+if [[ -n "${ONLY_LOADS:-}" ]]; then read -r -a LOADS <<<"$ONLY_LOADS"; fi
+
+# wanted LOAD: whether LOAD is in this run.
+wanted() { [[ " ${LOADS[*]} " == *" $1 "* ]]; }
 
 # start_single SIDE PORT: one fresh member; sets SERVER_PID and EP, or fails.
 start_single() {
@@ -68,19 +73,29 @@ run_round() {
   local round=$1 side=$2 port=$3 load out
   out="$WORK/r$round.$side"
   for load in "${LOADS[@]}"; do echo "RESULT not-run" >"$out.$load.result"; done
-  log "round $round: $side: watch fan-out and lease keepalive"
-  if start_single "$side" "$port"; then
-    log "round $round: $side: watch-10k"; watch_load "$out.watch-10k" 10000 100 10
-    log "round $round: $side: watch-10k-burst"; watch_load "$out.watch-10k-burst" 10000 100 0
-    log "round $round: $side: watch-100k"; watch_load "$out.watch-100k" 100000 10 1
-    log "round $round: $side: lease-ka"
-    run_load "$out.lease-ka" --endpoints "$EP" --conns 10 --clients 50 --total 100000 \
-      lease-keepalive --leases 1000 --streams 10
+  if wanted watch-10k || wanted watch-10k-burst || wanted watch-100k || wanted lease-ka; then
+    log "round $round: $side: watch fan-out and lease keepalive"
+    if start_single "$side" "$port"; then
+      if wanted watch-10k; then
+        log "round $round: $side: watch-10k"; watch_load "$out.watch-10k" 10000 100 10
+      fi
+      if wanted watch-10k-burst; then
+        log "round $round: $side: watch-10k-burst"; watch_load "$out.watch-10k-burst" 10000 100 0
+      fi
+      if wanted watch-100k; then
+        log "round $round: $side: watch-100k"; watch_load "$out.watch-100k" 100000 10 1
+      fi
+      if wanted lease-ka; then
+        log "round $round: $side: lease-ka"
+        run_load "$out.lease-ka" --endpoints "$EP" --conns 10 --clients 50 --total 100000 \
+          lease-keepalive --leases 1000 --streams 10
+      fi
+    fi
+    stop_all
   fi
-  stop_all
   local mem
   for mem in mem-100k:100000 mem-1m:1000000; do
-    [[ " ${LOADS[*]} " == *" ${mem%%:*} "* ]] || continue
+    wanted "${mem%%:*}" || continue
     log "round $round: $side: ${mem%%:*} (fresh server)"
     if start_single "$side" "$port"; then mem_load "$out.${mem%%:*}" "${mem##*:}"; fi
     stop_all
@@ -101,13 +116,16 @@ table() {
   printf '%-16s %-18s %24s %24s %8s\n' load metric "etcd 3.4" keel keel/etcd
   printf '%s\n' "----------------------------------------------------------------------------------------------"
   for load in watch-10k watch-10k-burst watch-100k; do
+    wanted "$load" || continue
     for metric in events_per_s p50_ms p99_ms max_ms missed duplicate out_of_order server_cpu_s; do
       row "$load" "$metric"
     done
   done
-  for metric in rps p50_ms p99_ms errors; do row lease-ka "$metric"; done
+  if wanted lease-ka; then
+    for metric in rps p50_ms p99_ms errors; do row lease-ka "$metric"; done
+  fi
   for load in mem-100k mem-1m; do
-    [[ " ${LOADS[*]} " == *" $load "* ]] || continue
+    wanted "$load" || continue
     for metric in bytes_per_watcher bytes_per_stream rss_watchers_mib create_s; do
       row "$load" "$metric"
     done

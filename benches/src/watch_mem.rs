@@ -39,6 +39,7 @@ pub struct MemReport {
     rss_conns: u64,
     rss_streams: u64,
     rss_watchers: u64,
+    /// Time spent opening streams and creating watchers (the settles left out).
     create_secs: f64,
     client_rss: u64,
 }
@@ -133,6 +134,7 @@ pub async fn run(cli: &Cli, args: &WatchMemArgs) -> anyhow::Result<MemReport> {
         readers.spawn(count_created(inbound, created.clone()));
     }
     wait_created(&mut readers, &created, args.streams).await?;
+    let mut create_secs = started.elapsed().as_secs_f64();
     let rss_streams = settled_rss(args.pid, settle).await?;
     eprintln!(
         "server RSS with {} streams: {}",
@@ -140,6 +142,7 @@ pub async fn run(cli: &Cli, args: &WatchMemArgs) -> anyhow::Result<MemReport> {
         procfs::mib(rss_streams)
     );
 
+    let started = Instant::now();
     let rest = args.watchers - args.streams;
     for (stream, sender) in senders.iter().enumerate() {
         let count = rest / args.streams + u64::from((stream as u64) < rest % args.streams);
@@ -153,7 +156,7 @@ pub async fn run(cli: &Cli, args: &WatchMemArgs) -> anyhow::Result<MemReport> {
         });
     }
     wait_created(&mut readers, &created, args.watchers).await?;
-    let create_secs = started.elapsed().as_secs_f64();
+    create_secs += started.elapsed().as_secs_f64();
     eprintln!("{} watchers created in {create_secs:.1} s", args.watchers);
     let rss_watchers = settled_rss(args.pid, settle).await?;
     let client_rss = procfs::rss_bytes(Pid::Myself)?;
