@@ -505,28 +505,33 @@ pub fn spawn_lease_clients(
         .collect()
 }
 
-/// The in-doubt deletion of each granted lease's keys (see
-/// [`crate::history::Op::LeaseKeysGone`]), added to the history at the end of a run.
+/// The in-doubt deletion of each lease's keys (see [`crate::history::Op::LeaseKeysGone`]),
+/// added to the history at the end of a run: for each lease some put tried to attach a key
+/// to, invoked with the first such put (the deletion cannot change the store before a key is
+/// attached; a lease without keys changes nothing when it goes, so it gets none). The
+/// narrower the window, the fewer revisions the checker must consider it for.
 pub fn record_lease_deletions(ctx: &Ctx) {
-    let grants: Vec<LeaseRecord> = ctx
-        .leases
-        .records()
-        .into_iter()
-        .filter(|r| matches!(r.op, LeaseOp::Grant { .. }))
-        .filter(|r| !matches!(r.outcome, LeaseOutcome::Fail(_)))
-        .collect();
-    for (k, g) in grants.iter().enumerate() {
+    let mut first_put: std::collections::BTreeMap<i64, Entry> = Default::default();
+    for e in ctx.history.entries() {
+        if let Op::LeasePut { lease, .. } = &e.op {
+            if !matches!(e.outcome, Outcome::Fail(_)) {
+                first_put.entry(*lease).or_insert(e);
+            }
+        }
+    }
+    for (k, (lease, put)) in first_put.into_iter().enumerate() {
+        // Same invocation position as the put; the history's stable sort keeps the put first.
         ctx.history.push(Entry {
             index: 0,
             client: LEASE_GONE_CLIENT_BASE + k,
-            member: g.member,
+            member: put.member,
             op: Op::LeaseKeysGone {
-                lease: g.lease,
-                prefix: lease_prefix(g.lease),
+                lease,
+                prefix: lease_prefix(lease),
             },
-            invoke_ns: g.invoke_ns,
+            invoke_ns: put.invoke_ns,
             complete_ns: ctx.now_ns(),
-            invoke_seq: g.invoke_seq,
+            invoke_seq: put.invoke_seq,
             complete_seq: 0,
             outcome: Outcome::Info("revoked or expired at a revision nobody reports".into()),
         });
