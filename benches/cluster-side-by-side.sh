@@ -90,7 +90,7 @@ table() {
   printf '%-12s %-8s %24s %24s %8s\n' load metric "etcd 3.4" keel keel/etcd
   printf '%s\n' "------------------------------------------------------------------------------"
   for load in "${LOADS[@]}"; do
-    for metric in rps p50_ms p99_ms errors; do
+    for metric in rps p50_ms p99_ms p999_ms errors; do
       e=$(summarize etcd "$load" "$metric" "$rounds")
       k=$(summarize keel "$load" "$metric" "$rounds")
       printf '%-12s %-8s %24s %24s %8s\n' "$load" "$metric" "$e" "$k" "$(ratio "$e" "$k")"
