@@ -522,11 +522,14 @@ impl Node {
     /// A deliberate bug for the simulator to catch (keel-sim `--bug read-index-skip-heartbeat`):
     /// linearizable reads are served without confirming leadership — a leader answers from its
     /// own state at once, and followers' read-index requests are answered by the leader
-    /// without a heartbeat round.
+    /// without a heartbeat round. A leader that never confirms its leadership has no reason to
+    /// check for a quorum either, so check-quorum is off too: a leader cut off from the others
+    /// goes on answering reads for as long as the partition lasts.
     #[doc(hidden)]
     pub fn inject_reads_without_quorum(&mut self) {
         self.reads_without_quorum = true;
         self.raw.raft.read_only.option = ReadOnlyOption::LeaseBased;
+        self.raw.raft.set_check_quorum(false);
     }
 
     /// A deliberate bug for the simulator to catch (keel-sim `--bug commit-without-quorum`):
