@@ -813,7 +813,7 @@ impl WatchHub {
             self.watchers[w as usize].next_rev = to + 1;
             if to >= current {
                 if let Some(s) = self.streams.get_mut(&watcher.stream) {
-                    s.unsynced -= 1;
+                    s.unsynced = s.unsynced.saturating_sub(1);
                 }
                 self.make_synced(w);
                 self.progress_if_synced(watcher.stream, store, header);
