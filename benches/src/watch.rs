@@ -532,7 +532,16 @@ impl WatchReport {
         if self.missed() + t.duplicates + t.out_of_order + t.canceled > 0 {
             out += "  WARNING: the server lost, repeated or reordered events\n";
         }
-        out += &format!(
+        out += &self.result_line(cli, args);
+        out
+    }
+
+    /// One machine-readable line: `RESULT op=watch ... events_per_s=... missed=...`.
+    fn result_line(&self, cli: &Cli, args: &WatchArgs) -> String {
+        let t = &self.tally;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let lat = &t.latency;
+        format!(
             "RESULT op=watch watchers={} streams={} conns={} puts={} rate={} events={} \
              events_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3} missed={} duplicate={} \
              out_of_order={} put_errors={} client_cpu_s={:.2} server_cpu_s={}\n",
@@ -554,8 +563,7 @@ impl WatchReport {
             self.server_cpu_secs
                 .map(|s| format!("{s:.2}"))
                 .unwrap_or_else(|| "-".into())
-        );
-        out
+        )
     }
 
     fn render_cpu(&self) -> String {
