@@ -208,6 +208,8 @@ pub struct WatchHub {
     /// Watchers that asked for prev_kv (the node computes previous values only if some did).
     prev_kv_watchers: usize,
     fragment_bytes: usize,
+    /// Responses a stream may have in flight (at most [`STREAM_WINDOW`]).
+    window: u32,
     progress_interval_ms: u64,
     last_progress_ms: u64,
     /// The simulator's `watch-skip-compaction-boundary` bug (see [`WatchHub::inject_skip_compaction_boundary`]).
@@ -235,6 +237,7 @@ impl WatchHub {
             unsynced: VecDeque::new(),
             prev_kv_watchers: 0,
             fragment_bytes: FRAGMENT_BYTES_DEFAULT,
+            window: STREAM_WINDOW,
             progress_interval_ms: PROGRESS_NOTIFY_INTERVAL_MS,
             last_progress_ms: 0,
             skip_compaction_boundary: false,
@@ -246,6 +249,12 @@ impl WatchHub {
     /// server's `--max-request-bytes`).
     pub fn set_fragment_bytes(&mut self, bytes: usize) {
         self.fragment_bytes = bytes.max(1);
+    }
+
+    /// Sets how many responses a stream may have in flight, between 1 and [`STREAM_WINDOW`]
+    /// (the driver's channels hold that many); applies to streams opened later.
+    pub fn set_stream_window(&mut self, responses: u32) {
+        self.window = responses.clamp(1, STREAM_WINDOW);
     }
 
     /// Sets the interval of progress notifications to watchers that asked for them.
@@ -323,7 +332,7 @@ impl WatchHub {
                 let Some(s) = self.streams.get_mut(&stream) else {
                     return;
                 };
-                s.credit = s.credit.saturating_add(responses).min(STREAM_WINDOW);
+                s.credit = s.credit.saturating_add(responses).min(self.window);
                 self.flush_control(stream);
             }
             WatchInput::Close { stream } => self.close(stream),
@@ -331,8 +340,9 @@ impl WatchHub {
     }
 
     fn stream(&mut self, stream: StreamId) -> &mut Stream {
+        let window = self.window;
         self.streams.entry(stream).or_insert_with(|| Stream {
-            credit: STREAM_WINDOW,
+            credit: window,
             ..Default::default()
         })
     }
