@@ -713,7 +713,18 @@ impl Node {
         let batch = std::mem::take(&mut self.reads_next);
         self.reads_in_flight = Some((ctx, batch));
         self.read_round_started_ms = self.now_ms;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.raw.read_index(self.read_context(ctx));
+    }
+
+    /// raft's context for read round `round`: this member's id, its incarnation and the round,
+    /// so no two members' (or two runs') rounds share a context. The leader ignores a ReadIndex
+    /// whose context is already pending, so a shared one would stall a round until its retry.
+    fn read_context(&self, round: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&self.cfg.member_id.to_be_bytes());
+        ctx.extend_from_slice(&self.cfg.incarnation.to_be_bytes());
+        ctx.extend_from_slice(&round.to_be_bytes());
+        ctx
     }
 
     /// Requests wait at most two election timeouts for a leader, then get etcd's "no leader"
@@ -926,7 +937,7 @@ impl Node {
         let Some((in_flight, _)) = &self.reads_in_flight else {
             return;
         };
-        if ctx != in_flight.to_be_bytes() {
+        if ctx != self.read_context(*in_flight) {
             return;
         }
         if let Some((_, batch)) = self.reads_in_flight.take() {
