@@ -83,6 +83,56 @@ fn the_history_is_valid_keel_jepsen_json_lines() {
     );
 }
 
+#[test]
+fn the_watch_log_round_trips_and_covers_compaction_boundaries_and_reconnects() {
+    use keel_jepsen::watch::{check_watches, WatchLog, WatchRecordKind};
+    use keel_sim::history::{Op, Outcome};
+    // Seeds whose runs compact and whose nemesis breaks a watch stream.
+    for (nodes, seed) in [(1, 3), (3, 11)] {
+        let report = run_seed(&SimConfig {
+            nodes,
+            ..SimConfig::new(seed)
+        });
+        assert!(report.passed(), "{}", describe(&report));
+        let log = &report.watch_log;
+        let parsed = WatchLog::from_jsonl(&log.to_jsonl()).expect("the watch log parses");
+        assert_eq!(&parsed, log);
+        let history = keel_jepsen::history::History::from_jsonl(&report.history_jsonl)
+            .expect("the history parses");
+        assert!(check_watches(&history, log).is_valid());
+        let compactions: Vec<i64> = report
+            .entries
+            .iter()
+            .filter_map(|e| match (&e.op, &e.outcome) {
+                (Op::Compact { revision }, Outcome::Ok(_)) => Some(*revision),
+                _ => None,
+            })
+            .collect();
+        let starts: Vec<i64> = log
+            .records
+            .iter()
+            .filter_map(|r| match &r.kind {
+                WatchRecordKind::Open(req) => Some(req.start_revision),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            compactions.iter().any(|c| starts.contains(c)),
+            "{nodes} members: some watch starts at a compaction revision: {compactions:?} {starts:?}"
+        );
+        let broken = log
+            .records
+            .iter()
+            .filter(|r| matches!(&r.kind, WatchRecordKind::Closed { error: Some(_) }))
+            .count();
+        assert!(
+            broken > 0,
+            "{nodes} members: the nemesis broke some watch stream"
+        );
+        assert!(starts.len() > broken, "every broken watch was reopened");
+    }
+}
+
 /// Runs `bug` over `BUG_SEEDS`; returns the seeds that caught it.
 fn seeds_catching(bug: Bug) -> Vec<u64> {
     seeds_catching_with(bug, 1, "")
