@@ -19,7 +19,7 @@
 //! Leased keys are `lease/<id as 16 hex digits>/<n>`, each written once, outside the
 //! workload's `k*` range (`"lease/" > "l"`), so the final range read and the per-client checks
 //! never see them. For keel-jepsen's linearizability checker the lease clients' puts and
-//! reads are ordinary operations, and each granted lease adds one in-doubt delete of its
+//! reads are ordinary operations, and each lease with keys adds one in-doubt delete of its
 //! prefix ([`crate::history::Op::LeaseKeysGone`]): the revoke or expiry that deletes its keys
 //! at a revision no client's operation reports.
 //!
