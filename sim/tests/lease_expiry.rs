@@ -5,7 +5,8 @@
 //!
 //! Regression test for the sweep's finding "a lease can expire up to one tick early"
 //! (sim/README.md, Findings; fixed in 79a1b7f, which counts TTLs from the end of the current
-//! tick). Written after the fix, so it has not been seen failing.
+//! tick). On the engine before that commit it fails: 8 of the 10 leases were deleted
+//! 1.745–1.797 s after their grants were sent (checked on a build of 6480782).
 #![cfg(madsim)]
 
 use std::time::Duration;
