@@ -362,31 +362,19 @@ pub async fn watch_client(
 
 /// The compactor: every so often compacts at the revision of the newest acknowledged delete
 /// that removed a key (so a delete sits exactly at the compaction revision), then opens a
-/// watch of the `k*` keys starting exactly at that revision and waits for its progress
-/// notification. When the clients deleted nothing new, it deletes a key itself first
-/// (recorded like any client's delete).
+/// watch of the `k*` keys starting at that revision and waits for its progress notification.
 pub async fn compactor(ctx: Ctx, endpoints: Vec<String>, seed: u64, until: tokio::time::Instant) {
     let mut rng = SeedRng::new(seed, 0xC0_3AC7);
     let mut last = 0i64;
     while tokio::time::Instant::now() < until {
         let pause = rng.between(COMPACT_EVERY_MS_MAX / 3, COMPACT_EVERY_MS_MAX);
         tokio::time::sleep(Duration::from_millis(pause)).await;
+        let Some(revision) = newest_delete(&ctx, last) else {
+            continue;
+        };
         let member = rng.index(endpoints.len());
         let Some(mut kv) = connect(&endpoints[member]).await else {
             continue;
-        };
-        let revision = match newest_delete(&ctx, last) {
-            Some(r) => r,
-            None => {
-                let key = format!("k{}", rng.below(crate::workload::KEYS));
-                let e = run_op(&ctx, &mut kv, COMPACTOR_CLIENT, member, Op::Delete { key }).await;
-                match e.outcome {
-                    Outcome::Ok(OpResult::Write {
-                        revision, deleted, ..
-                    }) if deleted > 0 => revision,
-                    _ => continue,
-                }
-            }
         };
         let op = Op::Compact { revision };
         let e = run_op(&ctx, &mut kv, COMPACTOR_CLIENT, member, op).await;
