@@ -9,7 +9,7 @@ use keel_sim::run::{run_seed, SimConfig};
 use keel_storage::bugs::Bug;
 
 /// The seeds searched for a catch.
-const SEEDS: Range<u64> = 0..60;
+const SEEDS: Range<u64> = 0..200;
 
 /// The seeds of `SEEDS` on which a three-member run with `bug` fails.
 fn seeds_catching(bug: Bug) -> Vec<u64> {
