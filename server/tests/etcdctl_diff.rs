@@ -2017,24 +2017,6 @@ mod grpc {
             Err(_) => "timed out after 5s".to_string(),
         }
     }
-
-    /// Masks nonzero `cluster_id`, `member_id`, `raft_term` in prost Debug output.
-    pub(super) fn normalize(text: &str) -> String {
-        text.split('\n')
-            .map(|line| {
-                for key in ["cluster_id: ", "member_id: ", "raft_term: "] {
-                    if let Some(at) = line.find(key) {
-                        let value = line[at + key.len()..].trim_end_matches(',');
-                        if value != "0" {
-                            return format!("{}{key}<MASKED>,", &line[..at]);
-                        }
-                    }
-                }
-                line.to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Result<()> {
@@ -2075,7 +2057,10 @@ async fn grpc_diff_against_etcd(other_label: &str, other_program: PathBuf) -> Re
     let mut dump_text = String::new();
     for (index, op) in steps.iter().enumerate() {
         let (ra, rb) = tokio::join!(grpc::run(&mut ca, op), grpc::run(&mut cb, op));
-        let (ra, rb) = (grpc::normalize(&ra), grpc::normalize(&rb));
+        let (ra, rb) = (
+            common::mask_ids_in_debug(&ra),
+            common::mask_ids_in_debug(&rb),
+        );
         let _ = write!(
             dump_text,
             "=== step {index}: {op:?}\n--- etcd\n{ra}\n--- {other_label}\n{rb}\n\n"

@@ -264,7 +264,9 @@ async fn step(t: &mut Target, s: &Step) -> Result<String> {
     loop {
         match tokio::time::timeout(QUIET, t.responses.recv()).await {
             Err(_) | Ok(None) => break,
-            Ok(Some(Ok(Some(r)))) => got.push((r.watch_id, normalize(&format!("{r:#?}")))),
+            Ok(Some(Ok(Some(r)))) => {
+                got.push((r.watch_id, common::mask_ids_in_debug(&format!("{r:#?}"))))
+            }
             Ok(Some(Ok(None))) => {
                 let _ = writeln!(out, "stream ended");
                 break;
@@ -285,24 +287,6 @@ async fn step(t: &mut Target, s: &Step) -> Result<String> {
         let _ = writeln!(out, "{text}");
     }
     Ok(out)
-}
-
-/// Masks nonzero `cluster_id`, `member_id`, `raft_term` in prost Debug output.
-fn normalize(text: &str) -> String {
-    text.split('\n')
-        .map(|line| {
-            for key in ["cluster_id: ", "member_id: ", "raft_term: "] {
-                if let Some(at) = line.find(key) {
-                    let value = line[at + key.len()..].trim_end_matches(',');
-                    if value != "0" {
-                        return format!("{}{key}<MASKED>,", &line[..at]);
-                    }
-                }
-            }
-            line.to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn diff(other_label: &str, other: &Path) -> Result<()> {

@@ -159,6 +159,11 @@ impl Cluster {
         self.seed
     }
 
+    /// Every member's client endpoint, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
     /// Member `i`'s client endpoint.
     pub fn endpoint(&self, i: usize) -> String {
         format!(

@@ -494,9 +494,7 @@ pub fn spawn_lease_clients(
     seed: u64,
     until: tokio::time::Instant,
 ) -> Vec<madsim::task::JoinHandle<()>> {
-    let endpoints: Vec<String> = (0..cluster.members.len())
-        .map(|i| cluster.endpoint(i))
-        .collect();
+    let endpoints = cluster.endpoints();
     (0..clients)
         .map(|id| {
             let task = lease_client(ctx.clone(), endpoints.clone(), id, seed, until);

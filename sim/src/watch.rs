@@ -444,9 +444,7 @@ pub fn spawn_watch_clients(
     seed: u64,
     until: tokio::time::Instant,
 ) -> Vec<madsim::task::JoinHandle<()>> {
-    let endpoints: Vec<String> = (0..cluster.members.len())
-        .map(|i| cluster.endpoint(i))
-        .collect();
+    let endpoints = cluster.endpoints();
     let mut tasks: Vec<_> = (0..clients)
         .map(|id| {
             let task = watch_client(ctx.clone(), endpoints.clone(), id, seed, until);

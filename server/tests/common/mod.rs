@@ -308,3 +308,23 @@ impl Drop for Server {
         }
     }
 }
+
+/// Masks nonzero `cluster_id`, `member_id` and `raft_term` in prost `{:#?}` output, so two
+/// servers' gRPC responses compare equal when only their identities differ.
+#[allow(dead_code)] // not every test binary that includes this module compares gRPC output
+pub fn mask_ids_in_debug(text: &str) -> String {
+    text.split('\n')
+        .map(|line| {
+            for key in ["cluster_id: ", "member_id: ", "raft_term: "] {
+                if let Some(at) = line.find(key) {
+                    let value = line[at + key.len()..].trim_end_matches(',');
+                    if value != "0" {
+                        return format!("{}{key}<MASKED>,", &line[..at]);
+                    }
+                }
+            }
+            line.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
