@@ -12,7 +12,9 @@ pub mod lease;
 pub mod mvcc;
 pub mod node;
 pub mod raft_log;
+pub mod raft_storage;
 pub mod rng;
+pub mod snapshot;
 pub mod watch;
 
 /// raft-rs's wire types (messages, entries, hard state), as the driver and transport see them.

@@ -35,15 +35,16 @@ use keel_proto::etcdserverpb::{
 };
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
-use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
+use raft::{RawNode, ReadOnlyOption, StateRole};
 
 use crate::apply;
 use crate::error::Error;
 use crate::lease::Leases;
 use crate::mvcc::Store;
 use crate::raft_log;
+use crate::raft_storage::RaftStorage;
 use crate::rng::SplitMix64;
 use crate::watch::{HeaderInfo, WatchHub, WatchInput, WatchOutput};
 use keel_proto::mvccpb::Event;
@@ -53,8 +54,14 @@ pub const WAITING_FOR_LEADER_MAX: usize = 10_000;
 /// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
 /// entries between commit and apply.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 100_000;
-/// Raft log entries kept in memory behind the applied index, for slow followers.
+/// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
+/// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
 pub const LOG_ENTRIES_KEPT_MAX: u64 = 5_000;
+/// Applied entries between two state-machine snapshots, by default (etcd 3.6's
+/// `--snapshot-count`).
+pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
+
+mod snapshots;
 
 /// How a member starts.
 #[derive(Debug, Clone)]
@@ -77,14 +84,19 @@ pub struct NodeConfig {
     /// Distinguishes this run of the member from earlier ones, so proposal ids of an earlier run
     /// found in the log never match a live request.
     pub incarnation: u64,
+    /// Applied entries between two snapshots of the state machine (at least 1).
+    pub snapshot_count: u64,
 }
 
-/// What the driver read back from the WAL at start.
+/// What the driver read back from the snapshot directory and the WAL at start.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
+    /// The newest valid snapshot, if any (data: the state-machine encoding).
+    pub snapshot: Option<Snapshot>,
     /// The newest persisted hard state, if any.
     pub hard_state: Option<HardState>,
-    /// The persisted log, contiguous, starting at index 1.
+    /// The persisted log, contiguous; it starts at index 1, or at or before the entry after
+    /// the snapshot (entries the snapshot covers are skipped).
     pub entries: Vec<Entry>,
 }
 
@@ -187,6 +199,24 @@ pub enum Input {
     },
     /// Something happened on a Watch stream (served from this member's applied state).
     Watch(WatchInput),
+    /// The snapshot of an [`Output::SaveSnapshot`] is durable; `snapshot` is the copy to serve
+    /// to followers from now on (its data may be a mapping of the file).
+    SnapshotSaved {
+        /// The saved snapshot.
+        snapshot: Snapshot,
+    },
+    /// The snapshot sent to peer `to` was received and stepped (`ok`), or its send failed.
+    SnapshotStatus {
+        /// The peer.
+        to: u64,
+        /// Whether it arrived.
+        ok: bool,
+    },
+    /// Peer `to` could not be reached; raft slows down its replication to it.
+    Unreachable {
+        /// The peer.
+        to: u64,
+    },
 }
 
 /// Raft state the driver must make durable before it reports [`Input::Persisted`].
@@ -200,11 +230,17 @@ pub struct PersistBatch {
     pub entries: Vec<Entry>,
     /// Messages to send only once this batch is durable.
     pub then_send: Vec<Message>,
+    /// A snapshot from the leader that replaces the log: save it to the snapshot directory
+    /// (durably) before the WAL records its mark, then the entries and hard state.
+    pub snapshot: Option<Snapshot>,
 }
 
 impl PersistBatch {
     fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.entries.is_empty() && self.then_send.is_empty()
+        self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.then_send.is_empty()
+            && self.snapshot.is_none()
     }
 }
 
@@ -224,6 +260,12 @@ pub enum Output {
     },
     /// Watch responses to send (in order) and streams to end.
     Watch(Vec<WatchOutput>),
+    /// Save this snapshot of the state machine durably, then report [`Input::SnapshotSaved`]
+    /// (a failure to save is fatal, like a failed WAL write). WAL segments wholly before the
+    /// previous snapshot may then be released.
+    SaveSnapshot(Snapshot),
+    /// The member cannot go on (a snapshot from the leader does not decode): stop it.
+    Fatal(String),
 }
 
 /// A member's raft and store status, for Maintenance.Status.
@@ -265,7 +307,7 @@ struct StaleReads {
 /// One member of a keel cluster, sans-I/O.
 pub struct Node {
     cfg: NodeConfig,
-    raw: RawNode<MemStorage>,
+    raw: RawNode<RaftStorage>,
     store: Store,
     applied_index: u64,
     outputs: Vec<Output>,
@@ -306,6 +348,12 @@ pub struct Node {
     commit_without_quorum: bool,
     /// MoveLeader requests waiting for their target to lead: (token, target, deadline ms).
     transfers: Vec<(u64, u64, u64)>,
+    /// The index of the newest snapshot made or installed (0: none).
+    snapshot_index: u64,
+    /// The index of the snapshot being saved, if one is.
+    snapshot_saving: Option<u64>,
+    /// An installed snapshot's index raft must count as applied once it is durable.
+    snapshot_unacked: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -337,15 +385,14 @@ impl Node {
                 cfg.member_id, cfg.voters
             )));
         }
-        let storage =
-            MemStorage::new_with_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
-        {
-            let mut core = storage.wl();
-            core.append(&recovered.entries)?;
-            if let Some(hs) = recovered.hard_state {
-                core.set_hardstate(hs);
-            }
+        if cfg.snapshot_count == 0 {
+            return Err(StartError::Config(
+                "snapshot count must be at least 1".into(),
+            ));
         }
+        let log = MemStorage::new_with_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
+        let mut storage = RaftStorage::new(log);
+        let restored = snapshots::recover_log(&mut storage, &recovered)?;
         let raft_cfg = raft::Config {
             id: cfg.member_id,
             election_tick: cfg.election_ticks,
@@ -354,7 +401,7 @@ impl Node {
             // the node overwrites that draw with its own (see `enforce_election_timeout`).
             min_election_tick: cfg.election_ticks,
             max_election_tick: 2 * cfg.election_ticks,
-            applied: 0,
+            applied: restored.as_ref().map_or(0, |s| s.get_metadata().index),
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -389,8 +436,14 @@ impl Node {
             reads_without_quorum: false,
             commit_without_quorum: false,
             transfers: Vec::new(),
+            snapshot_index: 0,
+            snapshot_saving: None,
+            snapshot_unacked: None,
             cfg,
         };
+        if let Some(snapshot) = &restored {
+            node.restore_recovered(snapshot)?;
+        }
         if node.cfg.voters.len() == 1 {
             // A one-member cluster need not wait an election timeout to lead itself.
             node.raw.campaign()?;
@@ -423,12 +476,23 @@ impl Node {
                 }
             }
             Input::Persisted { number } => self.on_persisted(number),
+            Input::SnapshotSaved { snapshot } => self.on_snapshot_saved(snapshot),
+            Input::SnapshotStatus { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Input::Unreachable { to } => self.raw.report_unreachable(to),
         }
         self.enforce_election_timeout();
         self.drive();
         if !self.transfers.is_empty() {
             self.check_transfers();
         }
+        self.maybe_snapshot();
         if self.watches.has_unsynced() {
             let header = self.header_info();
             self.watches.catch_up(&self.store, header);
@@ -811,10 +875,7 @@ impl Node {
             if !messages.is_empty() {
                 self.outputs.push(Output::Send(messages));
             }
-            assert!(
-                ready.snapshot().is_empty(),
-                "snapshots arrive with the replication issue"
-            );
+            let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
             let committed = ready.take_committed_entries();
             let read_states = ready.take_read_states();
             let batch = PersistBatch {
@@ -822,18 +883,27 @@ impl Node {
                 hard_state: ready.hs().cloned(),
                 entries: ready.take_entries(),
                 then_send: ready.take_persisted_messages(),
+                snapshot,
             };
             {
-                let mut core = self.raw.mut_store().wl();
-                if let Err(e) = core.append(&batch.entries) {
+                let store = self.raw.mut_store();
+                if let Some(snapshot) = &batch.snapshot {
+                    if let Err(e) = store.apply_snapshot(snapshot.clone()) {
+                        panic!("raft handed us a snapshot older than the log: {e}");
+                    }
+                }
+                if let Err(e) = store.append(&batch.entries) {
                     panic!("raft handed us entries that do not extend the log: {e}");
                 }
                 if let Some(hs) = &batch.hard_state {
-                    core.set_hardstate(hs.clone());
+                    store.set_hard_state(hs.clone());
                 }
             }
             self.raw.advance_append_async(ready);
 
+            if let Some(snapshot) = &batch.snapshot {
+                self.install_snapshot(snapshot);
+            }
             self.apply_entries(&committed);
             for rs in read_states {
                 self.on_read_state(rs.index, &rs.request_ctx);
@@ -874,6 +944,7 @@ impl Node {
         );
         self.persist_durable = self.persist_durable.max(number);
         self.raw.on_persist_ready(number);
+        self.ack_installed_snapshot();
         if self.persist_durable >= self.persist_emitted {
             if let Some(deferred) = self.persist_deferred.take() {
                 self.raw.on_persist_ready(deferred);
@@ -997,7 +1068,7 @@ impl Node {
             }
         }
         self.raw.advance_apply_to(last.index);
-        self.release_applied_log();
+        self.compact_log();
         if !self.watch_events.is_empty() {
             let events = std::mem::take(&mut self.watch_events);
             let header = self.header_info();
@@ -1058,27 +1129,6 @@ impl Node {
             if let Some(token) = self.proposals.remove(&request.id) {
                 self.reply(token, result);
             }
-        }
-    }
-
-    /// Frees in-memory log entries well behind the applied index (the WAL keeps them).
-    ///
-    /// Only in a one-member cluster for now: a follower that falls behind the kept entries
-    /// needs a snapshot, and snapshots of the state machine arrive with the replication issue.
-    fn release_applied_log(&mut self) {
-        if self.cfg.voters.len() > 1 {
-            return;
-        }
-        let first = match self.raw.store().first_index() {
-            Ok(i) => i,
-            Err(e) => panic!("in-memory raft log has no first index: {e}"),
-        };
-        if self.applied_index < first + 2 * LOG_ENTRIES_KEPT_MAX {
-            return;
-        }
-        let keep_from = self.applied_index - LOG_ENTRIES_KEPT_MAX;
-        if let Err(e) = self.raw.mut_store().wl().compact(keep_from) {
-            panic!("compacting the in-memory raft log to {keep_from}: {e}");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! The codec is pure (bytes in, bytes out); the driver owns the disk.
 
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, HardState, Message};
 
 /// A persisted record that does not decode: the WAL's crc passed, so this is a bug or a
 /// record from an incompatible version.
@@ -40,6 +40,20 @@ pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, CodecError> {
     hs.merge_from_bytes(bytes)
         .map_err(|e| CodecError(format!("raft hard state does not decode: {e}")))?;
     Ok(hs)
+}
+
+/// Encodes a raft configuration (a snapshot's `ConfState`) for the snapshot file.
+pub fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
+    cs.write_to_bytes()
+        .unwrap_or_else(|e| panic!("encoding a conf state in memory cannot fail: {e}"))
+}
+
+/// Decodes a raft configuration read back from a snapshot file.
+pub fn decode_conf_state(bytes: &[u8]) -> Result<ConfState, CodecError> {
+    let mut cs = ConfState::default();
+    cs.merge_from_bytes(bytes)
+        .map_err(|e| CodecError(format!("raft conf state does not decode: {e}")))?;
+    Ok(cs)
 }
 
 /// Encodes a raft message for the peer transport.

@@ -781,6 +781,15 @@ impl WatchHub {
                 waiting.push(w);
                 continue;
             }
+            if watcher.next_rev > current {
+                // A start revision still in the future (kept through `desync_all`): it waits
+                // among the synced, as at creation.
+                if let Some(s) = self.streams.get_mut(&watcher.stream) {
+                    s.unsynced = s.unsynced.saturating_sub(1);
+                }
+                self.make_synced(w);
+                continue;
+            }
             if watcher.next_rev < compacted {
                 self.cancel_compacted(w, compacted, header);
                 continue;
@@ -888,14 +897,16 @@ impl WatchHub {
         }
     }
 
-    /// Every watcher falls behind to `next_rev` (after the store was replaced, e.g. by a
-    /// snapshot): they catch up from the new store.
+    /// Every synced watcher falls behind to `next_rev` (after the store was replaced by a
+    /// snapshot, `next_rev` is one past the old store's revision): they catch up from the new
+    /// store. A watcher whose start revision is later than `next_rev` keeps its start.
     pub fn desync_all(&mut self, next_rev: i64) {
         for g in 0..self.groups.len() {
             let synced = std::mem::take(&mut self.groups[g].synced);
             for w in synced {
                 self.watchers[w as usize].pos = NONE;
-                self.make_unsynced(w, next_rev);
+                let rev = self.watchers[w as usize].next_rev.max(next_rev);
+                self.make_unsynced(w, rev);
             }
         }
     }

@@ -20,6 +20,7 @@ fn config(seed: u64) -> NodeConfig {
         tick_ms: 100,
         seed,
         incarnation: 1,
+        snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
     }
 }
 
@@ -43,6 +44,7 @@ impl Disk {
 
     fn recovered(&self) -> Recovered {
         Recovered {
+            snapshot: None,
             hard_state: self.hard_state.clone(),
             entries: self.entries.clone(),
         }
@@ -87,6 +89,7 @@ impl Harness {
                     Output::Send(msgs) => panic!("a one-member cluster sent {msgs:?}"),
                     Output::Reply { token, result } => self.replies.push((token, result)),
                     Output::Watch(w) => panic!("no watches here, yet {w:?}"),
+                    Output::SaveSnapshot(_) | Output::Fatal(_) => {}
                 }
             }
         }
@@ -303,7 +306,10 @@ fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
             let campaigned = node.take_outputs().into_iter().any(|o| match o {
                 Output::Send(msgs) => !msgs.is_empty(),
                 Output::Persist(b) => !b.then_send.is_empty(),
-                Output::Reply { .. } | Output::Watch(_) => false,
+                Output::Reply { .. }
+                | Output::Watch(_)
+                | Output::SaveSnapshot(_)
+                | Output::Fatal(_) => false,
             });
             if campaigned {
                 return tick;
@@ -425,6 +431,7 @@ fn a_read_behind_an_unwritten_put_does_not_make_the_put_durable() {
             Output::Reply { token, result } => h.replies.push((token, result)),
             Output::Send(m) => panic!("one member sends nothing: {m:?}"),
             Output::Watch(w) => panic!("no watches here, yet {w:?}"),
+            Output::SaveSnapshot(_) | Output::Fatal(_) => {}
         }
     }
     h.disk.write(&put_batch);

@@ -30,6 +30,7 @@ impl Harness {
             tick_ms: 100,
             seed: 7,
             incarnation: 1,
+            snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
         };
         let node = Node::new(cfg, Recovered::default()).expect("node starts");
         let mut h = Harness {
@@ -65,6 +66,8 @@ impl Harness {
                             }
                         }
                     }
+                    Output::SaveSnapshot(_) => {}
+                    Output::Fatal(why) => panic!("node stopped: {why}"),
                 }
             }
         }

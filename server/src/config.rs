@@ -94,6 +94,27 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub election_timeout_ms: u64,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(
+        long = "snapshot-count",
+        env = "KEEL_SNAPSHOT_COUNT",
+        default_value_t = keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub snapshot_count: u64,
+    /// Maximum number of snapshot files to retain (0 is unlimited in etcd; keel keeps at
+    /// least one).
+    #[arg(
+        long = "max-snapshots",
+        env = "KEEL_MAX_SNAPSHOTS",
+        default_value_t = 5
+    )]
+    pub max_snapshots: usize,
+    /// WAL segment size in bytes (for tests that want many segments).
+    #[arg(long = "wal-segment-bytes", env = "KEEL_WAL_SEGMENT_BYTES", hide = true,
+          default_value_t = keel_storage::WalOptions::default().segment_bytes_max,
+          value_parser = clap::value_parser!(u64).range(4096..))]
+    pub wal_segment_bytes: u64,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

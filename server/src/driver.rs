@@ -4,7 +4,9 @@
 //! - the **driver loop** owns the node: commands from the gRPC layer, ticks, disk completions
 //!   go in; replies, messages and persist batches come out;
 //! - the **WAL writer** takes persist batches, writes every batch queued behind the first one
-//!   and fsyncs once (group commit), then reports the newest durable batch back;
+//!   and fsyncs once (group commit), then reports the newest durable batch back; it also saves
+//!   snapshots (the node's own, and a leader's that a batch installs) and, after saving one,
+//!   releases the WAL segments the snapshot before it covers;
 //! - the **ticker** sleeps one heartbeat interval on the node's [`Clock`] and sends a tick.
 //!
 //! A client's reply is released only when the engine applies its entry, which it can do only
@@ -18,10 +20,11 @@ use std::time::Duration;
 
 use keel_engine::error::Error;
 use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
-use keel_engine::raft_log::{encode_entry, encode_hard_state};
-use keel_engine::raftpb::Message;
+use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
+use keel_engine::raftpb::{Message, Snapshot};
 use keel_engine::watch::{StreamId, WatchInput, WatchOutput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::WatchResponse;
+use keel_storage::snap::{SnapDir, SnapError};
 use keel_storage::wal::{Wal, WalError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -135,6 +138,12 @@ pub enum DriverError {
     /// The WAL failed (a failed fsync is fatal).
     #[error("WAL: {0}")]
     Wal(#[from] WalError),
+    /// Saving a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snap(#[from] SnapError),
+    /// The node cannot go on.
+    #[error("node stopped: {0}")]
+    Node(String),
     /// A task of the driver died.
     #[error("driver task failed: {0}")]
     Task(String),
@@ -145,12 +154,13 @@ pub enum DriverError {
 /// `transport` carries the node's messages to its peers; `inbound` brings theirs.
 pub fn start(
     node: Node,
-    wal: Wal,
+    storage: Storage,
     clock: Arc<dyn Clock>,
     tick: Duration,
     request_timeout: Duration,
     transport: Arc<Transport>,
     inbound: mpsc::Receiver<Message>,
+    reports: mpsc::UnboundedReceiver<Input>,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (watch_control_tx, watch_control_rx) = mpsc::unbounded_channel();
@@ -159,10 +169,10 @@ pub fn start(
     let (durable_tx, durable_rx) = mpsc::unbounded_channel();
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
-    let wal_bytes = Arc::new(AtomicU64::new(wal.disk_bytes()));
+    let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));
     tokio::spawn(ticker(clock, tick, ticks_tx));
     tokio::spawn(wal_writer(
-        wal,
+        storage,
         persist_rx,
         durable_tx,
         Arc::clone(&wal_bytes),
@@ -175,10 +185,18 @@ pub fn start(
         persist_tx,
         transport,
         watch_streams: BTreeMap::new(),
+        fatal: None,
     };
     tokio::spawn(async move {
         let err = driver
-            .run(commands_rx, ticks_rx, durable_rx, inbound, watch_control_rx)
+            .run(
+                commands_rx,
+                ticks_rx,
+                durable_rx,
+                inbound,
+                watch_control_rx,
+                reports,
+            )
             .await;
         tracing::error!(error = %err, "keel driver stopped");
         let _ = fatal_tx.send(err);
@@ -205,16 +223,43 @@ async fn ticker(clock: Arc<dyn Clock>, tick: Duration, ticks: mpsc::Sender<()>) 
     }
 }
 
-/// A persist batch's outcome, reported from the WAL writer to the driver loop.
-type Durable = Result<u64, WalError>;
+/// A member's durable storage: the WAL and the snapshot directory.
+pub struct Storage {
+    /// The write-ahead log.
+    pub wal: Wal,
+    /// The snapshot files.
+    pub snaps: SnapDir,
+}
+
+/// Work for the WAL writer.
+#[derive(Debug)]
+enum Job {
+    /// Make a persist batch durable.
+    Persist(PersistBatch),
+    /// Save the node's own snapshot.
+    Save(Snapshot),
+}
+
+/// What the WAL writer reports to the driver loop.
+enum Done {
+    /// Every batch up to this number is durable.
+    Persisted(u64),
+    /// This snapshot is durable (its data now read from the file).
+    Saved(Snapshot),
+}
+
+/// A job's outcome; an error stops the member.
+type Durable = Result<Done, DriverError>;
 
 struct DriverLoop {
     node: Node,
     replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
     next_token: u64,
-    persist_tx: mpsc::UnboundedSender<PersistBatch>,
+    persist_tx: mpsc::UnboundedSender<Job>,
     transport: Arc<Transport>,
     watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
+    /// Set when the node asks to stop.
+    fatal: Option<String>,
 }
 
 impl DriverLoop {
@@ -225,16 +270,26 @@ impl DriverLoop {
         mut durable: mpsc::UnboundedReceiver<Durable>,
         mut inbound: mpsc::Receiver<Message>,
         mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
+        mut reports: mpsc::UnboundedReceiver<Input>,
     ) -> DriverError {
         self.dispatch();
         loop {
+            if let Some(reason) = self.fatal.take() {
+                return DriverError::Node(reason);
+            }
             tokio::select! {
                 biased;
                 done = durable.recv() => match done {
-                    Some(Ok(number)) => self.node.step(Input::Persisted { number }),
-                    Some(Err(e)) => return DriverError::Wal(e),
+                    Some(Ok(Done::Persisted(number))) => {
+                        self.node.step(Input::Persisted { number })
+                    }
+                    Some(Ok(Done::Saved(snapshot))) => {
+                        self.node.step(Input::SnapshotSaved { snapshot })
+                    }
+                    Some(Err(e)) => return e,
                     None => return DriverError::Task("WAL writer exited".into()),
                 },
+                Some(report) = reports.recv() => self.node.step(report),
                 Some(()) = ticks.recv() => {
                     self.node.step(Input::Tick);
                     // Forget replies nobody waits for any more (the client timed out).
@@ -314,10 +369,16 @@ impl DriverLoop {
         for output in outputs {
             match output {
                 Output::Persist(batch) => {
-                    if self.persist_tx.send(batch).is_err() {
+                    if self.persist_tx.send(Job::Persist(batch)).is_err() {
                         tracing::error!("WAL writer is gone; dropping a persist batch");
                     }
                 }
+                Output::SaveSnapshot(snapshot) => {
+                    if self.persist_tx.send(Job::Save(snapshot)).is_err() {
+                        tracing::error!("WAL writer is gone; dropping a snapshot");
+                    }
+                }
+                Output::Fatal(reason) => self.fatal = Some(reason),
                 Output::Send(messages) => self.transport.send(messages),
                 Output::Reply { token, result } => {
                     if let Some(reply) = self.replies.remove(&token) {
@@ -362,65 +423,149 @@ impl DriverLoop {
     }
 }
 
-/// Writes persist batches to the WAL: everything queued goes out with one fsync.
+/// Writes persist batches to the WAL: everything queued goes out with one fsync. Saves
+/// snapshots in the order they come, between batches.
 async fn wal_writer(
-    wal: Wal,
-    mut batches: mpsc::UnboundedReceiver<PersistBatch>,
+    storage: Storage,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     durable: mpsc::UnboundedSender<Durable>,
     wal_bytes: Arc<AtomicU64>,
     transport: Arc<Transport>,
 ) {
-    let mut wal = Some(wal);
-    while let Some(first) = batches.recv().await {
-        let mut group = vec![first];
-        while group.len() < BATCHES_PER_SYNC_MAX {
-            match batches.try_recv() {
-                Ok(b) => group.push(b),
-                Err(_) => break,
-            }
-        }
-        // Votes and append acks: raft allows them out only once the batch is durable.
-        let then_send: Vec<Message> = group
-            .iter_mut()
-            .flat_map(|b| std::mem::take(&mut b.then_send))
-            .collect();
-        let Some(mut w) = wal.take() else {
+    let mut storage = Some(storage);
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let Some(st) = storage.take() else {
             return;
         };
-        let newest = group.last().map_or(0, |b| b.number);
-        let acked_early = ack_before_fsync_bug();
-        if acked_early && durable.send(Ok(newest)).is_err() {
-            return;
-        }
-        // The write and fsync block; keep them off the async workers. Under madsim this runs
-        // the closure as a simulated task (madsim marks it deprecated to discourage real
-        // blocking); the simulated disk never blocks, so that is exactly right there.
-        #[allow(deprecated)]
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = write_group(&mut w, &group);
-            (w, result)
-        })
-        .await;
-        let (w, result) = match joined {
-            Ok(x) => x,
+        let (st, result) = match first {
+            Job::Save(snapshot) => {
+                let Some((st, result)) = run_blocking(st, move |st| save_own(st, &snapshot)).await
+                else {
+                    return;
+                };
+                (st, result)
+            }
+            Job::Persist(batch) => {
+                let mut group = vec![batch];
+                while group.len() < BATCHES_PER_SYNC_MAX {
+                    match jobs.try_recv() {
+                        Ok(Job::Persist(b)) => group.push(b),
+                        Ok(save) => {
+                            next = Some(save);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let Some(st) = persist_group(st, group, &durable, &transport).await else {
+                    return;
+                };
+                (st, Ok(None))
+            }
+        };
+        match result {
+            Ok(Some(done)) => {
+                if durable.send(Ok(done)).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
             Err(e) => {
-                tracing::error!(error = %e, "WAL write task panicked");
+                // A failed write or fsync is fatal: nothing after it may be acknowledged.
+                let _ = durable.send(Err(e));
                 return;
             }
-        };
-        simulated_fsync_latency().await;
-        if let Err(e) = result {
-            // A failed write or fsync is fatal: nothing after it may be acknowledged.
-            let _ = durable.send(Err(e));
-            return;
         }
-        wal_bytes.store(w.disk_bytes(), Ordering::Relaxed);
-        wal = Some(w);
-        transport.send(then_send);
-        if !acked_early && durable.send(Ok(newest)).is_err() {
-            return;
+        wal_bytes.store(st.wal.disk_bytes(), Ordering::Relaxed);
+        storage = Some(st);
+    }
+}
+
+/// Runs blocking disk work off the async workers; `None` if the task died.
+async fn run_blocking<T: Send + 'static>(
+    st: Storage,
+    work: impl FnOnce(&mut Storage) -> T + Send + 'static,
+) -> Option<(Storage, T)> {
+    // Under madsim this runs the closure as a simulated task (madsim marks it deprecated to
+    // discourage real blocking); the simulated disk never blocks, so that is exactly right.
+    #[allow(deprecated)]
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut st = st;
+        let result = work(&mut st);
+        (st, result)
+    })
+    .await;
+    match joined {
+        Ok(done) => Some(done),
+        Err(e) => {
+            tracing::error!(error = %e, "disk write task panicked");
+            None
         }
     }
+}
+
+/// Writes a group of batches with one fsync, then sends what waited for it and reports the
+/// newest batch durable. `None` if the member must stop (the error was reported).
+async fn persist_group(
+    st: Storage,
+    mut group: Vec<PersistBatch>,
+    durable: &mpsc::UnboundedSender<Durable>,
+    transport: &Transport,
+) -> Option<Storage> {
+    // Votes and append acks: raft allows them out only once the batch is durable.
+    let then_send: Vec<Message> = group
+        .iter_mut()
+        .flat_map(|b| std::mem::take(&mut b.then_send))
+        .collect();
+    let newest = group.last().map_or(0, |b| b.number);
+    let acked_early = ack_before_fsync_bug();
+    if acked_early && durable.send(Ok(Done::Persisted(newest))).is_err() {
+        return None;
+    }
+    let (st, result) = run_blocking(st, move |st| write_group(st, &group)).await?;
+    simulated_fsync_latency().await;
+    if let Err(e) = result {
+        let _ = durable.send(Err(e));
+        return None;
+    }
+    transport.send(then_send);
+    if !acked_early && durable.send(Ok(Done::Persisted(newest))).is_err() {
+        return None;
+    }
+    Some(st)
+}
+
+/// Saves the node's own snapshot, reads it back (mapped) for serving to followers, and
+/// releases the WAL segments that the snapshot *before* it covers: one older snapshot plus
+/// the WAL after it stay recoverable in case the newest file is found damaged at restart.
+fn save_own(st: &mut Storage, snapshot: &Snapshot) -> Result<Option<Done>, DriverError> {
+    let meta = snapshot.get_metadata();
+    let (index, term) = (meta.index, meta.term);
+    let conf = encode_conf_state(meta.get_conf_state());
+    let path = st.snaps.save(index, term, &conf, &snapshot.data)?;
+    let mut saved = snapshot.clone();
+    saved.data = st.snaps.read_data(&path)?;
+    let kept = st.snaps.list()?;
+    if let Some(&(_, previous)) = kept.iter().rev().nth(1) {
+        let removed = st.wal.release_before(previous)?;
+        tracing::info!(
+            index,
+            released_before = previous,
+            segments = removed,
+            "saved snapshot"
+        );
+    } else {
+        tracing::info!(index, "saved snapshot");
+    }
+    Ok(Some(Done::Saved(saved)))
 }
 
 /// Under simulation an fsync takes virtual time (0.5-3 ms, from madsim's per-run generator),
@@ -451,14 +596,25 @@ fn ack_before_fsync_bug() -> bool {
     false
 }
 
-fn write_group(wal: &mut Wal, group: &[PersistBatch]) -> Result<(), WalError> {
+/// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's
+/// snapshot saves the snapshot file first (durably), so the WAL's mark never points at a
+/// snapshot that is not on disk.
+fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverError> {
     for batch in group {
+        if let Some(snapshot) = &batch.snapshot {
+            let meta = snapshot.get_metadata();
+            let conf = encode_conf_state(meta.get_conf_state());
+            st.snaps
+                .save(meta.index, meta.term, &conf, &snapshot.data)?;
+            st.wal.append_snapshot(meta.index, meta.term)?;
+        }
         for entry in &batch.entries {
-            wal.append_entry(entry.index, entry.term, &encode_entry(entry))?;
+            st.wal
+                .append_entry(entry.index, entry.term, &encode_entry(entry))?;
         }
         if let Some(hs) = &batch.hard_state {
-            wal.append_hard_state(&encode_hard_state(hs))?;
+            st.wal.append_hard_state(&encode_hard_state(hs))?;
         }
     }
-    wal.sync()
+    Ok(st.wal.sync()?)
 }

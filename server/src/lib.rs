@@ -12,17 +12,19 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod forward;
+pub mod snapshot_send;
 pub mod transport;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::node::{Node, NodeConfig, Recovered};
-use keel_engine::raft_log::{decode_entry, decode_hard_state, CodecError};
+use keel_engine::raft_log::{decode_conf_state, decode_entry, decode_hard_state, CodecError};
+use keel_engine::raftpb::Snapshot;
 use keel_storage::disk::Disk;
+use keel_storage::snap::{SnapDir, SnapError};
 use keel_storage::wal::{Wal, WalError, WalOptions};
 
 pub use crate::clock::{Clock, SystemClock};
@@ -60,6 +62,17 @@ pub enum ServerError {
     /// A WAL record passed its crc but does not decode.
     #[error("WAL record does not decode: {0}")]
     Codec(#[from] CodecError),
+    /// The snapshot directory could not be read.
+    #[error(transparent)]
+    Snap(#[from] SnapError),
+    /// The snapshots and the WAL do not fit together.
+    #[error("data dir {path}: {reason}")]
+    Recovery {
+        /// The data directory.
+        path: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// The engine refused to start.
     #[error(transparent)]
     Start(#[from] keel_engine::node::StartError),
@@ -138,32 +151,75 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
     Ok((identity, voters, peers))
 }
 
-/// Opens the WAL under `data_dir` and reads back what it holds.
-fn open_wal(disk: &Arc<dyn Disk>, data_dir: &Path) -> Result<(Wal, Recovered), ServerError> {
-    let wal_dir = data_dir.join("member").join("wal");
+/// Opens the snapshot directory and the WAL under `data_dir` and reads back what they hold:
+/// the newest valid snapshot and the log after it.
+fn open_storage(
+    disk: &Arc<dyn Disk>,
+    config: &Config,
+) -> Result<(driver::Storage, Recovered), ServerError> {
+    let member_dir = config.data_dir.join("member");
+    let wal_dir = member_dir.join("wal");
     disk.create_dir_all(&wal_dir)
         .map_err(|source| ServerError::DataDir {
             path: wal_dir.display().to_string(),
             source,
         })?;
-    let (wal, from_disk) = Wal::open(Arc::clone(disk), &wal_dir, WalOptions::default())?;
+    let snaps = SnapDir::open(
+        Arc::clone(disk),
+        &member_dir.join("snap"),
+        config.max_snapshots.max(1),
+    )?;
+    let loaded = snaps.load_newest()?.snapshot;
+    let opts = WalOptions {
+        segment_bytes_max: config.wal_segment_bytes,
+    };
+    let (wal, from_disk) = Wal::open(Arc::clone(disk), &wal_dir, opts)?;
+    let snapshot = match loaded {
+        Some(l) => {
+            let mut snapshot = Snapshot {
+                data: l.data,
+                ..Default::default()
+            };
+            let meta = snapshot.mut_metadata();
+            meta.index = l.index;
+            meta.term = l.term;
+            meta.set_conf_state(decode_conf_state(&l.meta)?);
+            Some(snapshot)
+        }
+        None => None,
+    };
+    let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
+    if let Some(mark) = from_disk.snapshot.filter(|m| m.index > snap_index) {
+        return Err(ServerError::Recovery {
+            path: config.data_dir.display().to_string(),
+            reason: format!(
+                "the WAL was replaced by a snapshot at index {} but the newest valid snapshot \
+                 file ends at index {snap_index}; the state in between is lost",
+                mark.index
+            ),
+        });
+    }
     let hard_state = from_disk
         .hard_state
         .as_deref()
         .map(decode_hard_state)
         .transpose()?;
     let mut entries = Vec::with_capacity(from_disk.entries.len());
-    for e in &from_disk.entries {
+    for e in from_disk.entries.iter().filter(|e| e.index > snap_index) {
         entries.push(decode_entry(&e.data)?);
     }
-    tracing::info!(entries = entries.len(), dir = %wal_dir.display(), "recovered WAL");
-    Ok((
-        wal,
-        Recovered {
-            hard_state,
-            entries,
-        },
-    ))
+    tracing::info!(
+        snapshot = snap_index,
+        entries = entries.len(),
+        dir = %member_dir.display(),
+        "recovered snapshot and WAL"
+    );
+    let recovered = Recovered {
+        snapshot,
+        hard_state,
+        entries,
+    };
+    Ok((driver::Storage { wal, snaps }, recovered))
 }
 
 /// The simulator's `stale-read` bug: linearizable ranges come from a copy of the store
@@ -221,7 +277,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let peer_addrs = config.peer_listen_addrs()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
-    let (wal, recovered) = open_wal(&env.disk, &config.data_dir)?;
+    let (storage, recovered) = open_storage(&env.disk, &config)?;
     let mut node = with_sim_bugs(Node::new(
         NodeConfig {
             member_id: identity.member_id,
@@ -232,6 +288,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             tick_ms,
             seed: env.seed,
             incarnation: env.seed & 0xff_ffff,
+            snapshot_count: config.snapshot_count,
         },
         recovered,
     )?);
@@ -250,16 +307,23 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         peers.clone(),
         Duration::from_millis(config.election_timeout_ms),
     );
-    let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
+    let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let transport = Arc::new(transport::Transport::start(
+        local,
+        peers,
+        env.clock.clone(),
+        reports_tx,
+    ));
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
         node,
-        wal,
+        storage,
         env.clock.clone(),
         Duration::from_millis(tick_ms),
         request_timeout,
         transport,
         inbound,
+        reports,
     );
     let peer_service = transport::PeerService::new(local, inbound_tx, Some(handle.clone()));
     let services = api::Services::new(handle, identity, &config, forwarder);

@@ -20,13 +20,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::node::{Request as EngineRequest, Response as EngineResponse};
+use keel_engine::node::{Input, Request as EngineRequest, Response as EngineResponse};
 use keel_engine::raft_log::{decode_message, encode_message};
-use keel_engine::raftpb::Message;
+use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::peer_server::Peer;
-use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MessageBatch, SendAck};
+use keel_proto::keelpb::{
+    LeaseKeepAliveForward, LeaseTimeToLiveForward, MessageBatch, SendAck, SnapshotChunk,
+};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,6 +36,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::api::to_status;
 use crate::clock::Clock;
 use crate::driver::Handle;
+use crate::snapshot_send::{receive_snapshot, send_snapshot};
 
 /// Messages queued towards one peer, at most; beyond that new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -59,27 +62,43 @@ pub struct LocalIdentity {
 
 /// Outbound raft traffic to every peer.
 pub struct Transport {
+    local: LocalIdentity,
     queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    urls: BTreeMap<u64, String>,
     dropped: Arc<AtomicU64>,
+    /// Snapshot outcomes and unreachable peers, for the node.
+    reports: mpsc::UnboundedSender<Input>,
 }
 
 impl Transport {
     /// Starts one sender task per peer (`member id → peer URL`, e.g. `http://10.0.0.2:2380`).
+    /// Snapshot outcomes and unreachable peers are reported to the node through `reports`.
     pub fn start(
         local: LocalIdentity,
         peers: BTreeMap<u64, String>,
         clock: Arc<dyn Clock>,
+        reports: mpsc::UnboundedSender<Input>,
     ) -> Transport {
         let mut queues = BTreeMap::new();
-        for (peer, url) in peers {
-            assert_ne!(peer, local.member_id, "a member is not its own peer");
+        for (peer, url) in &peers {
+            assert_ne!(*peer, local.member_id, "a member is not its own peer");
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(peer_sender(local, peer, url, rx, Arc::clone(&clock)));
-            queues.insert(peer, tx);
+            let sender = PeerSender {
+                local,
+                peer: *peer,
+                url: url.clone(),
+                clock: Arc::clone(&clock),
+                reports: reports.clone(),
+            };
+            tokio::spawn(sender.run(rx));
+            queues.insert(*peer, tx);
         }
         Transport {
+            local,
             queues,
+            urls: peers,
             dropped: Arc::new(AtomicU64::new(0)),
+            reports,
         }
     }
 
@@ -87,6 +106,10 @@ impl Transport {
     /// whose queue is full, are dropped (raft retransmits).
     pub fn send(&self, messages: Vec<Message>) {
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(message);
+                continue;
+            }
             let Some(queue) = self.queues.get(&message.to) else {
                 tracing::debug!(to = message.to, "raft message to an unknown peer dropped");
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -98,6 +121,22 @@ impl Transport {
         }
     }
 
+    /// Streams a snapshot to its peer on a task of its own.
+    fn send_snapshot(&self, message: Message) {
+        let to = message.to;
+        let Some(url) = self.urls.get(&to) else {
+            tracing::debug!(to, "snapshot to an unknown peer dropped");
+            let _ = self.reports.send(Input::SnapshotStatus { to, ok: false });
+            return;
+        };
+        tokio::spawn(send_snapshot(
+            self.local,
+            url.clone(),
+            message,
+            self.reports.clone(),
+        ));
+    }
+
     /// Messages dropped so far (full queues, unknown peers).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -106,54 +145,75 @@ impl Transport {
 
 /// One peer's sender: connect when there is something to send, stream batches, reconnect with
 /// backoff. Ends when the [`Transport`] is dropped.
-async fn peer_sender(
+struct PeerSender {
     local: LocalIdentity,
     peer: u64,
     url: String,
-    mut queue: mpsc::Receiver<Message>,
     clock: Arc<dyn Clock>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let connected = match Endpoint::from_shared(url.clone()) {
-            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
-            Err(e) => {
-                tracing::error!(peer, %url, error = %e, "unusable peer URL; dropping its traffic");
-                while queue.recv().await.is_some() {}
+    reports: mpsc::UnboundedSender<Input>,
+}
+
+impl PeerSender {
+    /// raft slows down replication to a peer it cannot reach (probe instead of pipeline).
+    fn unreachable(&self) {
+        let _ = self.reports.send(Input::Unreachable { to: self.peer });
+    }
+
+    async fn run(self, mut queue: mpsc::Receiver<Message>) {
+        let PeerSender {
+            local,
+            peer,
+            ref url,
+            ref clock,
+            ..
+        } = self;
+        let url = url.clone();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let connected = match Endpoint::from_shared(url.clone()) {
+                Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
+                Err(e) => {
+                    tracing::error!(peer, %url, error = %e, "unusable peer URL; dropping its traffic");
+                    while queue.recv().await.is_some() {}
+                    return;
+                }
+            };
+            let channel = match connected {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::debug!(peer, %url, error = %e, "peer unreachable; retrying");
+                    self.unreachable();
+                    // `first` is dropped: raft will send again.
+                    clock.sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            let (batches, stream) = mpsc::channel(STREAM_BATCHES_MAX);
+            let mut client = PeerClient::new(channel);
+            let call = tokio::spawn(async move {
+                client
+                    .send(tokio_stream::wrappers::ReceiverStream::new(stream))
+                    .await
+            });
+            let ended = pump(local, first, &mut queue, batches).await;
+            match call.await {
+                Ok(Ok(_)) => tracing::debug!(peer, "peer stream closed"),
+                Ok(Err(status)) => {
+                    tracing::debug!(peer, %status, "peer stream failed");
+                    self.unreachable();
+                }
+                Err(e) => tracing::debug!(peer, error = %e, "peer stream task failed"),
+            }
+            if ended {
                 return;
             }
-        };
-        let channel = match connected {
-            Ok(channel) => channel,
-            Err(e) => {
-                tracing::debug!(peer, %url, error = %e, "peer unreachable; retrying");
-                // `first` is dropped: raft will send again.
-                clock.sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
-        let (batches, stream) = mpsc::channel(STREAM_BATCHES_MAX);
-        let mut client = PeerClient::new(channel);
-        let call = tokio::spawn(async move {
-            client
-                .send(tokio_stream::wrappers::ReceiverStream::new(stream))
-                .await
-        });
-        let ended = pump(local, first, &mut queue, batches).await;
-        match call.await {
-            Ok(Ok(_)) => tracing::debug!(peer, "peer stream closed"),
-            Ok(Err(status)) => tracing::debug!(peer, %status, "peer stream failed"),
-            Err(e) => tracing::debug!(peer, error = %e, "peer stream task failed"),
+            clock.sleep(backoff).await;
         }
-        if ended {
-            return;
-        }
-        clock.sleep(backoff).await;
     }
 }
 
@@ -255,6 +315,17 @@ impl Peer for PeerService {
                     return Err(Status::unavailable("keel: member is stopping"));
                 }
             }
+        }
+        Ok(Response::new(SendAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let message = receive_snapshot(self.local, request.into_inner()).await?;
+        if self.inbound.send(message).await.is_err() {
+            return Err(Status::unavailable("keel: member is stopping"));
         }
         Ok(Response::new(SendAck {}))
     }

@@ -83,6 +83,7 @@ fn transport(peers: &[(u64, u16)]) -> Transport {
         },
         peers,
         Arc::new(SystemClock::new()),
+        tokio::sync::mpsc::unbounded_channel().0,
     )
 }
 
@@ -166,6 +167,7 @@ async fn a_batch_from_another_cluster_is_refused() {
             .into_iter()
             .collect(),
         Arc::new(SystemClock::new()),
+        tokio::sync::mpsc::unbounded_channel().0,
     );
     stranger.send(vec![heartbeat(B, 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -173,4 +175,75 @@ async fn a_batch_from_another_cluster_is_refused() {
         b_rx.try_recv().is_err(),
         "a message from another cluster must not reach raft"
     );
+}
+
+fn snapshot_message(to: u64, data: bytes::Bytes) -> Message {
+    let mut m = Message {
+        msg_type: MessageType::MsgSnapshot,
+        from: A,
+        to,
+        term: 4,
+        ..Default::default()
+    };
+    let snap = m.mut_snapshot();
+    snap.mut_metadata().index = 1234;
+    snap.mut_metadata().term = 3;
+    snap.data = data;
+    m
+}
+
+#[tokio::test]
+async fn a_snapshot_streams_in_chunks_beside_heartbeats_and_reports_its_outcome() {
+    let (b_port, c_port) = (common::free_port(), common::free_port());
+    let (mut b_rx, _stop) = serve(B, addr(b_port)).await;
+    let peers: BTreeMap<u64, String> = [(B, b_port), (C, c_port)]
+        .iter()
+        .map(|(id, port)| (*id, format!("http://127.0.0.1:{port}")))
+        .collect();
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let t = Transport::start(
+        LocalIdentity {
+            member_id: A,
+            cluster_id: CLUSTER,
+        },
+        peers,
+        Arc::new(SystemClock::new()),
+        reports_tx,
+    );
+    // 5.5 chunks of data, every byte different from its neighbours.
+    let len = 5 * keel_server::snapshot_send::CHUNK_BYTES + 512 * 1024;
+    let data: bytes::Bytes = (0..len)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    t.send(vec![snapshot_message(B, data.clone()), heartbeat(B, 9)]);
+    t.send(vec![snapshot_message(C, data.clone())]); // nobody listens on C
+    let mut got_snapshot = None;
+    let mut got_heartbeat = false;
+    while got_snapshot.is_none() || !got_heartbeat {
+        let m = tokio::time::timeout(Duration::from_secs(20), b_rx.recv())
+            .await
+            .expect("B hears from A")
+            .expect("inbound open");
+        match m.get_msg_type() {
+            MessageType::MsgSnapshot => got_snapshot = Some(m),
+            MessageType::MsgHeartbeat => got_heartbeat = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let m = got_snapshot.expect("snapshot");
+    assert_eq!(m.get_snapshot().get_metadata().index, 1234);
+    assert_eq!(m.term, 4);
+    assert!(m.get_snapshot().data == data, "the data arrives whole");
+    let mut outcomes = BTreeMap::new();
+    while outcomes.len() < 2 {
+        let report = tokio::time::timeout(Duration::from_secs(20), reports.recv())
+            .await
+            .expect("a report")
+            .expect("reports open");
+        if let keel_engine::node::Input::SnapshotStatus { to, ok } = report {
+            outcomes.insert(to, ok);
+        }
+    }
+    assert_eq!(outcomes, BTreeMap::from([(B, true), (C, false)]));
 }

@@ -263,6 +263,17 @@ impl SnapDir {
         self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))
     }
 
+    /// Reads back the state of the snapshot file at `path` (mapped, checksum verified).
+    pub fn read_data(&self, path: &Path) -> Result<Bytes, SnapError> {
+        let file = self.disk.read_shared(path).map_err(io_err(path))?;
+        decode(&file)
+            .map(|loaded| loaded.data)
+            .map_err(|reason| SnapError::Corrupt {
+                path: path.to_path_buf(),
+                reason,
+            })
+    }
+
     /// Loads the newest snapshot whose checksum holds. A damaged one is renamed to `*.broken`
     /// and reported in the warnings, and the next older one is tried.
     pub fn load_newest(&self) -> Result<LoadOutcome, SnapError> {

@@ -146,6 +146,33 @@ impl Lessor {
         Ok(ttl_s)
     }
 
+    /// The minimum TTL this lessor grants, in seconds.
+    pub fn min_ttl_s(&self) -> i64 {
+        self.min_ttl_s
+    }
+
+    /// Restores lease `id` from a snapshot, as granted (`ttl_s`, already effective) with its
+    /// checkpointed remaining TTL; not scheduled (a restored lessor is not primary).
+    pub fn restore(&mut self, id: i64, ttl_s: i64, remaining_ttl_s: i64) -> Result<(), Error> {
+        assert!(
+            !self.primary,
+            "leases are restored only on a member that does not lead"
+        );
+        if self.leases.contains_key(&id) {
+            return Err(Error::LeaseExist);
+        }
+        let lease = Lease {
+            id,
+            ttl_s,
+            remaining_ttl_s: remaining_ttl_s.clamp(0, ttl_s),
+            keys: BTreeSet::new(),
+            expiry_ms: None,
+            next_checkpoint_ms: None,
+        };
+        self.leases.insert(id, lease);
+        Ok(())
+    }
+
     /// Applied: removes lease `id` and returns its keys, which the caller deletes in one MVCC
     /// write (one revision).
     pub fn revoke(&mut self, id: i64) -> Result<Vec<Bytes>, Error> {

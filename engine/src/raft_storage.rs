@@ -1,0 +1,135 @@
+//! The raft log storage raft-rs reads from: its in-memory log (`MemStorage`) plus the newest
+//! durable state-machine snapshot.
+//!
+//! raft-rs's `MemStorage` answers `snapshot()` with metadata only (it has no state machine);
+//! a leader sending that to a lagging follower would send an empty store. [`RaftStorage`]
+//! answers with the newest snapshot the driver reported durable, data included (shared bytes:
+//! on a real disk, a mapping of the snapshot file). The in-memory log is compacted only up to
+//! that snapshot in a multi-member cluster, so every entry a follower can need is either in the
+//! log or covered by the snapshot.
+//!
+//! When raft asks for a snapshot newer than the one held (a follower needs entries that were
+//! compacted without one, e.g. a member added to a one-member cluster), the request is
+//! remembered and the node makes a fresh snapshot; raft asks again on its next attempt.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use raft::eraftpb::{Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+/// raft-rs's storage: the in-memory log and the newest durable snapshot.
+pub struct RaftStorage {
+    log: MemStorage,
+    /// The newest durable snapshot (empty: none yet).
+    snapshot: Snapshot,
+    /// The highest index raft asked a snapshot for and did not get (0: none).
+    wanted: AtomicU64,
+}
+
+impl RaftStorage {
+    /// A storage whose log is `log` and that holds no snapshot.
+    pub fn new(log: MemStorage) -> RaftStorage {
+        RaftStorage {
+            log,
+            snapshot: Snapshot::default(),
+            wanted: AtomicU64::new(0),
+        }
+    }
+
+    /// The in-memory log.
+    pub fn log(&self) -> &MemStorage {
+        &self.log
+    }
+
+    /// The newest durable snapshot (empty if none).
+    pub fn snapshot_held(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Records `snapshot` as the newest durable one (ignored if older than the one held).
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.get_metadata().index;
+        if index < self.snapshot.get_metadata().index {
+            return;
+        }
+        if index >= self.wanted.load(Ordering::Relaxed) {
+            self.wanted.store(0, Ordering::Relaxed);
+        }
+        self.snapshot = snapshot;
+    }
+
+    /// The index raft asked a snapshot for that the held one does not reach (0: none), and
+    /// forgets the request.
+    pub fn take_wanted(&self) -> u64 {
+        self.wanted.swap(0, Ordering::Relaxed)
+    }
+
+    /// Replaces the log by an installed snapshot (a follower behind the leader's log) and
+    /// holds it as the newest snapshot.
+    pub fn apply_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()> {
+        self.log.wl().apply_snapshot(snapshot.clone())?;
+        self.set_snapshot(snapshot);
+        Ok(())
+    }
+
+    /// Appends entries to the in-memory log.
+    pub fn append(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        self.log.wl().append(entries)
+    }
+
+    /// Sets the hard state.
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.log.wl().set_hardstate(hs);
+    }
+
+    /// Drops in-memory entries before `index`.
+    pub fn compact(&mut self, index: u64) -> raft::Result<()> {
+        self.log.wl().compact(index)
+    }
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.log.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snapshot.get_metadata();
+        if idx == meta.index && idx != 0 {
+            return Ok(meta.term);
+        }
+        self.log.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.log.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.log.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let held = self.snapshot.get_metadata().index;
+        // The follower continues from the entry after the snapshot: it must still be here.
+        let needed = request_index.max(self.log.first_index()?.saturating_sub(1));
+        if held == 0 || held < needed {
+            self.wanted.fetch_max(needed.max(1), Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}

@@ -1,0 +1,185 @@
+//! The state-machine snapshot: a member's applied state as one byte string, the `data` of a
+//! raft snapshot.
+//!
+//! It is a list of tagged sections, so later state (the member table, say) adds a section
+//! without changing the others:
+//!
+//! ```text
+//! "KEELSTAT" | format u32 = 1 | section_count u32 |
+//! per section: tag [u8; 4] | len u64 | bytes
+//! crc32 (IEEE) of everything before it, u32            (integers big-endian)
+//! ```
+//!
+//! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_snapshot`], itself
+//! crc-checked) and `leas` (the leases, [`crate::lease::Leases::encode_snapshot`]). A decoder
+//! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
+//! is an error, since it means state this build would drop.
+//!
+//! ```
+//! use keel_engine::snapshot::{decode_sections, encode_sections};
+//! let bytes = encode_sections(&[(*b"mvcc", b"store".as_slice()), (*b"leas", b"".as_slice())]);
+//! let sections = decode_sections(&bytes).unwrap();
+//! assert_eq!(sections.get(b"mvcc"), Some(&b"store".as_slice()));
+//! let mut corrupt = bytes.clone();
+//! corrupt[30] ^= 1;
+//! assert!(decode_sections(&corrupt).is_err());
+//! ```
+
+use std::collections::BTreeMap;
+
+const MAGIC: &[u8; 8] = b"KEELSTAT";
+const FORMAT: u32 = 1;
+
+/// The store section.
+pub const SECTION_MVCC: [u8; 4] = *b"mvcc";
+/// The leases section.
+pub const SECTION_LEASES: [u8; 4] = *b"leas";
+/// Every section this build knows.
+pub const KNOWN_SECTIONS: [[u8; 4]; 2] = [SECTION_MVCC, SECTION_LEASES];
+
+/// Why a state snapshot could not be decoded or restored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateSnapshotError {
+    /// The container is damaged, truncated or of an unknown format.
+    #[error("state snapshot: {0}")]
+    Container(&'static str),
+    /// A section this build needs is missing, or one it does not know is present.
+    #[error("state snapshot: section {0:?} {1}")]
+    Section(String, &'static str),
+    /// The store section does not decode.
+    #[error(transparent)]
+    Mvcc(#[from] crate::mvcc::SnapshotError),
+    /// The lease section does not decode.
+    #[error(transparent)]
+    Leases(#[from] crate::lease::leases::LeaseSnapshotError),
+}
+
+/// Encodes tagged sections into one crc-protected byte string.
+pub fn encode_sections(sections: &[([u8; 4], &[u8])]) -> Vec<u8> {
+    let total: usize = sections.iter().map(|(_, b)| b.len() + 12).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 8 + total + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_be_bytes());
+    let count = u32::try_from(sections.len()).unwrap_or_else(|_| panic!("too many sections"));
+    out.extend_from_slice(&count.to_be_bytes());
+    for (tag, bytes) in sections {
+        out.extend_from_slice(tag);
+        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], StateSnapshotError> {
+    if r.len() < n {
+        return Err(StateSnapshotError::Container("truncated"));
+    }
+    let (head, tail) = r.split_at(n);
+    *r = tail;
+    Ok(head)
+}
+
+fn take_array<const N: usize>(r: &mut &[u8]) -> Result<[u8; N], StateSnapshotError> {
+    take(r, N)?
+        .try_into()
+        .map_err(|_| StateSnapshotError::Container("truncated"))
+}
+
+/// Decodes the sections of a byte string made by [`encode_sections`], checking its crc and
+/// that no tag repeats.
+pub fn decode_sections(bytes: &[u8]) -> Result<BTreeMap<[u8; 4], &[u8]>, StateSnapshotError> {
+    let body_len = bytes
+        .len()
+        .checked_sub(4)
+        .ok_or(StateSnapshotError::Container("truncated"))?;
+    let (body, crc) = bytes.split_at(body_len);
+    let mut r = body;
+    if take(&mut r, MAGIC.len())? != MAGIC {
+        return Err(StateSnapshotError::Container("not a keel state snapshot"));
+    }
+    let stored = u32::from_be_bytes(
+        crc.try_into()
+            .map_err(|_| StateSnapshotError::Container("truncated"))?,
+    );
+    if crc32fast::hash(body) != stored {
+        return Err(StateSnapshotError::Container("crc32 mismatch"));
+    }
+    if u32::from_be_bytes(take_array(&mut r)?) != FORMAT {
+        return Err(StateSnapshotError::Container("unknown format"));
+    }
+    let count = u32::from_be_bytes(take_array(&mut r)?);
+    let mut sections = BTreeMap::new();
+    for _ in 0..count {
+        let tag: [u8; 4] = take_array(&mut r)?;
+        let len = u64::from_be_bytes(take_array(&mut r)?);
+        let len = usize::try_from(len).map_err(|_| StateSnapshotError::Container("too long"))?;
+        let bytes = take(&mut r, len)?;
+        if sections.insert(tag, bytes).is_some() {
+            return Err(section_error(tag, "appears twice"));
+        }
+    }
+    if !r.is_empty() {
+        return Err(StateSnapshotError::Container("trailing bytes"));
+    }
+    Ok(sections)
+}
+
+/// A section error naming the tag.
+pub fn section_error(tag: [u8; 4], what: &'static str) -> StateSnapshotError {
+    StateSnapshotError::Section(String::from_utf8_lossy(&tag).into_owned(), what)
+}
+
+/// Decodes sections and checks that exactly the known ones are present.
+pub fn decode_known(bytes: &[u8]) -> Result<BTreeMap<[u8; 4], &[u8]>, StateSnapshotError> {
+    let sections = decode_sections(bytes)?;
+    for tag in sections.keys() {
+        if !KNOWN_SECTIONS.contains(tag) {
+            return Err(section_error(*tag, "is unknown to this build"));
+        }
+    }
+    for tag in KNOWN_SECTIONS {
+        if !sections.contains_key(&tag) {
+            return Err(section_error(tag, "is missing"));
+        }
+    }
+    Ok(sections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let bytes = encode_sections(&[(SECTION_MVCC, b"abc"), (SECTION_LEASES, b"")]);
+        let sections = decode_known(&bytes).expect("decodes");
+        assert_eq!(sections[&SECTION_MVCC], b"abc");
+        for len in 0..bytes.len() {
+            assert!(
+                decode_sections(&bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 4;
+            assert!(decode_sections(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn missing_unknown_and_repeated_sections_are_refused() {
+        let only_mvcc = encode_sections(&[(SECTION_MVCC, b"")]);
+        assert!(matches!(
+            decode_known(&only_mvcc),
+            Err(StateSnapshotError::Section(tag, "is missing")) if tag == "leas"
+        ));
+        let unknown =
+            encode_sections(&[(SECTION_MVCC, b""), (SECTION_LEASES, b""), (*b"zzzz", b"")]);
+        assert!(decode_known(&unknown).is_err());
+        let twice = encode_sections(&[(SECTION_MVCC, b""), (SECTION_MVCC, b"")]);
+        assert!(decode_sections(&twice).is_err());
+    }
+}

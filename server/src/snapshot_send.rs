@@ -1,0 +1,177 @@
+//! Streaming a snapshot to a follower: `keelpb.Peer/SendSnapshot`.
+//!
+//! raft-rs hands the transport a `MsgSnapshot` whose snapshot carries the whole state machine.
+//! It goes on a stream of its own (one task per transfer) in [`CHUNK_BYTES`] chunks, so the
+//! peer's ordinary message stream — heartbeats, appends — and every other peer carry on while
+//! it is in flight. The first chunk carries the message without its data plus the data's length
+//! and crc32; the receiver reassembles the data, checks both, and only then hands the message
+//! to its node. The sender reports the outcome to its node ([`Input::SnapshotStatus`]), which
+//! raft-rs needs to leave its "snapshot in flight" state for that follower.
+//!
+//! ```text
+//! leader node ─MsgSnapshot─▶ Transport::send ─spawn─▶ send_snapshot ══chunks══▶ follower
+//!      ▲                                                   │              receive_snapshot
+//!      └──────────── Input::SnapshotStatus{to, ok} ◀──────┘                 │ crc ok
+//!                                                                  follower node ◀┘
+//! ```
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_engine::node::Input;
+use keel_engine::raft_log::{decode_message, encode_message};
+use keel_engine::raftpb::Message;
+use keel_proto::keelpb::peer_client::PeerClient;
+use keel_proto::keelpb::SnapshotChunk;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+use tonic::{Status, Streaming};
+
+use crate::transport::{LocalIdentity, CONNECT_TIMEOUT};
+
+/// Bytes of snapshot data per chunk.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks in flight on one transfer, at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// A transfer may take this long plus [`TRANSFER_MS_PER_MIB`] per MiB before it is abandoned.
+const TRANSFER_BASE: Duration = Duration::from_secs(10);
+const TRANSFER_MS_PER_MIB: u64 = 1000;
+/// A snapshot larger than this is refused by the receiver.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+
+/// Sends one `MsgSnapshot` to `url` and reports the outcome to the node through `reports`.
+pub async fn send_snapshot(
+    local: LocalIdentity,
+    url: String,
+    mut message: Message,
+    reports: mpsc::UnboundedSender<Input>,
+) {
+    let to = message.to;
+    let data: Bytes = std::mem::take(&mut message.mut_snapshot().data);
+    let index = message.get_snapshot().get_metadata().index;
+    let mib = (data.len() as u64).div_ceil(1 << 20);
+    let limit = TRANSFER_BASE + Duration::from_millis(TRANSFER_MS_PER_MIB * mib);
+    let result = tokio::time::timeout(limit, transfer(local, &url, &message, data)).await;
+    let ok = match result {
+        Ok(Ok(())) => {
+            tracing::info!(to, index, "snapshot sent");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(to, index, error = %e, "snapshot send failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(to, index, ?limit, "snapshot send timed out");
+            false
+        }
+    };
+    // The node is gone only when the member stops.
+    let _ = reports.send(Input::SnapshotStatus { to, ok });
+}
+
+async fn transfer(
+    local: LocalIdentity,
+    url: &str,
+    message: &Message,
+    data: Bytes,
+) -> Result<(), String> {
+    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = PeerClient::new(channel)
+        .max_decoding_message_size(2 * CHUNK_BYTES)
+        .max_encoding_message_size(2 * CHUNK_BYTES);
+    let (chunks, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let header = SnapshotChunk {
+        from: local.member_id,
+        cluster_id: local.cluster_id,
+        message: encode_message(message).into(),
+        data_len: data.len() as u64,
+        data_crc: crc32fast::hash(&data),
+        data: Bytes::new(),
+    };
+    let feeder = tokio::spawn(async move {
+        if chunks.send(header).await.is_err() {
+            return;
+        }
+        let mut at = 0;
+        while at < data.len() {
+            let end = (at + CHUNK_BYTES).min(data.len());
+            let chunk = SnapshotChunk {
+                data: data.slice(at..end),
+                ..Default::default()
+            };
+            if chunks.send(chunk).await.is_err() {
+                return; // the call failed; its error says why
+            }
+            at = end;
+        }
+    });
+    let result = client
+        .send_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    feeder.abort();
+    result.map(|_| ()).map_err(|status| status.to_string())
+}
+
+/// Receives one snapshot transfer: returns the `MsgSnapshot` with its data restored, once the
+/// length and crc32 match. `local` is the receiving member.
+pub async fn receive_snapshot(
+    local: LocalIdentity,
+    mut stream: Streaming<SnapshotChunk>,
+) -> Result<Message, Status> {
+    let header = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("keel: empty snapshot stream"))?;
+    if header.cluster_id != local.cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "keel: snapshot from cluster {:x} sent to a member of cluster {:x}",
+            header.cluster_id, local.cluster_id
+        )));
+    }
+    let mut message = decode_message(&header.message)
+        .map_err(|e| Status::invalid_argument(format!("keel: {e}")))?;
+    if message.to != local.member_id {
+        return Err(Status::invalid_argument(format!(
+            "keel: snapshot for member {:x} sent to member {:x}",
+            message.to, local.member_id
+        )));
+    }
+    if header.data_len > SNAPSHOT_BYTES_MAX {
+        return Err(Status::resource_exhausted(format!(
+            "keel: snapshot of {} bytes exceeds the {SNAPSHOT_BYTES_MAX}-byte limit",
+            header.data_len
+        )));
+    }
+    let expected = header.data_len as usize;
+    let mut data = Vec::with_capacity(expected.min(64 << 20));
+    data.extend_from_slice(&header.data);
+    while let Some(chunk) = stream.message().await? {
+        if data.len() + chunk.data.len() > expected {
+            return Err(Status::invalid_argument(
+                "keel: snapshot data longer than announced",
+            ));
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    if data.len() != expected {
+        return Err(Status::invalid_argument(format!(
+            "keel: snapshot data ended at {} of {expected} bytes",
+            data.len()
+        )));
+    }
+    let crc = crc32fast::hash(&data);
+    if crc != header.data_crc {
+        return Err(Status::data_loss(format!(
+            "keel: snapshot data crc32 {crc:08x}, announced {:08x}",
+            header.data_crc
+        )));
+    }
+    message.mut_snapshot().data = Bytes::from(data);
+    Ok(message)
+}
