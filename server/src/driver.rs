@@ -159,9 +159,12 @@ pub fn start(
     tick: Duration,
     request_timeout: Duration,
     transport: Arc<Transport>,
-    inbound: mpsc::Receiver<Message>,
-    reports: mpsc::UnboundedReceiver<Input>,
+    inbound: Inbound,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
+    let Inbound {
+        messages: inbound,
+        reports,
+    } = inbound;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (watch_control_tx, watch_control_rx) = mpsc::unbounded_channel();
     let (ticks_tx, ticks_rx) = mpsc::channel(1);
@@ -221,6 +224,14 @@ async fn ticker(clock: Arc<dyn Clock>, tick: Duration, ticks: mpsc::Sender<()>) 
             Err(mpsc::error::TrySendError::Closed(())) => return,
         }
     }
+}
+
+/// What reaches the node from its peers.
+pub struct Inbound {
+    /// Raft messages received.
+    pub messages: mpsc::Receiver<Message>,
+    /// The transport's reports: snapshot outcomes, unreachable peers.
+    pub reports: mpsc::UnboundedReceiver<Input>,
 }
 
 /// A member's durable storage: the WAL and the snapshot directory.

@@ -322,8 +322,10 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         Duration::from_millis(tick_ms),
         request_timeout,
         transport,
-        inbound,
-        reports,
+        driver::Inbound {
+            messages: inbound,
+            reports,
+        },
     );
     let peer_service = transport::PeerService::new(local, inbound_tx, Some(handle.clone()));
     let services = api::Services::new(handle, identity, &config, forwarder);
