@@ -20,6 +20,10 @@ fn config(seed: u64) -> NodeConfig {
         tick_ms: 100,
         seed,
         incarnation: 1,
+        initial_members: Vec::new(),
+        name: String::new(),
+        client_urls: Vec::new(),
+        joining: false,
     }
 }
 
@@ -87,6 +91,7 @@ impl Harness {
                     Output::Send(msgs) => panic!("a one-member cluster sent {msgs:?}"),
                     Output::Reply { token, result } => self.replies.push((token, result)),
                     Output::Watch(w) => panic!("no watches here, yet {w:?}"),
+                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }
@@ -303,7 +308,7 @@ fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
             let campaigned = node.take_outputs().into_iter().any(|o| match o {
                 Output::Send(msgs) => !msgs.is_empty(),
                 Output::Persist(b) => !b.then_send.is_empty(),
-                Output::Reply { .. } | Output::Watch(_) => false,
+                Output::Reply { .. } | Output::Watch(_) | Output::Members(_) => false,
             });
             if campaigned {
                 return tick;
@@ -425,6 +430,7 @@ fn a_read_behind_an_unwritten_put_does_not_make_the_put_durable() {
             Output::Reply { token, result } => h.replies.push((token, result)),
             Output::Send(m) => panic!("one member sends nothing: {m:?}"),
             Output::Watch(w) => panic!("no watches here, yet {w:?}"),
+            Output::Members(m) => panic!("no member changes here, yet {m:?}"),
         }
     }
     h.disk.write(&put_batch);

@@ -30,6 +30,10 @@ impl Harness {
             tick_ms: 100,
             seed: 7,
             incarnation: 1,
+            initial_members: Vec::new(),
+            name: String::new(),
+            client_urls: Vec::new(),
+            joining: false,
         };
         let node = Node::new(cfg, Recovered::default()).expect("node starts");
         let mut h = Harness {
@@ -65,6 +69,7 @@ impl Harness {
                             }
                         }
                     }
+                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! any member.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_proto::etcdserverpb::{
@@ -17,7 +17,7 @@ use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::transport::CONNECT_TIMEOUT;
+use crate::transport::{Transport, CONNECT_TIMEOUT};
 
 /// Connections to the other members' peer ports, made on first use.
 pub struct Forwarder {
@@ -25,19 +25,19 @@ pub struct Forwarder {
     /// A forwarded call gives up after this long and drops its connection, so a connection
     /// to a leader's previous incarnation cannot hang keepalives.
     timeout: Duration,
-    /// member id → peer URL.
-    peers: BTreeMap<u64, String>,
+    /// Knows every member's peer URL.
+    transport: Arc<Transport>,
     clients: Mutex<BTreeMap<u64, PeerClient<Channel>>>,
 }
 
 impl Forwarder {
-    /// A forwarder to `peers` (member id → peer URL).
+    /// A forwarder to the peers `transport` knows.
     /// Each forwarded call is bounded by `timeout`.
-    pub fn new(cluster_id: u64, peers: BTreeMap<u64, String>, timeout: Duration) -> Forwarder {
+    pub fn new(cluster_id: u64, transport: Arc<Transport>, timeout: Duration) -> Forwarder {
         Forwarder {
             cluster_id,
             timeout,
-            peers,
+            transport,
             clients: Mutex::new(BTreeMap::new()),
         }
     }
@@ -46,7 +46,7 @@ impl Forwarder {
         if let Some(c) = self.lock().get(&member) {
             return Ok(c.clone());
         }
-        let url = self.peers.get(&member).ok_or_else(|| {
+        let url = self.transport.peer_url(member).ok_or_else(|| {
             Status::unavailable(format!("keel: leader {member:x} is not a known peer"))
         })?;
         let endpoint = Endpoint::from_shared(url.clone())

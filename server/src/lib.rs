@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_engine::membership::{Member, Membership};
 use keel_engine::node::{Node, NodeConfig, Recovered};
 use keel_engine::raft_log::{decode_entry, decode_hard_state, CodecError};
 use keel_storage::disk::Disk;
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The driver stopped (e.g. a failed fsync).
     #[error(transparent)]
     Driver(#[from] driver::DriverError),
+    /// `--initial-cluster-state existing`, and no listed peer told us about the cluster.
+    #[error("joining an existing cluster: {0}")]
+    Join(String),
     /// A gRPC listener failed.
     #[error("serving {addr}: {reason}")]
     Serve {
@@ -89,14 +93,20 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
     /// Client URLs advertised.
     pub client_urls: Vec<String>,
-    /// Every member of the initial cluster: (id, name, peer URLs), in `--initial-cluster` order.
-    pub members: Vec<(u64, String, Vec<String>)>,
 }
 
-/// The other members: id → the peer URL to reach them at.
-type Peers = std::collections::BTreeMap<u64, String>;
+/// How this member starts: who it is, and the member table its log replay starts from.
+struct Bootstrap {
+    identity: Identity,
+    /// The bootstrap members (for a joining member: the cluster's, as a peer reported them).
+    initial: Vec<Member>,
+    /// The members the transport reaches at first.
+    peers: Vec<Member>,
+    /// `--initial-cluster-state existing`.
+    joining: bool,
+}
 
-fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError> {
+fn identity(config: &Config) -> Result<Bootstrap, ServerError> {
     let members = config.initial_members()?;
     let token = config.initial_cluster_token.as_str();
     let member_id_of = |urls: &[String]| {
@@ -111,12 +121,6 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
         .find(|m| m.name == config.name)
         .ok_or_else(|| config::ConfigError::InitialCluster("does not name --name".into()))?;
     let member_id = member_id_of(&me.peer_urls);
-    let peers: Peers = members
-        .iter()
-        .zip(&voters)
-        .filter(|(_, id)| **id != member_id)
-        .filter_map(|(m, id)| m.peer_urls.first().map(|url| (*id, url.clone())))
-        .collect();
     let mut sorted = voters.clone();
     sorted.sort_unstable();
     let id_texts: Vec<String> = sorted.iter().map(|id| format!("{id:x}")).collect();
@@ -129,13 +133,97 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
         name: config.name.clone(),
         peer_urls: me.peer_urls.clone(),
         client_urls: config.advertise_client_url_list(),
-        members: members
-            .iter()
-            .zip(&voters)
-            .map(|(m, id)| (*id, m.name.clone(), m.peer_urls.clone()))
-            .collect(),
     };
-    Ok((identity, voters, peers))
+    let initial: Vec<Member> = members
+        .iter()
+        .zip(&voters)
+        .map(|(m, id)| Member {
+            id: *id,
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            ..Member::default()
+        })
+        .collect();
+    Ok(Bootstrap {
+        identity,
+        peers: initial.clone(),
+        initial,
+        joining: false,
+    })
+}
+
+/// How long a joining member waits for one peer's answer.
+const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--initial-cluster-state existing` (etcd's `GetClusterFromRemotePeers`): asks the members
+/// listed in `--initial-cluster` for the cluster's id and member table, and finds this member
+/// in it by its peer URLs (it must have been added with MemberAdd first).
+async fn join(config: &Config, boot: Bootstrap) -> Result<Bootstrap, ServerError> {
+    let mut reasons = Vec::new();
+    for m in config.initial_members()? {
+        if m.name == config.name {
+            continue;
+        }
+        for url in &m.peer_urls {
+            match ask_members(url).await {
+                Ok((cluster_id, table)) => return joined(boot, cluster_id, &table),
+                Err(reason) => reasons.push(format!("{url}: {reason}")),
+            }
+        }
+    }
+    Err(ServerError::Join(format!(
+        "no peer answered ({})",
+        reasons.join("; ")
+    )))
+}
+
+async fn ask_members(url: &str) -> Result<(u64, Membership), String> {
+    use keel_proto::keelpb::{peer_client::PeerClient, MembersRequest};
+    let ask = async {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let reply = PeerClient::new(channel)
+            .members(MembersRequest {})
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let table =
+            Membership::from_table(&reply.table.unwrap_or_default()).map_err(|e| e.to_string())?;
+        Ok((reply.cluster_id, table))
+    };
+    match tokio::time::timeout(JOIN_ASK_TIMEOUT, ask).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn joined(
+    mut boot: Bootstrap,
+    cluster_id: u64,
+    table: &Membership,
+) -> Result<Bootstrap, ServerError> {
+    let urls = &boot.identity.peer_urls;
+    let me = table
+        .members()
+        .into_iter()
+        .find(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+        .ok_or_else(|| {
+            ServerError::Join(format!(
+                "no member of cluster {cluster_id:x} has peer URLs {urls:?} (add it first)"
+            ))
+        })?;
+    tracing::info!(
+        member = format_args!("{:x}", me.id),
+        cluster = format_args!("{cluster_id:x}"),
+        "joining an existing cluster"
+    );
+    boot.identity.member_id = me.id;
+    boot.identity.cluster_id = cluster_id;
+    boot.initial = table.initial().to_vec();
+    boot.peers = table.members();
+    boot.joining = true;
+    Ok(boot)
 }
 
 /// Opens the WAL under `data_dir` and reads back what it holds.
@@ -217,7 +305,13 @@ async fn serve_peers(service: transport::PeerService, addr: SocketAddr) -> Resul
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
 /// dropping the future (or the runtime).
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
-    let (identity, voters, peers) = identity(&config)?;
+    let mut boot = identity(&config)?;
+    if config.initial_cluster_state == "existing" {
+        boot = join(&config, boot).await?;
+    }
+    let identity = boot.identity.clone();
+    let peers = driver::peer_urls(&boot.peers);
+    let voters: Vec<u64> = boot.initial.iter().map(|m| m.id).collect();
     let peer_addrs = config.peer_listen_addrs()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
@@ -232,6 +326,10 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             tick_ms,
             seed: env.seed,
             incarnation: env.seed & 0xff_ffff,
+            initial_members: boot.initial,
+            name: identity.name.clone(),
+            client_urls: identity.client_urls.clone(),
+            joining: boot.joining,
         },
         recovered,
     )?);
@@ -244,13 +342,13 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
+    let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
     // A forwarded lease request waits for the leader at most one election timeout.
     let forwarder = forward::Forwarder::new(
         identity.cluster_id,
-        peers.clone(),
+        Arc::clone(&transport),
         Duration::from_millis(config.election_timeout_ms),
     );
-    let transport = Arc::new(transport::Transport::start(local, peers, env.clock.clone()));
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
         node,

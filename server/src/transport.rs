@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keel_engine::node::{Request as EngineRequest, Response as EngineResponse};
@@ -26,7 +26,10 @@ use keel_engine::raftpb::Message;
 use keel_proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::peer_server::Peer;
-use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MessageBatch, SendAck};
+use keel_proto::keelpb::{
+    LeaseKeepAliveForward, LeaseTimeToLiveForward, MembersRequest, MembersResponse, MessageBatch,
+    SendAck,
+};
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,9 +60,18 @@ pub struct LocalIdentity {
     pub cluster_id: u64,
 }
 
+/// One peer's outbound queue and where its task sends.
+struct PeerQueue {
+    url: String,
+    queue: mpsc::Sender<Message>,
+}
+
 /// Outbound raft traffic to every peer.
 pub struct Transport {
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    local: LocalIdentity,
+    clock: Arc<dyn Clock>,
+    /// The peers as of the newest member table; a peer's task ends when its queue is dropped.
+    peers: Mutex<BTreeMap<u64, PeerQueue>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -70,24 +82,49 @@ impl Transport {
         peers: BTreeMap<u64, String>,
         clock: Arc<dyn Clock>,
     ) -> Transport {
-        let mut queues = BTreeMap::new();
-        for (peer, url) in peers {
-            assert_ne!(peer, local.member_id, "a member is not its own peer");
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(peer_sender(local, peer, url, rx, Arc::clone(&clock)));
-            queues.insert(peer, tx);
-        }
-        Transport {
-            queues,
+        let transport = Transport {
+            local,
+            clock,
+            peers: Mutex::new(BTreeMap::new()),
             dropped: Arc::new(AtomicU64::new(0)),
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Follows the member table: starts senders for new peers (or changed URLs) and ends
+    /// those of peers no longer listed.
+    pub fn set_peers(&self, wanted: BTreeMap<u64, String>) {
+        let mut peers = self.lock();
+        peers.retain(|id, p| wanted.get(id) == Some(&p.url));
+        for (peer, url) in wanted {
+            if peer == self.local.member_id || peers.contains_key(&peer) {
+                continue;
+            }
+            tracing::info!(peer = format_args!("{peer:x}"), %url, "peer added to transport");
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let clock = Arc::clone(&self.clock);
+            tokio::spawn(peer_sender(self.local, peer, url.clone(), rx, clock));
+            peers.insert(peer, PeerQueue { url, queue: tx });
         }
+    }
+
+    /// The peer URL the transport reaches `member` at.
+    pub fn peer_url(&self, member: u64) -> Option<String> {
+        self.lock().get(&member).map(|p| p.url.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, PeerQueue>> {
+        // The map is consistent after every statement; a panic elsewhere leaves it usable.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues each message for its peer; never waits. Messages to unknown peers, or to peers
     /// whose queue is full, are dropped (raft retransmits).
     pub fn send(&self, messages: Vec<Message>) {
+        let peers = self.lock();
         for message in messages {
-            let Some(queue) = self.queues.get(&message.to) else {
+            let Some(PeerQueue { queue, .. }) = peers.get(&message.to) else {
                 tracing::debug!(to = message.to, "raft message to an unknown peer dropped");
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -196,7 +233,7 @@ async fn pump(
 pub struct PeerService {
     local: LocalIdentity,
     inbound: mpsc::Sender<Message>,
-    /// Serves lease requests forwarded by followers.
+    /// Serves lease requests forwarded by followers, and the member table.
     handle: Option<Handle>,
 }
 
@@ -274,6 +311,18 @@ impl Peer for PeerService {
             Ok(_) => Err(Status::internal("keel: unexpected answer to a keepalive")),
             Err(e) => Err(to_status(e)),
         }
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let handle = self.check_cluster(self.local.cluster_id)?;
+        let table = handle.members().await.map_err(to_status)?;
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.local.cluster_id,
+            table: Some(table.to_table()),
+        }))
     }
 
     async fn lease_time_to_live(

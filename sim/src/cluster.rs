@@ -65,8 +65,9 @@ fn member_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
-/// etcd-style flags for member `i` of `size`.
-fn member_config(i: usize, size: usize) -> Config {
+/// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
+/// (a member added with MemberAdd, joining a running cluster).
+fn member_config(i: usize, size: usize, existing: bool) -> Config {
     let ip = member_ip(i);
     let cluster: Vec<String> = (0..size)
         .map(|j| format!("{}=http://{}:{PEER_PORT}", member_name(j), member_ip(j)))
@@ -80,6 +81,10 @@ fn member_config(i: usize, size: usize) -> Config {
         format!("--listen-peer-urls=http://{ip}:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{ip}:{PEER_PORT}"),
         format!("--initial-cluster={}", cluster.join(",")),
+        format!(
+            "--initial-cluster-state={}",
+            if existing { "existing" } else { "new" }
+        ),
     ];
     match Config::try_parse_from(args) {
         Ok(c) => c,
@@ -93,53 +98,12 @@ impl Cluster {
         let handle = Handle::current();
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
-            let disk = SimDisk::new();
-            let clock = SimClock::new(0, 0);
-            let boots = Arc::new(AtomicU64::new(0));
-            let exit = Arc::new(Mutex::new(None));
-            let config = member_config(i, size);
-            let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
-            let (init_clock, init_exit) = (clock.clone(), Arc::clone(&exit));
-            let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
-            let node = handle
-                .create_node()
-                .name(member_name(i))
-                .ip(member_ip(i))
-                .init(move || {
-                    let boot = init_boots.fetch_add(1, Ordering::Relaxed);
-                    set_exit(&init_exit, None);
-                    let env = Env {
-                        disk: Arc::new(init_disk.clone()),
-                        clock: Arc::new(init_clock.clone()),
-                        seed: fnv1a(
-                            member_seed
-                                .to_le_bytes()
-                                .into_iter()
-                                .chain(boot.to_le_bytes()),
-                        ),
-                    };
-                    let config = config.clone();
-                    let exit = Arc::clone(&init_exit);
-                    async move {
-                        let why = match keel_server::run(config, env).await {
-                            Err(e) => {
-                                tracing::error!(error = %e, "keel member stopped");
-                                e.to_string()
-                            }
-                            Ok(()) => "run returned Ok".to_string(),
-                        };
-                        set_exit(&exit, Some(why));
-                    }
-                })
-                .build();
-            members.push(Member {
-                node,
-                disk,
-                ip: member_ip(i),
-                clock,
-                boots,
-                exit,
-            });
+            members.push(start_member(
+                &handle,
+                seed,
+                i,
+                member_config(i, size, false),
+            ));
         }
         let client_node = handle
             .create_node()
@@ -152,6 +116,21 @@ impl Cluster {
             members,
             client_node,
         }
+    }
+
+    /// Starts one more member with `--initial-cluster-state existing`, after a MemberAdd of its
+    /// peer URL ([`Cluster::peer_url`] of the index this returns); returns its index.
+    pub fn add_member(&mut self) -> usize {
+        let i = self.members.len();
+        let config = member_config(i, i + 1, true);
+        self.members
+            .push(start_member(&self.handle, self.seed, i, config));
+        i
+    }
+
+    /// The peer URL member `i` has (or will have, for the next [`Cluster::add_member`]).
+    pub fn peer_url(i: usize) -> String {
+        format!("http://{}:{PEER_PORT}", member_ip(i))
     }
 
     /// The seed this cluster was built from.
@@ -231,5 +210,55 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("member {i} at {endpoint} never accepted a connection");
+    }
+}
+
+/// Builds and boots member `i` as a madsim node running `keel_server::run(config)`.
+fn start_member(handle: &Handle, seed: u64, i: usize, config: Config) -> Member {
+    let disk = SimDisk::new();
+    let clock = SimClock::new(0, 0);
+    let boots = Arc::new(AtomicU64::new(0));
+    let exit = Arc::new(Mutex::new(None));
+    let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
+    let (init_clock, init_exit) = (clock.clone(), Arc::clone(&exit));
+    let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
+    let node = handle
+        .create_node()
+        .name(member_name(i))
+        .ip(member_ip(i))
+        .init(move || {
+            let boot = init_boots.fetch_add(1, Ordering::Relaxed);
+            set_exit(&init_exit, None);
+            let env = Env {
+                disk: Arc::new(init_disk.clone()),
+                clock: Arc::new(init_clock.clone()),
+                seed: fnv1a(
+                    member_seed
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(boot.to_le_bytes()),
+                ),
+            };
+            let config = config.clone();
+            let exit = Arc::clone(&init_exit);
+            async move {
+                let why = match keel_server::run(config, env).await {
+                    Err(e) => {
+                        tracing::error!(error = %e, "keel member stopped");
+                        e.to_string()
+                    }
+                    Ok(()) => "run returned Ok".to_string(),
+                };
+                set_exit(&exit, Some(why));
+            }
+        })
+        .build();
+    Member {
+        node,
+        disk,
+        ip: member_ip(i),
+        clock,
+        boots,
+        exit,
     }
 }
