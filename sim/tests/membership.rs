@@ -198,6 +198,11 @@ fn run(seed: u64) -> Outcome {
 #[test]
 fn a_learner_added_and_promoted_under_partitions_keeps_the_history_linearizable() {
     let outcome = run(SEED);
+    eprintln!(
+        "{} operations; events: {:#?}",
+        outcome.entries.len(),
+        outcome.events
+    );
     assert!(
         outcome.entries.len() > 50,
         "too few operations: {}",
