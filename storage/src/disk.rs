@@ -47,6 +47,13 @@ pub trait Disk: Send + Sync + 'static {
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
     /// The whole content of the file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The whole content of the file at `path`, as shared bytes that may live outside the heap
+    /// ([`OsDisk`] maps the file read-only). The file must not change while the bytes live:
+    /// keel maps only snapshot files, which are written once under a temporary name and never
+    /// modified after their rename.
+    fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
+        self.read(path).map(bytes::Bytes::from)
+    }
     /// Opens `path` for appending, creating it (empty) if it does not exist.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
     /// Sets the length of the file at `path` to `len` and makes the file durable.
@@ -131,6 +138,19 @@ impl Disk for OsDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
+        let file = File::open(path)?;
+        if file.metadata()?.len() == 0 {
+            return Ok(bytes::Bytes::new()); // an empty file cannot be mapped
+        }
+        // SAFETY: the map is read-only and keel never writes, truncates or replaces a file it
+        // maps in place (snapshot files are immutable after their rename; removing one leaves
+        // the mapping valid on Unix). Another process modifying the file would be outside
+        // keel's contract, as with any data directory.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        Ok(bytes::Bytes::from_owner(map))
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {

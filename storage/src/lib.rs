@@ -4,16 +4,20 @@
 //!   system, [`SimDisk`] in memory with a power-loss model for deterministic simulation.
 //! * [`Wal`] is the write-ahead log of raft entries and hard state: crc32-checked records in
 //!   size-rotated segment files, group-committed (many records, one fsync).
+//! * [`SnapDir`] holds the state-machine snapshots: crc32-checked files, written atomically,
+//!   read back mapped.
 #![deny(missing_docs)]
 
 #[cfg(madsim)]
 pub mod bugs;
 pub mod disk;
 pub mod sim_disk;
+pub mod snap;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile, OsDisk};
 pub use sim_disk::SimDisk;
+pub use snap::{SnapDir, SnapError};
 pub use wal::{Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};
 
 #[cfg(test)]

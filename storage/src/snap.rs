@@ -1,0 +1,394 @@
+//! Snapshot files: the state machine as of one raft index, written once, read back mapped.
+//!
+//! A snapshot lives in `<dir>/<term:016x>-<index:016x>.snap` (etcd's naming). It is written
+//! to `<name>.tmp`, fsynced, renamed into place and the directory fsynced, so a crash leaves
+//! either the whole file or none under its final name. Loading maps the file
+//! ([`Disk::read_shared`]) and checks its crc32; a damaged newest snapshot is renamed to
+//! `<name>.broken` (kept for inspection, never loaded again) and the one before it is tried.
+//!
+//! Layout (integers little-endian):
+//!
+//! ```text
+//! "KEELSNAP" | format u32 = 1 | index u64 | term u64 | meta_len u32 | meta | data_len u64 |
+//! data | crc32 (IEEE) of everything before it, u32
+//! ```
+//! `meta` and `data` are opaque here: the engine puts raft's `ConfState` in `meta` and its
+//! state-machine encoding in `data`. [`Loaded::data`] is a slice of the mapping, not a copy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::disk::Disk;
+
+const MAGIC: &[u8; 8] = b"KEELSNAP";
+const FORMAT: u32 = 1;
+const SUFFIX: &str = ".snap";
+const TMP_SUFFIX: &str = ".snap.tmp";
+const BROKEN_SUFFIX: &str = ".broken";
+/// magic + format + index + term + meta_len.
+const HEAD_BYTES: usize = 8 + 4 + 8 + 8 + 4;
+
+/// Snapshot files kept on disk by default (etcd's `--max-snapshots`).
+pub const SNAPSHOTS_KEPT_DEFAULT: usize = 5;
+
+/// Errors of the snapshot directory.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapError {
+    /// The disk failed.
+    #[error("snapshot i/o error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot file is damaged or not a keel snapshot.
+    #[error("snapshot {} is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapError + '_ {
+    move |source| SnapError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A snapshot read back from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The raft index the snapshot covers up to.
+    pub index: u64,
+    /// The raft term of that index.
+    pub term: u64,
+    /// The opaque metadata.
+    pub meta: Vec<u8>,
+    /// The opaque state, shared with the file mapping.
+    pub data: Bytes,
+}
+
+/// What [`SnapDir::load_newest`] found.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// The newest valid snapshot, if any.
+    pub snapshot: Option<Loaded>,
+    /// Damaged snapshots skipped (each renamed to `*.broken`), one line each.
+    pub warnings: Vec<String>,
+}
+
+/// The directory of snapshot files.
+pub struct SnapDir {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl std::fmt::Debug for SnapDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapDir")
+            .field("dir", &self.dir)
+            .field("keep", &self.keep)
+            .finish()
+    }
+}
+
+/// The file name of the snapshot at (`term`, `index`).
+pub fn file_name(term: u64, index: u64) -> String {
+    format!("{term:016x}-{index:016x}{SUFFIX}")
+}
+
+/// (term, index) of a snapshot file name, or `None` if `name` is not one.
+fn parse_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(SUFFIX)?;
+    let (term, index) = stem.split_once('-')?;
+    if term.len() != 16 || index.len() != 16 {
+        return None;
+    }
+    let term = u64::from_str_radix(term, 16).ok()?;
+    let index = u64::from_str_radix(index, 16).ok()?;
+    Some((term, index))
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode(index: u64, term: u64, meta: &[u8], data: &[u8]) -> Vec<u8> {
+    let meta_len = u32::try_from(meta.len()).unwrap_or_else(|_| panic!("snapshot meta over 4 GiB"));
+    let mut out = Vec::with_capacity(HEAD_BYTES + meta.len() + 8 + data.len() + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(&meta_len.to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(data);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at + 4)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at + 8)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Decodes a snapshot file's bytes; `data` in the result is a slice of `file`.
+pub fn decode(file: &Bytes) -> Result<Loaded, String> {
+    if file.len() < HEAD_BYTES + 8 + 4 || &file[..8] != MAGIC {
+        return Err("not a keel snapshot (bad magic or too short)".into());
+    }
+    let body_len = file.len() - 4;
+    let stored = u32_at(file, body_len).ok_or("truncated")?;
+    let actual = crc32fast::hash(&file[..body_len]);
+    if stored != actual {
+        return Err(format!(
+            "crc32 mismatch: stored {stored:08x}, computed {actual:08x}"
+        ));
+    }
+    let format = u32_at(file, 8).ok_or("truncated")?;
+    if format != FORMAT {
+        return Err(format!("unknown snapshot format {format}"));
+    }
+    let index = u64_at(file, 12).ok_or("truncated")?;
+    let term = u64_at(file, 20).ok_or("truncated")?;
+    let meta_len = u32_at(file, 28).ok_or("truncated")? as usize;
+    let meta_end = HEAD_BYTES.checked_add(meta_len).ok_or("bad meta length")?;
+    let meta = file
+        .get(HEAD_BYTES..meta_end)
+        .ok_or("meta overruns the file")?;
+    let data_len = u64_at(file, meta_end).ok_or("truncated")?;
+    let data_start = meta_end + 8;
+    let data_end = usize::try_from(data_len)
+        .ok()
+        .and_then(|l| data_start.checked_add(l))
+        .ok_or("bad data length")?;
+    if data_end != body_len {
+        return Err(format!(
+            "data length {data_len} does not fit the file of {} bytes",
+            file.len()
+        ));
+    }
+    Ok(Loaded {
+        index,
+        term,
+        meta: meta.to_vec(),
+        data: file.slice(data_start..data_end),
+    })
+}
+
+impl SnapDir {
+    /// Opens (creating if needed) the snapshot directory `dir`, keeping the newest `keep`
+    /// snapshots when new ones are saved. Leftover temporary files of an interrupted save are
+    /// removed.
+    pub fn open(disk: Arc<dyn Disk>, dir: &Path, keep: usize) -> Result<SnapDir, SnapError> {
+        assert!(keep >= 1, "must keep at least one snapshot");
+        disk.create_dir_all(dir).map_err(io_err(dir))?;
+        let snaps = SnapDir {
+            disk,
+            dir: dir.to_path_buf(),
+            keep,
+        };
+        let names = snaps.disk.list_dir(dir).map_err(io_err(dir))?;
+        let mut removed = false;
+        for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
+            let path = dir.join(name);
+            snaps.disk.remove(&path).map_err(io_err(&path))?;
+            removed = true;
+        }
+        if removed {
+            snaps.disk.sync_dir(dir).map_err(io_err(dir))?;
+        }
+        Ok(snaps)
+    }
+
+    /// (term, index) of every snapshot file, oldest (lowest index) first.
+    pub fn list(&self) -> Result<Vec<(u64, u64)>, SnapError> {
+        let names = self.disk.list_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let mut found: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_name(n)).collect();
+        found.sort_by_key(|&(term, index)| (index, term));
+        Ok(found)
+    }
+
+    /// Writes a snapshot durably (temp file, fsync, rename, directory fsync), then removes the
+    /// oldest files beyond the number kept. Returns the new file's path.
+    pub fn save(
+        &self,
+        index: u64,
+        term: u64,
+        meta: &[u8],
+        data: &[u8],
+    ) -> Result<PathBuf, SnapError> {
+        let name = file_name(term, index);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let bytes = encode(index, term, meta, data);
+        {
+            let mut file = self.disk.open_append(&tmp).map_err(io_err(&tmp))?;
+            if !file.is_empty() {
+                drop(file);
+                self.disk.truncate(&tmp, 0).map_err(io_err(&tmp))?;
+                file = self.disk.open_append(&tmp).map_err(io_err(&tmp))?;
+            }
+            file.append(&bytes).map_err(io_err(&tmp))?;
+            file.sync().map_err(io_err(&tmp))?;
+        }
+        self.disk.rename(&tmp, &path).map_err(io_err(&path))?;
+        self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.prune()?;
+        Ok(path)
+    }
+
+    /// Removes the oldest snapshot files beyond the number kept.
+    fn prune(&self) -> Result<(), SnapError> {
+        let found = self.list()?;
+        if found.len() <= self.keep {
+            return Ok(());
+        }
+        for &(term, index) in &found[..found.len() - self.keep] {
+            let path = self.dir.join(file_name(term, index));
+            self.disk.remove(&path).map_err(io_err(&path))?;
+        }
+        self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Loads the newest snapshot whose checksum holds. A damaged one is renamed to `*.broken`
+    /// and reported in the warnings, and the next older one is tried.
+    pub fn load_newest(&self) -> Result<LoadOutcome, SnapError> {
+        let mut outcome = LoadOutcome::default();
+        for (term, index) in self.list()?.into_iter().rev() {
+            let path = self.dir.join(file_name(term, index));
+            let file = self.disk.read_shared(&path).map_err(io_err(&path))?;
+            let reason = match decode(&file) {
+                Ok(loaded) if loaded.index == index && loaded.term == term => {
+                    outcome.snapshot = Some(loaded);
+                    return Ok(outcome);
+                }
+                Ok(loaded) => format!(
+                    "holds term {} index {}, but its name says term {term} index {index}",
+                    loaded.term, loaded.index
+                ),
+                Err(reason) => reason,
+            };
+            let broken = self
+                .dir
+                .join(format!("{}{BROKEN_SUFFIX}", file_name(term, index)));
+            self.disk.rename(&path, &broken).map_err(io_err(&path))?;
+            self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            let warning = format!(
+                "snapshot {} is corrupt ({reason}); moved it to {} and tried the previous one",
+                path.display(),
+                broken.display()
+            );
+            tracing::warn!("{warning}");
+            outcome.warnings.push(warning);
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SimDisk;
+
+    fn dir() -> PathBuf {
+        PathBuf::from("/data/member/snap")
+    }
+
+    #[test]
+    fn save_load_round_trip_and_pruning() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
+        assert!(snaps.load_newest().expect("load").snapshot.is_none());
+        for i in 1..=4u64 {
+            snaps
+                .save(i * 10, 2, b"meta", format!("state {i}").as_bytes())
+                .expect("save");
+        }
+        assert_eq!(snaps.list().expect("list"), vec![(2, 30), (2, 40)]);
+        let loaded = snaps.load_newest().expect("load").snapshot.expect("one");
+        assert_eq!((loaded.index, loaded.term), (40, 2));
+        assert_eq!(loaded.meta, b"meta");
+        assert_eq!(&loaded.data[..], b"state 4");
+        // Survives a crash: everything was synced.
+        disk.crash(7);
+        let snaps = SnapDir::open(disk, &dir(), 2).expect("reopen");
+        let loaded = snaps.load_newest().expect("load").snapshot.expect("one");
+        assert_eq!(loaded.index, 40);
+    }
+
+    #[test]
+    fn a_corrupt_newest_snapshot_falls_back_to_the_previous() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 5).expect("open");
+        snaps.save(10, 1, b"", b"older").expect("save");
+        let newest = snaps.save(20, 1, b"", b"newer").expect("save");
+        disk.flip_bit(&newest, 40, 3).expect("flip");
+        let outcome = snaps.load_newest().expect("load");
+        let loaded = outcome.snapshot.expect("falls back");
+        assert_eq!((loaded.index, &loaded.data[..]), (10, &b"older"[..]));
+        assert_eq!(outcome.warnings.len(), 1);
+        assert!(
+            outcome.warnings[0].contains("crc32 mismatch"),
+            "{:?}",
+            outcome.warnings
+        );
+        // The broken file is set aside and never loaded again.
+        assert_eq!(snaps.list().expect("list"), vec![(1, 10)]);
+        let names = disk.list_dir(&dir()).expect("ls");
+        assert!(
+            names.iter().any(|n| n.ends_with(".snap.broken")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_detected() {
+        let file = Bytes::from(encode(5, 3, b"conf", b"some state bytes"));
+        assert!(decode(&file).is_ok());
+        for len in 0..file.len() {
+            assert!(decode(&file.slice(..len)).is_err(), "truncated to {len}");
+        }
+        for byte in 0..file.len() {
+            let mut bad = file.to_vec();
+            bad[byte] ^= 0x10;
+            assert!(decode(&Bytes::from(bad)).is_err(), "flip in byte {byte}");
+        }
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_no_file() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 5).expect("open");
+        snaps.save(10, 1, b"", b"kept").expect("save");
+        disk.fail_next_sync();
+        assert!(snaps.save(20, 1, b"", b"lost").is_err());
+        disk.crash(1);
+        let snaps = SnapDir::open(disk.clone(), &dir(), 5).expect("reopen");
+        assert_eq!(snaps.list().expect("list"), vec![(1, 10)]);
+        let names = disk.list_dir(&dir()).expect("ls");
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(parse_name(&file_name(3, 0x1234)), Some((3, 0x1234)));
+        assert_eq!(
+            parse_name("0000000000000003-0000000000001234.snap.broken"),
+            None
+        );
+        assert_eq!(parse_name("x.snap"), None);
+    }
+}
