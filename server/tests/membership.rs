@@ -99,8 +99,19 @@ fn initial_cluster(members: &[Member]) -> String {
 
 fn start(program: &Path, dir: &Path, members: &mut [Member], i: usize, state: &str) -> Result<()> {
     let cluster = initial_cluster(members);
+    start_with(program, dir, members, i, state, &cluster)
+}
+
+fn start_with(
+    program: &Path,
+    dir: &Path,
+    members: &mut [Member],
+    i: usize,
+    state: &str,
+    cluster: &str,
+) -> Result<()> {
     let m = &members[i];
-    let args = member_args(dir, &m.name, m.ports, &cluster, state);
+    let args = member_args(dir, &m.name, m.ports, cluster, state);
     let log = dir.join(format!("{}.log", m.name));
     let server = Server::start(&m.name, program, &args, m.ports, &log)?;
     members[i].server = Some(server);
@@ -184,6 +195,7 @@ fn learner_scenario(dir: &Path) -> Result<()> {
         })
         .collect();
     // Bootstrap: m0..m2 only.
+    let bootstrap = initial_cluster(&members);
     for i in 0..3 {
         start(&keel, dir, &mut members, i, "new")?;
     }
@@ -282,6 +294,21 @@ fn learner_scenario(dir: &Path) -> Result<()> {
         })?;
         assert_eq!(table, expected);
     }
+
+    // A restarted member rebuilds the table from its log (and learns its peers from it).
+    members[0].server = None;
+    start_with(&keel, dir, &mut members, 0, "new", &bootstrap)?;
+    let endpoint = members[0].ports.endpoint();
+    retry("member list after a restart", || {
+        let rows = member_table(&endpoint)?;
+        let rows: Vec<_> = rows.into_iter().map(|r| (r.1, r.2, r.3, r.4)).collect();
+        ensure!(rows == expected, "{endpoint}: {rows:?}");
+        Ok(())
+    })?;
+    let all = endpoints(&members);
+    retry("put after a restart", || {
+        etcdctl_ok(&all, &["put", "after-restart", "v"])
+    })?;
     Ok(())
 }
 
