@@ -436,12 +436,24 @@ impl Cluster for Services {
         &self,
         request: GrpcRequest<MemberPromoteRequest>,
     ) -> Result<GrpcResponse<MemberPromoteResponse>, Status> {
-        match self
-            .call(Request::MemberPromote(request.into_inner()))
-            .await?
-        {
-            Response::MemberPromote(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("MemberPromote")),
+        let promote = request.into_inner();
+        match self.handle.request(Request::MemberPromote(promote)).await {
+            Ok(Response::MemberPromote(resp)) => Ok(GrpcResponse::new(resp)),
+            Ok(_) => Err(unexpected("MemberPromote")),
+            Err(Error::NotLeader) => {
+                // Only the leader knows whether the learner is in sync: ask it.
+                let status = self.handle.status().await.map_err(to_status)?;
+                if status.leader == 0 || status.leader == status.member_id {
+                    return Err(to_status(Error::NoLeader));
+                }
+                let mut resp = self
+                    .forwarder
+                    .member_promote(status.leader, promote)
+                    .await?;
+                self.local_header(&mut resp.header);
+                Ok(GrpcResponse::new(resp))
+            }
+            Err(e) => Err(to_status(e)),
         }
     }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use keel_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberPromoteRequest, MemberPromoteResponse,
 };
 use keel_proto::keelpb::peer_client::PeerClient;
-use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward};
+use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
@@ -113,6 +114,21 @@ impl Forwarder {
             request: Some(request),
         };
         let result = self.bounded(client.lease_keep_alive(forward)).await;
+        self.settle(leader, result)
+    }
+
+    /// Asks the leader to promote a learner.
+    pub async fn member_promote(
+        &self,
+        leader: u64,
+        request: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, Status> {
+        let mut client = self.client(leader).await?;
+        let forward = MemberPromoteForward {
+            cluster_id: self.cluster_id,
+            request: Some(request),
+        };
+        let result = self.bounded(client.member_promote(forward)).await;
         self.settle(leader, result)
     }
 

@@ -154,25 +154,41 @@ fn identity(config: &Config) -> Result<Bootstrap, ServerError> {
 
 /// How long a joining member waits for one peer's answer.
 const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds over the listed peers before a joining member gives up, and the pause between.
+const JOIN_ROUNDS_MAX: usize = 10;
+const JOIN_ROUND_PAUSE: Duration = Duration::from_secs(1);
 
 /// `--initial-cluster-state existing` (etcd's `GetClusterFromRemotePeers`): asks the members
 /// listed in `--initial-cluster` for the cluster's id and member table, and finds this member
-/// in it by its peer URLs (it must have been added with MemberAdd first).
-async fn join(config: &Config, boot: Bootstrap) -> Result<Bootstrap, ServerError> {
+/// in it by its peer URLs (it must have been added with MemberAdd first). A peer that has not
+/// applied the MemberAdd yet, or does not answer, is skipped; after a round without an
+/// answer that lists this member, the next round starts a second later.
+async fn join(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    boot: Bootstrap,
+) -> Result<Bootstrap, ServerError> {
     let mut reasons = Vec::new();
-    for m in config.initial_members()? {
-        if m.name == config.name {
-            continue;
-        }
-        for url in &m.peer_urls {
-            match ask_members(url).await {
-                Ok((cluster_id, table)) => return joined(boot, cluster_id, &table),
-                Err(reason) => reasons.push(format!("{url}: {reason}")),
+    for _ in 0..JOIN_ROUNDS_MAX {
+        reasons.clear();
+        for m in config.initial_members()? {
+            if m.name == config.name {
+                continue;
+            }
+            for url in &m.peer_urls {
+                match ask_members(url).await {
+                    Ok((cluster_id, table)) => match find_me(&boot, &table) {
+                        Some(me) => return Ok(joined(boot, cluster_id, me, &table)),
+                        None => reasons.push(format!("{url}: this member is not in its table")),
+                    },
+                    Err(reason) => reasons.push(format!("{url}: {reason}")),
+                }
             }
         }
+        clock.sleep(JOIN_ROUND_PAUSE).await;
     }
     Err(ServerError::Join(format!(
-        "no peer answered ({})",
+        "no peer listed this member (add it first): {}",
         reasons.join("; ")
     )))
 }
@@ -198,21 +214,15 @@ async fn ask_members(url: &str) -> Result<(u64, Membership), String> {
     }
 }
 
-fn joined(
-    mut boot: Bootstrap,
-    cluster_id: u64,
-    table: &Membership,
-) -> Result<Bootstrap, ServerError> {
+fn find_me(boot: &Bootstrap, table: &Membership) -> Option<Member> {
     let urls = &boot.identity.peer_urls;
-    let me = table
+    table
         .members()
         .into_iter()
         .find(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
-        .ok_or_else(|| {
-            ServerError::Join(format!(
-                "no member of cluster {cluster_id:x} has peer URLs {urls:?} (add it first)"
-            ))
-        })?;
+}
+
+fn joined(mut boot: Bootstrap, cluster_id: u64, me: Member, table: &Membership) -> Bootstrap {
     tracing::info!(
         member = format_args!("{:x}", me.id),
         cluster = format_args!("{cluster_id:x}"),
@@ -223,7 +233,7 @@ fn joined(
     boot.initial = table.initial().to_vec();
     boot.peers = table.members();
     boot.joining = true;
-    Ok(boot)
+    boot
 }
 
 /// Opens the WAL under `data_dir` and reads back what it holds.
@@ -307,7 +317,7 @@ async fn serve_peers(service: transport::PeerService, addr: SocketAddr) -> Resul
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let mut boot = identity(&config)?;
     if config.initial_cluster_state == "existing" {
-        boot = join(&config, boot).await?;
+        boot = join(&config, &env.clock, boot).await?;
     }
     let identity = boot.identity.clone();
     let peers = driver::peer_urls(&boot.peers);

@@ -23,12 +23,14 @@ use std::time::Duration;
 use keel_engine::node::{Request as EngineRequest, Response as EngineResponse};
 use keel_engine::raft_log::{decode_message, encode_message};
 use keel_engine::raftpb::Message;
-use keel_proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
+use keel_proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseTimeToLiveResponse, MemberPromoteResponse,
+};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::peer_server::Peer;
 use keel_proto::keelpb::{
-    LeaseKeepAliveForward, LeaseTimeToLiveForward, MembersRequest, MembersResponse, MessageBatch,
-    SendAck,
+    LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward, MembersRequest,
+    MembersResponse, MessageBatch, SendAck,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -323,6 +325,20 @@ impl Peer for PeerService {
             cluster_id: self.local.cluster_id,
             table: Some(table.to_table()),
         }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteForward>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let promote = forward.request.unwrap_or_default();
+        match handle.request(EngineRequest::MemberPromote(promote)).await {
+            Ok(EngineResponse::MemberPromote(r)) => Ok(Response::new(r)),
+            Ok(_) => Err(Status::internal("keel: unexpected answer to a promote")),
+            Err(e) => Err(to_status(e)),
+        }
     }
 
     async fn lease_time_to_live(

@@ -166,6 +166,22 @@ fn key_count(endpoint: &str) -> Result<usize> {
     Ok(out.lines().filter(|l| !l.is_empty()).count())
 }
 
+/// The endpoint of a member that is not the leader.
+fn follower_endpoint(endpoints: &[String]) -> Result<String> {
+    let out = etcdctl_ok(endpoints, &["endpoint", "status", "-w", "json"])?;
+    let value: serde_json::Value = serde_json::from_str(&out).context("status json")?;
+    for e in value.as_array().context("array")? {
+        let status = &e["Status"];
+        if status["header"]["member_id"].as_u64() != status["leader"].as_u64() {
+            return e["Endpoint"]
+                .as_str()
+                .map(str::to_string)
+                .context("endpoint");
+        }
+    }
+    bail!("no follower in {out}")
+}
+
 /// The member id `member add` printed ("Member 8e9e05c52164694d added to cluster ...").
 fn added_id(output: &str) -> Result<u64> {
     let hex = output
@@ -242,8 +258,13 @@ fn learner_scenario(dir: &Path) -> Result<()> {
         "{status}"
     );
 
+    // Through a follower: it forwards the promote to the leader, which checks the learner.
+    let follower = vec![follower_endpoint(&endpoints(&members[..3]))?];
     retry("promote", || {
-        etcdctl_ok(&first, &["member", "promote", &format!("{learner_id:x}")])
+        etcdctl_ok(
+            &follower,
+            &["member", "promote", &format!("{learner_id:x}")],
+        )
     })?;
     let all = endpoints(&members);
     retry("same hashkv everywhere", || {

@@ -6,7 +6,7 @@
 //! restarted node recovers from that disk exactly as production recovers after a power cut.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,17 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// A node for clients to run on.
     pub client_node: NodeHandle,
+    /// A member not in the initial cluster, waiting to join (see [`Cluster::with_spare`]).
+    pub spare: Option<Spare>,
+}
+
+/// A member built up front that starts only when [`Cluster::start_spare`] opens its gate,
+/// with `--initial-cluster-state existing` (after a MemberAdd of [`Cluster::peer_url`] of
+/// its index).
+pub struct Spare {
+    /// The member; its index is the cluster's size.
+    pub member: Member,
+    gate: Arc<AtomicBool>,
 }
 
 fn set_exit(exit: &Mutex<Option<String>>, why: Option<String>) {
@@ -98,12 +109,8 @@ impl Cluster {
         let handle = Handle::current();
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
-            members.push(start_member(
-                &handle,
-                seed,
-                i,
-                member_config(i, size, false),
-            ));
+            let config = member_config(i, size, false);
+            members.push(start_member(&handle, seed, i, config, None));
         }
         let client_node = handle
             .create_node()
@@ -115,7 +122,46 @@ impl Cluster {
             seed,
             members,
             client_node,
+            spare: None,
         }
+    }
+
+    /// Like [`Cluster::new`] plus a spare member, built after the others (so the first `size`
+    /// members and the client node are exactly those of [`Cluster::new`]).
+    pub fn with_spare(size: usize, seed: u64) -> Cluster {
+        let mut cluster = Cluster::new(size, seed);
+        let gate = Arc::new(AtomicBool::new(false));
+        let config = member_config(size, size + 1, true);
+        let member = start_member(&cluster.handle, seed, size, config, Some(Arc::clone(&gate)));
+        cluster.spare = Some(Spare { member, gate });
+        cluster
+    }
+
+    /// Lets the spare member start (it joins the cluster); false if there is none.
+    pub fn start_spare(&self) -> bool {
+        match &self.spare {
+            Some(spare) => {
+                spare.gate.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Why the spare member's current boot stopped, if it has.
+    pub fn spare_exited(&self) -> Option<String> {
+        let spare = self.spare.as_ref()?;
+        let why = spare.member.exit.lock().unwrap_or_else(|e| e.into_inner());
+        why.clone()
+    }
+
+    /// The spare member's client endpoint.
+    pub fn spare_endpoint(&self) -> Option<String> {
+        let spare = self.spare.as_ref()?;
+        Some(format!(
+            "http://{}",
+            SocketAddr::new(spare.member.ip, CLIENT_PORT)
+        ))
     }
 
     /// Starts one more member with `--initial-cluster-state existing`, after a MemberAdd of its
@@ -124,7 +170,7 @@ impl Cluster {
         let i = self.members.len();
         let config = member_config(i, i + 1, true);
         self.members
-            .push(start_member(&self.handle, self.seed, i, config));
+            .push(start_member(&self.handle, self.seed, i, config, None));
         i
     }
 
@@ -213,8 +259,15 @@ impl Cluster {
     }
 }
 
-/// Builds and boots member `i` as a madsim node running `keel_server::run(config)`.
-fn start_member(handle: &Handle, seed: u64, i: usize, config: Config) -> Member {
+/// Builds and boots member `i` as a madsim node running `keel_server::run(config)`; with a
+/// `gate`, the process waits until the gate opens.
+fn start_member(
+    handle: &Handle,
+    seed: u64,
+    i: usize,
+    config: Config,
+    gate: Option<Arc<AtomicBool>>,
+) -> Member {
     let disk = SimDisk::new();
     let clock = SimClock::new(0, 0);
     let boots = Arc::new(AtomicU64::new(0));
@@ -241,7 +294,11 @@ fn start_member(handle: &Handle, seed: u64, i: usize, config: Config) -> Member 
             };
             let config = config.clone();
             let exit = Arc::clone(&init_exit);
+            let gate = gate.clone();
             async move {
+                while gate.as_ref().is_some_and(|g| !g.load(Ordering::Relaxed)) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 let why = match keel_server::run(config, env).await {
                     Err(e) => {
                         tracing::error!(error = %e, "keel member stopped");

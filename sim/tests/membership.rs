@@ -7,14 +7,13 @@
 
 use std::time::Duration;
 
-use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{
-    HashKvRequest, Member, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
-};
+use keel_proto::etcdserverpb::{HashKvRequest, Member};
 use keel_sim::cluster::Cluster;
 use keel_sim::history::Entry;
 use keel_sim::linearizable::check_history;
+use keel_sim::membership::{add_learner, member_list, promote};
+use keel_sim::run::{run_seed, SimConfig};
 use keel_sim::trace::Trace;
 use keel_sim::workload::{probe_serves, spawn_clients, Ctx, OP_TIMEOUT};
 use madsim::runtime::Runtime;
@@ -22,8 +21,8 @@ use madsim::runtime::Runtime;
 const SEED: u64 = 11;
 const CLIENTS: usize = 4;
 const WORKLOAD_S: u64 = 8;
-/// Attempts of one membership request (each bounded by [`OP_TIMEOUT`] plus a pause).
-const ATTEMPTS_MAX: usize = 60;
+/// How long one membership change may take under the faults.
+const CHANGE_BOUND: Duration = Duration::from_secs(20);
 
 /// What one run leaves behind for the checks outside the runtime.
 struct Outcome {
@@ -55,70 +54,6 @@ fn isolate(cluster: &Cluster, ctx: &Ctx, i: usize, cut: bool) {
         if cut { "isolate" } else { "heal" },
         i + 1
     ));
-}
-
-async fn member_list(cluster: &Cluster, i: usize) -> Option<Vec<Member>> {
-    let endpoint = cluster.endpoint(i);
-    let task = cluster.client_node.spawn(async move {
-        let mut c = ClusterClient::connect(endpoint).await.ok()?;
-        let call = c.member_list(MemberListRequest::default());
-        let r = tokio::time::timeout(OP_TIMEOUT, call).await.ok()?.ok()?;
-        Some(r.into_inner().members)
-    });
-    task.await.ok().flatten()
-}
-
-/// Adds a learner at `peer_url` through member `via`, retrying; a retry that finds the URL
-/// taken means an earlier attempt went through.
-async fn add_learner(cluster: &Cluster, ctx: &Ctx, via: usize, peer_url: String) -> u64 {
-    for _ in 0..ATTEMPTS_MAX {
-        let endpoint = cluster.endpoint(via);
-        let url = peer_url.clone();
-        let task = cluster.client_node.spawn(async move {
-            let mut c = ClusterClient::connect(endpoint).await.ok()?;
-            let add = c.member_add(MemberAddRequest {
-                peer_ur_ls: vec![url],
-                is_learner: true,
-            });
-            tokio::time::timeout(OP_TIMEOUT, add).await.ok()
-        });
-        let result = task.await.ok().flatten();
-        ctx.event(format!("member add (learner): {}", describe(&result)));
-        let listed = member_list(cluster, via).await.unwrap_or_default();
-        if let Some(m) = listed.iter().find(|m| m.peer_ur_ls.contains(&peer_url)) {
-            return m.id;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("the learner was never added");
-}
-
-/// Promotes `id` through member `via`, retrying until the table shows a voter.
-async fn promote(cluster: &Cluster, ctx: &Ctx, via: usize, id: u64) {
-    for _ in 0..ATTEMPTS_MAX {
-        let endpoint = cluster.endpoint(via);
-        let task = cluster.client_node.spawn(async move {
-            let mut c = ClusterClient::connect(endpoint).await.ok()?;
-            let call = c.member_promote(MemberPromoteRequest { id });
-            tokio::time::timeout(OP_TIMEOUT, call).await.ok()
-        });
-        let result = task.await.ok().flatten();
-        ctx.event(format!("member promote: {}", describe(&result)));
-        let listed = member_list(cluster, via).await.unwrap_or_default();
-        if listed.iter().any(|m| m.id == id && !m.is_learner) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    panic!("the learner was never promoted");
-}
-
-fn describe<T>(result: &Option<Result<T, tonic::Status>>) -> String {
-    match result {
-        Some(Ok(_)) => "ok".to_string(),
-        Some(Err(status)) => status.message().to_string(),
-        None => "no answer".to_string(),
-    }
 }
 
 async fn hash_kv(cluster: &Cluster, i: usize) -> Option<u32> {
@@ -154,7 +89,10 @@ async fn scenario() -> Outcome {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     isolate(&cluster, &ctx, 2, true);
-    let learner = add_learner(&cluster, &ctx, 0, Cluster::peer_url(3)).await;
+    let bound = tokio::time::Instant::now() + CHANGE_BOUND;
+    let learner = add_learner(&cluster, &ctx, &mut || 0, &Cluster::peer_url(3), bound)
+        .await
+        .expect("the learner was added");
     tokio::time::sleep(Duration::from_millis(700)).await;
     isolate(&cluster, &ctx, 2, false);
     let n4 = cluster.add_member();
@@ -165,7 +103,11 @@ async fn scenario() -> Outcome {
     );
 
     isolate(&cluster, &ctx, 1, true);
-    promote(&cluster, &ctx, 0, learner).await;
+    let bound = tokio::time::Instant::now() + CHANGE_BOUND;
+    assert!(
+        promote(&cluster, &ctx, &mut || 0, learner, bound).await,
+        "never promoted"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     isolate(&cluster, &ctx, 1, false);
     for c in clients {
@@ -177,7 +119,8 @@ async fn scenario() -> Outcome {
     let mut tables = Vec::new();
     let mut hashes = Vec::new();
     for i in 0..cluster.members.len() {
-        tables.push(member_list(&cluster, i).await.unwrap_or_default());
+        let listed = member_list(&cluster, cluster.endpoint(i)).await;
+        tables.push(listed.unwrap_or_default());
         hashes.push(hash_kv(&cluster, i).await);
     }
     Outcome {
@@ -239,3 +182,36 @@ fn a_learner_added_and_promoted_under_partitions_keeps_the_history_linearizable(
     );
     assert_eq!(again.events, outcome.events);
 }
+
+/// The membership nemesis (`keel-sim --membership`) on three-member clusters: every seed's
+/// faults plus a learner added, joined and promoted; every check of a run must pass, and a
+/// seed replays exactly.
+#[test]
+fn the_membership_nemesis_passes_a_sweep_of_seeds() {
+    let config = |seed| SimConfig {
+        nodes: 3,
+        duration_s: 6,
+        membership: true,
+        ..SimConfig::new(seed)
+    };
+    let mut promoted = 0;
+    for seed in 0..SWEEP_SEEDS {
+        let report = run_seed(&config(seed));
+        assert!(
+            report.passed(),
+            "seed {seed} failed: {:#?}\nreplay: {}",
+            report.failures,
+            report.config.replay_command()
+        );
+        let events: Vec<&String> = report.events.iter().map(|(_, e)| e).collect();
+        if events.iter().any(|e| e.starts_with("member promote: ok")) {
+            promoted += 1;
+        }
+    }
+    assert!(promoted > 0, "no seed promoted its learner");
+    let again = run_seed(&config(1));
+    assert_eq!(again.trace_hash, run_seed(&config(1)).trace_hash);
+}
+
+/// Seeds of the sweep.
+const SWEEP_SEEDS: u64 = 8;

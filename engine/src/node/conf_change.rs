@@ -74,8 +74,14 @@ impl Node {
         }
     }
 
-    /// Cluster.MemberPromote.
+    /// Cluster.MemberPromote, on the leader only: a follower answers `NotLeader` and the
+    /// server forwards the request to the leader, which alone can tell whether the learner is
+    /// in sync (etcd forwards it the same way).
     pub(super) fn member_promote(&mut self, token: u64, id: u64) {
+        if self.raw.raft.state != StateRole::Leader {
+            self.reply(token, Err(Error::NotLeader));
+            return;
+        }
         let checked = self
             .membership
             .check_promote(id)
@@ -97,13 +103,9 @@ impl Node {
         Ok(())
     }
 
-    /// etcd's `isLearnerReady`: the learner's log matches at least 90% of the leader's.
-    /// Only the leader knows its followers' progress; on a follower the check is skipped and
-    /// raft forwards the proposal unchecked.
+    /// etcd's `isLearnerReady` (leader only): the learner's log matches at least 90% of the
+    /// leader's.
     fn check_learner_ready(&self, id: u64) -> Result<(), Error> {
-        if self.raw.raft.state != StateRole::Leader {
-            return Ok(());
-        }
         let prs = self.raw.raft.prs();
         let leader = prs.get(self.cfg.member_id).map_or(0, |p| p.matched);
         let learner = prs.get(id).map_or(0, |p| p.matched);
