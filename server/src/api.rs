@@ -277,10 +277,6 @@ impl Lease for Services {
         request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<BoxStream<LeaseKeepAliveResponse>>, Status> {
         let mut keepalives = request.into_inner();
-        // etcd 3.4 serves no stream on a learner.
-        if self.handle.status().await.map_err(to_status)?.is_learner {
-            return Err(to_status(Error::NotSupportedForLearner));
-        }
         let (replies, stream) = tokio::sync::mpsc::channel(KEEPALIVE_REPLIES_MAX);
         let services = self.clone();
         tokio::spawn(async move {

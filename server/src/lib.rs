@@ -230,9 +230,11 @@ fn joined(mut boot: Bootstrap, cluster_id: u64, me: Member, table: &Membership) 
     );
     boot.identity.member_id = me.id;
     boot.identity.cluster_id = cluster_id;
+    // A bootstrap member restarted with `existing` (etcd ignores the flag once it has data)
+    // is one of the bootstrap voters, not a joiner.
+    boot.joining = !table.initial().iter().any(|m| m.id == me.id);
     boot.initial = table.initial().to_vec();
     boot.peers = table.members();
-    boot.joining = true;
     boot
 }
 

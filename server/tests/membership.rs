@@ -330,6 +330,31 @@ fn learner_scenario(dir: &Path) -> Result<()> {
     retry("put after a restart", || {
         etcdctl_ok(&all, &["put", "after-restart", "v"])
     })?;
+
+    // Restarted as an operator would after changes: `existing` and the current members.
+    members[0].server = None;
+    let current: Vec<Member> = [0usize, 1, 3]
+        .iter()
+        .map(|&i| Member {
+            name: members[i].name.clone(),
+            ports: members[i].ports,
+            server: None,
+        })
+        .collect();
+    let current = initial_cluster(&current);
+    start_with(&keel, dir, &mut members, 0, "existing", &current)?;
+    retry("member list after an `existing` restart", || {
+        let rows = member_table(&endpoint)?;
+        let rows: Vec<_> = rows.into_iter().map(|r| (r.1, r.2, r.3, r.4)).collect();
+        ensure!(rows == expected, "{endpoint}: {rows:?}");
+        Ok(())
+    })?;
+    retry("put through the restarted member", || {
+        etcdctl_ok(
+            std::slice::from_ref(&endpoint),
+            &["put", "after-existing-restart", "v"],
+        )
+    })?;
     Ok(())
 }
 
