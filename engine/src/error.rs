@@ -132,6 +132,31 @@ pub enum Error {
     /// MoveLeader to a member that is not a voter of the cluster.
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    /// MemberAdd with an id that is already a member.
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    /// A member already uses one of the peer URLs.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    /// The change would leave fewer started voters than a quorum (etcd's strict reconfig
+    /// check; etcd 3.4 sends it with code Unknown).
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    MemberNotEnoughStarted,
+    /// The peer URLs do not parse.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// No member has that id (or it was removed).
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner whose log lags the leader's.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner while the cluster has as many as it may.
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
     /// MoveLeader did not complete in time.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     TimeoutLeaderTransfer,
@@ -150,10 +175,17 @@ impl Error {
             | Error::RequestTooLarge => Code::InvalidArgument,
             Error::Compacted | Error::FutureRev | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::NoSpace | Error::TooManyRequests => Code::ResourceExhausted,
-            Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExist | Error::NotLeader | Error::BadLeaderTransferee => {
-                Code::FailedPrecondition
-            }
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExist
+            | Error::NotLeader
+            | Error::BadLeaderTransferee
+            | Error::MemberExist
+            | Error::PeerUrlExist
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners => Code::FailedPrecondition,
+            Error::MemberBadUrls => Code::InvalidArgument,
+            Error::MemberNotEnoughStarted => Code::Unknown,
             Error::NoLeader
             | Error::LeaderChanged
             | Error::NotCapable
@@ -256,6 +288,31 @@ mod tests {
                 Error::NoSpace,
                 "etcdserver: mvcc: database space exceeded",
                 Code::ResourceExhausted,
+            ),
+            (
+                Error::MemberNotFound,
+                "etcdserver: member not found",
+                Code::NotFound,
+            ),
+            (
+                Error::PeerUrlExist,
+                "etcdserver: Peer URLs already exists",
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::TooManyLearners,
+                "etcdserver: too many learner members in cluster",
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::LearnerNotReady,
+                "etcdserver: can only promote a learner member which is in sync with leader",
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::MemberNotEnoughStarted,
+                "etcdserver: re-configuration failed due to not enough started members",
+                Code::Unknown,
             ),
         ];
         for (err, text, code) in cases {

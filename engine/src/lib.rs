@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod error;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod node;
 pub mod raft_log;

@@ -29,9 +29,11 @@ use keel_proto::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MoveLeaderRequest,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
-    TxnRequest, TxnResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
@@ -42,12 +44,16 @@ use raft::{RawNode, ReadOnlyOption, StateRole};
 use crate::apply;
 use crate::error::Error;
 use crate::lease::Leases;
+use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::raft_log;
 use crate::raft_storage::RaftStorage;
 use crate::rng::SplitMix64;
 use crate::watch::{HeaderInfo, WatchHub, WatchInput, WatchOutput};
 use keel_proto::mvccpb::Event;
+
+mod conf_change;
+pub use conf_change::{check_urls, PEER_URLS_MAX};
 
 /// Requests waiting for a leader, at most.
 pub const WAITING_FOR_LEADER_MAX: usize = 10_000;
@@ -86,6 +92,17 @@ pub struct NodeConfig {
     pub incarnation: u64,
     /// Applied entries between two snapshots of the state machine (at least 1).
     pub snapshot_count: u64,
+    /// The bootstrap members with their names and peer URLs, ids as in `voters`. Empty: the
+    /// `voters`, nameless and without URLs.
+    pub initial_members: Vec<Member>,
+    /// This member's name and client URLs, which it publishes through the log once it knows
+    /// a leader (etcd's "publish").
+    pub name: String,
+    /// See `name`.
+    pub client_urls: Vec<String>,
+    /// Started with `--initial-cluster-state existing`: this member is not among `voters` (the
+    /// bootstrap configuration it replays the log from) and learns its place from the log.
+    pub joining: bool,
 }
 
 /// What the driver read back from the snapshot directory and the WAL at start.
@@ -127,6 +144,16 @@ pub enum Request {
     LeaseLeases(LeaseLeasesRequest),
     /// Maintenance.MoveLeader (leader only): answered once the target leads.
     MoveLeader(MoveLeaderRequest),
+    /// Cluster.MemberAdd.
+    MemberAdd(MemberAddRequest),
+    /// Cluster.MemberRemove.
+    MemberRemove(MemberRemoveRequest),
+    /// Cluster.MemberUpdate.
+    MemberUpdate(MemberUpdateRequest),
+    /// Cluster.MemberPromote.
+    MemberPromote(MemberPromoteRequest),
+    /// Cluster.MemberList (served locally, like etcd 3.4).
+    MemberList(MemberListRequest),
 }
 
 /// The answer to a [`Request`].
@@ -156,6 +183,16 @@ pub enum Response {
     LeaseLeases(LeaseLeasesResponse),
     /// Maintenance.MoveLeader.
     MoveLeader(MoveLeaderResponse),
+    /// Cluster.MemberAdd.
+    MemberAdd(MemberAddResponse),
+    /// Cluster.MemberRemove.
+    MemberRemove(MemberRemoveResponse),
+    /// Cluster.MemberUpdate.
+    MemberUpdate(MemberUpdateResponse),
+    /// Cluster.MemberPromote.
+    MemberPromote(MemberPromoteResponse),
+    /// Cluster.MemberList.
+    MemberList(MemberListResponse),
 }
 
 impl Response {
@@ -173,8 +210,25 @@ impl Response {
             Response::LeaseTimeToLive(r) => &mut r.header,
             Response::LeaseLeases(r) => &mut r.header,
             Response::MoveLeader(r) => &mut r.header,
+            Response::MemberAdd(r) => &mut r.header,
+            Response::MemberRemove(r) => &mut r.header,
+            Response::MemberUpdate(r) => &mut r.header,
+            Response::MemberPromote(r) => &mut r.header,
+            Response::MemberList(r) => &mut r.header,
         };
         header.get_or_insert_with(ResponseHeader::default)
+    }
+
+    /// etcd's Cluster service fills no revision into its headers.
+    fn has_revision(&self) -> bool {
+        !matches!(
+            self,
+            Response::MemberAdd(_)
+                | Response::MemberRemove(_)
+                | Response::MemberUpdate(_)
+                | Response::MemberPromote(_)
+                | Response::MemberList(_)
+        )
     }
 }
 
@@ -266,6 +320,10 @@ pub enum Output {
     SaveSnapshot(Snapshot),
     /// The member cannot go on (a snapshot from the leader does not decode): stop it.
     Fatal(String),
+    /// The member table changed (an applied conf change, update or publish): the transport
+    /// should reach exactly these members. If this member was removed, it must stop
+    /// ([`Node::is_removed`]).
+    Members(Vec<Member>),
 }
 
 /// A member's raft and store status, for Maintenance.Status.
@@ -354,6 +412,14 @@ pub struct Node {
     snapshot_saving: Option<u64>,
     /// An installed snapshot's index raft must count as applied once it is durable.
     snapshot_unacked: Option<u64>,
+    /// The replicated member table.
+    membership: Membership,
+    /// Draws the ids of members this member adds.
+    member_ids: SplitMix64,
+    /// When this member last proposed its attributes (node clock, ms).
+    published_ms: Option<u64>,
+    /// The member table changed in the entries being applied.
+    members_changed: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -379,10 +445,12 @@ pub enum StartError {
 impl Node {
     /// Starts a member from its recovered WAL state (empty on first boot).
     pub fn new(cfg: NodeConfig, recovered: Recovered) -> Result<Node, StartError> {
-        if cfg.member_id == 0 || !cfg.voters.contains(&cfg.member_id) {
+        if cfg.member_id == 0 || cfg.voters.contains(&cfg.member_id) == cfg.joining {
             return Err(StartError::Config(format!(
-                "member {:x} must be non-zero and one of the voters {:x?}",
-                cfg.member_id, cfg.voters
+                "member {:x} must be non-zero and {} the voters {:x?}",
+                cfg.member_id,
+                if cfg.joining { "not one of" } else { "one of" },
+                cfg.voters
             )));
         }
         if cfg.snapshot_count == 0 {
@@ -390,6 +458,7 @@ impl Node {
                 "snapshot count must be at least 1".into(),
             ));
         }
+        let membership = Membership::bootstrap(initial_members(&cfg)?);
         let log = MemStorage::new_with_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
         let mut storage = RaftStorage::new(log);
         let restored = snapshots::recover_log(&mut storage, &recovered)?;
@@ -439,12 +508,16 @@ impl Node {
             snapshot_index: 0,
             snapshot_saving: None,
             snapshot_unacked: None,
+            membership,
+            member_ids: SplitMix64::new(cfg.seed ^ 0x6d65_6d62_6572_7321),
+            published_ms: None,
+            members_changed: false,
             cfg,
         };
         if let Some(snapshot) = &restored {
             node.restore_recovered(snapshot)?;
         }
-        if node.cfg.voters.len() == 1 {
+        if node.cfg.voters.len() == 1 && !node.cfg.joining {
             // A one-member cluster need not wait an election timeout to lead itself.
             node.raw.campaign()?;
         }
@@ -460,6 +533,7 @@ impl Node {
                 self.now_ms += self.cfg.tick_ms;
                 self.raw.tick();
                 self.propose_lease_work();
+                self.publish_attributes();
                 self.retry_stuck_read_round();
                 self.expire_waiting_for_leader();
                 let header = self.header_info();
@@ -548,8 +622,24 @@ impl Node {
             raft_index: raft.raft_log.last_index(),
             raft_applied_index: self.applied_index,
             revision: self.store.current_revision(),
-            is_learner: false,
+            is_learner: self.is_learner(),
         }
+    }
+
+    /// The member table as of the applied index.
+    pub fn members(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Whether this member has been removed from the cluster (it must stop).
+    pub fn is_removed(&self) -> bool {
+        self.membership.is_removed(self.cfg.member_id)
+    }
+
+    fn is_learner(&self) -> bool {
+        self.membership
+            .get(self.cfg.member_id)
+            .is_some_and(|m| m.is_learner)
     }
 
     /// The MVCC store as of the applied index (for local, serializable inspection).
@@ -672,6 +762,10 @@ impl Node {
     }
 
     fn on_request(&mut self, token: u64, request: Request) {
+        if self.is_learner() && !serves_on_learner(&request) {
+            self.reply(token, Err(Error::NotSupportedForLearner));
+            return;
+        }
         if let Request::MoveLeader(m) = &request {
             self.move_leader(token, m.target_id);
             return;
@@ -712,6 +806,16 @@ impl Node {
                 self.reply(oldest_token, Err(Error::Timeout));
             }
         }
+        let request = match request {
+            Request::MemberAdd(r) => return self.member_add(token, r),
+            Request::MemberRemove(r) => return self.member_remove(token, r.id),
+            Request::MemberPromote(r) => return self.member_promote(token, r.id),
+            Request::MemberUpdate(r) => match self.membership.check_update(r.id, &r.peer_ur_ls) {
+                Ok(()) => Request::MemberUpdate(r),
+                Err(e) => return self.reply(token, Err(e)),
+            },
+            other => other,
+        };
         let Some(mut body) = into_log_request(request) else {
             unreachable!("only writes are proposed");
         };
@@ -732,8 +836,7 @@ impl Node {
 
     /// Proposes one log entry; returns its proposal id, or `None` if raft dropped it.
     fn propose_entry(&mut self, body: raft_request::Request) -> Option<u64> {
-        self.next_proposal_seq += 1;
-        let id = (self.cfg.incarnation << 40).wrapping_add(self.next_proposal_seq);
+        let id = self.next_proposal_id();
         let entry = RaftRequest {
             member_id: self.cfg.member_id,
             id,
@@ -746,6 +849,11 @@ impl Node {
                 None
             }
         }
+    }
+
+    fn next_proposal_id(&mut self) -> u64 {
+        self.next_proposal_seq += 1;
+        (self.cfg.incarnation << 40).wrapping_add(self.next_proposal_seq)
     }
 
     /// Leader: proposes revokes of expired leases and remaining-TTL checkpoints. Expiry is
@@ -843,6 +951,10 @@ impl Node {
                 self.leases.time_to_live(&t, self.now_ms),
             )),
             Request::LeaseLeases(_) => Ok(Response::LeaseLeases(self.leases.list())),
+            Request::MemberList(_) => Ok(Response::MemberList(MemberListResponse {
+                header: None,
+                members: self.membership.to_proto(),
+            })),
             other => unreachable!("not a read: {other:?}"),
         };
         self.reply(token, result);
@@ -850,11 +962,12 @@ impl Node {
 
     fn reply(&mut self, token: u64, mut result: Result<Response, Error>) {
         if let Ok(response) = &mut result {
+            let has_revision = response.has_revision();
             let header = response.header_mut();
             header.cluster_id = self.cfg.cluster_id;
             header.member_id = self.cfg.member_id;
             header.raft_term = self.raw.raft.term;
-            if header.revision == 0 {
+            if header.revision == 0 && has_revision {
                 header.revision = self.store.current_revision();
             }
         }
@@ -1052,10 +1165,10 @@ impl Node {
             );
             match entry.entry_type {
                 EntryType::EntryNormal => self.apply_normal(entry),
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    // Membership changes arrive with the replication issue; the bootstrap
-                    // configuration comes from --initial-cluster.
-                    tracing::warn!(index = entry.index, "ignoring a conf change entry");
+                EntryType::EntryConfChangeV2 => self.apply_conf_change(entry),
+                EntryType::EntryConfChange => {
+                    // keel proposes only ConfChangeV2 (and raft-rs proposes no v1 of its own).
+                    tracing::warn!(index = entry.index, "ignoring a v1 conf change entry");
                 }
             }
             self.applied_index = entry.index;
@@ -1068,6 +1181,10 @@ impl Node {
             }
         }
         self.raw.advance_apply_to(last.index);
+        if std::mem::take(&mut self.members_changed) {
+            self.outputs
+                .push(Output::Members(self.membership.members()));
+        }
         self.compact_log();
         if !self.watch_events.is_empty() {
             let events = std::mem::take(&mut self.watch_events);
@@ -1111,6 +1228,12 @@ impl Node {
             }
             Some(raft_request::Request::Range(r)) => {
                 apply::range(&self.store, &r).map(Response::Range)
+            }
+            Some(raft_request::Request::MemberUpdate(u)) => self.apply_member_update(u),
+            Some(raft_request::Request::Publish(p)) => {
+                self.membership.publish(p.member_id, &p.name, p.client_urls);
+                self.members_changed = true;
+                return;
             }
             None => panic!("committed entry {} carries no request", entry.index),
         };
@@ -1166,7 +1289,12 @@ fn classify(request: &Request) -> Path {
         | Request::Txn(_)
         | Request::Compaction(_)
         | Request::LeaseGrant(_)
-        | Request::LeaseRevoke(_) => Path::Log,
+        | Request::LeaseRevoke(_)
+        | Request::MemberAdd(_)
+        | Request::MemberRemove(_)
+        | Request::MemberUpdate(_)
+        | Request::MemberPromote(_) => Path::Log,
+        Request::MemberList(_) => Path::Local,
         // Lease state as of a confirmed read index; keepalives must also run on the leader.
         Request::LeaseKeepAlive(_) | Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => {
             Path::ReadIndex
@@ -1209,11 +1337,46 @@ fn into_log_request(request: Request) -> Option<raft_request::Request> {
         Request::Compaction(c) => raft_request::Request::Compaction(c),
         Request::LeaseGrant(g) => raft_request::Request::LeaseGrant(g),
         Request::LeaseRevoke(r) => raft_request::Request::LeaseRevoke(r),
+        Request::MemberUpdate(u) => raft_request::Request::MemberUpdate(u),
         Request::Range(_)
         | Request::HashKv(_)
         | Request::LeaseKeepAlive(_)
         | Request::LeaseTimeToLive(_)
         | Request::LeaseLeases(_)
-        | Request::MoveLeader(_) => return None,
+        | Request::MoveLeader(_)
+        | Request::MemberAdd(_)
+        | Request::MemberRemove(_)
+        | Request::MemberPromote(_)
+        | Request::MemberList(_) => return None,
     })
+}
+
+/// What a learner serves (etcd 3.4's `isRPCSupportedForLearner`): serializable ranges only
+/// (Maintenance.Status does not come through here).
+fn serves_on_learner(request: &Request) -> bool {
+    matches!(request, Request::Range(r) if r.serializable)
+}
+
+/// The bootstrap member table's contents: `initial_members`, or the bare `voters`.
+fn initial_members(cfg: &NodeConfig) -> Result<Vec<Member>, StartError> {
+    if cfg.initial_members.is_empty() {
+        return Ok(cfg
+            .voters
+            .iter()
+            .map(|&id| Member {
+                id,
+                ..Member::default()
+            })
+            .collect());
+    }
+    let mut ids: Vec<u64> = cfg.initial_members.iter().map(|m| m.id).collect();
+    let mut voters = cfg.voters.clone();
+    ids.sort_unstable();
+    voters.sort_unstable();
+    if ids != voters || cfg.initial_members.iter().any(|m| m.is_learner) {
+        return Err(StartError::Config(format!(
+            "initial members {ids:x?} are not the voters {voters:x?}"
+        )));
+    }
+    Ok(cfg.initial_members.clone())
 }

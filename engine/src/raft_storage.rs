@@ -83,6 +83,11 @@ impl RaftStorage {
         self.log.wl().set_hardstate(hs);
     }
 
+    /// Records the configuration an applied conf change produced.
+    pub fn set_conf_state(&mut self, cs: raft::eraftpb::ConfState) {
+        self.log.wl().set_conf_state(cs);
+    }
+
     /// Drops in-memory entries before `index`.
     pub fn compact(&mut self, index: u64) -> raft::Result<()> {
         self.log.wl().compact(index)

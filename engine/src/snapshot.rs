@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_snapshot`], itself
-//! crc-checked) and `leas` (the leases, [`crate::lease::Leases::encode_snapshot`]). A decoder
+//! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_snapshot`]) and `memb`
+//! (the member table, [`crate::membership::Membership::encode`]). A decoder
 //! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
 //! is an error, since it means state this build would drop.
 //!
@@ -34,8 +35,10 @@ const FORMAT: u32 = 1;
 pub const SECTION_MVCC: [u8; 4] = *b"mvcc";
 /// The leases section.
 pub const SECTION_LEASES: [u8; 4] = *b"leas";
+/// The member table section.
+pub const SECTION_MEMBERS: [u8; 4] = *b"memb";
 /// Every section this build knows.
-pub const KNOWN_SECTIONS: [[u8; 4]; 2] = [SECTION_MVCC, SECTION_LEASES];
+pub const KNOWN_SECTIONS: [[u8; 4]; 3] = [SECTION_MVCC, SECTION_LEASES, SECTION_MEMBERS];
 
 /// Why a state snapshot could not be decoded or restored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +55,9 @@ pub enum StateSnapshotError {
     /// The lease section does not decode.
     #[error(transparent)]
     Leases(#[from] crate::lease::leases::LeaseSnapshotError),
+    /// The member table section does not decode.
+    #[error(transparent)]
+    Members(#[from] crate::membership::MembershipDecodeError),
 }
 
 /// Encodes tagged sections into one crc-protected byte string.
@@ -153,7 +159,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_damage() {
-        let bytes = encode_sections(&[(SECTION_MVCC, b"abc"), (SECTION_LEASES, b"")]);
+        let bytes = encode_sections(&[
+            (SECTION_MVCC, b"abc"),
+            (SECTION_LEASES, b""),
+            (SECTION_MEMBERS, b""),
+        ]);
         let sections = decode_known(&bytes).expect("decodes");
         assert_eq!(sections[&SECTION_MVCC], b"abc");
         for len in 0..bytes.len() {

@@ -21,6 +21,10 @@ fn config(seed: u64) -> NodeConfig {
         seed,
         incarnation: 1,
         snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
+        initial_members: Vec::new(),
+        name: String::new(),
+        client_urls: Vec::new(),
+        joining: false,
     }
 }
 
@@ -90,6 +94,7 @@ impl Harness {
                     Output::Reply { token, result } => self.replies.push((token, result)),
                     Output::Watch(w) => panic!("no watches here, yet {w:?}"),
                     Output::SaveSnapshot(_) | Output::Fatal(_) => {}
+                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }
@@ -308,6 +313,7 @@ fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
                 Output::Persist(b) => !b.then_send.is_empty(),
                 Output::Reply { .. }
                 | Output::Watch(_)
+                | Output::Members(_)
                 | Output::SaveSnapshot(_)
                 | Output::Fatal(_) => false,
             });
@@ -432,6 +438,7 @@ fn a_read_behind_an_unwritten_put_does_not_make_the_put_durable() {
             Output::Send(m) => panic!("one member sends nothing: {m:?}"),
             Output::Watch(w) => panic!("no watches here, yet {w:?}"),
             Output::SaveSnapshot(_) | Output::Fatal(_) => {}
+            Output::Members(m) => panic!("no member changes here, yet {m:?}"),
         }
     }
     h.disk.write(&put_batch);

@@ -62,6 +62,10 @@ fn config(id: u64, voters: &[u64], snapshot_count: u64) -> NodeConfig {
         seed: id * 31,
         incarnation: 1,
         snapshot_count,
+        initial_members: Vec::new(),
+        name: String::new(),
+        client_urls: Vec::new(),
+        joining: false,
     }
 }
 
@@ -145,7 +149,7 @@ impl Cluster {
                 Output::Reply { token, result } => {
                     self.replies.insert(token, result);
                 }
-                Output::Watch(_) => {}
+                Output::Watch(_) | Output::Members(_) => {}
                 Output::SaveSnapshot(snapshot) => {
                     self.disks.entry(id).or_default().save(&snapshot);
                     let node = self.nodes.get_mut(&id).expect("node");

@@ -31,6 +31,10 @@ impl Harness {
             seed: 7,
             incarnation: 1,
             snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
+            initial_members: Vec::new(),
+            name: String::new(),
+            client_urls: Vec::new(),
+            joining: false,
         };
         let node = Node::new(cfg, Recovered::default()).expect("node starts");
         let mut h = Harness {
@@ -68,6 +72,7 @@ impl Harness {
                     }
                     Output::SaveSnapshot(_) => {}
                     Output::Fatal(why) => panic!("node stopped: {why}"),
+                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! The etcd v3 gRPC services.
 //!
 //! Implemented: KV (all five methods), Watch (see [`crate::watch`]), Lease (all five),
-//! Maintenance.Status, HashKV, MoveLeader and Alarm listing, Cluster.MemberList and
-//! grpc.health.v1.Health. Every other method of etcd's API is registered and answers gRPC
-//! `Unimplemented` (the generated default), never a fake success.
+//! Maintenance.Status, HashKV, MoveLeader and Alarm listing, Cluster (all five, through the
+//! engine's replicated member table) and grpc.health.v1.Health. Every other method of etcd's
+//! API is registered and answers gRPC `Unimplemented` (the generated default), never a fake
+//! success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
 //! request size) happens here, with etcd's codes and texts; everything else is the engine's.
@@ -26,9 +27,11 @@ use keel_proto::etcdserverpb::{
     DeleteRangeResponse, HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    Member, MemberListRequest, MemberListResponse, MoveLeaderRequest, MoveLeaderResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::{Health, HealthServer};
@@ -394,33 +397,91 @@ impl Maintenance for Services {
 
 #[tonic::async_trait]
 impl Cluster for Services {
+    async fn member_add(
+        &self,
+        request: GrpcRequest<MemberAddRequest>,
+    ) -> Result<GrpcResponse<MemberAddResponse>, Status> {
+        match self.call(Request::MemberAdd(request.into_inner())).await? {
+            Response::MemberAdd(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("MemberAdd")),
+        }
+    }
+
+    async fn member_remove(
+        &self,
+        request: GrpcRequest<MemberRemoveRequest>,
+    ) -> Result<GrpcResponse<MemberRemoveResponse>, Status> {
+        match self
+            .call(Request::MemberRemove(request.into_inner()))
+            .await?
+        {
+            Response::MemberRemove(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("MemberRemove")),
+        }
+    }
+
+    async fn member_update(
+        &self,
+        request: GrpcRequest<MemberUpdateRequest>,
+    ) -> Result<GrpcResponse<MemberUpdateResponse>, Status> {
+        let r = request.into_inner();
+        keel_engine::node::check_urls(&r.peer_ur_ls).map_err(to_status)?;
+        match self.call(Request::MemberUpdate(r)).await? {
+            Response::MemberUpdate(resp) => Ok(GrpcResponse::new(resp)),
+            _ => Err(unexpected("MemberUpdate")),
+        }
+    }
+
+    async fn member_promote(
+        &self,
+        request: GrpcRequest<MemberPromoteRequest>,
+    ) -> Result<GrpcResponse<MemberPromoteResponse>, Status> {
+        let promote = request.into_inner();
+        match self.handle.request(Request::MemberPromote(promote)).await {
+            Ok(Response::MemberPromote(resp)) => Ok(GrpcResponse::new(resp)),
+            Ok(_) => Err(unexpected("MemberPromote")),
+            Err(Error::NotLeader) => {
+                // Only the leader knows whether the learner is in sync: ask it.
+                let status = self.handle.status().await.map_err(to_status)?;
+                if status.leader == 0 || status.leader == status.member_id {
+                    return Err(to_status(Error::NoLeader));
+                }
+                let mut resp = self
+                    .forwarder
+                    .member_promote(status.leader, promote)
+                    .await?;
+                self.local_header(&mut resp.header);
+                Ok(GrpcResponse::new(resp))
+            }
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
     async fn member_list(
         &self,
-        _request: GrpcRequest<MemberListRequest>,
+        request: GrpcRequest<MemberListRequest>,
     ) -> Result<GrpcResponse<MemberListResponse>, Status> {
-        let s = self.handle.status().await.map_err(to_status)?;
+        match self.call(Request::MemberList(request.into_inner())).await? {
+            Response::MemberList(mut resp) => {
+                self.show_own_attributes(&mut resp.members);
+                Ok(GrpcResponse::new(resp))
+            }
+            _ => Err(unexpected("MemberList")),
+        }
+    }
+}
+
+impl Services {
+    /// etcd serves clients only after its publish is applied, so its own entry always shows
+    /// its name and client URLs; keel serves at once, so it fills them in until then.
+    fn show_own_attributes(&self, members: &mut [Member]) {
         let me = &self.identity;
-        Ok(GrpcResponse::new(MemberListResponse {
-            // etcd's Cluster service fills no revision into its headers.
-            header: Some(self.header(0, s.raft_term)),
-            members: me
-                .members
-                .iter()
-                .map(|(id, name, peer_urls)| Member {
-                    id: *id,
-                    name: name.clone(),
-                    peer_ur_ls: peer_urls.clone(),
-                    // Other members' client URLs are learned when they publish them through
-                    // raft (with the replication issue); until then only ours is known.
-                    client_ur_ls: if *id == me.member_id {
-                        me.client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
-                    is_learner: false,
-                })
-                .collect(),
-        }))
+        if let Some(m) = members.iter_mut().find(|m| m.id == me.member_id) {
+            if m.name.is_empty() {
+                m.name = me.name.clone();
+                m.client_ur_ls = me.client_urls.clone();
+            }
+        }
     }
 }
 

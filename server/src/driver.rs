@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::error::Error;
+use keel_engine::membership::{Member, Membership};
 use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
 use keel_engine::raftpb::{Message, Snapshot};
@@ -39,6 +40,9 @@ pub const BATCHES_PER_SYNC_MAX: usize = 4096;
 pub const COMMAND_QUEUE_MAX: usize = 16 * 1024;
 /// Peer messages the driver loop takes in one turn, at most.
 pub const PEER_MESSAGES_PER_TURN_MAX: usize = 1024;
+/// Ticks a removed member keeps running (so the entry that removed it reaches the others and
+/// its reply goes out) before it stops.
+pub const REMOVED_GRACE_TICKS: u32 = 10;
 
 /// What the gRPC layer asks of the driver.
 enum Command {
@@ -48,6 +52,9 @@ enum Command {
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
+    },
+    Members {
+        reply: oneshot::Sender<Membership>,
     },
     /// A Watch stream opens: its responses go to `responses`.
     WatchOpen {
@@ -121,6 +128,16 @@ impl Handle {
         self.wal_bytes.load(Ordering::Relaxed)
     }
 
+    /// The member table as of the applied index.
+    pub async fn members(&self) -> Result<Membership, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Members { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
     /// This member's raft status.
     pub async fn status(&self) -> Result<NodeStatus, Error> {
         let (reply, rx) = oneshot::channel();
@@ -147,6 +164,9 @@ pub enum DriverError {
     /// A task of the driver died.
     #[error("driver task failed: {0}")]
     Task(String),
+    /// This member was removed from the cluster (etcd's words).
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
 }
 
 /// Starts the driver tasks; returns the handle and a receiver that yields the fatal error
@@ -189,6 +209,7 @@ pub fn start(
         transport,
         watch_streams: BTreeMap::new(),
         fatal: None,
+        removed_grace_ticks: None,
     };
     tokio::spawn(async move {
         let err = driver
@@ -271,6 +292,8 @@ struct DriverLoop {
     watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
     /// Set when the node asks to stop.
     fatal: Option<String>,
+    /// Set once this member is removed: ticks left before it stops.
+    removed_grace_ticks: Option<u32>,
 }
 
 impl DriverLoop {
@@ -302,6 +325,10 @@ impl DriverLoop {
                 },
                 Some(report) = reports.recv() => self.node.step(report),
                 Some(()) = ticks.recv() => {
+                    if self.removed_grace_ticks == Some(0) {
+                        return DriverError::Removed;
+                    }
+                    self.removed_grace_ticks = self.removed_grace_ticks.map(|t| t - 1);
                     self.node.step(Input::Tick);
                     // Forget replies nobody waits for any more (the client timed out).
                     self.replies.retain(|_, reply| !reply.is_closed());
@@ -352,6 +379,9 @@ impl DriverLoop {
             Command::Status { reply } => {
                 let _ = reply.send(self.node.status());
             }
+            Command::Members { reply } => {
+                let _ = reply.send(self.node.members().clone());
+            }
             Command::WatchOpen { stream, responses } => {
                 self.watch_streams.insert(stream, responses);
             }
@@ -398,7 +428,17 @@ impl DriverLoop {
                     }
                 }
                 Output::Watch(outputs) => self.dispatch_watch(outputs),
+                Output::Members(members) => self.on_members(&members),
             }
+        }
+    }
+
+    /// The member table changed: the transport follows it; a removed member winds down.
+    fn on_members(&mut self, members: &[Member]) {
+        self.transport.set_peers(peer_urls(members));
+        if self.node.is_removed() && self.removed_grace_ticks.is_none() {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            self.removed_grace_ticks = Some(REMOVED_GRACE_TICKS);
         }
     }
 
@@ -628,4 +668,12 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverErr
         }
     }
     Ok(st.wal.sync()?)
+}
+
+/// member id → the first peer URL, for the transport.
+pub fn peer_urls(members: &[Member]) -> BTreeMap<u64, String> {
+    members
+        .iter()
+        .filter_map(|m| m.peer_urls.first().map(|url| (m.id, url.clone())))
+        .collect()
 }

@@ -6,18 +6,19 @@
 //! any member.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberPromoteRequest, MemberPromoteResponse,
 };
 use keel_proto::keelpb::peer_client::PeerClient;
-use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward};
+use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::transport::CONNECT_TIMEOUT;
+use crate::transport::{Transport, CONNECT_TIMEOUT};
 
 /// Connections to the other members' peer ports, made on first use.
 pub struct Forwarder {
@@ -25,19 +26,19 @@ pub struct Forwarder {
     /// A forwarded call gives up after this long and drops its connection, so a connection
     /// to a leader's previous incarnation cannot hang keepalives.
     timeout: Duration,
-    /// member id → peer URL.
-    peers: BTreeMap<u64, String>,
+    /// Knows every member's peer URL.
+    transport: Arc<Transport>,
     clients: Mutex<BTreeMap<u64, PeerClient<Channel>>>,
 }
 
 impl Forwarder {
-    /// A forwarder to `peers` (member id → peer URL).
+    /// A forwarder to the peers `transport` knows.
     /// Each forwarded call is bounded by `timeout`.
-    pub fn new(cluster_id: u64, peers: BTreeMap<u64, String>, timeout: Duration) -> Forwarder {
+    pub fn new(cluster_id: u64, transport: Arc<Transport>, timeout: Duration) -> Forwarder {
         Forwarder {
             cluster_id,
             timeout,
-            peers,
+            transport,
             clients: Mutex::new(BTreeMap::new()),
         }
     }
@@ -46,7 +47,7 @@ impl Forwarder {
         if let Some(c) = self.lock().get(&member) {
             return Ok(c.clone());
         }
-        let url = self.peers.get(&member).ok_or_else(|| {
+        let url = self.transport.peer_url(member).ok_or_else(|| {
             Status::unavailable(format!("keel: leader {member:x} is not a known peer"))
         })?;
         let endpoint = Endpoint::from_shared(url.clone())
@@ -113,6 +114,21 @@ impl Forwarder {
             request: Some(request),
         };
         let result = self.bounded(client.lease_keep_alive(forward)).await;
+        self.settle(leader, result)
+    }
+
+    /// Asks the leader to promote a learner.
+    pub async fn member_promote(
+        &self,
+        leader: u64,
+        request: MemberPromoteRequest,
+    ) -> Result<MemberPromoteResponse, Status> {
+        let mut client = self.client(leader).await?;
+        let forward = MemberPromoteForward {
+            cluster_id: self.cluster_id,
+            request: Some(request),
+        };
+        let result = self.bounded(client.member_promote(forward)).await;
         self.settle(leader, result)
     }
 

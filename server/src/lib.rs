@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_engine::membership::{Member, Membership};
 use keel_engine::node::{Node, NodeConfig, Recovered};
 use keel_engine::raft_log::{decode_conf_state, decode_entry, decode_hard_state, CodecError};
 use keel_engine::raftpb::Snapshot;
@@ -79,6 +80,9 @@ pub enum ServerError {
     /// The driver stopped (e.g. a failed fsync).
     #[error(transparent)]
     Driver(#[from] driver::DriverError),
+    /// `--initial-cluster-state existing`, and no listed peer told us about the cluster.
+    #[error("joining an existing cluster: {0}")]
+    Join(String),
     /// A gRPC listener failed.
     #[error("serving {addr}: {reason}")]
     Serve {
@@ -102,14 +106,20 @@ pub struct Identity {
     pub peer_urls: Vec<String>,
     /// Client URLs advertised.
     pub client_urls: Vec<String>,
-    /// Every member of the initial cluster: (id, name, peer URLs), in `--initial-cluster` order.
-    pub members: Vec<(u64, String, Vec<String>)>,
 }
 
-/// The other members: id → the peer URL to reach them at.
-type Peers = std::collections::BTreeMap<u64, String>;
+/// How this member starts: who it is, and the member table its log replay starts from.
+struct Bootstrap {
+    identity: Identity,
+    /// The bootstrap members (for a joining member: the cluster's, as a peer reported them).
+    initial: Vec<Member>,
+    /// The members the transport reaches at first.
+    peers: Vec<Member>,
+    /// `--initial-cluster-state existing`.
+    joining: bool,
+}
 
-fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError> {
+fn identity(config: &Config) -> Result<Bootstrap, ServerError> {
     let members = config.initial_members()?;
     let token = config.initial_cluster_token.as_str();
     let member_id_of = |urls: &[String]| {
@@ -124,12 +134,6 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
         .find(|m| m.name == config.name)
         .ok_or_else(|| config::ConfigError::InitialCluster("does not name --name".into()))?;
     let member_id = member_id_of(&me.peer_urls);
-    let peers: Peers = members
-        .iter()
-        .zip(&voters)
-        .filter(|(_, id)| **id != member_id)
-        .filter_map(|(m, id)| m.peer_urls.first().map(|url| (*id, url.clone())))
-        .collect();
     let mut sorted = voters.clone();
     sorted.sort_unstable();
     let id_texts: Vec<String> = sorted.iter().map(|id| format!("{id:x}")).collect();
@@ -142,13 +146,109 @@ fn identity(config: &Config) -> Result<(Identity, Vec<u64>, Peers), ServerError>
         name: config.name.clone(),
         peer_urls: me.peer_urls.clone(),
         client_urls: config.advertise_client_url_list(),
-        members: members
-            .iter()
-            .zip(&voters)
-            .map(|(m, id)| (*id, m.name.clone(), m.peer_urls.clone()))
-            .collect(),
     };
-    Ok((identity, voters, peers))
+    let initial: Vec<Member> = members
+        .iter()
+        .zip(&voters)
+        .map(|(m, id)| Member {
+            id: *id,
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            ..Member::default()
+        })
+        .collect();
+    Ok(Bootstrap {
+        identity,
+        peers: initial.clone(),
+        initial,
+        joining: false,
+    })
+}
+
+/// How long a joining member waits for one peer's answer.
+const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds over the listed peers before a joining member gives up, and the pause between.
+const JOIN_ROUNDS_MAX: usize = 10;
+const JOIN_ROUND_PAUSE: Duration = Duration::from_secs(1);
+
+/// `--initial-cluster-state existing` (etcd's `GetClusterFromRemotePeers`): asks the members
+/// listed in `--initial-cluster` for the cluster's id and member table, and finds this member
+/// in it by its peer URLs (it must have been added with MemberAdd first). A peer that has not
+/// applied the MemberAdd yet, or does not answer, is skipped; after a round without an
+/// answer that lists this member, the next round starts a second later.
+async fn join(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    boot: Bootstrap,
+) -> Result<Bootstrap, ServerError> {
+    let mut reasons = Vec::new();
+    for _ in 0..JOIN_ROUNDS_MAX {
+        reasons.clear();
+        for m in config.initial_members()? {
+            if m.name == config.name {
+                continue;
+            }
+            for url in &m.peer_urls {
+                match ask_members(url).await {
+                    Ok((cluster_id, table)) => match find_me(&boot, &table) {
+                        Some(me) => return Ok(joined(boot, cluster_id, me, &table)),
+                        None => reasons.push(format!("{url}: this member is not in its table")),
+                    },
+                    Err(reason) => reasons.push(format!("{url}: {reason}")),
+                }
+            }
+        }
+        clock.sleep(JOIN_ROUND_PAUSE).await;
+    }
+    Err(ServerError::Join(format!(
+        "no peer listed this member (add it first): {}",
+        reasons.join("; ")
+    )))
+}
+
+async fn ask_members(url: &str) -> Result<(u64, Membership), String> {
+    use keel_proto::keelpb::{peer_client::PeerClient, MembersRequest};
+    let ask = async {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let reply = PeerClient::new(channel)
+            .members(MembersRequest {})
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        let table =
+            Membership::from_table(&reply.table.unwrap_or_default()).map_err(|e| e.to_string())?;
+        Ok((reply.cluster_id, table))
+    };
+    match tokio::time::timeout(JOIN_ASK_TIMEOUT, ask).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn find_me(boot: &Bootstrap, table: &Membership) -> Option<Member> {
+    let urls = &boot.identity.peer_urls;
+    table
+        .members()
+        .into_iter()
+        .find(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+}
+
+fn joined(mut boot: Bootstrap, cluster_id: u64, me: Member, table: &Membership) -> Bootstrap {
+    tracing::info!(
+        member = format_args!("{:x}", me.id),
+        cluster = format_args!("{cluster_id:x}"),
+        "joining an existing cluster"
+    );
+    boot.identity.member_id = me.id;
+    boot.identity.cluster_id = cluster_id;
+    // A bootstrap member restarted with `existing` (etcd ignores the flag once it has data)
+    // is one of the bootstrap voters, not a joiner.
+    boot.joining = !table.initial().iter().any(|m| m.id == me.id);
+    boot.initial = table.initial().to_vec();
+    boot.peers = table.members();
+    boot
 }
 
 /// Opens the snapshot directory and the WAL under `data_dir` and reads back what they hold:
@@ -273,7 +373,13 @@ async fn serve_peers(service: transport::PeerService, addr: SocketAddr) -> Resul
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
 /// dropping the future (or the runtime).
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
-    let (identity, voters, peers) = identity(&config)?;
+    let mut boot = identity(&config)?;
+    if config.initial_cluster_state == "existing" {
+        boot = join(&config, &env.clock, boot).await?;
+    }
+    let identity = boot.identity.clone();
+    let peers = driver::peer_urls(&boot.peers);
+    let voters: Vec<u64> = boot.initial.iter().map(|m| m.id).collect();
     let peer_addrs = config.peer_listen_addrs()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
@@ -289,6 +395,10 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             seed: env.seed,
             incarnation: env.seed & 0xff_ffff,
             snapshot_count: config.snapshot_count,
+            initial_members: boot.initial,
+            name: identity.name.clone(),
+            client_urls: identity.client_urls.clone(),
+            joining: boot.joining,
         },
         recovered,
     )?);
@@ -301,12 +411,6 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
-    // A forwarded lease request waits for the leader at most one election timeout.
-    let forwarder = forward::Forwarder::new(
-        identity.cluster_id,
-        peers.clone(),
-        Duration::from_millis(config.election_timeout_ms),
-    );
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let transport = Arc::new(transport::Transport::start(
         local,
@@ -314,6 +418,12 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         env.clock.clone(),
         reports_tx,
     ));
+    // A forwarded lease request waits for the leader at most one election timeout.
+    let forwarder = forward::Forwarder::new(
+        identity.cluster_id,
+        Arc::clone(&transport),
+        Duration::from_millis(config.election_timeout_ms),
+    );
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
     let (handle, fatal) = driver::start(
         node,

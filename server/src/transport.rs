@@ -17,17 +17,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keel_engine::node::{Input, Request as EngineRequest, Response as EngineResponse};
 use keel_engine::raft_log::{decode_message, encode_message};
 use keel_engine::raftpb::{Message, MessageType};
-use keel_proto::etcdserverpb::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse};
+use keel_proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseTimeToLiveResponse, MemberPromoteResponse,
+};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::peer_server::Peer;
 use keel_proto::keelpb::{
-    LeaseKeepAliveForward, LeaseTimeToLiveForward, MessageBatch, SendAck, SnapshotChunk,
+    LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward, MembersRequest,
+    MembersResponse, MessageBatch, SendAck, SnapshotChunk,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
@@ -60,11 +63,18 @@ pub struct LocalIdentity {
     pub cluster_id: u64,
 }
 
+/// One peer's outbound queue and where its task sends.
+struct PeerQueue {
+    url: String,
+    queue: mpsc::Sender<Message>,
+}
+
 /// Outbound raft traffic to every peer.
 pub struct Transport {
     local: LocalIdentity,
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
-    urls: BTreeMap<u64, String>,
+    clock: Arc<dyn Clock>,
+    /// The peers as of the newest member table; a peer's task ends when its queue is dropped.
+    peers: Mutex<BTreeMap<u64, PeerQueue>>,
     dropped: Arc<AtomicU64>,
     /// Snapshot outcomes and unreachable peers, for the node.
     reports: mpsc::UnboundedSender<Input>,
@@ -79,38 +89,60 @@ impl Transport {
         clock: Arc<dyn Clock>,
         reports: mpsc::UnboundedSender<Input>,
     ) -> Transport {
-        let mut queues = BTreeMap::new();
-        for (peer, url) in &peers {
-            assert_ne!(*peer, local.member_id, "a member is not its own peer");
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            let sender = PeerSender {
-                local,
-                peer: *peer,
-                url: url.clone(),
-                clock: Arc::clone(&clock),
-                reports: reports.clone(),
-            };
-            tokio::spawn(sender.run(rx));
-            queues.insert(*peer, tx);
-        }
-        Transport {
+        let transport = Transport {
             local,
-            queues,
-            urls: peers,
+            clock,
+            peers: Mutex::new(BTreeMap::new()),
             dropped: Arc::new(AtomicU64::new(0)),
             reports,
+        };
+        transport.set_peers(peers);
+        transport
+    }
+
+    /// Follows the member table: starts senders for new peers (or changed URLs) and ends
+    /// those of peers no longer listed.
+    pub fn set_peers(&self, wanted: BTreeMap<u64, String>) {
+        let mut peers = self.lock();
+        peers.retain(|id, p| wanted.get(id) == Some(&p.url));
+        for (peer, url) in wanted {
+            if peer == self.local.member_id || peers.contains_key(&peer) {
+                continue;
+            }
+            tracing::info!(peer = format_args!("{peer:x}"), %url, "peer added to transport");
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            let sender = PeerSender {
+                local: self.local,
+                peer,
+                url: url.clone(),
+                clock: Arc::clone(&self.clock),
+                reports: self.reports.clone(),
+            };
+            tokio::spawn(sender.run(rx));
+            peers.insert(peer, PeerQueue { url, queue: tx });
         }
+    }
+
+    /// The peer URL the transport reaches `member` at.
+    pub fn peer_url(&self, member: u64) -> Option<String> {
+        self.lock().get(&member).map(|p| p.url.clone())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, PeerQueue>> {
+        // The map is consistent after every statement; a panic elsewhere leaves it usable.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues each message for its peer; never waits. Messages to unknown peers, or to peers
     /// whose queue is full, are dropped (raft retransmits).
     pub fn send(&self, messages: Vec<Message>) {
+        let peers = self.lock();
         for message in messages {
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                self.send_snapshot(message);
+                self.send_snapshot(&peers, message);
                 continue;
             }
-            let Some(queue) = self.queues.get(&message.to) else {
+            let Some(PeerQueue { queue, .. }) = peers.get(&message.to) else {
                 tracing::debug!(to = message.to, "raft message to an unknown peer dropped");
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -122,9 +154,9 @@ impl Transport {
     }
 
     /// Streams a snapshot to its peer on a task of its own.
-    fn send_snapshot(&self, message: Message) {
+    fn send_snapshot(&self, peers: &BTreeMap<u64, PeerQueue>, message: Message) {
         let to = message.to;
-        let Some(url) = self.urls.get(&to) else {
+        let Some(PeerQueue { url, .. }) = peers.get(&to) else {
             tracing::debug!(to, "snapshot to an unknown peer dropped");
             let _ = self.reports.send(Input::SnapshotStatus { to, ok: false });
             return;
@@ -256,7 +288,7 @@ async fn pump(
 pub struct PeerService {
     local: LocalIdentity,
     inbound: mpsc::Sender<Message>,
-    /// Serves lease requests forwarded by followers.
+    /// Serves lease requests forwarded by followers, and the member table.
     handle: Option<Handle>,
 }
 
@@ -343,6 +375,32 @@ impl Peer for PeerService {
         {
             Ok(EngineResponse::LeaseKeepAlive(r)) => Ok(Response::new(r)),
             Ok(_) => Err(Status::internal("keel: unexpected answer to a keepalive")),
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let handle = self.check_cluster(self.local.cluster_id)?;
+        let table = handle.members().await.map_err(to_status)?;
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.local.cluster_id,
+            table: Some(table.to_table()),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteForward>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let promote = forward.request.unwrap_or_default();
+        match handle.request(EngineRequest::MemberPromote(promote)).await {
+            Ok(EngineResponse::MemberPromote(r)) => Ok(Response::new(r)),
+            Ok(_) => Err(Status::internal("keel: unexpected answer to a promote")),
             Err(e) => Err(to_status(e)),
         }
     }

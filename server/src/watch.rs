@@ -15,6 +15,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use keel_engine::error::Error;
 use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::watch_request::RequestUnion;
 use keel_proto::etcdserverpb::watch_server::Watch;
@@ -50,6 +51,10 @@ impl Watch for WatchService {
         request: GrpcRequest<Streaming<WatchRequest>>,
     ) -> Result<GrpcResponse<BoxStream<WatchResponse>>, Status> {
         let mut requests = request.into_inner();
+        // etcd 3.4 serves no stream on a learner.
+        if self.handle.status().await.map_err(to_status)?.is_learner {
+            return Err(to_status(Error::NotSupportedForLearner));
+        }
         let (stream, responses) = self.handle.watch_open().await.map_err(to_status)?;
         let handle = self.handle.clone();
         tokio::spawn(async move {

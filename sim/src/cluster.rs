@@ -6,7 +6,7 @@
 //! restarted node recovers from that disk exactly as production recovers after a power cut.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +51,17 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// A node for clients to run on.
     pub client_node: NodeHandle,
+    /// A member not in the initial cluster, waiting to join (see [`Cluster::with_spare`]).
+    pub spare: Option<Spare>,
+}
+
+/// A member built up front that starts only when [`Cluster::start_spare`] opens its gate,
+/// with `--initial-cluster-state existing` (after a MemberAdd of [`Cluster::peer_url`] of
+/// its index).
+pub struct Spare {
+    /// The member; its index is the cluster's size.
+    pub member: Member,
+    gate: Arc<AtomicBool>,
 }
 
 fn set_exit(exit: &Mutex<Option<String>>, why: Option<String>) {
@@ -65,8 +76,9 @@ fn member_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
-/// etcd-style flags for member `i` of `size`.
-fn member_config(i: usize, size: usize) -> Config {
+/// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
+/// (a member added with MemberAdd, joining a running cluster).
+fn member_config(i: usize, size: usize, existing: bool) -> Config {
     let ip = member_ip(i);
     let cluster: Vec<String> = (0..size)
         .map(|j| format!("{}=http://{}:{PEER_PORT}", member_name(j), member_ip(j)))
@@ -80,6 +92,10 @@ fn member_config(i: usize, size: usize) -> Config {
         format!("--listen-peer-urls=http://{ip}:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{ip}:{PEER_PORT}"),
         format!("--initial-cluster={}", cluster.join(",")),
+        format!(
+            "--initial-cluster-state={}",
+            if existing { "existing" } else { "new" }
+        ),
     ];
     match Config::try_parse_from(args) {
         Ok(c) => c,
@@ -93,53 +109,8 @@ impl Cluster {
         let handle = Handle::current();
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
-            let disk = SimDisk::new();
-            let clock = SimClock::new(0, 0);
-            let boots = Arc::new(AtomicU64::new(0));
-            let exit = Arc::new(Mutex::new(None));
-            let config = member_config(i, size);
-            let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
-            let (init_clock, init_exit) = (clock.clone(), Arc::clone(&exit));
-            let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
-            let node = handle
-                .create_node()
-                .name(member_name(i))
-                .ip(member_ip(i))
-                .init(move || {
-                    let boot = init_boots.fetch_add(1, Ordering::Relaxed);
-                    set_exit(&init_exit, None);
-                    let env = Env {
-                        disk: Arc::new(init_disk.clone()),
-                        clock: Arc::new(init_clock.clone()),
-                        seed: fnv1a(
-                            member_seed
-                                .to_le_bytes()
-                                .into_iter()
-                                .chain(boot.to_le_bytes()),
-                        ),
-                    };
-                    let config = config.clone();
-                    let exit = Arc::clone(&init_exit);
-                    async move {
-                        let why = match keel_server::run(config, env).await {
-                            Err(e) => {
-                                tracing::error!(error = %e, "keel member stopped");
-                                e.to_string()
-                            }
-                            Ok(()) => "run returned Ok".to_string(),
-                        };
-                        set_exit(&exit, Some(why));
-                    }
-                })
-                .build();
-            members.push(Member {
-                node,
-                disk,
-                ip: member_ip(i),
-                clock,
-                boots,
-                exit,
-            });
+            let config = member_config(i, size, false);
+            members.push(start_member(&handle, seed, i, config, None));
         }
         let client_node = handle
             .create_node()
@@ -151,7 +122,61 @@ impl Cluster {
             seed,
             members,
             client_node,
+            spare: None,
         }
+    }
+
+    /// Like [`Cluster::new`] plus a spare member, built after the others (so the first `size`
+    /// members and the client node are exactly those of [`Cluster::new`]).
+    pub fn with_spare(size: usize, seed: u64) -> Cluster {
+        let mut cluster = Cluster::new(size, seed);
+        let gate = Arc::new(AtomicBool::new(false));
+        let config = member_config(size, size + 1, true);
+        let member = start_member(&cluster.handle, seed, size, config, Some(Arc::clone(&gate)));
+        cluster.spare = Some(Spare { member, gate });
+        cluster
+    }
+
+    /// Lets the spare member start (it joins the cluster); false if there is none.
+    pub fn start_spare(&self) -> bool {
+        match &self.spare {
+            Some(spare) => {
+                spare.gate.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Why the spare member's current boot stopped, if it has.
+    pub fn spare_exited(&self) -> Option<String> {
+        let spare = self.spare.as_ref()?;
+        let why = spare.member.exit.lock().unwrap_or_else(|e| e.into_inner());
+        why.clone()
+    }
+
+    /// The spare member's client endpoint.
+    pub fn spare_endpoint(&self) -> Option<String> {
+        let spare = self.spare.as_ref()?;
+        Some(format!(
+            "http://{}",
+            SocketAddr::new(spare.member.ip, CLIENT_PORT)
+        ))
+    }
+
+    /// Starts one more member with `--initial-cluster-state existing`, after a MemberAdd of its
+    /// peer URL ([`Cluster::peer_url`] of the index this returns); returns its index.
+    pub fn add_member(&mut self) -> usize {
+        let i = self.members.len();
+        let config = member_config(i, i + 1, true);
+        self.members
+            .push(start_member(&self.handle, self.seed, i, config, None));
+        i
+    }
+
+    /// The peer URL member `i` has (or will have, for the next [`Cluster::add_member`]).
+    pub fn peer_url(i: usize) -> String {
+        format!("http://{}:{PEER_PORT}", member_ip(i))
     }
 
     /// The seed this cluster was built from.
@@ -231,5 +256,66 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("member {i} at {endpoint} never accepted a connection");
+    }
+}
+
+/// Builds and boots member `i` as a madsim node running `keel_server::run(config)`; with a
+/// `gate`, the process waits until the gate opens.
+fn start_member(
+    handle: &Handle,
+    seed: u64,
+    i: usize,
+    config: Config,
+    gate: Option<Arc<AtomicBool>>,
+) -> Member {
+    let disk = SimDisk::new();
+    let clock = SimClock::new(0, 0);
+    let boots = Arc::new(AtomicU64::new(0));
+    let exit = Arc::new(Mutex::new(None));
+    let (init_disk, init_boots) = (disk.clone(), Arc::clone(&boots));
+    let (init_clock, init_exit) = (clock.clone(), Arc::clone(&exit));
+    let member_seed = fnv1a(seed.to_le_bytes().into_iter().chain([i as u8]));
+    let node = handle
+        .create_node()
+        .name(member_name(i))
+        .ip(member_ip(i))
+        .init(move || {
+            let boot = init_boots.fetch_add(1, Ordering::Relaxed);
+            set_exit(&init_exit, None);
+            let env = Env {
+                disk: Arc::new(init_disk.clone()),
+                clock: Arc::new(init_clock.clone()),
+                seed: fnv1a(
+                    member_seed
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(boot.to_le_bytes()),
+                ),
+            };
+            let config = config.clone();
+            let exit = Arc::clone(&init_exit);
+            let gate = gate.clone();
+            async move {
+                while gate.as_ref().is_some_and(|g| !g.load(Ordering::Relaxed)) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let why = match keel_server::run(config, env).await {
+                    Err(e) => {
+                        tracing::error!(error = %e, "keel member stopped");
+                        e.to_string()
+                    }
+                    Ok(()) => "run returned Ok".to_string(),
+                };
+                set_exit(&exit, Some(why));
+            }
+        })
+        .build();
+    Member {
+        node,
+        disk,
+        ip: member_ip(i),
+        clock,
+        boots,
+        exit,
     }
 }

@@ -25,6 +25,8 @@ pub mod history;
 pub mod lease;
 pub mod lease_check;
 pub mod linearizable;
+#[cfg(madsim)]
+pub mod membership;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod run;

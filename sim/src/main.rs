@@ -61,6 +61,9 @@ mod cli {
         /// watch-skip-compaction-boundary, lease-expire-on-follower-clock.
         #[arg(long = "bug", value_parser = parse_bug)]
         bugs: Vec<Bug>,
+        /// Add a learner, let it join and promote it during the faults (membership nemesis).
+        #[arg(long)]
+        membership: bool,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
@@ -95,6 +98,7 @@ mod cli {
             lease_clients: args.lease_clients,
             watch_clients: args.watch_clients,
             bugs: args.bugs.clone(),
+            membership: args.membership,
             ..SimConfig::new(seed)
         }
     }

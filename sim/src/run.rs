@@ -17,6 +17,7 @@ use crate::history::{to_jepsen, Entry, Op, Outcome};
 use crate::lease::{record_lease_deletions, spawn_lease_clients};
 use crate::lease_check::check_leases;
 use crate::linearizable::{check_history, check_watch_log};
+use crate::membership::add_and_promote_spare;
 use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
 use crate::watch::{lease_deletions, spawn_watch_clients};
@@ -49,6 +50,9 @@ pub struct SimConfig {
     pub lease_clients: usize,
     /// Watch clients (see `src/watch.rs`); the compactor runs whenever there is one.
     pub watch_clients: usize,
+    /// Run the membership nemesis (see `src/membership.rs`): a spare member is added as a
+    /// learner, joins and is promoted during the faults.
+    pub membership: bool,
 }
 
 impl SimConfig {
@@ -63,6 +67,7 @@ impl SimConfig {
             liveness_bound_s: 15,
             lease_clients: 2,
             watch_clients: 2,
+            membership: false,
         }
     }
 
@@ -81,6 +86,9 @@ impl SimConfig {
         );
         for b in &self.bugs {
             cmd.push_str(&format!(" --bug {}", b.name()));
+        }
+        if self.membership {
+            cmd.push_str(" --membership");
         }
         cmd
     }
@@ -213,7 +221,11 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         config.bugs,
         swarm.describe()
     ));
-    let cluster = Cluster::new(config.nodes, config.seed);
+    let cluster = if config.membership {
+        Cluster::with_spare(config.nodes, config.seed)
+    } else {
+        Cluster::new(config.nodes, config.seed)
+    };
     let mut failures = Vec::new();
     for i in 0..config.nodes {
         if !probe_serves(&cluster, i, 10_000).await {
@@ -265,7 +277,13 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         ));
     }
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
-    nemesis.run_until(until).await;
+    let spare_voter = if config.membership {
+        let changes = add_and_promote_spare(cluster, ctx, config.seed, until);
+        tokio::join!(nemesis.run_until(until), changes).1
+    } else {
+        nemesis.run_until(until).await;
+        false
+    };
     for c in clients {
         let _ = c.await;
     }
@@ -300,7 +318,12 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
     match final_read {
         Some(read) => {
             failures.extend(acked_writes_survive(&entries, &read, &ctx.events()));
-            if let Some(f) = hash_kv_agree(cluster, &read).await {
+            let spare = cluster.spare_endpoint().filter(|_| spare_voter);
+            if spare.is_some() {
+                // The newest voter may still be applying the last entries.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Some(f) = hash_kv_agree(cluster, spare, &read).await {
                 failures.push(f);
             }
         }
@@ -370,15 +393,20 @@ async fn serve_again(
     })
 }
 
-/// Every member's HashKV at the final read's revision agrees.
-async fn hash_kv_agree(cluster: &Cluster, final_read: &Entry) -> Option<Failure> {
+/// Every member's HashKV at the final read's revision agrees (the spare's too, when it
+/// joined as a voter).
+async fn hash_kv_agree(
+    cluster: &Cluster,
+    spare: Option<String>,
+    final_read: &Entry,
+) -> Option<Failure> {
     let Outcome::Ok(result) = &final_read.outcome else {
         return None;
     };
     let revision = result.revision();
     let mut hashes = Vec::new();
-    for i in 0..cluster.members.len() {
-        let endpoint = cluster.endpoint(i);
+    let endpoints = (0..cluster.members.len()).map(|i| cluster.endpoint(i));
+    for endpoint in endpoints.chain(spare) {
         let task = cluster.client_node.spawn(async move {
             let mut m = tokio::time::timeout(OP_TIMEOUT, MaintenanceClient::connect(endpoint))
                 .await
@@ -401,6 +429,11 @@ async fn hash_kv_agree(cluster: &Cluster, final_read: &Entry) -> Option<Failure>
             .iter()
             .enumerate()
             .map(|(i, h)| format!("n{}: {h:?}", i + 1))
+            .chain(
+                cluster
+                    .spare_exited()
+                    .map(|why| format!("the spare stopped: {why}")),
+            )
             .collect(),
     })
 }

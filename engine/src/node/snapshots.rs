@@ -7,7 +7,7 @@
 //!   compacted up to it, keeping `min(LOG_ENTRIES_KEPT_MAX, snapshot_count)` entries for
 //!   followers only a little behind.
 //! * **Installing one.** A follower too far behind gets the leader's snapshot in a `Ready`: the
-//!   node replaces its store and leases at once (the contents are committed), moves every
+//!   node replaces its store, leases and member table at once (the contents are committed), moves every
 //!   watcher to catch up from the new store, and hands the snapshot to the driver in the
 //!   [`PersistBatch`] to save before the WAL records its mark. Its own proposals still in
 //!   flight may or may not be inside the snapshot; they are answered "request timed out"
@@ -20,9 +20,10 @@ use raft::Storage as _;
 
 use super::{Node, Output, PersistBatch, Recovered, StartError, LOG_ENTRIES_KEPT_MAX};
 use crate::error::Error;
+use crate::membership::Membership;
 use crate::mvcc::Store;
 use crate::raft_storage::RaftStorage;
-use crate::snapshot::{self, StateSnapshotError, SECTION_LEASES, SECTION_MVCC};
+use crate::snapshot::{self, StateSnapshotError, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
 
 /// Loads the recovered snapshot and log into raft's storage. Returns the snapshot the node
 /// must restore its state from, if any.
@@ -82,7 +83,13 @@ impl Node {
     fn restore_state(&mut self, snapshot: &Snapshot) -> Result<(), StateSnapshotError> {
         let sections = snapshot::decode_known(&snapshot.data)?;
         let store = Store::decode_snapshot(sections[&SECTION_MVCC])?;
+        let membership = Membership::decode(sections[&SECTION_MEMBERS])?;
         self.leases.restore_snapshot(sections[&SECTION_LEASES])?;
+        if membership != self.membership {
+            self.membership = membership;
+            self.outputs
+                .push(Output::Members(self.membership.members()));
+        }
         let old_revision = self.store.current_revision();
         self.store = store;
         self.watches.desync_all(old_revision + 1);
@@ -164,7 +171,12 @@ impl Node {
     fn encode_state(&self) -> Vec<u8> {
         let mvcc = self.store.encode_snapshot();
         let leases = self.leases.encode_snapshot();
-        snapshot::encode_sections(&[(SECTION_MVCC, &mvcc), (SECTION_LEASES, &leases)])
+        let members = self.membership.encode();
+        snapshot::encode_sections(&[
+            (SECTION_MVCC, &mvcc),
+            (SECTION_LEASES, &leases),
+            (SECTION_MEMBERS, &members),
+        ])
     }
 
     /// The driver saved the snapshot durably.
