@@ -409,7 +409,8 @@ impl DriverLoop {
     fn dispatch_outputs(&mut self, outputs: Vec<Output>) {
         for output in outputs {
             match output {
-                Output::Persist(batch) => {
+                Output::Persist(mut batch) => {
+                    self.transport.send(forget_vote_bug(&mut batch));
                     if self.persist_tx.send(Job::Persist(batch)).is_err() {
                         tracing::error!("WAL writer is gone; dropping a persist batch");
                     }
@@ -645,6 +646,32 @@ fn ack_before_fsync_bug() -> bool {
 #[cfg(not(madsim))]
 fn ack_before_fsync_bug() -> bool {
     false
+}
+
+/// The simulator's `forget-vote` bug: the vote lives only in memory. The batch's hard state
+/// is written with no vote (term and commit still are), and vote responses leave at once
+/// instead of after the fsync. A member that votes, restarts and is asked again in the same
+/// term can vote twice, so two candidates can win one term. Returns the messages to send now.
+#[cfg(madsim)]
+fn forget_vote_bug(batch: &mut PersistBatch) -> Vec<Message> {
+    use keel_engine::raftpb::MessageType;
+    if !keel_storage::bugs::enabled(keel_storage::bugs::Bug::ForgetVote) {
+        return Vec::new();
+    }
+    if let Some(hs) = batch.hard_state.as_mut() {
+        hs.vote = 0;
+    }
+    let (now, later) = std::mem::take(&mut batch.then_send)
+        .into_iter()
+        .partition(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse);
+    batch.then_send = later;
+    now
+}
+
+/// Production builds cannot turn the `forget-vote` bug on.
+#[cfg(not(madsim))]
+fn forget_vote_bug(_batch: &mut PersistBatch) -> Vec<Message> {
+    Vec::new()
 }
 
 /// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's

@@ -87,10 +87,16 @@ pub enum FaultKind {
     /// Clock skew and drift on the leader (and one other member) mixed with a leader change:
     /// the leader is isolated from its peers, crashed, or paused, while leases are live.
     SkewedLeaderChange,
+    /// A member restarts in the middle of an election (three members or more): the leader is
+    /// isolated from its peers; as soon as another member moves to a new term (it voted, or
+    /// campaigned), that member is crashed or restarted while the new term's winner cannot
+    /// reach it, and the old leader can. A member that forgets its vote can then elect a
+    /// second leader in the same term.
+    ElectionRestart,
 }
 
 impl FaultKind {
-    /// Every fault kind.
+    /// Every fault kind a seed may draw for any cluster size (see [`Swarm::from_seed`]).
     pub const ALL: [FaultKind; 11] = [
         FaultKind::PowerCut,
         FaultKind::Crash,
@@ -119,6 +125,7 @@ impl FaultKind {
             FaultKind::ClockSkew => "clock-skew",
             FaultKind::Corruption => "corruption",
             FaultKind::SkewedLeaderChange => "skewed-leader-change",
+            FaultKind::ElectionRestart => "election-restart",
         }
     }
 }
@@ -196,9 +203,11 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// The swarm of `seed`: each fault kind is in with probability 1/2 (at least one is), the
-    /// rate and hold times are drawn too.
-    pub fn from_seed(seed: u64) -> Swarm {
+    /// The swarm of `seed` for a cluster of `members`: each fault kind of [`FaultKind::ALL`] is
+    /// in with probability 1/2 (at least one is), the rate and hold times are drawn too; with
+    /// three members or more, [`FaultKind::ElectionRestart`] is in with probability 1/2, drawn
+    /// from a stream of its own (so a seed's other draws do not depend on the cluster size).
+    pub fn from_seed(seed: u64, members: usize) -> Swarm {
         let mut rng = SeedRng::new(seed, 0x0053_5741_524d);
         let mut faults: Vec<FaultKind> = FaultKind::ALL
             .into_iter()
@@ -207,10 +216,15 @@ impl Swarm {
         if faults.is_empty() {
             faults.push(FaultKind::ALL[rng.index(FaultKind::ALL.len())]);
         }
+        let interval_ms_mean = rng.between(100, 1200);
+        let hold_ms_max = rng.between(200, 2500);
+        if members >= 3 && SeedRng::new(seed, 0x0045_4c45_4354).chance(1, 2) {
+            faults.push(FaultKind::ElectionRestart);
+        }
         Swarm {
             faults,
-            interval_ms_mean: rng.between(100, 1200),
-            hold_ms_max: rng.between(200, 2500),
+            interval_ms_mean,
+            hold_ms_max,
         }
     }
 
@@ -231,6 +245,7 @@ pub use self::inject::Nemesis;
 
 #[cfg(madsim)]
 mod inject {
+    use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
@@ -248,6 +263,24 @@ mod inject {
     pub const WAL_DIR: &str = "/data/member/wal";
     /// How long the nemesis waits for a node to die of an armed disk fault.
     const FAULT_WAIT_MS_MAX: u64 = 1500;
+    /// How long `election-restart` waits for a member to move past the isolated leader's term.
+    const ELECTION_WAIT_MS_MAX: u64 = 4000;
+    /// How often `election-restart` asks every member for its status.
+    const ELECTION_POLL_MS: u64 = 5;
+
+    /// What one member's Maintenance.Status said.
+    #[derive(Debug, Clone, Copy)]
+    struct MemberStatus {
+        member_id: u64,
+        leader: u64,
+        raft_term: u64,
+    }
+
+    impl MemberStatus {
+        fn leads(&self) -> bool {
+            self.leader != 0 && self.leader == self.member_id
+        }
+    }
 
     /// Injects a swarm's faults into a cluster and heals them.
     pub struct Nemesis<'c> {
@@ -255,6 +288,9 @@ mod inject {
         swarm: Swarm,
         rng: SeedRng,
         ctx: Ctx,
+        /// Election safety (Raft §5.2: at most one leader per term): every member seen
+        /// claiming leadership, by term.
+        leaders_by_term: BTreeMap<u64, usize>,
     }
 
     impl<'c> Nemesis<'c> {
@@ -265,6 +301,7 @@ mod inject {
                 swarm,
                 rng: SeedRng::new(seed, 0x004e_454d_4553_4953),
                 ctx,
+                leaders_by_term: BTreeMap::new(),
             }
         }
 
@@ -337,6 +374,7 @@ mod inject {
                 FaultKind::ClockSkew => self.clock_skew(i),
                 FaultKind::Corruption => self.corruption(i).await,
                 FaultKind::SkewedLeaderChange => self.skewed_leader_change().await,
+                FaultKind::ElectionRestart => self.election_restart().await,
             }
         }
 
@@ -480,6 +518,172 @@ mod inject {
                 }
             }
             None
+        }
+
+        /// Every member's status, asked concurrently from the client node (`None`: no answer
+        /// within 300 ms). Leadership claims are checked for election safety.
+        async fn statuses(&mut self) -> Vec<Option<MemberStatus>> {
+            let asks: Vec<_> = (0..self.cluster.members.len())
+                .map(|i| {
+                    let endpoint = self.cluster.endpoint(i);
+                    self.cluster.client_node.spawn(async move {
+                        let wait = Duration::from_millis(300);
+                        let connect = MaintenanceClient::connect(endpoint);
+                        let mut m = tokio::time::timeout(wait, connect).await.ok()?.ok()?;
+                        let s = tokio::time::timeout(wait, m.status(StatusRequest {}))
+                            .await
+                            .ok()?
+                            .ok()?
+                            .into_inner();
+                        Some(MemberStatus {
+                            member_id: s.header.map(|h| h.member_id)?,
+                            leader: s.leader,
+                            raft_term: s.raft_term,
+                        })
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(asks.len());
+            for ask in asks {
+                out.push(ask.await.ok().flatten());
+            }
+            for (i, s) in out.iter().enumerate() {
+                if let Some(s) = s.filter(MemberStatus::leads) {
+                    self.claim_leadership(s.raft_term, i);
+                }
+            }
+            out
+        }
+
+        /// Records that member `i` called itself leader in `term`; a second member doing so
+        /// for the same term breaks election safety.
+        fn claim_leadership(&mut self, term: u64, i: usize) {
+            let first = *self.leaders_by_term.entry(term).or_insert(i);
+            if first != i {
+                let what = format!(
+                    "two leaders in term {term}: n{} and n{} (election safety, Raft §5.2)",
+                    first + 1,
+                    i + 1
+                );
+                if !self.ctx.violations().iter().any(|f| f.what == what) {
+                    self.ctx.violation(what, Vec::new());
+                }
+            }
+        }
+
+        /// Asks every member's status until `done` holds for one of the answers, or `max_ms`
+        /// passes; returns whether it held.
+        async fn poll_until(
+            &mut self,
+            max_ms: u64,
+            done: impl Fn(usize, &MemberStatus) -> bool,
+        ) -> bool {
+            let until = tokio::time::Instant::now() + Duration::from_millis(max_ms);
+            let mut seen = String::new();
+            while tokio::time::Instant::now() < until {
+                let all = self.statuses().await;
+                let view = describe_statuses(&all);
+                if view != seen {
+                    self.note(format!("status {view}"));
+                    seen = view;
+                }
+                let hit = all
+                    .iter()
+                    .enumerate()
+                    .any(|(i, s)| s.as_ref().is_some_and(|s| done(i, s)));
+                if hit {
+                    return true;
+                }
+                Self::sleep_ms(ELECTION_POLL_MS).await;
+            }
+            false
+        }
+
+        /// A member loses power in the middle of an election (see
+        /// [`FaultKind::ElectionRestart`]).
+        ///
+        /// With members L (leader, term t), V and O: arm a power cut at V's next fsync and
+        /// isolate L from its peers. V's next fsync is the election's: its vote for O (or its
+        /// own candidacy) in t + 1, so V dies between writing the vote and making it durable.
+        /// Cut O→V (the new term's appends must not reach V), power-cycle V, wait until L
+        /// steps down (check quorum), then let L and V talk again. L, with pre-vote, is still
+        /// at term t and campaigns for t + 1 once V grants its pre-vote. A correct V never
+        /// answered the vote it had not made durable, so O did not win t + 1 through it; a V
+        /// that answered first elected O, and now elects L too: two leaders in t + 1. Every
+        /// member's status is watched throughout for two leaders in one term.
+        async fn election_restart(&mut self) {
+            let n = self.cluster.members.len();
+            let mut lead = None;
+            if n >= 3 {
+                self.poll_until(ELECTION_WAIT_MS_MAX, |_, s| s.leads())
+                    .await;
+                lead = self
+                    .leaders_by_term
+                    .iter()
+                    .next_back()
+                    .map(|(&term, &i)| (term, i));
+            }
+            let Some((term, leader)) = lead else {
+                self.note("election-restart: no leader (or fewer than 3 members)".into());
+                return;
+            };
+            let voter = (leader + 1 + self.rng.index(n - 1)) % n;
+            let others: Vec<usize> = (0..n).filter(|&j| j != leader && j != voter).collect();
+            let hold_ms = self.rng.between(1000, 3000);
+            self.note(format!(
+                "election-restart leader=n{} term={term} voter=n{} hold={hold_ms}ms: power cut \
+                 armed on n{}, n{} isolated from its peers",
+                leader + 1,
+                voter + 1,
+                voter + 1,
+                leader + 1,
+            ));
+            let nodes = self.cluster.net_nodes();
+            let net = self.cluster.net();
+            self.cluster.members[voter].disk.power_cut_at_next_sync();
+            for &j in others.iter().chain([&voter]) {
+                net.clog_link(nodes[leader], nodes[j]);
+                net.clog_link(nodes[j], nodes[leader]);
+            }
+            let voter_down = |nemesis: &Self| nemesis.cluster.exited(voter).is_some();
+            let until = tokio::time::Instant::now() + Duration::from_millis(ELECTION_WAIT_MS_MAX);
+            while !voter_down(self) && tokio::time::Instant::now() < until {
+                self.statuses().await;
+                Self::sleep_ms(ELECTION_POLL_MS).await;
+            }
+            // Its last packets (a vote answered before its fsync) land.
+            Self::sleep_ms(self.rng.between(0, 30)).await;
+            for &j in &others {
+                net.clog_link(nodes[j], nodes[voter]);
+            }
+            let why = self.cluster.exited(voter);
+            let seed = self.rng.next_u64();
+            self.cluster.crash(voter, seed);
+            self.note(format!(
+                "election-restart power-cycle n{} (stopped: {}) tear-seed={seed:x}",
+                voter + 1,
+                why.as_deref().unwrap_or("no"),
+            ));
+            // A heartbeat of L's would carry V's newer term back to L: wait until L steps down
+            // (as a pre-candidate it keeps its term).
+            let stepped_down = self
+                .poll_until(ELECTION_WAIT_MS_MAX, |i, s| i == leader && !s.leads())
+                .await;
+            net.unclog_link(nodes[leader], nodes[voter]);
+            net.unclog_link(nodes[voter], nodes[leader]);
+            self.note(format!(
+                "election-restart n{} stepped down: {stepped_down}; n{}<->n{} open",
+                leader + 1,
+                leader + 1,
+                voter + 1
+            ));
+            self.poll_until(hold_ms, |_, _| false).await;
+            for &j in &others {
+                net.unclog_link(nodes[leader], nodes[j]);
+                net.unclog_link(nodes[j], nodes[leader]);
+                net.unclog_link(nodes[j], nodes[voter]);
+            }
+            self.note("election-restart healed".into());
         }
 
         /// Skews and drifts the leader's clock (by the largest drift, either way) and one
@@ -626,6 +830,25 @@ mod inject {
         }
     }
 
+    /// `n1:t3/n2 n2:t3/n2 n3:-` (member: term / the leader it knows, `?` for none or one that
+    /// did not answer; `-` for no answer).
+    fn describe_statuses(all: &[Option<MemberStatus>]) -> String {
+        let name = |id: u64| {
+            all.iter()
+                .position(|s| s.is_some_and(|s| s.member_id == id && id != 0))
+                .map_or("?".to_string(), |j| format!("n{}", j + 1))
+        };
+        let one = |(i, s): (usize, &Option<MemberStatus>)| match s {
+            Some(s) => format!("n{}:t{}/{}", i + 1, s.raft_term, name(s.leader)),
+            None => format!("n{}:-", i + 1),
+        };
+        all.iter()
+            .enumerate()
+            .map(one)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// The `(start, end)` byte spans of whole WAL records within the first `synced` bytes
     /// (record = len:u32 crc:u32 type:u8 payload[len]; see keel_storage::wal).
     fn record_spans(bytes: &[u8], synced: u64) -> Vec<(u64, u64)> {
@@ -711,9 +934,25 @@ mod tests {
     #[test]
     fn swarms_differ_by_seed_and_never_are_empty() {
         let mixes: std::collections::BTreeSet<Vec<FaultKind>> =
-            (0..64).map(|s| Swarm::from_seed(s).faults).collect();
+            (0..64).map(|s| Swarm::from_seed(s, 1).faults).collect();
         assert!(mixes.len() > 20);
         assert!(mixes.iter().all(|m| !m.is_empty()));
-        assert_eq!(Swarm::from_seed(9), Swarm::from_seed(9));
+        assert_eq!(Swarm::from_seed(9, 3), Swarm::from_seed(9, 3));
+    }
+
+    #[test]
+    fn election_restart_only_with_three_members_and_other_draws_unchanged() {
+        let has = |s: &Swarm| s.faults.contains(&FaultKind::ElectionRestart);
+        let mut with = 0;
+        for seed in 0..64 {
+            let one = Swarm::from_seed(seed, 1);
+            let three = Swarm::from_seed(seed, 3);
+            assert!(!has(&one));
+            with += usize::from(has(&three));
+            let mut rest = three.clone();
+            rest.faults.retain(|&f| f != FaultKind::ElectionRestart);
+            assert_eq!(rest, one, "seed {seed}");
+        }
+        assert!((16..=48).contains(&with), "{with} of 64");
     }
 }

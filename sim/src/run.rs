@@ -192,7 +192,7 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
     Report {
         config: config.clone(),
         trace_hash,
-        swarm: Swarm::from_seed(config.seed).describe(),
+        swarm: Swarm::from_seed(config.seed, config.nodes).describe(),
         ops: entries.len(),
         sim_time: Duration::from_nanos(sim_time),
         failures: vec![Failure {
@@ -211,7 +211,7 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
     let trace = Trace::new();
     let ctx = Ctx::new(trace.clone());
     *recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some((trace.clone(), ctx.clone()));
-    let swarm = Swarm::from_seed(config.seed);
+    let swarm = Swarm::from_seed(config.seed, config.nodes);
     trace.record(format!(
         "run seed={} nodes={} duration={}s clients={} bugs={:?} {}",
         config.seed,

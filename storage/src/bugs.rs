@@ -33,11 +33,14 @@ pub enum Bug {
     /// A leader applies and acknowledges entries once durable on its own disk, without a
     /// quorum.
     CommitWithoutQuorum,
+    /// The vote is not made durable before the vote response leaves (and not at all): a
+    /// member that restarts forgets whom it voted for in its current term.
+    ForgetVote,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -45,6 +48,7 @@ impl Bug {
         Bug::LeaseExpireOnFollowerClock,
         Bug::ReadIndexSkipHeartbeat,
         Bug::CommitWithoutQuorum,
+        Bug::ForgetVote,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -57,6 +61,7 @@ impl Bug {
             Bug::LeaseExpireOnFollowerClock => "lease-expire-on-follower-clock",
             Bug::ReadIndexSkipHeartbeat => "read-index-skip-heartbeat",
             Bug::CommitWithoutQuorum => "commit-without-quorum",
+            Bug::ForgetVote => "forget-vote",
         }
     }
 
@@ -74,6 +79,7 @@ impl Bug {
             Bug::LeaseExpireOnFollowerClock => 16,
             Bug::ReadIndexSkipHeartbeat => 32,
             Bug::CommitWithoutQuorum => 64,
+            Bug::ForgetVote => 128,
         }
     }
 }
