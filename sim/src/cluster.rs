@@ -76,6 +76,13 @@ fn member_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
+/// Every member snapshots its state this often (applied entries), so that a seed's few
+/// hundred entries make several snapshots, compact the log and send snapshots to members that
+/// were down or cut off: snapshot installs happen under every fault.
+pub const SNAPSHOT_COUNT: u64 = 64;
+/// Small WAL segments, so that snapshots release WAL segments during a seed.
+pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024;
+
 /// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
 /// (a member added with MemberAdd, joining a running cluster).
 fn member_config(i: usize, size: usize, existing: bool) -> Config {
@@ -96,6 +103,8 @@ fn member_config(i: usize, size: usize, existing: bool) -> Config {
             "--initial-cluster-state={}",
             if existing { "existing" } else { "new" }
         ),
+        format!("--snapshot-count={SNAPSHOT_COUNT}"),
+        format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
     ];
     match Config::try_parse_from(args) {
         Ok(c) => c,
@@ -212,6 +221,11 @@ impl Cluster {
         // bound and the new boot could not listen.
         self.handle.kill(self.members[i].node.id());
         self.handle.restart(self.members[i].node.id());
+    }
+
+    /// Kills member `i`'s process and leaves it down.
+    pub fn kill(&self, i: usize) {
+        self.handle.kill(self.members[i].node.id());
     }
 
     /// Freezes every task of member `i` (a stop-the-world pause) until [`Cluster::resume`].
