@@ -263,6 +263,9 @@ mod inject {
     pub const WAL_DIR: &str = "/data/member/wal";
     /// How long the nemesis waits for a node to die of an armed disk fault.
     const FAULT_WAIT_MS_MAX: u64 = 1500;
+    /// The shortest isolation of the leader in `skewed-leader-change` (three election
+    /// timeouts at keel's default 1 s).
+    const ISOLATED_LEADER_HOLD_MS_MIN: u64 = 3000;
     /// How long `election-restart` waits for a member to move past the isolated leader's term.
     const ELECTION_WAIT_MS_MAX: u64 = 4000;
     /// How often `election-restart` asks every member for its status.
@@ -718,7 +721,13 @@ mod inject {
                 ["isolate", "crash", "pause"][how as usize]
             ));
             match how {
-                0 => self.isolate(leader, hold).await,
+                // Isolated for at least three election timeouts: long enough that the others
+                // elect a leader and acknowledge writes while the old leader, still reachable
+                // by its clients, must not answer linearizable reads from its stale state.
+                0 => {
+                    self.isolate(leader, hold.max(ISOLATED_LEADER_HOLD_MS_MIN))
+                        .await
+                }
                 1 => {
                     let seed = self.rng.next_u64();
                     self.cluster.crash(leader, seed);
