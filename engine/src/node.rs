@@ -68,6 +68,7 @@ pub const LOG_ENTRIES_KEPT_MAX: u64 = 5_000;
 pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
 
 mod snapshots;
+pub use snapshots::SnapshotJob;
 
 /// How a member starts.
 #[derive(Debug, Clone)]
@@ -314,10 +315,11 @@ pub enum Output {
     },
     /// Watch responses to send (in order) and streams to end.
     Watch(Vec<WatchOutput>),
-    /// Save this snapshot of the state machine durably, then report [`Input::SnapshotSaved`]
-    /// (a failure to save is fatal, like a failed WAL write). WAL segments wholly before the
-    /// previous snapshot may then be released.
-    SaveSnapshot(Snapshot),
+    /// Encode this snapshot of the state machine ([`SnapshotJob::into_snapshot`], off the
+    /// driver loop) and save it durably, then report [`Input::SnapshotSaved`] (a failure to
+    /// save is fatal, like a failed WAL write). WAL segments wholly before the previous
+    /// snapshot may then be released.
+    SaveSnapshot(SnapshotJob),
     /// The member cannot go on (a snapshot from the leader does not decode): stop it.
     Fatal(String),
     /// The member table changed (an applied conf change, update or publish): the transport

@@ -143,7 +143,8 @@ impl Cluster {
                 self.replies.insert(token, result);
             }
             Output::Watch(_) | Output::Members(_) => {}
-            Output::SaveSnapshot(snapshot) => {
+            Output::SaveSnapshot(job) => {
+                let snapshot = job.into_snapshot();
                 if let Some(node) = self.nodes.get_mut(&id) {
                     node.step(Input::SnapshotSaved { snapshot });
                 }

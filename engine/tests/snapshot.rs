@@ -150,7 +150,8 @@ impl Cluster {
                     self.replies.insert(token, result);
                 }
                 Output::Watch(_) | Output::Members(_) => {}
-                Output::SaveSnapshot(snapshot) => {
+                Output::SaveSnapshot(job) => {
+                    let snapshot = job.into_snapshot();
                     self.disks.entry(id).or_default().save(&snapshot);
                     let node = self.nodes.get_mut(&id).expect("node");
                     node.step(Input::SnapshotSaved { snapshot });

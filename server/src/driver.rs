@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use keel_engine::error::Error;
 use keel_engine::membership::{Member, Membership};
-use keel_engine::node::{Input, Node, NodeStatus, Output, PersistBatch, Request, Response};
+use keel_engine::node::{
+    Input, Node, NodeStatus, Output, PersistBatch, Request, Response, SnapshotJob,
+};
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
 use keel_engine::raftpb::{Message, Snapshot};
 use keel_engine::watch::{StreamId, WatchInput, WatchOutput, STREAM_WINDOW};
@@ -268,8 +270,8 @@ pub struct Storage {
 enum Job {
     /// Make a persist batch durable.
     Persist(PersistBatch),
-    /// Save the node's own snapshot.
-    Save(Snapshot),
+    /// Encode and save the node's own snapshot.
+    Save(SnapshotJob),
 }
 
 /// What the WAL writer reports to the driver loop.
@@ -415,8 +417,8 @@ impl DriverLoop {
                         tracing::error!("WAL writer is gone; dropping a persist batch");
                     }
                 }
-                Output::SaveSnapshot(snapshot) => {
-                    if self.persist_tx.send(Job::Save(snapshot)).is_err() {
+                Output::SaveSnapshot(job) => {
+                    if self.persist_tx.send(Job::Save(job)).is_err() {
                         tracing::error!("WAL writer is gone; dropping a snapshot");
                     }
                 }
@@ -499,7 +501,8 @@ async fn wal_writer(
         };
         let (st, result) = match first {
             Job::Save(snapshot) => {
-                let Some((st, result)) = run_blocking(st, move |st| save_own(st, &snapshot)).await
+                let Some((st, result)) =
+                    run_blocking(st, move |st| save_own(st, &snapshot.into_snapshot())).await
                 else {
                     return;
                 };

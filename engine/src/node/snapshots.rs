@@ -15,7 +15,7 @@
 //! * **Restart.** The driver hands over the newest valid snapshot and the WAL; the node starts
 //!   from the snapshot and replays the entries after it.
 
-use raft::eraftpb::{Entry, Snapshot};
+use raft::eraftpb::{Entry, Snapshot, SnapshotMetadata};
 use raft::Storage as _;
 
 use super::{Node, Output, PersistBatch, Recovered, StartError, LOG_ENTRIES_KEPT_MAX};
@@ -157,26 +157,22 @@ impl Node {
                 return;
             }
         };
-        let mut snapshot = Snapshot::default();
-        let meta = snapshot.mut_metadata();
-        meta.index = self.applied_index;
-        meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        snapshot.data = self.encode_state().into();
+        let mut metadata = SnapshotMetadata {
+            index: self.applied_index,
+            term,
+            ..Default::default()
+        };
+        metadata.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        // The store is cloned (keys and values are shared, reference-counted bytes) rather than
+        // encoded here: encoding copies every value and runs on the driver's blocking thread.
+        let job = SnapshotJob {
+            metadata,
+            store: self.store.clone(),
+            leases: self.leases.encode_snapshot(),
+            members: self.membership.encode(),
+        };
         self.snapshot_saving = Some(self.applied_index);
-        self.outputs.push(Output::SaveSnapshot(snapshot));
-    }
-
-    /// The state machine as one byte string ([`crate::snapshot`]).
-    fn encode_state(&self) -> Vec<u8> {
-        let mvcc = self.store.encode_snapshot();
-        let leases = self.leases.encode_snapshot();
-        let members = self.membership.encode();
-        snapshot::encode_sections(&[
-            (SECTION_MVCC, &mvcc),
-            (SECTION_LEASES, &leases),
-            (SECTION_MEMBERS, &members),
-        ])
+        self.outputs.push(Output::SaveSnapshot(job));
     }
 
     /// The driver saved the snapshot durably.
@@ -214,6 +210,37 @@ impl Node {
     /// The index of the newest snapshot made or installed (0: none).
     pub fn snapshot_index(&self) -> u64 {
         self.snapshot_index
+    }
+}
+
+/// A snapshot of the state machine as of one index, not yet encoded.
+#[derive(Debug)]
+pub struct SnapshotJob {
+    metadata: SnapshotMetadata,
+    store: Store,
+    leases: Vec<u8>,
+    members: Vec<u8>,
+}
+
+impl SnapshotJob {
+    /// The raft index the snapshot covers up to.
+    pub fn index(&self) -> u64 {
+        self.metadata.index
+    }
+
+    /// Encodes the state ([`crate::snapshot`]) into a raft snapshot.
+    pub fn into_snapshot(self) -> Snapshot {
+        let mvcc = self.store.encode_snapshot();
+        let data = snapshot::encode_sections(&[
+            (SECTION_MVCC, &mvcc),
+            (SECTION_LEASES, &self.leases),
+            (SECTION_MEMBERS, &self.members),
+        ]);
+        Snapshot {
+            data: data.into(),
+            metadata: Some(self.metadata).into(),
+            ..Default::default()
+        }
     }
 }
 
