@@ -9,10 +9,13 @@
 //! [`Rewriter`] is a sans-I/O filter over the client-to-server byte stream. It checks the
 //! connection preface, then walks the frames. Every frame except HEADERS and CONTINUATION
 //! passes through untouched. A complete header block (HEADERS plus its CONTINUATIONs) is
-//! decoded with the connection's HPACK decoder, `:authority` values that contain `://` are cut
-//! to their `host:port`, and every field is re-encoded as a *literal never indexed* with a
-//! plain string. The server's decoder table therefore stays empty, no encoder state has to be
-//! mirrored, and a field the client marked never-indexed stays never-indexed. Padding is
+//! decoded with the connection's HPACK decoder, which so tracks the client's dynamic table.
+//! While no `:authority` has been a URL, blocks go on byte for byte, so the server's table
+//! equals the client's and ordinary clients pay only for the decoding. From the first block
+//! with a URL `:authority` on, every block is rewritten: such values are cut to their
+//! `host:port`, and every field is re-encoded as a *literal never indexed* with a plain
+//! string. The server's table is then frozen and never referred to, no encoder state has to
+//! be mirrored, and a field the client marked never-indexed stays never-indexed. Padding is
 //! dropped, the PRIORITY fields kept, and the block is re-split into frames of at most
 //! [`FRAME_BYTES_MAX`].
 //!
@@ -128,11 +131,15 @@ impl FrameHeader {
 pub struct Rewriter {
     phase: Phase,
     decoder: Decoder<'static>,
-    /// Received bytes not yet consumed (a partial preface, frame header or header frame).
+    /// Received bytes, consumed up to `input_pos` (the rest: a partial preface, frame header
+    /// or header frame). A cursor, not a drain per frame, which would move the rest each time.
     input: Vec<u8>,
+    input_pos: usize,
     /// Bytes ready for the server.
     output: Vec<u8>,
     block: Option<Block>,
+    /// Set by the first block with a URL `:authority`: from then on every block is re-encoded.
+    rewriting: bool,
 }
 
 impl Default for Rewriter {
@@ -150,15 +157,17 @@ impl Rewriter {
             phase: Phase::Preface,
             decoder,
             input: Vec::new(),
+            input_pos: 0,
             output: Vec::new(),
             block: None,
+            rewriting: false,
         }
     }
 
     /// Takes `bytes` from the client and moves what it can to the output.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            if self.input.is_empty() {
+            if self.pending().is_empty() {
                 bytes = self.pass_direct(bytes);
                 if bytes.is_empty() {
                     break;
@@ -216,21 +225,36 @@ impl Rewriter {
         };
     }
 
-    /// Runs [`Rewriter::step`] until it needs more input.
+    /// Runs [`Rewriter::step`] until it needs more input, then drops the consumed input.
     fn step_all(&mut self) {
-        while !self.input.is_empty() && self.step() {}
+        while self.input_pos < self.input.len() && self.step() {}
+        self.input.drain(..self.input_pos);
+        self.input_pos = 0;
+    }
+
+    /// Received bytes not yet consumed.
+    fn pending(&self) -> &[u8] {
+        &self.input[self.input_pos..]
+    }
+
+    /// Moves the next `n` received bytes to the output.
+    fn pass_input(&mut self, n: usize) {
+        let end = self.input_pos + n;
+        self.output
+            .extend_from_slice(&self.input[self.input_pos..end]);
+        self.input_pos = end;
     }
 
     /// Consumes one unit of input; false when more must arrive first.
     fn step(&mut self) -> bool {
         match self.phase {
             Phase::Passthrough => {
-                self.output.append(&mut self.input);
+                self.pass_input(self.pending().len());
                 false
             }
             Phase::Skip(left) => {
-                let n = self.input.len().min(left as usize);
-                self.output.extend(self.input.drain(..n));
+                let n = self.pending().len().min(left as usize);
+                self.pass_input(n);
                 self.skipped(left, n);
                 true
             }
@@ -240,21 +264,21 @@ impl Rewriter {
     }
 
     fn step_preface(&mut self) -> bool {
-        let n = self.input.len().min(PREFACE.len());
-        if self.input[..n] != PREFACE[..n] {
+        let n = self.pending().len().min(PREFACE.len());
+        if self.pending()[..n] != PREFACE[..n] {
             self.give_up();
             return true;
         }
         if n < PREFACE.len() {
             return false;
         }
-        self.output.extend(self.input.drain(..n));
+        self.pass_input(n);
         self.phase = Phase::FrameHeader;
         true
     }
 
     fn step_frame(&mut self) -> bool {
-        let Some(header) = FrameHeader::parse(&self.input) else {
+        let Some(header) = FrameHeader::parse(self.pending()) else {
             return false;
         };
         let is_header_frame = header.kind == TYPE_HEADERS || header.kind == TYPE_CONTINUATION;
@@ -264,7 +288,7 @@ impl Rewriter {
                 self.give_up();
                 return true;
             }
-            self.output.extend(self.input.drain(..FRAME_HEADER_BYTES));
+            self.pass_input(FRAME_HEADER_BYTES);
             self.phase = Phase::Skip(header.length);
             return true;
         }
@@ -278,12 +302,14 @@ impl Rewriter {
             self.give_up();
             return true;
         }
-        if self.input.len() < frame_bytes {
+        if self.pending().len() < frame_bytes {
             return false;
         }
-        let frame: Vec<u8> = self.input.drain(..frame_bytes).collect();
+        let frame = self.pending()[..frame_bytes].to_vec();
+        self.input_pos += frame_bytes;
         if self.on_header_frame(header, &frame).is_none() {
-            self.restore_raw(&frame);
+            // Not gathered: back in front of the input, for give_up to send on.
+            self.input_pos -= frame_bytes;
             self.give_up();
         }
         true
@@ -308,13 +334,6 @@ impl Rewriter {
         Some(())
     }
 
-    /// Puts a frame not yet gathered back in front of the input, for [`Rewriter::give_up`].
-    fn restore_raw(&mut self, frame: &[u8]) {
-        let rest = std::mem::take(&mut self.input);
-        self.input = frame.to_vec();
-        self.input.extend_from_slice(&rest);
-    }
-
     fn finish_block(&mut self) {
         let Some(block) = self.block.take() else {
             return;
@@ -329,9 +348,16 @@ impl Rewriter {
             self.give_up();
             return;
         }
+        let mut fixed = false;
         for (name, value) in &mut fields {
-            fix_authority(name, value);
+            fixed |= fix_authority(name, value);
         }
+        if !fixed && !self.rewriting {
+            // The server's table still matches the client's: the block can go as it came.
+            self.output.extend_from_slice(&block.raw);
+            return;
+        }
+        self.rewriting = true;
         let encoded = encode_block(&fields);
         write_block(&block, &encoded, &mut self.output);
     }
@@ -341,7 +367,7 @@ impl Rewriter {
         if let Some(block) = self.block.take() {
             self.output.extend_from_slice(&block.raw);
         }
-        self.output.append(&mut self.input);
+        self.pass_input(self.pending().len());
         self.phase = Phase::Passthrough;
     }
 }
@@ -374,18 +400,21 @@ fn start_block(header: FrameHeader, payload: &[u8]) -> Option<Block> {
 /// Cuts an `:authority` that is a URL down to its `host:port`.
 ///
 /// `http://127.0.0.1:2379` becomes `127.0.0.1:2379`; `127.0.0.1:2379` stays as it is.
-fn fix_authority(name: &[u8], value: &mut Vec<u8>) {
+/// True when it changed `value`.
+fn fix_authority(name: &[u8], value: &mut Vec<u8>) -> bool {
     if name != b":authority" {
-        return;
+        return false;
     }
     let Some(at) = value.windows(3).position(|w| w == b"://") else {
-        return;
+        return false;
     };
     let rest = &value[at + 3..];
     let host_port = rest.split(|&b| b == b'/').next().unwrap_or(rest);
-    if !host_port.is_empty() {
-        *value = host_port.to_vec();
+    if host_port.is_empty() {
+        return false;
     }
+    *value = host_port.to_vec();
+    true
 }
 
 /// Encodes `fields` as literals never indexed, with new names and plain strings (RFC 7541

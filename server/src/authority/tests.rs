@@ -116,13 +116,32 @@ fn rfc_requests() -> Vec<Fields> {
     vec![fields(&c1), fields(&c2), fields(&c3)]
 }
 
+/// The RFC's three requests pass unchanged; a fourth, with a URL `:authority` and a reference
+/// to the RFC's `custom-key` entry, is decoded against the table they built and rewritten.
 fn check_rfc_sequence(blocks: [&str; 3]) {
-    let frames: Vec<Vec<u8>> = blocks
+    let mut frames: Vec<Vec<u8>> = blocks
         .iter()
         .zip(1..)
-        .map(|(b, id)| headers(id, &hex(b)))
+        .map(|(b, id)| headers(id * 2 - 1, &hex(b)))
         .collect();
-    assert_eq!(blocks_of(&rewrite(&frames)), rfc_requests());
+    let clean = frames.concat();
+    // The URL enters the table at 62, so custom-key: custom-value moves to 63 (bf).
+    let mut fourth = hex("828684");
+    fourth.extend(indexed_authority("http://x:1"));
+    fourth.push(0xbf);
+    frames.push(headers(7, &fourth));
+    let out = rewrite(&frames);
+    assert_eq!(out[..clean.len()], clean);
+    let mut want = rfc_requests()[0].clone();
+    want[3].1 = b"x:1".to_vec();
+    want.extend(fields(&[("custom-key", "custom-value")]));
+    assert_eq!(blocks_of(&out[clean.len()..]), vec![want]);
+    let mut d = Decoder::new();
+    let decoded: Vec<Fields> = blocks
+        .iter()
+        .map(|b| d.decode(&hex(b)).expect("rfc"))
+        .collect();
+    assert_eq!(decoded, rfc_requests());
 }
 
 #[test]
@@ -198,7 +217,8 @@ fn fix_authority_keeps_plain_authorities() {
 
 #[test]
 fn padding_is_dropped_and_priority_kept() {
-    let block = hex(C3[0]);
+    let mut block = hex("828684");
+    block.extend(indexed_authority("http://www.example.com"));
     let mut payload = vec![3]; // pad length
     payload.extend_from_slice(&[0x80, 0, 0, 1, 16]); // exclusive, depends on 1, weight 16
     payload.extend_from_slice(&block);
@@ -211,14 +231,18 @@ fn padding_is_dropped_and_priority_kept() {
     assert_eq!(h.flags, FLAG_END_HEADERS | FLAG_PRIORITY | FLAG_END_STREAM);
     assert_eq!(h.stream_id, 5);
     assert_eq!(p[..PRIORITY_BYTES], [0x80, 0, 0, 1, 16]);
-    assert_eq!(blocks_of(&out), vec![rfc_requests()[0].clone()]);
+    let mut want = rfc_requests()[0].clone();
+    want[3].1 = b"www.example.com".to_vec();
+    assert_eq!(blocks_of(&out), vec![want]);
 }
 
 #[test]
 fn continuations_are_joined_and_large_blocks_resplit() {
     // One 20 000-byte header value, sent as a HEADERS and two CONTINUATIONs.
     let value = "v".repeat(20_000);
-    let mut block = hex("8286 84 40 01");
+    let mut block = hex("828684");
+    block.extend(indexed_authority("http://h:1"));
+    block.extend(hex("40 01"));
     block.push(b'x');
     encode_integer(value.len() as u64, 7, 0, &mut block);
     block.extend_from_slice(value.as_bytes());
@@ -242,6 +266,7 @@ fn continuations_are_joined_and_large_blocks_resplit() {
         (":method", "GET"),
         (":scheme", "http"),
         (":path", "/"),
+        (":authority", "h:1"),
         ("x", &value),
     ]);
     assert_eq!(blocks_of(&out), vec![want]);
