@@ -10,8 +10,9 @@
 //! connection preface, then walks the frames. Every frame except HEADERS and CONTINUATION
 //! passes through untouched. A complete header block (HEADERS plus its CONTINUATIONs) is
 //! decoded with the connection's HPACK decoder, which so tracks the client's dynamic table.
-//! While no `:authority` has been a URL, blocks go on byte for byte, so the server's table
-//! equals the client's and ordinary clients pay only for the decoding. From the first block
+//! A block whose `:authority` is not a URL goes on byte for byte, and if it is the
+//! connection's first, the rest of the connection passes through undecoded: gRPC clients keep
+//! one authority per connection, so ordinary clients pay for decoding one block. From the first block
 //! with a URL `:authority` on, every block is rewritten: such values are cut to their
 //! `host:port`, and every field is re-encoded as a *literal never indexed* with a plain
 //! string. The server's table is then frozen and never referred to, no encoder state has to
@@ -353,8 +354,12 @@ impl Rewriter {
             fixed |= fix_authority(name, value);
         }
         if !fixed && !self.rewriting {
-            // The server's table still matches the client's: the block can go as it came.
+            // The server's table still matches the client's: the block can go as it came. A
+            // gRPC client keeps one `:authority` per connection, so a proper one in the first
+            // block means the connection needs nothing from the shim: stop decoding (decoding
+            // every block cost a quarter of the server's CPU on puts, in Huffman decoding).
             self.output.extend_from_slice(&block.raw);
+            self.phase = Phase::Passthrough;
             return;
         }
         self.rewriting = true;
