@@ -82,7 +82,7 @@ impl Services {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(KvServer::new(self.clone()).max_decoding_message_size(decode_cap))
             .add_service(MaintenanceServer::new(self.clone()))
             .add_service(ClusterServer::new(self.clone()))
@@ -91,13 +91,13 @@ impl Services {
             .add_service(LeaseServer::new(self.clone()))
             .add_service(AuthServer::new(NotYet))
             .add_service(LockServer::new(NotYet))
-            .add_service(ElectionServer::new(NotYet))
-            .serve(addr)
-            .await
-            .map_err(|e| ServerError::Serve {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })
+            .add_service(ElectionServer::new(NotYet));
+        // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
+        #[cfg(madsim)]
+        let served = router.serve(addr).await.map_err(|e| serve_error(addr, e));
+        #[cfg(not(madsim))]
+        let served = crate::authority::serve(router, addr).await;
+        served
     }
 
     async fn call(&self, request: Request) -> Result<Response, Status> {
@@ -168,6 +168,14 @@ impl Services {
             revision,
             raft_term,
         }
+    }
+}
+
+/// A listener failure on `addr`.
+pub(crate) fn serve_error(addr: SocketAddr, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Serve {
+        addr: addr.to_string(),
+        reason: e.to_string(),
     }
 }
 

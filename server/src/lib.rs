@@ -8,6 +8,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod api;
+#[cfg(not(madsim))]
+pub mod authority;
 pub mod clock;
 pub mod config;
 pub mod driver;
