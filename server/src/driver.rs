@@ -486,7 +486,7 @@ async fn wal_writer(
     wal_bytes: Arc<AtomicU64>,
     transport: Arc<Transport>,
 ) {
-    let mut storage = Some(storage);
+    let mut st = storage;
     let mut next: Option<Job> = None;
     loop {
         let first = match next.take() {
@@ -496,17 +496,18 @@ async fn wal_writer(
                 None => return,
             },
         };
-        let Some(st) = storage.take() else {
-            return;
-        };
-        let (st, result) = match first {
-            Job::Save(snapshot) => {
-                let Some((st, result)) =
-                    run_blocking(st, move |st| save_own(st, &snapshot.into_snapshot())).await
-                else {
+        st = match first {
+            Job::Save(job) => {
+                let work = move |st: &mut Storage| save_own(st, job.into_snapshot());
+                let Some((st, saved)) = run_blocking(st, work).await else {
                     return;
                 };
-                (st, result)
+                // A failed save is fatal, like a failed WAL write.
+                let failed = saved.is_err();
+                if durable.send(saved.map(Done::Saved)).is_err() || failed {
+                    return;
+                }
+                st
             }
             Job::Persist(batch) => {
                 let mut group = vec![batch];
@@ -523,24 +524,10 @@ async fn wal_writer(
                 let Some(st) = persist_group(st, group, &durable, &transport).await else {
                     return;
                 };
-                (st, Ok(None))
+                st
             }
         };
-        match result {
-            Ok(Some(done)) => {
-                if durable.send(Ok(done)).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // A failed write or fsync is fatal: nothing after it may be acknowledged.
-                let _ = durable.send(Err(e));
-                return;
-            }
-        }
         wal_bytes.store(st.wal.disk_bytes(), Ordering::Relaxed);
-        storage = Some(st);
     }
 }
 
@@ -601,13 +588,13 @@ async fn persist_group(
 /// Saves the node's own snapshot, reads it back (mapped) for serving to followers, and
 /// releases the WAL segments that the snapshot *before* it covers: one older snapshot plus
 /// the WAL after it stay recoverable in case the newest file is found damaged at restart.
-fn save_own(st: &mut Storage, snapshot: &Snapshot) -> Result<Option<Done>, DriverError> {
+fn save_own(st: &mut Storage, mut snapshot: Snapshot) -> Result<Snapshot, DriverError> {
     let meta = snapshot.get_metadata();
     let (index, term) = (meta.index, meta.term);
     let conf = encode_conf_state(meta.get_conf_state());
     let path = st.snaps.save(index, term, &conf, &snapshot.data)?;
-    let mut saved = snapshot.clone();
-    saved.data = st.snaps.read_data(&path)?;
+    // The encoded copy on the heap goes; followers are served from the mapped file.
+    snapshot.data = st.snaps.read_data(&path)?;
     let kept = st.snaps.list()?;
     if let Some(&(_, previous)) = kept.iter().rev().nth(1) {
         let removed = st.wal.release_before(previous)?;
@@ -620,7 +607,7 @@ fn save_own(st: &mut Storage, snapshot: &Snapshot) -> Result<Option<Done>, Drive
     } else {
         tracing::info!(index, "saved snapshot");
     }
-    Ok(Some(Done::Saved(saved)))
+    Ok(snapshot)
 }
 
 /// Under simulation an fsync takes virtual time (0.5-3 ms, from madsim's per-run generator),
