@@ -14,6 +14,7 @@ pub mod mvcc;
 pub mod node;
 pub mod raft_log;
 pub mod raft_storage;
+pub mod request;
 pub mod rng;
 pub mod snapshot;
 pub mod watch;

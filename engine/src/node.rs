@@ -25,16 +25,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use keel_proto::etcdserverpb::{
-    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-};
+use keel_proto::etcdserverpb::{LeaseRevokeRequest, MemberListResponse, MoveLeaderResponse};
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
@@ -48,6 +39,8 @@ use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::raft_log;
 use crate::raft_storage::RaftStorage;
+use crate::request::{Admin, Read, Route};
+pub use crate::request::{Request, Response};
 use crate::rng::SplitMix64;
 use crate::watch::{HeaderInfo, WatchHub, WatchInput, WatchOutput};
 use keel_proto::mvccpb::Event;
@@ -116,121 +109,6 @@ pub struct Recovered {
     /// The persisted log, contiguous; it starts at index 1, or at or before the entry after
     /// the snapshot (entries the snapshot covers are skipped).
     pub entries: Vec<Entry>,
-}
-
-/// A client request, as the gRPC layer hands it over (already validated).
-#[derive(Debug, Clone)]
-pub enum Request {
-    /// KV.Range.
-    Range(RangeRequest),
-    /// KV.Put.
-    Put(PutRequest),
-    /// KV.DeleteRange.
-    DeleteRange(DeleteRangeRequest),
-    /// KV.Txn.
-    Txn(TxnRequest),
-    /// KV.Compact.
-    Compaction(CompactionRequest),
-    /// Maintenance.HashKV (served locally, like etcd).
-    HashKv(HashKvRequest),
-    /// Lease.LeaseGrant.
-    LeaseGrant(LeaseGrantRequest),
-    /// Lease.LeaseRevoke.
-    LeaseRevoke(LeaseRevokeRequest),
-    /// One keepalive of Lease.LeaseKeepAlive (leader only).
-    LeaseKeepAlive(LeaseKeepAliveRequest),
-    /// Lease.LeaseTimeToLive.
-    LeaseTimeToLive(LeaseTimeToLiveRequest),
-    /// Lease.LeaseLeases.
-    LeaseLeases(LeaseLeasesRequest),
-    /// Maintenance.MoveLeader (leader only): answered once the target leads.
-    MoveLeader(MoveLeaderRequest),
-    /// Cluster.MemberAdd.
-    MemberAdd(MemberAddRequest),
-    /// Cluster.MemberRemove.
-    MemberRemove(MemberRemoveRequest),
-    /// Cluster.MemberUpdate.
-    MemberUpdate(MemberUpdateRequest),
-    /// Cluster.MemberPromote.
-    MemberPromote(MemberPromoteRequest),
-    /// Cluster.MemberList (served locally, like etcd 3.4).
-    MemberList(MemberListRequest),
-}
-
-/// The answer to a [`Request`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Response {
-    /// KV.Range.
-    Range(RangeResponse),
-    /// KV.Put.
-    Put(PutResponse),
-    /// KV.DeleteRange.
-    DeleteRange(DeleteRangeResponse),
-    /// KV.Txn.
-    Txn(TxnResponse),
-    /// KV.Compact.
-    Compaction(CompactionResponse),
-    /// Maintenance.HashKV.
-    HashKv(HashKvResponse),
-    /// Lease.LeaseGrant.
-    LeaseGrant(LeaseGrantResponse),
-    /// Lease.LeaseRevoke.
-    LeaseRevoke(LeaseRevokeResponse),
-    /// One answer of Lease.LeaseKeepAlive.
-    LeaseKeepAlive(LeaseKeepAliveResponse),
-    /// Lease.LeaseTimeToLive.
-    LeaseTimeToLive(LeaseTimeToLiveResponse),
-    /// Lease.LeaseLeases.
-    LeaseLeases(LeaseLeasesResponse),
-    /// Maintenance.MoveLeader.
-    MoveLeader(MoveLeaderResponse),
-    /// Cluster.MemberAdd.
-    MemberAdd(MemberAddResponse),
-    /// Cluster.MemberRemove.
-    MemberRemove(MemberRemoveResponse),
-    /// Cluster.MemberUpdate.
-    MemberUpdate(MemberUpdateResponse),
-    /// Cluster.MemberPromote.
-    MemberPromote(MemberPromoteResponse),
-    /// Cluster.MemberList.
-    MemberList(MemberListResponse),
-}
-
-impl Response {
-    fn header_mut(&mut self) -> &mut ResponseHeader {
-        let header = match self {
-            Response::Range(r) => &mut r.header,
-            Response::Put(r) => &mut r.header,
-            Response::DeleteRange(r) => &mut r.header,
-            Response::Txn(r) => &mut r.header,
-            Response::Compaction(r) => &mut r.header,
-            Response::HashKv(r) => &mut r.header,
-            Response::LeaseGrant(r) => &mut r.header,
-            Response::LeaseRevoke(r) => &mut r.header,
-            Response::LeaseKeepAlive(r) => &mut r.header,
-            Response::LeaseTimeToLive(r) => &mut r.header,
-            Response::LeaseLeases(r) => &mut r.header,
-            Response::MoveLeader(r) => &mut r.header,
-            Response::MemberAdd(r) => &mut r.header,
-            Response::MemberRemove(r) => &mut r.header,
-            Response::MemberUpdate(r) => &mut r.header,
-            Response::MemberPromote(r) => &mut r.header,
-            Response::MemberList(r) => &mut r.header,
-        };
-        header.get_or_insert_with(ResponseHeader::default)
-    }
-
-    /// etcd's Cluster service fills no revision into its headers.
-    fn has_revision(&self) -> bool {
-        !matches!(
-            self,
-            Response::MemberAdd(_)
-                | Response::MemberRemove(_)
-                | Response::MemberUpdate(_)
-                | Response::MemberPromote(_)
-                | Response::MemberList(_)
-        )
-    }
 }
 
 /// An input to the node.
@@ -352,7 +230,7 @@ pub struct NodeStatus {
 /// A batch of linearizable reads sharing one ReadIndex round.
 #[derive(Debug, Default)]
 struct ReadBatch {
-    reads: Vec<(u64, Request)>,
+    reads: Vec<(u64, Read)>,
 }
 
 /// A deliberately stale copy of the store: the simulator's `stale-read` bug (see
@@ -375,7 +253,7 @@ pub struct Node {
     /// proposal id → token, for proposals of this run not yet applied.
     proposals: BTreeMap<u64, u64>,
     /// Requests that arrived while no leader was known: (since when, token, request).
-    waiting_for_leader: VecDeque<(u64, u64, Request)>,
+    waiting_for_leader: VecDeque<(u64, u64, Route)>,
     /// Reads waiting for the next ReadIndex round.
     reads_next: ReadBatch,
     /// The ReadIndex round in flight: its context id and reads.
@@ -764,68 +642,72 @@ impl Node {
     }
 
     fn on_request(&mut self, token: u64, request: Request) {
-        if self.is_learner() && !serves_on_learner(&request) {
+        self.on_route(token, request.route());
+    }
+
+    fn on_route(&mut self, token: u64, route: Route) {
+        let on_learner_ok = matches!(&route, Route::Read { read, linearizable } if read.serves_on_learner(*linearizable));
+        if self.is_learner() && !on_learner_ok {
             self.reply(token, Err(Error::NotSupportedForLearner));
             return;
         }
-        if let Request::MoveLeader(m) = &request {
-            self.move_leader(token, m.target_id);
-            return;
-        }
-        if self.reads_without_quorum
-            && self.raw.raft.state == StateRole::Leader
-            && matches!(classify(&request), Path::ReadIndex)
-            && !matches!(request, Request::LeaseKeepAlive(_))
-        {
-            // The `read-index-skip-heartbeat` bug: a leader answers linearizable reads from
-            // its own state without confirming it still leads.
-            self.serve_read(token, request);
-            return;
-        }
-        match classify(&request) {
-            Path::Local => self.serve_read(token, request),
-            Path::ReadIndex | Path::Log if !self.has_leader() => {
+        match route {
+            Route::Admin(Admin::MoveLeader(m)) => self.move_leader(token, m.target_id),
+            Route::Read {
+                read,
+                linearizable: false,
+            } => self.serve_read(token, read),
+            Route::Read { read, .. }
+                if self.reads_without_quorum
+                    && self.raw.raft.state == StateRole::Leader
+                    && !matches!(read, Read::LeaseKeepAlive(_)) =>
+            {
+                // The `read-index-skip-heartbeat` bug: a leader answers linearizable reads
+                // from its own state without confirming it still leads.
+                self.serve_read(token, read)
+            }
+            route if !self.has_leader() => {
                 if self.waiting_for_leader.len() >= WAITING_FOR_LEADER_MAX {
                     self.reply(token, Err(Error::NoLeader));
                 } else {
                     self.waiting_for_leader
-                        .push_back((self.now_ms, token, request));
+                        .push_back((self.now_ms, token, route));
                 }
             }
-            Path::ReadIndex => {
-                self.reads_next.reads.push((token, request));
+            Route::Read { read, .. } => {
+                self.reads_next.reads.push((token, read));
                 self.start_read_round();
             }
-            Path::Log => self.propose(token, request),
+            Route::Write(body) => self.propose(token, body),
+            Route::Admin(Admin::MemberAdd(r)) => self.member_add(token, r),
+            Route::Admin(Admin::MemberRemove(r)) => self.member_remove(token, r.id),
+            Route::Admin(Admin::MemberPromote(r)) => self.member_promote(token, r.id),
         }
     }
 
-    fn propose(&mut self, token: u64, request: Request) {
+    /// Makes room in the proposal table: proposals lost in a leader change are never applied
+    /// and their clients timed out long ago, so the oldest is forgotten when it is full.
+    fn make_room_for_proposal(&mut self) {
         if self.proposals.len() >= PROPOSALS_IN_FLIGHT_MAX {
-            // Proposals lost in a leader change are never applied; their clients timed out
-            // long ago. Forget the oldest so lost ones cannot fill the table for good.
             if let Some((_, oldest_token)) = self.proposals.pop_first() {
                 self.reply(oldest_token, Err(Error::Timeout));
             }
         }
-        let request = match request {
-            Request::MemberAdd(r) => return self.member_add(token, r),
-            Request::MemberRemove(r) => return self.member_remove(token, r.id),
-            Request::MemberPromote(r) => return self.member_promote(token, r.id),
-            Request::MemberUpdate(r) => match self.membership.check_update(r.id, &r.peer_ur_ls) {
-                Ok(()) => Request::MemberUpdate(r),
-                Err(e) => return self.reply(token, Err(e)),
-            },
-            other => other,
-        };
-        let Some(mut body) = into_log_request(request) else {
-            unreachable!("only writes are proposed");
-        };
-        if let raft_request::Request::LeaseGrant(grant) = &mut body {
+    }
+
+    fn propose(&mut self, token: u64, mut body: raft_request::Request) {
+        self.make_room_for_proposal();
+        match &mut body {
+            raft_request::Request::MemberUpdate(r) => {
+                if let Err(e) = self.membership.check_update(r.id, &r.peer_ur_ls) {
+                    return self.reply(token, Err(e));
+                }
+            }
             // The proposer picks the id, so every member applies the same grant.
-            if grant.id == 0 {
+            raft_request::Request::LeaseGrant(grant) if grant.id == 0 => {
                 grant.id = self.leases.choose_id();
             }
+            _ => {}
         }
         match self.propose_entry(body) {
             Some(id) => {
@@ -938,26 +820,25 @@ impl Node {
         }
     }
 
-    fn serve_read(&mut self, token: u64, request: Request) {
-        let result = match request {
-            Request::Range(r) => apply::range(&self.store, &r).map(Response::Range),
-            Request::HashKv(r) => apply::hash_kv(&self.store, &r).map(Response::HashKv),
+    fn serve_read(&mut self, token: u64, read: Read) {
+        let result = match read {
+            Read::Range(r) => apply::range(&self.store, &r).map(Response::Range),
+            Read::HashKv(r) => apply::hash_kv(&self.store, &r).map(Response::HashKv),
             // A read-only txn: it writes nothing, so running it outside the log is safe.
-            Request::Txn(t) => apply::txn(&mut self.store, &t, &self.leases).map(Response::Txn),
-            Request::LeaseKeepAlive(k) if self.raw.raft.state == StateRole::Leader => self
+            Read::Txn(t) => apply::txn(&mut self.store, &t, &self.leases).map(Response::Txn),
+            Read::LeaseKeepAlive(k) if self.raw.raft.state == StateRole::Leader => self
                 .leases
                 .keep_alive(k.id, self.lease_stamp_ms())
                 .map(Response::LeaseKeepAlive),
-            Request::LeaseKeepAlive(_) => Err(Error::NotLeader),
-            Request::LeaseTimeToLive(t) => Ok(Response::LeaseTimeToLive(
+            Read::LeaseKeepAlive(_) => Err(Error::NotLeader),
+            Read::LeaseTimeToLive(t) => Ok(Response::LeaseTimeToLive(
                 self.leases.time_to_live(&t, self.now_ms),
             )),
-            Request::LeaseLeases(_) => Ok(Response::LeaseLeases(self.leases.list())),
-            Request::MemberList(_) => Ok(Response::MemberList(MemberListResponse {
+            Read::LeaseLeases(_) => Ok(Response::LeaseLeases(self.leases.list())),
+            Read::MemberList(_) => Ok(Response::MemberList(MemberListResponse {
                 header: None,
                 members: self.membership.to_proto(),
             })),
-            other => unreachable!("not a read: {other:?}"),
         };
         self.reply(token, result);
     }
@@ -1107,8 +988,8 @@ impl Node {
             return;
         }
         let waiting = std::mem::take(&mut self.waiting_for_leader);
-        for (_, token, request) in waiting {
-            self.on_request(token, request);
+        for (_, token, route) in waiting {
+            self.on_route(token, route);
         }
         // A read round that raced with the leader change may never be answered: retry it.
         if let Some((_, batch)) = self.reads_in_flight.take() {
@@ -1140,7 +1021,7 @@ impl Node {
             if let Some((_, batch)) = self.reads_confirmed.pop_front() {
                 for (token, request) in batch.reads {
                     match (&self.stale_reads, request) {
-                        (Some(stale), Request::Range(r)) => {
+                        (Some(stale), Read::Range(r)) => {
                             let result = apply::range(&stale.copy, &r).map(Response::Range);
                             self.reply(token, result);
                         }
@@ -1228,9 +1109,6 @@ impl Node {
             Some(raft_request::Request::Compaction(c)) => {
                 apply::compact(&mut self.store, &c).map(Response::Compaction)
             }
-            Some(raft_request::Request::Range(r)) => {
-                apply::range(&self.store, &r).map(Response::Range)
-            }
             Some(raft_request::Request::MemberUpdate(u)) => self.apply_member_update(u),
             Some(raft_request::Request::Publish(p)) => {
                 self.membership.publish(p.member_id, &p.name, p.client_urls);
@@ -1262,101 +1140,6 @@ impl Node {
 fn min_lease_ttl_s(cfg: &NodeConfig) -> i64 {
     let election_ms = cfg.election_ticks as u64 * cfg.tick_ms;
     (3 * election_ms).div_ceil(2 * 1000).max(1) as i64
-}
-
-/// Where a request is served.
-enum Path {
-    /// From the applied state, at once (serializable).
-    Local,
-    /// From the applied state once a ReadIndex round confirms it is current (linearizable).
-    ReadIndex,
-    /// Through the raft log.
-    Log,
-}
-
-fn classify(request: &Request) -> Path {
-    match request {
-        Request::Range(r) if r.serializable => Path::Local,
-        Request::Range(_) => Path::ReadIndex,
-        Request::HashKv(_) => Path::Local,
-        Request::Txn(t) if txn_is_read_only(t) => {
-            if txn_is_serializable(t) {
-                Path::Local
-            } else {
-                Path::ReadIndex
-            }
-        }
-        Request::Put(_)
-        | Request::DeleteRange(_)
-        | Request::Txn(_)
-        | Request::Compaction(_)
-        | Request::LeaseGrant(_)
-        | Request::LeaseRevoke(_)
-        | Request::MemberAdd(_)
-        | Request::MemberRemove(_)
-        | Request::MemberUpdate(_)
-        | Request::MemberPromote(_) => Path::Log,
-        Request::MemberList(_) => Path::Local,
-        // Lease state as of a confirmed read index; keepalives must also run on the leader.
-        Request::LeaseKeepAlive(_) | Request::LeaseTimeToLive(_) | Request::LeaseLeases(_) => {
-            Path::ReadIndex
-        }
-        // Handled before classification (`Node::move_leader`).
-        Request::MoveLeader(_) => Path::Local,
-    }
-}
-
-fn txn_ops(t: &TxnRequest) -> impl Iterator<Item = &request_op::Request> {
-    t.success
-        .iter()
-        .chain(t.failure.iter())
-        .filter_map(|op| op.request.as_ref())
-}
-
-/// True when no branch, however nested, writes.
-fn txn_is_read_only(t: &TxnRequest) -> bool {
-    txn_ops(t).all(|op| match op {
-        request_op::Request::RequestRange(_) => true,
-        request_op::Request::RequestTxn(inner) => txn_is_read_only(inner),
-        _ => false,
-    })
-}
-
-/// True when every range in a read-only txn asks for a serializable read (etcd's rule).
-fn txn_is_serializable(t: &TxnRequest) -> bool {
-    txn_ops(t).all(|op| match op {
-        request_op::Request::RequestRange(r) => r.serializable,
-        request_op::Request::RequestTxn(inner) => txn_is_serializable(inner),
-        _ => false,
-    })
-}
-
-fn into_log_request(request: Request) -> Option<raft_request::Request> {
-    Some(match request {
-        Request::Put(p) => raft_request::Request::Put(p),
-        Request::DeleteRange(d) => raft_request::Request::DeleteRange(d),
-        Request::Txn(t) => raft_request::Request::Txn(t),
-        Request::Compaction(c) => raft_request::Request::Compaction(c),
-        Request::LeaseGrant(g) => raft_request::Request::LeaseGrant(g),
-        Request::LeaseRevoke(r) => raft_request::Request::LeaseRevoke(r),
-        Request::MemberUpdate(u) => raft_request::Request::MemberUpdate(u),
-        Request::Range(_)
-        | Request::HashKv(_)
-        | Request::LeaseKeepAlive(_)
-        | Request::LeaseTimeToLive(_)
-        | Request::LeaseLeases(_)
-        | Request::MoveLeader(_)
-        | Request::MemberAdd(_)
-        | Request::MemberRemove(_)
-        | Request::MemberPromote(_)
-        | Request::MemberList(_) => return None,
-    })
-}
-
-/// What a learner serves (etcd 3.4's `isRPCSupportedForLearner`): serializable ranges only
-/// (Maintenance.Status does not come through here).
-fn serves_on_learner(request: &Request) -> bool {
-    matches!(request, Request::Range(r) if r.serializable)
 }
 
 /// The bootstrap member table's contents: `initial_members`, or the bare `voters`.

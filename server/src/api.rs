@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use keel_engine::apply;
 use keel_engine::error::Error;
-use keel_engine::node::{Request, Response};
+use keel_engine::request::Rpc;
 use keel_proto::etcdserverpb::alarm_request::AlarmAction;
 use keel_proto::etcdserverpb::auth_server::{Auth, AuthServer};
 use keel_proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
@@ -100,8 +100,8 @@ impl Services {
         served
     }
 
-    async fn call(&self, request: Request) -> Result<Response, Status> {
-        self.handle.request(request).await.map_err(to_status)
+    async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Status> {
+        self.handle.call(request).await.map_err(to_status)
     }
 
     /// etcd's gRPC receive limit: `--max-request-bytes` plus framing allowance.
@@ -134,13 +134,8 @@ impl Services {
         &self,
         keepalive: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse, Status> {
-        match self
-            .handle
-            .request(Request::LeaseKeepAlive(keepalive))
-            .await
-        {
-            Ok(Response::LeaseKeepAlive(r)) => Ok(r),
-            Ok(_) => Err(unexpected("LeaseKeepAlive")),
+        match self.handle.call(keepalive).await {
+            Ok(r) => Ok(r),
             Err(Error::NotLeader) => {
                 let status = self.handle.status().await.map_err(to_status)?;
                 if status.leader == 0 || status.leader == status.member_id {
@@ -184,10 +179,6 @@ pub fn to_status(e: Error) -> Status {
     Status::new(tonic::Code::from_i32(e.code() as i32), e.to_string())
 }
 
-fn unexpected(what: &str) -> Status {
-    Status::internal(format!("keel: unexpected response to {what}"))
-}
-
 #[tonic::async_trait]
 impl Kv for Services {
     async fn range(
@@ -197,10 +188,7 @@ impl Kv for Services {
         let r = request.into_inner();
         self.check_message(r.encoded_len())?;
         apply::check_range(&r).map_err(to_status)?;
-        match self.call(Request::Range(r)).await? {
-            Response::Range(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("Range")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 
     async fn put(
@@ -210,10 +198,7 @@ impl Kv for Services {
         let r = request.into_inner();
         apply::check_put(&r).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        match self.call(Request::Put(r)).await? {
-            Response::Put(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("Put")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 
     async fn delete_range(
@@ -223,10 +208,7 @@ impl Kv for Services {
         let r = request.into_inner();
         apply::check_delete_range(&r).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        match self.call(Request::DeleteRange(r)).await? {
-            Response::DeleteRange(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("DeleteRange")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 
     async fn txn(
@@ -236,10 +218,7 @@ impl Kv for Services {
         let r = request.into_inner();
         apply::check_txn(&r, self.max_txn_ops).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        match self.call(Request::Txn(r)).await? {
-            Response::Txn(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("Txn")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 
     async fn compact(
@@ -248,10 +227,7 @@ impl Kv for Services {
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         let r = request.into_inner();
         self.check_message(r.encoded_len())?;
-        match self.call(Request::Compaction(r)).await? {
-            Response::Compaction(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("Compact")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 }
 
@@ -261,23 +237,14 @@ impl Lease for Services {
         &self,
         request: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
-        match self.call(Request::LeaseGrant(request.into_inner())).await? {
-            Response::LeaseGrant(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("LeaseGrant")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     async fn lease_revoke(
         &self,
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
-        match self
-            .call(Request::LeaseRevoke(request.into_inner()))
-            .await?
-        {
-            Response::LeaseRevoke(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("LeaseRevoke")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     async fn lease_keep_alive(
@@ -320,23 +287,14 @@ impl Lease for Services {
             self.local_header(&mut resp.header);
             return Ok(GrpcResponse::new(resp));
         }
-        match self.call(Request::LeaseTimeToLive(request)).await? {
-            Response::LeaseTimeToLive(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("LeaseTimeToLive")),
-        }
+        Ok(GrpcResponse::new(self.call(request).await?))
     }
 
     async fn lease_leases(
         &self,
         request: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
-        match self
-            .call(Request::LeaseLeases(request.into_inner()))
-            .await?
-        {
-            Response::LeaseLeases(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("LeaseLeases")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 }
 
@@ -390,20 +348,14 @@ impl Maintenance for Services {
         &self,
         request: GrpcRequest<HashKvRequest>,
     ) -> Result<GrpcResponse<HashKvResponse>, Status> {
-        match self.call(Request::HashKv(request.into_inner())).await? {
-            Response::HashKv(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("HashKV")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     async fn move_leader(
         &self,
         request: GrpcRequest<MoveLeaderRequest>,
     ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
-        match self.call(Request::MoveLeader(request.into_inner())).await? {
-            Response::MoveLeader(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("MoveLeader")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 }
 
@@ -413,23 +365,14 @@ impl Cluster for Services {
         &self,
         request: GrpcRequest<MemberAddRequest>,
     ) -> Result<GrpcResponse<MemberAddResponse>, Status> {
-        match self.call(Request::MemberAdd(request.into_inner())).await? {
-            Response::MemberAdd(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("MemberAdd")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     async fn member_remove(
         &self,
         request: GrpcRequest<MemberRemoveRequest>,
     ) -> Result<GrpcResponse<MemberRemoveResponse>, Status> {
-        match self
-            .call(Request::MemberRemove(request.into_inner()))
-            .await?
-        {
-            Response::MemberRemove(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("MemberRemove")),
-        }
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     async fn member_update(
@@ -438,10 +381,7 @@ impl Cluster for Services {
     ) -> Result<GrpcResponse<MemberUpdateResponse>, Status> {
         let r = request.into_inner();
         keel_engine::node::check_urls(&r.peer_ur_ls).map_err(to_status)?;
-        match self.call(Request::MemberUpdate(r)).await? {
-            Response::MemberUpdate(resp) => Ok(GrpcResponse::new(resp)),
-            _ => Err(unexpected("MemberUpdate")),
-        }
+        Ok(GrpcResponse::new(self.call(r).await?))
     }
 
     async fn member_promote(
@@ -449,9 +389,8 @@ impl Cluster for Services {
         request: GrpcRequest<MemberPromoteRequest>,
     ) -> Result<GrpcResponse<MemberPromoteResponse>, Status> {
         let promote = request.into_inner();
-        match self.handle.request(Request::MemberPromote(promote)).await {
-            Ok(Response::MemberPromote(resp)) => Ok(GrpcResponse::new(resp)),
-            Ok(_) => Err(unexpected("MemberPromote")),
+        match self.handle.call(promote).await {
+            Ok(resp) => Ok(GrpcResponse::new(resp)),
             Err(Error::NotLeader) => {
                 // Only the leader knows whether the learner is in sync: ask it.
                 let status = self.handle.status().await.map_err(to_status)?;
@@ -473,13 +412,9 @@ impl Cluster for Services {
         &self,
         request: GrpcRequest<MemberListRequest>,
     ) -> Result<GrpcResponse<MemberListResponse>, Status> {
-        match self.call(Request::MemberList(request.into_inner())).await? {
-            Response::MemberList(mut resp) => {
-                self.show_own_attributes(&mut resp.members);
-                Ok(GrpcResponse::new(resp))
-            }
-            _ => Err(unexpected("MemberList")),
-        }
+        let mut resp = self.call(request.into_inner()).await?;
+        self.show_own_attributes(&mut resp.members);
+        Ok(GrpcResponse::new(resp))
     }
 }
 

@@ -25,6 +25,7 @@ use keel_engine::node::{
 };
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
 use keel_engine::raftpb::{Message, Snapshot};
+use keel_engine::request::Rpc;
 use keel_engine::watch::{StreamId, WatchInput, WatchOutput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::WatchResponse;
 use keel_storage::snap::{SnapDir, SnapError};
@@ -83,8 +84,22 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Sends a request through the node and waits for its typed reply, up to the request
+    /// timeout.
+    pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
+        let response = self.request(request.into_request()).await?;
+        match R::from_response(response) {
+            Some(r) => Ok(r),
+            // The node answers every request with a response of its own kind.
+            None => panic!(
+                "the node answered {} with another kind of response",
+                R::NAME
+            ),
+        }
+    }
+
     /// Sends a request through the node and waits for its reply, up to the request timeout.
-    pub async fn request(&self, request: Request) -> Result<Response, Error> {
+    async fn request(&self, request: Request) -> Result<Response, Error> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Request { request, reply })

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use keel_engine::node::{Input, Request as EngineRequest, Response as EngineResponse};
+use keel_engine::node::Input;
 use keel_engine::raft_log::{decode_message, encode_message};
 use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::etcdserverpb::{
@@ -369,14 +369,11 @@ impl Peer for PeerService {
         let forward = request.into_inner();
         let handle = self.check_cluster(forward.cluster_id)?;
         let keepalive = forward.request.unwrap_or_default();
-        match handle
-            .request(EngineRequest::LeaseKeepAlive(keepalive))
+        handle
+            .call(keepalive)
             .await
-        {
-            Ok(EngineResponse::LeaseKeepAlive(r)) => Ok(Response::new(r)),
-            Ok(_) => Err(Status::internal("keel: unexpected answer to a keepalive")),
-            Err(e) => Err(to_status(e)),
-        }
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn members(
@@ -398,11 +395,11 @@ impl Peer for PeerService {
         let forward = request.into_inner();
         let handle = self.check_cluster(forward.cluster_id)?;
         let promote = forward.request.unwrap_or_default();
-        match handle.request(EngineRequest::MemberPromote(promote)).await {
-            Ok(EngineResponse::MemberPromote(r)) => Ok(Response::new(r)),
-            Ok(_) => Err(Status::internal("keel: unexpected answer to a promote")),
-            Err(e) => Err(to_status(e)),
-        }
+        handle
+            .call(promote)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 
     async fn lease_time_to_live(
@@ -412,10 +409,10 @@ impl Peer for PeerService {
         let forward = request.into_inner();
         let handle = self.check_cluster(forward.cluster_id)?;
         let query = forward.request.unwrap_or_default();
-        match handle.request(EngineRequest::LeaseTimeToLive(query)).await {
-            Ok(EngineResponse::LeaseTimeToLive(r)) => Ok(Response::new(r)),
-            Ok(_) => Err(Status::internal("keel: unexpected answer to a TTL query")),
-            Err(e) => Err(to_status(e)),
-        }
+        handle
+            .call(query)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }
