@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod apply;
+pub mod bugs;
 pub mod error;
 pub mod lease;
 pub mod membership;

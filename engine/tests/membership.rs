@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use keel_engine::error::Error;
 use keel_engine::membership::Member;
-use keel_engine::node::{Input, Node, NodeConfig, Output, Recovered, Request, Response};
+use keel_engine::bugs::Bugs;
+use keel_engine::node::{WatchConfig, Input, Node, NodeConfig, Output, Recovered, Request, Response};
 use keel_engine::raftpb::Message;
 use keel_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
@@ -51,6 +52,8 @@ fn config(id: u64, voters: &[u64], joining: bool) -> NodeConfig {
         name: format!("n{id}"),
         client_urls: vec![client_url(id)],
         joining,
+        watch: WatchConfig::default(),
+        bugs: Bugs::none(),
     }
 }
 
@@ -142,7 +145,7 @@ impl Cluster {
             Output::Reply { token, result } => {
                 self.replies.insert(token, result);
             }
-            Output::Watch(_) | Output::Members(_) => {}
+            Output::Watch(_) | Output::Members { .. } => {}
             Output::SaveSnapshot(job) => {
                 let snapshot = job.into_snapshot();
                 if let Some(node) = self.nodes.get_mut(&id) {

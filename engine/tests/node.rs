@@ -2,7 +2,8 @@
 //!
 //! A tiny in-test "disk" keeps what `Output::Persist` asks for, so recovery can be replayed.
 
-use keel_engine::node::{
+use keel_engine::bugs::Bugs;
+use keel_engine::node::{WatchConfig, 
     Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
 };
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
@@ -25,6 +26,8 @@ fn config(seed: u64) -> NodeConfig {
         name: String::new(),
         client_urls: Vec::new(),
         joining: false,
+        watch: WatchConfig::default(),
+        bugs: Bugs::none(),
     }
 }
 
@@ -94,7 +97,7 @@ impl Harness {
                     Output::Reply { token, result } => self.replies.push((token, result)),
                     Output::Watch(w) => panic!("no watches here, yet {w:?}"),
                     Output::SaveSnapshot(_) | Output::Fatal(_) => {}
-                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
+                    Output::Members { members: m, .. } => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }
@@ -313,7 +316,7 @@ fn election_timeout_is_drawn_from_the_seed_not_from_raft() {
                 Output::Persist(b) => !b.then_send.is_empty(),
                 Output::Reply { .. }
                 | Output::Watch(_)
-                | Output::Members(_)
+                | Output::Members { .. }
                 | Output::SaveSnapshot(_)
                 | Output::Fatal(_) => false,
             });
@@ -438,7 +441,7 @@ fn a_read_behind_an_unwritten_put_does_not_make_the_put_durable() {
             Output::Send(m) => panic!("one member sends nothing: {m:?}"),
             Output::Watch(w) => panic!("no watches here, yet {w:?}"),
             Output::SaveSnapshot(_) | Output::Fatal(_) => {}
-            Output::Members(m) => panic!("no member changes here, yet {m:?}"),
+            Output::Members { members: m, .. } => panic!("no member changes here, yet {m:?}"),
         }
     }
     h.disk.write(&put_batch);

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use keel_engine::node::{
+use keel_engine::bugs::Bugs;
+use keel_engine::node::{WatchConfig, 
     Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
 };
 use keel_proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
@@ -66,6 +67,8 @@ fn config(id: u64, voters: &[u64], snapshot_count: u64) -> NodeConfig {
         name: String::new(),
         client_urls: Vec::new(),
         joining: false,
+        watch: WatchConfig::default(),
+        bugs: Bugs::none(),
     }
 }
 
@@ -149,7 +152,7 @@ impl Cluster {
                 Output::Reply { token, result } => {
                     self.replies.insert(token, result);
                 }
-                Output::Watch(_) | Output::Members(_) => {}
+                Output::Watch(_) | Output::Members { .. } => {}
                 Output::SaveSnapshot(job) => {
                     let snapshot = job.into_snapshot();
                     self.disks.entry(id).or_default().save(&snapshot);

@@ -1,7 +1,8 @@
 //! Watches through the node: create, live events, catch-up from MVCC, compaction, filters,
 //! prev_kv, fragments, progress, cancellation and slow consumers — every response checked.
 
-use keel_engine::node::{Input, Node, NodeConfig, Output, Recovered, Request};
+use keel_engine::bugs::Bugs;
+use keel_engine::node::{WatchConfig, Input, Node, NodeConfig, Output, Recovered, Request};
 use keel_engine::watch::{WatchInput, WatchOutput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::request_op::Request as Op;
 use keel_proto::etcdserverpb::{
@@ -21,7 +22,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let cfg = NodeConfig {
+        Harness::with_config(|_| {})
+    }
+
+    /// A harness whose node configuration `change` adjusted first.
+    fn with_config(change: impl FnOnce(&mut NodeConfig)) -> Harness {
+        let mut cfg = NodeConfig {
             member_id: MEMBER,
             cluster_id: 0xc1,
             voters: vec![MEMBER],
@@ -35,7 +41,10 @@ impl Harness {
             name: String::new(),
             client_urls: Vec::new(),
             joining: false,
+            watch: WatchConfig::default(),
+            bugs: Bugs::none(),
         };
+        change(&mut cfg);
         let node = Node::new(cfg, Recovered::default()).expect("node starts");
         let mut h = Harness {
             node,
@@ -72,7 +81,7 @@ impl Harness {
                     }
                     Output::SaveSnapshot(_) => {}
                     Output::Fatal(why) => panic!("node stopped: {why}"),
-                    Output::Members(m) => panic!("no member changes here, yet {m:?}"),
+                    Output::Members { members: m, .. } => panic!("no member changes here, yet {m:?}"),
                 }
             }
         }
@@ -339,10 +348,16 @@ fn a_start_at_the_compaction_revision_sees_the_delete_there() {
         events(&got),
         vec![ev("delete", "a", "", 3), ev("put", "b", "1", 4)]
     );
+}
 
-    // The simulator's bug drops exactly that delete (etcd #19179).
-    let mut h = Harness::new();
-    h.node.watches_mut().inject_skip_compaction_boundary();
+/// The simulator's `watch-skip-compaction-boundary` bug drops exactly the delete at the
+/// compaction revision (etcd #19179). Bugs exist only in simulation builds, so this runs
+/// under `--cfg madsim` (scripts/test).
+#[cfg(madsim)]
+#[test]
+fn the_skip_compaction_boundary_bug_drops_that_delete() {
+    use keel_engine::bugs::Bug;
+    let mut h = Harness::with_config(|c| c.bugs = Bugs::of(&[Bug::WatchSkipCompactionBoundary]));
     h.put("a", "1");
     h.delete("a");
     h.put("b", "1");
@@ -426,8 +441,7 @@ fn progress_requests_answer_with_the_current_revision_once_synced() {
 
 #[test]
 fn progress_notify_reaches_idle_watchers_each_interval() {
-    let mut h = Harness::new();
-    h.node.watches_mut().set_progress_interval_ms(1000);
+    let mut h = Harness::with_config(|c| c.watch.progress_interval_ms = 1000);
     h.watch(
         1,
         WatchCreateRequest {
@@ -448,8 +462,7 @@ fn progress_notify_reaches_idle_watchers_each_interval() {
 
 #[test]
 fn fragments_split_a_large_revision_only_when_asked() {
-    let mut h = Harness::new();
-    h.node.watches_mut().set_fragment_bytes(300);
+    let mut h = Harness::with_config(|c| c.watch.fragment_bytes = 300);
     h.watch(
         1,
         WatchCreateRequest {
@@ -644,9 +657,8 @@ mod model {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
         fn every_watcher_gets_exactly_its_changes(steps in proptest::collection::vec(step(), 1..160)) {
-            let mut h = Harness::new();
             // A small window, so readers that return no credit really fall behind.
-            h.node.watches_mut().set_stream_window(3);
+            let mut h = Harness::with_config(|c| c.watch.stream_window = 3);
             let mut truth: Vec<(i64, String, &'static str, String)> = Vec::new();
             let mut compacted_to = 0i64;
             for s in &steps {

@@ -1,0 +1,146 @@
+//! Deliberate bugs for the simulator to catch: the one bug-injection mechanism of keel.
+//!
+//! Every checker must prove it can fail (STYLE.md rule 14). keel-sim's `--bug NAME` puts the
+//! named [`Bug`]s into the server's configuration (`keel_server::Config::bugs`), which hands
+//! them to the engine ([`crate::node::NodeConfig::bugs`]), the driver and the WAL (its own
+//! open option). The code paths that misbehave ask [`Bugs::has`].
+//!
+//! Only simulation builds (`--cfg madsim`) can turn a bug on. In every other build [`Bugs`] is
+//! a zero-sized type that has no way to be enabled and whose [`Bugs::has`] is always `false`,
+//! so the compiler removes the misbehaving branches.
+
+/// A bug the simulator can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bug {
+    /// The driver's WAL writer reports a batch durable before its write and fsync.
+    AckBeforeFsync,
+    /// The WAL's recovery accepts a record whose crc does not match.
+    SkipCrc,
+    /// The engine answers linearizable ranges from a copy of the store that is refreshed only
+    /// every few applied entries.
+    StaleRead,
+    /// Watch catch-up from MVCC drops the delete events at exactly the compaction revision
+    /// (etcd issue #19179).
+    WatchSkipCompactionBoundary,
+    /// Followers decide lease expiry from their own clocks and propose revokes, though
+    /// keepalives renew leases only on the leader.
+    LeaseExpireOnFollowerClock,
+    /// Linearizable reads are served without confirming leadership (no heartbeat round).
+    ReadIndexSkipHeartbeat,
+    /// A leader applies and acknowledges entries once durable on its own disk, without a
+    /// quorum.
+    CommitWithoutQuorum,
+    /// The vote is not made durable before the vote response leaves (and not at all): a
+    /// member that restarts forgets whom it voted for in its current term.
+    ForgetVote,
+}
+
+impl Bug {
+    /// Every bug, in CLI order.
+    pub const ALL: [Bug; 8] = [
+        Bug::AckBeforeFsync,
+        Bug::SkipCrc,
+        Bug::StaleRead,
+        Bug::WatchSkipCompactionBoundary,
+        Bug::LeaseExpireOnFollowerClock,
+        Bug::ReadIndexSkipHeartbeat,
+        Bug::CommitWithoutQuorum,
+        Bug::ForgetVote,
+    ];
+
+    /// The name used on the command line (`--bug NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::SkipCrc => "skip-crc",
+            Bug::StaleRead => "stale-read",
+            Bug::WatchSkipCompactionBoundary => "watch-skip-compaction-boundary",
+            Bug::LeaseExpireOnFollowerClock => "lease-expire-on-follower-clock",
+            Bug::ReadIndexSkipHeartbeat => "read-index-skip-heartbeat",
+            Bug::CommitWithoutQuorum => "commit-without-quorum",
+            Bug::ForgetVote => "forget-vote",
+        }
+    }
+
+    /// The bug named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    #[cfg(madsim)]
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of [`Bug`]s, carried in the engine's and the server's configuration. Simulation
+/// builds only can put a bug in it ([`Bugs::of`]).
+#[cfg(madsim)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs(u16);
+
+/// A set of [`Bug`]s: always empty outside simulation builds (`--cfg madsim`).
+#[cfg(not(madsim))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs;
+
+impl Bugs {
+    /// No bugs: what every production configuration carries.
+    #[cfg(madsim)]
+    pub fn none() -> Bugs {
+        Bugs(0)
+    }
+
+    /// No bugs: what every production configuration carries.
+    #[cfg(not(madsim))]
+    pub fn none() -> Bugs {
+        Bugs
+    }
+
+    /// Whether `bug` is in the set (never, outside simulation builds).
+    #[cfg(madsim)]
+    pub fn has(self, bug: Bug) -> bool {
+        self.0 & bug.bit() != 0
+    }
+
+    /// Whether `bug` is in the set (never, outside simulation builds).
+    #[cfg(not(madsim))]
+    pub fn has(self, _bug: Bug) -> bool {
+        false
+    }
+
+    /// Exactly the given bugs (simulation builds only).
+    #[cfg(madsim)]
+    pub fn of(bugs: &[Bug]) -> Bugs {
+        Bugs(bugs.iter().fold(0, |acc, b| acc | b.bit()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for b in Bug::ALL {
+            assert_eq!(Bug::from_name(b.name()), Some(b));
+        }
+        assert_eq!(Bug::from_name("no-such-bug"), None);
+    }
+
+    #[test]
+    fn no_bug_is_on_by_default() {
+        for b in Bug::ALL {
+            assert!(!Bugs::none().has(b), "{b:?} on by default");
+        }
+    }
+
+    #[cfg(madsim)]
+    #[test]
+    fn a_set_holds_exactly_its_bugs() {
+        let bugs = Bugs::of(&[Bug::SkipCrc, Bug::ForgetVote]);
+        for b in Bug::ALL {
+            assert_eq!(bugs.has(b), matches!(b, Bug::SkipCrc | Bug::ForgetVote), "{b:?}");
+        }
+    }
+}

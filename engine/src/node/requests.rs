@@ -1,0 +1,167 @@
+//! Requests into the node: routing a request to the part that serves it, proposing writes,
+//! batching linearizable reads, MoveLeader, and the leader's lease work.
+
+use keel_proto::etcdserverpb::LeaseRevokeRequest;
+use keel_proto::keelpb::{raft_request, RaftRequest};
+use prost::Message as _;
+
+use super::Node;
+use crate::bugs::Bug;
+use crate::error::Error;
+use crate::request::{Admin, Read, Route};
+
+impl Node {
+    /// Sends a routed request to the part that serves it.
+    pub(super) fn on_route(&mut self, token: u64, route: Route) {
+        let on_learner_ok = matches!(&route, Route::Read { read, linearizable } if read.serves_on_learner(*linearizable));
+        if self.sm.is_learner() && !on_learner_ok {
+            self.reply(token, Err(Error::NotSupportedForLearner));
+            return;
+        }
+        match route {
+            Route::Admin(Admin::MoveLeader(m)) => self.move_leader(token, m.target_id),
+            Route::Read {
+                read,
+                linearizable: false,
+            } => self.serve_read(token, read),
+            Route::Read { read, .. }
+                if self.bugs.has(Bug::ReadIndexSkipHeartbeat)
+                    && self.core.is_leader()
+                    && !matches!(read, Read::LeaseKeepAlive(_)) =>
+            {
+                // The `read-index-skip-heartbeat` bug: a leader answers linearizable reads
+                // from its own state without confirming it still leads.
+                self.serve_read(token, read)
+            }
+            route if !self.core.has_leader() => {
+                if let Err(token) = self.leader_wait.wait(self.clock.now_ms, token, route) {
+                    self.reply(token, Err(Error::NoLeader));
+                }
+            }
+            Route::Read { read, .. } => {
+                self.reads.push(token, read);
+                self.start_read_round();
+            }
+            Route::Write(body) => self.propose(token, body),
+            Route::Admin(Admin::MemberAdd(r)) => self.member_add(token, r),
+            Route::Admin(Admin::MemberRemove(r)) => self.member_remove(token, r.id),
+            Route::Admin(Admin::MemberPromote(r)) => self.member_promote(token, r.id),
+        }
+    }
+
+    fn serve_read(&mut self, token: u64, read: Read) {
+        let leading = self.core.is_leader();
+        let result = self.sm.serve_read(self.clock, leading, read);
+        self.reply(token, result);
+    }
+
+    fn propose(&mut self, token: u64, mut body: raft_request::Request) {
+        if let Some(oldest) = self.sm.make_room_for_proposal() {
+            self.reply(oldest, Err(Error::Timeout));
+        }
+        match &mut body {
+            raft_request::Request::MemberUpdate(r) => {
+                if let Err(e) = self.sm.membership().check_update(r.id, &r.peer_ur_ls) {
+                    return self.reply(token, Err(e));
+                }
+            }
+            // The proposer picks the id, so every member applies the same grant.
+            raft_request::Request::LeaseGrant(grant) if grant.id == 0 => {
+                grant.id = self.sm.leases_mut().choose_id();
+            }
+            _ => {}
+        }
+        match self.propose_entry(body) {
+            Some(id) => self.sm.track_proposal(id, token),
+            None => self.reply(token, Err(Error::NoLeader)),
+        }
+    }
+
+    /// Proposes one log entry; returns its proposal id, or `None` if raft dropped it.
+    pub(super) fn propose_entry(&mut self, body: raft_request::Request) -> Option<u64> {
+        let id = self.sm.next_proposal_id();
+        let entry = RaftRequest {
+            member_id: self.cfg.member_id,
+            id,
+            request: Some(body),
+        };
+        match self.core.propose(entry.encode_to_vec()) {
+            Ok(()) => Some(id),
+            Err(e) => {
+                tracing::debug!(error = %e, "proposal dropped");
+                None
+            }
+        }
+    }
+
+    /// Starts a leader transfer to `target`; the reply waits until `target` leads.
+    fn move_leader(&mut self, token: u64, target: u64) {
+        if !self.core.is_leader() {
+            self.reply(token, Err(Error::NotLeader));
+            return;
+        }
+        if !self.core.is_voter(target) {
+            self.reply(token, Err(Error::BadLeaderTransferee));
+            return;
+        }
+        if target != self.cfg.member_id {
+            self.core.transfer_leader(target);
+        }
+        // etcd waits for the transfer up to its request timeout; three election timeouts is
+        // ample for raft's own transfer timeout (one election timeout) to run out first.
+        let deadline = self.clock.now_ms + 3 * self.clock.election_timeout_ms();
+        self.transfers.wait(token, target, deadline);
+    }
+
+    /// Leader: proposes revokes of expired leases and remaining-TTL checkpoints. Expiry is
+    /// decided here, from the leader's clock only, and carried out through the log.
+    pub(super) fn propose_lease_work(&mut self) {
+        if !self.leads_leases() {
+            return;
+        }
+        let work = self.sm.leases_mut().leader_work(self.clock.now_ms);
+        for id in work.revoke {
+            let body = raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id });
+            if self.propose_entry(body).is_none() {
+                self.sm.leases_mut().revoke_not_proposed(id);
+            }
+        }
+        if let Some(checkpoints) = work.checkpoint {
+            // A lost checkpoint is harmless: the next one comes an interval later.
+            let _ = self.propose_entry(raft_request::Request::LeaseCheckpoint(checkpoints));
+        }
+    }
+
+    /// Starts a ReadIndex round for the waiting reads, unless one is in flight.
+    pub(super) fn start_read_round(&mut self) {
+        if let Some(ctx) = self.reads.start_round(self.clock.now_ms) {
+            self.core.read_index(ctx);
+        }
+    }
+
+    /// A ReadIndex round can be lost (a follower forwards it to a leader that a partition or a
+    /// crash then hides); after an election timeout its reads go into a fresh round, so one
+    /// lost message never stalls every later linearizable read.
+    pub(super) fn retry_stuck_read_round(&mut self) {
+        if !self
+            .reads
+            .round_stuck(self.clock.now_ms, self.clock.election_timeout_ms())
+        {
+            return;
+        }
+        self.reads.requeue_in_flight();
+        if self.core.has_leader() {
+            self.start_read_round();
+        }
+    }
+
+    /// Serves the confirmed reads the applied index has reached.
+    pub(super) fn serve_confirmed_reads(&mut self) {
+        let reads = self.reads.take_servable(self.sm.applied_index());
+        let leading = self.core.is_leader();
+        for (token, read) in reads {
+            let result = self.sm.serve_confirmed_read(self.clock, leading, read);
+            self.reply(token, result);
+        }
+    }
+}

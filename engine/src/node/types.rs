@@ -1,0 +1,225 @@
+//! What goes into and comes out of a [`super::Node`]: its configuration, what the driver
+//! recovered, the inputs and outputs, and the status it reports.
+
+use raft::eraftpb::{Entry, HardState, Message, Snapshot};
+
+use super::snapshots::SnapshotJob;
+use crate::bugs::Bugs;
+use crate::error::Error;
+use crate::membership::Member;
+use crate::request::Response;
+use crate::watch::{
+    WatchInput, WatchOutput, FRAGMENT_BYTES_DEFAULT, PROGRESS_NOTIFY_INTERVAL_MS, STREAM_WINDOW,
+};
+
+/// How a member starts.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This member's id (non-zero).
+    pub member_id: u64,
+    /// The cluster's id, reported in every response header.
+    pub cluster_id: u64,
+    /// The voting members at bootstrap (including this one).
+    pub voters: Vec<u64>,
+    /// Ticks without a leader before a follower campaigns (plus seeded jitter of up to as many).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// The length of one tick, in milliseconds: the node's clock (for lease expiry) advances by
+    /// this much with every `Input::Tick`.
+    pub tick_ms: u64,
+    /// The seed every random choice of this member derives from.
+    pub seed: u64,
+    /// Distinguishes this run of the member from earlier ones, so proposal ids of an earlier run
+    /// found in the log never match a live request.
+    pub incarnation: u64,
+    /// Applied entries between two state snapshots (at least 1).
+    pub snapshot_count: u64,
+    /// The bootstrap members with their names and peer URLs, ids as in `voters`. Empty: the
+    /// `voters`, nameless and without URLs.
+    pub initial_members: Vec<Member>,
+    /// This member's name and client URLs, which it publishes through the log once it knows
+    /// a leader (etcd's "publish").
+    pub name: String,
+    /// See `name`.
+    pub client_urls: Vec<String>,
+    /// Started with `--initial-cluster-state existing`: this member is not among `voters` (the
+    /// bootstrap configuration it replays the log from) and learns its place from the log.
+    pub joining: bool,
+    /// How this member serves watches.
+    pub watch: WatchConfig,
+    /// Deliberate bugs (simulation builds only; see [`crate::bugs`]).
+    pub bugs: Bugs,
+}
+
+/// How a member serves watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// A `fragment` watcher's responses are split above this size (etcd: the server's
+    /// `--max-request-bytes`).
+    pub fragment_bytes: usize,
+    /// Responses a stream may have in flight, between 1 and [`STREAM_WINDOW`].
+    pub stream_window: u32,
+    /// The interval of progress notifications to watchers that asked for them.
+    pub progress_interval_ms: u64,
+}
+
+impl Default for WatchConfig {
+    /// etcd's defaults.
+    fn default() -> Self {
+        WatchConfig {
+            fragment_bytes: FRAGMENT_BYTES_DEFAULT,
+            stream_window: STREAM_WINDOW,
+            progress_interval_ms: PROGRESS_NOTIFY_INTERVAL_MS,
+        }
+    }
+}
+
+/// What the driver read back from the snapshot directory and the WAL at start.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The newest valid snapshot, if any (data: the state snapshot, [`crate::snapshot`]).
+    pub snapshot: Option<Snapshot>,
+    /// The newest persisted hard state, if any.
+    pub hard_state: Option<HardState>,
+    /// The persisted log, contiguous; it starts at index 1, or at or before the entry after
+    /// the snapshot (entries the snapshot covers are skipped).
+    pub entries: Vec<Entry>,
+}
+
+/// An input to the node.
+#[derive(Debug)]
+pub enum Input {
+    /// One raft tick of the driver's monotonic clock has elapsed.
+    Tick,
+    /// A client request; the reply comes back as [`Output::Reply`] with the same token.
+    Request {
+        /// The driver's handle for the reply.
+        token: u64,
+        /// The request.
+        request: crate::request::Request,
+    },
+    /// A raft message from a peer.
+    Peer(Box<Message>),
+    /// Every [`PersistBatch`] numbered up to `number` is durable.
+    Persisted {
+        /// The batch number.
+        number: u64,
+    },
+    /// Something happened on a Watch stream (served from this member's applied state).
+    Watch(WatchInput),
+    /// The state snapshot of an [`Output::SaveSnapshot`] is durable; `snapshot` is the copy
+    /// to serve to followers from now on (its data may be a mapping of the file).
+    SnapshotSaved {
+        /// The saved snapshot.
+        snapshot: Snapshot,
+    },
+    /// The snapshot sent to peer `to` was received and stepped (`ok`), or its send failed.
+    SnapshotStatus {
+        /// The peer.
+        to: u64,
+        /// Whether it arrived.
+        ok: bool,
+    },
+    /// Peer `to` could not be reached; raft slows down its replication to it.
+    Unreachable {
+        /// The peer.
+        to: u64,
+    },
+}
+
+/// Raft state the driver must make durable before it reports [`Input::Persisted`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PersistBatch {
+    /// Reported back in [`Input::Persisted`].
+    pub number: u64,
+    /// A new hard state to write, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Log entries to append; an entry at an index already written replaces it and all after.
+    pub entries: Vec<Entry>,
+    /// Messages to send only once this batch is durable.
+    pub then_send: Vec<Message>,
+    /// A snapshot from the leader that replaces the log: save it to the snapshot directory
+    /// (durably) before the WAL records its mark, then the entries and hard state.
+    pub snapshot: Option<Snapshot>,
+}
+
+impl PersistBatch {
+    /// Whether the batch holds nothing to write or send.
+    pub(super) fn is_empty(&self) -> bool {
+        self.hard_state.is_none()
+            && self.entries.is_empty()
+            && self.then_send.is_empty()
+            && self.snapshot.is_none()
+    }
+
+    /// The index of the snapshot this batch installs, if any.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.snapshot.as_ref().map(|s| s.get_metadata().index)
+    }
+}
+
+/// An output of the node.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Write this to the WAL, fsync, then send `then_send` and report `Input::Persisted`.
+    Persist(PersistBatch),
+    /// Messages that may be sent at once.
+    Send(Vec<Message>),
+    /// The answer to a request.
+    Reply {
+        /// The token the request came with.
+        token: u64,
+        /// The response, or etcd's error.
+        result: Result<Response, Error>,
+    },
+    /// Watch responses to send (in order) and streams to end.
+    Watch(Vec<WatchOutput>),
+    /// Encode this state snapshot ([`SnapshotJob::into_snapshot`], off the driver loop) and
+    /// save it durably, then report [`Input::SnapshotSaved`] (a failure to save is fatal, like
+    /// a failed WAL write). WAL segments wholly before the previous snapshot may then be
+    /// released.
+    SaveSnapshot(SnapshotJob),
+    /// The member cannot go on (a snapshot from the leader does not decode): stop it.
+    Fatal(String),
+    /// The member table changed (an applied conf change, update or publish): the transport
+    /// should reach exactly `members`.
+    Members {
+        /// The members, as of the applied index.
+        members: Vec<Member>,
+        /// This member has been removed from the cluster: it must stop.
+        removed: bool,
+    },
+}
+
+/// A member's raft and store status, for Maintenance.Status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member's id.
+    pub member_id: u64,
+    /// The cluster's id.
+    pub cluster_id: u64,
+    /// The leader this member knows of (0 if none).
+    pub leader: u64,
+    /// Current raft term.
+    pub raft_term: u64,
+    /// Last index in the raft log.
+    pub raft_index: u64,
+    /// Last applied index.
+    pub raft_applied_index: u64,
+    /// Current store revision.
+    pub revision: i64,
+    /// Whether this member is a learner.
+    pub is_learner: bool,
+}
+
+/// The node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// raft-rs rejected the configuration or the recovered state.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The configuration is unusable.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+}
