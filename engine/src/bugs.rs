@@ -140,7 +140,11 @@ mod tests {
     fn a_set_holds_exactly_its_bugs() {
         let bugs = Bugs::of(&[Bug::SkipCrc, Bug::ForgetVote]);
         for b in Bug::ALL {
-            assert_eq!(bugs.has(b), matches!(b, Bug::SkipCrc | Bug::ForgetVote), "{b:?}");
+            assert_eq!(
+                bugs.has(b),
+                matches!(b, Bug::SkipCrc | Bug::ForgetVote),
+                "{b:?}"
+            );
         }
     }
 }

@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use keel_engine::bugs::Bugs;
 use keel_engine::error::Error;
 use keel_engine::membership::Member;
-use keel_engine::bugs::Bugs;
-use keel_engine::node::{WatchConfig, Input, Node, NodeConfig, Output, Recovered, Request, Response};
+use keel_engine::node::{
+    Input, Node, NodeConfig, Output, Recovered, Request, Response, WatchConfig,
+};
 use keel_engine::raftpb::Message;
 use keel_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,

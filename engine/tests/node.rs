@@ -3,8 +3,8 @@
 //! A tiny in-test "disk" keeps what `Output::Persist` asks for, so recovery can be replayed.
 
 use keel_engine::bugs::Bugs;
-use keel_engine::node::{WatchConfig, 
-    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
+use keel_engine::node::{
+    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response, WatchConfig,
 };
 use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
 use raft::eraftpb::{Entry, HardState};
@@ -97,7 +97,9 @@ impl Harness {
                     Output::Reply { token, result } => self.replies.push((token, result)),
                     Output::Watch(w) => panic!("no watches here, yet {w:?}"),
                     Output::SaveSnapshot(_) | Output::Fatal(_) => {}
-                    Output::Members { members: m, .. } => panic!("no member changes here, yet {m:?}"),
+                    Output::Members { members: m, .. } => {
+                        panic!("no member changes here, yet {m:?}")
+                    }
                 }
             }
         }

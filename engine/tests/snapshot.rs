@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use keel_engine::bugs::Bugs;
-use keel_engine::node::{WatchConfig, 
-    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
+use keel_engine::node::{
+    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response, WatchConfig,
 };
 use keel_proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
 use raft::eraftpb::{Entry, HardState, Message, MessageType, Snapshot};

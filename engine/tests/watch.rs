@@ -2,7 +2,7 @@
 //! prev_kv, fragments, progress, cancellation and slow consumers — every response checked.
 
 use keel_engine::bugs::Bugs;
-use keel_engine::node::{WatchConfig, Input, Node, NodeConfig, Output, Recovered, Request};
+use keel_engine::node::{Input, Node, NodeConfig, Output, Recovered, Request, WatchConfig};
 use keel_engine::watch::{WatchInput, WatchOutput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::request_op::Request as Op;
 use keel_proto::etcdserverpb::{
@@ -81,7 +81,9 @@ impl Harness {
                     }
                     Output::SaveSnapshot(_) => {}
                     Output::Fatal(why) => panic!("node stopped: {why}"),
-                    Output::Members { members: m, .. } => panic!("no member changes here, yet {m:?}"),
+                    Output::Members { members: m, .. } => {
+                        panic!("no member changes here, yet {m:?}")
+                    }
                 }
             }
         }

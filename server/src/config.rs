@@ -118,6 +118,10 @@ pub struct Config {
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Deliberate bugs for the simulator to catch (not a flag: keel-sim sets them, and only
+    /// simulation builds can; see `keel_engine::bugs`).
+    #[arg(skip)]
+    pub bugs: keel_engine::bugs::Bugs,
 }
 
 /// A configuration that names something impossible.

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_engine::bugs::{Bug, Bugs};
 use keel_engine::error::Error;
 use keel_engine::membership::{Member, Membership};
 use keel_engine::node::{
@@ -186,6 +187,17 @@ pub enum DriverError {
     Removed,
 }
 
+/// The driver's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverConfig {
+    /// The length of one raft tick.
+    pub tick: Duration,
+    /// How long a client request waits for its reply.
+    pub request_timeout: Duration,
+    /// Deliberate bugs (simulation builds only; see `keel_engine::bugs`).
+    pub bugs: Bugs,
+}
+
 /// Starts the driver tasks; returns the handle and a receiver that yields the fatal error
 /// that stops the node.
 /// `transport` carries the node's messages to its peers; `inbound` brings theirs.
@@ -193,11 +205,15 @@ pub fn start(
     node: Node,
     storage: Storage,
     clock: Arc<dyn Clock>,
-    tick: Duration,
-    request_timeout: Duration,
+    config: DriverConfig,
     transport: Arc<Transport>,
     inbound: Inbound,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
+    let DriverConfig {
+        tick,
+        request_timeout,
+        bugs,
+    } = config;
     let Inbound {
         messages: inbound,
         reports,
@@ -217,6 +233,7 @@ pub fn start(
         durable_tx,
         Arc::clone(&wal_bytes),
         Arc::clone(&transport),
+        bugs,
     ));
     let driver = DriverLoop {
         node,
@@ -227,6 +244,7 @@ pub fn start(
         watch_streams: BTreeMap::new(),
         fatal: None,
         removed_grace_ticks: None,
+        bugs,
     };
     tokio::spawn(async move {
         let err = driver
@@ -311,6 +329,8 @@ struct DriverLoop {
     fatal: Option<String>,
     /// Set once this member is removed: ticks left before it stops.
     removed_grace_ticks: Option<u32>,
+    /// Deliberate bugs (simulation builds only).
+    bugs: Bugs,
 }
 
 impl DriverLoop {
@@ -427,7 +447,7 @@ impl DriverLoop {
         for output in outputs {
             match output {
                 Output::Persist(mut batch) => {
-                    self.transport.send(forget_vote_bug(&mut batch));
+                    self.transport.send(forget_vote_bug(self.bugs, &mut batch));
                     if self.persist_tx.send(Job::Persist(batch)).is_err() {
                         tracing::error!("WAL writer is gone; dropping a persist batch");
                     }
@@ -446,15 +466,15 @@ impl DriverLoop {
                     }
                 }
                 Output::Watch(outputs) => self.dispatch_watch(outputs),
-                Output::Members(members) => self.on_members(&members),
+                Output::Members { members, removed } => self.on_members(&members, removed),
             }
         }
     }
 
     /// The member table changed: the transport follows it; a removed member winds down.
-    fn on_members(&mut self, members: &[Member]) {
+    fn on_members(&mut self, members: &[Member], removed: bool) {
         self.transport.set_peers(peer_urls(members));
-        if self.node.is_removed() && self.removed_grace_ticks.is_none() {
+        if removed && self.removed_grace_ticks.is_none() {
             tracing::warn!("the member has been permanently removed from the cluster");
             self.removed_grace_ticks = Some(REMOVED_GRACE_TICKS);
         }
@@ -500,6 +520,7 @@ async fn wal_writer(
     durable: mpsc::UnboundedSender<Durable>,
     wal_bytes: Arc<AtomicU64>,
     transport: Arc<Transport>,
+    bugs: Bugs,
 ) {
     let mut st = storage;
     let mut next: Option<Job> = None;
@@ -536,7 +557,7 @@ async fn wal_writer(
                         Err(_) => break,
                     }
                 }
-                let Some(st) = persist_group(st, group, &durable, &transport).await else {
+                let Some(st) = persist_group(st, group, &durable, &transport, bugs).await else {
                     return;
                 };
                 st
@@ -576,6 +597,7 @@ async fn persist_group(
     mut group: Vec<PersistBatch>,
     durable: &mpsc::UnboundedSender<Durable>,
     transport: &Transport,
+    bugs: Bugs,
 ) -> Option<Storage> {
     // Votes and append acks: raft allows them out only once the batch is durable.
     let then_send: Vec<Message> = group
@@ -583,7 +605,7 @@ async fn persist_group(
         .flat_map(|b| std::mem::take(&mut b.then_send))
         .collect();
     let newest = group.last().map_or(0, |b| b.number);
-    let acked_early = ack_before_fsync_bug();
+    let acked_early = bugs.has(Bug::AckBeforeFsync);
     if acked_early && durable.send(Ok(Done::Persisted(newest))).is_err() {
         return None;
     }
@@ -641,26 +663,13 @@ async fn simulated_fsync_latency() {
 #[cfg(not(madsim))]
 async fn simulated_fsync_latency() {}
 
-/// The simulator's `ack-before-fsync` bug: a batch is reported durable before it is written.
-#[cfg(madsim)]
-fn ack_before_fsync_bug() -> bool {
-    keel_storage::bugs::enabled(keel_storage::bugs::Bug::AckBeforeFsync)
-}
-
-/// Production builds cannot turn the `ack-before-fsync` bug on.
-#[cfg(not(madsim))]
-fn ack_before_fsync_bug() -> bool {
-    false
-}
-
 /// The simulator's `forget-vote` bug: the vote lives only in memory. The batch's hard state
 /// is written with no vote (term and commit still are), and vote responses leave at once
 /// instead of after the fsync. A member that votes, restarts and is asked again in the same
 /// term can vote twice, so two candidates can win one term. Returns the messages to send now.
-#[cfg(madsim)]
-fn forget_vote_bug(batch: &mut PersistBatch) -> Vec<Message> {
+fn forget_vote_bug(bugs: Bugs, batch: &mut PersistBatch) -> Vec<Message> {
     use keel_engine::raftpb::MessageType;
-    if !keel_storage::bugs::enabled(keel_storage::bugs::Bug::ForgetVote) {
+    if !bugs.has(Bug::ForgetVote) {
         return Vec::new();
     }
     if let Some(hs) = batch.hard_state.as_mut() {
@@ -671,12 +680,6 @@ fn forget_vote_bug(batch: &mut PersistBatch) -> Vec<Message> {
         .partition(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse);
     batch.then_send = later;
     now
-}
-
-/// Production builds cannot turn the `forget-vote` bug on.
-#[cfg(not(madsim))]
-fn forget_vote_bug(_batch: &mut PersistBatch) -> Vec<Message> {
-    Vec::new()
 }
 
 /// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::membership::{Member, Membership};
-use keel_engine::node::{Node, NodeConfig, Recovered};
+use keel_engine::node::{Node, NodeConfig, Recovered, WatchConfig};
 use keel_engine::raft_log::{decode_conf_state, decode_entry, decode_hard_state, CodecError};
 use keel_engine::raftpb::Snapshot;
 use keel_storage::disk::Disk;
@@ -274,6 +274,8 @@ fn open_storage(
     let loaded = snaps.load_newest()?.snapshot;
     let opts = WalOptions {
         segment_bytes_max: config.wal_segment_bytes,
+        #[cfg(madsim)]
+        skip_crc_bug: config.bugs.has(keel_engine::bugs::Bug::SkipCrc),
     };
     let (wal, from_disk) = Wal::open(Arc::clone(disk), &wal_dir, opts)?;
     let snapshot = match loaded {
@@ -324,39 +326,6 @@ fn open_storage(
     Ok((driver::Storage { wal, snaps }, recovered))
 }
 
-/// The simulator's `stale-read` bug: linearizable ranges come from a copy of the store
-/// refreshed every this many applied entries.
-#[cfg(madsim)]
-pub const STALE_READ_REFRESH_ENTRIES: u64 = 8;
-
-/// Passes the simulator's engine bugs (see `keel_storage::bugs`) to the node.
-#[cfg(madsim)]
-fn with_sim_bugs(mut node: Node) -> Node {
-    use keel_storage::bugs::{enabled, Bug};
-    if enabled(Bug::StaleRead) {
-        node.inject_stale_reads(STALE_READ_REFRESH_ENTRIES);
-    }
-    if enabled(Bug::WatchSkipCompactionBoundary) {
-        node.watches_mut().inject_skip_compaction_boundary();
-    }
-    if enabled(Bug::LeaseExpireOnFollowerClock) {
-        node.inject_lease_expiry_on_followers();
-    }
-    if enabled(Bug::ReadIndexSkipHeartbeat) {
-        node.inject_reads_without_quorum();
-    }
-    if enabled(Bug::CommitWithoutQuorum) {
-        node.inject_commit_without_quorum();
-    }
-    node
-}
-
-/// Production builds inject no bugs.
-#[cfg(not(madsim))]
-fn with_sim_bugs(node: Node) -> Node {
-    node
-}
-
 /// Raft messages received from peers and not yet taken by the driver, at most.
 pub const PEER_INBOUND_MAX: usize = 16 * 1024;
 
@@ -386,7 +355,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
-    let mut node = with_sim_bugs(Node::new(
+    let node = Node::new(
         NodeConfig {
             member_id: identity.member_id,
             cluster_id: identity.cluster_id,
@@ -401,12 +370,15 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             name: identity.name.clone(),
             client_urls: identity.client_urls.clone(),
             joining: boot.joining,
+            watch: WatchConfig {
+                // etcd splits a `fragment` watcher's responses above --max-request-bytes.
+                fragment_bytes: config.max_request_bytes as usize,
+                ..WatchConfig::default()
+            },
+            bugs: config.bugs,
         },
         recovered,
-    )?);
-    // etcd splits a `fragment` watcher's responses above --max-request-bytes.
-    node.watches_mut()
-        .set_fragment_bytes(config.max_request_bytes as usize);
+    )?;
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
     let local = transport::LocalIdentity {
@@ -431,8 +403,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         node,
         storage,
         env.clock.clone(),
-        Duration::from_millis(tick_ms),
-        request_timeout,
+        driver::DriverConfig {
+            tick: Duration::from_millis(tick_ms),
+            request_timeout,
+            bugs: config.bugs,
+        },
         transport,
         driver::Inbound {
             messages: inbound,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser as _;
+use keel_engine::bugs::Bugs;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_server::{Config, Env};
 use keel_storage::sim_disk::SimDisk;
@@ -53,6 +54,8 @@ pub struct Cluster {
     pub client_node: NodeHandle,
     /// A member not in the initial cluster, waiting to join (see [`Cluster::with_spare`]).
     pub spare: Option<Spare>,
+    /// The deliberate bugs every member runs with (simulation builds only).
+    bugs: Bugs,
 }
 
 /// A member built up front that starts only when [`Cluster::start_spare`] opens its gate,
@@ -85,7 +88,7 @@ pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024;
 
 /// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
 /// (a member added with MemberAdd, joining a running cluster).
-fn member_config(i: usize, size: usize, existing: bool) -> Config {
+fn member_config(i: usize, size: usize, existing: bool, bugs: Bugs) -> Config {
     let ip = member_ip(i);
     let cluster: Vec<String> = (0..size)
         .map(|j| format!("{}=http://{}:{PEER_PORT}", member_name(j), member_ip(j)))
@@ -107,7 +110,7 @@ fn member_config(i: usize, size: usize, existing: bool) -> Config {
         format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
     ];
     match Config::try_parse_from(args) {
-        Ok(c) => c,
+        Ok(c) => Config { bugs, ..c },
         Err(e) => panic!("the simulator's own flags must parse: {e}"),
     }
 }
@@ -115,10 +118,15 @@ fn member_config(i: usize, size: usize, existing: bool) -> Config {
 impl Cluster {
     /// Builds `size` members and a client node; call inside a madsim runtime.
     pub fn new(size: usize, seed: u64) -> Cluster {
+        Cluster::with_bugs(size, seed, Bugs::none())
+    }
+
+    /// Like [`Cluster::new`], every member running with the deliberate `bugs`.
+    pub fn with_bugs(size: usize, seed: u64, bugs: Bugs) -> Cluster {
         let handle = Handle::current();
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
-            let config = member_config(i, size, false);
+            let config = member_config(i, size, false, bugs);
             members.push(start_member(&handle, seed, i, config, None));
         }
         let client_node = handle
@@ -132,15 +140,16 @@ impl Cluster {
             members,
             client_node,
             spare: None,
+            bugs,
         }
     }
 
     /// Like [`Cluster::new`] plus a spare member, built after the others (so the first `size`
     /// members and the client node are exactly those of [`Cluster::new`]).
-    pub fn with_spare(size: usize, seed: u64) -> Cluster {
-        let mut cluster = Cluster::new(size, seed);
+    pub fn with_spare(size: usize, seed: u64, bugs: Bugs) -> Cluster {
+        let mut cluster = Cluster::with_bugs(size, seed, bugs);
         let gate = Arc::new(AtomicBool::new(false));
-        let config = member_config(size, size + 1, true);
+        let config = member_config(size, size + 1, true, bugs);
         let member = start_member(&cluster.handle, seed, size, config, Some(Arc::clone(&gate)));
         cluster.spare = Some(Spare { member, gate });
         cluster
@@ -177,7 +186,7 @@ impl Cluster {
     /// peer URL ([`Cluster::peer_url`] of the index this returns); returns its index.
     pub fn add_member(&mut self) -> usize {
         let i = self.members.len();
-        let config = member_config(i, i + 1, true);
+        let config = member_config(i, i + 1, true, self.bugs);
         self.members
             .push(start_member(&self.handle, self.seed, i, config, None));
         i

@@ -28,8 +28,8 @@ mod cli {
     use std::process::ExitCode;
     use std::time::Instant;
 
+    use keel_engine::bugs::Bug;
     use keel_sim::run::{run_seed, Report, SimConfig};
-    use keel_storage::bugs::Bug;
 
     /// Deterministic simulation of keel: one seed decides the faults, the workload and the
     /// schedule.

@@ -6,9 +6,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_engine::bugs::{Bug, Bugs};
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::HashKvRequest;
-use keel_storage::bugs::{self, Bug};
 use madsim::runtime::Runtime;
 
 use crate::check::{acked_writes_survive, events_between, Failure};
@@ -131,7 +131,6 @@ impl Report {
 /// Runs one seed in a fresh madsim runtime. Never panics: a panic inside the simulation (an
 /// assertion in keel, say) becomes a failure of the run.
 pub fn run_seed(config: &SimConfig) -> Report {
-    bugs::set(&config.bugs);
     let mut rt = Runtime::with_seed_and_config(config.seed, madsim::Config::default());
     // A run that never ends (a client or the liveness loop stuck) fails instead of spinning.
     rt.set_time_limit(Duration::from_secs(
@@ -141,7 +140,6 @@ pub fn run_seed(config: &SimConfig) -> Report {
     let recorder: Recorder = Arc::default();
     let slot = Arc::clone(&recorder);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(simulate(cfg, slot))));
-    bugs::set(&[]);
     match result {
         Ok(mut report) => {
             // Outside the runtime: the checker's time budget needs the real clock.
@@ -222,9 +220,9 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         swarm.describe()
     ));
     let cluster = if config.membership {
-        Cluster::with_spare(config.nodes, config.seed)
+        Cluster::with_spare(config.nodes, config.seed, Bugs::of(&config.bugs))
     } else {
-        Cluster::new(config.nodes, config.seed)
+        Cluster::with_bugs(config.nodes, config.seed, Bugs::of(&config.bugs))
     };
     let mut failures = Vec::new();
     for i in 0..config.nodes {

@@ -5,8 +5,8 @@
 
 use std::ops::Range;
 
+use keel_engine::bugs::Bug;
 use keel_sim::run::{run_seed, Report, SimConfig};
-use keel_storage::bugs::Bug;
 
 /// Seeds of the clean sweep.
 const SWEEP: Range<u64> = 0..100;

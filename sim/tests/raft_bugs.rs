@@ -6,8 +6,8 @@
 
 use std::ops::Range;
 
+use keel_engine::bugs::Bug;
 use keel_sim::run::{run_seed, SimConfig};
-use keel_storage::bugs::Bug;
 
 /// The seeds searched for a catch.
 const SEEDS: Range<u64> = 0..400;

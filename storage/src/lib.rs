@@ -8,8 +8,6 @@
 //!   read back mapped.
 #![deny(missing_docs)]
 
-#[cfg(madsim)]
-pub mod bugs;
 pub mod disk;
 pub mod sim_disk;
 pub mod snap;

@@ -171,12 +171,18 @@ const TYPE_SNAPSHOT: u8 = 4;
 pub struct WalOptions {
     /// Once the active segment is this long, the next sync starts a new segment.
     pub segment_bytes_max: u64,
+    /// The simulator's `skip-crc` bug (simulation builds only): recovery accepts a record
+    /// whose crc fails.
+    #[cfg(madsim)]
+    pub skip_crc_bug: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            #[cfg(madsim)]
+            skip_crc_bug: false,
         }
     }
 }
@@ -588,6 +594,7 @@ fn replay_segment(
     seg: &Segment,
     b: &[u8],
     is_last: bool,
+    skip_crc_bug: bool,
 ) -> Result<usize, WalError> {
     let corrupt = |offset: usize, reason: String| WalError::Corrupt {
         file: seg.path.clone(),
@@ -598,7 +605,7 @@ fn replay_segment(
     while o < b.len() || o == 0 {
         let (kind, payload, next) = match frame_at(b, o) {
             Ok(frame) => frame,
-            Err(Bad::Crc { len }) if skip_crc_bug() => {
+            Err(Bad::Crc { len }) if skip_crc_bug => {
                 let end = o + RECORD_HEADER_BYTES + len as usize;
                 (b[o + 8], &b[o + RECORD_HEADER_BYTES..end], end)
             }
@@ -625,13 +632,13 @@ fn replay_segment(
 
 /// The simulator's `skip-crc` bug: recovery accepts a record whose crc fails.
 #[cfg(madsim)]
-fn skip_crc_bug() -> bool {
-    crate::bugs::enabled(crate::bugs::Bug::SkipCrc)
+fn skip_crc_bug(opts: &WalOptions) -> bool {
+    opts.skip_crc_bug
 }
 
 /// Production builds cannot turn the `skip-crc` bug on.
 #[cfg(not(madsim))]
-fn skip_crc_bug() -> bool {
+fn skip_crc_bug(_opts: &WalOptions) -> bool {
     false
 }
 
@@ -749,7 +756,13 @@ impl Wal {
         let mut torn_header_seq: Option<u64> = None;
         for (i, seg) in segments.iter_mut().enumerate() {
             let bytes = disk.read(&seg.path).map_err(io_err(&seg.path))?;
-            let valid = replay_segment(&mut replay, seg, &bytes, i + 1 == count)?;
+            let valid = replay_segment(
+                &mut replay,
+                seg,
+                &bytes,
+                i + 1 == count,
+                skip_crc_bug(&opts),
+            )?;
             seg.sealed_bytes = valid as u64;
             if valid < bytes.len() || valid == 0 {
                 assert!(i + 1 == count, "only the last segment can be torn");

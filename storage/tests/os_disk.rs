@@ -32,6 +32,8 @@ fn wal_round_trip_rotation_and_torn_tail_on_the_os() {
     let disk: Arc<dyn Disk> = Arc::new(OsDisk::new());
     let opts = WalOptions {
         segment_bytes_max: 4096,
+        #[cfg(madsim)]
+        skip_crc_bug: false,
     };
     let (mut wal, rec) = Wal::open(disk.clone(), &dir, opts).unwrap();
     assert!(rec.entries.is_empty() && rec.hard_state.is_none());

@@ -605,6 +605,8 @@ fn disk_bytes_counts_every_segment_across_rotation_and_reopen() {
     let dir = std::path::Path::new("/wal-bytes");
     let opts = keel_storage::WalOptions {
         segment_bytes_max: 256,
+        #[cfg(madsim)]
+        skip_crc_bug: false,
     };
     let (mut wal, _) = Wal::open(std::sync::Arc::new(disk.clone()), dir, opts).expect("open");
     let empty = wal.disk_bytes();

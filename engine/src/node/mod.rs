@@ -224,7 +224,13 @@ impl Node {
     fn restore_recovered(&mut self, snapshot: &Snapshot) -> Result<(), StartError> {
         let leading = self.leads_leases();
         self.sm
-            .restore(snapshot, leading, self.clock, &mut self.watches, &mut self.out)
+            .restore(
+                snapshot,
+                leading,
+                self.clock,
+                &mut self.watches,
+                &mut self.out,
+            )
             .map_err(|e| StartError::Config(format!("the newest snapshot does not load: {e}")))?;
         let index = snapshot.get_metadata().index;
         let waiting = self.sm.jump_to(index);
@@ -254,7 +260,9 @@ impl Node {
         self.core.enforce_election_timeout();
         self.drive();
         if !self.transfers.is_empty() {
-            let done = self.transfers.check(self.core.leader_id(), self.clock.now_ms);
+            let done = self
+                .transfers
+                .check(self.core.leader_id(), self.clock.now_ms);
             for (token, result) in done {
                 self.reply(token, result);
             }
@@ -289,7 +297,8 @@ impl Node {
             self.reply(token, Err(Error::NoLeader));
         }
         let header = self.header_info();
-        self.watches.tick(self.clock.now_ms, self.sm.store(), header);
+        self.watches
+            .tick(self.clock.now_ms, self.sm.store(), header);
     }
 
     /// What watch response headers carry besides the revision.
@@ -349,7 +358,8 @@ impl Node {
         self.sm.check_invariants();
         self.snapshots.check();
         assert!(
-            self.snapshots.index() <= self.sm.applied_index() || self.bugs.has(Bug::CommitWithoutQuorum),
+            self.snapshots.index() <= self.sm.applied_index()
+                || self.bugs.has(Bug::CommitWithoutQuorum),
             "snapshot {} beyond the applied index {}",
             self.snapshots.index(),
             self.sm.applied_index()
@@ -404,9 +414,13 @@ impl Node {
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
         let index = snapshot.get_metadata().index;
         let leading = self.leads_leases();
-        let restored =
-            self.sm
-                .restore(snapshot, leading, self.clock, &mut self.watches, &mut self.out);
+        let restored = self.sm.restore(
+            snapshot,
+            leading,
+            self.clock,
+            &mut self.watches,
+            &mut self.out,
+        );
         if let Err(e) = restored {
             let reason = format!("the leader's snapshot at index {index} does not load: {e}");
             tracing::error!("{reason}");
@@ -447,8 +461,13 @@ impl Node {
         // election timeout, as etcd's promote does.
         let leading = self.leads_leases();
         if leading != self.sm.leases().lessor().is_primary() {
-            let (stamp_ms, extend_ms) = (self.clock.lease_stamp_ms(), self.clock.election_timeout_ms());
-            self.sm.leases_mut().set_leader(leading, stamp_ms, extend_ms);
+            let (stamp_ms, extend_ms) = (
+                self.clock.lease_stamp_ms(),
+                self.clock.election_timeout_ms(),
+            );
+            self.sm
+                .leases_mut()
+                .set_leader(leading, stamp_ms, extend_ms);
         }
         if !self.core.has_leader() {
             return;
@@ -462,7 +481,8 @@ impl Node {
     }
 
     fn reply(&mut self, token: u64, result: Result<Response, Error>) {
-        self.sm.reply(&mut self.out, self.core.term(), token, result);
+        self.sm
+            .reply(&mut self.out, self.core.term(), token, result);
     }
 
     /// Whether this member decides lease expiry: the leader (or, with the simulator's

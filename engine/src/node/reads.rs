@@ -126,7 +126,10 @@ impl ReadQueue {
     /// What must always hold.
     pub(super) fn check(&self) {
         if let Some((ctx, reads)) = &self.in_flight {
-            assert!(*ctx < self.next_ctx, "round {ctx} in flight was never started");
+            assert!(
+                *ctx < self.next_ctx,
+                "round {ctx} in flight was never started"
+            );
             assert!(!reads.is_empty(), "an empty read round {ctx} is in flight");
         }
     }

@@ -102,11 +102,7 @@ impl Snapshots {
 
     /// A snapshot job when `count` entries were applied since the last snapshot, or when
     /// raft needs a newer one for a follower.
-    pub(super) fn maybe_make(
-        &mut self,
-        sm: &StateMachine,
-        core: &RaftCore,
-    ) -> Option<SnapshotJob> {
+    pub(super) fn maybe_make(&mut self, sm: &StateMachine, core: &RaftCore) -> Option<SnapshotJob> {
         let applied = sm.applied_index();
         if self.saving.is_some() || applied <= self.index {
             return None;

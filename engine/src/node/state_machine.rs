@@ -170,7 +170,12 @@ impl StateMachine {
     }
 
     /// Serves a read from the applied state.
-    pub(super) fn serve_read(&mut self, clock: Clock, leading: bool, read: Read) -> Result<Response, Error> {
+    pub(super) fn serve_read(
+        &mut self,
+        clock: Clock,
+        leading: bool,
+        read: Read,
+    ) -> Result<Response, Error> {
         match read {
             Read::Range(r) => apply::range(&self.store, &r).map(Response::Range),
             Read::HashKv(r) => apply::hash_kv(&self.store, &r).map(Response::HashKv),
@@ -230,7 +235,9 @@ impl StateMachine {
                 entry.index
             );
             match entry.entry_type {
-                EntryType::EntryNormal => self.apply_normal(entry, core.term(), clock, watches, out),
+                EntryType::EntryNormal => {
+                    self.apply_normal(entry, core.term(), clock, watches, out)
+                }
                 EntryType::EntryConfChangeV2 => self.apply_conf_change(entry, core, out),
                 EntryType::EntryConfChange => {
                     // keel proposes only ConfChangeV2 (and raft-rs proposes no v1 of its own).

@@ -25,7 +25,11 @@ impl Transfers {
     }
 
     /// Answers the transfers whose target now leads, or whose time ran out.
-    pub(super) fn check(&mut self, leader: u64, now_ms: u64) -> Vec<(u64, Result<Response, Error>)> {
+    pub(super) fn check(
+        &mut self,
+        leader: u64,
+        now_ms: u64,
+    ) -> Vec<(u64, Result<Response, Error>)> {
         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|&(_, target, deadline)| target == leader || now_ms >= deadline);

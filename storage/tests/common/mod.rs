@@ -17,7 +17,11 @@ pub fn open(disk: &SimDisk, segment_bytes_max: u64) -> Result<(Wal, Recovered), 
     Wal::open(
         Arc::new(disk.clone()),
         dir(),
-        WalOptions { segment_bytes_max },
+        WalOptions {
+            segment_bytes_max,
+            #[cfg(madsim)]
+            skip_crc_bug: false,
+        },
     )
 }
 

@@ -19,7 +19,12 @@ use crate::request::Response;
 
 impl StateMachine {
     /// Applies a committed ConfChangeV2 entry.
-    pub(super) fn apply_conf_change(&mut self, entry: &Entry, core: &mut RaftCore, out: &mut Outbox) {
+    pub(super) fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+        core: &mut RaftCore,
+        out: &mut Outbox,
+    ) {
         let cc = match ConfChangeV2::parse_from_bytes(&entry.data) {
             Ok(cc) => cc,
             Err(e) => panic!("committed conf change {} does not decode: {e}", entry.index),
