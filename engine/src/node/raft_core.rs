@@ -381,7 +381,9 @@ impl RaftCore {
             Ok(i) => i,
             Err(e) => panic!("in-memory raft log has no first index: {e}"),
         };
-        let mut limit = applied.saturating_sub(kept); // below `kept` entries: nothing to free
+        let Some(mut limit) = applied.checked_sub(kept) else {
+            return; // fewer than `kept` entries applied: nothing to free
+        };
         if self.raw.raft.prs().iter().count() > 1 {
             let held = self.raw.store().snapshot_held().get_metadata().index;
             limit = limit.min(held);
