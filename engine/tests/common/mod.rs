@@ -366,6 +366,27 @@ impl Cluster {
     }
 }
 
+/// A member's watch bookkeeping, as tests inspect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchCounts {
+    /// Live watchers.
+    pub watchers: usize,
+    /// Watchers behind the current revision.
+    pub unsynced: usize,
+    /// Open streams.
+    pub streams: usize,
+}
+
+/// Member `node`'s watch bookkeeping.
+pub fn watch_counts(node: &Node) -> WatchCounts {
+    let hub = node.watches();
+    WatchCounts {
+        watchers: hub.watcher_count(),
+        unsynced: hub.unsynced_count(),
+        streams: hub.stream_count(),
+    }
+}
+
 /// Whether `out` sends a message to a peer, at once or once persisted.
 pub fn sends_messages(out: &Output) -> bool {
     match out {
