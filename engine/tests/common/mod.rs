@@ -308,7 +308,7 @@ impl Cluster {
     }
 
     /// Sends `request` with `token` to member `on` and returns its reply, which must come
-    /// within `ticks_max` settles (1: before any tick).
+    /// within `ticks_max` rounds of [`Cluster::tick_until`] (1: before any tick).
     pub fn request_with(
         &mut self,
         on: u64,
