@@ -175,3 +175,36 @@ fn a_wal_that_does_not_continue_the_snapshot_refuses_to_start() {
     let err = Node::new(config(1, &[1], 20).node_config(), disk.recovered()).expect_err("corrupt");
     assert!(err.to_string().contains("does not load"), "{err}");
 }
+
+// The harness fails a test whose member stops: a leader's snapshot that does not load is
+// fatal, and the settle loop panics on it rather than dropping it.
+#[test]
+#[should_panic(expected = "stopped: the leader's snapshot at index 1000 does not load")]
+fn a_member_that_cannot_load_the_leaders_snapshot_fails_the_test() {
+    use keel_engine::node::Input;
+    use keel_engine::raftpb::{Message, MessageType, Snapshot};
+    const VOTERS: [u64; 3] = [1, 2, 3];
+    let mut c = cluster(&VOTERS, 30);
+    c.ticks(40);
+    let leader = c.the_leader();
+    let follower = *VOTERS.iter().find(|&&id| id != leader).expect("a follower");
+    let term = c.node(leader).status().raft_term;
+    let mut snapshot = Snapshot {
+        data: b"not a snapshot".to_vec().into(),
+        ..Default::default()
+    };
+    let meta = snapshot.mut_metadata();
+    meta.index = 1000;
+    meta.term = term;
+    meta.mut_conf_state().voters = VOTERS.to_vec();
+    let mut m = Message {
+        from: leader,
+        to: follower,
+        term,
+        ..Default::default()
+    };
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.set_snapshot(snapshot);
+    c.node_mut(follower).step(Input::Peer(Box::new(m)));
+    c.settle();
+}

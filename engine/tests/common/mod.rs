@@ -53,8 +53,8 @@ pub struct Cluster {
     pub trace: Option<Vec<String>>,
     /// A one-member cluster: any message to a peer or member table change is a failure.
     solo: bool,
-    /// Watch output is a failure (the test opens no watch).
-    no_watches: bool,
+    /// Whether a watch input was stepped: before that, watch output is a failure.
+    watches_used: bool,
     next_token: u64,
 }
 
@@ -75,7 +75,7 @@ impl Cluster {
             installed: BTreeMap::new(),
             trace: None,
             solo: false,
-            no_watches: false,
+            watches_used: false,
             next_token: AUTO_TOKEN_FIRST,
         };
         for &id in ids {
@@ -99,11 +99,6 @@ impl Cluster {
     /// [`Cluster::single_from`] an empty disk.
     pub fn single(cfg: TestConfig) -> Cluster {
         Cluster::single_from(cfg, Disk::default())
-    }
-
-    /// Makes any watch output a failure from now on: for tests that open no watch.
-    pub fn expect_no_watches(&mut self) {
-        self.no_watches = true;
     }
 
     /// Records every output handled from now on in [`Cluster::trace`].
@@ -221,7 +216,7 @@ impl Cluster {
             }
             Output::Reply { token, result } => self.replies.push((token, result)),
             Output::Watch(outs) => {
-                assert!(!self.no_watches, "no watches here, yet {outs:?}");
+                assert!(self.watches_used, "no watches here, yet {outs:?}");
                 for o in outs {
                     match o {
                         WatchOutput::Send(s, r) => self.watch_sent.push((s, r)),
@@ -352,6 +347,7 @@ impl Cluster {
 
     /// Steps a watch input into member `on` and settles.
     pub fn watch_input(&mut self, on: u64, input: WatchInput) {
+        self.watches_used = true;
         self.step(on, Input::Watch(input));
         self.settle();
     }
