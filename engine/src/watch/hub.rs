@@ -172,10 +172,7 @@ impl WatchHub {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        if !req.range_end.is_empty()
-            && req.range_end.as_ref() != [0]
-            && req.key.as_ref() >= req.range_end.as_ref()
-        {
+        if is_empty_range(&req) {
             self.stream(stream);
             self.control(stream, refuse(ERR_EMPTY_RANGE));
             return;
@@ -188,15 +185,7 @@ impl WatchHub {
         if flags & F_PREV_KV != 0 {
             self.prev_kv_watchers += 1;
         }
-        // etcd: a start revision of 0 or in the future is synced at once; events before the
-        // start revision are then skipped.
-        let start = req.start_revision;
-        let synced = start == 0 || start > current;
-        let next_rev = if synced {
-            start.max(current + 1)
-        } else {
-            start.max(1)
-        };
+        let (synced, next_rev) = start_of(req.start_revision, current);
         let group = self.groups.join(req.key, req.range_end);
         let w = self.slab.insert(Watcher {
             stream,
@@ -348,5 +337,23 @@ impl WatchHub {
         }
         self.groups.leave(watcher.group);
         self.slab.remove(w);
+    }
+}
+
+/// Whether a create request names an empty range (an end at or before its key).
+fn is_empty_range(req: &WatchCreateRequest) -> bool {
+    !req.range_end.is_empty()
+        && req.range_end.as_ref() != [0]
+        && req.key.as_ref() >= req.range_end.as_ref()
+}
+
+/// Whether a new watcher starting at `start` is synced at once, and its first revision.
+/// etcd: a start revision of 0 or in the future is synced at once (events before the start
+/// revision are then skipped); a past one catches up from there.
+fn start_of(start: i64, current: i64) -> (bool, i64) {
+    if start == 0 || start > current {
+        (true, start.max(current + 1))
+    } else {
+        (false, start.max(1))
     }
 }
