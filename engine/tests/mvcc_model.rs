@@ -171,6 +171,7 @@ fn legal(ops: &[Op]) -> Vec<Op> {
 }
 
 fn check(store: &Store, model: &Model) {
+    store.check_invariants();
     assert_eq!(store.current_revision(), model.current);
     let ranges: [(&[u8], Option<&[u8]>); 4] = [
         (b"a", None),

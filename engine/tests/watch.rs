@@ -1,9 +1,11 @@
 //! Watches through the node: create, live events, catch-up from MVCC, compaction, filters,
 //! prev_kv, fragments, progress, cancellation and slow consumers — every response checked.
 
-use keel_engine::bugs::Bugs;
-use keel_engine::node::{Input, Node, NodeConfig, Output, Recovered, Request, WatchConfig};
-use keel_engine::watch::{WatchInput, WatchOutput, STREAM_WINDOW};
+mod common;
+
+use common::{watch_counts, Cluster, TestConfig, CLUSTER_ID};
+use keel_engine::node::Request;
+use keel_engine::watch::{WatchInput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::request_op::Request as Op;
 use keel_proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
@@ -13,131 +15,43 @@ use keel_proto::mvccpb::event::EventType;
 
 const MEMBER: u64 = 0x11;
 
-struct Harness {
-    node: Node,
-    sent: Vec<(u64, WatchResponse)>,
-    closed: Vec<(u64, &'static str)>,
-    next_token: u64,
+/// A request in a one-member cluster is answered before any tick.
+const SOLO_TICKS: usize = 1;
+
+/// A one-member cluster, settled.
+fn start() -> Cluster {
+    start_with(|cfg| cfg)
 }
 
-impl Harness {
-    fn new() -> Harness {
-        Harness::with_config(|_| {})
-    }
-
-    /// A harness whose node configuration `change` adjusted first.
-    fn with_config(change: impl FnOnce(&mut NodeConfig)) -> Harness {
-        let mut cfg = NodeConfig {
-            member_id: MEMBER,
-            cluster_id: 0xc1,
-            voters: vec![MEMBER],
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            tick_ms: 100,
-            seed: 7,
-            incarnation: 1,
-            snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
-            initial_members: Vec::new(),
-            name: String::new(),
-            client_urls: Vec::new(),
-            joining: false,
-            watch: WatchConfig::default(),
-            bugs: Bugs::none(),
-        };
-        change(&mut cfg);
-        let node = Node::new(cfg, Recovered::default()).expect("node starts");
-        let mut h = Harness {
-            node,
-            sent: Vec::new(),
-            closed: Vec::new(),
-            next_token: 1,
-        };
-        h.settle();
-        h
-    }
-
-    fn settle(&mut self) {
-        for _ in 0..1000 {
-            let outputs = self.node.take_outputs();
-            if outputs.is_empty() {
-                return;
-            }
-            for out in outputs {
-                match out {
-                    Output::Persist(batch) => self.node.step(Input::Persisted {
-                        number: batch.number,
-                    }),
-                    Output::Send(_) => panic!("one member sends nothing"),
-                    Output::Reply { result, .. } => {
-                        result.expect("request succeeds");
-                    }
-                    Output::Watch(outs) => {
-                        for o in outs {
-                            match o {
-                                WatchOutput::Send(s, r) => self.sent.push((s, r)),
-                                WatchOutput::Close(s, why) => self.closed.push((s, why)),
-                            }
-                        }
-                    }
-                    Output::SaveSnapshot(_) => {}
-                    Output::Fatal(why) => panic!("node stopped: {why}"),
-                    Output::Members { members: m, .. } => {
-                        panic!("no member changes here, yet {m:?}")
-                    }
-                }
-            }
-        }
-        panic!("never settled");
-    }
-
-    fn request(&mut self, request: Request) {
-        let token = self.next_token;
-        self.next_token += 1;
-        self.node.step(Input::Request { token, request });
-        self.settle();
-    }
-
-    fn put(&mut self, key: &str, value: &str) {
-        self.request(Request::Put(PutRequest {
-            key: key.to_owned().into(),
-            value: value.to_owned().into(),
-            ..Default::default()
-        }));
-    }
-
-    fn delete(&mut self, key: &str) {
-        self.request(Request::DeleteRange(DeleteRangeRequest {
-            key: key.to_owned().into(),
-            ..Default::default()
-        }));
-    }
-
-    fn watch(&mut self, stream: u64, request: WatchCreateRequest) {
-        self.node
-            .step(Input::Watch(WatchInput::Create { stream, request }));
-        self.settle();
-    }
-
-    fn input(&mut self, input: WatchInput) {
-        self.node.step(input_of(input));
-        self.settle();
-    }
-
-    fn take(&mut self, stream: u64) -> Vec<WatchResponse> {
-        let (mine, rest) = std::mem::take(&mut self.sent)
-            .into_iter()
-            .partition(|(s, _)| *s == stream);
-        self.sent = rest;
-        mine.into_iter().map(|(_, r)| r).collect()
-    }
-
-    fn revision(&self) -> i64 {
-        self.node.store().current_revision()
-    }
+/// A one-member cluster with the watch settings `settings` adds, settled.
+fn start_with(settings: impl FnOnce(TestConfig) -> TestConfig) -> Cluster {
+    Cluster::single(settings(TestConfig::new(MEMBER, &[MEMBER]).seed(7)))
 }
 
-fn input_of(w: WatchInput) -> Input {
-    Input::Watch(w)
+/// Sends `request`; it must succeed.
+fn request(h: &mut Cluster, request: Request) {
+    h.ok_on_leader(request, SOLO_TICKS);
+}
+
+fn put(h: &mut Cluster, key: &str, value: &str) {
+    request(h, common::put(key, value));
+}
+
+fn delete(h: &mut Cluster, key: &str) {
+    request(h, common::delete(key));
+}
+
+/// Opens a watch on `stream`.
+fn watch(h: &mut Cluster, stream: u64, request: WatchCreateRequest) {
+    h.watch_input(MEMBER, WatchInput::Create { stream, request });
+}
+
+fn input(h: &mut Cluster, input: WatchInput) {
+    h.watch_input(MEMBER, input);
+}
+
+fn revision(h: &Cluster) -> i64 {
+    h.node(MEMBER).store().current_revision()
 }
 
 fn create(key: &str, end: &str, start: i64) -> WatchCreateRequest {
@@ -177,22 +91,22 @@ fn ev(kind: &'static str, key: &str, value: &str, rev: i64) -> (&'static str, St
 
 #[test]
 fn a_watch_from_now_gets_created_then_each_change_in_its_range() {
-    let mut h = Harness::new();
-    h.put("a", "0"); // rev 2
-    h.watch(1, create("a", "", 0));
-    let created = h.take(1);
+    let mut h = start();
+    put(&mut h, "a", "0"); // rev 2
+    watch(&mut h, 1, create("a", "", 0));
+    let created = h.take_watch(1);
     assert_eq!(created.len(), 1);
     assert!(created[0].created);
     assert_eq!(created[0].watch_id, 0);
     let header = created[0].header.expect("header");
     assert_eq!(
         (header.revision, header.member_id, header.cluster_id),
-        (2, MEMBER, 0xc1)
+        (2, MEMBER, CLUSTER_ID)
     );
-    h.put("a", "1"); // 3
-    h.put("b", "x"); // 4: not watched
-    h.delete("a"); // 5
-    let got = h.take(1);
+    put(&mut h, "a", "1"); // 3
+    put(&mut h, "b", "x"); // 4: not watched
+    delete(&mut h, "a"); // 5
+    let got = h.take_watch(1);
     assert_eq!(
         events(&got),
         vec![ev("put", "a", "1", 3), ev("delete", "a", "", 5)]
@@ -204,31 +118,33 @@ fn a_watch_from_now_gets_created_then_each_change_in_its_range() {
 
 #[test]
 fn prefix_and_from_key_ranges_and_filters() {
-    let mut h = Harness::new();
-    h.watch(1, create("p/", "p0", 0)); // prefix p/
-    h.watch(
+    let mut h = start();
+    watch(&mut h, 1, create("p/", "p0", 0)); // prefix p/
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             filters: vec![0], // NOPUT
             ..create("m", "\0", 0)
         },
     );
-    h.watch(
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             filters: vec![1], // NODELETE
             ..create("p/a", "", 0)
         },
     );
-    let created = h.take(1);
+    let created = h.take_watch(1);
     let ids: Vec<i64> = created.iter().map(|r| r.watch_id).collect();
     assert_eq!(ids, vec![0, 1, 2]);
-    h.put("p/a", "1"); // 2
-    h.put("o", "1"); // 3
-    h.delete("p/a"); // 4
-    h.put("z", "1"); // 5
-    h.delete("z"); // 6
-    let got = h.take(1);
+    put(&mut h, "p/a", "1"); // 2
+    put(&mut h, "o", "1"); // 3
+    delete(&mut h, "p/a"); // 4
+    put(&mut h, "z", "1"); // 5
+    delete(&mut h, "z"); // 6
+    let got = h.take_watch(1);
     let of = |id: i64| {
         let rs: Vec<WatchResponse> = got.iter().filter(|r| r.watch_id == id).cloned().collect();
         events(&rs)
@@ -247,12 +163,13 @@ fn prefix_and_from_key_ranges_and_filters() {
 
 #[test]
 fn a_historical_start_catches_up_from_mvcc_then_goes_live_without_gaps() {
-    let mut h = Harness::new();
+    let mut h = start();
     for i in 0..2500 {
-        h.put(&format!("k{}", i % 7), &format!("v{i}"));
+        put(&mut h, &format!("k{}", i % 7), &format!("v{i}"));
     }
     // revisions 2..=2501
-    h.watch(
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             prev_kv: true,
@@ -261,11 +178,10 @@ fn a_historical_start_catches_up_from_mvcc_then_goes_live_without_gaps() {
     );
     // Catch-up happens in bounded batches, one per step: ticks drive the rest.
     for _ in 0..10 {
-        h.node.step(Input::Tick);
-        h.settle();
+        h.tick();
     }
-    h.put("k3", "live");
-    let got = h.take(1);
+    put(&mut h, "k3", "live");
+    let got = h.take_watch(1);
     assert!(got[0].created);
     let evs = events(&got[1..]);
     assert_eq!(evs.len(), 2501);
@@ -292,9 +208,9 @@ fn a_historical_start_catches_up_from_mvcc_then_goes_live_without_gaps() {
 
 #[test]
 fn a_txn_revision_arrives_in_one_response() {
-    let mut h = Harness::new();
-    h.watch(1, create("a", "\0", 0));
-    h.take(1);
+    let mut h = start();
+    watch(&mut h, 1, create("a", "\0", 0));
+    h.take_watch(1);
     let put = |k: &str| RequestOp {
         request: Some(Op::RequestPut(PutRequest {
             key: k.to_owned().into(),
@@ -302,27 +218,33 @@ fn a_txn_revision_arrives_in_one_response() {
             ..Default::default()
         })),
     };
-    h.request(Request::Txn(TxnRequest {
-        success: vec![put("a1"), put("a2"), put("a3")],
-        ..Default::default()
-    }));
-    let got = h.take(1);
+    request(
+        &mut h,
+        Request::Txn(TxnRequest {
+            success: vec![put("a1"), put("a2"), put("a3")],
+            ..Default::default()
+        }),
+    );
+    let got = h.take_watch(1);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].events.len(), 3);
 }
 
 #[test]
 fn a_compacted_start_is_cancelled_with_the_compact_revision() {
-    let mut h = Harness::new();
+    let mut h = start();
     for i in 0..10 {
-        h.put("a", &i.to_string());
+        put(&mut h, "a", &i.to_string());
     } // revs 2..=11
-    h.request(Request::Compaction(CompactionRequest {
-        revision: 6,
-        physical: false,
-    }));
-    h.watch(1, create("a", "", 3));
-    let got = h.take(1);
+    request(
+        &mut h,
+        Request::Compaction(CompactionRequest {
+            revision: 6,
+            physical: false,
+        }),
+    );
+    watch(&mut h, 1, create("a", "", 3));
+    let got = h.take_watch(1);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got[0].created && !got[0].canceled);
     assert!(got[1].canceled);
@@ -330,22 +252,25 @@ fn a_compacted_start_is_cancelled_with_the_compact_revision() {
     assert_eq!(got[1].watch_id, got[0].watch_id);
     assert!(got[1].events.is_empty());
     // The watch is gone: later changes are not sent to it.
-    h.put("a", "x");
-    assert!(h.take(1).is_empty());
+    put(&mut h, "a", "x");
+    assert!(h.take_watch(1).is_empty());
 }
 
 #[test]
 fn a_start_at_the_compaction_revision_sees_the_delete_there() {
-    let mut h = Harness::new();
-    h.put("a", "1"); // 2
-    h.delete("a"); // 3
-    h.put("b", "1"); // 4
-    h.request(Request::Compaction(CompactionRequest {
-        revision: 3,
-        physical: false,
-    }));
-    h.watch(1, create("a", "c", 3));
-    let got = h.take(1);
+    let mut h = start();
+    put(&mut h, "a", "1"); // 2
+    delete(&mut h, "a"); // 3
+    put(&mut h, "b", "1"); // 4
+    request(
+        &mut h,
+        Request::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+    );
+    watch(&mut h, 1, create("a", "c", 3));
+    let got = h.take_watch(1);
     assert_eq!(
         events(&got),
         vec![ev("delete", "a", "", 3), ev("put", "b", "1", 4)]
@@ -358,43 +283,47 @@ fn a_start_at_the_compaction_revision_sees_the_delete_there() {
 #[cfg(madsim)]
 #[test]
 fn the_skip_compaction_boundary_bug_drops_that_delete() {
-    use keel_engine::bugs::Bug;
-    let mut h = Harness::with_config(|c| c.bugs = Bugs::of(&[Bug::WatchSkipCompactionBoundary]));
-    h.put("a", "1");
-    h.delete("a");
-    h.put("b", "1");
-    h.request(Request::Compaction(CompactionRequest {
-        revision: 3,
-        physical: false,
-    }));
-    h.watch(1, create("a", "c", 3));
-    assert_eq!(events(&h.take(1)), vec![ev("put", "b", "1", 4)]);
+    let mut h = start_with(TestConfig::bug_skip_compaction_boundary);
+    put(&mut h, "a", "1");
+    delete(&mut h, "a");
+    put(&mut h, "b", "1");
+    request(
+        &mut h,
+        Request::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+    );
+    watch(&mut h, 1, create("a", "c", 3));
+    assert_eq!(events(&h.take_watch(1)), vec![ev("put", "b", "1", 4)]);
 }
 
 #[test]
 fn create_errors_cancel_and_ids_follow_etcd() {
-    let mut h = Harness::new();
-    h.watch(1, create("b", "a", 0));
-    let got = h.take(1);
+    let mut h = start();
+    watch(&mut h, 1, create("b", "a", 0));
+    let got = h.take_watch(1);
     assert!(got[0].created && got[0].canceled);
     assert_eq!(got[0].watch_id, -1);
     assert_eq!(got[0].cancel_reason, "mvcc: watcher range is empty");
 
-    h.watch(
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             watch_id: 5,
             ..create("a", "", 0)
         },
     );
-    h.watch(
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             watch_id: 5,
             ..create("b", "", 0)
         },
     );
-    let got = h.take(1);
+    let got = h.take_watch(1);
     assert_eq!(got[0].watch_id, 5);
     assert!(got[1].canceled);
     assert_eq!(
@@ -402,79 +331,86 @@ fn create_errors_cancel_and_ids_follow_etcd() {
         "mvcc: duplicate watch ID provided on the WatchStream"
     );
     // Auto ids skip taken ones; ids are per stream.
-    h.watch(1, create("c", "", 0));
-    h.watch(2, create("c", "", 0));
-    assert_eq!(h.take(1)[0].watch_id, 0);
-    assert_eq!(h.take(2)[0].watch_id, 0);
+    watch(&mut h, 1, create("c", "", 0));
+    watch(&mut h, 2, create("c", "", 0));
+    assert_eq!(h.take_watch(1)[0].watch_id, 0);
+    assert_eq!(h.take_watch(2)[0].watch_id, 0);
 
-    h.input(WatchInput::Cancel {
-        stream: 1,
-        watch_id: 5,
-    });
-    let got = h.take(1);
+    input(
+        &mut h,
+        WatchInput::Cancel {
+            stream: 1,
+            watch_id: 5,
+        },
+    );
+    let got = h.take_watch(1);
     assert_eq!(got.len(), 1);
     assert!(got[0].canceled && got[0].watch_id == 5);
     // Unknown ids are ignored, like etcd.
-    h.input(WatchInput::Cancel {
-        stream: 1,
-        watch_id: 99,
-    });
-    assert!(h.take(1).is_empty());
-    h.put("a", "after cancel");
-    assert!(h.take(1).is_empty());
+    input(
+        &mut h,
+        WatchInput::Cancel {
+            stream: 1,
+            watch_id: 99,
+        },
+    );
+    assert!(h.take_watch(1).is_empty());
+    put(&mut h, "a", "after cancel");
+    assert!(h.take_watch(1).is_empty());
 }
 
 #[test]
 fn progress_requests_answer_with_the_current_revision_once_synced() {
-    let mut h = Harness::new();
-    h.put("a", "1");
-    h.watch(1, create("a", "", 0));
-    h.take(1);
-    h.input(WatchInput::Progress { stream: 1 });
-    let got = h.take(1);
+    let mut h = start();
+    put(&mut h, "a", "1");
+    watch(&mut h, 1, create("a", "", 0));
+    h.take_watch(1);
+    input(&mut h, WatchInput::Progress { stream: 1 });
+    let got = h.take_watch(1);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].watch_id, -1);
     assert!(got[0].events.is_empty());
     assert_eq!(
         got[0].header.as_ref().map(|x| x.revision),
-        Some(h.revision())
+        Some(revision(&h))
     );
 }
 
 #[test]
 fn progress_notify_reaches_idle_watchers_each_interval() {
-    let mut h = Harness::with_config(|c| c.watch.progress_interval_ms = 1000);
-    h.watch(
+    let mut h = start_with(|cfg| cfg.progress_interval_ms(1000));
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             progress_notify: true,
             ..create("a", "", 0)
         },
     );
-    h.watch(1, create("a", "", 0)); // did not ask
-    h.take(1);
+    watch(&mut h, 1, create("a", "", 0)); // did not ask
+    h.take_watch(1);
     for _ in 0..25 {
-        h.node.step(Input::Tick);
-        h.settle();
+        h.tick();
     }
-    let got = h.take(1);
+    let got = h.take_watch(1);
     assert!(got.len() >= 2, "{got:?}");
     assert!(got.iter().all(|r| r.watch_id == 0 && r.events.is_empty()));
 }
 
 #[test]
 fn fragments_split_a_large_revision_only_when_asked() {
-    let mut h = Harness::with_config(|c| c.watch.fragment_bytes = 300);
-    h.watch(
+    let mut h = start_with(|cfg| cfg.fragment_bytes(300));
+    watch(
+        &mut h,
         1,
         WatchCreateRequest {
             fragment: true,
             ..create("a", "\0", 0)
         },
     );
-    h.watch(2, create("a", "\0", 0));
-    h.take(1);
-    h.take(2);
+    watch(&mut h, 2, create("a", "\0", 0));
+    h.take_watch(1);
+    h.take_watch(2);
     let ops: Vec<RequestOp> = (0..10)
         .map(|i| RequestOp {
             request: Some(Op::RequestPut(PutRequest {
@@ -484,53 +420,62 @@ fn fragments_split_a_large_revision_only_when_asked() {
             })),
         })
         .collect();
-    h.request(Request::Txn(TxnRequest {
-        success: ops,
-        ..Default::default()
-    }));
-    let frag = h.take(1);
+    request(
+        &mut h,
+        Request::Txn(TxnRequest {
+            success: ops,
+            ..Default::default()
+        }),
+    );
+    let frag = h.take_watch(1);
     assert!(frag.len() > 1);
     assert!(frag[..frag.len() - 1].iter().all(|r| r.fragment));
     assert!(!frag[frag.len() - 1].fragment);
     assert_eq!(events(&frag).len(), 10);
-    let whole = h.take(2);
+    let whole = h.take_watch(2);
     assert_eq!(whole.len(), 1);
     assert_eq!(whole[0].events.len(), 10);
 }
 
 #[test]
 fn a_slow_stream_falls_behind_alone_and_catches_up_without_loss() {
-    let mut h = Harness::new();
-    h.watch(1, create("a", "", 0)); // the slow one
-    h.watch(2, create("a", "", 0));
-    h.take(1);
-    h.take(2);
+    let mut h = start();
+    watch(&mut h, 1, create("a", "", 0)); // the slow one
+    watch(&mut h, 2, create("a", "", 0));
+    h.take_watch(1);
+    h.take_watch(2);
     let writes = STREAM_WINDOW as usize + 500;
     let mut fast = Vec::new();
     for i in 0..writes {
-        h.put("a", &i.to_string());
+        put(&mut h, "a", &i.to_string());
         // Stream 2's client reads as it goes.
-        let read = h.take(2);
-        h.input(WatchInput::Credit {
-            stream: 2,
-            responses: read.len() as u32,
-        });
+        let read = h.take_watch(2);
+        input(
+            &mut h,
+            WatchInput::Credit {
+                stream: 2,
+                responses: read.len() as u32,
+            },
+        );
         fast.extend(read);
     }
     // Stream 1 never returned credit: it got exactly a window's worth (less the created).
-    let slow = h.take(1);
+    let slow = h.take_watch(1);
     assert_eq!(slow.len(), STREAM_WINDOW as usize - 1);
-    assert_eq!(h.node.watches().unsynced_count(), 1);
+    assert_eq!(watch_counts(h.node(MEMBER)).unsynced, 1);
     // Stream 2 got everything, one response per write.
     assert_eq!(events(&fast).len(), writes);
     // Credit returns: the slow watcher catches up from MVCC, in order, no duplicates.
     let mut all = slow;
     for _ in 0..20 {
-        h.input(WatchInput::Credit {
-            stream: 1,
-            responses: STREAM_WINDOW,
-        });
-        all.extend(h.take(1));
+        input(
+            &mut h,
+            WatchInput::Credit {
+                stream: 1,
+                responses: STREAM_WINDOW,
+            },
+        );
+        all.extend(h.take_watch(1));
     }
     let evs = events(&all);
     assert_eq!(evs.len(), writes);
@@ -538,34 +483,40 @@ fn a_slow_stream_falls_behind_alone_and_catches_up_without_loss() {
         assert_eq!(e.2, i.to_string());
         assert_eq!(e.3, i as i64 + 2);
     }
-    assert_eq!(h.node.watches().unsynced_count(), 0);
-    h.put("a", "live");
+    assert_eq!(watch_counts(h.node(MEMBER)).unsynced, 0);
+    put(&mut h, "a", "live");
     assert_eq!(
-        events(&h.take(1)),
+        events(&h.take_watch(1)),
         vec![ev("put", "a", "live", writes as i64 + 2)]
     );
 }
 
 #[test]
 fn a_slow_watcher_overtaken_by_compaction_is_cancelled_not_skipped() {
-    let mut h = Harness::new();
-    h.watch(1, create("a", "", 0));
-    h.take(1);
+    let mut h = start();
+    watch(&mut h, 1, create("a", "", 0));
+    h.take_watch(1);
     for i in 0..(STREAM_WINDOW as usize + 10) {
-        h.put("a", &i.to_string());
+        put(&mut h, "a", &i.to_string());
     }
-    let got = h.take(1);
+    let got = h.take_watch(1);
     let last_seen = events(&got).last().map(|e| e.3).expect("some events");
-    let rev = h.revision();
-    h.request(Request::Compaction(CompactionRequest {
-        revision: rev,
-        physical: false,
-    }));
-    h.input(WatchInput::Credit {
-        stream: 1,
-        responses: STREAM_WINDOW,
-    });
-    let got = h.take(1);
+    let rev = revision(&h);
+    request(
+        &mut h,
+        Request::Compaction(CompactionRequest {
+            revision: rev,
+            physical: false,
+        }),
+    );
+    input(
+        &mut h,
+        WatchInput::Credit {
+            stream: 1,
+            responses: STREAM_WINDOW,
+        },
+    );
+    let got = h.take_watch(1);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].canceled);
     assert_eq!(got[0].compact_revision, rev);
@@ -574,233 +525,28 @@ fn a_slow_watcher_overtaken_by_compaction_is_cancelled_not_skipped() {
 
 #[test]
 fn closing_a_stream_frees_its_watchers() {
-    let mut h = Harness::new();
+    let mut h = start();
     for s in 1..=3 {
         for k in 0..100 {
-            h.watch(
+            watch(
+                &mut h,
                 s,
                 create(&format!("k{k}"), "", if k % 2 == 0 { 0 } else { 1 }),
             );
         }
     }
-    assert_eq!(h.node.watches().watcher_count(), 300);
-    h.take(2);
-    h.input(WatchInput::Close { stream: 2 });
-    assert_eq!(h.node.watches().watcher_count(), 200);
-    assert_eq!(h.node.watches().stream_count(), 2);
-    h.take(1);
-    h.take(3);
-    h.put("k4", "v");
-    assert_eq!(h.take(1).len(), 1);
-    assert_eq!(h.take(3).len(), 1);
-    assert!(h.take(2).is_empty());
+    assert_eq!(watch_counts(h.node(MEMBER)).watchers, 300);
+    h.take_watch(2);
+    input(&mut h, WatchInput::Close { stream: 2 });
+    assert_eq!(watch_counts(h.node(MEMBER)).watchers, 200);
+    assert_eq!(watch_counts(h.node(MEMBER)).streams, 2);
+    h.take_watch(1);
+    h.take_watch(3);
+    put(&mut h, "k4", "v");
+    assert_eq!(h.take_watch(1).len(), 1);
+    assert_eq!(h.take_watch(3).len(), 1);
+    assert!(h.take_watch(2).is_empty());
 }
 
-mod model {
-    //! Random writes, compactions, watches and readers that return credit at random: every
-    //! watcher's stream must be exactly the changes in its range from its start revision on
-    //! (no gap, no duplicate, in order, each revision in one response), or such a prefix
-    //! followed by a compaction cancel at a revision it had not reached.
-    use super::*;
-    use proptest::prelude::*;
-    use std::collections::BTreeMap;
-
-    #[derive(Debug, Clone)]
-    enum Step {
-        Put(u8, u8),
-        Delete(u8),
-        Txn(u8, u8),
-        Compact,
-        Watch {
-            stream: u8,
-            key: u8,
-            span: u8,
-            back: u8,
-        },
-        Credit(u8, u16),
-        Tick,
-    }
-
-    fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![
-            6 => (0u8..8, any::<u8>()).prop_map(|(k, v)| Step::Put(k, v)),
-            2 => (0u8..8).prop_map(Step::Delete),
-            2 => (0u8..8, 0u8..8).prop_map(|(a, b)| Step::Txn(a, b)),
-            1 => Just(Step::Compact),
-            2 => (0u8..3, 0u8..7, 0u8..3, 0u8..20)
-                .prop_map(|(stream, key, span, back)| Step::Watch { stream, key, span, back }),
-            3 => (0u8..3, 0u16..4).prop_map(|(s, n)| Step::Credit(s, n)),
-            1 => Just(Step::Tick),
-        ]
-    }
-
-    fn key(k: u8) -> String {
-        format!("k{k}")
-    }
-
-    /// (key, range end) of a watch: a single key, or `span` keys from `key`.
-    fn range(k: u8, span: u8) -> (String, String) {
-        if span == 0 {
-            (key(k), String::new())
-        } else {
-            (key(k), key(k + span))
-        }
-    }
-
-    fn in_range(k: &str, (start, end): &(String, String)) -> bool {
-        if end.is_empty() {
-            k == start
-        } else {
-            k >= start.as_str() && k < end.as_str()
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
-        #[test]
-        fn every_watcher_gets_exactly_its_changes(steps in proptest::collection::vec(step(), 1..160)) {
-            // A small window, so readers that return no credit really fall behind.
-            let mut h = Harness::with_config(|c| c.watch.stream_window = 3);
-            let mut truth: Vec<(i64, String, &'static str, String)> = Vec::new();
-            let mut compacted_to = 0i64;
-            for s in &steps {
-                let before = h.revision();
-                match s {
-                    Step::Put(k, v) => {
-                        h.put(&key(*k), &v.to_string());
-                        truth.push((h.revision(), key(*k), "put", v.to_string()));
-                    }
-                    Step::Delete(k) => {
-                        h.delete(&key(*k));
-                        if h.revision() > before {
-                            truth.push((h.revision(), key(*k), "delete", String::new()));
-                        }
-                    }
-                    Step::Txn(a, b) => {
-                        let ops = vec![
-                            RequestOp { request: Some(Op::RequestPut(PutRequest {
-                                key: key(*a).into(), value: "t".into(), ..Default::default()
-                            })) },
-                            RequestOp { request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
-                                key: key(*b).into(), ..Default::default()
-                            })) },
-                        ];
-                        if a == b {
-                            continue; // etcd refuses duplicate keys in a txn
-                        }
-                        let existed_b = h.node.store().kv_at(key(*b).as_bytes(), 0).is_some();
-                        h.request(Request::Txn(TxnRequest { success: ops, ..Default::default() }));
-                        let rev = h.revision();
-                        truth.push((rev, key(*a), "put", "t".to_string()));
-                        if existed_b {
-                            truth.push((rev, key(*b), "delete", String::new()));
-                        }
-                    }
-                    Step::Compact => {
-                        let to = (compacted_to + h.revision()) / 2;
-                        if to > compacted_to {
-                            h.request(Request::Compaction(CompactionRequest { revision: to, physical: false }));
-                            compacted_to = to;
-                        }
-                    }
-                    Step::Watch { stream, key: k, span, back } => {
-                        let (start_key, end) = range(*k, *span);
-                        let start = (h.revision() - i64::from(*back)).max(0);
-                        h.watch(u64::from(*stream), create(&start_key, &end, start));
-                    }
-                    Step::Credit(stream, n) => h.input(WatchInput::Credit {
-                        stream: u64::from(*stream),
-                        responses: u32::from(*n),
-                    }),
-                    Step::Tick => {
-                        h.node.step(Input::Tick);
-                        h.settle();
-                    }
-                }
-            }
-            // Finally every reader catches up.
-            for _ in 0..50 {
-                for stream in 0..3 {
-                    h.input(WatchInput::Credit { stream, responses: STREAM_WINDOW });
-                }
-            }
-            let sent = std::mem::take(&mut h.sent);
-            // Per watch: its responses in order.
-            let mut per: BTreeMap<(u64, i64), Vec<WatchResponse>> = BTreeMap::new();
-            for (stream, r) in sent {
-                if r.created {
-                    continue;
-                }
-                per.entry((stream, r.watch_id)).or_default().push(r);
-            }
-            // Re-derive each watch's range and start from the steps, in creation order.
-            let mut next_id: BTreeMap<u64, i64> = BTreeMap::new();
-            let mut created: BTreeMap<(u64, i64), ((String, String), i64)> = BTreeMap::new();
-            {
-                // Replay revisions to know the revision when each watch was created.
-                let mut h2 = Harness::new();
-                for s in &steps {
-                    match s {
-                        Step::Put(k, v) => h2.put(&key(*k), &v.to_string()),
-                        Step::Delete(k) => h2.delete(&key(*k)),
-                        Step::Txn(a, b) if a != b => h2.request(Request::Txn(TxnRequest {
-                            success: vec![
-                                RequestOp { request: Some(Op::RequestPut(PutRequest {
-                                    key: key(*a).into(), value: "t".into(), ..Default::default()
-                                })) },
-                                RequestOp { request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
-                                    key: key(*b).into(), ..Default::default()
-                                })) },
-                            ],
-                            ..Default::default()
-                        })),
-                        Step::Watch { stream, key: k, span, back } => {
-                            let revision_at_step = h2.revision();
-                            let id = next_id.entry(u64::from(*stream)).or_insert(0);
-                            let start = (revision_at_step - i64::from(*back)).max(0);
-                            let effective = if start == 0 || start > revision_at_step { revision_at_step + 1 } else { start };
-                            created.insert((u64::from(*stream), *id), (range(*k, *span), effective));
-                            *id += 1;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            for (id, (rng, start)) in &created {
-                let responses = per.get(id).cloned().unwrap_or_default();
-                let mut got: Vec<(i64, String, &'static str, String)> = Vec::new();
-                let mut canceled_at = None;
-                let mut last_rev_seen = 0;
-                for r in &responses {
-                    prop_assert!(canceled_at.is_none(), "response after cancel on {:?}", id);
-                    if r.canceled {
-                        prop_assert!(r.compact_revision > 0, "only compaction cancels here");
-                        canceled_at = Some(r.compact_revision);
-                        continue;
-                    }
-                    // One revision never spans two responses.
-                    let first = r.events.first().and_then(|e| e.kv.as_ref()).map_or(0, |kv| kv.mod_revision);
-                    prop_assert!(first > last_rev_seen, "revision {} split or repeated on {:?}", first, id);
-                    for (kind, k, v, rev) in events(std::slice::from_ref(r)) {
-                        got.push((rev, k, kind, v));
-                        last_rev_seen = rev;
-                    }
-                }
-                let want: Vec<_> = truth
-                    .iter()
-                    .filter(|(rev, k, _, _)| *rev >= *start && in_range(k, rng))
-                    .cloned()
-                    .collect();
-                match canceled_at {
-                    None => prop_assert_eq!(&got, &want, "watch {:?} from {}", id, start),
-                    Some(c) => {
-                        prop_assert!(got.len() <= want.len());
-                        prop_assert_eq!(&got[..], &want[..got.len()], "watch {:?} prefix", id);
-                        let next = got.last().map_or(*start, |g| g.0 + 1);
-                        prop_assert!(next < c, "cancelled at {} though it reached {}", c, next);
-                    }
-                }
-            }
-        }
-    }
-}
+#[path = "watch/model.rs"]
+mod model;

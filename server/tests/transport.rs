@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::keelpb::peer_server::PeerServer;
-use keel_server::transport::{LocalIdentity, PeerService, Transport, PEER_QUEUE_MAX};
+use keel_server::peer::transport::PEER_QUEUE_MAX;
+use keel_server::peer::{LocalIdentity, PeerService, Transport};
 use keel_server::SystemClock;
 use tokio::sync::{mpsc, oneshot};
 
@@ -211,7 +212,7 @@ async fn a_snapshot_streams_in_chunks_beside_heartbeats_and_reports_its_outcome(
         reports_tx,
     );
     // 5.5 chunks of data, every byte different from its neighbours.
-    let len = 5 * keel_server::snapshot_send::CHUNK_BYTES + 512 * 1024;
+    let len = 5 * keel_server::peer::snapshot::CHUNK_BYTES + 512 * 1024;
     let data: bytes::Bytes = (0..len)
         .map(|i| (i * 7 % 251) as u8)
         .collect::<Vec<_>>()

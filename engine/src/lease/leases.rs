@@ -110,7 +110,16 @@ impl Leases {
         let keys = self.lessor.revoke(id)?;
         let mut txn = store.write();
         for key in &keys {
-            txn.delete_range(KeyRange::Single(key));
+            // Both sides at once: the lease is gone, so no key may still point at it (the
+            // delete events then find these keys detached already).
+            let attached = self.key_leases.remove(key);
+            assert_eq!(
+                attached,
+                Some(id),
+                "key {key:?} of lease {id:x} pointed elsewhere"
+            );
+            let deleted = txn.delete_range(KeyRange::Single(key));
+            assert_eq!(deleted, 1, "key {key:?} of lease {id:x} did not exist");
         }
         let outcome = txn.end();
         // Left in the store like every write's events: the node detaches the keys from them.
@@ -137,6 +146,13 @@ impl Leases {
                 self.key_leases.remove(&kv.key)
             };
             if let Some(old) = old_lease.filter(|old| *old != new_lease) {
+                let listed = self.lessor.get(old).map(|l| l.keys.contains(&kv.key));
+                assert_eq!(
+                    listed,
+                    Some(true),
+                    "key {:?} pointed at lease {old:x}, which did not list it",
+                    kv.key
+                );
                 self.lessor.detach(old, &kv.key);
             }
             if new_lease != 0 && self.lessor.attach(new_lease, kv.key.clone()).is_err() {
@@ -236,6 +252,47 @@ impl Leases {
             granted_ttl: granted,
             keys,
             ..Default::default()
+        }
+    }
+
+    /// Panics, with a message naming what is wrong, unless the lessor's own invariants hold
+    /// (see [`Lessor::check_invariants`]), every key attachment is recorded on both sides
+    /// (the key points at the lease and the lease lists the key), and every revoke in flight
+    /// is the leader's, of a lease that exists.
+    ///
+    /// Meant for tests and the simulator: O((leases + attached keys) × log keys) time.
+    pub fn check_invariants(&self) {
+        self.lessor.check_invariants();
+        let mut listed = 0;
+        for id in self.lessor.ids() {
+            let Some(lease) = self.lessor.get(id) else {
+                panic!("lease {id:x} listed but not found");
+            };
+            for key in &lease.keys {
+                assert_eq!(
+                    self.key_leases.get(key),
+                    Some(&id),
+                    "lease {id:x} lists key {key:?}, which points elsewhere"
+                );
+            }
+            listed += lease.keys.len();
+        }
+        // Every listed key points back at its lease (above), so equal counts mean every
+        // pointing key is listed too.
+        assert_eq!(
+            listed,
+            self.key_leases.len(),
+            "keys pointing at leases against keys the leases list"
+        );
+        for &id in &self.revoking {
+            assert!(
+                self.lessor.is_primary(),
+                "a follower with revoke {id:x} in flight"
+            );
+            assert!(
+                self.lessor.get(id).is_some(),
+                "revoke in flight of unknown lease {id:x}"
+            );
         }
     }
 
@@ -460,5 +517,76 @@ mod tests {
         let ttl = leases.time_to_live(&LeaseTimeToLiveRequest { id, keys: false }, 20_000);
         assert_eq!((ttl.granted_ttl, ttl.ttl), (30, 20));
         assert_eq!(leases.list().leases, vec![LeaseStatus { id }]);
+    }
+
+    fn grant(leases: &mut Leases, id: i64) {
+        leases
+            .apply_grant(&LeaseGrantRequest { id, ttl: 10 }, 0)
+            .expect("grant");
+    }
+
+    #[test]
+    fn invariants_hold_through_puts_moves_deletes_revokes_and_snapshots() {
+        let (mut leases, mut store) = (Leases::new(2, 1), Store::new());
+        leases.set_leader(true, 0, 0);
+        grant(&mut leases, 5);
+        grant(&mut leases, 6);
+        apply_put(&mut leases, &mut store, "a", 5);
+        apply_put(&mut leases, &mut store, "b", 5);
+        apply_put(&mut leases, &mut store, "b", 6); // moved
+        apply_put(&mut leases, &mut store, "c", 6);
+        apply_put(&mut leases, &mut store, "c", 0); // detached
+        leases.check_invariants();
+        assert_eq!(leases.leader_work(60_000).revoke, vec![5, 6]);
+        leases.check_invariants();
+        leases.apply_revoke(&mut store, 5).expect("revoke");
+        leases.check_invariants();
+        let events = store.take_events();
+        leases.observe(&events);
+        leases.check_invariants();
+        let mut restored = Leases::new(2, 2);
+        restored
+            .restore_snapshot(&leases.encode_snapshot())
+            .expect("restore");
+        restored.check_invariants();
+        leases.set_leader(false, 70_000, 0);
+        leases.check_invariants();
+        assert_eq!(count(&store, ""), 2, "b (lease 6) and c are left");
+    }
+
+    #[test]
+    #[should_panic(expected = "points elsewhere")]
+    fn a_key_a_lease_lists_without_pointing_at_it_is_caught() {
+        let mut leases = Leases::new(2, 1);
+        grant(&mut leases, 5);
+        leases
+            .lessor
+            .attach(5, Bytes::from_static(b"x"))
+            .expect("attach");
+        leases.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "keys pointing at leases against keys the leases list")]
+    fn a_key_pointing_at_a_lease_that_does_not_list_it_is_caught() {
+        let mut leases = Leases::new(2, 1);
+        grant(&mut leases, 5);
+        leases.key_leases.insert(Bytes::from_static(b"x"), 5);
+        leases.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "which did not list it")]
+    fn moving_a_key_off_a_lease_that_did_not_list_it_panics() {
+        let mut leases = Leases::new(2, 1);
+        grant(&mut leases, 5);
+        grant(&mut leases, 6);
+        leases.key_leases.insert(Bytes::from_static(b"x"), 5);
+        let kv = crate::mvcc::KeyValue {
+            key: Bytes::from_static(b"x"),
+            lease: 6,
+            ..Default::default()
+        };
+        leases.observe(&[crate::mvcc::put_event(kv)]);
     }
 }

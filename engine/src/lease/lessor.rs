@@ -212,6 +212,11 @@ impl Lessor {
     pub fn promote(&mut self, now_ms: u64, extend_ms: u64) {
         self.primary = true;
         self.expiries.clear();
+        // Every lease is scheduled afresh below: forget the old schedule on both sides.
+        for lease in self.leases.values_mut() {
+            lease.expiry_ms = None;
+            lease.next_checkpoint_ms = None;
+        }
         let plans: Vec<(i64, i64, u64)> = self
             .leases
             .values()
@@ -313,14 +318,67 @@ impl Lessor {
             panic!("scheduling unknown lease {id:x}");
         };
         if let Some(old) = lease.expiry_ms {
-            self.expiries.remove(&(old, id));
+            let removed = self.expiries.remove(&(old, id));
+            assert!(removed, "lease {id:x}: expiry {old} missing from the queue");
         }
         let ttl_ms = (ttl_s.max(0) as u64).saturating_mul(1000);
         let at = now_ms.saturating_add(ttl_ms).saturating_add(extend_ms);
         lease.expiry_ms = Some(at);
         lease.next_checkpoint_ms = (ttl_ms >= CHECKPOINT_INTERVAL_MS)
             .then(|| now_ms.saturating_add(CHECKPOINT_INTERVAL_MS));
-        self.expiries.insert((at, id));
+        let added = self.expiries.insert((at, id));
+        assert!(added, "lease {id:x}: expiry {at} queued twice");
+    }
+
+    /// Panics, with a message naming what is wrong, unless every lease is well formed and
+    /// the expiry schedule and the leases agree both ways: on the leader every lease has an
+    /// expiry and the queue holds exactly those; on a follower neither exists.
+    ///
+    /// Meant for tests and the simulator: O(leases) time, no allocation.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.min_ttl_s > 0,
+            "minimum TTL {} not positive",
+            self.min_ttl_s
+        );
+        for (&id, lease) in &self.leases {
+            assert!(id != 0, "a lease with id 0");
+            assert_eq!(lease.id, id, "lease {id:x} stored under another id");
+            assert!(
+                lease.ttl_s > 0,
+                "lease {id:x}: TTL {} not positive",
+                lease.ttl_s
+            );
+            assert!(
+                (0..=lease.ttl_s).contains(&lease.remaining_ttl_s),
+                "lease {id:x}: checkpointed remaining TTL {} outside [0, {}]",
+                lease.remaining_ttl_s,
+                lease.ttl_s
+            );
+            match lease.expiry_ms {
+                Some(at) => {
+                    assert!(self.primary, "follower lease {id:x} has an expiry");
+                    assert!(
+                        self.expiries.contains(&(at, id)),
+                        "lease {id:x}: expiry {at} missing from the queue"
+                    );
+                }
+                None => {
+                    assert!(!self.primary, "leader lease {id:x} has no expiry");
+                    assert!(
+                        lease.next_checkpoint_ms.is_none(),
+                        "lease {id:x}: a checkpoint scheduled without an expiry"
+                    );
+                }
+            }
+        }
+        for &(at, id) in &self.expiries {
+            let lease = self
+                .leases
+                .get(&id)
+                .unwrap_or_else(|| panic!("expiry queue names unknown lease {id:x}"));
+            assert_eq!(lease.expiry_ms, Some(at), "lease {id:x}: queued at {at}");
+        }
     }
 }
 
@@ -455,5 +513,56 @@ mod tests {
             vec![(2, 3_000)],
             "then again one interval later"
         );
+    }
+
+    #[test]
+    fn invariants_hold_through_grants_renewals_and_leader_changes() {
+        let mut l = Lessor::new(2);
+        l.grant(1, 10, 0).expect("grant");
+        l.attach(1, key("a")).expect("attach");
+        l.check_invariants();
+        l.promote(0, 0);
+        l.grant(2, 600, 0).expect("grant");
+        l.check_invariants();
+        assert_eq!(l.renew(1, 500), Ok(10));
+        assert_eq!(
+            l.checkpoints_due(CHECKPOINT_INTERVAL_MS, 10),
+            vec![(2, 300)]
+        );
+        l.checkpoint(2, 300);
+        l.check_invariants();
+        // Promoted again without a demote in between: the schedule is rebuilt, not doubled.
+        l.promote(1_000, 1_000);
+        l.check_invariants();
+        assert_eq!(l.revoke(2), Ok(Vec::new()));
+        l.check_invariants();
+        l.demote();
+        l.restore(3, 5, 9).expect("restore");
+        l.check_invariants();
+        assert_eq!(
+            l.time_to_live(3, 0),
+            Some((5, 5)),
+            "remaining clamped to the TTL"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "missing from the queue")]
+    fn a_leader_lease_missing_from_the_expiry_queue_is_caught() {
+        let mut l = Lessor::new(2);
+        l.promote(0, 0);
+        l.grant(1, 10, 0).expect("grant");
+        l.expiries.clear();
+        l.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "follower lease 1 has an expiry")]
+    fn a_follower_lease_with_an_expiry_is_caught() {
+        let mut l = Lessor::new(2);
+        l.promote(0, 0);
+        l.grant(1, 10, 0).expect("grant");
+        l.primary = false;
+        l.check_invariants();
     }
 }

@@ -109,6 +109,11 @@ impl Store {
         if self.log.capacity() > 1024 && self.log.len() <= self.log.capacity() / 4 {
             self.log.shrink_to_fit();
         }
+        assert!(
+            previous < revision && revision <= self.current_revision,
+            "compaction moved from {previous} to {revision} with the store at {}",
+            self.current_revision
+        );
         self.compact_revision = revision;
         Ok(stats)
     }

@@ -18,8 +18,8 @@
 //!
 //! `compact(n)` drops every revision ≤ n except the largest one of the generation alive at `n`
 //! (needed to answer a read at `n`), drops generations whose tombstone is ≤ n, and a key whose
-//! only generation is empty is removed by the caller. The brief's example,
-//! `put(1.0); put(2.0); tombstone(3.0); put(4.0)`:
+//! only generation is empty is removed by the caller. A shorter history that stays alive,
+//! `put(1.0); put(2.0); tombstone(3.0); put(4.0)`, checked:
 //!
 //! ```
 //! use bytes::Bytes;
@@ -135,6 +135,60 @@ impl KeyIndex {
             modified,
             generations,
         })
+    }
+
+    /// Panics, with a message naming what is wrong, unless the history is well formed:
+    /// there is a current generation; every other generation holds entries and ends in a
+    /// tombstone (empty value, no lease); revisions strictly increase and the last one is
+    /// [`KeyIndex::modified`]; each generation counts at least the changes it stores and was
+    /// created no later than its first stored entry. O(entries).
+    pub fn check_invariants(&self) {
+        let last = self
+            .generations
+            .len()
+            .checked_sub(1)
+            .unwrap_or_else(|| panic!("key index without a current generation"));
+        let mut previous: Option<Revision> = None;
+        for (index, generation) in self.generations.iter().enumerate() {
+            assert!(
+                generation.changes >= generation.entries.len() as i64,
+                "generation {index}: {} changes, {} entries stored",
+                generation.changes,
+                generation.entries.len()
+            );
+            if index != last {
+                let tombstone = generation.entries.last().unwrap_or_else(|| {
+                    panic!("generation {index} is empty but not the current one")
+                });
+                assert!(
+                    tombstone.value.is_empty() && tombstone.lease == 0,
+                    "generation {index} does not end in a tombstone"
+                );
+            }
+            if let Some(first) = generation.entries.first() {
+                assert!(
+                    generation.created <= first.revision,
+                    "generation {index} created at {} after its entry {}",
+                    generation.created,
+                    first.revision
+                );
+            }
+            for entry in &generation.entries {
+                assert!(
+                    previous.is_none_or(|p| p < entry.revision),
+                    "revision {} stored after {:?}",
+                    entry.revision,
+                    previous
+                );
+                previous = Some(entry.revision);
+            }
+        }
+        if let Some(newest) = previous {
+            assert_eq!(
+                newest, self.modified,
+                "last stored revision against modified"
+            );
+        }
     }
 
     /// The revision of the last change (put or tombstone).

@@ -7,9 +7,11 @@
 //! - [`compaction`]: freeing history no read at or after a revision needs.
 //! - [`hash`]: a deterministic digest of the kept history, to compare replicas.
 //! - [`snapshot`]: the whole store to bytes and back, for raft snapshots.
+//! - `invariants`: [`Store::check_invariants`], what must hold between any two calls.
 
 pub mod compaction;
 pub mod hash;
+mod invariants;
 pub mod key_index;
 pub mod revision;
 pub mod snapshot;

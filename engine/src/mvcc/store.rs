@@ -309,7 +309,11 @@ impl WriteTxn<'_> {
     /// The revision reads inside this txn see: the begin revision, plus one once it changed
     /// something.
     pub fn revision(&self) -> i64 {
-        assert!(self.store.current_revision == self.begin_revision + i64::from(self.changes > 0));
+        assert!(
+            self.store.current_revision == self.begin_revision + i64::from(self.changes > 0),
+            "the store's revision moved under a txn begun at {}",
+            self.begin_revision
+        );
         self.store.current_revision
     }
 
@@ -323,8 +327,33 @@ impl WriteTxn<'_> {
         self.changes
     }
 
+    /// Checks that the store still stands where this txn left it and that `revision` (the
+    /// next one this txn writes) was never used: the store's revision only moves forward.
+    fn assert_fresh(&self, revision: Revision) {
+        let store = &*self.store;
+        assert_eq!(
+            store.current_revision,
+            self.begin_revision + i64::from(self.changes > 0),
+            "the store's revision moved under a txn begun at {}",
+            self.begin_revision
+        );
+        assert_eq!(
+            revision.main,
+            self.begin_revision + 1,
+            "a txn writes one main revision"
+        );
+        if let Some(last) = store.log.back() {
+            assert!(
+                last.revision < revision,
+                "revision {revision} reused: the log already holds {}",
+                last.revision
+            );
+        }
+    }
+
     fn next_revision(&mut self) -> Revision {
         let revision = Revision::new(self.begin_revision + 1, self.changes);
+        self.assert_fresh(revision);
         self.changes += 1;
         self.store.current_revision = revision.main;
         revision
@@ -361,6 +390,8 @@ impl WriteTxn<'_> {
     /// Deletes every key in `range` that exists; returns how many.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> i64 {
         let main = self.begin_revision + 1;
+        // Later deletes of this call take later subs of the same main.
+        self.assert_fresh(Revision::new(main, self.changes));
         let mut deleted: i64 = 0;
         let store = &mut *self.store;
         for (key, key_index) in store.index.range_mut(range) {

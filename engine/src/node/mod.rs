@@ -350,12 +350,14 @@ impl Node {
         self.snapshots.index()
     }
 
-    /// Checks what must always hold across the node's parts; panics with a message if
-    /// something does not. Simulation builds call it after every step.
+    /// Checks what must always hold across the node's parts (the MVCC store, leases and
+    /// watches walked whole); panics with a message if something does not. Simulation builds
+    /// call it after every step.
     pub fn check_invariants(&self) {
         self.core.check_invariants();
         self.reads.check();
         self.sm.check_invariants();
+        self.watches.check_invariants();
         self.snapshots.check();
         assert!(
             self.snapshots.index() <= self.sm.applied_index()

@@ -446,6 +446,8 @@ impl StateMachine {
 
     /// What must always hold.
     pub(super) fn check_invariants(&self) {
+        self.store.check_invariants();
+        self.leases.check_invariants();
         assert!(
             self.proposals.len() <= PROPOSALS_IN_FLIGHT_MAX,
             "{} proposals in flight",

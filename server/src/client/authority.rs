@@ -41,8 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::StreamExt as _;
 use tonic::transport::server::{Connected, Router, TcpIncoming};
 
-use crate::api::serve_error;
-use crate::ServerError;
+use crate::error::ServerError;
+use crate::status::serve_error;
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

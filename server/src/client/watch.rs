@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tonic::codegen::BoxStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
-use crate::api::to_status;
 use crate::driver::{Handle, WatchMessage};
+use crate::status::to_status;
 
 /// Credit is returned to the engine in batches of this many responses read (or sooner, when
 /// the client has read everything queued).

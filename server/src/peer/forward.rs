@@ -18,7 +18,8 @@ use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPr
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
-use crate::transport::{Transport, CONNECT_TIMEOUT};
+use super::link::CONNECT_TIMEOUT;
+use super::transport::Transport;
 
 /// Connections to the other members' peer ports, made on first use.
 pub struct Forwarder {

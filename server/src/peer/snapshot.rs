@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 use tonic::{Status, Streaming};
 
-use crate::transport::{LocalIdentity, CONNECT_TIMEOUT};
+use super::link::{LocalIdentity, CONNECT_TIMEOUT};
 
 /// Bytes of snapshot data per chunk.
 pub const CHUNK_BYTES: usize = 1024 * 1024;

@@ -7,7 +7,7 @@
 //! streams messages in batches (everything queued goes in one [`MessageBatch`]), and reconnects
 //! with exponential backoff after a failure.
 //!
-//! Inbound, [`PeerService`] accepts `keelpb.Peer/Send` streams, checks the cluster id and hands
+//! Inbound, [`PeerService`](super::service::PeerService) accepts `keelpb.Peer/Send` streams, checks the cluster id and hands
 //! every decoded message to the driver.
 //!
 //! ```text
@@ -21,25 +21,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keel_engine::node::Input;
-use keel_engine::raft_log::{decode_message, encode_message};
+use keel_engine::raft_log::encode_message;
 use keel_engine::raftpb::{Message, MessageType};
-use keel_proto::etcdserverpb::{
-    LeaseKeepAliveResponse, LeaseTimeToLiveResponse, MemberPromoteResponse,
-};
 use keel_proto::keelpb::peer_client::PeerClient;
-use keel_proto::keelpb::peer_server::Peer;
-use keel_proto::keelpb::{
-    LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward, MembersRequest,
-    MembersResponse, MessageBatch, SendAck, SnapshotChunk,
-};
+use keel_proto::keelpb::MessageBatch;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
-use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::to_status;
+use super::link::{LocalIdentity, CONNECT_TIMEOUT};
+use super::snapshot::send_snapshot;
 use crate::clock::Clock;
-use crate::driver::Handle;
-use crate::snapshot_send::{receive_snapshot, send_snapshot};
 
 /// Messages queued towards one peer, at most; beyond that new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -51,17 +42,6 @@ pub const STREAM_BATCHES_MAX: usize = 16;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// How long one connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Who this member is on the wire.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalIdentity {
-    /// This member's id.
-    pub member_id: u64,
-    /// The cluster's id.
-    pub cluster_id: u64,
-}
 
 /// One peer's outbound queue and where its task sends.
 struct PeerQueue {
@@ -280,139 +260,5 @@ async fn pump(
             Some(m) => pending.push(m),
             None => return true,
         }
-    }
-}
-
-/// Inbound raft traffic: the `keelpb.Peer` service.
-#[derive(Clone)]
-pub struct PeerService {
-    local: LocalIdentity,
-    inbound: mpsc::Sender<Message>,
-    /// Serves lease requests forwarded by followers, and the member table.
-    handle: Option<Handle>,
-}
-
-impl PeerService {
-    /// A service that hands every received message to `inbound` (the driver) and serves
-    /// forwarded lease requests through `handle` (`None`: it refuses them).
-    pub fn new(
-        local: LocalIdentity,
-        inbound: mpsc::Sender<Message>,
-        handle: Option<Handle>,
-    ) -> Self {
-        PeerService {
-            local,
-            inbound,
-            handle,
-        }
-    }
-
-    fn check_cluster(&self, cluster_id: u64) -> Result<&Handle, Status> {
-        if cluster_id != self.local.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "keel: request from cluster {cluster_id:x} sent to a member of cluster {:x}",
-                self.local.cluster_id
-            )));
-        }
-        self.handle
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("keel: member is not serving lease requests"))
-    }
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn send(
-        &self,
-        request: Request<Streaming<MessageBatch>>,
-    ) -> Result<Response<SendAck>, Status> {
-        let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
-            if batch.cluster_id != self.local.cluster_id {
-                return Err(Status::failed_precondition(format!(
-                    "keel: member {:x} belongs to cluster {:x}, not {:x}",
-                    batch.from, batch.cluster_id, self.local.cluster_id
-                )));
-            }
-            for bytes in &batch.messages {
-                let message = decode_message(bytes)
-                    .map_err(|e| Status::invalid_argument(format!("keel: {e}")))?;
-                if message.to != self.local.member_id {
-                    return Err(Status::invalid_argument(format!(
-                        "keel: message for member {:x} sent to member {:x}",
-                        message.to, self.local.member_id
-                    )));
-                }
-                if self.inbound.send(message).await.is_err() {
-                    return Err(Status::unavailable("keel: member is stopping"));
-                }
-            }
-        }
-        Ok(Response::new(SendAck {}))
-    }
-
-    async fn send_snapshot(
-        &self,
-        request: Request<Streaming<SnapshotChunk>>,
-    ) -> Result<Response<SendAck>, Status> {
-        let message = receive_snapshot(self.local, request.into_inner()).await?;
-        if self.inbound.send(message).await.is_err() {
-            return Err(Status::unavailable("keel: member is stopping"));
-        }
-        Ok(Response::new(SendAck {}))
-    }
-
-    async fn lease_keep_alive(
-        &self,
-        request: Request<LeaseKeepAliveForward>,
-    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
-        let forward = request.into_inner();
-        let handle = self.check_cluster(forward.cluster_id)?;
-        let keepalive = forward.request.unwrap_or_default();
-        handle
-            .call(keepalive)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn members(
-        &self,
-        _request: Request<MembersRequest>,
-    ) -> Result<Response<MembersResponse>, Status> {
-        let handle = self.check_cluster(self.local.cluster_id)?;
-        let table = handle.members().await.map_err(to_status)?;
-        Ok(Response::new(MembersResponse {
-            cluster_id: self.local.cluster_id,
-            table: Some(table.to_table()),
-        }))
-    }
-
-    async fn member_promote(
-        &self,
-        request: Request<MemberPromoteForward>,
-    ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let forward = request.into_inner();
-        let handle = self.check_cluster(forward.cluster_id)?;
-        let promote = forward.request.unwrap_or_default();
-        handle
-            .call(promote)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
-    }
-
-    async fn lease_time_to_live(
-        &self,
-        request: Request<LeaseTimeToLiveForward>,
-    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let forward = request.into_inner();
-        let handle = self.check_cluster(forward.cluster_id)?;
-        let query = forward.request.unwrap_or_default();
-        handle
-            .call(query)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
     }
 }

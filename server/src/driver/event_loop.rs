@@ -1,0 +1,270 @@
+//! The driver loop: owns the node, feeds it commands, ticks, peer messages and disk
+//! completions, and carries out its outputs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keel_engine::bugs::{Bug, Bugs};
+use keel_engine::error::Error;
+use keel_engine::membership::Member;
+use keel_engine::node::{Input, Node, Output, PersistBatch, Response};
+use keel_engine::raftpb::Message;
+use keel_engine::watch::{StreamId, WatchInput, WatchOutput};
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::DriverError;
+use super::handle::{Command, WatchMessage};
+use super::wal_writer::{Done, Durable, Job};
+use crate::peer::Transport;
+
+/// Commands the driver loop takes in one turn before it handles outputs, at most.
+pub const COMMANDS_PER_TURN_MAX: usize = 1024;
+/// Peer messages the driver loop takes in one turn, at most.
+pub const PEER_MESSAGES_PER_TURN_MAX: usize = 1024;
+/// Ticks a removed member keeps running (so the entry that removed it reaches the others and
+/// its reply goes out) before it stops.
+pub const REMOVED_GRACE_TICKS: u32 = 10;
+
+/// The driver loop's state: the node, and who waits for what it says.
+pub(super) struct DriverLoop {
+    node: Node,
+    replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
+    next_token: u64,
+    persist_tx: mpsc::UnboundedSender<Job>,
+    transport: Arc<Transport>,
+    watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
+    /// Set when the node asks to stop.
+    fatal: Option<String>,
+    /// Set once this member is removed: ticks left before it stops.
+    removed_grace_ticks: Option<u32>,
+    /// Deliberate bugs (simulation builds only).
+    bugs: Bugs,
+}
+
+impl DriverLoop {
+    /// A loop around `node`, handing persist work to the WAL writer through `persist_tx` and
+    /// messages to `transport`.
+    pub(super) fn new(
+        node: Node,
+        persist_tx: mpsc::UnboundedSender<Job>,
+        transport: Arc<Transport>,
+        bugs: Bugs,
+    ) -> DriverLoop {
+        DriverLoop {
+            node,
+            replies: BTreeMap::new(),
+            next_token: 1,
+            persist_tx,
+            transport,
+            watch_streams: BTreeMap::new(),
+            fatal: None,
+            removed_grace_ticks: None,
+            bugs,
+        }
+    }
+
+    /// Runs until the node cannot go on; returns why.
+    pub(super) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut ticks: mpsc::Receiver<()>,
+        mut durable: mpsc::UnboundedReceiver<Durable>,
+        mut inbound: mpsc::Receiver<Message>,
+        mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
+        mut reports: mpsc::UnboundedReceiver<Input>,
+    ) -> DriverError {
+        self.dispatch();
+        loop {
+            if let Some(reason) = self.fatal.take() {
+                return DriverError::Node(reason);
+            }
+            tokio::select! {
+                biased;
+                done = durable.recv() => match done {
+                    Some(Ok(Done::Persisted(number))) => {
+                        self.node.step(Input::Persisted { number })
+                    }
+                    Some(Ok(Done::Saved(snapshot))) => {
+                        self.node.step(Input::SnapshotSaved { snapshot })
+                    }
+                    Some(Err(e)) => return e,
+                    None => return DriverError::Task("WAL writer exited".into()),
+                },
+                Some(report) = reports.recv() => self.node.step(report),
+                Some(()) = ticks.recv() => {
+                    if self.removed_grace_ticks == Some(0) {
+                        return DriverError::Removed;
+                    }
+                    self.removed_grace_ticks = self.removed_grace_ticks.map(|t| t - 1);
+                    self.node.step(Input::Tick);
+                    // Forget replies nobody waits for any more (the client timed out).
+                    self.replies.retain(|_, reply| !reply.is_closed());
+                }
+                Some(input) = watch_control.recv() => {
+                    self.on_watch_control(input);
+                    for _ in 1..COMMANDS_PER_TURN_MAX {
+                        match watch_control.try_recv() {
+                            Ok(input) => self.on_watch_control(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(message) = inbound.recv() => {
+                    self.node.step(Input::Peer(Box::new(message)));
+                    for _ in 1..PEER_MESSAGES_PER_TURN_MAX {
+                        match inbound.try_recv() {
+                            Ok(message) => self.node.step(Input::Peer(Box::new(message))),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        return DriverError::Task("all handles dropped".into());
+                    };
+                    self.on_command(command);
+                    for _ in 1..COMMANDS_PER_TURN_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => self.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.dispatch();
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request { request, reply } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.replies.insert(token, reply);
+                self.node.step(Input::Request { token, request });
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.node.status());
+            }
+            Command::Members { reply } => {
+                let _ = reply.send(self.node.members().clone());
+            }
+            Command::WatchOpen { stream, responses } => {
+                self.watch_streams.insert(stream, responses);
+            }
+            Command::Watch(input) => self.node.step(Input::Watch(input)),
+        }
+    }
+
+    fn on_watch_control(&mut self, input: WatchInput) {
+        if let WatchInput::Close { stream } = &input {
+            self.watch_streams.remove(stream);
+        }
+        self.node.step(Input::Watch(input));
+    }
+
+    fn dispatch(&mut self) {
+        loop {
+            let outputs = self.node.take_outputs();
+            if outputs.is_empty() {
+                return;
+            }
+            self.dispatch_outputs(outputs);
+        }
+    }
+
+    fn dispatch_outputs(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Persist(mut batch) => {
+                    self.transport.send(forget_vote_bug(self.bugs, &mut batch));
+                    if self.persist_tx.send(Job::Persist(batch)).is_err() {
+                        tracing::error!("WAL writer is gone; dropping a persist batch");
+                    }
+                }
+                Output::SaveSnapshot(job) => {
+                    if self.persist_tx.send(Job::Save(job)).is_err() {
+                        tracing::error!("WAL writer is gone; dropping a snapshot");
+                    }
+                }
+                Output::Fatal(reason) => self.fatal = Some(reason),
+                Output::Send(messages) => self.transport.send(messages),
+                Output::Reply { token, result } => {
+                    if let Some(reply) = self.replies.remove(&token) {
+                        // The client may have given up (timeout); that is fine.
+                        let _ = reply.send(result);
+                    }
+                }
+                Output::Watch(outputs) => self.dispatch_watch(outputs),
+                Output::Members { members, removed } => self.on_members(&members, removed),
+            }
+        }
+    }
+
+    /// The member table changed: the transport follows it; a removed member winds down.
+    fn on_members(&mut self, members: &[Member], removed: bool) {
+        self.transport.set_peers(peer_urls(members));
+        if removed && self.removed_grace_ticks.is_none() {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            self.removed_grace_ticks = Some(REMOVED_GRACE_TICKS);
+        }
+    }
+
+    fn dispatch_watch(&mut self, outputs: Vec<WatchOutput>) {
+        let mut gone = Vec::new();
+        for output in outputs {
+            let (stream, message) = match output {
+                WatchOutput::Send(stream, response) => (stream, Ok(response)),
+                WatchOutput::Close(stream, reason) => (stream, Err(reason)),
+            };
+            let Some(tx) = self.watch_streams.get(&stream) else {
+                continue;
+            };
+            let closing = message.is_err();
+            match tx.try_send(message) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The engine sends at most a window without credit; this is a keel bug.
+                    // End the stream rather than drop a response silently.
+                    tracing::error!(stream, "watch stream exceeded its window; closing it");
+                    gone.push(stream);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone.push(stream),
+            }
+            if closing {
+                self.watch_streams.remove(&stream);
+            }
+        }
+        for stream in gone {
+            self.watch_streams.remove(&stream);
+            self.node.step(Input::Watch(WatchInput::Close { stream }));
+        }
+    }
+}
+
+/// The simulator's `forget-vote` bug: the vote lives only in memory. The batch's hard state
+/// is written with no vote (term and commit still are), and vote responses leave at once
+/// instead of after the fsync. A member that votes, restarts and is asked again in the same
+/// term can vote twice, so two candidates can win one term. Returns the messages to send now.
+fn forget_vote_bug(bugs: Bugs, batch: &mut PersistBatch) -> Vec<Message> {
+    use keel_engine::raftpb::MessageType;
+    if !bugs.has(Bug::ForgetVote) {
+        return Vec::new();
+    }
+    if let Some(hs) = batch.hard_state.as_mut() {
+        hs.vote = 0;
+    }
+    let (now, later) = std::mem::take(&mut batch.then_send)
+        .into_iter()
+        .partition(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse);
+    batch.then_send = later;
+    now
+}
+
+/// member id → the first peer URL, for the transport.
+pub fn peer_urls(members: &[Member]) -> BTreeMap<u64, String> {
+    members
+        .iter()
+        .filter_map(|m| m.peer_urls.first().map(|url| (m.id, url.clone())))
+        .collect()
+}

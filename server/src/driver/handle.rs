@@ -1,0 +1,133 @@
+//! The gRPC layer's side of the driver: a cheap, clonable [`Handle`] that queues commands
+//! for the driver loop and waits for their replies.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_engine::error::Error;
+use keel_engine::membership::Membership;
+use keel_engine::node::{NodeStatus, Request, Response};
+use keel_engine::request::Rpc;
+use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
+use keel_proto::etcdserverpb::WatchResponse;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the gRPC layer asks of the driver.
+pub(super) enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<Response, Error>>,
+    },
+    Status {
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    Members {
+        reply: oneshot::Sender<Membership>,
+    },
+    /// A Watch stream opens: its responses go to `responses`.
+    WatchOpen {
+        stream: StreamId,
+        responses: mpsc::Sender<WatchMessage>,
+    },
+    /// A create, cancel or progress request of a Watch stream.
+    Watch(WatchInput),
+}
+
+/// What the driver sends a Watch stream: a response, or the reason the stream ends.
+pub type WatchMessage = Result<WatchResponse, &'static str>;
+
+/// A cheap, clonable handle to the driver, used by the gRPC services.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) commands: mpsc::Sender<Command>,
+    /// Credits and closes of Watch streams: never waits, so a stream's `Drop` and `poll` can
+    /// report them (bounded in practice by one message per window of responses read).
+    pub(super) watch_control: mpsc::UnboundedSender<WatchInput>,
+    pub(super) next_watch_stream: Arc<AtomicU64>,
+    pub(super) request_timeout: Duration,
+    pub(super) wal_bytes: Arc<AtomicU64>,
+}
+
+impl Handle {
+    /// Sends a request through the node and waits for its typed reply, up to the request
+    /// timeout.
+    pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
+        let response = self.request(request.into_request()).await?;
+        match R::from_response(response) {
+            Some(r) => Ok(r),
+            // The node answers every request with a response of its own kind.
+            None => panic!(
+                "the node answered {} with another kind of response",
+                R::NAME
+            ),
+        }
+    }
+
+    /// Sends a request through the node and waits for its reply, up to the request timeout.
+    async fn request(&self, request: Request) -> Result<Response, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request { request, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Opens a Watch stream: returns its id and the receiver of its responses, which holds
+    /// at most [`STREAM_WINDOW`] of them (the engine sends no more without credit).
+    pub async fn watch_open(&self) -> Result<(StreamId, mpsc::Receiver<WatchMessage>), Error> {
+        let stream = self.next_watch_stream.fetch_add(1, Ordering::Relaxed);
+        let (responses, rx) = mpsc::channel(STREAM_WINDOW as usize);
+        self.commands
+            .send(Command::WatchOpen { stream, responses })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok((stream, rx))
+    }
+
+    /// A create, cancel or progress request of a Watch stream (waits while the driver is
+    /// busy: back-pressure on a client that floods requests).
+    pub async fn watch(&self, input: WatchInput) -> Result<(), Error> {
+        self.commands
+            .send(Command::Watch(input))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Returns read credit to a Watch stream, or reports it closed; never waits.
+    pub fn watch_control(&self, input: WatchInput) {
+        // The driver is gone only when the node stopped; then nobody cares.
+        let _ = self.watch_control.send(input);
+    }
+
+    /// Bytes of WAL on disk as of the last sync: keel's durable footprint, reported as etcd's
+    /// `dbSize`.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The member table as of the applied index.
+    pub async fn members(&self) -> Result<Membership, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Members { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// This member's raft status.
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+}

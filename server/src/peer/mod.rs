@@ -1,0 +1,17 @@
+//! The peer port: what members say to each other.
+//!
+//! - [`transport`]: raft messages out to every peer, each on its own bounded queue and task;
+//! - [`service`]: the `keelpb.Peer` service that takes them in (and forwarded requests);
+//! - [`snapshot`]: streaming a snapshot to a follower in chunks;
+//! - [`forward`]: a follower's lease and MemberPromote requests, forwarded to the leader;
+//! - [`link`]: what every peer connection shares.
+
+pub mod forward;
+pub mod link;
+pub mod service;
+pub mod snapshot;
+pub mod transport;
+
+pub use link::LocalIdentity;
+pub use service::PeerService;
+pub use transport::Transport;

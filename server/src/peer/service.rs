@@ -1,0 +1,156 @@
+//! Inbound peer traffic: the `keelpb.Peer` service. It checks the cluster id, hands every
+//! decoded raft message and received snapshot to the driver, and serves the requests
+//! followers forward to the leader (lease keepalives and TTLs, MemberPromote) and the member
+//! table a joining member asks for.
+
+use keel_engine::raft_log::decode_message;
+use keel_engine::raftpb::Message;
+use keel_proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseTimeToLiveResponse, MemberPromoteResponse,
+};
+use keel_proto::keelpb::peer_server::Peer;
+use keel_proto::keelpb::{
+    LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward, MembersRequest,
+    MembersResponse, MessageBatch, SendAck, SnapshotChunk,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::link::LocalIdentity;
+use super::snapshot::receive_snapshot;
+use crate::driver::Handle;
+use crate::status::to_status;
+
+/// Inbound raft traffic: the `keelpb.Peer` service.
+#[derive(Clone)]
+pub struct PeerService {
+    local: LocalIdentity,
+    inbound: mpsc::Sender<Message>,
+    /// Serves lease requests forwarded by followers, and the member table.
+    handle: Option<Handle>,
+}
+
+impl PeerService {
+    /// A service that hands every received message to `inbound` (the driver) and serves
+    /// forwarded lease requests through `handle` (`None`: it refuses them).
+    pub fn new(
+        local: LocalIdentity,
+        inbound: mpsc::Sender<Message>,
+        handle: Option<Handle>,
+    ) -> Self {
+        PeerService {
+            local,
+            inbound,
+            handle,
+        }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<&Handle, Status> {
+        if cluster_id != self.local.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "keel: request from cluster {cluster_id:x} sent to a member of cluster {:x}",
+                self.local.cluster_id
+            )));
+        }
+        self.handle
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("keel: member is not serving lease requests"))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn send(
+        &self,
+        request: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let mut stream = request.into_inner();
+        while let Some(batch) = stream.message().await? {
+            if batch.cluster_id != self.local.cluster_id {
+                return Err(Status::failed_precondition(format!(
+                    "keel: member {:x} belongs to cluster {:x}, not {:x}",
+                    batch.from, batch.cluster_id, self.local.cluster_id
+                )));
+            }
+            for bytes in &batch.messages {
+                let message = decode_message(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("keel: {e}")))?;
+                if message.to != self.local.member_id {
+                    return Err(Status::invalid_argument(format!(
+                        "keel: message for member {:x} sent to member {:x}",
+                        message.to, self.local.member_id
+                    )));
+                }
+                if self.inbound.send(message).await.is_err() {
+                    return Err(Status::unavailable("keel: member is stopping"));
+                }
+            }
+        }
+        Ok(Response::new(SendAck {}))
+    }
+
+    async fn send_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let message = receive_snapshot(self.local, request.into_inner()).await?;
+        if self.inbound.send(message).await.is_err() {
+            return Err(Status::unavailable("keel: member is stopping"));
+        }
+        Ok(Response::new(SendAck {}))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseKeepAliveForward>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let keepalive = forward.request.unwrap_or_default();
+        handle
+            .call(keepalive)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let handle = self.check_cluster(self.local.cluster_id)?;
+        let table = handle.members().await.map_err(to_status)?;
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.local.cluster_id,
+            table: Some(table.to_table()),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteForward>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let promote = forward.request.unwrap_or_default();
+        handle
+            .call(promote)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveForward>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let forward = request.into_inner();
+        let handle = self.check_cluster(forward.cluster_id)?;
+        let query = forward.request.unwrap_or_default();
+        handle
+            .call(query)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+}
