@@ -48,9 +48,9 @@ use crate::mvcc::{KeyRange, KeyValue, RangeOptions, Store, WriteTxn};
 /// etcd's default `--max-txn-ops`.
 pub const TXN_OPS_MAX_DEFAULT: usize = 128;
 
-/// Answers whether a lease exists. Leases arrive in a later issue; until then use
-/// [`NoLeases`], under which any non-zero lease is `LeaseNotFound` (as etcd answers for an
-/// unknown lease).
+/// Answers whether a lease exists: the node passes its [`crate::lease::Leases`]; tests of the
+/// appliers alone pass [`NoLeases`], under which any non-zero lease is `LeaseNotFound` (as etcd
+/// answers for an unknown lease).
 pub trait LeaseLookup {
     /// True if lease `id` exists.
     fn exists(&self, id: i64) -> bool;

@@ -17,7 +17,7 @@ pub mod raft_log;
 pub mod raft_storage;
 pub mod request;
 pub mod rng;
-pub mod snapshot;
+pub mod state_snapshot;
 pub mod watch;
 
 /// raft-rs's wire types (messages, entries, hard state), as the driver and transport see them.

@@ -303,7 +303,7 @@ proptest! {
             }
             check(&store, &model);
             // A snapshot round trip gives a store that answers, and goes on, the same way.
-            let restored = Store::decode_snapshot(&store.encode_snapshot()).unwrap();
+            let restored = Store::decode_section(&store.encode_section()).unwrap();
             check(&restored, &model);
             prop_assert_eq!(restored.hash_kv(0), store.hash_kv(0));
             prop_assert_eq!(restored.stored_revision_count(), store.stored_revision_count());

@@ -270,7 +270,7 @@ fn key_index_since_and_find() {
 
 #[test]
 fn snapshot_detects_damage() {
-    use keel_engine::mvcc::SnapshotError;
+    use keel_engine::mvcc::SectionError;
     let mut store = Store::default();
     for i in 0..10u8 {
         store
@@ -278,22 +278,22 @@ fn snapshot_detects_damage() {
             .put(&[b'a' + i % 3], Bytes::from(vec![i; 10]), 0);
     }
     store.compact(5).unwrap();
-    let bytes = store.encode_snapshot();
-    let restored = Store::decode_snapshot(&bytes).unwrap();
-    assert_eq!(restored.encode_snapshot(), bytes);
+    let bytes = store.encode_section();
+    let restored = Store::decode_section(&bytes).unwrap();
+    assert_eq!(restored.encode_section(), bytes);
     for i in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[i] ^= 0x40;
-        assert!(Store::decode_snapshot(&damaged).is_err(), "flip at {i}");
+        assert!(Store::decode_section(&damaged).is_err(), "flip at {i}");
     }
     for len in 0..bytes.len() {
         assert!(
-            Store::decode_snapshot(&bytes[..len]).is_err(),
+            Store::decode_section(&bytes[..len]).is_err(),
             "cut at {len}"
         );
     }
     assert_eq!(
-        Store::decode_snapshot(b"KEELMVCC").err(),
-        Some(SnapshotError::Truncated)
+        Store::decode_section(b"KEELMVCC").err(),
+        Some(SectionError::Truncated)
     );
 }

@@ -309,7 +309,7 @@ impl Leases {
 /// Why a lease snapshot could not be restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("lease snapshot: {0}")]
-pub struct LeaseSnapshotError(&'static str);
+pub struct LeaseSectionError(&'static str);
 
 impl Leases {
     /// Encodes every lease (id, granted TTL, checkpointed remaining TTL, keys) for a
@@ -318,7 +318,7 @@ impl Leases {
     ///
     /// Layout (big-endian): `count u64 | per lease: id i64 | ttl i64 | remaining i64 |
     /// key_count u32 | per key: len u32, bytes`.
-    pub fn encode_snapshot(&self) -> Vec<u8> {
+    pub fn encode_section(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&(self.lessor.len() as u64).to_be_bytes());
         for id in self.lessor.ids() {
@@ -339,9 +339,9 @@ impl Leases {
         out
     }
 
-    /// Replaces every lease by those of a snapshot (see [`Leases::encode_snapshot`]). The
+    /// Replaces every lease by those of a snapshot (see [`Leases::encode_section`]). The
     /// member is not primary afterwards; the node promotes it again if it leads.
-    pub fn restore_snapshot(&mut self, bytes: &[u8]) -> Result<(), LeaseSnapshotError> {
+    pub fn restore_section(&mut self, bytes: &[u8]) -> Result<(), LeaseSectionError> {
         let mut lessor = Lessor::new(self.lessor.min_ttl_s());
         let mut key_leases = BTreeMap::new();
         let mut r = bytes;
@@ -351,25 +351,25 @@ impl Leases {
             let ttl = take_u64(&mut r)? as i64;
             let remaining = take_u64(&mut r)? as i64;
             if id == 0 || ttl <= 0 {
-                return Err(LeaseSnapshotError("lease with id 0 or a non-positive TTL"));
+                return Err(LeaseSectionError("lease with id 0 or a non-positive TTL"));
             }
             lessor
                 .restore(id, ttl, remaining)
-                .map_err(|_| LeaseSnapshotError("duplicate lease id"))?;
+                .map_err(|_| LeaseSectionError("duplicate lease id"))?;
             let keys = take_u32(&mut r)?;
             for _ in 0..keys {
                 let len = take_u32(&mut r)? as usize;
                 let key = Bytes::copy_from_slice(take(&mut r, len)?);
                 if key_leases.insert(key.clone(), id).is_some() {
-                    return Err(LeaseSnapshotError("a key attached to two leases"));
+                    return Err(LeaseSectionError("a key attached to two leases"));
                 }
                 lessor
                     .attach(id, key)
-                    .map_err(|_| LeaseSnapshotError("key of an unknown lease"))?;
+                    .map_err(|_| LeaseSectionError("key of an unknown lease"))?;
             }
         }
         if !r.is_empty() {
-            return Err(LeaseSnapshotError("trailing bytes"));
+            return Err(LeaseSectionError("trailing bytes"));
         }
         self.lessor = lessor;
         self.key_leases = key_leases;
@@ -378,26 +378,26 @@ impl Leases {
     }
 }
 
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], LeaseSnapshotError> {
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], LeaseSectionError> {
     if r.len() < n {
-        return Err(LeaseSnapshotError("truncated"));
+        return Err(LeaseSectionError("truncated"));
     }
     let (head, tail) = r.split_at(n);
     *r = tail;
     Ok(head)
 }
 
-fn take_u64(r: &mut &[u8]) -> Result<u64, LeaseSnapshotError> {
+fn take_u64(r: &mut &[u8]) -> Result<u64, LeaseSectionError> {
     let b = take(r, 8)?;
     Ok(u64::from_be_bytes(
-        b.try_into().map_err(|_| LeaseSnapshotError("truncated"))?,
+        b.try_into().map_err(|_| LeaseSectionError("truncated"))?,
     ))
 }
 
-fn take_u32(r: &mut &[u8]) -> Result<u32, LeaseSnapshotError> {
+fn take_u32(r: &mut &[u8]) -> Result<u32, LeaseSectionError> {
     let b = take(r, 4)?;
     Ok(u32::from_be_bytes(
-        b.try_into().map_err(|_| LeaseSnapshotError("truncated"))?,
+        b.try_into().map_err(|_| LeaseSectionError("truncated"))?,
     ))
 }
 
@@ -546,7 +546,7 @@ mod tests {
         leases.check_invariants();
         let mut restored = Leases::new(2, 2);
         restored
-            .restore_snapshot(&leases.encode_snapshot())
+            .restore_section(&leases.encode_section())
             .expect("restore");
         restored.check_invariants();
         leases.set_leader(false, 70_000, 0);

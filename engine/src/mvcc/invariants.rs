@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(store.current_revision(), 7);
         store.compact(7).expect("compact");
         store.check_invariants();
-        let restored = Store::decode_snapshot(&store.encode_snapshot()).expect("decode");
+        let restored = Store::decode_section(&store.encode_section()).expect("decode");
         restored.check_invariants();
     }
 

@@ -6,7 +6,8 @@
 //! - [`store`]: the store, write transactions, range reads, events.
 //! - [`compaction`]: freeing history no read at or after a revision needs.
 //! - [`hash`]: a deterministic digest of the kept history, to compare replicas.
-//! - [`snapshot`]: the whole store to bytes and back, for raft snapshots.
+//! - [`section`]: the whole store to bytes and back: the MVCC section of a state snapshot
+//!   ([`crate::state_snapshot`]).
 //! - `invariants`: [`Store::check_invariants`], what must hold between any two calls.
 
 pub mod compaction;
@@ -14,7 +15,7 @@ pub mod hash;
 mod invariants;
 pub mod key_index;
 pub mod revision;
-pub mod snapshot;
+pub mod section;
 pub mod store;
 pub mod tree_index;
 
@@ -22,7 +23,7 @@ pub use compaction::CompactStats;
 pub use hash::HashKv;
 pub use key_index::{Entry, Found, Generation, KeyIndex};
 pub use revision::Revision;
-pub use snapshot::SnapshotError;
+pub use section::SectionError;
 pub use store::{
     delete_event, put_event, Event, KeyValue, RangeOptions, RangeResult, Store, TxnOutcome,
     WriteTxn,

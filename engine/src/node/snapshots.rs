@@ -1,9 +1,9 @@
-//! State snapshots (the encoded state-machine image of [`crate::snapshot`]) and compaction
+//! State snapshots (the encoded state-machine image of [`crate::state_snapshot`]) and compaction
 //! of the in-memory raft log.
 //!
 //! Four things are easily called "snapshot"; here they are kept apart:
 //! * the **state snapshot**: the encoded image of the state machine, three sections (MVCC
-//!   store, leases, member table; [`crate::snapshot`]), carried as the data of raft's
+//!   store, leases, member table; [`crate::state_snapshot`]), carried as the data of raft's
 //!   `Snapshot` message;
 //! * the **snapshot job** ([`SnapshotJob`]): the not yet encoded parts of a state snapshot,
 //!   handed to the driver to encode off its loop;
@@ -35,7 +35,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use super::raft_core::RaftCore;
 use super::state_machine::StateMachine;
 use crate::mvcc::Store;
-use crate::snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
+use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
@@ -166,7 +166,7 @@ impl PartialEq for SnapshotJob {
         self.metadata == other.metadata
             && self.leases == other.leases
             && self.members == other.members
-            && self.store.encode_snapshot() == other.store.encode_snapshot()
+            && self.store.encode_section() == other.store.encode_section()
     }
 }
 
@@ -176,10 +176,10 @@ impl SnapshotJob {
         self.metadata.index
     }
 
-    /// Encodes the state snapshot ([`crate::snapshot`]) into a raft snapshot.
+    /// Encodes the state snapshot ([`crate::state_snapshot`]) into a raft snapshot.
     pub fn into_snapshot(self) -> Snapshot {
-        let mvcc = self.store.encode_snapshot();
-        let data = snapshot::encode_sections(&[
+        let mvcc = self.store.encode_section();
+        let data = state_snapshot::encode_sections(&[
             (SECTION_MVCC, &mvcc),
             (SECTION_LEASES, &self.leases),
             (SECTION_MEMBERS, &self.members),

@@ -22,7 +22,9 @@ use crate::lease::Leases;
 use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::request::{Read, Response};
-use crate::snapshot::{self, StateSnapshotError, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
+use crate::state_snapshot::{
+    self, StateSnapshotError, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+};
 use crate::watch::{HeaderInfo, WatchHub};
 
 mod conf_apply;
@@ -398,10 +400,10 @@ impl StateMachine {
         watches: &mut WatchHub,
         out: &mut Outbox,
     ) -> Result<(), StateSnapshotError> {
-        let sections = snapshot::decode_known(&snapshot.data)?;
-        let store = Store::decode_snapshot(sections[&SECTION_MVCC])?;
+        let sections = state_snapshot::decode_known(&snapshot.data)?;
+        let store = Store::decode_section(sections[&SECTION_MVCC])?;
         let membership = Membership::decode(sections[&SECTION_MEMBERS])?;
-        self.leases.restore_snapshot(sections[&SECTION_LEASES])?;
+        self.leases.restore_section(sections[&SECTION_LEASES])?;
         if membership != self.membership {
             self.membership = membership;
             out.push(self.members_output());
@@ -439,7 +441,7 @@ impl StateMachine {
         // encoded here: encoding copies every value and runs on the driver's blocking thread.
         (
             self.store.clone(),
-            self.leases.encode_snapshot(),
+            self.leases.encode_section(),
             self.membership.encode(),
         )
     }

@@ -78,7 +78,7 @@ impl Default for WatchConfig {
 /// What the driver read back from the snapshot directory and the WAL at start.
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
-    /// The newest valid snapshot, if any (data: the state snapshot, [`crate::snapshot`]).
+    /// The newest valid snapshot, if any (data: the state snapshot, [`crate::state_snapshot`]).
     pub snapshot: Option<Snapshot>,
     /// The newest persisted hard state, if any.
     pub hard_state: Option<HardState>,

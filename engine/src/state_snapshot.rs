@@ -1,5 +1,8 @@
-//! The state-machine snapshot: a member's applied state as one byte string, the `data` of a
-//! raft snapshot.
+//! The state snapshot: a member's applied state (the state machine's image) as one byte
+//! string, the `data` of a raft snapshot. Not to be confused with a snapshot job
+//! ([`crate::node::SnapshotJob`]: its parts, not yet encoded), the MVCC section
+//! ([`crate::mvcc::section`]: one part) or the snapshot files (keel-storage's `SnapDir`, where
+//! the driver keeps state snapshots).
 //!
 //! It is a list of tagged sections, so later state (the member table, say) adds a section
 //! without changing the others:
@@ -10,14 +13,14 @@
 //! crc32 (IEEE) of everything before it, u32            (integers big-endian)
 //! ```
 //!
-//! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_snapshot`], itself
-//! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_snapshot`]) and `memb`
+//! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_section`], itself
+//! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_section`]) and `memb`
 //! (the member table, [`crate::membership::Membership::encode`]). A decoder
 //! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
 //! is an error, since it means state this build would drop.
 //!
 //! ```
-//! use keel_engine::snapshot::{decode_sections, encode_sections};
+//! use keel_engine::state_snapshot::{decode_sections, encode_sections};
 //! let bytes = encode_sections(&[(*b"mvcc", b"store".as_slice()), (*b"leas", b"".as_slice())]);
 //! let sections = decode_sections(&bytes).unwrap();
 //! assert_eq!(sections.get(b"mvcc"), Some(&b"store".as_slice()));
@@ -51,10 +54,10 @@ pub enum StateSnapshotError {
     Section(String, &'static str),
     /// The store section does not decode.
     #[error(transparent)]
-    Mvcc(#[from] crate::mvcc::SnapshotError),
+    Mvcc(#[from] crate::mvcc::SectionError),
     /// The lease section does not decode.
     #[error(transparent)]
-    Leases(#[from] crate::lease::leases::LeaseSnapshotError),
+    Leases(#[from] crate::lease::leases::LeaseSectionError),
     /// The member table section does not decode.
     #[error(transparent)]
     Members(#[from] crate::membership::MembershipDecodeError),

@@ -1,4 +1,5 @@
-//! Encoding the whole store to bytes and back, for raft snapshots.
+//! The MVCC section: the whole store encoded to bytes and back, one section of a state
+//! snapshot ([`crate::state_snapshot`], the data of a raft snapshot).
 //!
 //! The encoding is keel's own, versioned and crc32-protected. It dumps the key index as it
 //! is (every generation with its stored entries and change count), the change log watchers
@@ -13,13 +14,13 @@
 //! store.write().put(b"a", Bytes::from_static(b"2"), 0);
 //! store.write().delete_range(KeyRange::Single(b"a"));
 //! store.compact(3).unwrap();
-//! let bytes = store.encode_snapshot();
-//! let restored = Store::decode_snapshot(&bytes).unwrap();
+//! let bytes = store.encode_section();
+//! let restored = Store::decode_section(&bytes).unwrap();
 //! assert_eq!(restored.hash_kv(0), store.hash_kv(0));
 //! assert_eq!(restored.events(3, 4, 10), store.events(3, 4, 10));
 //! let mut corrupt = bytes.clone();
 //! corrupt[20] ^= 1;
-//! assert!(Store::decode_snapshot(&corrupt).is_err());
+//! assert!(Store::decode_section(&corrupt).is_err());
 //! ```
 //!
 //! Layout (integers big-endian):
@@ -46,20 +47,20 @@ use super::tree_index::{KeyRange, TreeIndex};
 const MAGIC: &[u8; 8] = b"KEELMVCC";
 const FORMAT: u32 = 1;
 
-/// Why a snapshot could not be decoded.
+/// Why an MVCC section could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SnapshotError {
-    /// The bytes end before the snapshot does.
-    #[error("mvcc snapshot: truncated")]
+pub enum SectionError {
+    /// The bytes end before the section does.
+    #[error("mvcc section: truncated")]
     Truncated,
-    /// Not a keel MVCC snapshot, or a format this build does not know.
-    #[error("mvcc snapshot: unknown magic or format")]
+    /// Not a keel MVCC section, or a format this build does not know.
+    #[error("mvcc section: unknown magic or format")]
     UnknownFormat,
     /// The checksum does not match: the bytes were damaged.
-    #[error("mvcc snapshot: checksum mismatch")]
+    #[error("mvcc section: checksum mismatch")]
     Checksum,
     /// The contents break an invariant of the store.
-    #[error("mvcc snapshot: inconsistent contents")]
+    #[error("mvcc section: inconsistent contents")]
     Inconsistent,
 }
 
@@ -80,7 +81,7 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 
 impl Store {
     /// Encodes the store (see the module doc for the layout).
-    pub fn encode_snapshot(&self) -> Vec<u8> {
+    pub fn encode_section(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT.to_be_bytes());
@@ -112,23 +113,23 @@ impl Store {
         out
     }
 
-    /// Decodes a store encoded by [`Store::encode_snapshot`]. Values are copied out of
-    /// `bytes` (one allocation per key and per value), so the snapshot buffer is not pinned.
-    pub fn decode_snapshot(bytes: &[u8]) -> Result<Store, SnapshotError> {
-        let body_len = bytes.len().checked_sub(4).ok_or(SnapshotError::Truncated)?;
+    /// Decodes a store encoded by [`Store::encode_section`]. Values are copied out of
+    /// `bytes` (one allocation per key and per value), so the state snapshot's buffer is not pinned.
+    pub fn decode_section(bytes: &[u8]) -> Result<Store, SectionError> {
+        let body_len = bytes.len().checked_sub(4).ok_or(SectionError::Truncated)?;
         let (body, crc) = bytes.split_at(body_len);
         let mut reader = Reader(body);
         if reader.take(MAGIC.len())? != MAGIC || reader.u32()? != FORMAT {
-            return Err(SnapshotError::UnknownFormat);
+            return Err(SectionError::UnknownFormat);
         }
-        let crc_bytes: [u8; 4] = crc.try_into().map_err(|_| SnapshotError::Truncated)?;
+        let crc_bytes: [u8; 4] = crc.try_into().map_err(|_| SectionError::Truncated)?;
         if crc32fast::hash(body) != u32::from_be_bytes(crc_bytes) {
-            return Err(SnapshotError::Checksum);
+            return Err(SectionError::Checksum);
         }
         let current_revision = reader.i64()?;
         let compact_revision = reader.i64()?;
         if current_revision < 1 || compact_revision > current_revision || compact_revision < -1 {
-            return Err(SnapshotError::Inconsistent);
+            return Err(SectionError::Inconsistent);
         }
         let mut store = Store {
             current_revision,
@@ -138,62 +139,62 @@ impl Store {
         store.index = reader.index(current_revision, &mut store.stored_revisions)?;
         store.log = reader.log(&store.index, current_revision, compact_revision)?;
         if !reader.0.is_empty() {
-            return Err(SnapshotError::Inconsistent);
+            return Err(SectionError::Inconsistent);
         }
         Ok(store)
     }
 }
 
-/// A cursor over the snapshot body.
+/// A cursor over the section body.
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SectionError> {
         if self.0.len() < n {
-            return Err(SnapshotError::Truncated);
+            return Err(SectionError::Truncated);
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
         Ok(head)
     }
-    fn u32(&mut self) -> Result<u32, SnapshotError> {
+    fn u32(&mut self) -> Result<u32, SectionError> {
         Ok(self.take(4)?.get_u32())
     }
-    fn u64(&mut self) -> Result<u64, SnapshotError> {
+    fn u64(&mut self) -> Result<u64, SectionError> {
         Ok(self.take(8)?.get_u64())
     }
-    fn i64(&mut self) -> Result<i64, SnapshotError> {
+    fn i64(&mut self) -> Result<i64, SectionError> {
         Ok(self.take(8)?.get_i64())
     }
-    fn revision(&mut self) -> Result<Revision, SnapshotError> {
+    fn revision(&mut self) -> Result<Revision, SectionError> {
         Ok(Revision::new(self.i64()?, self.i64()?))
     }
-    fn bytes(&mut self) -> Result<Bytes, SnapshotError> {
+    fn bytes(&mut self) -> Result<Bytes, SectionError> {
         let len = self.u32()? as usize;
         Ok(Bytes::copy_from_slice(self.take(len)?))
     }
     /// A count of items each at least `item_bytes_min` long: rejects counts the remaining
     /// bytes cannot hold, so a damaged count cannot make us allocate without bound.
-    fn count(&mut self, wide: bool, item_bytes_min: usize) -> Result<usize, SnapshotError> {
+    fn count(&mut self, wide: bool, item_bytes_min: usize) -> Result<usize, SectionError> {
         let count = if wide {
             self.u64()?
         } else {
             u64::from(self.u32()?)
         };
-        let count = usize::try_from(count).map_err(|_| SnapshotError::Truncated)?;
+        let count = usize::try_from(count).map_err(|_| SectionError::Truncated)?;
         if count.saturating_mul(item_bytes_min) > self.0.len() {
-            return Err(SnapshotError::Truncated);
+            return Err(SectionError::Truncated);
         }
         Ok(count)
     }
 
-    fn index(&mut self, current: i64, stored: &mut u64) -> Result<TreeIndex, SnapshotError> {
+    fn index(&mut self, current: i64, stored: &mut u64) -> Result<TreeIndex, SectionError> {
         let mut index = TreeIndex::default();
         let mut previous: Option<Bytes> = None;
         for _ in 0..self.count(true, 8)? {
             let key = self.bytes()?;
             if key.is_empty() || previous.as_ref().is_some_and(|p| *p >= key) {
-                return Err(SnapshotError::Inconsistent); // keys are unique and sorted
+                return Err(SectionError::Inconsistent); // keys are unique and sorted
             }
             let mut generations = Vec::new();
             for _ in 0..self.count(false, 28)? {
@@ -205,7 +206,7 @@ impl<'a> Reader<'a> {
                     let lease = self.i64()?;
                     let value = self.bytes()?;
                     if revision.main > current {
-                        return Err(SnapshotError::Inconsistent);
+                        return Err(SectionError::Inconsistent);
                     }
                     entries.push(Entry {
                         revision,
@@ -221,9 +222,9 @@ impl<'a> Reader<'a> {
                 });
             }
             let key_index =
-                KeyIndex::from_generations(generations).ok_or(SnapshotError::Inconsistent)?;
+                KeyIndex::from_generations(generations).ok_or(SectionError::Inconsistent)?;
             if key_index.is_empty() {
-                return Err(SnapshotError::Inconsistent);
+                return Err(SectionError::Inconsistent);
             }
             index.insert(key.clone(), key_index);
             previous = Some(key);
@@ -236,7 +237,7 @@ impl<'a> Reader<'a> {
         index: &TreeIndex,
         current: i64,
         compacted: i64,
-    ) -> Result<VecDeque<LogEntry>, SnapshotError> {
+    ) -> Result<VecDeque<LogEntry>, SectionError> {
         let count = self.count(true, 21)?;
         let mut log = VecDeque::with_capacity(count);
         let mut previous = Revision::default();
@@ -245,11 +246,11 @@ impl<'a> Reader<'a> {
             let tombstone = match self.take(1)?[0] {
                 0 => false,
                 1 => true,
-                _ => return Err(SnapshotError::Inconsistent),
+                _ => return Err(SectionError::Inconsistent),
             };
             let key = self.bytes()?;
             if revision <= previous || revision.main > current {
-                return Err(SnapshotError::Inconsistent);
+                return Err(SectionError::Inconsistent);
             }
             previous = revision;
             // A logged put is stored (unless compaction freed it at the compaction revision).
@@ -257,7 +258,7 @@ impl<'a> Reader<'a> {
             let put_stored = found.is_some_and(|(_, ki)| ki.find(revision).is_some());
             let freed_at_compaction = revision.main == compacted;
             if revision.main < compacted || (!tombstone && !put_stored && !freed_at_compaction) {
-                return Err(SnapshotError::Inconsistent);
+                return Err(SectionError::Inconsistent);
             }
             // Share the index's copy of the key when it has one.
             let key = found.map_or(key, |(stored, _)| stored.clone());
