@@ -27,7 +27,7 @@ pub fn txn_is_read_only(req: &TxnRequest) -> bool {
         })
 }
 
-/// Applies a txn (etcd's `applierV3backend.Txn`), which must have passed [`check_txn`]:
+/// Applies a txn (etcd's `applierV3backend.Txn`), which must have passed [`super::check_txn`]:
 ///
 /// 1. Evaluates the compares of the txn and of every nested txn on the chosen paths against
 ///    the state *before* the txn (as etcd does) and picks success or failure.
