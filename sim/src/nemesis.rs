@@ -12,7 +12,7 @@
 //! cuts n2↔n3 and n2↔client but leaves n1 talking to both; `Swizzle` cuts the symmetric set
 //! one link at a time in a shuffled order and restores it in another.
 
-use keel_storage::sim_disk::SplitMix64;
+use keel_rng::SplitMix64;
 
 /// A seeded generator with the helpers the nemesis and workload need.
 #[derive(Debug, Clone)]
@@ -21,8 +21,7 @@ pub struct SeedRng(SplitMix64);
 impl SeedRng {
     /// A generator for stream `stream` of seed `seed` (independent streams per purpose).
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut mix = SplitMix64::new(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        SeedRng(SplitMix64::new(mix.next_u64()))
+        SeedRng(SplitMix64::for_stream(seed, stream))
     }
 
     /// The next 64 random bits.
@@ -30,9 +29,9 @@ impl SeedRng {
         self.0.next_u64()
     }
 
-    /// A number in `0..n` (`n > 0`).
+    /// A number in `0..n` (`n > 0`), by remainder.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.0.below(n)
+        self.0.below_modulo(n)
     }
 
     /// A number in `lo..=hi`.
