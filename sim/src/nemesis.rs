@@ -254,6 +254,7 @@ mod inject {
     use keel_proto::etcdserverpb::StatusRequest;
 
     use super::{plan_partition, FaultKind, PartitionKind, SeedRng, Swarm};
+    use crate::check::FailureKind;
     use crate::cluster::Cluster;
     use crate::history::Outcome;
     use crate::workload::Ctx;
@@ -433,7 +434,8 @@ mod inject {
                     i + 1,
                     armed_ns as f64 / 1e9
                 );
-                self.ctx.violation(what, vec![e.to_string()]);
+                self.ctx
+                    .violation(FailureKind::AckAfterDiskFault, what, vec![e.to_string()]);
             }
         }
 
@@ -568,7 +570,8 @@ mod inject {
                     i + 1
                 );
                 if !self.ctx.violations().iter().any(|f| f.what == what) {
-                    self.ctx.violation(what, Vec::new());
+                    self.ctx
+                        .violation(FailureKind::ElectionSafety, what, Vec::new());
                 }
             }
         }
@@ -795,7 +798,8 @@ mod inject {
                     i + 1,
                     path.display()
                 );
-                self.ctx.violation(v, Vec::new());
+                self.ctx
+                    .violation(FailureKind::UndetectedCorruption, v, Vec::new());
             } else {
                 self.note(format!(
                     "corruption n{} refused: {}",
