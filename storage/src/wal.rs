@@ -117,7 +117,8 @@
 //!    [`Recovered::warnings`]. A last segment torn inside its header is removed instead.
 //!
 //! Corruption makes `open` fail with [`WalError::Corrupt`] naming the file, the offset of the
-//! bad record and the reason; data is never dropped silently.
+//! bad record and the reason (a [`Corruption`], one variant per rule above and per malformed
+//! record); data is never dropped silently.
 //!
 //! Example: the last segment holds records `H A B C D` and power failed while `D` was being
 //! written, so the file ends 40 bytes into `D`'s 300-byte body. `D` runs past the end of the
