@@ -21,6 +21,7 @@ use bytes::Bytes;
 use keel_engine::apply::{self, NoLeases, TXN_OPS_MAX_DEFAULT};
 use keel_engine::error::Error;
 use keel_engine::mvcc::{KeyValue, Store};
+use keel_engine::rng::SplitMix64;
 use keel_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use keel_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use keel_proto::etcdserverpb::request_op::Request;
@@ -33,19 +34,12 @@ use keel_proto::etcdserverpb::{
 const SEED: u64 = 0x6b65656c;
 const REQUESTS: usize = 1500;
 
-/// SplitMix64: deterministic randomness from a seed.
-struct Rng(u64);
+/// Deterministic randomness from a seed: keel's SplitMix64, bounded by remainder.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below_modulo(n)
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -441,7 +435,7 @@ fn keel_answers_like_etcd() {
     let seed = std::env::var("KEEL_ETCD_TRACE_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
-    let mut rng = Rng(seed.unwrap_or(SEED));
+    let mut rng = Rng(SplitMix64::new(seed.unwrap_or(SEED)));
     // KEEL_ETCD_TRACE_EVENTS: leave compactions out and also write every event (for a watch
     // diff against etcd from revision 1).
     let no_compaction = std::env::var("KEEL_ETCD_TRACE_EVENTS").is_ok();

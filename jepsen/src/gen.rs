@@ -9,32 +9,31 @@
 //! history is certainly not linearizable.
 use std::collections::BinaryHeap;
 
+use keel_rng::SplitMix64;
+
 use crate::history::{
     Compare, History, KeyValue, Operation, Outcome, RangeRequest, Request, RequestOp, Response,
     Revision,
 };
 use crate::model::{mutates, Model};
 
-/// A deterministic generator (SplitMix64).
+/// A deterministic generator: keel's one SplitMix64 ([`keel_rng`]), drawing bounded numbers
+/// by remainder.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// Seeded.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
-    /// Uniform in `0..n` (`n > 0`).
+    /// Uniform in `0..n`; `n == 0` is treated as 1 (the draw is still taken, and gives 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.0.below_modulo(n.max(1))
     }
     /// True with probability `per_mille / 1000`.
     pub fn chance(&mut self, per_mille: u32) -> bool {

@@ -7,18 +7,99 @@ use std::fmt;
 
 use crate::history::{Entry, Op, OpResult, Outcome};
 
-/// A failed check: what is wrong, and the history (and nemesis events) that show it.
+/// Which check failed. The run and the tests decide on this, never on a failure's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// A member never served after the first boot.
+    Boot,
+    /// Liveness: once every fault healed, a member did not serve a linearizable put and get
+    /// within the bound.
+    Liveness,
+    /// The harness's final read, after the liveness phase, could not connect or failed.
+    FinalRead,
+    /// keel-jepsen's checker found the history not linearizable.
+    Linearizability,
+    /// keel-jepsen's checker gave up within its time budget (counted as a failure).
+    LinearizabilityUnknown,
+    /// A client saw the store revision go backwards (checked as operations complete).
+    RevisionBackwards,
+    /// Durability: an acknowledged write is missing from the healed store, or the healed
+    /// store's revision is below an acknowledged one.
+    Durability,
+    /// The members' HashKV at the final read's revision disagree (or some did not answer).
+    HashKvDisagree,
+    /// keel-jepsen's watch checker rejected the watch log.
+    Watch,
+    /// A leased key disappeared while its lease was provably alive.
+    LeaseGoneEarly,
+    /// A leased key (or the lease) outlived the lease's acknowledged revoke.
+    LeaseOutlivesRevoke,
+    /// Election safety (Raft §5.2): two members called themselves leader of one term.
+    ElectionSafety,
+    /// A member acknowledged a write after a fatal disk fault (a failed write or fsync) was
+    /// armed: the fault did not stop it.
+    AckAfterDiskFault,
+    /// A member started on a WAL with a flipped bit and served: corruption went undetected.
+    UndetectedCorruption,
+    /// The simulation panicked (an assertion in keel or the harness).
+    Panic,
+}
+
+impl FailureKind {
+    /// A short kebab-case name, for logs and test messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Boot => "boot",
+            FailureKind::Liveness => "liveness",
+            FailureKind::FinalRead => "final-read",
+            FailureKind::Linearizability => "linearizability",
+            FailureKind::LinearizabilityUnknown => "linearizability-unknown",
+            FailureKind::RevisionBackwards => "revision-backwards",
+            FailureKind::Durability => "durability",
+            FailureKind::HashKvDisagree => "hash-kv-disagree",
+            FailureKind::Watch => "watch",
+            FailureKind::LeaseGoneEarly => "lease-gone-early",
+            FailureKind::LeaseOutlivesRevoke => "lease-outlives-revoke",
+            FailureKind::ElectionSafety => "election-safety",
+            FailureKind::AckAfterDiskFault => "ack-after-disk-fault",
+            FailureKind::UndetectedCorruption => "undetected-corruption",
+            FailureKind::Panic => "panic",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A failed check: which check, what is wrong, and the history (and nemesis events) that
+/// show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// Which check failed.
+    pub kind: FailureKind,
     /// One line: what invariant broke.
     pub what: String,
     /// The minimal part of the history that shows it, one line each.
     pub evidence: Vec<String>,
 }
 
+impl Failure {
+    /// A failure of check `kind`.
+    pub fn new(kind: FailureKind, what: String, evidence: Vec<String>) -> Self {
+        Failure {
+            kind,
+            what,
+            evidence,
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "FAILURE: {}", self.what)?;
+        writeln!(f, "FAILURE ({}): {}", self.kind, self.what)?;
         for line in &self.evidence {
             writeln!(f, "    {line}")?;
         }
@@ -82,10 +163,11 @@ pub fn acked_writes_survive(
         kvs,
     }) = &final_read.outcome
     else {
-        return vec![Failure {
-            what: "the final read did not succeed".to_string(),
-            evidence: vec![final_read.to_string()],
-        }];
+        return vec![Failure::new(
+            FailureKind::FinalRead,
+            "the final read did not succeed".to_string(),
+            vec![final_read.to_string()],
+        )];
     };
     let mut last: BTreeMap<String, LastWrite<'_>> = BTreeMap::new();
     for e in entries {
@@ -121,14 +203,15 @@ pub fn acked_writes_survive(
     };
     if let Some(w) = last.values().max_by_key(|w| w.revision) {
         if w.revision > *final_rev {
-            failures.push(Failure {
-                what: format!(
+            failures.push(Failure::new(
+                FailureKind::Durability,
+                format!(
                     "store revision went back: a write was acknowledged at revision {} but the \
                      healed store is at revision {final_rev}",
                     w.revision
                 ),
-                evidence: evidence(w),
-            });
+                evidence(w),
+            ));
         }
     }
     for (key, w) in &last {
@@ -141,8 +224,9 @@ pub fn acked_writes_survive(
             (None, Some(_)) => !deleted_later(entries, key, w),
         };
         if lost {
-            failures.push(Failure {
-                what: format!(
+            failures.push(Failure::new(
+                FailureKind::Durability,
+                format!(
                     "acknowledged write lost: {key} was acknowledged at revision {}, the healed \
                      store shows {}",
                     w.revision,
@@ -151,8 +235,8 @@ pub fn acked_writes_survive(
                         |kv| format!("{}={} at revision {}", kv.key, kv.value, kv.mod_revision)
                     )
                 ),
-                evidence: evidence(w),
-            });
+                evidence(w),
+            ));
         }
     }
     failures
@@ -238,6 +322,7 @@ mod tests {
         let bad = final_read(2, 2, &[("k0", "a", 2)]);
         let failures = acked_writes_survive(&h, &bad, &[(17, "crash n1".into())]);
         assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures.iter().all(|f| f.kind == FailureKind::Durability));
         assert!(failures[0].what.contains("revision went back"));
         assert!(failures[1]
             .what

@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::check::{events_between, Failure};
+use crate::check::{events_between, Failure, FailureKind};
 use crate::clock::DRIFT_PPM_MAX;
 use crate::history::{Entry, Op, OpResult, Outcome};
 
@@ -303,6 +303,7 @@ fn gone_early(
     let mut evidence = vec![put.to_string(), renewal.to_string(), g.what.clone()];
     evidence.extend(events_between(events, renewal.invoke_ns, g.by_ns, 12));
     Some(Failure {
+        kind: FailureKind::LeaseGoneEarly,
         what: format!(
             "leased key {} disappeared by {:.3}s, but lease {lease:x} was kept alive until at \
              least {:.3}s (renewed at {:.3}s; TTL × (1 − {}% skew bound)) and never revoked",
@@ -329,10 +330,11 @@ fn survives_revoke(
     let after = revoke.complete_ns;
     let mut failures = Vec::new();
     let mut fail = |what: String, seen: String| {
-        failures.push(Failure {
+        failures.push(Failure::new(
+            FailureKind::LeaseOutlivesRevoke,
             what,
-            evidence: vec![revoke.to_string(), seen],
-        });
+            vec![revoke.to_string(), seen],
+        ));
     };
     for e in entries.iter().filter(|e| e.invoke_ns > after) {
         let Outcome::Ok(result) = &e.outcome else {
@@ -474,6 +476,7 @@ mod tests {
         let early = vec![put(0, &key, l, 130), get(1, &key, 2_200, false)];
         let failures = check_leases(&early, &records, &[], &[]);
         assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].kind, FailureKind::LeaseGoneEarly);
         assert!(
             failures[0].what.contains("disappeared by 2.210s"),
             "{failures:?}"
@@ -524,6 +527,9 @@ mod tests {
         ];
         let failures = check_leases(&entries, &records, &[], &[]);
         assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures
+            .iter()
+            .all(|f| f.kind == FailureKind::LeaseOutlivesRevoke));
         assert!(failures[0]
             .what
             .contains("survived the acknowledged revoke"));

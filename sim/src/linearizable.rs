@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel_jepsen::check::{check, CheckOptions, Verdict};
 use keel_jepsen::watch::{check_watches, WatchLog, WatchVerdict};
 
-use crate::check::{events_between, Failure};
+use crate::check::{events_between, Failure, FailureKind};
 use crate::history::{to_jepsen, Entry};
 
 /// The checker's wall-clock budget per history.
@@ -24,10 +24,11 @@ pub fn check_history(entries: &[Entry], events: &[(u64, String)]) -> Option<Fail
     };
     match check(&to_jepsen(entries), &options) {
         Verdict::Valid => None,
-        Verdict::Unknown { reason } => Some(Failure {
-            what: format!("linearizability unknown (a failure): {reason}"),
-            evidence: Vec::new(),
-        }),
+        Verdict::Unknown { reason } => Some(Failure::new(
+            FailureKind::LinearizabilityUnknown,
+            format!("linearizability unknown (a failure): {reason}"),
+            Vec::new(),
+        )),
         Verdict::Invalid(v) => {
             // keel-jepsen numbers operations in order of invocation.
             let mut by_invocation: Vec<&Entry> = entries.iter().collect();
@@ -41,10 +42,11 @@ pub fn check_history(entries: &[Entry], events: &[(u64, String)]) -> Option<Fail
             let to = named.iter().map(|e| e.complete_ns).max().unwrap_or(0);
             let mut evidence: Vec<String> = named.iter().map(|e| e.to_string()).collect();
             evidence.extend(events_between(events, from, to, 12));
-            Some(Failure {
-                what: format!("not linearizable ({:?}): {}", v.kind, v.explanation),
+            Some(Failure::new(
+                FailureKind::Linearizability,
+                format!("not linearizable ({:?}): {}", v.kind, v.explanation),
                 evidence,
-            })
+            ))
         }
     }
 }
@@ -80,8 +82,9 @@ pub fn check_watch_log(
         to,
         12,
     ));
-    Some(Failure {
-        what: format!("watch checker ({:?}): {}", v.kind, v.explanation),
+    Some(Failure::new(
+        FailureKind::Watch,
+        format!("watch checker ({:?}): {}", v.kind, v.explanation),
         evidence,
-    })
+    ))
 }

@@ -12,7 +12,7 @@
 //! cuts n2↔n3 and n2↔client but leaves n1 talking to both; `Swizzle` cuts the symmetric set
 //! one link at a time in a shuffled order and restores it in another.
 
-use keel_storage::sim_disk::SplitMix64;
+use keel_rng::SplitMix64;
 
 /// A seeded generator with the helpers the nemesis and workload need.
 #[derive(Debug, Clone)]
@@ -21,8 +21,7 @@ pub struct SeedRng(SplitMix64);
 impl SeedRng {
     /// A generator for stream `stream` of seed `seed` (independent streams per purpose).
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut mix = SplitMix64::new(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        SeedRng(SplitMix64::new(mix.next_u64()))
+        SeedRng(SplitMix64::for_stream(seed, stream))
     }
 
     /// The next 64 random bits.
@@ -30,9 +29,9 @@ impl SeedRng {
         self.0.next_u64()
     }
 
-    /// A number in `0..n` (`n > 0`).
+    /// A number in `0..n` (`n > 0`), by remainder.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.0.below(n)
+        self.0.below_modulo(n)
     }
 
     /// A number in `lo..=hi`.
@@ -255,6 +254,7 @@ mod inject {
     use keel_proto::etcdserverpb::StatusRequest;
 
     use super::{plan_partition, FaultKind, PartitionKind, SeedRng, Swarm};
+    use crate::check::FailureKind;
     use crate::cluster::Cluster;
     use crate::history::Outcome;
     use crate::workload::Ctx;
@@ -434,7 +434,8 @@ mod inject {
                     i + 1,
                     armed_ns as f64 / 1e9
                 );
-                self.ctx.violation(what, vec![e.to_string()]);
+                self.ctx
+                    .violation(FailureKind::AckAfterDiskFault, what, vec![e.to_string()]);
             }
         }
 
@@ -569,7 +570,8 @@ mod inject {
                     i + 1
                 );
                 if !self.ctx.violations().iter().any(|f| f.what == what) {
-                    self.ctx.violation(what, Vec::new());
+                    self.ctx
+                        .violation(FailureKind::ElectionSafety, what, Vec::new());
                 }
             }
         }
@@ -796,7 +798,8 @@ mod inject {
                     i + 1,
                     path.display()
                 );
-                self.ctx.violation(v, Vec::new());
+                self.ctx
+                    .violation(FailureKind::UndetectedCorruption, v, Vec::new());
             } else {
                 self.note(format!(
                     "corruption n{} refused: {}",

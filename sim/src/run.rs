@@ -11,7 +11,7 @@ use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::HashKvRequest;
 use madsim::runtime::Runtime;
 
-use crate::check::{acked_writes_survive, events_between, Failure};
+use crate::check::{acked_writes_survive, events_between, Failure, FailureKind};
 use crate::cluster::Cluster;
 use crate::history::{to_jepsen, Entry, Op, Outcome};
 use crate::lease::{record_lease_deletions, spawn_lease_clients};
@@ -126,6 +126,18 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Whether some failure is of kind `kind`.
+    pub fn failed_with(&self, kind: FailureKind) -> bool {
+        self.failures.iter().any(|f| f.kind == kind)
+    }
+
+    /// The kinds of the failures, each once, in [`FailureKind`] order.
+    pub fn failure_kinds(&self) -> Vec<FailureKind> {
+        let kinds: std::collections::BTreeSet<FailureKind> =
+            self.failures.iter().map(|f| f.kind).collect();
+        kinds.into_iter().collect()
+    }
 }
 
 /// Runs one seed in a fresh madsim runtime. Never panics: a panic inside the simulation (an
@@ -193,10 +205,11 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
         swarm: Swarm::from_seed(config.seed, config.nodes).describe(),
         ops: entries.len(),
         sim_time: Duration::from_nanos(sim_time),
-        failures: vec![Failure {
-            what: format!("the simulation panicked: {msg}"),
-            evidence: events_between(&events[tail_from..], 0, u64::MAX, 8),
-        }],
+        failures: vec![Failure::new(
+            FailureKind::Panic,
+            format!("the simulation panicked: {msg}"),
+            events_between(&events[tail_from..], 0, u64::MAX, 8),
+        )],
         history_jsonl: to_jepsen(&entries).to_jsonl(),
         watch_log,
         trace_events,
@@ -227,10 +240,11 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
     let mut failures = Vec::new();
     for i in 0..config.nodes {
         if !probe_serves(&cluster, i, 10_000).await {
-            failures.push(Failure {
-                what: format!("n{} never served after the first boot", i + 1),
-                evidence: Vec::new(),
-            });
+            failures.push(Failure::new(
+                FailureKind::Boot,
+                format!("n{} never served after the first boot", i + 1),
+                Vec::new(),
+            ));
         }
     }
     if failures.is_empty() {
@@ -295,7 +309,7 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
             failures.push(f);
         }
     }
-    if failures.iter().any(|f| f.what.contains("did not serve")) {
+    if failures.iter().any(|f| f.kind == FailureKind::Liveness) {
         return failures;
     }
     ctx.event(format!(
@@ -325,10 +339,11 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
                 failures.push(f);
             }
         }
-        None => failures.push(Failure {
-            what: "the final read could not connect".to_string(),
-            evidence: Vec::new(),
-        }),
+        None => failures.push(Failure::new(
+            FailureKind::FinalRead,
+            "the final read could not connect".to_string(),
+            Vec::new(),
+        )),
     }
     let entries = ctx.history.entries();
     failures.extend(check_leases(
@@ -381,14 +396,15 @@ async fn serve_again(
     let events = ctx.events();
     let tail_from = events.len().saturating_sub(6);
     evidence.extend(events_between(&events[tail_from..], 0, u64::MAX, 6));
-    Err(Failure {
-        what: format!(
+    Err(Failure::new(
+        FailureKind::Liveness,
+        format!(
             "liveness: n{} did not serve a linearizable put and get within the bound after \
              every fault healed",
             i + 1
         ),
         evidence,
-    })
+    ))
 }
 
 /// Every member's HashKV at the final read's revision agrees (the spare's too, when it
@@ -422,6 +438,7 @@ async fn hash_kv_agree(
     let first = hashes.first().cloned().flatten();
     let agree = first.is_some() && hashes.iter().all(|h| *h == first);
     (!agree).then(|| Failure {
+        kind: FailureKind::HashKvDisagree,
         what: format!("members' HashKV at revision {revision} disagree (or did not answer)"),
         evidence: hashes
             .iter()

@@ -17,7 +17,7 @@ use keel_proto::etcdserverpb::{
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::check::{events_between, Failure};
+use crate::check::{events_between, Failure, FailureKind};
 use crate::cluster::Cluster;
 use crate::history::{Entry, History, KeyValue, Op, OpResult, Outcome};
 use crate::lease_check::LeaseLog;
@@ -90,13 +90,13 @@ impl Ctx {
             .as_nanos() as u64
     }
 
-    /// Records a violation: what broke, and the operations that show it.
-    pub fn violation(&self, what: String, evidence: Vec<String>) {
+    /// Records a violation: which check, what broke, and the operations that show it.
+    pub fn violation(&self, kind: FailureKind, what: String, evidence: Vec<String>) {
         self.trace.record(format!("VIOLATION {what}"));
         self.violations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Failure { what, evidence });
+            .push(Failure::new(kind, what, evidence));
     }
 
     /// The violations so far.
@@ -378,6 +378,7 @@ impl Client {
                 ));
                 evidence.push(entry.to_string());
                 ctx.violation(
+                    FailureKind::RevisionBackwards,
                     format!(
                         "revision went backwards for client c{}: rev {} after rev {}",
                         self.id,

@@ -1,12 +1,15 @@
 //! Replication bugs the sweep must catch (issue 5): each is injected into every member of a
-//! three-member cluster and must make some seed of a bounded range fail; the clean three-member
-//! sweep (`nemesis_sweep.rs`) passes a prefix of those seeds without it, and forget-vote checks
-//! that the very seeds catching it pass without it.
+//! three-member cluster and must make some seed of a bounded range fail with the failure kind
+//! that bug causes (a liveness failure or an unrelated check does not count); the clean
+//! three-member sweep (`nemesis_sweep.rs`) passes a prefix of those seeds without it, and
+//! forget-vote and read-index-skip-heartbeat check that the very seeds catching them pass
+//! without them.
 #![cfg(madsim)]
 
 use std::ops::Range;
 
 use keel_engine::bugs::Bug;
+use keel_sim::check::FailureKind;
 use keel_sim::run::{run_seed, SimConfig};
 
 /// The seeds searched for a catch.
@@ -18,14 +21,36 @@ const READ_INDEX_SEEDS: Range<u64> = 0..100;
 const READ_INDEX_DURATION_S: u64 = 8;
 /// The search stops after this many catches.
 const CATCHES_MAX: usize = 8;
+/// What a stale read shows: the history is not linearizable, or a client saw the revision go
+/// back.
+const STALE_READ_KINDS: &[FailureKind] =
+    &[FailureKind::Linearizability, FailureKind::RevisionBackwards];
+/// What an entry committed without a quorum shows once a leader without it takes over: an
+/// acknowledged write is lost, the members' stores diverge, or reads contradict the
+/// acknowledgements.
+const LOST_COMMIT_KINDS: &[FailureKind] = &[
+    FailureKind::Durability,
+    FailureKind::HashKvDisagree,
+    FailureKind::Linearizability,
+    FailureKind::RevisionBackwards,
+];
 
 /// The first seeds of `SEEDS` (at most `CATCHES_MAX`) on which a three-member run with `bug`
-/// fails.
-fn seeds_catching(bug: Bug) -> Vec<u64> {
-    seeds_catching_in(bug, SEEDS, SimConfig::new(0).duration_s)
+/// fails with a failure of one of `kinds`.
+fn seeds_catching(bug: Bug, kinds: &[FailureKind]) -> Vec<u64> {
+    seeds_catching_in(bug, kinds, SEEDS, SimConfig::new(0).duration_s)
 }
 
-fn seeds_catching_in(bug: Bug, seeds: Range<u64>, duration_s: u64) -> Vec<u64> {
+fn seeds_catching_in(
+    bug: Bug,
+    kinds: &[FailureKind],
+    seeds: Range<u64>,
+    duration_s: u64,
+) -> Vec<u64> {
+    assert!(
+        !kinds.is_empty(),
+        "a bug test names the failure kinds it expects"
+    );
     seeds
         .filter(|&seed| {
             let config = SimConfig {
@@ -34,7 +59,15 @@ fn seeds_catching_in(bug: Bug, seeds: Range<u64>, duration_s: u64) -> Vec<u64> {
                 duration_s,
                 ..SimConfig::new(seed)
             };
-            !run_seed(&config).passed()
+            let report = run_seed(&config);
+            if !report.passed() {
+                eprintln!(
+                    "{}: seed {seed} failed with {:?}",
+                    bug.name(),
+                    report.failure_kinds()
+                );
+            }
+            kinds.iter().any(|&kind| report.failed_with(kind))
         })
         .take(CATCHES_MAX)
         .collect()
@@ -44,7 +77,7 @@ fn seeds_catching_in(bug: Bug, seeds: Range<u64>, duration_s: u64) -> Vec<u64> {
 fn commit_without_quorum_is_caught() {
     // A leader acknowledges writes durable only on its own disk; a crash or partition then
     // loses them (lost writes, diverging HashKV, non-linearizable reads).
-    let caught = seeds_catching(Bug::CommitWithoutQuorum);
+    let caught = seeds_catching(Bug::CommitWithoutQuorum, LOST_COMMIT_KINDS);
     assert!(!caught.is_empty(), "commit-without-quorum went unnoticed");
     eprintln!("commit-without-quorum caught by seeds {caught:?}");
 }
@@ -55,6 +88,7 @@ fn read_index_skip_heartbeat_is_caught() {
     // answers from a store the new leader has moved past (stale reads).
     let caught = seeds_catching_in(
         Bug::ReadIndexSkipHeartbeat,
+        STALE_READ_KINDS,
         READ_INDEX_SEEDS,
         READ_INDEX_DURATION_S,
     );
@@ -79,7 +113,7 @@ fn forget_vote_is_caught() {
     // election-restart fault cuts its power at the vote's fsync during an election: it elects
     // the new term's candidate, then, restarted, the old leader in the same term. The nemesis
     // sees two members call themselves leader of one term (election safety, Raft §5.2).
-    let caught = seeds_catching(Bug::ForgetVote);
+    let caught = seeds_catching(Bug::ForgetVote, &[FailureKind::ElectionSafety]);
     assert!(!caught.is_empty(), "forget-vote went unnoticed");
     eprintln!("forget-vote caught by seeds {caught:?}");
     for &seed in &caught {

@@ -22,6 +22,49 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The [`Disk`] or [`DiskFile`] operation an I/O error came from (named in the WAL's and the
+/// snapshot directory's errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// [`Disk::create_dir_all`].
+    CreateDir,
+    /// [`Disk::list_dir`].
+    ListDir,
+    /// [`Disk::read`] or [`Disk::read_shared`].
+    Read,
+    /// [`Disk::open_append`], or finding a file that should be new not empty.
+    Open,
+    /// [`DiskFile::append`].
+    Append,
+    /// [`DiskFile::sync`].
+    Sync,
+    /// [`Disk::truncate`].
+    Truncate,
+    /// [`Disk::rename`].
+    Rename,
+    /// [`Disk::remove`].
+    Remove,
+    /// [`Disk::sync_dir`].
+    SyncDir,
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOp::CreateDir => "create directory",
+            IoOp::ListDir => "list directory",
+            IoOp::Read => "read",
+            IoOp::Open => "open",
+            IoOp::Append => "append",
+            IoOp::Sync => "sync",
+            IoOp::Truncate => "truncate",
+            IoOp::Rename => "rename",
+            IoOp::Remove => "remove",
+            IoOp::SyncDir => "sync directory",
+        })
+    }
+}
+
 /// A file opened for appending, obtained from [`Disk::open_append`].
 pub trait DiskFile: Send {
     /// Appends all of `buf` at the end of the file (not durable until [`DiskFile::sync`]).

@@ -13,10 +13,10 @@ pub mod sim_disk;
 pub mod snap;
 pub mod wal;
 
-pub use disk::{Disk, DiskFile, OsDisk};
+pub use disk::{Disk, DiskFile, IoOp, OsDisk};
 pub use sim_disk::SimDisk;
-pub use snap::{SnapDir, SnapError};
-pub use wal::{Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};
+pub use snap::{SnapCorruption, SnapDir, SnapError};
+pub use wal::{Corruption, Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};
 
 #[cfg(test)]
 mod tests {

@@ -50,36 +50,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use keel_rng::SplitMix64;
+
 use crate::disk::{Disk, DiskFile};
 
 /// The size of a sector, the unit in which a crash tears unsynced data.
 pub const SECTOR_BYTES: u64 = 512;
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough for fault choices.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`; `n` must be positive.
-    pub fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0, "SplitMix64::below(0)");
-        self.next_u64() % n
-    }
-}
 
 type InodeId = u64;
 
@@ -222,10 +198,10 @@ impl SimDisk {
             ));
         }
         let sectors = inode.synced_len.div_ceil(SECTOR_BYTES);
-        let start = rng.below(sectors) * SECTOR_BYTES;
+        let start = rng.below_modulo(sectors) * SECTOR_BYTES;
         let end = (start + SECTOR_BYTES).min(inode.synced_len);
-        let offset = start + rng.below(end - start);
-        let bit = rng.below(8);
+        let offset = start + rng.below_modulo(end - start);
+        let bit = rng.below_modulo(8);
         inode.data[offset as usize] ^= 1 << bit;
         Ok(offset)
     }
@@ -268,14 +244,14 @@ fn crash_inode(inode: &mut Inode, rng: &mut SplitMix64) {
     let cut = if synced == len {
         len
     } else {
-        match rng.below(boundaries + 2) {
+        match rng.below_modulo(boundaries + 2) {
             0 => synced,
             k if k == boundaries + 1 => len,
             k => first_boundary + (k - 1) * SECTOR_BYTES,
         }
     };
     inode.data.truncate(cut as usize);
-    if cut < len && rng.below(4) == 0 {
+    if cut < len && rng.below_modulo(4) == 0 {
         let zero_end = ((cut / SECTOR_BYTES + 1) * SECTOR_BYTES).min(len);
         inode.data.resize(zero_end as usize, 0);
     }

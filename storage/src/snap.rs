@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::disk::Disk;
+use crate::disk::{Disk, IoOp};
 
 const MAGIC: &[u8; 8] = b"KEELSNAP";
 const FORMAT: u32 = 1;
@@ -39,6 +39,8 @@ pub enum SnapError {
     /// The disk failed.
     #[error("snapshot i/o error on {}: {source}", path.display())]
     Io {
+        /// What was being done.
+        op: IoOp,
         /// The file or directory the operation was on.
         path: PathBuf,
         /// The underlying error.
@@ -51,12 +53,69 @@ pub enum SnapError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        reason: SnapCorruption,
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapError + '_ {
+/// What is wrong with a snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapCorruption {
+    /// The file does not start with the magic, or is shorter than the smallest snapshot.
+    #[error("not a keel snapshot (bad magic or too short)")]
+    NotASnapshot,
+    /// The file ends inside a field.
+    #[error("truncated")]
+    Truncated,
+    /// The stored crc32 does not match the bytes.
+    #[error("crc32 mismatch: stored {stored:08x}, computed {computed:08x}")]
+    Crc {
+        /// The crc32 the file holds.
+        stored: u32,
+        /// The crc32 of its bytes.
+        computed: u32,
+    },
+    /// A format version this code does not read.
+    #[error("unknown snapshot format {format}")]
+    UnknownFormat {
+        /// The version found.
+        format: u32,
+    },
+    /// The meta length overflows.
+    #[error("bad meta length")]
+    BadMetaLength,
+    /// The meta runs past the end of the file.
+    #[error("meta overruns the file")]
+    MetaOverrun,
+    /// The data length does not fit in memory.
+    #[error("bad data length")]
+    BadDataLength,
+    /// The data does not end where the crc starts.
+    #[error("data length {data_len} does not fit the file of {file_bytes} bytes")]
+    DataLength {
+        /// The data length field.
+        data_len: u64,
+        /// The file's size.
+        file_bytes: u64,
+    },
+    /// The file holds another snapshot than its name says.
+    #[error(
+        "holds term {term} index {index}, but its name says term {name_term} index {name_index}"
+    )]
+    NameMismatch {
+        /// The term the file holds.
+        term: u64,
+        /// The index the file holds.
+        index: u64,
+        /// The term in its name.
+        name_term: u64,
+        /// The index in its name.
+        name_index: u64,
+    },
+}
+
+fn io_err(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> SnapError + '_ {
     move |source| SnapError::Io {
+        op,
         path: path.to_path_buf(),
         source,
     }
@@ -145,40 +204,41 @@ fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Decodes a snapshot file's bytes; `data` in the result is a slice of `file`.
-pub fn decode(file: &Bytes) -> Result<Loaded, String> {
+pub fn decode(file: &Bytes) -> Result<Loaded, SnapCorruption> {
+    use SnapCorruption::Truncated;
     if file.len() < HEAD_BYTES + 8 + 4 || &file[..8] != MAGIC {
-        return Err("not a keel snapshot (bad magic or too short)".into());
+        return Err(SnapCorruption::NotASnapshot);
     }
     let body_len = file.len() - 4;
-    let stored = u32_at(file, body_len).ok_or("truncated")?;
-    let actual = crc32fast::hash(&file[..body_len]);
-    if stored != actual {
-        return Err(format!(
-            "crc32 mismatch: stored {stored:08x}, computed {actual:08x}"
-        ));
+    let stored = u32_at(file, body_len).ok_or(Truncated)?;
+    let computed = crc32fast::hash(&file[..body_len]);
+    if stored != computed {
+        return Err(SnapCorruption::Crc { stored, computed });
     }
-    let format = u32_at(file, 8).ok_or("truncated")?;
+    let format = u32_at(file, 8).ok_or(Truncated)?;
     if format != FORMAT {
-        return Err(format!("unknown snapshot format {format}"));
+        return Err(SnapCorruption::UnknownFormat { format });
     }
-    let index = u64_at(file, 12).ok_or("truncated")?;
-    let term = u64_at(file, 20).ok_or("truncated")?;
-    let meta_len = u32_at(file, 28).ok_or("truncated")? as usize;
-    let meta_end = HEAD_BYTES.checked_add(meta_len).ok_or("bad meta length")?;
+    let index = u64_at(file, 12).ok_or(Truncated)?;
+    let term = u64_at(file, 20).ok_or(Truncated)?;
+    let meta_len = u32_at(file, 28).ok_or(Truncated)? as usize;
+    let meta_end = HEAD_BYTES
+        .checked_add(meta_len)
+        .ok_or(SnapCorruption::BadMetaLength)?;
     let meta = file
         .get(HEAD_BYTES..meta_end)
-        .ok_or("meta overruns the file")?;
-    let data_len = u64_at(file, meta_end).ok_or("truncated")?;
+        .ok_or(SnapCorruption::MetaOverrun)?;
+    let data_len = u64_at(file, meta_end).ok_or(Truncated)?;
     let data_start = meta_end + 8;
     let data_end = usize::try_from(data_len)
         .ok()
         .and_then(|l| data_start.checked_add(l))
-        .ok_or("bad data length")?;
+        .ok_or(SnapCorruption::BadDataLength)?;
     if data_end != body_len {
-        return Err(format!(
-            "data length {data_len} does not fit the file of {} bytes",
-            file.len()
-        ));
+        return Err(SnapCorruption::DataLength {
+            data_len,
+            file_bytes: file.len() as u64,
+        });
     }
     Ok(Loaded {
         index,
@@ -194,28 +254,41 @@ impl SnapDir {
     /// removed.
     pub fn open(disk: Arc<dyn Disk>, dir: &Path, keep: usize) -> Result<SnapDir, SnapError> {
         assert!(keep >= 1, "must keep at least one snapshot");
-        disk.create_dir_all(dir).map_err(io_err(dir))?;
+        disk.create_dir_all(dir)
+            .map_err(io_err(IoOp::CreateDir, dir))?;
         let snaps = SnapDir {
             disk,
             dir: dir.to_path_buf(),
             keep,
         };
-        let names = snaps.disk.list_dir(dir).map_err(io_err(dir))?;
+        let names = snaps
+            .disk
+            .list_dir(dir)
+            .map_err(io_err(IoOp::ListDir, dir))?;
         let mut removed = false;
         for name in names.iter().filter(|n| n.ends_with(TMP_SUFFIX)) {
             let path = dir.join(name);
-            snaps.disk.remove(&path).map_err(io_err(&path))?;
+            snaps
+                .disk
+                .remove(&path)
+                .map_err(io_err(IoOp::Remove, &path))?;
             removed = true;
         }
         if removed {
-            snaps.disk.sync_dir(dir).map_err(io_err(dir))?;
+            snaps
+                .disk
+                .sync_dir(dir)
+                .map_err(io_err(IoOp::SyncDir, dir))?;
         }
         Ok(snaps)
     }
 
     /// (term, index) of every snapshot file, oldest (lowest index) first.
     pub fn list(&self) -> Result<Vec<(u64, u64)>, SnapError> {
-        let names = self.disk.list_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let names = self
+            .disk
+            .list_dir(&self.dir)
+            .map_err(io_err(IoOp::ListDir, &self.dir))?;
         let mut found: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_name(n)).collect();
         found.sort_by_key(|&(term, index)| (index, term));
         Ok(found)
@@ -235,17 +308,29 @@ impl SnapDir {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let bytes = encode(index, term, meta, data);
         {
-            let mut file = self.disk.open_append(&tmp).map_err(io_err(&tmp))?;
+            let mut file = self
+                .disk
+                .open_append(&tmp)
+                .map_err(io_err(IoOp::Open, &tmp))?;
             if !file.is_empty() {
                 drop(file);
-                self.disk.truncate(&tmp, 0).map_err(io_err(&tmp))?;
-                file = self.disk.open_append(&tmp).map_err(io_err(&tmp))?;
+                self.disk
+                    .truncate(&tmp, 0)
+                    .map_err(io_err(IoOp::Truncate, &tmp))?;
+                file = self
+                    .disk
+                    .open_append(&tmp)
+                    .map_err(io_err(IoOp::Open, &tmp))?;
             }
-            file.append(&bytes).map_err(io_err(&tmp))?;
-            file.sync().map_err(io_err(&tmp))?;
+            file.append(&bytes).map_err(io_err(IoOp::Append, &tmp))?;
+            file.sync().map_err(io_err(IoOp::Sync, &tmp))?;
         }
-        self.disk.rename(&tmp, &path).map_err(io_err(&path))?;
-        self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        self.disk
+            .rename(&tmp, &path)
+            .map_err(io_err(IoOp::Rename, &path))?;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(io_err(IoOp::SyncDir, &self.dir))?;
         self.prune()?;
         Ok(path)
     }
@@ -258,14 +343,21 @@ impl SnapDir {
         }
         for &(term, index) in &found[..found.len() - self.keep] {
             let path = self.dir.join(file_name(term, index));
-            self.disk.remove(&path).map_err(io_err(&path))?;
+            self.disk
+                .remove(&path)
+                .map_err(io_err(IoOp::Remove, &path))?;
         }
-        self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(io_err(IoOp::SyncDir, &self.dir))
     }
 
     /// Reads back the state of the snapshot file at `path` (mapped, checksum verified).
     pub fn read_data(&self, path: &Path) -> Result<Bytes, SnapError> {
-        let file = self.disk.read_shared(path).map_err(io_err(path))?;
+        let file = self
+            .disk
+            .read_shared(path)
+            .map_err(io_err(IoOp::Read, path))?;
         decode(&file)
             .map(|loaded| loaded.data)
             .map_err(|reason| SnapError::Corrupt {
@@ -280,23 +372,32 @@ impl SnapDir {
         let mut outcome = LoadOutcome::default();
         for (term, index) in self.list()?.into_iter().rev() {
             let path = self.dir.join(file_name(term, index));
-            let file = self.disk.read_shared(&path).map_err(io_err(&path))?;
+            let file = self
+                .disk
+                .read_shared(&path)
+                .map_err(io_err(IoOp::Read, &path))?;
             let reason = match decode(&file) {
                 Ok(loaded) if loaded.index == index && loaded.term == term => {
                     outcome.snapshot = Some(loaded);
                     return Ok(outcome);
                 }
-                Ok(loaded) => format!(
-                    "holds term {} index {}, but its name says term {term} index {index}",
-                    loaded.term, loaded.index
-                ),
+                Ok(loaded) => SnapCorruption::NameMismatch {
+                    term: loaded.term,
+                    index: loaded.index,
+                    name_term: term,
+                    name_index: index,
+                },
                 Err(reason) => reason,
             };
             let broken = self
                 .dir
                 .join(format!("{}{BROKEN_SUFFIX}", file_name(term, index)));
-            self.disk.rename(&path, &broken).map_err(io_err(&path))?;
-            self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            self.disk
+                .rename(&path, &broken)
+                .map_err(io_err(IoOp::Rename, &path))?;
+            self.disk
+                .sync_dir(&self.dir)
+                .map_err(io_err(IoOp::SyncDir, &self.dir))?;
             let warning = format!(
                 "snapshot {} is corrupt ({reason}); moved it to {} and tried the previous one",
                 path.display(),
@@ -369,6 +470,13 @@ mod tests {
     fn every_truncation_and_bit_flip_is_detected() {
         let file = Bytes::from(encode(5, 3, b"conf", b"some state bytes"));
         assert!(decode(&file).is_ok());
+        assert_eq!(decode(&file.slice(..10)), Err(SnapCorruption::NotASnapshot));
+        let mut flipped = file.to_vec();
+        flipped[HEAD_BYTES] ^= 1;
+        assert!(matches!(
+            decode(&Bytes::from(flipped)),
+            Err(SnapCorruption::Crc { stored, computed }) if stored != computed
+        ));
         for len in 0..file.len() {
             assert!(decode(&file.slice(..len)).is_err(), "truncated to {len}");
         }

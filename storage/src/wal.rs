@@ -117,7 +117,8 @@
 //!    [`Recovered::warnings`]. A last segment torn inside its header is removed instead.
 //!
 //! Corruption makes `open` fail with [`WalError::Corrupt`] naming the file, the offset of the
-//! bad record and the reason; data is never dropped silently.
+//! bad record and the reason (a [`Corruption`], one variant per rule above and per malformed
+//! record); data is never dropped silently.
 //!
 //! Example: the last segment holds records `H A B C D` and power failed while `D` was being
 //! written, so the file ends 40 bytes into `D`'s 300-byte body. `D` runs past the end of the
@@ -146,7 +147,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::disk::{Disk, DiskFile};
+use crate::disk::{Disk, DiskFile, IoOp};
+
+mod error;
+pub use error::{Corruption, HeaderMismatch, LogOrderError, Malformed, RecordDamage, WalError};
 
 /// The largest record payload accepted on write and on read.
 pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 64 << 20;
@@ -220,51 +224,9 @@ pub struct Recovered {
     pub warnings: Vec<String>,
 }
 
-/// Errors of the [`Wal`].
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    /// The disk failed; if this came from a mutating call, the `Wal` is now poisoned.
-    #[error("wal i/o error on {}: {source}", path.display())]
-    Io {
-        /// The file or directory the operation was on.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A record is damaged in a way a torn write cannot explain; nothing was repaired.
-    #[error("wal corrupt: {} at offset {offset}: {reason}", file.display())]
-    Corrupt {
-        /// The segment file.
-        file: PathBuf,
-        /// The byte offset of the bad record in `file`.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-    /// An earlier write or sync failed; the `Wal` must be reopened (after a restart).
-    #[error("wal poisoned by an earlier failed write or sync; restart and recover")]
-    Poisoned,
-    /// A record's payload is larger than [`RECORD_PAYLOAD_BYTES_MAX`].
-    #[error("wal record payload of {bytes} bytes exceeds the maximum of {max}")]
-    RecordTooLarge {
-        /// The payload size.
-        bytes: u64,
-        /// The maximum.
-        max: u64,
-    },
-    /// The buffered batch would exceed [`BATCH_BYTES_MAX`]; sync first.
-    #[error("wal batch of {bytes} bytes would exceed the maximum of {max}; sync first")]
-    BatchTooLarge {
-        /// The batch size the append would have produced.
-        bytes: u64,
-        /// The maximum.
-        max: u64,
-    },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+fn io_err(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     move |source| WalError::Io {
+        op,
         path: path.to_path_buf(),
         source,
     }
@@ -320,21 +282,21 @@ impl LogPos {
     };
 
     /// Applies an entry append at `index`; `Err` says why it is impossible.
-    fn append(&mut self, index: u64) -> Result<(), String> {
+    fn append(&mut self, index: u64) -> Result<(), LogOrderError> {
         if index == 0 {
-            return Err("entry index 0".to_string());
+            return Err(LogOrderError::EntryIndexZero);
         }
         if let Some(s) = self.snapshot.filter(|s| index <= s.index) {
-            return Err(format!(
-                "entry {index} at or below snapshot index {}",
-                s.index
-            ));
+            return Err(LogOrderError::EntryInSnapshot {
+                index,
+                snapshot_index: s.index,
+            });
         }
         if index > self.last_index.saturating_add(1) {
-            return Err(format!(
-                "entry {index} leaves a gap after {}",
-                self.last_index
-            ));
+            return Err(LogOrderError::Gap {
+                index,
+                last_index: self.last_index,
+            });
         }
         self.first_index = self.first_index.min(index);
         self.last_index = index;
@@ -342,15 +304,15 @@ impl LogPos {
     }
 
     /// Applies a snapshot mark: the log is replaced, the next entry is `s.index + 1`.
-    fn snapshot(&mut self, s: SnapshotMark) -> Result<(), String> {
+    fn snapshot(&mut self, s: SnapshotMark) -> Result<(), LogOrderError> {
         if s.index == 0 {
-            return Err("snapshot index 0".to_string());
+            return Err(LogOrderError::SnapshotIndexZero);
         }
         if let Some(cur) = self.snapshot.filter(|cur| s.index < cur.index) {
-            return Err(format!(
-                "snapshot {} older than snapshot {}",
-                s.index, cur.index
-            ));
+            return Err(LogOrderError::SnapshotGoesBack {
+                index: s.index,
+                current_index: cur.index,
+            });
         }
         *self = LogPos {
             first_index: s.index.saturating_add(1),
@@ -393,15 +355,17 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Decodes a record whose crc matched; `Err` says why its payload is malformed.
-fn decode(kind: u8, p: &[u8]) -> Result<Record<'_>, String> {
+fn decode(kind: u8, p: &[u8]) -> Result<Record<'_>, Malformed> {
     match kind {
         TYPE_SEGMENT_HEADER => {
             if p.len() != 36 {
-                return Err(format!("segment header of {} bytes, want 36", p.len()));
+                return Err(Malformed::SegmentHeaderSize {
+                    bytes: p.len() as u64,
+                });
             }
             let version = u32_at(p, 0);
             if version != FORMAT_VERSION {
-                return Err(format!("unsupported wal format version {version}"));
+                return Err(Malformed::UnsupportedVersion { version });
             }
             let (index, term) = (u64_at(p, 20), u64_at(p, 28));
             let snapshot = (index != 0 || term != 0).then_some(SnapshotMark { index, term });
@@ -421,61 +385,39 @@ fn decode(kind: u8, p: &[u8]) -> Result<Record<'_>, String> {
             index: u64_at(p, 0),
             term: u64_at(p, 8),
         })),
-        TYPE_ENTRY | TYPE_SNAPSHOT => Err(format!("record type {kind} with {} bytes", p.len())),
-        _ => Err(format!("unknown record type {kind}")),
-    }
-}
-
-/// Why a record could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bad {
-    HeaderCut,
-    TooLong { len: u64 },
-    BodyCut { len: u64 },
-    Crc { len: u64 },
-}
-
-impl std::fmt::Display for Bad {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Bad::HeaderCut => write!(f, "record header cut short"),
-            Bad::TooLong { len } => {
-                write!(
-                    f,
-                    "record length {len} exceeds maximum {RECORD_PAYLOAD_BYTES_MAX}"
-                )
-            }
-            Bad::BodyCut { len } => write!(f, "record of length {len} runs past end of file"),
-            Bad::Crc { len } => write!(f, "crc mismatch in record of length {len}"),
-        }
+        TYPE_ENTRY | TYPE_SNAPSHOT => Err(Malformed::PayloadSize {
+            kind,
+            bytes: p.len() as u64,
+        }),
+        _ => Err(Malformed::UnknownType { kind }),
     }
 }
 
 /// Reads the framing of the record at `o`: `(type, payload, next offset)`.
-fn frame_at(b: &[u8], o: usize) -> Result<(u8, &[u8], usize), Bad> {
+fn frame_at(b: &[u8], o: usize) -> Result<(u8, &[u8], usize), RecordDamage> {
     if b.len() - o < RECORD_HEADER_BYTES {
-        return Err(Bad::HeaderCut);
+        return Err(RecordDamage::HeaderCut);
     }
     let len = u64::from(u32_at(b, o));
     if len > RECORD_PAYLOAD_BYTES_MAX {
-        return Err(Bad::TooLong { len });
+        return Err(RecordDamage::TooLong { len });
     }
     let end = o + RECORD_HEADER_BYTES + len as usize;
     if end > b.len() {
-        return Err(Bad::BodyCut { len });
+        return Err(RecordDamage::BodyCut { len });
     }
     if crc32fast::hash(&b[o + 8..end]) != u32_at(b, o + 4) {
-        return Err(Bad::Crc { len });
+        return Err(RecordDamage::Crc { len });
     }
     Ok((b[o + 8], &b[o + RECORD_HEADER_BYTES..end], end))
 }
 
 /// Whether a torn append explains `bad` at `o` (rule 2 of the module docs).
-fn explained_by_tear(b: &[u8], o: usize, bad: Bad) -> bool {
+fn explained_by_tear(b: &[u8], o: usize, bad: RecordDamage) -> bool {
     match bad {
-        Bad::HeaderCut | Bad::BodyCut { .. } => true,
-        Bad::TooLong { .. } => false,
-        Bad::Crc { len } => {
+        RecordDamage::HeaderCut | RecordDamage::BodyCut { .. } => true,
+        RecordDamage::TooLong { .. } => false,
+        RecordDamage::Crc { len } => {
             let end = o + RECORD_HEADER_BYTES + len as usize;
             let zero_from = b.iter().rposition(|x| *x != 0).map_or(0, |p| p + 1);
             let zero_sector = (o.next_multiple_of(SECTOR_BYTES)..end)
@@ -512,17 +454,22 @@ struct Replay {
 }
 
 impl Replay {
-    fn apply(&mut self, seg: &Segment, record: Record<'_>, at_start: bool) -> Result<(), String> {
+    fn apply(
+        &mut self,
+        seg: &Segment,
+        record: Record<'_>,
+        at_start: bool,
+    ) -> Result<(), Corruption> {
         let is_header = matches!(record, Record::Header(_));
         if at_start != is_header {
             return Err(if at_start {
-                "segment does not start with a segment header".to_string()
+                HeaderMismatch::Missing.into()
             } else {
-                "segment header in the middle of a segment".to_string()
+                HeaderMismatch::MidSegment.into()
             });
         }
         if let Record::Header(h) = record {
-            return self.apply_header(seg, h);
+            return Ok(self.apply_header(seg, h)?);
         }
         let Some(pos) = self.pos.as_mut() else {
             unreachable!("a segment header precedes every other record");
@@ -549,15 +496,17 @@ impl Replay {
         Ok(())
     }
 
-    fn apply_header(&mut self, seg: &Segment, h: SegmentHeader) -> Result<(), String> {
+    fn apply_header(&mut self, seg: &Segment, h: SegmentHeader) -> Result<(), HeaderMismatch> {
         if (h.seq, h.first_index) != (seg.seq, seg.first_index) {
-            return Err(format!(
-                "header says seq {} first_index {}, file name says seq {} first_index {}",
-                h.seq, h.first_index, seg.seq, seg.first_index
-            ));
+            return Err(HeaderMismatch::FileName {
+                header_seq: h.seq,
+                header_first_index: h.first_index,
+                name_seq: seg.seq,
+                name_first_index: seg.first_index,
+            });
         }
         if h.first_index == 0 {
-            return Err("segment first_index 0".to_string());
+            return Err(HeaderMismatch::FirstIndexZero);
         }
         let expect = LogPos {
             first_index: h.first_index,
@@ -576,11 +525,12 @@ impl Replay {
                 if pos.last_index.saturating_add(1) != h.first_index
                     || pos.snapshot != h.snapshot =>
             {
-                return Err(format!(
-                    "segment header (first_index {}, snapshot {:?}) does not follow the log \
-                     (last_index {}, snapshot {:?}): records are missing",
-                    h.first_index, h.snapshot, pos.last_index, pos.snapshot
-                ));
+                return Err(HeaderMismatch::DoesNotFollow {
+                    first_index: h.first_index,
+                    snapshot: h.snapshot,
+                    last_index: pos.last_index,
+                    log_snapshot: pos.snapshot,
+                });
             }
             Some(_) => {}
         }
@@ -596,7 +546,7 @@ fn replay_segment(
     is_last: bool,
     skip_crc_bug: bool,
 ) -> Result<usize, WalError> {
-    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+    let corrupt = |offset: usize, reason: Corruption| WalError::Corrupt {
         file: seg.path.clone(),
         offset: offset as u64,
         reason,
@@ -605,23 +555,24 @@ fn replay_segment(
     while o < b.len() || o == 0 {
         let (kind, payload, next) = match frame_at(b, o) {
             Ok(frame) => frame,
-            Err(Bad::Crc { len }) if skip_crc_bug => {
+            Err(RecordDamage::Crc { len }) if skip_crc_bug => {
                 let end = o + RECORD_HEADER_BYTES + len as usize;
                 (b[o + 8], &b[o + RECORD_HEADER_BYTES..end], end)
             }
-            Err(bad) if !is_last => return Err(corrupt(o, format!("{bad} in a non-last segment"))),
-            Err(bad) if !explained_by_tear(b, o, bad) => return Err(corrupt(o, bad.to_string())),
-            Err(bad) => match valid_record_after(b, o + 1) {
+            Err(bad) if !is_last => return Err(corrupt(o, Corruption::DamageInSealedSegment(bad))),
+            Err(bad) if !explained_by_tear(b, o, bad) => {
+                return Err(corrupt(o, Corruption::DamageNotATear(bad)))
+            }
+            Err(damage) => match valid_record_after(b, o + 1) {
                 Some(p) => {
-                    return Err(corrupt(
-                        o,
-                        format!("{bad}, yet a valid record follows at offset {p}"),
-                    ))
+                    let next_valid = p as u64;
+                    let reason = Corruption::DamageBeforeValidRecord { damage, next_valid };
+                    return Err(corrupt(o, reason));
                 }
                 None => return Ok(o),
             },
         };
-        let record = decode(kind, payload).map_err(|r| corrupt(o, r))?;
+        let record = decode(kind, payload).map_err(|r| corrupt(o, r.into()))?;
         replay
             .apply(seg, record, o == 0)
             .map_err(|r| corrupt(o, r))?;
@@ -644,7 +595,7 @@ fn skip_crc_bug(_opts: &WalOptions) -> bool {
 
 /// Lists the segments in `dir`, sorted by seq, checking that no seq is missing.
 fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<Segment>, WalError> {
-    let names = disk.list_dir(dir).map_err(io_err(dir))?;
+    let names = disk.list_dir(dir).map_err(io_err(IoOp::ListDir, dir))?;
     let mut segments: Vec<Segment> = names
         .iter()
         .filter_map(|name| {
@@ -663,7 +614,9 @@ fn list_segments(disk: &dyn Disk, dir: &Path) -> Result<Vec<Segment>, WalError> 
             return Err(WalError::Corrupt {
                 file: pair[1].path.clone(),
                 offset: 0,
-                reason: format!("segment seq {} missing before it", pair[0].seq + 1),
+                reason: Corruption::MissingSegment {
+                    missing_seq: pair[0].seq + 1,
+                },
             });
         }
     }
@@ -748,14 +701,17 @@ impl Wal {
             opts.segment_bytes_max > 0,
             "segment_bytes_max must be positive"
         );
-        disk.create_dir_all(dir).map_err(io_err(dir))?;
+        disk.create_dir_all(dir)
+            .map_err(io_err(IoOp::CreateDir, dir))?;
         let mut segments = list_segments(disk.as_ref(), dir)?;
         let mut replay = Replay::default();
         let mut warnings = Vec::new();
         let count = segments.len();
         let mut torn_header_seq: Option<u64> = None;
         for (i, seg) in segments.iter_mut().enumerate() {
-            let bytes = disk.read(&seg.path).map_err(io_err(&seg.path))?;
+            let bytes = disk
+                .read(&seg.path)
+                .map_err(io_err(IoOp::Read, &seg.path))?;
             let valid = replay_segment(
                 &mut replay,
                 seg,
@@ -887,13 +843,15 @@ impl Wal {
             self.rotate()?;
         }
         if let Err(e) = self.active.append(&self.buf) {
-            return Err(io_err(self.active_path())(e));
+            return Err(io_err(IoOp::Append, self.active_path())(e));
         }
         if let Err(e) = self.active.sync() {
-            return Err(io_err(self.active_path())(e));
+            return Err(io_err(IoOp::Sync, self.active_path())(e));
         }
         if rotated {
-            self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+            self.disk
+                .sync_dir(&self.dir)
+                .map_err(io_err(IoOp::SyncDir, &self.dir))?;
         }
         Ok(())
     }
@@ -905,7 +863,7 @@ impl Wal {
         let mut file = self
             .disk
             .open_append(&seg.path)
-            .map_err(io_err(&seg.path))?;
+            .map_err(io_err(IoOp::Open, &seg.path))?;
         if !file.is_empty() {
             return Err(unexpected_file(&seg.path));
         }
@@ -916,7 +874,8 @@ impl Wal {
             self.synced_pos,
             self.hard_state_synced.as_deref(),
         );
-        file.append(&prefix).map_err(io_err(&seg.path))?;
+        file.append(&prefix)
+            .map_err(io_err(IoOp::Append, &seg.path))?;
         tracing::info!(segment = %seg.path.display(), "wal: new segment");
         if let Some(sealed) = self.segments.last_mut() {
             sealed.sealed_bytes = self.active.len();
@@ -937,10 +896,12 @@ impl Wal {
             let result = self
                 .disk
                 .remove(&path)
-                .map_err(io_err(&path))
+                .map_err(io_err(IoOp::Remove, &path))
                 .and_then(|()| {
                     // One directory sync per removal: a crash never leaves a gap in the seqs.
-                    self.disk.sync_dir(&self.dir).map_err(io_err(&self.dir))
+                    self.disk
+                        .sync_dir(&self.dir)
+                        .map_err(io_err(IoOp::SyncDir, &self.dir))
                 });
             if let Err(e) = result {
                 self.poisoned = true;
@@ -1026,6 +987,7 @@ impl Wal {
 
 fn unexpected_file(path: &Path) -> WalError {
     WalError::Io {
+        op: IoOp::Open,
         path: path.to_path_buf(),
         source: std::io::Error::new(
             std::io::ErrorKind::AlreadyExists,
@@ -1042,15 +1004,18 @@ fn create_segment(
     pos: LogPos,
     hs: Option<&[u8]>,
 ) -> Result<Box<dyn DiskFile>, WalError> {
-    let mut file = disk.open_append(&seg.path).map_err(io_err(&seg.path))?;
+    let mut file = disk
+        .open_append(&seg.path)
+        .map_err(io_err(IoOp::Open, &seg.path))?;
     if !file.is_empty() {
         return Err(unexpected_file(&seg.path));
     }
     let mut prefix = Vec::new();
     encode_segment_prefix(&mut prefix, seg, pos, hs);
-    file.append(&prefix).map_err(io_err(&seg.path))?;
-    file.sync().map_err(io_err(&seg.path))?;
-    disk.sync_dir(dir).map_err(io_err(dir))?;
+    file.append(&prefix)
+        .map_err(io_err(IoOp::Append, &seg.path))?;
+    file.sync().map_err(io_err(IoOp::Sync, &seg.path))?;
+    disk.sync_dir(dir).map_err(io_err(IoOp::SyncDir, dir))?;
     tracing::info!(segment = %seg.path.display(), "wal: new segment");
     Ok(file)
 }
@@ -1061,11 +1026,13 @@ fn reopen_last_segment(
     dir: &Path,
     last: &Segment,
 ) -> Result<Box<dyn DiskFile>, WalError> {
-    let mut active = disk.open_append(&last.path).map_err(io_err(&last.path))?;
+    let mut active = disk
+        .open_append(&last.path)
+        .map_err(io_err(IoOp::Open, &last.path))?;
     // What we recovered may sit in the page cache only (the process died between write and
     // fsync): make it durable before anyone acts on it.
-    active.sync().map_err(io_err(&last.path))?;
-    disk.sync_dir(dir).map_err(io_err(dir))?;
+    active.sync().map_err(io_err(IoOp::Sync, &last.path))?;
+    disk.sync_dir(dir).map_err(io_err(IoOp::SyncDir, dir))?;
     Ok(active)
 }
 
@@ -1079,12 +1046,13 @@ fn repair_torn_tail(
 ) -> Result<String, WalError> {
     let file = seg.path.display();
     let warning = if valid == 0 {
-        disk.remove(&seg.path).map_err(io_err(&seg.path))?;
-        disk.sync_dir(dir).map_err(io_err(dir))?;
+        disk.remove(&seg.path)
+            .map_err(io_err(IoOp::Remove, &seg.path))?;
+        disk.sync_dir(dir).map_err(io_err(IoOp::SyncDir, dir))?;
         format!("wal: torn segment header in {file} ({len} bytes): removed the segment")
     } else {
         disk.truncate(&seg.path, valid as u64)
-            .map_err(io_err(&seg.path))?;
+            .map_err(io_err(IoOp::Truncate, &seg.path))?;
         format!(
             "wal: torn write in {file} at offset {valid}: truncated {} bytes",
             len - valid
@@ -1152,14 +1120,20 @@ mod tests {
         let mut buf = Vec::new();
         encode_record(&mut buf, TYPE_HARD_STATE, &[b"abc"]);
         assert!(frame_at(&buf, 0).is_ok());
-        assert_eq!(frame_at(&buf[..5], 0), Err(Bad::HeaderCut));
-        assert_eq!(frame_at(&buf[..10], 0), Err(Bad::BodyCut { len: 3 }));
+        assert_eq!(frame_at(&buf[..5], 0), Err(RecordDamage::HeaderCut));
+        assert_eq!(
+            frame_at(&buf[..10], 0),
+            Err(RecordDamage::BodyCut { len: 3 })
+        );
         let mut flipped = buf.clone();
         flipped[10] ^= 1;
-        assert_eq!(frame_at(&flipped, 0), Err(Bad::Crc { len: 3 }));
+        assert_eq!(frame_at(&flipped, 0), Err(RecordDamage::Crc { len: 3 }));
         let mut long = buf.clone();
         long[3] = 0xff;
-        assert!(matches!(frame_at(&long, 0), Err(Bad::TooLong { .. })));
+        assert!(matches!(
+            frame_at(&long, 0),
+            Err(RecordDamage::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -1167,22 +1141,26 @@ mod tests {
         let mut b = vec![1u8; 1024];
         // Crc-bad record at 100 of length 400 (ends at 509) with the file's zero suffix at 512.
         b[512..].fill(0);
-        assert!(!explained_by_tear(&b, 100, Bad::Crc { len: 400 }));
-        assert!(explained_by_tear(&b, 100, Bad::Crc { len: 500 }));
+        assert!(!explained_by_tear(&b, 100, RecordDamage::Crc { len: 400 }));
+        assert!(explained_by_tear(&b, 100, RecordDamage::Crc { len: 500 }));
         // Zero suffix from 300 (unaligned) inside the record: a data tail of zeros, not a tear.
         // Zero suffix from 300 (unaligned), the record ends at the end of the file: its data
         // may simply end in zeros, so a crc mismatch is corruption.
         let mut c = vec![1u8; 509];
         c[300..].fill(0);
-        assert!(!explained_by_tear(&c, 100, Bad::Crc { len: 400 }));
+        assert!(!explained_by_tear(&c, 100, RecordDamage::Crc { len: 400 }));
         // The same zeros running past the record's end: the file grew, data never written.
         c.resize(600, 0);
-        assert!(explained_by_tear(&c, 100, Bad::Crc { len: 400 }));
-        assert!(explained_by_tear(&c, 300, Bad::Crc { len: 0 }));
+        assert!(explained_by_tear(&c, 100, RecordDamage::Crc { len: 400 }));
+        assert!(explained_by_tear(&c, 300, RecordDamage::Crc { len: 0 }));
         // An all-zero aligned sector inside the record, data after it.
         let mut d = vec![1u8; 2000];
         d[512..1024].fill(0);
-        assert!(explained_by_tear(&d, 10, Bad::Crc { len: 1500 }));
-        assert!(!explained_by_tear(&d, 10, Bad::TooLong { len: 1 << 40 }));
+        assert!(explained_by_tear(&d, 10, RecordDamage::Crc { len: 1500 }));
+        assert!(!explained_by_tear(
+            &d,
+            10,
+            RecordDamage::TooLong { len: 1 << 40 }
+        ));
     }
 }

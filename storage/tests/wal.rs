@@ -5,7 +5,8 @@ mod common;
 
 use common::{dir, disk_with, files_of, open, payload, Model, Rec};
 use keel_storage::wal::RECORD_PAYLOAD_BYTES_MAX;
-use keel_storage::{Disk, SimDisk, SnapshotMark, Wal, WalError};
+use keel_storage::wal::{HeaderMismatch, RecordDamage};
+use keel_storage::{Corruption, Disk, IoOp, SimDisk, SnapshotMark, Wal, WalError};
 
 const BIG: u64 = 1 << 30;
 const HEADER_RECORD_BYTES: u64 = 45;
@@ -288,7 +289,7 @@ fn ten_entries() -> (SimDisk, std::path::PathBuf, Vec<u64>) {
     (disk, path, offsets)
 }
 
-fn expect_corrupt(disk: &SimDisk, file: &std::path::Path, offset: u64) -> String {
+fn expect_corrupt(disk: &SimDisk, file: &std::path::Path, offset: u64) -> Corruption {
     match open(disk, BIG) {
         Err(WalError::Corrupt {
             file: f,
@@ -312,7 +313,7 @@ fn flipped_bit_in_an_early_record_is_corruption() {
             let (disk, path, _) = ten_entries();
             disk.flip_bit(&path, offsets[2] + byte, bit).unwrap();
             let reason = expect_corrupt(&disk, &path, offsets[2]);
-            assert!(!reason.is_empty());
+            assert!(!reason.to_string().is_empty());
             // Nothing was repaired: the file is untouched.
             assert_eq!(
                 disk.read(&path).unwrap().len() as u64,
@@ -329,12 +330,32 @@ fn garbage_length_in_the_middle_is_corruption_not_a_torn_tail() {
     disk.flip_bit(&path, offsets[4] + 2, 0).unwrap();
     disk.flip_bit(&path, offsets[4] + 1, 7).unwrap();
     let reason = expect_corrupt(&disk, &path, offsets[4]);
-    assert!(reason.contains("valid record follows"), "{reason}");
+    assert!(
+        matches!(
+            reason,
+            Corruption::DamageBeforeValidRecord {
+                damage: RecordDamage::BodyCut { .. },
+                next_valid,
+            } if next_valid > offsets[4]
+        ),
+        "{reason:?}"
+    );
+    assert!(
+        reason.to_string().contains("valid record follows"),
+        "{reason}"
+    );
     // Length beyond the maximum.
     let (disk, path, offsets) = ten_entries();
     disk.flip_bit(&path, offsets[9] + 3, 6).unwrap();
     let reason = expect_corrupt(&disk, &path, offsets[9]);
-    assert!(reason.contains("exceeds maximum"), "{reason}");
+    assert!(
+        matches!(
+            reason,
+            Corruption::DamageNotATear(RecordDamage::TooLong { .. })
+        ),
+        "{reason:?}"
+    );
+    assert!(reason.to_string().contains("exceeds maximum"), "{reason}");
     // A flipped payload bit in the very last record is corruption too (no zeros: not a tear).
     let (disk, path, offsets) = ten_entries();
     disk.flip_bit(&path, offsets[9] + 30, 1).unwrap();
@@ -391,7 +412,14 @@ fn missing_records_or_segments_are_corruption() {
             reason,
         }) => {
             assert_eq!((file, offset), (dir().join(&cut[2].0), 0), "{reason}");
-            assert!(reason.contains("missing"), "{reason}");
+            assert!(
+                matches!(
+                    reason,
+                    Corruption::Header(HeaderMismatch::DoesNotFollow { .. })
+                ),
+                "{reason:?}"
+            );
+            assert!(reason.to_string().contains("missing"), "{reason}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -400,7 +428,8 @@ fn missing_records_or_segments_are_corruption() {
     gap.remove(1);
     match open(&disk_with(&gap), 400) {
         Err(WalError::Corrupt { file, reason, .. }) => {
-            assert_eq!(file, dir().join(&files[2].0), "{reason}")
+            assert_eq!(file, dir().join(&files[2].0), "{reason}");
+            assert_eq!(reason, Corruption::MissingSegment { missing_seq: 1 });
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -410,7 +439,10 @@ fn missing_records_or_segments_are_corruption() {
     torn[0].1.truncate(n - 3);
     assert!(matches!(
         open(&disk_with(&torn), 400),
-        Err(WalError::Corrupt { .. })
+        Err(WalError::Corrupt {
+            reason: Corruption::DamageInSealedSegment(_),
+            ..
+        })
     ));
 }
 
@@ -424,7 +456,10 @@ fn failed_sync_poisons_and_recovery_keeps_what_was_synced() {
         r.write(&mut wal).unwrap();
     }
     disk.fail_next_sync();
-    assert!(matches!(wal.sync(), Err(WalError::Io { .. })));
+    assert!(matches!(
+        wal.sync(),
+        Err(WalError::Io { op: IoOp::Sync, .. })
+    ));
     assert!(wal.is_poisoned());
     // Never retry an fsync: every later call fails.
     assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
@@ -453,7 +488,13 @@ fn failed_write_poisons_and_the_short_write_is_repaired() {
         r.write(&mut wal).unwrap();
     }
     disk.fail_next_write();
-    assert!(matches!(wal.sync(), Err(WalError::Io { .. })));
+    assert!(matches!(
+        wal.sync(),
+        Err(WalError::Io {
+            op: IoOp::Append,
+            ..
+        })
+    ));
     assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
     drop(wal);
     // Reopen without a crash: half a batch sits at the tail.

@@ -99,13 +99,6 @@ pub struct Search<'a> {
     facts: &'a Facts,
 }
 
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
     match resp {
         Response::Range(r) => r.kvs.iter().collect(),
@@ -360,7 +353,7 @@ impl<'a> Search<'a> {
             self.model.undo(entry.undo);
             if let Some((rev, id)) = entry.in_doubt {
                 self.used[id] = false;
-                self.used_hash ^= splitmix(id as u64);
+                self.used_hash ^= keel_rng::mix(id as u64);
                 self.chosen.remove(&rev);
             }
         }
@@ -437,7 +430,7 @@ impl<'a> Search<'a> {
                 choice.accepted = true;
             }
             self.used[id] = true;
-            self.used_hash ^= splitmix(id as u64);
+            self.used_hash ^= keel_rng::mix(id as u64);
             self.chosen.insert(r, id);
             self.log.push(LogEntry {
                 undo,
