@@ -16,6 +16,7 @@
 mod error;
 mod event_loop;
 mod handle;
+mod outbound;
 mod wal_writer;
 
 use std::sync::atomic::AtomicU64;
@@ -27,14 +28,12 @@ use keel_engine::raftpb::Message;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::DriverError;
-pub use event_loop::{
-    peer_urls, COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS,
-};
+pub use event_loop::{COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS};
 pub use handle::{Handle, WatchMessage};
+pub use outbound::{peer_urls, Outbound};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
-use crate::peer::Transport;
 use event_loop::DriverLoop;
 use wal_writer::wal_writer;
 
@@ -50,7 +49,7 @@ pub fn start(
     clock: Arc<dyn Clock>,
     tick: Duration,
     request_timeout: Duration,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Outbound>,
     inbound: Inbound,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
     let Inbound {

@@ -13,7 +13,7 @@ use keel_storage::wal::Wal;
 use tokio::sync::mpsc;
 
 use super::error::DriverError;
-use crate::peer::Transport;
+use super::outbound::Outbound;
 
 /// Persist batches the WAL writer merges into one fsync, at most.
 pub const BATCHES_PER_SYNC_MAX: usize = 4096;
@@ -53,7 +53,7 @@ pub(super) async fn wal_writer(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     durable: mpsc::UnboundedSender<Durable>,
     wal_bytes: Arc<AtomicU64>,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Outbound>,
 ) {
     let mut st = storage;
     let mut next: Option<Job> = None;
@@ -90,7 +90,7 @@ pub(super) async fn wal_writer(
                         Err(_) => break,
                     }
                 }
-                let Some(st) = persist_group(st, group, &durable, &transport).await else {
+                let Some(st) = persist_group(st, group, &durable, transport.as_ref()).await else {
                     return;
                 };
                 st
@@ -129,7 +129,7 @@ async fn persist_group(
     st: Storage,
     mut group: Vec<PersistBatch>,
     durable: &mpsc::UnboundedSender<Durable>,
-    transport: &Transport,
+    transport: &dyn Outbound,
 ) -> Option<Storage> {
     // Votes and append acks: raft allows them out only once the batch is durable.
     let then_send: Vec<Message> = group
