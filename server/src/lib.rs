@@ -205,6 +205,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
+    // Unbounded, because the transport also reports from inside the driver loop (a snapshot
+    // to an unknown peer fails at once), and the loop cannot wait for its own queue. Bounded
+    // in practice per peer: one snapshot outcome per transfer, and raft sends a follower no
+    // other snapshot until the outcome is in; one unreachable report per failed connection or
+    // stream, each followed by a reconnect backoff of at least `peer::transport::BACKOFF_MIN`.
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let transport = Arc::new(peer::Transport::start(
         local,

@@ -63,7 +63,7 @@ impl DriverLoop {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut ticks: mpsc::Receiver<()>,
-        mut durable: mpsc::UnboundedReceiver<Durable>,
+        mut durable: mpsc::Receiver<Durable>,
         mut inbound: mpsc::Receiver<Message>,
         mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
         mut reports: mpsc::UnboundedReceiver<Input>,
