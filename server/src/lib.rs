@@ -4,6 +4,17 @@
 //! Written once for two runtimes: with `--cfg madsim` its `tokio`/`tonic` resolve to madsim's
 //! simulated crates, so the simulator runs this very code. Only `main` builds a runtime;
 //! everything else is reached through [`run`].
+//!
+//! Layers, each depending only on those below it (`tests/layers.rs` checks that no module
+//! cycle creeps in):
+//! - [`client`]: the etcd services clients call, one file per service, and the `:authority`
+//!   shim; [`peer`]: the peer port (raft transport, snapshot streaming, forwarding to the
+//!   leader). Both reach the node only through a [`driver::Handle`];
+//! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
+//! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
+//!
+//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`],
+//! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
