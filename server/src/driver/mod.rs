@@ -12,6 +12,11 @@
 //! A client's reply is released only when the engine applies its entry, which it can do only
 //! after the WAL writer reported the entry durable: acknowledgement after fsync, by
 //! construction.
+//!
+//! Files: [`Handle`] (what the gRPC layers hold, `handle.rs`), the loop (`event_loop.rs`), the
+//! WAL writer (`wal_writer.rs`), [`Outbound`] (where the loop's raft messages go; the peer
+//! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
+//! starts the three tasks.
 
 mod error;
 mod event_loop;
