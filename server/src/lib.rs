@@ -4,6 +4,17 @@
 //! Written once for two runtimes: with `--cfg madsim` its `tokio`/`tonic` resolve to madsim's
 //! simulated crates, so the simulator runs this very code. Only `main` builds a runtime;
 //! everything else is reached through [`run`].
+//!
+//! Layers, each depending only on those below it (`tests/layers.rs` checks that no module
+//! cycle creeps in):
+//! - [`client`]: the etcd services clients call, one file per service, and the `:authority`
+//!   shim; [`peer`]: the peer port (raft transport, snapshot streaming, forwarding to the
+//!   leader). Both reach the node only through a [`driver::Handle`];
+//! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
+//! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
+//!
+//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`],
+//! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -177,6 +188,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
     };
+    // Unbounded, because the transport also reports from inside the driver loop (a snapshot
+    // to an unknown peer fails at once), and the loop cannot wait for its own queue. Bounded
+    // in practice per peer: one snapshot outcome per transfer, and raft sends a follower no
+    // other snapshot until the outcome is in; one unreachable report per failed connection or
+    // stream, each followed by a reconnect backoff of at least `peer::transport::BACKOFF_MIN`.
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let transport = Arc::new(peer::Transport::start(
         local,

@@ -40,10 +40,11 @@ impl Maintenance for Services {
         }))
     }
 
-    /// etcd 3.4's fields, from the node's [`NodeStatus`]. keel has no bolt file: `dbSize` is
-    /// the bytes of the member's WAL on disk (what it stores durably), and `dbSizeInUse`
-    /// the same figure, since a WAL has no free pages. Both grow with the log until
-    /// snapshots compact it; neither is comparable to an etcd member's number.
+    /// etcd 3.4's fields, from the node's [`NodeStatus`](keel_engine::node::NodeStatus). keel
+    /// has no bolt file: `dbSize` is the bytes of the member's WAL on disk (what it stores
+    /// durably), and `dbSizeInUse` the same figure, since a WAL has no free pages. Both grow
+    /// with the log until snapshots compact it; neither is comparable to an etcd member's
+    /// number.
     async fn status(
         &self,
         _request: GrpcRequest<StatusRequest>,

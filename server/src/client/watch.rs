@@ -5,7 +5,7 @@
 //!
 //! * a task reading the client's requests and handing create / cancel / progress requests to
 //!   the driver (waiting while the driver is busy, so a flooding client is slowed down);
-//! * the response side, a [`Responses`] stream over the driver's channel. As the client reads
+//! * the response side, a `Responses` stream over the driver's channel. As the client reads
 //!   responses it returns *credit* to the engine; the engine never sends more than a window
 //!   without credit, so a client that stops reading costs a bounded amount of memory and
 //!   delays nobody else (its watchers fall behind and catch up from MVCC later).

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::error::DriverError;
 use super::handle::{Command, WatchMessage};
+use super::outbound::{peer_urls, Outbound};
 use super::wal_writer::{Done, Durable, Job};
-use crate::peer::Transport;
 
 /// Commands the driver loop takes in one turn before it handles outputs, at most.
 pub const COMMANDS_PER_TURN_MAX: usize = 1024;
@@ -31,7 +31,7 @@ pub(super) struct DriverLoop {
     replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
     next_token: u64,
     persist_tx: mpsc::UnboundedSender<Job>,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Outbound>,
     watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
     /// Set when the node asks to stop.
     fatal: Option<String>,
@@ -47,7 +47,7 @@ impl DriverLoop {
     pub(super) fn new(
         node: Node,
         persist_tx: mpsc::UnboundedSender<Job>,
-        transport: Arc<Transport>,
+        transport: Arc<dyn Outbound>,
         bugs: Bugs,
     ) -> DriverLoop {
         DriverLoop {
@@ -68,7 +68,7 @@ impl DriverLoop {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut ticks: mpsc::Receiver<()>,
-        mut durable: mpsc::UnboundedReceiver<Durable>,
+        mut durable: mpsc::Receiver<Durable>,
         mut inbound: mpsc::Receiver<Message>,
         mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
         mut reports: mpsc::UnboundedReceiver<Input>,
@@ -259,12 +259,4 @@ fn forget_vote_bug(bugs: Bugs, batch: &mut PersistBatch) -> Vec<Message> {
         .partition(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse);
     batch.then_send = later;
     now
-}
-
-/// member id → the first peer URL, for the transport.
-pub fn peer_urls(members: &[Member]) -> BTreeMap<u64, String> {
-    members
-        .iter()
-        .filter_map(|m| m.peer_urls.first().map(|url| (m.id, url.clone())))
-        .collect()
 }

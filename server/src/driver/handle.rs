@@ -42,7 +42,7 @@ pub type WatchMessage = Result<WatchResponse, &'static str>;
 pub struct Handle {
     pub(super) commands: mpsc::Sender<Command>,
     /// Credits and closes of Watch streams: never waits, so a stream's `Drop` and `poll` can
-    /// report them (bounded in practice by one message per window of responses read).
+    /// report them (unbounded; [`super::start`] says what bounds it in practice).
     pub(super) watch_control: mpsc::UnboundedSender<WatchInput>,
     pub(super) next_watch_stream: Arc<AtomicU64>,
     pub(super) request_timeout: Duration,

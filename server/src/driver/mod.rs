@@ -12,10 +12,16 @@
 //! A client's reply is released only when the engine applies its entry, which it can do only
 //! after the WAL writer reported the entry durable: acknowledgement after fsync, by
 //! construction.
+//!
+//! Files: [`Handle`] (what the gRPC layers hold, `handle.rs`), the loop (`event_loop.rs`), the
+//! WAL writer (`wal_writer.rs`), [`Outbound`] (where the loop's raft messages go; the peer
+//! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
+//! starts the three tasks.
 
 mod error;
 mod event_loop;
 mod handle;
+mod outbound;
 mod wal_writer;
 
 use std::sync::atomic::AtomicU64;
@@ -28,19 +34,21 @@ use keel_engine::raftpb::Message;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::DriverError;
-pub use event_loop::{
-    peer_urls, COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS,
-};
+pub use event_loop::{COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS};
 pub use handle::{Handle, WatchMessage};
+pub use outbound::{peer_urls, Outbound};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
-use crate::peer::Transport;
 use event_loop::DriverLoop;
 use wal_writer::wal_writer;
 
 /// Commands queued towards the driver, at most (back-pressure on clients beyond that).
 pub const COMMAND_QUEUE_MAX: usize = 16 * 1024;
+/// Reports of the WAL writer not yet taken by the driver loop, at most. The writer sends one
+/// per fsync or saved snapshot, and the loop takes them ahead of everything else, so this is
+/// reached only if the loop stalls; the writer then waits for it.
+pub const DURABLE_REPORTS_MAX: usize = 64;
 
 /// The driver's settings.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +69,7 @@ pub fn start(
     storage: Storage,
     clock: Arc<dyn Clock>,
     config: DriverConfig,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Outbound>,
     inbound: Inbound,
 ) -> (Handle, oneshot::Receiver<DriverError>) {
     let DriverConfig {
@@ -74,10 +82,24 @@ pub fn start(
         reports,
     } = inbound;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    // Unbounded, because a Watch stream returns credit from `poll_next` and reports its close
+    // from `Drop`, and neither can wait. Bounded in practice per open Watch stream: at most
+    // STREAM_WINDOW credits (each returns at least one response read, and the engine has at
+    // most a window of responses out before credit comes back) plus two closes (request side
+    // and response side).
     let (watch_control_tx, watch_control_rx) = mpsc::unbounded_channel();
     let (ticks_tx, ticks_rx) = mpsc::channel(1);
+    // Unbounded, because the loop hands out the node's outputs without waiting: were it to
+    // wait for the WAL writer while the writer waits for the loop to take its reports, both
+    // would stop. Bounded in practice by what the batches carry. At most one snapshot save is
+    // in flight (the node waits for `SnapshotSaved`). A leader's entries are requests whose
+    // clients wait for the reply (at most COMMAND_QUEUE_MAX queued, each client waiting up to
+    // the request timeout). A follower's come from the leader's appends, which raft caps per
+    // follower (`max_inflight_msgs` messages of `max_size_per_msg`). The writer takes all that
+    // is queued into one fsync (up to BATCHES_PER_SYNC_MAX batches), so the queue drains as
+    // fast as the disk syncs.
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
-    let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+    let (durable_tx, durable_rx) = mpsc::channel(DURABLE_REPORTS_MAX);
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
     let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));

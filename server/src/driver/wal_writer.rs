@@ -14,7 +14,7 @@ use keel_storage::wal::Wal;
 use tokio::sync::mpsc;
 
 use super::error::DriverError;
-use crate::peer::Transport;
+use super::outbound::Outbound;
 
 /// Persist batches the WAL writer merges into one fsync, at most.
 pub const BATCHES_PER_SYNC_MAX: usize = 4096;
@@ -52,9 +52,9 @@ pub(super) type Durable = Result<Done, DriverError>;
 pub(super) async fn wal_writer(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    durable: mpsc::UnboundedSender<Durable>,
+    durable: mpsc::Sender<Durable>,
     wal_bytes: Arc<AtomicU64>,
-    transport: Arc<Transport>,
+    transport: Arc<dyn Outbound>,
     bugs: Bugs,
 ) {
     let mut st = storage;
@@ -75,7 +75,7 @@ pub(super) async fn wal_writer(
                 };
                 // A failed save is fatal, like a failed WAL write.
                 let failed = saved.is_err();
-                if durable.send(saved.map(Done::Saved)).is_err() || failed {
+                if durable.send(saved.map(Done::Saved)).await.is_err() || failed {
                     return;
                 }
                 st
@@ -92,7 +92,8 @@ pub(super) async fn wal_writer(
                         Err(_) => break,
                     }
                 }
-                let Some(st) = persist_group(st, group, &durable, &transport, bugs).await else {
+                let Some(st) = persist_group(st, group, &durable, transport.as_ref(), bugs).await
+                else {
                     return;
                 };
                 st
@@ -130,8 +131,8 @@ async fn run_blocking<T: Send + 'static>(
 async fn persist_group(
     st: Storage,
     mut group: Vec<PersistBatch>,
-    durable: &mpsc::UnboundedSender<Durable>,
-    transport: &Transport,
+    durable: &mpsc::Sender<Durable>,
+    transport: &dyn Outbound,
     bugs: Bugs,
 ) -> Option<Storage> {
     // Votes and append acks: raft allows them out only once the batch is durable.
@@ -142,17 +143,17 @@ async fn persist_group(
     let newest = group.last().map_or(0, |b| b.number);
     // The simulator's `ack-before-fsync` bug reports the batch durable before it is written.
     let acked_early = bugs.has(Bug::AckBeforeFsync);
-    if acked_early && durable.send(Ok(Done::Persisted(newest))).is_err() {
+    if acked_early && durable.send(Ok(Done::Persisted(newest))).await.is_err() {
         return None;
     }
     let (st, result) = run_blocking(st, move |st| write_group(st, &group)).await?;
     simulated_fsync_latency().await;
     if let Err(e) = result {
-        let _ = durable.send(Err(e));
+        let _ = durable.send(Err(e)).await;
         return None;
     }
     transport.send(then_send);
-    if !acked_early && durable.send(Ok(Done::Persisted(newest))).is_err() {
+    if !acked_early && durable.send(Ok(Done::Persisted(newest))).await.is_err() {
         return None;
     }
     Some(st)

@@ -31,6 +31,7 @@ use tonic::transport::Endpoint;
 use super::link::{LocalIdentity, CONNECT_TIMEOUT};
 use super::snapshot::send_snapshot;
 use crate::clock::Clock;
+use crate::driver::Outbound;
 
 /// Messages queued towards one peer, at most; beyond that new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -152,6 +153,16 @@ impl Transport {
     /// Messages dropped so far (full queues, unknown peers).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Outbound for Transport {
+    fn send(&self, messages: Vec<Message>) {
+        Transport::send(self, messages);
+    }
+
+    fn set_peers(&self, peers: BTreeMap<u64, String>) {
+        Transport::set_peers(self, peers);
     }
 }
 
