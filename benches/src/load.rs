@@ -79,7 +79,11 @@ enum Workload {
         sequential: bool,
         value: bytes::Bytes,
     },
-    Range(RangeRequest),
+    Range {
+        request: RangeRequest,
+        /// `(key_space_size, key_size)`: read one random encoded key per request.
+        random: Option<(u64, usize)>,
+    },
 }
 
 /// Runs the benchmark described by `cli` to completion.
@@ -161,16 +165,21 @@ fn workload(command: &Command) -> Workload {
             key,
             end,
             consistency,
-        } => Workload::Range(RangeRequest {
-            key: key.clone().into_bytes().into(),
-            range_end: end
-                .clone()
-                .map(String::into_bytes)
-                .unwrap_or_default()
-                .into(),
-            serializable: *consistency == Consistency::S,
-            ..RangeRequest::default()
-        }),
+            key_space_size,
+            key_size,
+        } => Workload::Range {
+            request: RangeRequest {
+                key: key.clone().into_bytes().into(),
+                range_end: end
+                    .clone()
+                    .map(String::into_bytes)
+                    .unwrap_or_default()
+                    .into(),
+                serializable: *consistency == Consistency::S,
+                ..RangeRequest::default()
+            },
+            random: key_space_size.map(|space| (space, *key_size)),
+        },
         other => panic!("not a KV load: {other:?}"),
     }
 }
@@ -256,8 +265,13 @@ impl Job {
                 self.client.put(request).await?;
                 Ok(0)
             }
-            Workload::Range(request) => {
-                let response = self.client.range(request.clone()).await?.into_inner();
+            Workload::Range { request, random } => {
+                let mut request = request.clone();
+                if let Some((key_space_size, key_size)) = *random {
+                    request.key = encode_key(self.rng.random_range(0..key_space_size), key_size);
+                    request.range_end = Default::default();
+                }
+                let response = self.client.range(request).await?.into_inner();
                 Ok(response.kvs.len() as u64)
             }
         }
@@ -273,6 +287,31 @@ mod tests {
         assert_eq!(&encode_key(0x0102, 4)[..], [0, 0, 1, 2]);
         assert_eq!(&encode_key(0x0102, 1)[..], [2]);
         assert_eq!(&encode_key(1, 10)[..], [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn random_ranges_carry_their_key_space() {
+        let command = |key_space_size| Command::Range {
+            key: "foo".into(),
+            end: None,
+            consistency: Consistency::L,
+            key_space_size,
+            key_size: 8,
+        };
+        let Workload::Range { request, random } = workload(&command(Some(1000))) else {
+            panic!("a range command must build a range workload");
+        };
+        assert_eq!(
+            random,
+            Some((1000, 8)),
+            "random keys come from the key space"
+        );
+        assert!(!request.serializable, "consistency l is linearizable");
+        let Workload::Range { request, random } = workload(&command(None)) else {
+            panic!("a range command must build a range workload");
+        };
+        assert_eq!(random, None, "without a key space the fixed key is read");
+        assert_eq!(&request.key[..], b"foo", "the fixed key is the one given");
     }
 
     #[test]

@@ -95,6 +95,13 @@ pub enum Command {
         /// l: linearizable (default); s: serializable.
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
+        /// Read one random key of `put`'s encoding from [0, key-space-size) per request
+        /// instead of KEY (which is then ignored, as is END).
+        #[arg(long)]
+        key_space_size: Option<u64>,
+        /// Key size in bytes of the random keys (with --key-space-size).
+        #[arg(long, default_value_t = 8)]
+        key_size: usize,
     },
     /// Watch fan-out: N watchers on one prefix, a paced writer, delivery latency and loss.
     Watch(WatchArgs),
@@ -275,6 +282,16 @@ fn validate(cli: &Cli) -> anyhow::Result<()> {
     if let Command::Put {
         key_size,
         key_space_size,
+        ..
+    } = cli.command
+    {
+        if key_size == 0 || key_space_size == 0 {
+            bail!("--key-size and --key-space-size must be at least 1");
+        }
+    }
+    if let Command::Range {
+        key_space_size: Some(key_space_size),
+        key_size,
         ..
     } = cli.command
     {
