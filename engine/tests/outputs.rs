@@ -39,6 +39,7 @@ fn config() -> NodeConfig {
         seed: 7,
         incarnation: 1,
         snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
+        snapshot_log_percent: keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT,
         initial_members: Vec::new(),
         name: String::new(),
         client_urls: Vec::new(),

@@ -208,3 +208,59 @@ fn a_member_that_cannot_load_the_leaders_snapshot_fails_the_test() {
     c.node_mut(follower).step(Input::Peer(Box::new(m)));
     c.settle();
 }
+
+/// Loads `puts` distinct keys of 1000-byte values into a single member that snapshots every
+/// 10 entries at least, with the given log percentage; returns (index, bytes) of its saves.
+fn saves_while_loading(log_percent: u64, puts: u64) -> Vec<(u64, usize)> {
+    let cfg = TestConfig::new(1, &[1])
+        .seed(3)
+        .snapshot_count(10)
+        .snapshot_log_percent(log_percent);
+    let mut c = Cluster::new(&[1], move |_| cfg.clone());
+    c.ticks(2);
+    for i in 0..puts {
+        request(
+            &mut c,
+            1,
+            10 + i,
+            put(format!("k{i:04}"), "v".repeat(1000), 0),
+        );
+    }
+    c.disks[&1].saved.clone()
+}
+
+#[test]
+fn snapshots_wait_for_log_as_large_as_the_last_snapshot() {
+    // Reference: Redis sizes AOF rewrites against the last rewrite (auto-aof-rewrite-percentage).
+    let every_ten = saves_while_loading(0, 200);
+    assert!(
+        every_ten.len() >= 19,
+        "the entry count alone: a save every 10 entries, {every_ten:?}"
+    );
+    let amortized = saves_while_loading(100, 200);
+    assert!(
+        amortized.len() >= 3 && amortized.len() <= 8,
+        "the store doubles between saves: {amortized:?}"
+    );
+    for pair in amortized.windows(2) {
+        let ((i0, b0), (i1, _)) = (pair[0], pair[1]);
+        let entries = i1 - i0;
+        // Each put's entry holds at least its 5-byte key and 1000-byte value; the next save
+        // waits for at least the previous snapshot's bytes of log (one entry of slack: a save
+        // covers what was applied when it was taken).
+        assert!(
+            (entries + 1) * 1005 >= b0 as u64,
+            "save at {i1} came after {entries} entries, before {b0} bytes of log: {amortized:?}"
+        );
+        assert!(
+            entries >= 10,
+            "never more often than the entry count: {amortized:?}"
+        );
+    }
+    let total: usize = amortized.iter().map(|&(_, b)| b).sum();
+    let log_bytes = 200 * 1000;
+    assert!(
+        total <= 3 * log_bytes,
+        "snapshot bytes written stay within a small multiple of the log: {total} for {log_bytes}"
+    );
+}

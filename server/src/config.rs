@@ -102,6 +102,15 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub snapshot_count: u64,
+    /// A snapshot also waits until the log written since the last one reaches this percentage
+    /// of that snapshot's size, so snapshots of a big store stay rare (0: only
+    /// --snapshot-count decides, as in etcd).
+    #[arg(
+        long = "snapshot-log-percent",
+        env = "KEEL_SNAPSHOT_LOG_PERCENT",
+        default_value_t = keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT
+    )]
+    pub snapshot_log_percent: u64,
     /// Maximum number of snapshot files to retain (0 is unlimited in etcd; keel keeps at
     /// least one).
     #[arg(

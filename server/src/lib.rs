@@ -169,6 +169,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             seed: env.seed,
             incarnation: env.seed & 0xff_ffff,
             snapshot_count: config.snapshot_count,
+            snapshot_log_percent: config.snapshot_log_percent,
             initial_members: boot.initial,
             name: identity.name.clone(),
             client_urls: identity.client_urls.clone(),

@@ -82,6 +82,7 @@ impl Cluster {
             // Small, so that the restarted old leader, behind by more than the log the others
             // keep, must catch up through a snapshot.
             format!("--snapshot-count={SNAPSHOT_COUNT}"),
+            "--snapshot-log-percent=0".to_string(),
         ];
         self.boots += 1;
         let log = self

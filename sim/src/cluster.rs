@@ -107,6 +107,9 @@ fn member_config(i: usize, size: usize, existing: bool, bugs: Bugs) -> Config {
             if existing { "existing" } else { "new" }
         ),
         format!("--snapshot-count={SNAPSHOT_COUNT}"),
+        // Snapshots every 64 entries whatever the store's size, so installs and WAL release
+        // happen under every fault.
+        "--snapshot-log-percent=0".to_string(),
         format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
     ];
     match Config::try_parse_from(args) {

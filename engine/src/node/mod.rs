@@ -57,7 +57,9 @@ mod types;
 
 pub use conf_change::{check_urls, PEER_URLS_MAX};
 pub use reads::WAITING_FOR_LEADER_MAX;
-pub use snapshots::{SnapshotJob, LOG_ENTRIES_KEPT_MAX, SNAPSHOT_COUNT_DEFAULT};
+pub use snapshots::{
+    SnapshotJob, LOG_ENTRIES_KEPT_MAX, SNAPSHOT_COUNT_DEFAULT, SNAPSHOT_LOG_PERCENT_DEFAULT,
+};
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
     Input, NodeConfig, NodeStatus, Output, PersistBatch, Recovered, StartError, WatchConfig,
@@ -182,7 +184,7 @@ impl Node {
             leader_wait: LeaderWait::default(),
             sm,
             watches,
-            snapshots: Snapshots::new(cfg.snapshot_count),
+            snapshots: Snapshots::new(cfg.snapshot_count, cfg.snapshot_log_percent),
             transfers: Transfers::default(),
             conf: ConfChanges::new(cfg.seed),
             bugs: Bugs::none(),
@@ -235,7 +237,7 @@ impl Node {
         let index = snapshot.get_metadata().index;
         let waiting = self.sm.jump_to(index);
         assert!(waiting.is_empty(), "proposals before the node started");
-        self.snapshots.recovered(index);
+        self.snapshots.recovered(snapshot);
         Ok(())
     }
 
@@ -408,6 +410,7 @@ impl Node {
             &mut self.watches,
             &mut self.out,
         );
+        self.snapshots.note_applied(entries);
         self.snapshots
             .compact_log(&mut self.core, self.sm.applied_index());
     }
@@ -431,7 +434,7 @@ impl Node {
         }
         tracing::info!(index, "installed the leader's snapshot");
         let waiting = self.sm.jump_to(index);
-        self.snapshots.installed(index);
+        self.snapshots.installed(snapshot);
         for token in waiting {
             self.reply(token, Err(Error::Timeout));
         }

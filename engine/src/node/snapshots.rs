@@ -42,12 +42,23 @@ use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC}
 pub const LOG_ENTRIES_KEPT_MAX: u64 = 5_000;
 /// Applied entries between two state snapshots, by default (etcd 3.6's `--snapshot-count`).
 pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
+/// By default a state snapshot waits until the log applied since the last one is as large as
+/// that snapshot (100 %), so writing snapshots costs at most about one byte per byte written
+/// to the log, whatever the store's size (Redis sizes its AOF rewrites the same way).
+pub const SNAPSHOT_LOG_PERCENT_DEFAULT: u64 = 100;
 
 /// Which state snapshots exist, are being saved, or wait to be acknowledged to raft.
 #[derive(Debug)]
 pub(super) struct Snapshots {
-    /// Applied entries between two state snapshots.
+    /// Applied entries between two state snapshots, at least.
     count: u64,
+    /// The log applied since the last snapshot must reach this percentage of that snapshot's
+    /// size before the next one (0: `count` alone decides).
+    log_percent: u64,
+    /// Bytes of log entries applied since the newest snapshot.
+    log_bytes_since: u64,
+    /// The size of the newest state snapshot made, recovered or installed (0: none).
+    snapshot_bytes: u64,
     /// The index of the newest snapshot made or installed (0: none).
     index: u64,
     /// The index of the snapshot being saved, if one is.
@@ -57,11 +68,15 @@ pub(super) struct Snapshots {
 }
 
 impl Snapshots {
-    /// No snapshot yet; one is made every `count` applied entries.
-    pub(super) fn new(count: u64) -> Snapshots {
+    /// No snapshot yet; one is made after at least `count` applied entries, once the log
+    /// applied since the last snapshot reaches `log_percent` % of its size.
+    pub(super) fn new(count: u64, log_percent: u64) -> Snapshots {
         assert!(count > 0, "snapshot count must be positive");
         Snapshots {
             count,
+            log_percent,
+            log_bytes_since: 0,
+            snapshot_bytes: 0,
             index: 0,
             saving: None,
             unacked: None,
@@ -77,17 +92,47 @@ impl Snapshots {
         self.index = self.index.max(index);
     }
 
-    /// The node started from a recovered snapshot at `index`.
-    pub(super) fn recovered(&mut self, index: u64) {
+    /// The node started from a recovered snapshot.
+    pub(super) fn recovered(&mut self, snapshot: &Snapshot) {
         assert!(self.index == 0, "recovered a snapshot after starting");
-        self.index = index;
+        self.index = snapshot.get_metadata().index;
+        self.sized(snapshot);
     }
 
-    /// The node installed the leader's snapshot at `index`; raft must count it applied once
-    /// durable ([`Snapshots::ack_installed`]).
-    pub(super) fn installed(&mut self, index: u64) {
+    /// The node installed the leader's snapshot; raft must count it applied once durable
+    /// ([`Snapshots::ack_installed`]).
+    pub(super) fn installed(&mut self, snapshot: &Snapshot) {
+        let index = snapshot.get_metadata().index;
         self.advance(index);
         self.unacked = Some(index);
+        self.sized(snapshot);
+    }
+
+    /// `snapshot` is now the newest: the log applied since it starts from nothing.
+    fn sized(&mut self, snapshot: &Snapshot) {
+        self.snapshot_bytes = snapshot.data.len() as u64;
+        self.log_bytes_since = 0;
+    }
+
+    /// Entries were applied: their bytes count towards the next snapshot.
+    pub(super) fn note_applied(&mut self, entries: &[raft::eraftpb::Entry]) {
+        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+        self.log_bytes_since = self.log_bytes_since.saturating_add(bytes);
+    }
+
+    /// Whether enough log was applied since the newest snapshot to make another: at least
+    /// `count` entries, and log bytes of at least `log_percent` % of the newest snapshot.
+    ///
+    /// Example, count 10 000 and 100 %: a store whose snapshot is 300 MB gets its next one
+    /// after 300 MB more of log (a million 300-byte puts), not after 10 000 entries (3 MB), so
+    /// 30 GB of snapshot writes for those puts become 300 MB. An empty store's first
+    /// snapshot still waits for 10 000 entries.
+    fn due(&self, applied: u64) -> bool {
+        if applied < self.index.saturating_add(self.count) {
+            return false;
+        }
+        let wanted = u128::from(self.snapshot_bytes) * u128::from(self.log_percent) / 100;
+        u128::from(self.log_bytes_since) >= wanted
     }
 
     /// Once an installed snapshot is durable, raft counts it as applied.
@@ -107,8 +152,7 @@ impl Snapshots {
         if self.saving.is_some() || applied <= self.index {
             return None;
         }
-        let due = applied >= self.index + self.count;
-        if !due && !core.take_snapshot_wanted() {
+        if !self.due(applied) && !core.take_snapshot_wanted() {
             return None;
         }
         let metadata = core.snapshot_metadata(applied)?;
@@ -126,6 +170,11 @@ impl Snapshots {
     pub(super) fn on_saved(&mut self, snapshot: Snapshot, core: &mut RaftCore, applied: u64) {
         self.saving = None;
         self.advance(snapshot.get_metadata().index);
+        self.snapshot_bytes = snapshot.data.len() as u64;
+        // Entries applied while it was saved count towards the next one; those it covers no
+        // longer do. The job's bytes are not known per entry, so the whole count restarts:
+        // the next snapshot comes at most one save's worth of entries later than exact.
+        self.log_bytes_since = 0;
         core.set_snapshot(snapshot);
         self.compact_log(core, applied);
     }

@@ -33,8 +33,12 @@ pub struct NodeConfig {
     /// Distinguishes this run of the member from earlier ones, so proposal ids of an earlier run
     /// found in the log never match a live request.
     pub incarnation: u64,
-    /// Applied entries between two state snapshots (at least 1).
+    /// Applied entries between two state snapshots, at least (at least 1).
     pub snapshot_count: u64,
+    /// A state snapshot also waits until the log applied since the last one reaches this
+    /// percentage of that snapshot's size (0: `snapshot_count` alone decides), so the cost of
+    /// snapshots, amortized over the writes, does not grow with the store.
+    pub snapshot_log_percent: u64,
     /// The bootstrap members with their names and peer URLs, ids as in `voters`. Empty: the
     /// `voters`, nameless and without URLs.
     pub initial_members: Vec<Member>,

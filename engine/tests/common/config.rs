@@ -44,6 +44,7 @@ impl TestConfig {
                 seed: 0,
                 incarnation: 1,
                 snapshot_count: SNAPSHOT_COUNT_DEFAULT,
+                snapshot_log_percent: 0,
                 initial_members: Vec::new(),
                 name: String::new(),
                 client_urls: Vec::new(),
@@ -63,6 +64,13 @@ impl TestConfig {
     /// Applied entries between two snapshots.
     pub fn snapshot_count(mut self, entries: u64) -> TestConfig {
         self.cfg.snapshot_count = entries;
+        self
+    }
+
+    /// The log applied since a snapshot must reach this percentage of its size before the
+    /// next (0, the tests' default: the entry count alone decides).
+    pub fn snapshot_log_percent(mut self, percent: u64) -> TestConfig {
+        self.cfg.snapshot_log_percent = percent;
         self
     }
 

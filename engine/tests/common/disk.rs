@@ -13,6 +13,8 @@ pub struct Disk {
     pub entries: Vec<Entry>,
     /// The newest hard state.
     pub hard_state: Option<HardState>,
+    /// (index, bytes) of every snapshot the member saved itself, in order.
+    pub saved: Vec<(u64, usize)>,
 }
 
 impl Disk {
@@ -40,6 +42,7 @@ impl Disk {
     /// segments), which proves a restart does not need it.
     pub fn save(&mut self, s: &Snapshot) {
         let index = s.get_metadata().index;
+        self.saved.push((index, s.data.len()));
         self.entries.retain(|e| e.index > index);
         self.snapshot = Some(s.clone());
     }
