@@ -246,6 +246,24 @@ async fn killing_the_leader_loses_no_acknowledged_write() -> Result<()> {
         "no write acknowledged after the kill ({before_kill} before)"
     );
 
+    // The old leader must be further behind than the entries the others keep for followers,
+    // or it catches up from their logs rather than through a snapshot: wait until writes
+    // acknowledged since the kill are well past that (writers that were talking to the dead
+    // member wait out their RPC timeout first, so this may take a few seconds).
+    let behind_deadline = Instant::now() + Duration::from_secs(30);
+    let behind_enough = before_kill + 3 * SNAPSHOT_COUNT as usize;
+    loop {
+        let now_acked = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if now_acked >= behind_enough {
+            break;
+        }
+        ensure!(
+            Instant::now() < behind_deadline,
+            "only {now_acked} writes acknowledged, {before_kill} of them before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The old leader restarts on its data dir and catches up.
     let restarted = cluster.spawn(old_leader)?;
     let restarted_log = cluster.dir.path().join(format!(
