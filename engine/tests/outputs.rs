@@ -6,10 +6,11 @@
 //! the leader's own log is durable and answers a ReadIndex at once. Proposal ids are
 //! `incarnation << 40` plus a sequence number.
 
-use keel_engine::bugs::Bugs;
+mod common;
+
 use keel_engine::membership::Member;
 use keel_engine::node::{
-    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response, WatchConfig,
+    Input, Node, NodeConfig, Output, PersistBatch, Recovered, Request, Response,
 };
 use keel_proto::etcdserverpb::{
     MemberAddRequest, MemberAddResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -28,25 +29,15 @@ const MEMBER: u64 = 0x11;
 const CLUSTER: u64 = 0xc1;
 const TERM: u64 = 1;
 
+/// The harness's test member (cluster 0xc1, 10 election ticks, 1 heartbeat tick, 100 ms
+/// ticks, incarnation 1), with the server's default snapshot sizing.
 fn config() -> NodeConfig {
-    NodeConfig {
-        member_id: MEMBER,
-        cluster_id: CLUSTER,
-        voters: vec![MEMBER],
-        election_ticks: 10,
-        heartbeat_ticks: 1,
-        tick_ms: 100,
-        seed: 7,
-        incarnation: 1,
-        snapshot_count: keel_engine::node::SNAPSHOT_COUNT_DEFAULT,
-        snapshot_log_percent: keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT,
-        initial_members: Vec::new(),
-        name: String::new(),
-        client_urls: Vec::new(),
-        joining: false,
-        watch: WatchConfig::default(),
-        bugs: Bugs::none(),
-    }
+    let cfg = common::TestConfig::new(MEMBER, &[MEMBER])
+        .seed(7)
+        .snapshot_log_percent(keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT)
+        .node_config();
+    assert_eq!(cfg.cluster_id, CLUSTER, "the harness's cluster id");
+    cfg
 }
 
 /// The id of this run's `seq`-th proposal.

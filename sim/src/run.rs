@@ -140,6 +140,27 @@ impl Report {
     }
 }
 
+/// Runs `config` (whose `bugs` name the bug under test) and tells whether it failed with one
+/// of `kinds`, the failures that bug should cause; any failure is printed with its kinds, so
+/// a sweep shows what else the bug broke.
+pub fn catches(config: &SimConfig, kinds: &[FailureKind]) -> bool {
+    assert!(
+        !kinds.is_empty(),
+        "a bug test names the failure kinds it expects"
+    );
+    let report = run_seed(config);
+    if !report.passed() {
+        let names: Vec<&str> = config.bugs.iter().map(|b| b.name()).collect();
+        eprintln!(
+            "{}: seed {} failed with {:?}",
+            names.join(","),
+            config.seed,
+            report.failure_kinds()
+        );
+    }
+    kinds.iter().any(|&kind| report.failed_with(kind))
+}
+
 /// Runs one seed in a fresh madsim runtime. Never panics: a panic inside the simulation (an
 /// assertion in keel, say) becomes a failure of the run.
 pub fn run_seed(config: &SimConfig) -> Report {

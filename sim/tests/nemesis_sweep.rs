@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use keel_engine::bugs::Bug;
 use keel_sim::check::FailureKind;
-use keel_sim::run::{run_seed, Report, SimConfig};
+use keel_sim::run::{catches, run_seed, Report, SimConfig};
 
 /// Seeds of the clean sweep.
 const SWEEP: Range<u64> = 0..100;
@@ -155,15 +155,7 @@ fn seeds_catching_with(bug: Bug, nodes: usize, kinds: &[FailureKind]) -> Vec<u64
                 bugs: vec![bug],
                 ..SimConfig::new(seed)
             };
-            let report = run_seed(&config);
-            if !report.passed() {
-                eprintln!(
-                    "{}: seed {seed} failed with {:?}",
-                    bug.name(),
-                    report.failure_kinds()
-                );
-            }
-            kinds.iter().any(|&kind| report.failed_with(kind))
+            catches(&config, kinds)
         })
         .collect()
 }

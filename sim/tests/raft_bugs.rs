@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use keel_engine::bugs::Bug;
 use keel_sim::check::FailureKind;
-use keel_sim::run::{run_seed, SimConfig};
+use keel_sim::run::{catches, run_seed, SimConfig};
 
 /// The seeds searched for a catch.
 const SEEDS: Range<u64> = 0..400;
@@ -47,10 +47,6 @@ fn seeds_catching_in(
     seeds: Range<u64>,
     duration_s: u64,
 ) -> Vec<u64> {
-    assert!(
-        !kinds.is_empty(),
-        "a bug test names the failure kinds it expects"
-    );
     seeds
         .filter(|&seed| {
             let config = SimConfig {
@@ -59,15 +55,7 @@ fn seeds_catching_in(
                 duration_s,
                 ..SimConfig::new(seed)
             };
-            let report = run_seed(&config);
-            if !report.passed() {
-                eprintln!(
-                    "{}: seed {seed} failed with {:?}",
-                    bug.name(),
-                    report.failure_kinds()
-                );
-            }
-            kinds.iter().any(|&kind| report.failed_with(kind))
+            catches(&config, kinds)
         })
         .take(CATCHES_MAX)
         .collect()
