@@ -111,12 +111,12 @@ pub struct Config {
         default_value_t = keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT
     )]
     pub snapshot_log_percent: u64,
-    /// Maximum number of snapshot files to retain (0 is unlimited in etcd; keel keeps at
-    /// least one).
+    /// Maximum number of snapshot files to retain (etcd's default is 5; keel keeps the newest
+    /// and the one a damaged newest falls back to, and at least one).
     #[arg(
         long = "max-snapshots",
         env = "KEEL_MAX_SNAPSHOTS",
-        default_value_t = 5
+        default_value_t = keel_storage::snap::SNAPSHOTS_KEPT_DEFAULT
     )]
     pub max_snapshots: usize,
     /// WAL segment size in bytes (for tests that want many segments).

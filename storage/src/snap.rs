@@ -30,8 +30,10 @@ const BROKEN_SUFFIX: &str = ".broken";
 /// magic + format + index + term + meta_len.
 const HEAD_BYTES: usize = 8 + 4 + 8 + 8 + 4;
 
-/// Snapshot files kept on disk by default (etcd's `--max-snapshots`).
-pub const SNAPSHOTS_KEPT_DEFAULT: usize = 5;
+/// Snapshot files kept on disk by default (`--max-snapshots`): the newest and the one before
+/// it, which a damaged newest falls back to (the WAL is kept from the one before). etcd keeps
+/// five; each is a whole copy of the store, so keel keeps what recovery needs.
+pub const SNAPSHOTS_KEPT_DEFAULT: usize = 2;
 
 /// Errors of the snapshot directory.
 #[derive(Debug, thiserror::Error)]
