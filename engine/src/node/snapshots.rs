@@ -225,14 +225,38 @@ impl SnapshotJob {
         self.metadata.index
     }
 
-    /// Encodes the state snapshot ([`crate::state_snapshot`]) into a raft snapshot.
-    pub fn into_snapshot(self) -> Snapshot {
+    /// The raft metadata of the snapshot (index, term, configuration).
+    pub fn metadata(&self) -> &SnapshotMetadata {
+        &self.metadata
+    }
+
+    /// How many bytes [`SnapshotJob::write_data`] writes, computed without encoding.
+    ///
+    /// Interface for the streaming save; today it encodes (to be replaced by a sizing walk).
+    pub fn encoded_len(&self) -> u64 {
+        self.encode_data().len() as u64
+    }
+
+    /// Writes the state snapshot (the `data` of the raft snapshot) to `out`, in order, so a
+    /// saver can stream it to a file without a whole encoded copy in memory.
+    ///
+    /// Interface for the streaming save; today it encodes to memory first.
+    pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.encode_data())
+    }
+
+    fn encode_data(&self) -> Vec<u8> {
         let mvcc = self.store.encode_section();
-        let data = state_snapshot::encode_sections(&[
+        state_snapshot::encode_sections(&[
             (SECTION_MVCC, &mvcc),
             (SECTION_LEASES, &self.leases),
             (SECTION_MEMBERS, &self.members),
-        ]);
+        ])
+    }
+
+    /// Encodes the state snapshot ([`crate::state_snapshot`]) into a raft snapshot.
+    pub fn into_snapshot(self) -> Snapshot {
+        let data = self.encode_data();
         Snapshot {
             data: data.into(),
             metadata: Some(self.metadata).into(),
