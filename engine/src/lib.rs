@@ -17,6 +17,7 @@ pub mod raft_log;
 pub mod raft_storage;
 pub mod request;
 pub mod rng;
+pub mod sink;
 pub mod state_snapshot;
 pub mod watch;
 

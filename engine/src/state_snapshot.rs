@@ -19,6 +19,10 @@
 //! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
 //! is an error, since it means state this build would drop.
 //!
+//! The container's crc covers the sections' bytes, so a writer streaming it ([`put_head`],
+//! [`put_section_head`], the section bytes, then the crc: [`crate::sink::CrcWriter::finish`])
+//! must know each section's length before its bytes ([`encoded_len`] gives the total).
+//!
 //! ```
 //! use keel_engine::state_snapshot::{decode_sections, encode_sections};
 //! let bytes = encode_sections(&[(*b"mvcc", b"store".as_slice()), (*b"leas", b"".as_slice())]);
@@ -30,6 +34,8 @@
 //! ```
 
 use std::collections::BTreeMap;
+
+use crate::sink::Sink;
 
 const MAGIC: &[u8; 8] = b"KEELSTAT";
 const FORMAT: u32 = 1;
@@ -79,6 +85,26 @@ pub fn encode_sections(sections: &[([u8; 4], &[u8])]) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// The length of [`encode_sections`]' output for sections of these lengths.
+pub fn encoded_len(section_lens: &[u64]) -> u64 {
+    let sections: u64 = section_lens.iter().map(|len| 12 + len).sum();
+    MAGIC.len() as u64 + 8 + sections + 4
+}
+
+/// Puts the container's head, before its first section (streaming [`encode_sections`]).
+pub fn put_head<S: Sink>(out: &mut S, section_count: usize) -> Result<(), S::Error> {
+    out.put(MAGIC)?;
+    out.put(&FORMAT.to_be_bytes())?;
+    let count = u32::try_from(section_count).unwrap_or_else(|_| panic!("too many sections"));
+    out.put(&count.to_be_bytes())
+}
+
+/// Puts a section's tag and length; its `len` bytes must follow.
+pub fn put_section_head<S: Sink>(out: &mut S, tag: [u8; 4], len: u64) -> Result<(), S::Error> {
+    out.put(&tag)?;
+    out.put(&len.to_be_bytes())
 }
 
 fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], StateSnapshotError> {

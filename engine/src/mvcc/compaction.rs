@@ -31,7 +31,7 @@
 
 use bytes::Bytes;
 
-use super::key_index::KeyIndex;
+use super::revision::Revision;
 use super::store::Store;
 use crate::error::Error;
 
@@ -62,35 +62,29 @@ impl Store {
         // Changes after the previous compaction, up to this one (the log also holds those at
         // the previous compaction revision, already compacted).
         let previous = self.compact_revision;
-        let changed_start = self.log.partition_point(|e| e.revision.main <= previous);
-        let changed_end = self.log.partition_point(|e| e.revision.main <= revision);
+        let changed_start = self.log_partition_point(|e| e.revision.main <= previous);
+        let changed_end = self.log_partition_point(|e| e.revision.main <= revision);
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
-        let mut compact_key = |key_index: &mut KeyIndex| {
-            stats.keys_visited += 1;
-            stats.revisions_freed += key_index.compact(revision, &mut kept) as u64;
-            let empty = key_index.is_empty();
-            stats.keys_removed += u64::from(empty);
-            !empty
-        };
         if changed_end - changed_start >= self.index.len() {
-            // Most keys changed: one ordered pass over the tree beats sorting the changes.
-            self.index.retain(|_, key_index| compact_key(key_index));
+            // Most keys changed: one ordered pass over every key beats sorting the changes.
+            let mut next = self.index.key_after(None);
+            while let Some(key) = next {
+                next = self.index.key_after(Some(&key));
+                self.compact_key(&key, revision, &mut kept, &mut stats);
+            }
         } else {
             let mut keys: Vec<Bytes> = self
                 .log
-                .range(changed_start..changed_end)
+                .focus()
+                .narrow(changed_start..changed_end)
+                .into_iter()
                 .map(|e| e.key.clone())
                 .collect();
             keys.sort_unstable();
             keys.dedup();
             for key in &keys {
-                let Some(key_index) = self.index.get_mut(key) else {
-                    continue;
-                };
-                if !compact_key(key_index) {
-                    self.index.remove(key);
-                }
+                self.compact_key(key, revision, &mut kept, &mut stats);
             }
         }
         stats.revisions_kept = kept.len() as u64;
@@ -104,11 +98,8 @@ impl Store {
         );
         self.stored_revisions -= stats.revisions_freed;
         // The log keeps changes from the compaction revision on (watchers may start there).
-        let dropped = self.log.partition_point(|e| e.revision.main < revision);
-        self.log.drain(..dropped);
-        if self.log.capacity() > 1024 && self.log.len() <= self.log.capacity() / 4 {
-            self.log.shrink_to_fit();
-        }
+        let dropped = self.log_partition_point(|e| e.revision.main < revision);
+        self.log = self.log.split_off(dropped);
         assert!(
             previous < revision && revision <= self.current_revision,
             "compaction moved from {previous} to {revision} with the store at {}",
@@ -116,5 +107,24 @@ impl Store {
         );
         self.compact_revision = revision;
         Ok(stats)
+    }
+
+    /// Compacts one key's history at `revision`, removing the key if nothing is left.
+    fn compact_key(
+        &mut self,
+        key: &[u8],
+        revision: i64,
+        kept: &mut Vec<Revision>,
+        stats: &mut CompactStats,
+    ) {
+        let Some(key_index) = self.index.get_mut(key) else {
+            return;
+        };
+        stats.keys_visited += 1;
+        stats.revisions_freed += key_index.compact(revision, kept) as u64;
+        if key_index.is_empty() {
+            stats.keys_removed += 1;
+            self.index.remove(key);
+        }
     }
 }

@@ -35,14 +35,14 @@
 //! ```
 //! where a key or value is a u32 length and the bytes.
 
-use std::collections::VecDeque;
-
 use bytes::{Buf, Bytes};
+use imbl::Vector;
 
 use super::key_index::{Entry, Generation, KeyIndex};
 use super::revision::Revision;
 use super::store::{LogEntry, Store};
 use super::tree_index::{KeyRange, TreeIndex};
+use crate::sink::{Counter, CrcWriter, Sink};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
 const FORMAT: u32 = 1;
@@ -64,53 +64,69 @@ pub enum SectionError {
     Inconsistent,
 }
 
-fn put_revision(out: &mut Vec<u8>, revision: Revision) {
-    out.extend_from_slice(&revision.to_bytes());
+fn put_bytes<S: Sink>(out: &mut S, bytes: &[u8]) -> Result<(), S::Error> {
+    put_len(out, bytes.len())?;
+    out.put(bytes)
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = u32::try_from(bytes.len()).unwrap_or_else(|_| panic!("key or value over 4 GiB"));
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    let len = u32::try_from(len).unwrap_or_else(|_| panic!("count over u32"));
-    out.extend_from_slice(&len.to_be_bytes());
+fn put_len<S: Sink>(out: &mut S, len: usize) -> Result<(), S::Error> {
+    let len = u32::try_from(len).unwrap_or_else(|_| panic!("length or count over u32"));
+    out.put(&len.to_be_bytes())
 }
 
 impl Store {
     /// Encodes the store (see the module doc for the layout).
     pub fn encode_section(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT.to_be_bytes());
-        out.extend_from_slice(&self.current_revision.to_be_bytes());
-        out.extend_from_slice(&self.compact_revision.to_be_bytes());
-        out.extend_from_slice(&(self.index.len() as u64).to_be_bytes());
-        for (key, key_index) in self.index.iter() {
-            put_bytes(&mut out, key);
-            put_len(&mut out, key_index.generations().len());
-            for generation in key_index.generations() {
-                put_revision(&mut out, generation.created);
-                out.extend_from_slice(&generation.changes.to_be_bytes());
-                put_len(&mut out, generation.entries.len());
-                for entry in &generation.entries {
-                    put_revision(&mut out, entry.revision);
-                    out.extend_from_slice(&entry.lease.to_be_bytes());
-                    put_bytes(&mut out, &entry.value);
-                }
-            }
-        }
-        out.extend_from_slice(&(self.log.len() as u64).to_be_bytes());
-        for entry in &self.log {
-            put_revision(&mut out, entry.revision);
-            out.push(u8::from(entry.tombstone));
-            put_bytes(&mut out, &entry.key);
-        }
+        let Ok(()) = self.write_section_body(&mut out);
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
+    }
+
+    /// The length of [`Store::encode_section`]'s bytes, from a walk that stores nothing.
+    pub fn section_len(&self) -> u64 {
+        let mut counter = Counter::default();
+        let Ok(()) = self.write_section_body(&mut counter);
+        counter.0 + 4
+    }
+
+    /// Streams the section to `out`: the body as one nested part, then its crc32.
+    pub fn write_section(&self, out: &mut CrcWriter<'_>) -> std::io::Result<()> {
+        out.begin_inner()?;
+        self.write_section_body(out)?;
+        let crc = out.end_inner()?;
+        out.put(&crc.to_be_bytes())
+    }
+
+    /// Puts everything of the section before its crc32, in order.
+    fn write_section_body<S: Sink>(&self, out: &mut S) -> Result<(), S::Error> {
+        out.put(MAGIC)?;
+        out.put(&FORMAT.to_be_bytes())?;
+        out.put(&self.current_revision.to_be_bytes())?;
+        out.put(&self.compact_revision.to_be_bytes())?;
+        out.put(&(self.index.len() as u64).to_be_bytes())?;
+        for (key, key_index) in self.index.iter() {
+            put_bytes(out, key)?;
+            put_len(out, key_index.generations().len())?;
+            for generation in key_index.generations() {
+                out.put(&generation.created.to_bytes())?;
+                out.put(&generation.changes.to_be_bytes())?;
+                put_len(out, generation.entries.len())?;
+                for entry in &generation.entries {
+                    out.put(&entry.revision.to_bytes())?;
+                    out.put(&entry.lease.to_be_bytes())?;
+                    put_bytes(out, &entry.value)?;
+                }
+            }
+        }
+        out.put(&(self.log.len() as u64).to_be_bytes())?;
+        for entry in &self.log {
+            out.put(&entry.revision.to_bytes())?;
+            out.put(&[u8::from(entry.tombstone)])?;
+            put_bytes(out, &entry.key)?;
+        }
+        Ok(())
     }
 
     /// Decodes a store encoded by [`Store::encode_section`]. Values are copied out of
@@ -237,9 +253,9 @@ impl<'a> Reader<'a> {
         index: &TreeIndex,
         current: i64,
         compacted: i64,
-    ) -> Result<VecDeque<LogEntry>, SectionError> {
+    ) -> Result<Vector<LogEntry>, SectionError> {
         let count = self.count(true, 21)?;
-        let mut log = VecDeque::with_capacity(count);
+        let mut log = Vector::new();
         let mut previous = Revision::default();
         for _ in 0..count {
             let revision = self.revision()?;

@@ -31,11 +31,10 @@
 //! assert_eq!(old.revision, 3); // the header revision is always the current one
 //! ```
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
+use imbl::Vector;
 
-use super::key_index::Found;
+use super::key_index::{Found, KeyIndex};
 use super::revision::Revision;
 use super::tree_index::{KeyRange, TreeIndex};
 use crate::error::Error;
@@ -120,10 +119,15 @@ pub(super) struct LogEntry {
 }
 
 /// The MVCC store.
+///
+/// Its index and change log are persistent structures ([`TreeIndex`], [`imbl::Vector`]), so
+/// [`Store::view`] (and [`Clone`]) is O(1): a state snapshot holds a view of the store as of
+/// one revision while writes go on, and each write copies only the few nodes it changes that
+/// a view still shares.
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(super) index: TreeIndex,
-    pub(super) log: VecDeque<LogEntry>,
+    pub(super) log: Vector<LogEntry>,
     pub(super) current_revision: i64,
     /// -1 until the first compaction, as in etcd (so `compact(0)` once succeeds).
     pub(super) compact_revision: i64,
@@ -136,7 +140,7 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             index: TreeIndex::default(),
-            log: VecDeque::new(),
+            log: Vector::new(),
             current_revision: 1,
             compact_revision: -1,
             stored_revisions: 0,
@@ -149,6 +153,33 @@ impl Store {
     /// An empty store at revision 1.
     pub fn new() -> Self {
         Store::default()
+    }
+
+    /// An O(1) copy-on-write view of the store as it is now: reads and encodes exactly as
+    /// this store does at this moment, whatever is written to it afterwards. It shares every
+    /// node until one side changes it; it carries no applied events.
+    pub fn view(&self) -> Store {
+        Store {
+            index: self.index.clone(),
+            log: self.log.clone(),
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+            stored_revisions: self.stored_revisions,
+            applied_events: Vec::new(),
+        }
+    }
+
+    /// The number of logged changes before the first for which `pred` is false (the log is
+    /// in revision order, so `pred` must hold for a prefix): O(log² entries).
+    pub(super) fn log_partition_point(&self, mut pred: impl FnMut(&LogEntry) -> bool) -> usize {
+        let found = self.log.binary_search_by(|e| {
+            if pred(e) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        found.unwrap_or_else(|at| at)
     }
 
     /// Takes the events of the last write applied through [`crate::apply`] (`put`,
@@ -260,11 +291,13 @@ impl Store {
         if from < self.compact_revision {
             return Err(Error::Compacted);
         }
-        let start = self.log.partition_point(|e| e.revision.main < from);
+        let start = self.log_partition_point(|e| e.revision.main < from);
         let mut out = Vec::new();
         for entry in self
             .log
-            .range(start..)
+            .focus()
+            .narrow(start..)
+            .into_iter()
             .take_while(|e| e.revision.main <= to)
             .take(max)
         {
@@ -394,12 +427,12 @@ impl WriteTxn<'_> {
         self.assert_fresh(Revision::new(main, self.changes));
         let mut deleted: i64 = 0;
         let store = &mut *self.store;
-        for (key, key_index) in store.index.range_mut(range) {
-            if !key_index.is_alive() {
-                continue;
-            }
+        for key in store.index.keys_where(range, KeyIndex::is_alive) {
             let revision = Revision::new(main, self.changes);
-            let tombstoned = key_index.tombstone(revision);
+            let tombstoned = store
+                .index
+                .get_mut(&key)
+                .is_some_and(|key_index| key_index.tombstone(revision));
             assert!(tombstoned, "a live key can be tombstoned");
             self.changes += 1;
             deleted += 1;
@@ -409,7 +442,7 @@ impl WriteTxn<'_> {
                 key: key.clone(),
                 tombstone: true,
             });
-            self.events.push(delete_event(key.clone(), main));
+            self.events.push(delete_event(key, main));
         }
         if deleted > 0 {
             store.current_revision = main;

@@ -11,10 +11,11 @@
 //! assert!(!KeyRange::from_wire(b"c", b"a").contains(b"b")); // end ≤ start: empty
 //! ```
 
-use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use imbl::ordmap::{OrdMap, RangedIter};
 
 use super::key_index::KeyIndex;
 
@@ -61,10 +62,19 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// A key's history as the map holds it: shared, so that when a write copies a tree node that a
+/// snapshot view also holds, its sibling histories are reference-count bumps, not deep copies.
+type Shared = Arc<KeyIndex>;
+
 /// Ordered map from key to its history.
+///
+/// A persistent B-tree ([`imbl::OrdMap`]): [`Clone`] is O(1) and shares every node; a change
+/// afterwards copies only the nodes on its path (O(log keys)) and the history it changes, so
+/// a state snapshot can hold a view of the index while writes go on. Nodes no clone shares
+/// are changed in place, as a `BTreeMap`'s would be.
 #[derive(Clone, Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Bytes, KeyIndex>,
+    keys: OrdMap<Bytes, Shared>,
 }
 
 impl TreeIndex {
@@ -80,31 +90,26 @@ impl TreeIndex {
 
     /// The history of `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<&KeyIndex> {
-        self.keys.get(key)
+        self.keys.get(key).map(|ki| &**ki)
     }
 
-    /// The history of `key`, if any, for changing.
+    /// The history of `key`, if any, for changing (copied first if a view shares it).
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut KeyIndex> {
-        self.keys.get_mut(key)
+        self.keys.get_mut(key).map(Arc::make_mut)
     }
 
     /// The history of `key`, created empty if absent, with the stored key (a refcounted clone,
     /// for events). A new key is stored as a fresh copy, so it never pins a larger buffer (say,
     /// a whole decoded raft entry) in memory.
     pub fn entry(&mut self, key: &[u8]) -> (Bytes, &mut KeyIndex) {
-        // Two tree walks; one walk needs either an owned key up front (which would pin the
-        // caller's buffer) or a conditional return of a borrow, which today's borrow checker
-        // rejects.
-        let stored = match self.keys.get_key_value(key) {
-            Some((stored, _)) => stored.clone(),
-            None => {
-                let stored = Bytes::copy_from_slice(key);
-                self.keys.insert(stored.clone(), KeyIndex::default());
-                stored
-            }
-        };
-        match self.keys.get_mut(key) {
-            Some(index) => (stored, index),
+        // Two tree walks for a new key; one would need an owned key up front (which would pin
+        // the caller's buffer).
+        if !self.keys.contains_key(key) {
+            let stored = Bytes::copy_from_slice(key);
+            self.keys.insert(stored, Shared::default());
+        }
+        match self.keys.get_key_value_mut(key) {
+            Some((stored, index)) => (stored.clone(), Arc::make_mut(index)),
             None => unreachable!("key inserted above"),
         }
     }
@@ -112,57 +117,80 @@ impl TreeIndex {
     /// Inserts `key`'s history as is (snapshot restore); `key` should not share a larger
     /// buffer.
     pub(super) fn insert(&mut self, key: Bytes, key_index: KeyIndex) {
-        self.keys.insert(key, key_index);
+        self.keys.insert(key, Arc::new(key_index));
     }
 
-    /// Keeps only the keys for which `keep` returns true, visiting all in key order.
-    pub(super) fn retain(&mut self, keep: impl FnMut(&Bytes, &mut KeyIndex) -> bool) {
-        self.keys.retain(keep);
+    /// The first key after `key` (the first key of all for `None`): a cursor that stays valid
+    /// while keys are changed or removed, at O(log keys) a step.
+    pub(super) fn key_after(&self, key: Option<&[u8]>) -> Option<Bytes> {
+        let start = key.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = self.keys.range::<_, [u8]>((start, Bound::Unbounded));
+        range.next().map(|(key, _)| key.clone())
     }
 
     /// Keys in `range` with their histories, in key order. A single key is one lookup.
     pub fn range<'s>(&'s self, range: KeyRange<'_>) -> Range<'s> {
-        match range {
-            KeyRange::Single(key) => Range::One(self.keys.get_key_value(key)),
-            _ => Range::Many(self.keys.range::<[u8], _>(range.bounds())),
-        }
+        let inner = match range {
+            KeyRange::Single(key) => Inner::One(self.keys.get_key_value(key)),
+            _ => Inner::Many(self.keys.range::<_, [u8]>(range.bounds())),
+        };
+        Range(inner)
     }
 
-    /// Keys in `range` with their histories, for changing.
-    pub fn range_mut<'s>(
-        &'s mut self,
+    /// The keys in `range` whose history satisfies `select`, in key order (refcounted
+    /// clones), for a caller that then changes them one by one with
+    /// [`TreeIndex::get_mut`].
+    pub fn keys_where(
+        &self,
         range: KeyRange<'_>,
-    ) -> impl Iterator<Item = (&'s Bytes, &'s mut KeyIndex)> + 's {
-        self.keys.range_mut::<[u8], _>(range.bounds())
+        mut select: impl FnMut(&KeyIndex) -> bool,
+    ) -> Vec<Bytes> {
+        self.range(range)
+            .filter(|(_, ki)| select(ki))
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// All keys with their histories, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyIndex)> {
-        self.keys.iter()
+        self.keys.iter().map(|(key, ki)| (key, &**ki))
     }
 
     /// Removes `key`'s history.
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyIndex> {
-        self.keys.remove(key)
+        self.keys.remove(key).map(Arc::unwrap_or_clone)
     }
 }
 
 /// Iterator over the keys of a [`KeyRange`], from [`TreeIndex::range`].
-#[derive(Clone, Debug)]
-pub enum Range<'s> {
+#[derive(Clone)]
+pub struct Range<'s>(Inner<'s>);
+
+#[derive(Clone)]
+enum Inner<'s> {
     /// A single-key range: at most one item.
-    One(Option<(&'s Bytes, &'s KeyIndex)>),
+    One(Option<(&'s Bytes, &'s Shared)>),
     /// An interval.
-    Many(btree_map::Range<'s, Bytes, KeyIndex>),
+    Many(RangedIter<'s, Bytes, Shared, imbl::shared_ptr::DefaultSharedPtr>),
+}
+
+impl std::fmt::Debug for Range<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Inner::One(item) => f.debug_tuple("Range::One").field(item).finish(),
+            Inner::Many(_) => f.write_str("Range::Many(..)"),
+        }
+    }
 }
 
 impl<'s> Iterator for Range<'s> {
     type Item = (&'s Bytes, &'s KeyIndex);
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self {
-            Range::One(item) => item.take(),
-            Range::Many(range) => range.next(),
-        }
+        let (key, ki) = match &mut self.0 {
+            Inner::One(item) => item.take()?,
+            Inner::Many(range) => range.next()?,
+        };
+        Some((key, &**ki))
     }
 }

@@ -30,11 +30,14 @@
 //! [`Input::SnapshotSaved`]: super::Input::SnapshotSaved
 //! [`PersistBatch`]: super::PersistBatch
 
+use std::sync::OnceLock;
+
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
 use super::raft_core::RaftCore;
 use super::state_machine::StateMachine;
 use crate::mvcc::Store;
+use crate::sink::{CrcWriter, Sink};
 use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
@@ -158,12 +161,7 @@ impl Snapshots {
         let metadata = core.snapshot_metadata(applied)?;
         let (store, leases, members) = sm.snapshot_parts();
         self.saving = Some(applied);
-        Some(SnapshotJob {
-            metadata,
-            store,
-            leases,
-            members,
-        })
+        Some(SnapshotJob::new(metadata, store, leases, members))
     }
 
     /// The driver saved the snapshot durably: raft serves it to followers from now on.
@@ -200,12 +198,19 @@ impl Snapshots {
 }
 
 /// A snapshot job: the parts of a state snapshot as of one index, not yet encoded.
+///
+/// Taking one is O(1) on the driver loop (the store is a copy-on-write view,
+/// [`Store::view`]); encoding it is left to whoever saves it, on its own thread:
+/// [`SnapshotJob::encoded_len`] sizes it and [`SnapshotJob::write_data`] streams it in
+/// bounded chunks, never holding the whole encoding. It is `Send + 'static`.
 #[derive(Debug)]
 pub struct SnapshotJob {
     metadata: SnapshotMetadata,
     store: Store,
     leases: Vec<u8>,
     members: Vec<u8>,
+    /// The MVCC section's length, once a size walk found it.
+    mvcc_len: OnceLock<u64>,
 }
 
 impl PartialEq for SnapshotJob {
@@ -220,6 +225,22 @@ impl PartialEq for SnapshotJob {
 }
 
 impl SnapshotJob {
+    /// A job for these parts: a view of the store, the encoded lease and member sections.
+    pub(super) fn new(
+        metadata: SnapshotMetadata,
+        store: Store,
+        leases: Vec<u8>,
+        members: Vec<u8>,
+    ) -> SnapshotJob {
+        SnapshotJob {
+            metadata,
+            store,
+            leases,
+            members,
+            mvcc_len: OnceLock::new(),
+        }
+    }
+
     /// The raft index the snapshot covers up to.
     pub fn index(&self) -> u64 {
         self.metadata.index
@@ -230,22 +251,49 @@ impl SnapshotJob {
         &self.metadata
     }
 
-    /// How many bytes [`SnapshotJob::write_data`] writes, computed without encoding.
-    ///
-    /// Interface for the streaming save; today it encodes (to be replaced by a sizing walk).
+    /// The MVCC section's length (one walk over the store, the first time).
+    fn mvcc_len(&self) -> u64 {
+        *self.mvcc_len.get_or_init(|| self.store.section_len())
+    }
+
+    /// How many bytes [`SnapshotJob::write_data`] writes: a walk over the store that stores
+    /// nothing (O(keys) time, O(1) memory), done once per job.
     pub fn encoded_len(&self) -> u64 {
-        self.encode_data().len() as u64
+        state_snapshot::encoded_len(&[
+            self.mvcc_len(),
+            self.leases.len() as u64,
+            self.members.len() as u64,
+        ])
     }
 
-    /// Writes the state snapshot (the `data` of the raft snapshot) to `out`, in order, so a
-    /// saver can stream it to a file without a whole encoded copy in memory.
-    ///
-    /// Interface for the streaming save; today it encodes to memory first.
+    /// Writes the state snapshot (the `data` of the raft snapshot, byte for byte what
+    /// [`SnapshotJob::into_snapshot`] holds) to `out`, in order, in chunks of at most
+    /// [`crate::sink::CHUNK_BYTES`] (a single larger value goes through whole), so a saver can
+    /// stream it to a file without a whole encoded copy in memory. It writes exactly
+    /// [`SnapshotJob::encoded_len`] bytes and flushes `out` at the end; syncing is the
+    /// caller's.
     pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        out.write_all(&self.encode_data())
+        let mut w = CrcWriter::new(out);
+        state_snapshot::put_head(&mut w, 3)?;
+        state_snapshot::put_section_head(&mut w, SECTION_MVCC, self.mvcc_len())?;
+        self.store.write_section(&mut w)?;
+        state_snapshot::put_section_head(&mut w, SECTION_LEASES, self.leases.len() as u64)?;
+        w.put(&self.leases)?;
+        state_snapshot::put_section_head(&mut w, SECTION_MEMBERS, self.members.len() as u64)?;
+        w.put(&self.members)?;
+        let written = w.finish()?;
+        assert_eq!(
+            written,
+            self.encoded_len(),
+            "a state snapshot wrote other than its size"
+        );
+        Ok(())
     }
 
-    fn encode_data(&self) -> Vec<u8> {
+    /// The state snapshot encoded whole, the old way (the reference the streaming encoder
+    /// is tested against).
+    #[cfg(test)]
+    pub(super) fn encode_whole(&self) -> Vec<u8> {
         let mvcc = self.store.encode_section();
         state_snapshot::encode_sections(&[
             (SECTION_MVCC, &mvcc),
@@ -254,9 +302,15 @@ impl SnapshotJob {
         ])
     }
 
-    /// Encodes the state snapshot ([`crate::state_snapshot`]) into a raft snapshot.
+    /// Encodes the state snapshot ([`crate::state_snapshot`]) into a raft snapshot, in memory
+    /// (a saver streams it with [`SnapshotJob::write_data`] instead).
     pub fn into_snapshot(self) -> Snapshot {
-        let data = self.encode_data();
+        let len = usize::try_from(self.encoded_len())
+            .unwrap_or_else(|_| panic!("a state snapshot larger than memory"));
+        let mut data = Vec::with_capacity(len);
+        if let Err(e) = self.write_data(&mut data) {
+            unreachable!("writing to memory failed: {e}");
+        }
         Snapshot {
             data: data.into(),
             metadata: Some(self.metadata).into(),
@@ -264,3 +318,6 @@ impl SnapshotJob {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

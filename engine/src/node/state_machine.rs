@@ -437,10 +437,10 @@ impl StateMachine {
 
     /// The parts of a state snapshot as of the applied index, not yet encoded.
     pub(super) fn snapshot_parts(&self) -> (Store, Vec<u8>, Vec<u8>) {
-        // The store is cloned (keys and values are shared, reference-counted bytes) rather than
-        // encoded here: encoding copies every value and runs on the driver's blocking thread.
+        // An O(1) copy-on-write view of the store, not an encoding: the saver encodes it on
+        // its own thread while writes go on.
         (
-            self.store.clone(),
+            self.store.view(),
             self.leases.encode_section(),
             self.membership.encode(),
         )
