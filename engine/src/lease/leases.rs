@@ -22,6 +22,7 @@ use keel_proto::etcdserverpb::{
 use keel_proto::mvccpb::{event::EventType, Event};
 
 use super::lessor::Lessor;
+use super::section::LeaseSection;
 use crate::apply::LeaseLookup;
 use crate::error::Error;
 use crate::mvcc::{KeyRange, Store};
@@ -319,24 +320,12 @@ impl Leases {
     /// Layout (big-endian): `count u64 | per lease: id i64 | ttl i64 | remaining i64 |
     /// key_count u32 | per key: len u32, bytes`.
     pub fn encode_section(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&(self.lessor.len() as u64).to_be_bytes());
-        for id in self.lessor.ids() {
-            let Some(lease) = self.lessor.get(id) else {
-                continue;
-            };
-            out.extend_from_slice(&lease.id.to_be_bytes());
-            out.extend_from_slice(&lease.ttl_s.to_be_bytes());
-            out.extend_from_slice(&lease.remaining_ttl_s.to_be_bytes());
-            let keys = u32::try_from(lease.keys.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&keys.to_be_bytes());
-            for key in &lease.keys {
-                let len = u32::try_from(key.len()).unwrap_or(u32::MAX);
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(key);
-            }
-        }
-        out
+        self.section().encode()
+    }
+
+    /// The lease section as of now, not yet encoded: O(1), a copy-on-write view.
+    pub fn section(&self) -> LeaseSection {
+        LeaseSection::new(self.lessor.view())
     }
 
     /// Replaces every lease by those of a snapshot (see [`Leases::encode_section`]). The

@@ -34,9 +34,10 @@
 //! extends it without bound, because long leases are checkpointed (see
 //! [`Lessor::checkpoints_due`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
 
 use crate::error::Error;
 
@@ -57,8 +58,8 @@ pub struct Lease {
     pub ttl_s: i64,
     /// The remaining TTL last checkpointed through the log, seconds; 0 if never.
     pub remaining_ttl_s: i64,
-    /// Keys attached to this lease.
-    pub keys: BTreeSet<Bytes>,
+    /// Keys attached to this lease (a persistent set: cloning a lease is O(1)).
+    pub keys: OrdSet<Bytes>,
     /// When the lease expires (ms on the leader's monotonic clock); `None` on followers.
     expiry_ms: Option<u64>,
     /// When the leader next checkpoints it; `None` if it is not due for checkpoints.
@@ -69,7 +70,8 @@ pub struct Lease {
 #[derive(Debug, Clone)]
 pub struct Lessor {
     min_ttl_s: i64,
-    leases: BTreeMap<i64, Lease>,
+    /// A persistent map, so [`Lessor::view`] is O(1).
+    leases: OrdMap<i64, Lease>,
     /// (expiry ms, id) of every lease, leader only: ordered, so expiry is deterministic.
     expiries: BTreeSet<(u64, i64)>,
     primary: bool,
@@ -81,7 +83,7 @@ impl Lessor {
         assert!(min_ttl_s > 0, "the minimum lease TTL must be positive");
         Lessor {
             min_ttl_s,
-            leases: BTreeMap::new(),
+            leases: OrdMap::new(),
             expiries: BTreeSet::new(),
             primary: false,
         }
@@ -100,6 +102,14 @@ impl Lessor {
     /// Every lease id, ascending.
     pub fn ids(&self) -> impl Iterator<Item = i64> + '_ {
         self.leases.keys().copied()
+    }
+
+    /// An O(1) copy-on-write view of every lease as it is now, for a state snapshot: it
+    /// does not change whatever happens to the lessor afterwards.
+    pub fn view(&self) -> LeasesView {
+        LeasesView {
+            leases: self.leases.clone(),
+        }
     }
 
     /// Number of leases.
@@ -135,7 +145,7 @@ impl Lessor {
             id,
             ttl_s,
             remaining_ttl_s: 0,
-            keys: BTreeSet::new(),
+            keys: OrdSet::new(),
             expiry_ms: None,
             next_checkpoint_ms: None,
         };
@@ -165,7 +175,7 @@ impl Lessor {
             id,
             ttl_s,
             remaining_ttl_s: remaining_ttl_s.clamp(0, ttl_s),
-            keys: BTreeSet::new(),
+            keys: OrdSet::new(),
             expiry_ms: None,
             next_checkpoint_ms: None,
         };
@@ -211,12 +221,8 @@ impl Lessor {
     /// remaining (checkpointed) or granted TTL from now.
     pub fn promote(&mut self, now_ms: u64, extend_ms: u64) {
         self.primary = true;
-        self.expiries.clear();
         // Every lease is scheduled afresh below: forget the old schedule on both sides.
-        for lease in self.leases.values_mut() {
-            lease.expiry_ms = None;
-            lease.next_checkpoint_ms = None;
-        }
+        self.forget_schedule();
         let plans: Vec<(i64, i64, u64)> = self
             .leases
             .values()
@@ -238,10 +244,18 @@ impl Lessor {
     /// expire leases).
     pub fn demote(&mut self) {
         self.primary = false;
+        self.forget_schedule();
+    }
+
+    /// Clears every lease's expiry and checkpoint time, and the expiry queue.
+    fn forget_schedule(&mut self) {
         self.expiries.clear();
-        for lease in self.leases.values_mut() {
-            lease.expiry_ms = None;
-            lease.next_checkpoint_ms = None;
+        let ids: Vec<i64> = self.leases.keys().copied().collect();
+        for id in ids {
+            if let Some(lease) = self.leases.get_mut(&id) {
+                lease.expiry_ms = None;
+                lease.next_checkpoint_ms = None;
+            }
         }
     }
 
@@ -281,7 +295,7 @@ impl Lessor {
     /// driver to propose; each is rescheduled one interval later.
     pub fn checkpoints_due(&mut self, now_ms: u64, max: usize) -> Vec<(i64, i64)> {
         let mut due = Vec::new();
-        for lease in self.leases.values_mut() {
+        for lease in self.leases.values() {
             if due.len() >= max {
                 break;
             }
@@ -293,7 +307,11 @@ impl Lessor {
             }
             let remaining_s = (expiry - now_ms).div_ceil(1000) as i64;
             due.push((lease.id, remaining_s));
-            lease.next_checkpoint_ms = Some(now_ms + CHECKPOINT_INTERVAL_MS);
+        }
+        for (id, _) in &due {
+            if let Some(lease) = self.leases.get_mut(id) {
+                lease.next_checkpoint_ms = Some(now_ms + CHECKPOINT_INTERVAL_MS);
+            }
         }
         due
     }
@@ -379,6 +397,29 @@ impl Lessor {
                 .unwrap_or_else(|| panic!("expiry queue names unknown lease {id:x}"));
             assert_eq!(lease.expiry_ms, Some(at), "lease {id:x}: queued at {at}");
         }
+    }
+}
+
+/// Every lease as of one moment ([`Lessor::view`]), for a state snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct LeasesView {
+    leases: OrdMap<i64, Lease>,
+}
+
+impl LeasesView {
+    /// Number of leases.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Whether there are no leases.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Every lease, by ascending id.
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
     }
 }
 

@@ -5,5 +5,7 @@
 
 pub mod leases;
 pub mod lessor;
+pub mod section;
 
 pub use leases::Leases;
+pub use section::LeaseSection;

@@ -36,6 +36,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
 use super::raft_core::RaftCore;
 use super::state_machine::StateMachine;
+use crate::lease::LeaseSection;
 use crate::mvcc::Store;
 use crate::sink::{CrcWriter, Sink};
 use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
@@ -199,18 +200,18 @@ impl Snapshots {
 
 /// A snapshot job: the parts of a state snapshot as of one index, not yet encoded.
 ///
-/// Taking one is O(1) on the driver loop (the store is a copy-on-write view,
-/// [`Store::view`]); encoding it is left to whoever saves it, on its own thread:
+/// Taking one is O(1) on the driver loop (the store and the leases are copy-on-write
+/// views, [`Store::view`] and [`crate::lease::Leases::section`]; the member table is small); encoding it is left to whoever saves it, on its own thread:
 /// [`SnapshotJob::encoded_len`] sizes it and [`SnapshotJob::write_data`] streams it in
 /// bounded chunks, never holding the whole encoding. It is `Send + 'static`.
 #[derive(Debug)]
 pub struct SnapshotJob {
     metadata: SnapshotMetadata,
     store: Store,
-    leases: Vec<u8>,
+    leases: LeaseSection,
     members: Vec<u8>,
-    /// The MVCC section's length, once a size walk found it.
-    mvcc_len: OnceLock<u64>,
+    /// The lengths of the MVCC and lease sections, once a size walk found them.
+    lens: OnceLock<(u64, u64)>,
 }
 
 impl PartialEq for SnapshotJob {
@@ -218,18 +219,18 @@ impl PartialEq for SnapshotJob {
     /// both stores).
     fn eq(&self, other: &Self) -> bool {
         self.metadata == other.metadata
-            && self.leases == other.leases
+            && self.leases.encode() == other.leases.encode()
             && self.members == other.members
             && self.store.encode_section() == other.store.encode_section()
     }
 }
 
 impl SnapshotJob {
-    /// A job for these parts: a view of the store, the encoded lease and member sections.
+    /// A job for these parts: views of the store and the leases, the encoded member table.
     pub(super) fn new(
         metadata: SnapshotMetadata,
         store: Store,
-        leases: Vec<u8>,
+        leases: LeaseSection,
         members: Vec<u8>,
     ) -> SnapshotJob {
         SnapshotJob {
@@ -237,7 +238,7 @@ impl SnapshotJob {
             store,
             leases,
             members,
-            mvcc_len: OnceLock::new(),
+            lens: OnceLock::new(),
         }
     }
 
@@ -251,19 +252,18 @@ impl SnapshotJob {
         &self.metadata
     }
 
-    /// The MVCC section's length (one walk over the store, the first time).
-    fn mvcc_len(&self) -> u64 {
-        *self.mvcc_len.get_or_init(|| self.store.section_len())
+    /// The MVCC and lease sections' lengths (one walk over each, the first time).
+    fn lens(&self) -> (u64, u64) {
+        *self
+            .lens
+            .get_or_init(|| (self.store.section_len(), self.leases.encoded_len()))
     }
 
     /// How many bytes [`SnapshotJob::write_data`] writes: a walk over the store that stores
     /// nothing (O(keys) time, O(1) memory), done once per job.
     pub fn encoded_len(&self) -> u64 {
-        state_snapshot::encoded_len(&[
-            self.mvcc_len(),
-            self.leases.len() as u64,
-            self.members.len() as u64,
-        ])
+        let (mvcc, leases) = self.lens();
+        state_snapshot::encoded_len(&[mvcc, leases, self.members.len() as u64])
     }
 
     /// Writes the state snapshot (the `data` of the raft snapshot, byte for byte what
@@ -273,12 +273,13 @@ impl SnapshotJob {
     /// [`SnapshotJob::encoded_len`] bytes and flushes `out` at the end; syncing is the
     /// caller's.
     pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let (mvcc, leases) = self.lens();
         let mut w = CrcWriter::new(out);
         state_snapshot::put_head(&mut w, 3)?;
-        state_snapshot::put_section_head(&mut w, SECTION_MVCC, self.mvcc_len())?;
+        state_snapshot::put_section_head(&mut w, SECTION_MVCC, mvcc)?;
         self.store.write_section(&mut w)?;
-        state_snapshot::put_section_head(&mut w, SECTION_LEASES, self.leases.len() as u64)?;
-        w.put(&self.leases)?;
+        state_snapshot::put_section_head(&mut w, SECTION_LEASES, leases)?;
+        self.leases.write(&mut w)?;
         state_snapshot::put_section_head(&mut w, SECTION_MEMBERS, self.members.len() as u64)?;
         w.put(&self.members)?;
         let written = w.finish()?;
@@ -295,9 +296,10 @@ impl SnapshotJob {
     #[cfg(test)]
     pub(super) fn encode_whole(&self) -> Vec<u8> {
         let mvcc = self.store.encode_section();
+        let leases = self.leases.encode();
         state_snapshot::encode_sections(&[
             (SECTION_MVCC, &mvcc),
-            (SECTION_LEASES, &self.leases),
+            (SECTION_LEASES, &leases),
             (SECTION_MEMBERS, &self.members),
         ])
     }

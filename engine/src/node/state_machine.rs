@@ -18,7 +18,7 @@ use super::types::{NodeConfig, Output, StartError};
 use super::{Clock, Outbox};
 use crate::apply;
 use crate::error::Error;
-use crate::lease::Leases;
+use crate::lease::{LeaseSection, Leases};
 use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::request::{Read, Response};
@@ -436,12 +436,12 @@ impl StateMachine {
     }
 
     /// The parts of a state snapshot as of the applied index, not yet encoded.
-    pub(super) fn snapshot_parts(&self) -> (Store, Vec<u8>, Vec<u8>) {
-        // An O(1) copy-on-write view of the store, not an encoding: the saver encodes it on
-        // its own thread while writes go on.
+    pub(super) fn snapshot_parts(&self) -> (Store, LeaseSection, Vec<u8>) {
+        // O(1) copy-on-write views of the store and the leases, not encodings: the saver
+        // encodes them on its own thread while writes go on.
         (
             self.store.view(),
-            self.leases.encode_section(),
+            self.leases.section(),
             self.membership.encode(),
         )
     }

@@ -59,12 +59,7 @@ fn job(store: &Store, leases: &Leases) -> SnapshotJob {
         term: 3,
         ..Default::default()
     };
-    SnapshotJob::new(
-        metadata,
-        store.view(),
-        leases.encode_section(),
-        members.encode(),
-    )
+    SnapshotJob::new(metadata, store.view(), leases.section(), members.encode())
 }
 
 /// Accepts at most `step` bytes a call, and records the largest write asked of it.
