@@ -166,3 +166,9 @@ fn a_failing_writer_fails_the_write() {
     }
     job.write_data(&mut Full(len)).expect("exactly enough room");
 }
+
+#[test]
+fn a_job_moves_to_a_saver_thread() {
+    fn send_static<T: Send + Sync + 'static>() {}
+    send_static::<SnapshotJob>();
+}
