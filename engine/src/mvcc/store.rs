@@ -396,12 +396,14 @@ impl WriteTxn<'_> {
     pub fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
         let revision = self.next_revision();
         let store = &mut *self.store;
-        let (stored_key, key_index) = store.index.entry(key);
-        key_index.put(revision, value.clone(), lease);
-        let (created, version) = key_index
-            .current()
-            .map(|found| (found.created.main, found.version))
-            .unwrap_or_else(|| unreachable!("just put"));
+        let (stored_key, created, version) = store.index.update(key, |stored, key_index| {
+            key_index.put(revision, value.clone(), lease);
+            let (created, version) = key_index
+                .current()
+                .map(|found| (found.created.main, found.version))
+                .unwrap_or_else(|| unreachable!("just put"));
+            (stored.clone(), created, version)
+        });
         store.stored_revisions += 1;
         store.log.push_back(LogEntry {
             revision,

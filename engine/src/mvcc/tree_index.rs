@@ -98,20 +98,18 @@ impl TreeIndex {
         self.keys.get_mut(key).map(Arc::make_mut)
     }
 
-    /// The history of `key`, created empty if absent, with the stored key (a refcounted clone,
-    /// for events). A new key is stored as a fresh copy, so it never pins a larger buffer (say,
-    /// a whole decoded raft entry) in memory.
-    pub fn entry(&mut self, key: &[u8]) -> (Bytes, &mut KeyIndex) {
-        // Two tree walks for a new key; one would need an owned key up front (which would pin
-        // the caller's buffer).
-        if !self.keys.contains_key(key) {
-            let stored = Bytes::copy_from_slice(key);
-            self.keys.insert(stored, Shared::default());
+    /// Calls `f` with the stored key (for a refcounted clone, for events) and the history of
+    /// `key`, created empty if absent. One tree walk when the key exists. A new key is stored
+    /// as a fresh copy, so it never pins a larger buffer (say, a whole decoded raft entry).
+    pub fn update<R>(&mut self, key: &[u8], f: impl FnOnce(&Bytes, &mut KeyIndex) -> R) -> R {
+        if let Some((stored, index)) = self.keys.get_key_value_mut(key) {
+            return f(stored, Arc::make_mut(index));
         }
-        match self.keys.get_key_value_mut(key) {
-            Some((stored, index)) => (stored.clone(), Arc::make_mut(index)),
-            None => unreachable!("key inserted above"),
-        }
+        let stored = Bytes::copy_from_slice(key);
+        let mut index = KeyIndex::default();
+        let result = f(&stored, &mut index);
+        self.keys.insert(stored, Arc::new(index));
+        result
     }
 
     /// Inserts `key`'s history as is (snapshot restore); `key` should not share a larger
