@@ -33,6 +33,7 @@ use bytes::Bytes;
 
 use super::revision::Revision;
 use super::store::Store;
+use super::tree_index::KeyRange;
 use crate::error::Error;
 
 /// What a compaction did.
@@ -67,12 +68,8 @@ impl Store {
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
         if changed_end - changed_start >= self.index.len() {
-            // Most keys changed: one ordered pass over every key beats sorting the changes.
-            let mut next = self.index.key_after(None);
-            while let Some(key) = next {
-                next = self.index.key_after(Some(&key));
-                self.compact_key(&key, revision, &mut kept, &mut stats);
-            }
+            // Most keys changed: one ordered pass over the tree beats sorting the changes.
+            self.compact_every_key(revision, &mut kept, &mut stats);
         } else {
             let mut keys: Vec<Bytes> = self
                 .log
@@ -107,6 +104,49 @@ impl Store {
         );
         self.compact_revision = revision;
         Ok(stats)
+    }
+
+    /// Compacts every key at `revision`, in key order, a batch of keys at a time: a key
+    /// whose history is a single live revision loses nothing to any compaction (that
+    /// revision is the latest at or before `revision`, if it is, and no tombstone), so it is
+    /// only read; the others are changed one tree walk each.
+    fn compact_every_key(
+        &mut self,
+        revision: i64,
+        kept: &mut Vec<Revision>,
+        stats: &mut CompactStats,
+    ) {
+        const BATCH: usize = 1024;
+        // The least key not yet visited: the empty string, then the last key visited followed
+        // by a zero byte (the least byte string after it).
+        let mut start: Vec<u8> = Vec::new();
+        let mut changing: Vec<Bytes> = Vec::with_capacity(BATCH);
+        loop {
+            let mut last = None;
+            for (key, key_index) in self
+                .index
+                .range(KeyRange::Interval(&start, None))
+                .take(BATCH)
+            {
+                last = Some(key);
+                if key_index.entry_count() == 1 && key_index.is_alive() {
+                    stats.keys_visited += 1;
+                    let only = key_index.modified();
+                    if only.main <= revision {
+                        kept.push(only);
+                    }
+                } else {
+                    changing.push(key.clone());
+                }
+            }
+            let Some(last) = last else { break };
+            start.clear();
+            start.extend_from_slice(last);
+            start.push(0);
+            for key in changing.drain(..) {
+                self.compact_key(&key, revision, kept, stats);
+            }
+        }
     }
 
     /// Compacts one key's history at `revision`, removing the key if nothing is left.

@@ -118,14 +118,6 @@ impl TreeIndex {
         self.keys.insert(key, Arc::new(key_index));
     }
 
-    /// The first key after `key` (the first key of all for `None`): a cursor that stays valid
-    /// while keys are changed or removed, at O(log keys) a step.
-    pub(super) fn key_after(&self, key: Option<&[u8]>) -> Option<Bytes> {
-        let start = key.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut range = self.keys.range::<_, [u8]>((start, Bound::Unbounded));
-        range.next().map(|(key, _)| key.clone())
-    }
-
     /// Keys in `range` with their histories, in key order. A single key is one lookup.
     pub fn range<'s>(&'s self, range: KeyRange<'_>) -> Range<'s> {
         let inner = match range {
