@@ -642,13 +642,23 @@ mod tests {
         let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
         let short = snaps.save_streaming(5, 1, b"", 10, |out| out.write_all(b"only 9 b"));
         assert!(
-            matches!(short, Err(SnapError::DataLength { announced: 10, written: 8, .. })),
+            matches!(
+                short,
+                Err(SnapError::DataLength {
+                    announced: 10,
+                    written: 8,
+                    ..
+                })
+            ),
             "{short:?}"
         );
         let long = snaps.save_streaming(5, 1, b"", 3, |out| out.write_all(b"four"));
         assert!(matches!(long, Err(SnapError::Io { .. })), "{long:?}");
         assert!(snaps.list().expect("list").is_empty());
-        assert!(disk.list_dir(&dir()).expect("ls").is_empty(), "no temp file left");
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -657,11 +667,19 @@ mod tests {
         let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
         disk.fail_next_write();
         assert!(snaps.save(20, 1, b"", b"state").is_err());
-        assert!(disk.list_dir(&dir()).expect("ls").is_empty(), "temp file removed");
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "temp file removed"
+        );
         disk.fail_next_sync();
         assert!(snaps.save(20, 1, b"", b"state").is_err());
-        assert!(disk.list_dir(&dir()).expect("ls").is_empty(), "temp file removed");
-        snaps.save(20, 1, b"", b"state").expect("the retry succeeds");
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "temp file removed"
+        );
+        snaps
+            .save(20, 1, b"", b"state")
+            .expect("the retry succeeds");
         disk.crash(3);
         let snaps = SnapDir::open(disk, &dir(), 2).expect("reopen");
         let loaded = snaps.load_newest().expect("load").snapshot.expect("one");

@@ -179,6 +179,15 @@ impl Snapshots {
         self.compact_log(core, applied);
     }
 
+    /// The driver could not save the snapshot: the next one may be made (a fresh job, as of
+    /// the applied index then); until one is saved, the WAL keeps the log.
+    pub(super) fn on_failed(&mut self) {
+        assert!(
+            self.saving.take().is_some(),
+            "a snapshot save failed, but none was being saved"
+        );
+    }
+
     /// Frees in-memory log entries well behind the applied index (the WAL keeps them until a
     /// snapshot covers them). With followers, never past the newest durable snapshot: a
     /// follower that needs a dropped entry is sent that snapshot instead. Entries go in

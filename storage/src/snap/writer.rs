@@ -139,15 +139,14 @@ impl io::Write for SnapWriter {
         if data.len() as u64 > room {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!(
-                    "snapshot data beyond the announced {} bytes",
-                    self.data_len
-                ),
+                format!("snapshot data beyond the announced {} bytes", self.data_len),
             ));
         }
         let mut rest = data;
         while !rest.is_empty() {
-            let take = rest.len().min(WRITE_BUFFER_BYTES.saturating_sub(self.buf.len()));
+            let take = rest
+                .len()
+                .min(WRITE_BUFFER_BYTES.saturating_sub(self.buf.len()));
             if take == 0 {
                 self.drain()?;
                 continue;
