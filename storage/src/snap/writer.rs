@@ -112,9 +112,30 @@ impl SnapWriter {
     /// Ends the file: checks that the announced number of data bytes was written, appends what
     /// is buffered and the crc32, and fsyncs.
     pub fn finish(mut self) -> Result<Synced, SnapError> {
+        self.end()?;
+        self.file.sync().map_err(io_err(IoOp::Sync, &self.tmp))?;
+        Ok(Synced {
+            tmp: self.tmp,
+            path: self.path,
+        })
+    }
+
+    /// The simulator's `release-wal-early` bug (simulation builds only): [`SnapWriter::finish`]
+    /// without the fsync, so the file's bytes are not durable when it is published.
+    #[cfg(madsim)]
+    pub fn finish_unsynced_bug(mut self) -> Result<Synced, SnapError> {
+        self.end()?;
+        Ok(Synced {
+            tmp: self.tmp,
+            path: self.path,
+        })
+    }
+
+    /// Checks the data length, appends what is buffered and the crc32.
+    fn end(&mut self) -> Result<(), SnapError> {
         if self.data_written != self.data_len {
             return Err(SnapError::DataLength {
-                path: self.tmp,
+                path: self.tmp.clone(),
                 announced: self.data_len,
                 written: self.data_written,
             });
@@ -123,12 +144,7 @@ impl SnapWriter {
         let crc = self.crc.clone().finalize();
         self.file
             .append(&crc.to_le_bytes())
-            .map_err(io_err(IoOp::Append, &self.tmp))?;
-        self.file.sync().map_err(io_err(IoOp::Sync, &self.tmp))?;
-        Ok(Synced {
-            tmp: self.tmp,
-            path: self.path,
-        })
+            .map_err(io_err(IoOp::Append, &self.tmp))
     }
 }
 
