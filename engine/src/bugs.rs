@@ -34,9 +34,8 @@ pub enum Bug {
     /// member that restarts forgets whom it voted for in its current term.
     ForgetVote,
     /// The WAL segments a new snapshot of the member's own covers are released when its save
-    /// starts, not once it is durable (and not only those before the previous snapshot), and
-    /// the snapshot file is never fsynced (its rename is): a power cut while it is written, or
-    /// later, leaves snapshots too old or torn for the WAL that remains.
+    /// starts, not once it is durable (and not only those before the previous snapshot): a
+    /// power cut while it is written leaves a snapshot too old for the WAL that remains.
     ReleaseWalEarly,
 }
 

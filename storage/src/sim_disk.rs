@@ -37,7 +37,8 @@
 //! image holds zeros there, even if a later sync succeeds). [`SimDisk::fail_next_write`] makes
 //! the next `append` write only the first half of its buffer and then fail (a short write).
 //! [`SimDisk::power_cut_at_next_sync`] makes the next sync fail having made nothing durable and
-//! switches the disk off (every call fails) until `crash`, which tears the unsynced tail.
+//! switches the disk off (every call fails) until `crash`, which tears the unsynced tail;
+//! [`SimDisk::power_cut_at_next_sync_under`] does so at the next sync under one directory.
 //! [`SimDisk::corrupt_sector`] flips one bit in one durable sector.
 //!
 //! Example: `append(a); sync(); append(b); crash(seed)` leaves `a` followed by some whole
@@ -79,6 +80,8 @@ struct State {
     fail_next_sync: bool,
     fail_next_write: bool,
     power_cut_at_next_sync: bool,
+    /// With `power_cut_at_next_sync`: only a sync of a path under this one cuts the power.
+    power_cut_under: Option<PathBuf>,
     /// Set by a power cut: every operation fails until [`SimDisk::crash`].
     powered_off: bool,
     /// The file or directory the last armed fault fired on (cleared when one is armed).
@@ -116,7 +119,12 @@ impl State {
 
     /// Consumes a sync fault, if one is armed.
     fn sync_fault(&mut self, path: &Path) -> Option<io::Error> {
-        if std::mem::take(&mut self.power_cut_at_next_sync) {
+        let targeted = self
+            .power_cut_under
+            .as_ref()
+            .is_none_or(|under| path.starts_with(under));
+        if targeted && std::mem::take(&mut self.power_cut_at_next_sync) {
+            self.power_cut_under = None;
             self.powered_off = true;
             self.fault_fired_on = Some(path.to_path_buf());
             return Some(io::Error::other("simulated power loss during sync"));
@@ -172,6 +180,16 @@ impl SimDisk {
     pub fn power_cut_at_next_sync(&self) {
         let mut st = self.lock();
         st.power_cut_at_next_sync = true;
+        st.power_cut_under = None;
+        st.fault_fired_on = None;
+    }
+
+    /// Like [`SimDisk::power_cut_at_next_sync`], at the next sync of a file or directory
+    /// under `dir` only (e.g. a snapshot's, while it is being saved).
+    pub fn power_cut_at_next_sync_under(&self, dir: &Path) {
+        let mut st = self.lock();
+        st.power_cut_at_next_sync = true;
+        st.power_cut_under = Some(dir.to_path_buf());
         st.fault_fired_on = None;
     }
 
@@ -197,6 +215,7 @@ impl SimDisk {
         st.fail_next_sync = false;
         st.fail_next_write = false;
         st.power_cut_at_next_sync = false;
+        st.power_cut_under = None;
         st.powered_off = false;
     }
 
@@ -599,6 +618,14 @@ mod tests {
         disk.power_cut_at_next_sync();
         assert!(disk.sync_dir(Path::new("/d")).is_err());
         assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d")));
+        disk.crash(1);
+        disk.create_dir_all(Path::new("/d/snap")).expect("mkdir");
+        disk.power_cut_at_next_sync_under(Path::new("/d/snap"));
+        disk.sync_dir(Path::new("/d"))
+            .expect("not under /d/snap: no power cut");
+        assert!(disk.sync_dir(Path::new("/d/snap")).is_err(), "power cut");
+        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/snap")));
+        assert!(disk.sync_dir(Path::new("/d")).is_err(), "the disk is off");
     }
 
     #[test]

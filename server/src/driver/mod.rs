@@ -116,7 +116,7 @@ pub fn start(
 
     let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));
     tokio::spawn(ticker(clock, tick, ticks_tx));
-    tokio::spawn(snapshotter(storage.snaps.clone(), save_rx, saved_tx, bugs));
+    tokio::spawn(snapshotter(storage.snaps.clone(), save_rx, saved_tx));
     tokio::spawn(wal_writer(
         storage,
         persist_rx,

@@ -20,11 +20,10 @@
 
 use std::time::Duration;
 
-use keel_engine::bugs::Bugs;
 use keel_engine::node::SnapshotJob;
 use keel_engine::raft_log::encode_conf_state;
 use keel_engine::raftpb::Snapshot;
-use keel_storage::snap::{Published, SnapDir, SnapError, SnapWriter, Synced};
+use keel_storage::snap::{Published, SnapDir, SnapError, SnapWriter};
 use keel_storage::IoOp;
 use tokio::sync::mpsc;
 
@@ -54,12 +53,11 @@ pub(super) async fn snapshotter(
     snaps: SnapDir,
     mut jobs: mpsc::UnboundedReceiver<SnapshotJob>,
     done: mpsc::Sender<Saved>,
-    bugs: Bugs,
 ) {
     let mut backoff = SAVE_RETRY_MIN;
     while let Some(job) = jobs.recv().await {
         let (index, term) = (job.index(), job.metadata().term);
-        let report = match save(&snaps, job, bugs).await {
+        let report = match save(&snaps, job).await {
             Ok(Some((snapshot, published))) => {
                 backoff = SAVE_RETRY_MIN;
                 tracing::info!(index, file = %published.path.display(), "saved snapshot");
@@ -92,7 +90,6 @@ pub(super) async fn snapshotter(
 async fn save(
     snaps: &SnapDir,
     job: SnapshotJob,
-    bugs: Bugs,
 ) -> Result<Option<(Snapshot, Published)>, SnapError> {
     let metadata = job.metadata().clone();
     let (index, term) = (metadata.index, metadata.term);
@@ -103,7 +100,7 @@ async fn save(
         return Ok(None);
     };
     simulated_write_latency(writer.len()).await;
-    let Some(synced) = blocking(move || finish(writer, bugs)).await.transpose()? else {
+    let Some(synced) = blocking(move || writer.finish()).await.transpose()? else {
         return Ok(None);
     };
     simulated_fsync_latency().await;
@@ -143,18 +140,6 @@ fn write(
         source,
     })?;
     Ok(out)
-}
-
-/// Appends the crc32 and fsyncs, unless the simulator's `release-wal-early` bug leaves the
-/// file unsynced.
-fn finish(writer: SnapWriter, bugs: Bugs) -> Result<Synced, SnapError> {
-    #[cfg(madsim)]
-    if bugs.has(keel_engine::bugs::Bug::ReleaseWalEarly) {
-        return writer.finish_unsynced_bug();
-    }
-    #[cfg(not(madsim))]
-    let _ = bugs; // no bug can be on outside simulation builds
-    writer.finish()
 }
 
 /// Removes a failed save's temporary file (logged if that fails too: the next open of the

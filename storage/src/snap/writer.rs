@@ -120,17 +120,6 @@ impl SnapWriter {
         })
     }
 
-    /// The simulator's `release-wal-early` bug (simulation builds only): [`SnapWriter::finish`]
-    /// without the fsync, so the file's bytes are not durable when it is published.
-    #[cfg(madsim)]
-    pub fn finish_unsynced_bug(mut self) -> Result<Synced, SnapError> {
-        self.end()?;
-        Ok(Synced {
-            tmp: self.tmp,
-            path: self.path,
-        })
-    }
-
     /// Checks the data length, appends what is buffered and the crc32.
     fn end(&mut self) -> Result<(), SnapError> {
         if self.data_written != self.data_len {
