@@ -33,11 +33,15 @@ pub enum Bug {
     /// The vote is not made durable before the vote response leaves (and not at all): a
     /// member that restarts forgets whom it voted for in its current term.
     ForgetVote,
+    /// The WAL segments a new snapshot of the member's own covers are released when its save
+    /// starts, not once it is durable (and not only those before the previous snapshot): a
+    /// power cut while it is written leaves a snapshot too old for the WAL that remains.
+    ReleaseWalEarly,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -46,6 +50,7 @@ impl Bug {
         Bug::ReadIndexSkipHeartbeat,
         Bug::CommitWithoutQuorum,
         Bug::ForgetVote,
+        Bug::ReleaseWalEarly,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -59,6 +64,7 @@ impl Bug {
             Bug::ReadIndexSkipHeartbeat => "read-index-skip-heartbeat",
             Bug::CommitWithoutQuorum => "commit-without-quorum",
             Bug::ForgetVote => "forget-vote",
+            Bug::ReleaseWalEarly => "release-wal-early",
         }
     }
 

@@ -264,3 +264,29 @@ fn snapshots_wait_for_log_as_large_as_the_last_snapshot() {
         "snapshot bytes written stay within a small multiple of the log: {total} for {log_bytes}"
     );
 }
+
+#[test]
+fn a_failed_snapshot_save_is_offered_again_and_writes_go_on_meanwhile() {
+    let mut c = cluster(&[1], 40);
+    c.ticks(2);
+    // The first three saves fail: each time the node takes a fresh job (nothing is fatal),
+    // and the fourth lands.
+    c.failing_saves.insert(1, 3);
+    for i in 0..60u64 {
+        request(&mut c, 1, 10 + i, put(format!("k{i}"), "v".into(), 0));
+    }
+    let jobs: Vec<u64> = c.save_jobs.iter().map(|&(_, index)| index).collect();
+    assert!(jobs.len() >= 4, "three failures, then a save: {jobs:?}");
+    assert!(
+        jobs.windows(2).all(|w| w[0] <= w[1]),
+        "each job is as of the applied index when it is made: {jobs:?}"
+    );
+    assert_eq!(c.failing_saves[&1], 0);
+    let snap_index = c.nodes[&1].snapshot_index();
+    assert_eq!(snap_index, jobs[3], "the fourth job is the snapshot");
+    // Later saves succeed and follow the log.
+    for i in 60..200u64 {
+        request(&mut c, 1, 10 + i, put(format!("k{i}"), "v".into(), 0));
+    }
+    assert!(c.nodes[&1].snapshot_index() >= 160);
+}

@@ -83,8 +83,9 @@ fn member_name(i: usize) -> String {
 /// hundred entries make several snapshots, compact the log and send snapshots to members that
 /// were down or cut off: snapshot installs happen under every fault.
 pub const SNAPSHOT_COUNT: u64 = 64;
-/// Small WAL segments, so that snapshots release WAL segments during a seed.
-pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024;
+/// Small WAL segments, so that snapshots release WAL segments during a seed: a seed writes
+/// a few tens of KiB of WAL, and 64 entries (one snapshot's worth) are a few KiB.
+pub const WAL_SEGMENT_BYTES: u64 = 8 * 1024;
 
 /// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
 /// (a member added with MemberAdd, joining a running cluster).

@@ -261,6 +261,8 @@ mod inject {
 
     /// Where each member's WAL lives on its simulated disk.
     pub const WAL_DIR: &str = "/data/member/wal";
+    /// Where every simulated member keeps its snapshot files.
+    pub const SNAP_DIR: &str = "/data/member/snap";
     /// How long the nemesis waits for a node to die of an armed disk fault.
     const FAULT_WAIT_MS_MAX: u64 = 1500;
     /// The shortest isolation of the leader in `skewed-leader-change` (three election
@@ -383,15 +385,31 @@ mod inject {
 
         /// Arms a power cut at the node's next fsync, so the crash lands between a write and
         /// its fsync; waits for it (or a bound), then tears the disk and restarts.
+        /// Half the time the cut waits for the next sync of a snapshot file, so that it lands
+        /// while a snapshot is being saved (after its data was written, before it is durable).
         async fn power_cut(&mut self, i: usize) {
-            self.note(format!("power-cut armed n{}", i + 1));
-            self.cluster.members[i].disk.power_cut_at_next_sync();
-            self.await_fatal_then_power_cycle(i).await;
+            let disk = self.cluster.members[i].disk.clone();
+            if self.rng.chance(1, 2) {
+                self.note(format!("power-cut armed n{} at a snapshot save", i + 1));
+                disk.power_cut_at_next_sync_under(Path::new(SNAP_DIR));
+                // The WAL's fsyncs go on (and acknowledge writes) until the cut.
+                self.await_fault_then_power_cycle(i, false).await;
+            } else {
+                self.note(format!("power-cut armed n{}", i + 1));
+                disk.power_cut_at_next_sync();
+                self.await_fatal_then_power_cycle(i).await;
+            }
         }
 
         /// Waits until member `i` stops on the armed disk fault (or a bound passes), lets the
         /// messages it already sent land, then power-cycles it.
         async fn await_fatal_then_power_cycle(&mut self, i: usize) {
+            self.await_fault_then_power_cycle(i, true).await;
+        }
+
+        /// [`Self::await_fatal_then_power_cycle`]; `check_acks`: whether the fault must stop
+        /// the member at the next write or fsync (no acknowledgement after it was armed).
+        async fn await_fault_then_power_cycle(&mut self, i: usize, check_acks: bool) {
             let armed_ns = self.ctx.now_ns();
             let mut waited = 0;
             while self.cluster.exited(i).is_none() && waited < FAULT_WAIT_MS_MAX {
@@ -407,8 +425,20 @@ mod inject {
                 why.as_deref().unwrap_or("no")
             ));
             let cycled_ns = self.ctx.now_ns();
+            let fired_on = self.cluster.members[i].disk.fault_fired_on();
             self.cluster.crash(i, seed);
-            self.check_no_ack_after_disk_fault(i, armed_ns, cycled_ns);
+            // A failed write or fsync of a snapshot file is not fatal (the save is retried;
+            // the WAL holds everything), so only a fault that hit the WAL must stop the member.
+            // (A power cut stops the whole disk, wherever it fired: the member stops.)
+            match fired_on {
+                Some(path) if !path.starts_with(WAL_DIR) && why.is_none() => self.note(format!(
+                    "n{}'s fault hit {} (not the WAL): not fatal",
+                    i + 1,
+                    path.display()
+                )),
+                _ if check_acks => self.check_no_ack_after_disk_fault(i, armed_ns, cycled_ns),
+                _ => {}
+            }
         }
 
         /// A disk fault armed at `armed_ns` fails the member's next write or fsync, which is

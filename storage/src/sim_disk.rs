@@ -37,7 +37,8 @@
 //! image holds zeros there, even if a later sync succeeds). [`SimDisk::fail_next_write`] makes
 //! the next `append` write only the first half of its buffer and then fail (a short write).
 //! [`SimDisk::power_cut_at_next_sync`] makes the next sync fail having made nothing durable and
-//! switches the disk off (every call fails) until `crash`, which tears the unsynced tail.
+//! switches the disk off (every call fails) until `crash`, which tears the unsynced tail;
+//! [`SimDisk::power_cut_at_next_sync_under`] does so at the next sync under one directory.
 //! [`SimDisk::corrupt_sector`] flips one bit in one durable sector.
 //!
 //! Example: `append(a); sync(); append(b); crash(seed)` leaves `a` followed by some whole
@@ -79,8 +80,12 @@ struct State {
     fail_next_sync: bool,
     fail_next_write: bool,
     power_cut_at_next_sync: bool,
+    /// With `power_cut_at_next_sync`: only a sync of a path under this one cuts the power.
+    power_cut_under: Option<PathBuf>,
     /// Set by a power cut: every operation fails until [`SimDisk::crash`].
     powered_off: bool,
+    /// The file or directory the last armed fault fired on (cleared when one is armed).
+    fault_fired_on: Option<PathBuf>,
 }
 
 /// A simulated disk: a durable image plus pending writes, with crashes and faults on demand.
@@ -113,9 +118,15 @@ impl State {
     }
 
     /// Consumes a sync fault, if one is armed.
-    fn sync_fault(&mut self) -> Option<io::Error> {
-        if std::mem::take(&mut self.power_cut_at_next_sync) {
+    fn sync_fault(&mut self, path: &Path) -> Option<io::Error> {
+        let targeted = self
+            .power_cut_under
+            .as_ref()
+            .is_none_or(|under| path.starts_with(under));
+        if targeted && std::mem::take(&mut self.power_cut_at_next_sync) {
+            self.power_cut_under = None;
             self.powered_off = true;
+            self.fault_fired_on = Some(path.to_path_buf());
             return Some(io::Error::other("simulated power loss during sync"));
         }
         None
@@ -151,7 +162,15 @@ impl SimDisk {
 
     /// Makes the next `DiskFile::sync` or `Disk::sync_dir` fail (see the module docs).
     pub fn fail_next_sync(&self) {
-        self.lock().fail_next_sync = true;
+        let mut st = self.lock();
+        st.fail_next_sync = true;
+        st.fault_fired_on = None;
+    }
+
+    /// The file or directory the last armed fault (failed sync, failed write, power cut)
+    /// fired on; `None` if it has not fired yet.
+    pub fn fault_fired_on(&self) -> Option<PathBuf> {
+        self.lock().fault_fired_on.clone()
     }
 
     /// Cuts the power during the next `DiskFile::sync` or `Disk::sync_dir`: that call fails
@@ -159,12 +178,26 @@ impl SimDisk {
     /// then tears the unsynced bytes as usual. This is how a simulation reaches a torn write
     /// even though the WAL writes and syncs in one call.
     pub fn power_cut_at_next_sync(&self) {
-        self.lock().power_cut_at_next_sync = true;
+        let mut st = self.lock();
+        st.power_cut_at_next_sync = true;
+        st.power_cut_under = None;
+        st.fault_fired_on = None;
+    }
+
+    /// Like [`SimDisk::power_cut_at_next_sync`], at the next sync of a file or directory
+    /// under `dir` only (e.g. a snapshot's, while it is being saved).
+    pub fn power_cut_at_next_sync_under(&self, dir: &Path) {
+        let mut st = self.lock();
+        st.power_cut_at_next_sync = true;
+        st.power_cut_under = Some(dir.to_path_buf());
+        st.fault_fired_on = None;
     }
 
     /// Makes the next `DiskFile::append` write half its buffer and fail.
     pub fn fail_next_write(&self) {
-        self.lock().fail_next_write = true;
+        let mut st = self.lock();
+        st.fail_next_write = true;
+        st.fault_fired_on = None;
     }
 
     /// Simulates a power loss; `seed` decides how much of each unsynced tail survives.
@@ -182,6 +215,7 @@ impl SimDisk {
         st.fail_next_sync = false;
         st.fail_next_write = false;
         st.power_cut_at_next_sync = false;
+        st.power_cut_under = None;
         st.powered_off = false;
     }
 
@@ -269,6 +303,8 @@ struct SimFile {
     state: Arc<Mutex<State>>,
     inode: InodeId,
     generation: u64,
+    /// The path it was opened by (named where a fault fires).
+    path: PathBuf,
 }
 
 impl SimFile {
@@ -295,8 +331,12 @@ fn inode_mut(st: &mut State, id: InodeId) -> io::Result<&mut Inode> {
 
 impl DiskFile for SimFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let path = &self.path;
         self.with_inode(|st, id| {
             let fail = std::mem::take(&mut st.fail_next_write);
+            if fail {
+                st.fault_fired_on = Some(path.clone());
+            }
             let inode = inode_mut(st, id)?;
             if fail {
                 inode.data.extend_from_slice(&buf[..buf.len() / 2]);
@@ -308,11 +348,15 @@ impl DiskFile for SimFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        let path = &self.path;
         self.with_inode(|st, id| {
-            if let Some(e) = st.sync_fault() {
+            if let Some(e) = st.sync_fault(path) {
                 return Err(e);
             }
             let fail = std::mem::take(&mut st.fail_next_sync);
+            if fail {
+                st.fault_fired_on = Some(path.clone());
+            }
             let inode = inode_mut(st, id)?;
             let len = inode.data.len() as u64;
             if fail {
@@ -399,6 +443,7 @@ impl Disk for SimDisk {
             state: Arc::clone(&self.state),
             inode: id,
             generation: st.generation,
+            path: path.to_path_buf(),
         }))
     }
 
@@ -439,10 +484,11 @@ impl Disk for SimDisk {
         if !st.dirs.contains(path) {
             return Err(not_found(path));
         }
-        if let Some(e) = st.sync_fault() {
+        if let Some(e) = st.sync_fault(path) {
             return Err(e);
         }
         if std::mem::take(&mut st.fail_next_sync) {
+            st.fault_fired_on = Some(path.to_path_buf());
             return Err(io::Error::other("simulated directory fsync failure"));
         }
         let in_dir = |p: &PathBuf| p.parent() == Some(path);
@@ -553,6 +599,33 @@ mod tests {
         assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaabbbbcccc");
         disk.crash(0);
         assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaa\0\0\0\0cccc");
+    }
+
+    #[test]
+    fn a_fired_fault_names_its_path() {
+        let disk = SimDisk::new();
+        disk.create_dir_all(Path::new("/d")).expect("mkdir");
+        let mut f = disk.open_append(Path::new("/d/a")).expect("open");
+        disk.fail_next_sync();
+        assert_eq!(disk.fault_fired_on(), None, "armed, not fired");
+        f.append(b"x").expect("append");
+        assert!(f.sync().is_err());
+        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/a")));
+        disk.fail_next_write();
+        assert_eq!(disk.fault_fired_on(), None, "arming clears it");
+        assert!(f.append(b"yy").is_err());
+        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/a")));
+        disk.power_cut_at_next_sync();
+        assert!(disk.sync_dir(Path::new("/d")).is_err());
+        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d")));
+        disk.crash(1);
+        disk.create_dir_all(Path::new("/d/snap")).expect("mkdir");
+        disk.power_cut_at_next_sync_under(Path::new("/d/snap"));
+        disk.sync_dir(Path::new("/d"))
+            .expect("not under /d/snap: no power cut");
+        assert!(disk.sync_dir(Path::new("/d/snap")).is_err(), "power cut");
+        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/snap")));
+        assert!(disk.sync_dir(Path::new("/d")).is_err(), "the disk is off");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! A snapshot lives in `<dir>/<term:016x>-<index:016x>.snap` (etcd's naming). It is written
 //! to `<name>.tmp`, fsynced, renamed into place and the directory fsynced, so a crash leaves
-//! either the whole file or none under its final name. Loading maps the file
+//! either the whole file or none under its final name (a torn `.tmp` is removed when the
+//! directory is opened). Writing streams ([`SnapDir::create`], [`SnapWriter`]): the data goes
+//! to the file through a buffer of [`WRITE_BUFFER_BYTES`], the crc32 computed on the way, so a
+//! save holds no whole copy of the snapshot in memory. Loading maps the file
 //! ([`Disk::read_shared`]) and checks its crc32; a damaged newest snapshot is renamed to
 //! `<name>.broken` (kept for inspection, never loaded again) and the one before it is tried.
 //!
@@ -15,12 +18,16 @@
 //! `meta` and `data` are opaque here: the engine puts raft's `ConfState` in `meta` and its
 //! state-machine encoding in `data`. [`Loaded::data`] is a slice of the mapping, not a copy.
 
+mod writer;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use crate::disk::{Disk, IoOp};
+
+pub use writer::{Published, SnapWriter, Synced, WRITE_BUFFER_BYTES};
 
 const MAGIC: &[u8; 8] = b"KEELSNAP";
 const FORMAT: u32 = 1;
@@ -48,6 +55,19 @@ pub enum SnapError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// A streamed save wrote another number of data bytes than it announced.
+    #[error(
+        "snapshot {} announced {announced} data bytes but {written} were written",
+        path.display()
+    )]
+    DataLength {
+        /// The temporary file.
+        path: PathBuf,
+        /// The data length given to [`SnapDir::create`] (and written in the header).
+        announced: u64,
+        /// The data bytes written.
+        written: u64,
     },
     /// A snapshot file is damaged or not a keel snapshot.
     #[error("snapshot {} is corrupt: {reason}", path.display())]
@@ -146,10 +166,17 @@ pub struct LoadOutcome {
 }
 
 /// The directory of snapshot files.
+///
+/// Clones are handles on the same directory (the driver's snapshot saver and its WAL writer
+/// both save into it): renaming a new file into place and pruning old ones are serialized
+/// between them.
+#[derive(Clone)]
 pub struct SnapDir {
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     keep: usize,
+    /// Held while a file is published (rename, directory fsync, pruning).
+    publishing: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for SnapDir {
@@ -178,17 +205,25 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((term, index))
 }
 
-/// Encodes a snapshot file's bytes.
-pub fn encode(index: u64, term: u64, meta: &[u8], data: &[u8]) -> Vec<u8> {
+/// The bytes of a snapshot file before its data: magic, format, index, term, meta and the
+/// data length.
+fn header(index: u64, term: u64, meta: &[u8], data_len: u64) -> Vec<u8> {
     let meta_len = u32::try_from(meta.len()).unwrap_or_else(|_| panic!("snapshot meta over 4 GiB"));
-    let mut out = Vec::with_capacity(HEAD_BYTES + meta.len() + 8 + data.len() + 4);
+    let mut out = Vec::with_capacity(HEAD_BYTES + meta.len() + 8);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());
     out.extend_from_slice(&index.to_le_bytes());
     out.extend_from_slice(&term.to_le_bytes());
     out.extend_from_slice(&meta_len.to_le_bytes());
     out.extend_from_slice(meta);
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data_len.to_le_bytes());
+    out
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode(index: u64, term: u64, meta: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = header(index, term, meta, data.len() as u64);
+    out.reserve(data.len() + 4);
     out.extend_from_slice(data);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -262,6 +297,7 @@ impl SnapDir {
             disk,
             dir: dir.to_path_buf(),
             keep,
+            publishing: Arc::default(),
         };
         let names = snaps
             .disk
@@ -305,28 +341,78 @@ impl SnapDir {
         meta: &[u8],
         data: &[u8],
     ) -> Result<PathBuf, SnapError> {
+        let write = |out: &mut dyn std::io::Write| out.write_all(data);
+        let published = self.save_streaming(index, term, meta, data.len() as u64, write)?;
+        Ok(published.path)
+    }
+
+    /// Like [`SnapDir::save`], the data written by `write` (exactly `data_len` bytes) as it
+    /// produces it, through a buffer of [`WRITE_BUFFER_BYTES`]. On failure the temporary file
+    /// is removed (if the disk lets it) and no snapshot was added.
+    pub fn save_streaming(
+        &self,
+        index: u64,
+        term: u64,
+        meta: &[u8],
+        data_len: u64,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<Published, SnapError> {
+        let saved = self
+            .create(index, term, meta, data_len)
+            .and_then(|mut out| {
+                let tmp = out.tmp_path().to_path_buf();
+                write(&mut out).map_err(io_err(IoOp::Append, &tmp))?;
+                out.finish()
+            })
+            .and_then(|synced| self.publish(synced));
+        if saved.is_err() {
+            if let Err(e) = self.remove_tmp(index, term) {
+                tracing::warn!(index, error = %e, "could not remove a failed snapshot's temp file");
+            }
+        }
+        saved
+    }
+
+    /// Starts writing the snapshot at (`index`, `term`) to its temporary file: the header now
+    /// (buffered), then `data_len` bytes of data through the [`SnapWriter`], then
+    /// [`SnapWriter::finish`] and [`SnapDir::publish`]. A leftover temporary file of the same
+    /// snapshot is emptied first.
+    pub fn create(
+        &self,
+        index: u64,
+        term: u64,
+        meta: &[u8],
+        data_len: u64,
+    ) -> Result<SnapWriter, SnapError> {
         let name = file_name(term, index);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let bytes = encode(index, term, meta, data);
-        {
-            let mut file = self
+        let mut file = self
+            .disk
+            .open_append(&tmp)
+            .map_err(io_err(IoOp::Open, &tmp))?;
+        if !file.is_empty() {
+            drop(file);
+            self.disk
+                .truncate(&tmp, 0)
+                .map_err(io_err(IoOp::Truncate, &tmp))?;
+            file = self
                 .disk
                 .open_append(&tmp)
                 .map_err(io_err(IoOp::Open, &tmp))?;
-            if !file.is_empty() {
-                drop(file);
-                self.disk
-                    .truncate(&tmp, 0)
-                    .map_err(io_err(IoOp::Truncate, &tmp))?;
-                file = self
-                    .disk
-                    .open_append(&tmp)
-                    .map_err(io_err(IoOp::Open, &tmp))?;
-            }
-            file.append(&bytes).map_err(io_err(IoOp::Append, &tmp))?;
-            file.sync().map_err(io_err(IoOp::Sync, &tmp))?;
         }
+        let head = header(index, term, meta, data_len);
+        Ok(SnapWriter::new(file, tmp, path, head, data_len))
+    }
+
+    /// Puts a written and synced snapshot in place: renames it to its final name, fsyncs the
+    /// directory, then removes the oldest files beyond the number kept.
+    pub fn publish(&self, synced: Synced) -> Result<Published, SnapError> {
+        let _publishing = self
+            .publishing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (tmp, path) = synced.into_paths();
         self.disk
             .rename(&tmp, &path)
             .map_err(io_err(IoOp::Rename, &path))?;
@@ -334,7 +420,26 @@ impl SnapDir {
             .sync_dir(&self.dir)
             .map_err(io_err(IoOp::SyncDir, &self.dir))?;
         self.prune()?;
-        Ok(path)
+        let kept = self.list()?;
+        Ok(Published {
+            path,
+            fallback_index: kept.iter().rev().nth(1).map(|&(_, index)| index),
+        })
+    }
+
+    /// Removes the temporary file of the snapshot at (`index`, `term`), if there is one (after
+    /// a failed save; a crash's leftovers go when the directory is opened).
+    pub fn remove_tmp(&self, index: u64, term: u64) -> Result<(), SnapError> {
+        let tmp = self.dir.join(format!("{}.tmp", file_name(term, index)));
+        match self.disk.remove(&tmp) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SnapError::Io {
+                op: IoOp::Remove,
+                path: tmp,
+                source,
+            }),
+        }
     }
 
     /// Removes the oldest snapshot files beyond the number kept.
@@ -501,6 +606,108 @@ mod tests {
         assert_eq!(snaps.list().expect("list"), vec![(1, 10)]);
         let names = disk.list_dir(&dir()).expect("ls");
         assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_streamed_save_writes_the_same_file_as_encode() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
+        // Three buffers' worth and a bit, written in odd-sized pieces.
+        let data: Vec<u8> = (0..3 * WRITE_BUFFER_BYTES + 1234)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let write = |out: &mut dyn std::io::Write| {
+            for piece in data.chunks(100_003) {
+                out.write_all(piece)?;
+            }
+            Ok(())
+        };
+        let published = snaps
+            .save_streaming(9, 2, b"conf", data.len() as u64, write)
+            .expect("save");
+        assert_eq!(published.fallback_index, None);
+        let file = disk.read(&published.path).expect("read");
+        assert_eq!(file, encode(9, 2, b"conf", &data), "same format as encode");
+        let second = snaps.save(12, 2, b"", b"x").expect("save");
+        assert_eq!(snaps.read_data(&second).expect("read"), &b"x"[..]);
+        let third = snaps
+            .save_streaming(15, 2, b"", 1, |out| out.write_all(b"y"))
+            .expect("save");
+        assert_eq!(third.fallback_index, Some(12), "the second newest kept");
+    }
+
+    #[test]
+    fn a_streamed_save_of_another_length_than_announced_fails_and_leaves_nothing() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
+        let short = snaps.save_streaming(5, 1, b"", 10, |out| out.write_all(b"only 9 b"));
+        assert!(
+            matches!(
+                short,
+                Err(SnapError::DataLength {
+                    announced: 10,
+                    written: 8,
+                    ..
+                })
+            ),
+            "{short:?}"
+        );
+        let long = snaps.save_streaming(5, 1, b"", 3, |out| out.write_all(b"four"));
+        assert!(matches!(long, Err(SnapError::Io { .. })), "{long:?}");
+        assert!(snaps.list().expect("list").is_empty());
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_failed_save_removes_its_temp_file_and_a_retry_succeeds() {
+        let disk = Arc::new(SimDisk::new());
+        let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
+        disk.fail_next_write();
+        assert!(snaps.save(20, 1, b"", b"state").is_err());
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "temp file removed"
+        );
+        disk.fail_next_sync();
+        assert!(snaps.save(20, 1, b"", b"state").is_err());
+        assert!(
+            disk.list_dir(&dir()).expect("ls").is_empty(),
+            "temp file removed"
+        );
+        snaps
+            .save(20, 1, b"", b"state")
+            .expect("the retry succeeds");
+        disk.crash(3);
+        let snaps = SnapDir::open(disk, &dir(), 2).expect("reopen");
+        let loaded = snaps.load_newest().expect("load").snapshot.expect("one");
+        assert_eq!((loaded.index, &loaded.data[..]), (20, &b"state"[..]));
+    }
+
+    #[test]
+    fn a_crash_while_streaming_leaves_only_the_previous_snapshot() {
+        for seed in 0..16 {
+            let disk = Arc::new(SimDisk::new());
+            let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("open");
+            snaps.save(10, 1, b"", b"kept").expect("save");
+            let data = vec![7u8; 2 * WRITE_BUFFER_BYTES];
+            let mut out = snaps.create(20, 1, b"", data.len() as u64).expect("create");
+            std::io::Write::write_all(&mut out, &data).expect("write");
+            std::io::Write::flush(&mut out).expect("flush");
+            if seed % 2 == 0 {
+                // Another save made the temp file's name durable (its bytes are not).
+                disk.sync_dir(&dir()).expect("sync dir");
+            }
+            // Power fails before the fsync: the temp file is torn, or gone.
+            disk.crash(seed);
+            let snaps = SnapDir::open(disk.clone(), &dir(), 2).expect("reopen");
+            let names = disk.list_dir(&dir()).expect("ls");
+            assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+            let loaded = snaps.load_newest().expect("load").snapshot.expect("one");
+            assert_eq!(loaded.index, 10, "seed {seed}");
+        }
     }
 
     #[test]

@@ -6,17 +6,24 @@
 //!   store, leases, member table; [`crate::state_snapshot`]), carried as the data of raft's
 //!   `Snapshot` message;
 //! * the **snapshot job** ([`SnapshotJob`]): the not yet encoded parts of a state snapshot,
-//!   handed to the driver to encode off its loop;
+//!   handed to the driver, whose snapshot saver streams it to a file off the loop;
 //! * the **MVCC section** ([`crate::mvcc::section`]): the store's part of a state snapshot;
 //! * the **snapshot files**: keel-storage's `SnapDir`, where the driver keeps state snapshots.
 //!
 //! What happens to them:
 //! * **Making one.** Every `snapshot_count` applied entries the node takes a snapshot job
 //!   (store, leases and member table) as of the applied index and emits
-//!   [`Output::SaveSnapshot`]. Once the driver reports it durable ([`Input::SnapshotSaved`]) it
-//!   becomes the snapshot raft sends to followers behind the log, and the in-memory log is
-//!   compacted up to it, keeping `min(LOG_ENTRIES_KEPT_MAX, snapshot_count)` entries for
-//!   followers only a little behind.
+//!   [`Output::SaveSnapshot`]. The driver's snapshot saver streams it to its file
+//!   ([`SnapshotJob::encoded_len`], [`SnapshotJob::write_data`]) on a thread of its own. Once
+//!   the driver reports it durable ([`Input::SnapshotSaved`]) it becomes the snapshot raft
+//!   sends to followers behind the log, and the in-memory log is compacted up to it, keeping
+//!   `min(LOG_ENTRIES_KEPT_MAX, snapshot_count)` entries for followers only a little behind;
+//!   the driver then releases the WAL before the previous snapshot (never earlier: a WAL
+//!   released before its snapshot is durable is the simulator's `release-wal-early` bug).
+//! * **A failed save** is not fatal (the WAL holds everything). The driver retries after a
+//!   backoff of its own and then reports [`Input::SnapshotFailed`]; the node forgets the job
+//!   and makes a fresh one, as of its applied index then, as soon as one is due. No time
+//!   enters the node: it reacts to the report, whenever it comes.
 //! * **Installing one.** A follower too far behind gets the leader's snapshot in a `Ready`: the
 //!   node replaces its store, leases and member table at once (the contents are committed),
 //!   moves every watcher to catch up from the new store, and hands the snapshot to the driver
@@ -28,6 +35,7 @@
 //!
 //! [`Output::SaveSnapshot`]: super::Output::SaveSnapshot
 //! [`Input::SnapshotSaved`]: super::Input::SnapshotSaved
+//! [`Input::SnapshotFailed`]: super::Input::SnapshotFailed
 //! [`PersistBatch`]: super::PersistBatch
 
 use std::sync::OnceLock;
@@ -176,6 +184,15 @@ impl Snapshots {
         self.log_bytes_since = 0;
         core.set_snapshot(snapshot);
         self.compact_log(core, applied);
+    }
+
+    /// The driver could not save the snapshot: the next one may be made (a fresh job, as of
+    /// the applied index then); until one is saved, the WAL keeps the log.
+    pub(super) fn on_failed(&mut self) {
+        assert!(
+            self.saving.take().is_some(),
+            "a snapshot save failed, but none was being saved"
+        );
     }
 
     /// Frees in-memory log entries well behind the applied index (the WAL keeps them until a

@@ -118,6 +118,10 @@ pub enum Input {
         /// The saved snapshot.
         snapshot: Snapshot,
     },
+    /// Saving the state snapshot of an [`Output::SaveSnapshot`] failed (and the driver waited
+    /// out its retry backoff): the node offers a fresh job when one is due, at once if it
+    /// still is.
+    SnapshotFailed,
     /// The snapshot sent to peer `to` was received and stepped (`ok`), or its send failed.
     SnapshotStatus {
         /// The peer.
@@ -179,10 +183,11 @@ pub enum Output {
     },
     /// Watch responses to send (in order) and streams to end.
     Watch(Vec<WatchOutput>),
-    /// Encode this state snapshot ([`SnapshotJob::into_snapshot`], off the driver loop) and
-    /// save it durably, then report [`Input::SnapshotSaved`] (a failure to save is fatal, like
-    /// a failed WAL write). WAL segments wholly before the previous snapshot may then be
-    /// released.
+    /// Save this state snapshot durably, off the driver loop (streamed:
+    /// [`SnapshotJob::write_data`]), then report [`Input::SnapshotSaved`], or
+    /// [`Input::SnapshotFailed`] if it could not be saved (not fatal: the WAL still holds
+    /// everything). WAL segments wholly before the previous snapshot may be released once it
+    /// is durable, never before.
     SaveSnapshot(SnapshotJob),
     /// The member cannot go on (a snapshot from the leader does not decode): stop it.
     Fatal(String),

@@ -51,6 +51,11 @@ pub struct Cluster {
     pub installed: BTreeMap<u64, u64>,
     /// Every output handled, as `member: output`, when a test asked for it.
     pub trace: Option<Vec<String>>,
+    /// Snapshot saves still to fail, by member (each failed save is reported
+    /// `Input::SnapshotFailed`, as the driver does once its backoff passed).
+    pub failing_saves: BTreeMap<u64, usize>,
+    /// The index of every snapshot job handed out, by member, in order.
+    pub save_jobs: Vec<(u64, u64)>,
     /// A one-member cluster: any message to a peer or member table change is a failure.
     solo: bool,
     /// Whether a watch input was stepped: before that, watch output is a failure.
@@ -74,6 +79,8 @@ impl Cluster {
             member_tables: Vec::new(),
             installed: BTreeMap::new(),
             trace: None,
+            failing_saves: BTreeMap::new(),
+            save_jobs: Vec::new(),
             solo: false,
             watches_used: false,
             next_token: AUTO_TOKEN_FIRST,
@@ -225,6 +232,12 @@ impl Cluster {
                 }
             }
             Output::SaveSnapshot(job) => {
+                self.save_jobs.push((id, job.index()));
+                if let Some(failing) = self.failing_saves.get_mut(&id).filter(|n| **n > 0) {
+                    *failing -= 1;
+                    self.step(id, Input::SnapshotFailed);
+                    return;
+                }
                 let snapshot = job.into_snapshot();
                 self.disks.entry(id).or_default().save(&snapshot);
                 self.step(id, Input::SnapshotSaved { snapshot });

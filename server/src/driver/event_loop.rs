@@ -7,7 +7,7 @@ use std::sync::Arc;
 use keel_engine::bugs::{Bug, Bugs};
 use keel_engine::error::Error;
 use keel_engine::membership::Member;
-use keel_engine::node::{Input, Node, Output, PersistBatch, Response};
+use keel_engine::node::{Input, Node, Output, PersistBatch, Response, SnapshotJob};
 use keel_engine::raftpb::Message;
 use keel_engine::watch::{StreamId, WatchInput, WatchOutput};
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::error::DriverError;
 use super::handle::{Command, WatchMessage};
 use super::outbound::{peer_urls, Outbound};
+use super::snapshotter::Saved;
 use super::wal_writer::{Done, Durable, Job};
 
 /// Commands the driver loop takes in one turn before it handles outputs, at most.
@@ -25,12 +26,21 @@ pub const PEER_MESSAGES_PER_TURN_MAX: usize = 1024;
 /// its reply goes out) before it stops.
 pub const REMOVED_GRACE_TICKS: u32 = 10;
 
+/// What the disk tasks report to the driver loop.
+pub(super) struct DiskReports {
+    /// The WAL writer's: batches durable, or the error that stops the member.
+    pub(super) durable: mpsc::Receiver<Durable>,
+    /// The snapshot saver's: the node's own snapshots saved or failed.
+    pub(super) saved: mpsc::Receiver<Saved>,
+}
+
 /// The driver loop's state: the node, and who waits for what it says.
 pub(super) struct DriverLoop {
     node: Node,
     replies: BTreeMap<u64, oneshot::Sender<Result<Response, Error>>>,
     next_token: u64,
     persist_tx: mpsc::UnboundedSender<Job>,
+    save_tx: mpsc::UnboundedSender<SnapshotJob>,
     transport: Arc<dyn Outbound>,
     watch_streams: BTreeMap<StreamId, mpsc::Sender<WatchMessage>>,
     /// Set when the node asks to stop.
@@ -42,11 +52,12 @@ pub(super) struct DriverLoop {
 }
 
 impl DriverLoop {
-    /// A loop around `node`, handing persist work to the WAL writer through `persist_tx` and
-    /// messages to `transport`.
+    /// A loop around `node`, handing persist work to the WAL writer through `persist_tx`,
+    /// snapshot jobs to the snapshot saver through `save_tx` and messages to `transport`.
     pub(super) fn new(
         node: Node,
         persist_tx: mpsc::UnboundedSender<Job>,
+        save_tx: mpsc::UnboundedSender<SnapshotJob>,
         transport: Arc<dyn Outbound>,
         bugs: Bugs,
     ) -> DriverLoop {
@@ -55,6 +66,7 @@ impl DriverLoop {
             replies: BTreeMap::new(),
             next_token: 1,
             persist_tx,
+            save_tx,
             transport,
             watch_streams: BTreeMap::new(),
             fatal: None,
@@ -68,11 +80,15 @@ impl DriverLoop {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut ticks: mpsc::Receiver<()>,
-        mut durable: mpsc::Receiver<Durable>,
+        disk: DiskReports,
         mut inbound: mpsc::Receiver<Message>,
         mut watch_control: mpsc::UnboundedReceiver<WatchInput>,
         mut reports: mpsc::UnboundedReceiver<Input>,
     ) -> DriverError {
+        let DiskReports {
+            mut durable,
+            mut saved,
+        } = disk;
         self.dispatch();
         loop {
             if let Some(reason) = self.fatal.take() {
@@ -84,11 +100,15 @@ impl DriverLoop {
                     Some(Ok(Done::Persisted(number))) => {
                         self.node.step(Input::Persisted { number })
                     }
-                    Some(Ok(Done::Saved(snapshot))) => {
-                        self.node.step(Input::SnapshotSaved { snapshot })
-                    }
                     Some(Err(e)) => return e,
                     None => return DriverError::Task("WAL writer exited".into()),
+                },
+                report = saved.recv() => match report {
+                    Some(Saved::Done { snapshot, fallback_index }) => {
+                        self.on_saved(snapshot, fallback_index)
+                    }
+                    Some(Saved::Failed) => self.node.step(Input::SnapshotFailed),
+                    None => return DriverError::Task("snapshot saver exited".into()),
                 },
                 Some(report) = reports.recv() => self.node.step(report),
                 Some(()) = ticks.recv() => {
@@ -132,6 +152,21 @@ impl DriverLoop {
                 }
             }
             self.dispatch();
+        }
+    }
+
+    /// The node's own snapshot is durable: the node serves it from now on, then the WAL writer
+    /// releases the segments before the snapshot a damaged newest one falls back to.
+    fn on_saved(&mut self, snapshot: keel_engine::raftpb::Snapshot, fallback_index: Option<u64>) {
+        self.node.step(Input::SnapshotSaved { snapshot });
+        if let Some(before) = fallback_index {
+            self.release_wal(before);
+        }
+    }
+
+    fn release_wal(&mut self, before: u64) {
+        if self.persist_tx.send(Job::Release { before }).is_err() {
+            tracing::error!("WAL writer is gone; not releasing WAL segments");
         }
     }
 
@@ -183,8 +218,12 @@ impl DriverLoop {
                     }
                 }
                 Output::SaveSnapshot(job) => {
-                    if self.persist_tx.send(Job::Save(job)).is_err() {
-                        tracing::error!("WAL writer is gone; dropping a snapshot");
+                    if self.bugs.has(Bug::ReleaseWalEarly) {
+                        // The simulator's bug: the WAL goes before the snapshot is durable.
+                        self.release_wal(job.index());
+                    }
+                    if self.save_tx.send(job).is_err() {
+                        tracing::error!("the snapshot saver is gone; dropping a snapshot");
                     }
                 }
                 Output::Fatal(reason) => self.fatal = Some(reason),

@@ -1,12 +1,16 @@
 //! The runtime driver: owns the engine [`Node`], feeds it inputs, carries out its outputs.
 //!
-//! Three tasks:
+//! Four tasks:
 //! - the **driver loop** owns the node: commands from the gRPC layer, ticks, disk completions
-//!   go in; replies, messages and persist batches come out;
+//!   go in; replies, messages, persist batches and snapshot jobs come out;
 //! - the **WAL writer** takes persist batches, writes every batch queued behind the first one
-//!   and fsyncs once (group commit), then reports the newest durable batch back; it also saves
-//!   snapshots (the node's own, and a leader's that a batch installs) and, after saving one,
-//!   releases the WAL segments the snapshot before it covers;
+//!   and fsyncs once (group commit), then reports the newest durable batch back; a batch that
+//!   installs a leader's snapshot has the snapshot file saved before its WAL mark. It also
+//!   releases WAL segments when the loop asks (once a snapshot covering them is durable);
+//! - the **snapshot saver** streams the node's own snapshots to their files, on its own (the
+//!   WAL's fsyncs never wait behind one), reports each saved — the loop then asks the WAL
+//!   writer to release the WAL before the snapshot a damaged newest one falls back to — or,
+//!   after a backoff, failed (not fatal; the node offers a fresh job);
 //! - the **ticker** sleeps one heartbeat interval on the node's [`Clock`] and sends a tick.
 //!
 //! A client's reply is released only when the engine applies its entry, which it can do only
@@ -14,14 +18,15 @@
 //! construction.
 //!
 //! Files: [`Handle`] (what the gRPC layers hold, `handle.rs`), the loop (`event_loop.rs`), the
-//! WAL writer (`wal_writer.rs`), [`Outbound`] (where the loop's raft messages go; the peer
+//! WAL writer (`wal_writer.rs`), the snapshot saver (`snapshotter.rs`), [`Outbound`] (where the loop's raft messages go; the peer
 //! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
-//! starts the three tasks.
+//! starts the four tasks.
 
 mod error;
 mod event_loop;
 mod handle;
 mod outbound;
+mod snapshotter;
 mod wal_writer;
 
 use std::sync::atomic::AtomicU64;
@@ -37,17 +42,19 @@ pub use error::DriverError;
 pub use event_loop::{COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS};
 pub use handle::{Handle, WatchMessage};
 pub use outbound::{peer_urls, Outbound};
+pub use snapshotter::{SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
-use event_loop::DriverLoop;
+use event_loop::{DiskReports, DriverLoop};
+use snapshotter::snapshotter;
 use wal_writer::wal_writer;
 
 /// Commands queued towards the driver, at most (back-pressure on clients beyond that).
 pub const COMMAND_QUEUE_MAX: usize = 16 * 1024;
 /// Reports of the WAL writer not yet taken by the driver loop, at most. The writer sends one
-/// per fsync or saved snapshot, and the loop takes them ahead of everything else, so this is
-/// reached only if the loop stalls; the writer then waits for it.
+/// per fsync, and the loop takes them ahead of everything else, so this is reached only if
+/// the loop stalls; the writer then waits for it.
 pub const DURABLE_REPORTS_MAX: usize = 64;
 
 /// The driver's settings.
@@ -91,19 +98,25 @@ pub fn start(
     let (ticks_tx, ticks_rx) = mpsc::channel(1);
     // Unbounded, because the loop hands out the node's outputs without waiting: were it to
     // wait for the WAL writer while the writer waits for the loop to take its reports, both
-    // would stop. Bounded in practice by what the batches carry. At most one snapshot save is
-    // in flight (the node waits for `SnapshotSaved`). A leader's entries are requests whose
+    // would stop. Bounded in practice by what the batches carry, plus one release per saved
+    // snapshot. A leader's entries are requests whose
     // clients wait for the reply (at most COMMAND_QUEUE_MAX queued, each client waiting up to
     // the request timeout). A follower's come from the leader's appends, which raft caps per
     // follower (`max_inflight_msgs` messages of `max_size_per_msg`). The writer takes all that
     // is queued into one fsync (up to BATCHES_PER_SYNC_MAX batches), so the queue drains as
     // fast as the disk syncs.
     let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+    // Unbounded, for the same reason (the loop never waits). Bounded in practice to one job:
+    // the node makes the next snapshot job only once this one is reported saved or failed.
+    let (save_tx, save_rx) = mpsc::unbounded_channel();
     let (durable_tx, durable_rx) = mpsc::channel(DURABLE_REPORTS_MAX);
+    // One job at a time: at most one report.
+    let (saved_tx, saved_rx) = mpsc::channel(1);
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
     let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));
     tokio::spawn(ticker(clock, tick, ticks_tx));
+    tokio::spawn(snapshotter(storage.snaps.clone(), save_rx, saved_tx));
     tokio::spawn(wal_writer(
         storage,
         persist_rx,
@@ -112,13 +125,16 @@ pub fn start(
         Arc::clone(&transport),
         bugs,
     ));
-    let driver = DriverLoop::new(node, persist_tx, transport, bugs);
+    let driver = DriverLoop::new(node, persist_tx, save_tx, transport, bugs);
     tokio::spawn(async move {
         let err = driver
             .run(
                 commands_rx,
                 ticks_rx,
-                durable_rx,
+                DiskReports {
+                    durable: durable_rx,
+                    saved: saved_rx,
+                },
                 inbound,
                 watch_control_rx,
                 reports,

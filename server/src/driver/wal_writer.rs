@@ -1,4 +1,5 @@
-//! The WAL writer task: group commit of persist batches, and saving snapshots.
+//! The WAL writer task: group commit of persist batches (saving a leader's snapshot a batch
+//! installs, before its WAL mark), and releasing WAL segments that durable snapshots cover.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -6,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::bugs::{Bug, Bugs};
-use keel_engine::node::{PersistBatch, SnapshotJob};
+use keel_engine::node::PersistBatch;
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
-use keel_engine::raftpb::{Message, Snapshot};
+use keel_engine::raftpb::Message;
 use keel_storage::snap::SnapDir;
 use keel_storage::wal::Wal;
 use tokio::sync::mpsc;
@@ -32,23 +33,25 @@ pub struct Storage {
 pub(super) enum Job {
     /// Make a persist batch durable.
     Persist(PersistBatch),
-    /// Encode and save the node's own snapshot.
-    Save(SnapshotJob),
+    /// Remove the WAL segments whose entries are all below `before` (a durable snapshot
+    /// covers them, and the one a damaged newest falls back to).
+    Release {
+        /// The first index that must stay.
+        before: u64,
+    },
 }
 
 /// What the WAL writer reports to the driver loop.
 pub(super) enum Done {
     /// Every batch up to this number is durable.
     Persisted(u64),
-    /// This snapshot is durable (its data now read from the file).
-    Saved(Snapshot),
 }
 
 /// A job's outcome; an error stops the member.
 pub(super) type Durable = Result<Done, DriverError>;
 
-/// Writes persist batches to the WAL: everything queued goes out with one fsync. Saves
-/// snapshots in the order they come, between batches.
+/// Writes persist batches to the WAL: everything queued goes out with one fsync. Releases
+/// segments in the order the releases come, between batches.
 pub(super) async fn wal_writer(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
@@ -68,15 +71,21 @@ pub(super) async fn wal_writer(
             },
         };
         st = match first {
-            Job::Save(job) => {
-                let work = move |st: &mut Storage| save_own(st, job.into_snapshot());
-                let Some((st, saved)) = run_blocking(st, work).await else {
+            Job::Release { before } => {
+                let work = move |st: &mut Storage| st.wal.release_before(before);
+                let Some((st, released)) = run_blocking(st, work).await else {
                     return;
                 };
-                // A failed save is fatal, like a failed WAL write.
-                let failed = saved.is_err();
-                if durable.send(saved.map(Done::Saved)).await.is_err() || failed {
-                    return;
+                // A failed removal poisons the WAL: fatal, like a failed WAL write.
+                match released {
+                    Ok(0) => {}
+                    Ok(segments) => {
+                        tracing::info!(before, segments, "released WAL segments");
+                    }
+                    Err(e) => {
+                        let _ = durable.send(Err(e.into())).await;
+                        return;
+                    }
                 }
                 st
             }
@@ -85,8 +94,8 @@ pub(super) async fn wal_writer(
                 while group.len() < BATCHES_PER_SYNC_MAX {
                     match jobs.try_recv() {
                         Ok(Job::Persist(b)) => group.push(b),
-                        Ok(save) => {
-                            next = Some(save);
+                        Ok(release) => {
+                            next = Some(release);
                             break;
                         }
                         Err(_) => break,
@@ -159,36 +168,11 @@ async fn persist_group(
     Some(st)
 }
 
-/// Saves the node's own snapshot, reads it back (mapped) for serving to followers, and
-/// releases the WAL segments that the snapshot *before* it covers: one older snapshot plus
-/// the WAL after it stay recoverable in case the newest file is found damaged at restart.
-fn save_own(st: &mut Storage, mut snapshot: Snapshot) -> Result<Snapshot, DriverError> {
-    let meta = snapshot.get_metadata();
-    let (index, term) = (meta.index, meta.term);
-    let conf = encode_conf_state(meta.get_conf_state());
-    let path = st.snaps.save(index, term, &conf, &snapshot.data)?;
-    // The encoded copy on the heap goes; followers are served from the mapped file.
-    snapshot.data = st.snaps.read_data(&path)?;
-    let kept = st.snaps.list()?;
-    if let Some(&(_, previous)) = kept.iter().rev().nth(1) {
-        let removed = st.wal.release_before(previous)?;
-        tracing::info!(
-            index,
-            released_before = previous,
-            segments = removed,
-            "saved snapshot"
-        );
-    } else {
-        tracing::info!(index, "saved snapshot");
-    }
-    Ok(snapshot)
-}
-
 /// Under simulation an fsync takes virtual time (0.5-3 ms, from madsim's per-run generator),
 /// so that work racing a write in flight — a read, a second batch — really overlaps it, as on a
 /// disk. (The simulated disk itself is synchronous and instant.)
 #[cfg(madsim)]
-async fn simulated_fsync_latency() {
+pub(super) async fn simulated_fsync_latency() {
     // madsim's generator is seeded per simulation run (a thread-local one would carry its
     // state from one run into the next and break same-seed-same-trace).
     use madsim::rand::RngCore as _;
@@ -198,7 +182,7 @@ async fn simulated_fsync_latency() {
 
 /// Production fsyncs take the time they take.
 #[cfg(not(madsim))]
-async fn simulated_fsync_latency() {}
+pub(super) async fn simulated_fsync_latency() {}
 
 /// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's
 /// snapshot saves the snapshot file first (durably), so the WAL's mark never points at a
