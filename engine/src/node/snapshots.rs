@@ -2,8 +2,8 @@
 //! of the in-memory raft log.
 //!
 //! Four things are easily called "snapshot"; here they are kept apart:
-//! * the **state snapshot**: the encoded image of the state machine, three sections (MVCC
-//!   store, leases, member table; [`crate::state_snapshot`]), carried as the data of raft's
+//! * the **state snapshot**: the encoded image of the state machine, four sections (MVCC
+//!   store, leases, member table, alarms; [`crate::state_snapshot`]), carried as the data of raft's
 //!   `Snapshot` message;
 //! * the **snapshot job** ([`SnapshotJob`]): the not yet encoded parts of a state snapshot,
 //!   handed to the driver to encode off its loop;
@@ -35,7 +35,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use super::raft_core::RaftCore;
 use super::state_machine::StateMachine;
 use crate::mvcc::Store;
-use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
+use crate::state_snapshot::{self, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
@@ -156,13 +156,14 @@ impl Snapshots {
             return None;
         }
         let metadata = core.snapshot_metadata(applied)?;
-        let (store, leases, members) = sm.snapshot_parts();
+        let (store, leases, members, alarms) = sm.snapshot_parts();
         self.saving = Some(applied);
         Some(SnapshotJob {
             metadata,
             store,
             leases,
             members,
+            alarms,
         })
     }
 
@@ -206,6 +207,7 @@ pub struct SnapshotJob {
     store: Store,
     leases: Vec<u8>,
     members: Vec<u8>,
+    alarms: Vec<u8>,
 }
 
 impl PartialEq for SnapshotJob {
@@ -215,6 +217,7 @@ impl PartialEq for SnapshotJob {
         self.metadata == other.metadata
             && self.leases == other.leases
             && self.members == other.members
+            && self.alarms == other.alarms
             && self.store.encode_section() == other.store.encode_section()
     }
 }
@@ -251,6 +254,7 @@ impl SnapshotJob {
             (SECTION_MVCC, &mvcc),
             (SECTION_LEASES, &self.leases),
             (SECTION_MEMBERS, &self.members),
+            (SECTION_ALARMS, &self.alarms),
         ])
     }
 
