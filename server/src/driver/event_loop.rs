@@ -87,6 +87,10 @@ impl DriverLoop {
                     Some(Ok(Done::Saved(snapshot))) => {
                         self.node.step(Input::SnapshotSaved { snapshot })
                     }
+                    Some(Ok(Done::NoSpace)) => self.node.step(Input::DiskFull { full: true }),
+                    Some(Ok(Done::SpaceAgain)) => {
+                        self.node.step(Input::DiskFull { full: false })
+                    }
                     Some(Err(e)) => return e,
                     None => return DriverError::Task("WAL writer exited".into()),
                 },
