@@ -37,8 +37,9 @@ pub const BATCHES_PER_SYNC_MAX: usize = 4096;
 /// The first wait before a write that failed for lack of space is tried again; each failure
 /// doubles it, up to [`NO_SPACE_RETRY_MAX`].
 pub const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(100);
-/// The longest wait between two tries of a write that failed for lack of space.
-pub const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(2);
+/// The longest wait between two tries of a write that failed for lack of space. (A try reads
+/// the WAL back, [`Wal::reopen`], so tries are spaced out.)
+pub const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// A member's durable storage: the WAL and the snapshot directory.
 pub struct Storage {
