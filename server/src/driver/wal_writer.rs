@@ -338,3 +338,46 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverErr
     }
     Ok(st.wal.sync()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn wal_io(op: IoOp, source: IoError) -> DriverError {
+        DriverError::Wal(WalError::Io {
+            op,
+            path: PathBuf::from("/wal/0.wal"),
+            source,
+        })
+    }
+
+    #[test]
+    fn only_a_write_that_found_no_space_is_waited_out() {
+        let full = || IoError::from(ErrorKind::StorageFull);
+        assert!(is_no_space(&wal_io(IoOp::Append, full())));
+        assert!(is_no_space(&wal_io(IoOp::Open, full())));
+        // ENOSPC from the raw OS error, and wrapped inside another I/O error.
+        assert!(is_no_space(&wal_io(
+            IoOp::Append,
+            IoError::from_raw_os_error(28)
+        )));
+        assert!(is_no_space(&wal_io(IoOp::Append, IoError::other(full()))));
+        let snap = DriverError::Snap(SnapError::Io {
+            op: IoOp::Append,
+            path: PathBuf::from("/snap/1-1.snap.tmp"),
+            source: full(),
+        });
+        assert!(is_no_space(&snap));
+        // A failed fsync stays fatal, whatever its error; so does any other error.
+        assert!(!is_no_space(&wal_io(IoOp::Sync, full())));
+        assert!(!is_no_space(&wal_io(IoOp::SyncDir, full())));
+        assert!(!is_no_space(&wal_io(
+            IoOp::Append,
+            IoError::from_raw_os_error(5)
+        )));
+        assert!(!is_no_space(&DriverError::Wal(WalError::Poisoned)));
+    }
+}
