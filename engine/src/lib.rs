@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod alarm;
 pub mod apply;
 pub mod bugs;
 pub mod error;

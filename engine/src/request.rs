@@ -16,15 +16,17 @@
 //!                      Route::Admin(admin)                       → conf change / leader transfer
 //! ```
 
+use keel_proto::etcdserverpb::alarm_request::AlarmAction;
 use keel_proto::etcdserverpb::{
-    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    HashKvRequest, HashKvResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
-    MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
-    MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    request_op, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvRequest, HashKvResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, MemberAddRequest, MemberAddResponse, MemberListRequest,
+    MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use keel_proto::keelpb::raft_request::Request as LogRequest;
 
@@ -81,6 +83,8 @@ pub enum Read {
     LeaseLeases(LeaseLeasesRequest),
     /// Cluster.MemberList.
     MemberList(MemberListRequest),
+    /// Maintenance.Alarm GET (and any action other than ACTIVATE / DEACTIVATE).
+    Alarm(AlarmRequest),
 }
 
 /// A request that changes the cluster rather than the keyspace.
@@ -219,9 +223,25 @@ requests! {
     /// Cluster.MemberList (served locally, like etcd 3.4).
     MemberList(MemberListRequest) -> MemberListResponse, "MemberList",
         |r| Route::read(Read::MemberList(r), false);
+    /// Maintenance.Alarm: ACTIVATE and DEACTIVATE change the replicated alarm table through
+    /// the log; GET is a linearizable read of it (etcd 3.4 puts GET through the log too, for
+    /// the same answer, but a read also works on a member whose disk is full).
+    Alarm(AlarmRequest) -> AlarmResponse, "Alarm", |r| {
+        match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate | AlarmAction::Deactivate) => {
+                Route::Write(LogRequest::Alarm(r))
+            }
+            _ => Route::read(Read::Alarm(r), true),
+        }
+    };
 }
 
 impl Response {
+    /// etcd 3.4 answers Maintenance.Alarm with no header at all.
+    pub fn has_header(&self) -> bool {
+        !matches!(self, Response::Alarm(_))
+    }
+
     /// etcd's Cluster service fills no revision into its headers.
     pub fn has_revision(&self) -> bool {
         !matches!(

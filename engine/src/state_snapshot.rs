@@ -14,14 +14,19 @@
 //! ```
 //!
 //! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_section`], itself
-//! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_section`]) and `memb`
-//! (the member table, [`crate::membership::Membership::encode`]). A decoder
+//! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_section`]), `memb`
+//! (the member table, [`crate::membership::Membership::encode`]) and, optionally, `alrm` (the
+//! alarm table, [`crate::alarm::Alarms::encode_section`]). A decoder
 //! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
 //! is an error, since it means state this build would drop.
 //!
 //! The container's crc covers the sections' bytes, so a writer streaming it ([`put_head`],
 //! [`put_section_head`], the section bytes, then the crc: [`crate::sink::CrcWriter::finish`])
 //! must know each section's length before its bytes ([`encoded_len`] gives the total).
+//!
+//! A section added after snapshots were first written is *optional*: a snapshot written before
+//! it (a build that did not know it) loads, and the state it holds starts empty. `alrm` is one:
+//! a build without alarms could not have had any.
 //!
 //! ```
 //! use keel_engine::state_snapshot::{decode_sections, encode_sections};
@@ -46,8 +51,13 @@ pub const SECTION_MVCC: [u8; 4] = *b"mvcc";
 pub const SECTION_LEASES: [u8; 4] = *b"leas";
 /// The member table section.
 pub const SECTION_MEMBERS: [u8; 4] = *b"memb";
-/// Every section this build knows.
-pub const KNOWN_SECTIONS: [[u8; 4]; 3] = [SECTION_MVCC, SECTION_LEASES, SECTION_MEMBERS];
+/// The alarm table section (optional: snapshots written before alarms existed lack it).
+pub const SECTION_ALARMS: [u8; 4] = *b"alrm";
+/// The sections every snapshot must have.
+pub const REQUIRED_SECTIONS: [[u8; 4]; 3] = [SECTION_MVCC, SECTION_LEASES, SECTION_MEMBERS];
+/// The sections a snapshot may lack, because older builds wrote none: their state starts
+/// empty.
+pub const OPTIONAL_SECTIONS: [[u8; 4]; 1] = [SECTION_ALARMS];
 
 /// Why a state snapshot could not be decoded or restored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +77,9 @@ pub enum StateSnapshotError {
     /// The member table section does not decode.
     #[error(transparent)]
     Members(#[from] crate::membership::MembershipDecodeError),
+    /// The alarm section does not decode.
+    #[error(transparent)]
+    Alarms(#[from] crate::alarm::AlarmSectionError),
 }
 
 /// Encodes tagged sections into one crc-protected byte string.
@@ -166,15 +179,15 @@ pub fn section_error(tag: [u8; 4], what: &'static str) -> StateSnapshotError {
     StateSnapshotError::Section(String::from_utf8_lossy(&tag).into_owned(), what)
 }
 
-/// Decodes sections and checks that exactly the known ones are present.
+/// Decodes sections and checks that every required one is present and none is unknown.
 pub fn decode_known(bytes: &[u8]) -> Result<BTreeMap<[u8; 4], &[u8]>, StateSnapshotError> {
     let sections = decode_sections(bytes)?;
     for tag in sections.keys() {
-        if !KNOWN_SECTIONS.contains(tag) {
+        if !REQUIRED_SECTIONS.contains(tag) && !OPTIONAL_SECTIONS.contains(tag) {
             return Err(section_error(*tag, "is unknown to this build"));
         }
     }
-    for tag in KNOWN_SECTIONS {
+    for tag in REQUIRED_SECTIONS {
         if !sections.contains_key(&tag) {
             return Err(section_error(tag, "is missing"));
         }
@@ -220,5 +233,28 @@ mod tests {
         assert!(decode_known(&unknown).is_err());
         let twice = encode_sections(&[(SECTION_MVCC, b""), (SECTION_MVCC, b"")]);
         assert!(decode_sections(&twice).is_err());
+    }
+
+    #[test]
+    fn optional_sections_may_be_absent_or_present() {
+        // A snapshot written before the alarm table existed still loads.
+        let before_alarms = encode_sections(&[
+            (SECTION_MVCC, b""),
+            (SECTION_LEASES, b""),
+            (SECTION_MEMBERS, b""),
+        ]);
+        let sections = decode_known(&before_alarms).expect("an older snapshot loads");
+        assert!(!sections.contains_key(&SECTION_ALARMS));
+        let with_alarms = encode_sections(&[
+            (SECTION_MVCC, b""),
+            (SECTION_LEASES, b""),
+            (SECTION_MEMBERS, b""),
+            (SECTION_ALARMS, b"a"),
+        ]);
+        let sections = decode_known(&with_alarms).expect("a current snapshot loads");
+        assert_eq!(sections[&SECTION_ALARMS], b"a");
+        // Optional does not mean sufficient: the required ones are still required.
+        let only_alarms = encode_sections(&[(SECTION_ALARMS, b"")]);
+        assert!(decode_known(&only_alarms).is_err());
     }
 }

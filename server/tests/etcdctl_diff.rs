@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `etcdctl_sees_keel_as_etcd` | ~290 etcdctl steps: KV, txn, compaction, watch, errors, cluster and maintenance commands, a kill -9 + restart of both servers, leases, lock, auth |
 //! | `etcdctl_sees_keel_limits_as_etcd` | both started with `--max-request-bytes=4096 --max-txn-ops=4` |
+//! | `etcdctl_sees_keel_alarms_as_etcd` | a NOSPACE alarm raised through gRPC (etcdctl cannot): `alarm list`, what it refuses and lets through, `endpoint status` errors, a restart, `alarm disarm` |
 //! | `grpc_kv_requests_match_etcd` | KV requests etcdctl 3.4 cannot make (its `get` has no `--count-only` or `--min/max-mod/create-rev`, those came in 3.5; its txn parser panics on `lease("k") = "0"`): compared as prost Debug text |
 //! | `*_self_check` | the same against a second etcd: proves the normalizers hide the noise and nothing else |
 //!
@@ -79,12 +80,18 @@ struct Step {
     url_endpoint: bool,
     /// Not an etcdctl command: SIGKILL both servers and restart them on their data dirs.
     restart: bool,
+    /// Not an etcdctl command: raise a NOSPACE alarm for the server's own member through
+    /// gRPC `Maintenance.Alarm` ACTIVATE (etcdctl has no command for it).
+    raise_nospace: bool,
 }
 
 impl Step {
     fn display(&self) -> String {
         if self.restart {
             return "(kill -9 both servers, restart them on their data dirs)".to_string();
+        }
+        if self.raise_nospace {
+            return "(gRPC Maintenance.Alarm ACTIVATE NOSPACE for the member itself)".to_string();
         }
         let mut s = String::from("etcdctl");
         for a in &self.args {
@@ -168,6 +175,7 @@ impl Seq {
             capture_lease: false,
             url_endpoint: false,
             restart: false,
+            raise_nospace: false,
         });
     }
 
@@ -176,6 +184,14 @@ impl Seq {
         self.argv(&[]);
         if let Some(step) = self.steps.last_mut() {
             step.restart = true;
+        }
+    }
+
+    /// Raise a NOSPACE alarm on both servers, each for its own member.
+    fn raise_nospace(&mut self) {
+        self.argv(&[]);
+        if let Some(step) = self.steps.last_mut() {
+            step.raise_nospace = true;
         }
     }
 
@@ -621,6 +637,81 @@ fn small_limits_sequence() -> Vec<Step> {
     s.txn("", &format!("{compares}\nput never 1\n\n\n"));
     s.argv(&["get", "--from-key", "", "-w", "json"]);
     s.steps
+}
+
+/// etcd's NOSPACE alarm, raised through the API: what `alarm list` and `endpoint status`
+/// show, what it refuses (put, a txn with a put, lease grant) and lets through (reads,
+/// deletes, compaction, read-only txns), that it survives a restart, and `alarm disarm`.
+fn alarm_sequence() -> Vec<Step> {
+    let mut s = Seq::default();
+    s.cmd("put k v -w json");
+    s.cmd("put k2 v");
+    s.cmd("alarm list");
+    s.cmd("alarm disarm"); // nothing to disarm
+    s.raise_nospace();
+    s.cmd("alarm list");
+    s.cmd("alarm list -w json");
+    s.cmd("put k v2");
+    s.cmd("put new v");
+    s.txn("", "\nput t 1\n\n\n");
+    s.txn("", "value(\"k\") = \"v\"\n\nget k\n\nput t 1\n\n"); // a put on failure
+    s.txn("-w json", "value(\"k\") = \"v\"\n\nget k\n\nget k2\n\n"); // reads only
+    s.cmd("lease grant 100");
+    s.cmd("get k -w json");
+    s.cmd("get k --consistency=s -w json");
+    s.cmd("del nothing");
+    s.cmd("del k2 -w json");
+    s.cmd("compaction 2");
+    s.watch("k --rev=2");
+    s.normed("endpoint status -w json", Norm::Status);
+    s.normed("endpoint status -w table", Norm::Status);
+    s.restart();
+    s.cmd("alarm list");
+    s.cmd("put k v3");
+    s.cmd("alarm disarm");
+    s.cmd("alarm disarm");
+    s.cmd("alarm list -w json");
+    s.cmd("alarm disarm -w json");
+    s.cmd("put k v4 -w json");
+    s.cmd("lease list");
+    s.normed("endpoint status -w json", Norm::Status);
+    s.argv(&["get", "--from-key", "", "-w", "json"]);
+    s.steps
+}
+
+/// Raises NOSPACE for `member_id` through gRPC on `endpoint`; the response (or error) as text.
+fn raise_nospace(endpoint: &str, member_id: u64) -> Output {
+    use keel_proto::etcdserverpb::alarm_request::AlarmAction;
+    use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use keel_proto::etcdserverpb::{AlarmRequest, AlarmType};
+    let start = Instant::now();
+    let call = async {
+        let mut client = MaintenanceClient::connect(format!("http://{endpoint}")).await?;
+        let request = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let response = client.alarm(request).await?;
+        anyhow::Ok(format!("{:?}", response.into_inner()))
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), call).await })?
+        });
+    let (code, stdout, stderr) = match result {
+        Ok(text) => (0, text, String::new()),
+        Err(e) => (1, String::new(), format!("{e:#}")),
+    };
+    Output {
+        code,
+        stdout,
+        stderr,
+        took: start.elapsed(),
+    }
 }
 
 /// The revision of `put cmp 2` in [`sequence`] (etcd's numbering): `compaction` targets it.
@@ -1241,6 +1332,9 @@ fn run_sequence(
             continue;
         }
         let run = |t: &Target, ids: &Idents| {
+            if step.raise_nospace {
+                return raise_nospace(&t.endpoint, ids.member_id.unwrap_or(0));
+            }
             let args: Vec<String> = step
                 .args
                 .iter()
@@ -1561,6 +1655,18 @@ fn etcdctl_sees_keel_limits_as_etcd() -> Result<()> {
     diff_against_etcd("keel", keel_bin(), SMALL_LIMITS, small_limits_sequence())
 }
 
+/// A NOSPACE alarm: listed, refusing and letting through what etcd's does, disarmed.
+#[test]
+fn etcdctl_sees_keel_alarms_as_etcd() -> Result<()> {
+    diff_against_etcd("keel", keel_bin(), DEFAULT_LIMITS, alarm_sequence())
+}
+
+#[test]
+fn etcd_vs_etcd_alarms_harness_self_check() -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    diff_against_etcd("etcd-2", etcd, DEFAULT_LIMITS, alarm_sequence())
+}
+
 #[test]
 fn etcd_vs_etcd_limits_harness_self_check() -> Result<()> {
     let etcd = require_on_path("etcd")?;
@@ -1585,6 +1691,7 @@ fn normalizer_unit_checks() {
         capture_lease: false,
         url_endpoint: false,
         restart: false,
+        raise_nospace: false,
     };
     let json = r#"{"header":{"cluster_id":15118495548433857066,"member_id":13668033151171901709,"revision":4,"raft_term":2},"kvs":[{"key":"YQ==","version":2}]}"#;
     assert_eq!(

@@ -939,6 +939,18 @@ impl Wal {
         self.poisoned
     }
 
+    /// Opens this WAL's directory again, as [`Wal::open`] does: the way on after a *write*
+    /// that failed for lack of space poisoned this `Wal`. Records a failed write left
+    /// half-written are cut back as a torn tail; records it wrote whole are synced and kept
+    /// (the caller appends its batch again: an entry appended again replaces itself and what
+    /// follows). Records buffered here are dropped.
+    ///
+    /// Never after a failed *sync*: the kernel may then have dropped dirty pages that still
+    /// read back fine, so what this reads could be gone from the disk.
+    pub fn reopen(&self) -> Result<(Wal, Recovered), WalError> {
+        Wal::open(Arc::clone(&self.disk), &self.dir, self.opts)
+    }
+
     /// Bytes of WAL on disk: every segment file, the active one as written so far.
     pub fn disk_bytes(&self) -> u64 {
         let sealed = self.segments.len().saturating_sub(1);

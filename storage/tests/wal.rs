@@ -666,3 +666,36 @@ fn disk_bytes_counts_every_segment_across_rotation_and_reopen() {
     let (reopened, _) = Wal::open(std::sync::Arc::new(disk), dir, opts).expect("reopen");
     assert_eq!(reopened.disk_bytes(), written, "reopen sees the same files");
 }
+
+#[test]
+fn reopen_after_a_failed_write_cuts_the_torn_tail_and_takes_the_batch_again() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, BIG).unwrap();
+    commit(&mut wal, &entries(1..=3, 1));
+    let batch = entries(4..=9, 1);
+    for r in &batch {
+        r.write(&mut wal).unwrap();
+    }
+    disk.fail_next_write(); // half the batch reaches the file, then the write fails
+    assert!(matches!(
+        wal.sync(),
+        Err(WalError::Io {
+            op: IoOp::Append,
+            ..
+        })
+    ));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned)));
+    let (mut wal, recovered) = wal.reopen().unwrap();
+    let last = recovered.entries.last().map_or(0, |e| e.index);
+    assert!(
+        (3..9).contains(&last),
+        "a prefix of the batch at most: {last}"
+    );
+    commit(&mut wal, &batch);
+    commit(&mut wal, &entries(10..=10, 2));
+    drop(wal);
+    let (_, recovered) = open(&disk, BIG).unwrap();
+    let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, (1..=10).collect::<Vec<_>>());
+    assert_eq!(recovered.entries.last().map(|e| e.term), Some(2));
+}

@@ -36,6 +36,7 @@
 //! [`PersistBatch::then_send`] carries the messages raft-rs allows out only after the batch is
 //! durable (votes, append acks); [`Output::Send`] carries the ones that may go at once.
 
+use keel_proto::etcdserverpb::AlarmType;
 use raft::eraftpb::Snapshot;
 
 use crate::bugs::{Bug, Bugs};
@@ -118,18 +119,31 @@ impl Outbox {
 
     /// Queues a reply, its header stamped with the term and (if it carries none) revision.
     fn reply(&mut self, token: u64, mut result: Result<Response, Error>, term: u64, revision: i64) {
-        if let Ok(response) = &mut result {
-            let has_revision = response.has_revision();
-            let header = response.header_mut();
-            header.cluster_id = self.cluster_id;
-            header.member_id = self.member_id;
-            header.raft_term = term;
-            if header.revision == 0 && has_revision {
-                header.revision = revision;
-            }
+        match &mut result {
+            Ok(response) if response.has_header() => stamp(response, self, term, revision),
+            _ => {} // an error, or etcd's headerless Alarm response
         }
         self.outputs.push(Output::Reply { token, result });
     }
+}
+
+/// Stamps a response header with the member, the term and (if it carries none) revision.
+fn stamp(response: &mut Response, out: &Outbox, term: u64, revision: i64) {
+    let has_revision = response.has_revision();
+    let header = response.header_mut();
+    header.cluster_id = out.cluster_id;
+    header.member_id = out.member_id;
+    header.raft_term = term;
+    if header.revision == 0 && has_revision {
+        header.revision = revision;
+    }
+}
+
+/// This member's disk is full (the driver could not write a persist batch for lack of space).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NoSpace {
+    /// When (node clock) and in which term this member last proposed its `NOSPACE` alarm.
+    proposed: Option<(u64, u64)>,
 }
 
 /// One member of a keel cluster, sans-I/O.
@@ -145,6 +159,8 @@ pub struct Node {
     snapshots: Snapshots,
     transfers: Transfers,
     conf: ConfChanges,
+    /// Set while the driver reports this member's disk full ([`Input::DiskFull`]).
+    no_space: Option<NoSpace>,
     /// The simulator's bugs, armed once the node has started.
     bugs: Bugs,
 }
@@ -187,6 +203,7 @@ impl Node {
             snapshots: Snapshots::new(cfg.snapshot_count, cfg.snapshot_log_percent),
             transfers: Transfers::default(),
             conf: ConfChanges::new(cfg.seed),
+            no_space: None,
             bugs: Bugs::none(),
             cfg,
         };
@@ -259,6 +276,7 @@ impl Node {
             Input::SnapshotFailed => self.snapshots.on_failed(),
             Input::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),
             Input::Unreachable { to } => self.core.report_unreachable(to),
+            Input::DiskFull { full } => self.on_disk_full(full),
         }
         self.core.enforce_election_timeout();
         self.drive();
@@ -285,9 +303,28 @@ impl Node {
         self.check_invariants();
     }
 
+    /// The driver's disk filled up (`full`) or took a write again. While full, writes are
+    /// refused with etcd's "database space exceeded" and the member raises its `NOSPACE`
+    /// alarm; once it writes again the alarm stays until an operator disarms it, as in etcd.
+    fn on_disk_full(&mut self, full: bool) {
+        match (full, self.no_space.is_some()) {
+            (true, false) => {
+                tracing::warn!("disk full: refusing writes, serving reads");
+                self.no_space = Some(NoSpace::default());
+                self.raise_no_space_alarm();
+            }
+            (false, true) => {
+                tracing::info!("disk writable again; writes resume once the alarm is disarmed");
+                self.no_space = None;
+            }
+            _ => {}
+        }
+    }
+
     fn on_tick(&mut self) {
         self.clock.now_ms += self.cfg.tick_ms;
         self.core.tick();
+        self.raise_no_space_alarm();
         self.propose_lease_work();
         self.publish_attributes();
         self.retry_stuck_read_round();
@@ -330,7 +367,18 @@ impl Node {
             raft_applied_index: self.sm.applied_index(),
             revision: self.sm.store().current_revision(),
             is_learner: self.sm.is_learner(),
+            alarms: self.sm.alarms().get(AlarmType::None as i32),
         }
+    }
+
+    /// The alarm table as of the applied index.
+    pub fn alarms(&self) -> &crate::alarm::Alarms {
+        self.sm.alarms()
+    }
+
+    /// Whether the driver reports this member's disk full.
+    pub fn disk_full(&self) -> bool {
+        self.no_space.is_some()
     }
 
     /// The member table as of the applied index.

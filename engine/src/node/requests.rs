@@ -1,11 +1,13 @@
 //! Requests into the node: routing a request to the part that serves it, proposing writes,
 //! batching linearizable reads, MoveLeader, and the leader's lease work.
 
-use keel_proto::etcdserverpb::LeaseRevokeRequest;
+use keel_proto::etcdserverpb::alarm_request::AlarmAction;
+use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest};
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use prost::Message as _;
 
 use super::Node;
+use crate::alarm;
 use crate::bugs::Bug;
 use crate::error::Error;
 use crate::request::{Admin, Read, Route};
@@ -16,6 +18,14 @@ impl Node {
         let on_learner_ok = matches!(&route, Route::Read { read, linearizable } if read.serves_on_learner(*linearizable));
         if self.sm.is_learner() && !on_learner_ok {
             self.reply(token, Err(Error::NotSupportedForLearner));
+            return;
+        }
+        let writes = matches!(&route, Route::Write(_))
+            || matches!(&route, Route::Admin(a) if !matches!(a, Admin::MoveLeader(_)));
+        if writes && self.no_space.is_some() {
+            // This member's disk is full: nothing it proposes could be made durable here, so
+            // nothing it proposes would be answered. Reads and watches go on.
+            self.reply(token, Err(Error::NoSpace));
             return;
         }
         match route {
@@ -58,6 +68,11 @@ impl Node {
     fn propose(&mut self, token: u64, mut body: raft_request::Request) {
         if let Some(oldest) = self.sm.make_room_for_proposal() {
             self.reply(oldest, Err(Error::Timeout));
+        }
+        if self.sm.alarms().is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
+            // Refused before the log, as etcd's quota check does, so a full member is not
+            // sent more to write; the apply refuses what was proposed before the alarm.
+            return self.reply(token, Err(Error::NoSpace));
         }
         match &mut body {
             raft_request::Request::MemberUpdate(r) => {
@@ -129,6 +144,39 @@ impl Node {
         if let Some(checkpoints) = work.checkpoint {
             // A lost checkpoint is harmless: the next one comes an interval later.
             let _ = self.propose_entry(raft_request::Request::LeaseCheckpoint(checkpoints));
+        }
+    }
+
+    /// While this member's disk is full: proposes its `NOSPACE` alarm until the applied table
+    /// shows it. A leader proposes once per term (the entry is in its own log); a follower's
+    /// forwarded proposal can be lost, so it tries again every two election timeouts.
+    pub(super) fn raise_no_space_alarm(&mut self) {
+        let Some(no_space) = self.no_space else {
+            return;
+        };
+        let me = self.cfg.member_id;
+        if self.sm.alarms().has(me, AlarmType::Nospace) || !self.core.has_leader() {
+            return;
+        }
+        let (now_ms, term) = (self.clock.now_ms, self.core.term());
+        let due = match no_space.proposed {
+            None => true,
+            Some((_, t)) if self.core.is_leader() && t == term => false,
+            Some((at_ms, _)) => now_ms >= at_ms + 2 * self.clock.election_timeout_ms(),
+        };
+        if !due {
+            return;
+        }
+        let body = raft_request::Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: me,
+            alarm: AlarmType::Nospace as i32,
+        });
+        if self.propose_entry(body).is_some() {
+            tracing::warn!("disk full: raising the NOSPACE alarm");
+            self.no_space = Some(super::NoSpace {
+                proposed: Some((now_ms, term)),
+            });
         }
     }
 

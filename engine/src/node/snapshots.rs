@@ -2,8 +2,8 @@
 //! of the in-memory raft log.
 //!
 //! Four things are easily called "snapshot"; here they are kept apart:
-//! * the **state snapshot**: the encoded image of the state machine, three sections (MVCC
-//!   store, leases, member table; [`crate::state_snapshot`]), carried as the data of raft's
+//! * the **state snapshot**: the encoded image of the state machine, four sections (MVCC
+//!   store, leases, member table, alarms; [`crate::state_snapshot`]), carried as the data of raft's
 //!   `Snapshot` message;
 //! * the **snapshot job** ([`SnapshotJob`]): the not yet encoded parts of a state snapshot,
 //!   handed to the driver, whose snapshot saver streams it to a file off the loop;
@@ -47,7 +47,9 @@ use super::state_machine::StateMachine;
 use crate::lease::LeaseSection;
 use crate::mvcc::Store;
 use crate::sink::{CrcWriter, Sink};
-use crate::state_snapshot::{self, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
+use crate::state_snapshot::{
+    self, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
@@ -168,9 +170,9 @@ impl Snapshots {
             return None;
         }
         let metadata = core.snapshot_metadata(applied)?;
-        let (store, leases, members) = sm.snapshot_parts();
+        let (store, leases, members, alarms) = sm.snapshot_parts();
         self.saving = Some(applied);
-        Some(SnapshotJob::new(metadata, store, leases, members))
+        Some(SnapshotJob::new(metadata, store, leases, members, alarms))
     }
 
     /// The driver saved the snapshot durably: raft serves it to followers from now on.
@@ -227,6 +229,7 @@ pub struct SnapshotJob {
     store: Store,
     leases: LeaseSection,
     members: Vec<u8>,
+    alarms: Vec<u8>,
     /// The lengths of the MVCC and lease sections, once a size walk found them.
     lens: OnceLock<(u64, u64)>,
 }
@@ -238,6 +241,7 @@ impl PartialEq for SnapshotJob {
         self.metadata == other.metadata
             && self.leases.encode() == other.leases.encode()
             && self.members == other.members
+            && self.alarms == other.alarms
             && self.store.encode_section() == other.store.encode_section()
     }
 }
@@ -249,12 +253,14 @@ impl SnapshotJob {
         store: Store,
         leases: LeaseSection,
         members: Vec<u8>,
+        alarms: Vec<u8>,
     ) -> SnapshotJob {
         SnapshotJob {
             metadata,
             store,
             leases,
             members,
+            alarms,
             lens: OnceLock::new(),
         }
     }
@@ -280,7 +286,12 @@ impl SnapshotJob {
     /// nothing (O(keys) time, O(1) memory), done once per job.
     pub fn encoded_len(&self) -> u64 {
         let (mvcc, leases) = self.lens();
-        state_snapshot::encoded_len(&[mvcc, leases, self.members.len() as u64])
+        state_snapshot::encoded_len(&[
+            mvcc,
+            leases,
+            self.members.len() as u64,
+            self.alarms.len() as u64,
+        ])
     }
 
     /// Writes the state snapshot (the `data` of the raft snapshot, byte for byte what
@@ -292,13 +303,15 @@ impl SnapshotJob {
     pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let (mvcc, leases) = self.lens();
         let mut w = CrcWriter::new(out);
-        state_snapshot::put_head(&mut w, 3)?;
+        state_snapshot::put_head(&mut w, 4)?;
         state_snapshot::put_section_head(&mut w, SECTION_MVCC, mvcc)?;
         self.store.write_section(&mut w)?;
         state_snapshot::put_section_head(&mut w, SECTION_LEASES, leases)?;
         self.leases.write(&mut w)?;
         state_snapshot::put_section_head(&mut w, SECTION_MEMBERS, self.members.len() as u64)?;
         w.put(&self.members)?;
+        state_snapshot::put_section_head(&mut w, SECTION_ALARMS, self.alarms.len() as u64)?;
+        w.put(&self.alarms)?;
         let written = w.finish()?;
         assert_eq!(
             written,
@@ -318,6 +331,7 @@ impl SnapshotJob {
             (SECTION_MVCC, &mvcc),
             (SECTION_LEASES, &leases),
             (SECTION_MEMBERS, &self.members),
+            (SECTION_ALARMS, &self.alarms),
         ])
     }
 

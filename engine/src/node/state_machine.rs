@@ -1,4 +1,4 @@
-//! The apply path: the replicated state machine (MVCC store, leases, member table) and the
+//! The apply path: the replicated state machine (MVCC store, leases, member table, alarms) and the
 //! table of this member's proposals waiting to be applied.
 //!
 //! Committed entries come in order; each is applied by [`crate::apply`] (etcd's appliers),
@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use keel_proto::etcdserverpb::MemberListResponse;
+use keel_proto::etcdserverpb::{AlarmType, MemberListResponse};
 use keel_proto::keelpb::{raft_request, RaftRequest};
 use keel_proto::mvccpb::Event;
 use prost::Message as _;
@@ -16,6 +16,7 @@ use raft::eraftpb::{Entry, EntryType, Snapshot};
 use super::raft_core::RaftCore;
 use super::types::{NodeConfig, Output, StartError};
 use super::{Clock, Outbox};
+use crate::alarm::{self, Alarms};
 use crate::apply;
 use crate::error::Error;
 use crate::lease::{LeaseSection, Leases};
@@ -23,7 +24,7 @@ use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::request::{Read, Response};
 use crate::state_snapshot::{
-    self, StateSnapshotError, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+    self, StateSnapshotError, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
 };
 use crate::watch::{HeaderInfo, WatchHub};
 
@@ -48,6 +49,7 @@ pub(super) struct StateMachine {
     store: Store,
     leases: Leases,
     membership: Membership,
+    alarms: Alarms,
     applied_index: u64,
     /// proposal id → token, for proposals of this run not yet applied.
     proposals: BTreeMap<u64, u64>,
@@ -72,6 +74,7 @@ impl StateMachine {
             store: Store::new(),
             leases: Leases::new(min_lease_ttl_s(cfg), cfg.seed),
             membership: Membership::bootstrap(initial_members(cfg)?),
+            alarms: Alarms::default(),
             applied_index: 0,
             proposals: BTreeMap::new(),
             next_proposal_seq: 0,
@@ -100,6 +103,11 @@ impl StateMachine {
     /// The member table.
     pub(super) fn membership(&self) -> &Membership {
         &self.membership
+    }
+
+    /// The alarm table.
+    pub(super) fn alarms(&self) -> &Alarms {
+        &self.alarms
     }
 
     /// The index of the newest applied entry (or installed snapshot).
@@ -196,6 +204,7 @@ impl StateMachine {
                 header: None,
                 members: self.membership.to_proto(),
             })),
+            Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
         }
     }
 
@@ -361,6 +370,10 @@ impl StateMachine {
         clock: Clock,
     ) -> Option<Result<Response, Error>> {
         use raft_request::Request as R;
+        if self.alarms.is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
+            // etcd 3.4's capped applier: the entry is in the log, but it grows nothing.
+            return Some(Err(Error::NoSpace));
+        }
         let result = match body {
             R::Put(p) => apply::put(&mut self.store, &p, &self.leases).map(Response::Put),
             R::DeleteRange(d) => {
@@ -386,6 +399,7 @@ impl StateMachine {
                 self.members_changed = true;
                 return None;
             }
+            R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
         };
         Some(result)
     }
@@ -403,7 +417,13 @@ impl StateMachine {
         let sections = state_snapshot::decode_known(&snapshot.data)?;
         let store = Store::decode_section(sections[&SECTION_MVCC])?;
         let membership = Membership::decode(sections[&SECTION_MEMBERS])?;
+        // Optional: a snapshot from before alarms existed holds none.
+        let alarms = match sections.get(&SECTION_ALARMS) {
+            Some(bytes) => Alarms::decode_section(bytes)?,
+            None => Alarms::default(),
+        };
         self.leases.restore_section(sections[&SECTION_LEASES])?;
+        self.alarms = alarms;
         if membership != self.membership {
             self.membership = membership;
             out.push(self.members_output());
@@ -436,13 +456,14 @@ impl StateMachine {
     }
 
     /// The parts of a state snapshot as of the applied index, not yet encoded.
-    pub(super) fn snapshot_parts(&self) -> (Store, LeaseSection, Vec<u8>) {
+    pub(super) fn snapshot_parts(&self) -> (Store, LeaseSection, Vec<u8>, Vec<u8>) {
         // O(1) copy-on-write views of the store and the leases, not encodings: the saver
         // encodes them on its own thread while writes go on.
         (
             self.store.view(),
             self.leases.section(),
             self.membership.encode(),
+            self.alarms.encode_section(),
         )
     }
 

@@ -134,6 +134,13 @@ pub enum Input {
         /// The peer.
         to: u64,
     },
+    /// The disk has no space for a persist batch (`full`; the batch waits, unwritten and
+    /// unreported), or a write succeeded again (`!full`). While full the node refuses writes
+    /// with [`Error::NoSpace`] and raises this member's `NOSPACE` alarm.
+    DiskFull {
+        /// Whether the disk is full now.
+        full: bool,
+    },
 }
 
 /// Raft state the driver must make durable before it reports [`Input::Persisted`].
@@ -220,6 +227,8 @@ pub struct NodeStatus {
     pub revision: i64,
     /// Whether this member is a learner.
     pub is_learner: bool,
+    /// The active alarms (Status lists them in `errors`, as etcd does).
+    pub alarms: Vec<keel_proto::etcdserverpb::AlarmMember>,
 }
 
 /// The node could not start.

@@ -1,11 +1,9 @@
-//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm listing) and
-//! grpc.health.v1.Health.
+//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm) and grpc.health.v1.Health.
 
-use keel_proto::etcdserverpb::alarm_request::AlarmAction;
 use keel_proto::etcdserverpb::maintenance_server::Maintenance;
 use keel_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, MoveLeaderRequest,
-    MoveLeaderResponse, StatusRequest, StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse,
+    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::Health;
@@ -21,23 +19,13 @@ pub const ETCD_VERSION: &str = "3.4.23";
 
 #[tonic::async_trait]
 impl Maintenance for Services {
+    /// ACTIVATE and DEACTIVATE go through the log (the replicated alarm table); GET is a
+    /// linearizable read. Like etcd 3.4, the response carries no header.
     async fn alarm(
         &self,
         request: GrpcRequest<AlarmRequest>,
     ) -> Result<GrpcResponse<AlarmResponse>, Status> {
-        let r = request.into_inner();
-        if r.action != AlarmAction::Get as i32 {
-            // Alarms are raised by the space quota and corruption checks, which keel does not
-            // have yet; nothing can be activated or deactivated.
-            return Err(Status::unimplemented(
-                "keel: alarm activation is not supported yet",
-            ));
-        }
-        let s = self.handle.status().await.map_err(to_status)?;
-        Ok(GrpcResponse::new(AlarmResponse {
-            header: Some(self.header(s.revision, s.raft_term)),
-            alarms: Vec::new(),
-        }))
+        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
     }
 
     /// etcd 3.4's fields, from the node's [`NodeStatus`](keel_engine::node::NodeStatus). keel
@@ -59,7 +47,7 @@ impl Maintenance for Services {
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
-            errors: Vec::new(),
+            errors: s.alarms.iter().map(alarm_text).collect(),
             db_size_in_use: db_size,
             is_learner: s.is_learner,
             ..Default::default()
@@ -81,6 +69,23 @@ impl Maintenance for Services {
     }
 }
 
+/// An alarm as etcd's Status lists it in `errors`: gogo-protobuf's text form of the
+/// `AlarmMember`, fields set to zero left out, each followed by a space
+/// (`memberID:10276657743932975437 alarm:NOSPACE `).
+fn alarm_text(a: &AlarmMember) -> String {
+    let mut text = String::new();
+    if a.member_id != 0 {
+        text.push_str(&format!("memberID:{} ", a.member_id));
+    }
+    if a.alarm != 0 {
+        match AlarmType::try_from(a.alarm) {
+            Ok(t) => text.push_str(&format!("alarm:{} ", t.as_str_name())),
+            Err(_) => text.push_str(&format!("alarm:{} ", a.alarm)),
+        }
+    }
+    text
+}
+
 #[tonic::async_trait]
 impl Health for Services {
     async fn check(
@@ -94,5 +99,27 @@ impl Health for Services {
         Ok(GrpcResponse::new(HealthCheckResponse {
             status: status as i32,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alarms_read_as_etcd_lists_them() {
+        let nospace = AlarmMember {
+            member_id: 10276657743932975437,
+            alarm: AlarmType::Nospace as i32,
+        };
+        assert_eq!(
+            alarm_text(&nospace),
+            "memberID:10276657743932975437 alarm:NOSPACE "
+        );
+        let corrupt_of_none = AlarmMember {
+            member_id: 0,
+            alarm: AlarmType::Corrupt as i32,
+        };
+        assert_eq!(alarm_text(&corrupt_of_none), "alarm:CORRUPT ");
     }
 }

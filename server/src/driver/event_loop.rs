@@ -100,6 +100,10 @@ impl DriverLoop {
                     Some(Ok(Done::Persisted(number))) => {
                         self.node.step(Input::Persisted { number })
                     }
+                    Some(Ok(Done::NoSpace)) => self.node.step(Input::DiskFull { full: true }),
+                    Some(Ok(Done::SpaceAgain)) => {
+                        self.node.step(Input::DiskFull { full: false })
+                    }
                     Some(Err(e)) => return e,
                     None => return DriverError::Task("WAL writer exited".into()),
                 },

@@ -1,17 +1,33 @@
 //! The WAL writer task: group commit of persist batches (saving a leader's snapshot a batch
 //! installs, before its WAL mark), and releasing WAL segments that durable snapshots cover.
+//!
+//! # A full disk
+//! A persist group whose write fails for lack of space (`ENOSPC` while appending to the WAL or
+//! starting a segment, or while saving a leader's snapshot) is not fatal and is never
+//! reported durable. The writer tells the loop ([`Done::NoSpace`]; the node then refuses
+//! writes, serves reads and raises its `NOSPACE` alarm), keeps the group, and retries it with
+//! backoff: it reopens the WAL ([`Wal::reopen`]: the half-written tail is cut, whole records
+//! are synced and kept), writes the whole group again and fsyncs. Nothing queued behind the
+//! group is written before it, so raft's durable state never runs ahead of the disk and the
+//! WAL stays one contiguous log. Once a retry succeeds the writer reports
+//! [`Done::SpaceAgain`], then the group durable, as usual. A failed fsync stays fatal, whatever
+//! its error: after one, the kernel may have dropped pages that still read back fine.
+//!
+//! With preallocated WAL segments (storage that reserves the next segment before the current
+//! one fills), `ENOSPC` shows up while the current segment still has room; the same seam
+//! serves: the reservation's failure is reported as [`Done::NoSpace`] and retried here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-#[cfg(madsim)]
 use std::time::Duration;
 
 use keel_engine::bugs::{Bug, Bugs};
 use keel_engine::node::PersistBatch;
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
 use keel_engine::raftpb::Message;
-use keel_storage::snap::SnapDir;
-use keel_storage::wal::Wal;
+use keel_storage::snap::{SnapDir, SnapError};
+use keel_storage::wal::{Wal, WalError};
+use keel_storage::IoOp;
 use tokio::sync::mpsc;
 
 use super::error::DriverError;
@@ -19,6 +35,12 @@ use super::outbound::Outbound;
 
 /// Persist batches the WAL writer merges into one fsync, at most.
 pub const BATCHES_PER_SYNC_MAX: usize = 4096;
+/// The first wait before a write that failed for lack of space is tried again; each failure
+/// doubles it, up to [`NO_SPACE_RETRY_MAX`].
+pub const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a write that failed for lack of space. (A try reads
+/// the WAL back, [`Wal::reopen`], so tries are spaced out.)
+pub const NO_SPACE_RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// A member's durable storage: the WAL and the snapshot directory.
 pub struct Storage {
@@ -45,6 +67,11 @@ pub(super) enum Job {
 pub(super) enum Done {
     /// Every batch up to this number is durable.
     Persisted(u64),
+    /// A persist group could not be written for lack of space: it waits, unwritten and not
+    /// durable, and is retried with backoff; nothing queued behind it is written first.
+    NoSpace,
+    /// A retried group was written: the disk takes writes again (its `Persisted` follows).
+    SpaceAgain,
 }
 
 /// A job's outcome; an error stops the member.
@@ -155,17 +182,106 @@ async fn persist_group(
     if acked_early && durable.send(Ok(Done::Persisted(newest))).await.is_err() {
         return None;
     }
-    let (st, result) = run_blocking(st, move |st| write_group(st, &group)).await?;
+    let (st, (group, result)) = run_blocking(st, move |st| {
+        let result = write_group(st, &group);
+        (group, result)
+    })
+    .await?;
     simulated_fsync_latency().await;
-    if let Err(e) = result {
-        let _ = durable.send(Err(e)).await;
-        return None;
-    }
+    let st = match result {
+        Ok(()) => st,
+        Err(e) if is_no_space(&e) => {
+            tracing::warn!(error = %e, "disk full: persist batches wait, writes are refused");
+            durable.send(Ok(Done::NoSpace)).await.ok()?;
+            let st = write_when_space(st, group, durable).await?;
+            tracing::info!("disk full: the waiting persist batches are written");
+            durable.send(Ok(Done::SpaceAgain)).await.ok()?;
+            st
+        }
+        Err(e) => {
+            let _ = durable.send(Err(e)).await;
+            return None;
+        }
+    };
     transport.send(then_send);
     if !acked_early && durable.send(Ok(Done::Persisted(newest))).await.is_err() {
         return None;
     }
     Some(st)
+}
+
+/// Retries a group that failed for lack of space, with backoff, until it is written: each try
+/// reopens the WAL (cutting what the failed write left half-written) and writes the whole
+/// group again. `None` if the member must stop (another error, reported; or the loop is gone).
+async fn write_when_space(
+    st: Storage,
+    group: Vec<PersistBatch>,
+    durable: &mpsc::Sender<Durable>,
+) -> Option<Storage> {
+    let (mut st, mut group) = (st, group);
+    let mut wait = NO_SPACE_RETRY_MIN;
+    for attempt in 1u64.. {
+        tokio::time::sleep(wait).await;
+        if durable.is_closed() {
+            return None;
+        }
+        wait = (wait * 2).min(NO_SPACE_RETRY_MAX);
+        let (back, (g, result)) = run_blocking(st, move |st| {
+            let result = reopen_wal(st).and_then(|()| write_group(st, &group));
+            (group, result)
+        })
+        .await?;
+        (st, group) = (back, g);
+        match result {
+            Ok(()) => return Some(st),
+            Err(e) if is_no_space(&e) => {
+                tracing::debug!(attempt, error = %e, "disk still full");
+            }
+            Err(e) => {
+                let _ = durable.send(Err(e)).await;
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Replaces a WAL poisoned by a failed write with the directory opened again.
+fn reopen_wal(st: &mut Storage) -> Result<(), DriverError> {
+    // (The storage logs what it cut; the entries it read back are the node's already.)
+    let (wal, _recovered) = st.wal.reopen()?;
+    st.wal = wal;
+    Ok(())
+}
+
+/// Whether `e` is a lack of space the writer may wait out: `ENOSPC` from a write, a file
+/// creation, a truncation or a rename — never from an fsync (see the module docs).
+fn is_no_space(e: &DriverError) -> bool {
+    let (op, source) = match e {
+        DriverError::Wal(WalError::Io { op, source, .. }) => (*op, source),
+        DriverError::Snap(SnapError::Io { op, source, .. }) => (*op, source),
+        _ => return false,
+    };
+    !matches!(op, IoOp::Sync | IoOp::SyncDir) && io_no_space(source)
+}
+
+/// `ENOSPC` anywhere in an I/O error's source chain.
+fn io_no_space(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return true;
+    }
+    let mut source = e
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Under simulation an fsync takes virtual time (0.5-3 ms, from madsim's per-run generator),
@@ -205,4 +321,47 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverErr
         }
     }
     Ok(st.wal.sync()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn wal_io(op: IoOp, source: IoError) -> DriverError {
+        DriverError::Wal(WalError::Io {
+            op,
+            path: PathBuf::from("/wal/0.wal"),
+            source,
+        })
+    }
+
+    #[test]
+    fn only_a_write_that_found_no_space_is_waited_out() {
+        let full = || IoError::from(ErrorKind::StorageFull);
+        assert!(is_no_space(&wal_io(IoOp::Append, full())));
+        assert!(is_no_space(&wal_io(IoOp::Open, full())));
+        // ENOSPC from the raw OS error, and wrapped inside another I/O error.
+        assert!(is_no_space(&wal_io(
+            IoOp::Append,
+            IoError::from_raw_os_error(28)
+        )));
+        assert!(is_no_space(&wal_io(IoOp::Append, IoError::other(full()))));
+        let snap = DriverError::Snap(SnapError::Io {
+            op: IoOp::Append,
+            path: PathBuf::from("/snap/1-1.snap.tmp"),
+            source: full(),
+        });
+        assert!(is_no_space(&snap));
+        // A failed fsync stays fatal, whatever its error; so does any other error.
+        assert!(!is_no_space(&wal_io(IoOp::Sync, full())));
+        assert!(!is_no_space(&wal_io(IoOp::SyncDir, full())));
+        assert!(!is_no_space(&wal_io(
+            IoOp::Append,
+            IoError::from_raw_os_error(5)
+        )));
+        assert!(!is_no_space(&DriverError::Wal(WalError::Poisoned)));
+    }
 }
