@@ -95,16 +95,20 @@ pub struct Found<'a> {
 }
 
 /// The history of one key (etcd's `keyIndex`). See the module doc for a worked example.
+///
+/// Memory: one key costs this struct (24 bytes, in the tree's node) plus two blocks, the
+/// generations and the current generation's entries, each sized exactly for the common key
+/// with one generation and one entry (they grow by doubling from there). The last change
+/// (`modified`) is not stored: it is the last stored entry. A value is kept in a block of its
+/// own, never as a slice of a larger buffer (see [`KeyIndex::put`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyIndex {
-    modified: Revision,
     generations: Vec<Generation>,
 }
 
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
-            modified: Revision::default(),
             generations: vec![Generation::default()],
         }
     }
@@ -116,7 +120,7 @@ impl KeyIndex {
     /// but the last is non-empty, a generation's changes are at least its stored entries.
     pub fn from_generations(generations: Vec<Generation>) -> Option<KeyIndex> {
         let last = generations.len().checked_sub(1)?;
-        let mut modified = Revision::default();
+        let mut modified: Option<Revision> = None;
         for (index, generation) in generations.iter().enumerate() {
             if index != last && generation.entries.is_empty() {
                 return None;
@@ -125,23 +129,20 @@ impl KeyIndex {
                 return None;
             }
             for entry in &generation.entries {
-                if entry.revision <= modified {
+                if modified.is_some_and(|m| entry.revision <= m) {
                     return None;
                 }
-                modified = entry.revision;
+                modified = Some(entry.revision);
             }
         }
-        Some(KeyIndex {
-            modified,
-            generations,
-        })
+        Some(KeyIndex { generations })
     }
 
     /// Panics, with a message naming what is wrong, unless the history is well formed:
     /// there is a current generation; every other generation holds entries and ends in a
-    /// tombstone (empty value, no lease); revisions strictly increase and the last one is
-    /// [`KeyIndex::modified`]; each generation counts at least the changes it stores and was
-    /// created no later than its first stored entry. O(entries).
+    /// tombstone (empty value, no lease); revisions strictly increase; each generation counts
+    /// at least the changes it stores and was created no later than its first stored entry.
+    /// O(entries).
     pub fn check_invariants(&self) {
         let last = self
             .generations
@@ -183,17 +184,16 @@ impl KeyIndex {
                 previous = Some(entry.revision);
             }
         }
-        if let Some(newest) = previous {
-            assert_eq!(
-                newest, self.modified,
-                "last stored revision against modified"
-            );
-        }
     }
 
-    /// The revision of the last change (put or tombstone).
+    /// The revision of the last change (put or tombstone): the last stored entry's (the
+    /// default revision when nothing is stored).
     pub fn modified(&self) -> Revision {
-        self.modified
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.entries.last())
+            .map_or(Revision::default(), |e| e.revision)
     }
 
     /// The generations, oldest first; the last one is the current life (empty if deleted).
@@ -231,45 +231,53 @@ impl KeyIndex {
     }
 
     /// Records a put at `revision`. Panics if `revision` does not move forward.
+    ///
+    /// The value is copied into a block of its own: the caller's `Bytes` is often a slice of a
+    /// larger buffer (the decoded raft entry, which also holds the key and the request's
+    /// framing, and for a txn every other op), and keeping the slice would keep all of it.
     pub fn put(&mut self, revision: Revision, value: Bytes, lease: i64) {
+        let modified = self.modified();
         assert!(
-            revision > self.modified,
-            "put at {revision} not after {}",
-            self.modified
+            revision > modified,
+            "put at {revision} not after {modified}"
         );
         let generation = self.current_mut();
         if generation.entries.is_empty() {
             generation.created = revision;
         }
-        generation.entries.push(Entry {
-            revision,
-            value,
-            lease,
-        });
+        push_doubling(
+            &mut generation.entries,
+            Entry {
+                revision,
+                value: Bytes::copy_from_slice(&value),
+                lease,
+            },
+        );
         generation.changes += 1;
-        self.modified = revision;
     }
 
     /// Records a delete at `revision` and opens a new, empty generation.
     /// Returns false (and changes nothing) if the key is not alive.
     pub fn tombstone(&mut self, revision: Revision) -> bool {
+        let modified = self.modified();
         assert!(
-            revision > self.modified,
-            "tombstone at {revision} not after {}",
-            self.modified
+            revision > modified,
+            "tombstone at {revision} not after {modified}"
         );
         if !self.is_alive() {
             return false;
         }
         let generation = self.current_mut();
-        generation.entries.push(Entry {
-            revision,
-            value: Bytes::new(),
-            lease: 0,
-        });
+        push_doubling(
+            &mut generation.entries,
+            Entry {
+                revision,
+                value: Bytes::new(),
+                lease: 0,
+            },
+        );
         generation.changes += 1;
-        self.generations.push(Generation::default());
-        self.modified = revision;
+        push_doubling(&mut self.generations, Generation::default());
         true
     }
 
@@ -403,20 +411,30 @@ impl KeyIndex {
             "the current generation is never dropped"
         );
         // Give the memory back, not just the slots: a hot key compacted from a million
-        // versions to one must not keep a million-entry buffer.
+        // versions to one must not keep a million-entry buffer, and the common key, put a few
+        // times and compacted to one entry, goes back to a one-entry block.
         for generation in &mut self.generations {
-            shrink_if_sparse(&mut generation.entries);
+            shrink_if_half_empty(&mut generation.entries);
         }
-        shrink_if_sparse(&mut self.generations);
+        shrink_if_half_empty(&mut self.generations);
         freed
     }
 }
 
-/// Shrinks `items` when at most a quarter of its capacity is used (and the waste is worth a
-/// reallocation).
-pub(super) fn shrink_if_sparse<T>(items: &mut Vec<T>) {
-    const WASTE_MIN: usize = 16;
-    if items.capacity() > WASTE_MIN && items.len() <= items.capacity() / 4 {
+/// Pushes `item`, growing a full `items` to exactly twice its length (to one if empty) rather
+/// than to `Vec`'s minimum of four slots: most keys hold one generation of one entry, and
+/// doubling keeps pushes amortized O(1).
+fn push_doubling<T>(items: &mut Vec<T>, item: T) {
+    if items.len() == items.capacity() {
+        items.reserve_exact(items.len().max(1));
+    }
+    items.push(item);
+}
+
+/// Shrinks `items` to its length when at most half its capacity is used. Compaction, the only
+/// caller, already spends time proportional to what it frees, which pays for the reallocation.
+fn shrink_if_half_empty<T>(items: &mut Vec<T>) {
+    if items.len() <= items.capacity() / 2 {
         items.shrink_to_fit();
     }
 }
