@@ -318,6 +318,19 @@ fn print_table(title: &str, rows: &[Row], large: &[(String, usize)], keys: usize
         per(total.1),
         total.1 as f64 / 1048576.0
     );
+    let mapped: usize = large
+        .iter()
+        .filter(|(name, _)| name.starts_with("newest snapshot"))
+        .map(|(_, s)| s)
+        .sum();
+    println!(
+        "{:<58} {:>10} {:>10.1} {:>10.1} {:>12.1}",
+        "TOTAL without the snapshot's data",
+        "",
+        per(total.0 - mapped),
+        per(total.1 - mapped),
+        (total.1 - mapped) as f64 / 1048576.0
+    );
 }
 
 /// The encoded raft entry of the put of key `i`, as the proposer encodes it.
@@ -364,7 +377,7 @@ fn labels(key_size: usize, val_size: usize, value: &Bytes) -> Vec<(String, Vec<u
             vec![val_size],
         ),
         (
-            format!("raft entry data, pinned by values ({raft_entry} B ± 4)"),
+            format!("raft entry data: raft log, and values' if sliced ({raft_entry} B ± 4)"),
             (raft_entry.saturating_sub(4)..=raft_entry + 4).collect(),
         ),
         ("bytes::Bytes shared headers (24 B)".into(), vec![24]),
@@ -437,8 +450,10 @@ fn heap_bytes_per_key() {
                 )
             } else if s % 56 == 0 && (s / 56).is_power_of_two() {
                 format!("MVCC change log: VecDeque of {} 56-B slots", s / 56)
+            } else if s > 1 << 20 {
+                format!("newest snapshot's data, {s} B (the server maps its file)")
             } else {
-                format!("large block of {s} B (snapshot data?)")
+                format!("large block of {s} B")
             };
             (name, s)
         })
