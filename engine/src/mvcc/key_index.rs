@@ -96,21 +96,99 @@ pub struct Found<'a> {
 
 /// The history of one key (etcd's `keyIndex`). See the module doc for a worked example.
 ///
-/// Memory: one key costs this struct (24 bytes, in the tree's node) plus two blocks, the
-/// generations and the current generation's entries, each sized exactly for the common key
-/// with one generation and one entry (they grow by doubling from there). The last change
-/// (`modified`) is not stored: it is the last stored entry. A value is kept in a block of its
-/// own, never as a slice of a larger buffer (see [`KeyIndex::put`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Memory: the common key, alive in its first generation, costs this struct (48 bytes, in the
+/// tree's node, the generation inline) plus one block of entries, sized exactly for one entry
+/// and doubled from there. Only a key deleted at least once since its last compaction keeps
+/// its generations in a vector. The last change (`modified`) is not stored: it is the last
+/// stored entry. A value is kept in a block of its own, never as a slice of a larger buffer
+/// (see [`KeyIndex::put`]).
+#[derive(Clone, Default)]
 pub struct KeyIndex {
-    generations: Vec<Generation>,
+    lives: Lives,
 }
 
-impl Default for KeyIndex {
+/// A key's generations: inline while there is one, else a vector of at least two.
+#[derive(Clone, Debug)]
+enum Lives {
+    One(Generation),
+    Many(Vec<Generation>),
+}
+
+impl Default for Lives {
     fn default() -> Self {
-        KeyIndex {
-            generations: vec![Generation::default()],
+        Lives::One(Generation::default())
+    }
+}
+
+impl Lives {
+    /// Generations as [`KeyIndex::from_generations`] checked them: at least one.
+    fn from_vec(mut generations: Vec<Generation>) -> Lives {
+        match generations.pop() {
+            Some(only) if generations.is_empty() => Lives::One(only),
+            Some(last) => {
+                generations.push(last);
+                generations.shrink_to_fit();
+                Lives::Many(generations)
+            }
+            None => Lives::Many(generations),
         }
+    }
+
+    fn as_slice(&self) -> &[Generation] {
+        match self {
+            Lives::One(generation) => std::slice::from_ref(generation),
+            Lives::Many(generations) => generations,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Generation] {
+        match self {
+            Lives::One(generation) => std::slice::from_mut(generation),
+            Lives::Many(generations) => generations,
+        }
+    }
+
+    /// Opens a new, empty generation.
+    fn push_empty(&mut self) {
+        match self {
+            Lives::One(generation) => {
+                let first = std::mem::take(generation);
+                *self = Lives::Many(vec![first, Generation::default()]);
+            }
+            Lives::Many(generations) => push_doubling(generations, Generation::default()),
+        }
+    }
+
+    /// Drops the `count` oldest generations (never all of them).
+    fn drop_oldest(&mut self, count: usize) {
+        assert!(
+            count < self.as_slice().len(),
+            "the current generation is never dropped"
+        );
+        if let Lives::Many(generations) = self {
+            generations.drain(..count);
+            if generations.len() == 1 {
+                *self = Lives::from_vec(std::mem::take(generations));
+            } else {
+                shrink_if_half_empty(generations);
+            }
+        }
+    }
+}
+
+impl PartialEq for KeyIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.generations() == other.generations()
+    }
+}
+
+impl Eq for KeyIndex {}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyIndex")
+            .field("generations", &self.generations())
+            .finish()
     }
 }
 
@@ -135,7 +213,9 @@ impl KeyIndex {
                 modified = Some(entry.revision);
             }
         }
-        Some(KeyIndex { generations })
+        Some(KeyIndex {
+            lives: Lives::from_vec(generations),
+        })
     }
 
     /// Panics, with a message naming what is wrong, unless the history is well formed:
@@ -145,12 +225,12 @@ impl KeyIndex {
     /// O(entries).
     pub fn check_invariants(&self) {
         let last = self
-            .generations
+            .generations()
             .len()
             .checked_sub(1)
             .unwrap_or_else(|| panic!("key index without a current generation"));
         let mut previous: Option<Revision> = None;
-        for (index, generation) in self.generations.iter().enumerate() {
+        for (index, generation) in self.generations().iter().enumerate() {
             assert!(
                 generation.changes >= generation.entries.len() as i64,
                 "generation {index}: {} changes, {} entries stored",
@@ -189,7 +269,7 @@ impl KeyIndex {
     /// The revision of the last change (put or tombstone): the last stored entry's (the
     /// default revision when nothing is stored).
     pub fn modified(&self) -> Revision {
-        self.generations
+        self.generations()
             .iter()
             .rev()
             .find_map(|g| g.entries.last())
@@ -198,34 +278,38 @@ impl KeyIndex {
 
     /// The generations, oldest first; the last one is the current life (empty if deleted).
     pub fn generations(&self) -> &[Generation] {
-        &self.generations
+        self.lives.as_slice()
     }
 
     /// All stored revisions, oldest first.
     pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
-        self.generations
+        self.generations()
             .iter()
             .flat_map(|g| g.entries.iter().map(|e| e.revision))
     }
 
     /// Entry slots allocated (≥ [`KeyIndex::entry_count`]), for memory accounting.
     pub fn entry_capacity(&self) -> usize {
-        self.generations.iter().map(|g| g.entries.capacity()).sum()
+        self.generations()
+            .iter()
+            .map(|g| g.entries.capacity())
+            .sum()
     }
 
     /// Number of stored entries (tombstones included).
     pub fn entry_count(&self) -> usize {
-        self.generations.iter().map(|g| g.entries.len()).sum()
+        self.generations().iter().map(|g| g.entries.len()).sum()
     }
 
     /// True when nothing is stored: the key may be removed from the tree.
     pub fn is_empty(&self) -> bool {
-        self.generations.len() == 1 && self.generations[0].entries.is_empty()
+        let generations = self.generations();
+        generations.len() == 1 && generations[0].entries.is_empty()
     }
 
     /// True when the key exists at the latest revision.
     pub fn is_alive(&self) -> bool {
-        self.generations
+        self.generations()
             .last()
             .is_some_and(|g| !g.entries.is_empty())
     }
@@ -277,18 +361,19 @@ impl KeyIndex {
             },
         );
         generation.changes += 1;
-        push_doubling(&mut self.generations, Generation::default());
+        self.lives.push_empty();
         true
     }
 
     fn current_mut(&mut self) -> &mut Generation {
-        let last = self.generations.len() - 1;
-        &mut self.generations[last]
+        let generations = self.lives.as_mut_slice();
+        let last = generations.len() - 1;
+        &mut generations[last]
     }
 
     /// The latest live entry, if the key exists now: O(1).
     pub fn current(&self) -> Option<Found<'_>> {
-        let generation = self.generations.last()?;
+        let generation = self.generations().last()?;
         let index = generation.entries.len().checked_sub(1)?;
         Some(Found {
             entry: &generation.entries[index],
@@ -315,8 +400,8 @@ impl KeyIndex {
 
     /// The entry written exactly at `revision` (a put, never a tombstone), if still stored.
     pub fn find(&self, revision: Revision) -> Option<Found<'_>> {
-        let last = self.generations.len() - 1;
-        for (g, generation) in self.generations.iter().enumerate() {
+        let last = self.generations().len() - 1;
+        for (g, generation) in self.generations().iter().enumerate() {
             let Ok(index) = generation
                 .entries
                 .binary_search_by(|e| e.revision.cmp(&revision))
@@ -339,8 +424,8 @@ impl KeyIndex {
 
     /// The generation alive at `at` (etcd's `findGeneration`).
     fn find_generation(&self, at: i64) -> Option<&Generation> {
-        let last = self.generations.len() - 1;
-        for (index, generation) in self.generations.iter().enumerate().rev() {
+        let last = self.generations().len() - 1;
+        for (index, generation) in self.generations().iter().enumerate().rev() {
             let (Some(first), Some(final_entry)) =
                 (generation.entries.first(), generation.entries.last())
             else {
@@ -372,11 +457,12 @@ impl KeyIndex {
     /// doc). Pushes the revision kept at or below `at`, if any, onto `kept`. Returns the number
     /// of entries freed.
     pub fn compact(&mut self, at: i64, kept: &mut Vec<Revision>) -> usize {
-        let last = self.generations.len() - 1;
+        let generations = self.lives.as_mut_slice();
+        let last = generations.len() - 1;
         // Skip generations tombstoned at or before `at`: nothing in them is readable.
         let mut index = 0;
         while index < last {
-            let tombstone = self.generations[index].entries.last();
+            let tombstone = generations[index].entries.last();
             assert!(
                 tombstone.is_some(),
                 "a non-last generation always ends in a tombstone"
@@ -386,11 +472,8 @@ impl KeyIndex {
             }
             index += 1;
         }
-        let mut freed: usize = self.generations[..index]
-            .iter()
-            .map(|g| g.entries.len())
-            .sum();
-        let generation = &mut self.generations[index];
+        let mut freed: usize = generations[..index].iter().map(|g| g.entries.len()).sum();
+        let generation = &mut generations[index];
         let visible = generation
             .entries
             .partition_point(|e| e.revision.main <= at);
@@ -405,18 +488,13 @@ impl KeyIndex {
         } else if visible > 0 {
             kept.push(generation.entries[0].revision);
         }
-        self.generations.drain(..index);
-        assert!(
-            !self.generations.is_empty(),
-            "the current generation is never dropped"
-        );
+        self.lives.drop_oldest(index);
         // Give the memory back, not just the slots: a hot key compacted from a million
         // versions to one must not keep a million-entry buffer, and the common key, put a few
         // times and compacted to one entry, goes back to a one-entry block.
-        for generation in &mut self.generations {
+        for generation in self.lives.as_mut_slice() {
             shrink_if_half_empty(&mut generation.entries);
         }
-        shrink_if_half_empty(&mut self.generations);
         freed
     }
 }
