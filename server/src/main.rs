@@ -8,6 +8,7 @@ use keel_server::{Config, Env, SystemClock};
 use keel_storage::disk::OsDisk;
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let config = Config::parse();
     init_logging(&config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -30,6 +31,33 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+/// Caps glibc malloc at [`MALLOC_ARENAS_MAX`] arenas, before any thread starts.
+///
+/// By default glibc gives each thread that allocates an arena of its own, up to eight per core,
+/// and free space in one arena never serves another. keel's store is built on the driver
+/// thread while tokio's workers, the WAL writer and the snapshot writer allocate and free
+/// request, batch and snapshot buffers in theirs, so every arena keeps its own high-water
+/// mark. Measured after loading 200 000 keys in order (8-byte keys, 256-byte values, 100
+/// clients), for a live heap of 130 MiB: anonymous RSS 178-200 MiB with the default arenas,
+/// 140-162 MiB with two, 137-138 MiB with one (three runs), at the same throughput (5.2-6.0k
+/// puts/s against 5.3k); mimalloc gave 151 MiB, for a dependency more.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets a tuning parameter of the allocator, and is called before any
+    // other thread exists.
+    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX) };
+    if set != 1 {
+        eprintln!("keel: mallopt(M_ARENA_MAX, {MALLOC_ARENAS_MAX}) failed; default arenas kept");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+/// glibc malloc arenas at most (see [`limit_malloc_arenas`]).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_ARENAS_MAX: libc::c_int = 1;
 
 fn init_logging(level: &str) {
     // etcd's levels: debug, info, warn, error, panic, fatal.

@@ -95,18 +95,100 @@ pub struct Found<'a> {
 }
 
 /// The history of one key (etcd's `keyIndex`). See the module doc for a worked example.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Memory: the common key, alive in its first generation, costs this struct (48 bytes, in the
+/// tree's node, the generation inline) plus one block of entries, sized exactly for one entry
+/// and doubled from there. Only a key deleted at least once since its last compaction keeps
+/// its generations in a vector. The last change (`modified`) is not stored: it is the last
+/// stored entry. A value is kept in a block of its own, never as a slice of a larger buffer
+/// (see [`KeyIndex::put`]).
+#[derive(Clone, Default)]
 pub struct KeyIndex {
-    modified: Revision,
-    generations: Vec<Generation>,
+    lives: Lives,
 }
 
-impl Default for KeyIndex {
+/// A key's generations: inline while there is one, else a vector of at least two.
+#[derive(Clone, Debug)]
+enum Lives {
+    One(Generation),
+    Many(Vec<Generation>),
+}
+
+impl Default for Lives {
     fn default() -> Self {
-        KeyIndex {
-            modified: Revision::default(),
-            generations: vec![Generation::default()],
+        Lives::One(Generation::default())
+    }
+}
+
+impl Lives {
+    /// Generations as [`KeyIndex::from_generations`] checked them: at least one.
+    fn from_vec(mut generations: Vec<Generation>) -> Lives {
+        match generations.pop() {
+            Some(only) if generations.is_empty() => Lives::One(only),
+            Some(last) => {
+                generations.push(last);
+                generations.shrink_to_fit();
+                Lives::Many(generations)
+            }
+            None => Lives::Many(generations),
         }
+    }
+
+    fn as_slice(&self) -> &[Generation] {
+        match self {
+            Lives::One(generation) => std::slice::from_ref(generation),
+            Lives::Many(generations) => generations,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Generation] {
+        match self {
+            Lives::One(generation) => std::slice::from_mut(generation),
+            Lives::Many(generations) => generations,
+        }
+    }
+
+    /// Opens a new, empty generation.
+    fn push_empty(&mut self) {
+        match self {
+            Lives::One(generation) => {
+                let first = std::mem::take(generation);
+                *self = Lives::Many(vec![first, Generation::default()]);
+            }
+            Lives::Many(generations) => push_doubling(generations, Generation::default()),
+        }
+    }
+
+    /// Drops the `count` oldest generations (never all of them).
+    fn drop_oldest(&mut self, count: usize) {
+        assert!(
+            count < self.as_slice().len(),
+            "the current generation is never dropped"
+        );
+        if let Lives::Many(generations) = self {
+            generations.drain(..count);
+            if generations.len() == 1 {
+                *self = Lives::from_vec(std::mem::take(generations));
+            } else {
+                shrink_if_half_empty(generations);
+            }
+        }
+    }
+}
+
+impl PartialEq for KeyIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.generations() == other.generations()
+    }
+}
+
+impl Eq for KeyIndex {}
+
+impl std::fmt::Debug for KeyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyIndex")
+            .field("generations", &self.generations())
+            .finish()
     }
 }
 
@@ -116,7 +198,7 @@ impl KeyIndex {
     /// but the last is non-empty, a generation's changes are at least its stored entries.
     pub fn from_generations(generations: Vec<Generation>) -> Option<KeyIndex> {
         let last = generations.len().checked_sub(1)?;
-        let mut modified = Revision::default();
+        let mut modified: Option<Revision> = None;
         for (index, generation) in generations.iter().enumerate() {
             if index != last && generation.entries.is_empty() {
                 return None;
@@ -125,31 +207,30 @@ impl KeyIndex {
                 return None;
             }
             for entry in &generation.entries {
-                if entry.revision <= modified {
+                if modified.is_some_and(|m| entry.revision <= m) {
                     return None;
                 }
-                modified = entry.revision;
+                modified = Some(entry.revision);
             }
         }
         Some(KeyIndex {
-            modified,
-            generations,
+            lives: Lives::from_vec(generations),
         })
     }
 
     /// Panics, with a message naming what is wrong, unless the history is well formed:
     /// there is a current generation; every other generation holds entries and ends in a
-    /// tombstone (empty value, no lease); revisions strictly increase and the last one is
-    /// [`KeyIndex::modified`]; each generation counts at least the changes it stores and was
-    /// created no later than its first stored entry. O(entries).
+    /// tombstone (empty value, no lease); revisions strictly increase; each generation counts
+    /// at least the changes it stores and was created no later than its first stored entry.
+    /// O(entries).
     pub fn check_invariants(&self) {
         let last = self
-            .generations
+            .generations()
             .len()
             .checked_sub(1)
             .unwrap_or_else(|| panic!("key index without a current generation"));
         let mut previous: Option<Revision> = None;
-        for (index, generation) in self.generations.iter().enumerate() {
+        for (index, generation) in self.generations().iter().enumerate() {
             assert!(
                 generation.changes >= generation.entries.len() as i64,
                 "generation {index}: {} changes, {} entries stored",
@@ -183,104 +264,116 @@ impl KeyIndex {
                 previous = Some(entry.revision);
             }
         }
-        if let Some(newest) = previous {
-            assert_eq!(
-                newest, self.modified,
-                "last stored revision against modified"
-            );
-        }
     }
 
-    /// The revision of the last change (put or tombstone).
+    /// The revision of the last change (put or tombstone): the last stored entry's (the
+    /// default revision when nothing is stored).
     pub fn modified(&self) -> Revision {
-        self.modified
+        self.generations()
+            .iter()
+            .rev()
+            .find_map(|g| g.entries.last())
+            .map_or(Revision::default(), |e| e.revision)
     }
 
     /// The generations, oldest first; the last one is the current life (empty if deleted).
     pub fn generations(&self) -> &[Generation] {
-        &self.generations
+        self.lives.as_slice()
     }
 
     /// All stored revisions, oldest first.
     pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
-        self.generations
+        self.generations()
             .iter()
             .flat_map(|g| g.entries.iter().map(|e| e.revision))
     }
 
     /// Entry slots allocated (≥ [`KeyIndex::entry_count`]), for memory accounting.
     pub fn entry_capacity(&self) -> usize {
-        self.generations.iter().map(|g| g.entries.capacity()).sum()
+        self.generations()
+            .iter()
+            .map(|g| g.entries.capacity())
+            .sum()
     }
 
     /// Number of stored entries (tombstones included).
     pub fn entry_count(&self) -> usize {
-        self.generations.iter().map(|g| g.entries.len()).sum()
+        self.generations().iter().map(|g| g.entries.len()).sum()
     }
 
     /// True when nothing is stored: the key may be removed from the tree.
     pub fn is_empty(&self) -> bool {
-        self.generations.len() == 1 && self.generations[0].entries.is_empty()
+        let generations = self.generations();
+        generations.len() == 1 && generations[0].entries.is_empty()
     }
 
     /// True when the key exists at the latest revision.
     pub fn is_alive(&self) -> bool {
-        self.generations
+        self.generations()
             .last()
             .is_some_and(|g| !g.entries.is_empty())
     }
 
     /// Records a put at `revision`. Panics if `revision` does not move forward.
+    ///
+    /// The value is copied into a block of its own: the caller's `Bytes` is often a slice of a
+    /// larger buffer (the decoded raft entry, which also holds the key and the request's
+    /// framing, and for a txn every other op), and keeping the slice would keep all of it.
     pub fn put(&mut self, revision: Revision, value: Bytes, lease: i64) {
+        let modified = self.modified();
         assert!(
-            revision > self.modified,
-            "put at {revision} not after {}",
-            self.modified
+            revision > modified,
+            "put at {revision} not after {modified}"
         );
         let generation = self.current_mut();
         if generation.entries.is_empty() {
             generation.created = revision;
         }
-        generation.entries.push(Entry {
-            revision,
-            value,
-            lease,
-        });
+        push_doubling(
+            &mut generation.entries,
+            Entry {
+                revision,
+                value: Bytes::copy_from_slice(&value),
+                lease,
+            },
+        );
         generation.changes += 1;
-        self.modified = revision;
     }
 
     /// Records a delete at `revision` and opens a new, empty generation.
     /// Returns false (and changes nothing) if the key is not alive.
     pub fn tombstone(&mut self, revision: Revision) -> bool {
+        let modified = self.modified();
         assert!(
-            revision > self.modified,
-            "tombstone at {revision} not after {}",
-            self.modified
+            revision > modified,
+            "tombstone at {revision} not after {modified}"
         );
         if !self.is_alive() {
             return false;
         }
         let generation = self.current_mut();
-        generation.entries.push(Entry {
-            revision,
-            value: Bytes::new(),
-            lease: 0,
-        });
+        push_doubling(
+            &mut generation.entries,
+            Entry {
+                revision,
+                value: Bytes::new(),
+                lease: 0,
+            },
+        );
         generation.changes += 1;
-        self.generations.push(Generation::default());
-        self.modified = revision;
+        self.lives.push_empty();
         true
     }
 
     fn current_mut(&mut self) -> &mut Generation {
-        let last = self.generations.len() - 1;
-        &mut self.generations[last]
+        let generations = self.lives.as_mut_slice();
+        let last = generations.len() - 1;
+        &mut generations[last]
     }
 
     /// The latest live entry, if the key exists now: O(1).
     pub fn current(&self) -> Option<Found<'_>> {
-        let generation = self.generations.last()?;
+        let generation = self.generations().last()?;
         let index = generation.entries.len().checked_sub(1)?;
         Some(Found {
             entry: &generation.entries[index],
@@ -307,8 +400,8 @@ impl KeyIndex {
 
     /// The entry written exactly at `revision` (a put, never a tombstone), if still stored.
     pub fn find(&self, revision: Revision) -> Option<Found<'_>> {
-        let last = self.generations.len() - 1;
-        for (g, generation) in self.generations.iter().enumerate() {
+        let last = self.generations().len() - 1;
+        for (g, generation) in self.generations().iter().enumerate() {
             let Ok(index) = generation
                 .entries
                 .binary_search_by(|e| e.revision.cmp(&revision))
@@ -331,8 +424,8 @@ impl KeyIndex {
 
     /// The generation alive at `at` (etcd's `findGeneration`).
     fn find_generation(&self, at: i64) -> Option<&Generation> {
-        let last = self.generations.len() - 1;
-        for (index, generation) in self.generations.iter().enumerate().rev() {
+        let last = self.generations().len() - 1;
+        for (index, generation) in self.generations().iter().enumerate().rev() {
             let (Some(first), Some(final_entry)) =
                 (generation.entries.first(), generation.entries.last())
             else {
@@ -364,11 +457,12 @@ impl KeyIndex {
     /// doc). Pushes the revision kept at or below `at`, if any, onto `kept`. Returns the number
     /// of entries freed.
     pub fn compact(&mut self, at: i64, kept: &mut Vec<Revision>) -> usize {
-        let last = self.generations.len() - 1;
+        let generations = self.lives.as_mut_slice();
+        let last = generations.len() - 1;
         // Skip generations tombstoned at or before `at`: nothing in them is readable.
         let mut index = 0;
         while index < last {
-            let tombstone = self.generations[index].entries.last();
+            let tombstone = generations[index].entries.last();
             assert!(
                 tombstone.is_some(),
                 "a non-last generation always ends in a tombstone"
@@ -378,11 +472,8 @@ impl KeyIndex {
             }
             index += 1;
         }
-        let mut freed: usize = self.generations[..index]
-            .iter()
-            .map(|g| g.entries.len())
-            .sum();
-        let generation = &mut self.generations[index];
+        let mut freed: usize = generations[..index].iter().map(|g| g.entries.len()).sum();
+        let generation = &mut generations[index];
         let visible = generation
             .entries
             .partition_point(|e| e.revision.main <= at);
@@ -397,26 +488,31 @@ impl KeyIndex {
         } else if visible > 0 {
             kept.push(generation.entries[0].revision);
         }
-        self.generations.drain(..index);
-        assert!(
-            !self.generations.is_empty(),
-            "the current generation is never dropped"
-        );
+        self.lives.drop_oldest(index);
         // Give the memory back, not just the slots: a hot key compacted from a million
-        // versions to one must not keep a million-entry buffer.
-        for generation in &mut self.generations {
-            shrink_if_sparse(&mut generation.entries);
+        // versions to one must not keep a million-entry buffer, and the common key, put a few
+        // times and compacted to one entry, goes back to a one-entry block.
+        for generation in self.lives.as_mut_slice() {
+            shrink_if_half_empty(&mut generation.entries);
         }
-        shrink_if_sparse(&mut self.generations);
         freed
     }
 }
 
-/// Shrinks `items` when at most a quarter of its capacity is used (and the waste is worth a
-/// reallocation).
-pub(super) fn shrink_if_sparse<T>(items: &mut Vec<T>) {
-    const WASTE_MIN: usize = 16;
-    if items.capacity() > WASTE_MIN && items.len() <= items.capacity() / 4 {
+/// Pushes `item`, growing a full `items` to exactly twice its length (to one if empty) rather
+/// than to `Vec`'s minimum of four slots: most keys hold one generation of one entry, and
+/// doubling keeps pushes amortized O(1).
+fn push_doubling<T>(items: &mut Vec<T>, item: T) {
+    if items.len() == items.capacity() {
+        items.reserve_exact(items.len().max(1));
+    }
+    items.push(item);
+}
+
+/// Shrinks `items` to its length when at most half its capacity is used. Compaction, the only
+/// caller, already spends time proportional to what it frees, which pays for the reallocation.
+fn shrink_if_half_empty<T>(items: &mut Vec<T>) {
+    if items.len() <= items.capacity() / 2 {
         items.shrink_to_fit();
     }
 }
