@@ -20,6 +20,11 @@
 #                                     small for KEYS=5000000)
 #   ETCD_BIN=etcd  KEEL_BIN=$CARGO_TARGET_DIR/release/keel
 #   KEEP=1                keep the work directory (data dirs, logs, full reports)
+#   MEMBERS=3             the 3-member variant instead (benches/scale-rejoin.sh): bulk load and
+#                         baseline puts, then a wiped follower rejoins during random puts;
+#                         CHUNK_PUTS=5000 POLL_S=0.2 CATCHUP_TIMEOUT=600
+#                         ETCD3_PORT=24800 KEEL3_PORT=24820 (member i: client PORT+i, peer
+#                         PORT+100+i)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,6 +40,7 @@ RESTART_TIMEOUT=${RESTART_TIMEOUT:-120}
 ETCD_PORT=${ETCD_PORT:-24500}
 KEEL_PORT=${KEEL_PORT:-24510}
 ETCD_QUOTA_BYTES=${ETCD_QUOTA_BYTES:-8589934592}
+MEMBERS=${MEMBERS:-1}
 WORK=$(mktemp -d /tmp/keel-scale.XXXXXX)
 # shellcheck source=bench-lib.sh
 source "$ROOT/benches/bench-lib.sh"
@@ -167,11 +173,21 @@ table() {
 build
 [[ -x "$BENCH_BIN" ]] || { log "missing $BENCH_BIN"; exit 1; }
 command -v etcdctl >/dev/null || { log "etcdctl is needed for the restart check"; exit 1; }
+if [[ $MEMBERS == 3 ]]; then
+  # shellcheck source=scale-rejoin.sh
+  source "$ROOT/benches/scale-rejoin.sh"
+  LOADS=(bulk put during)
+  RUN=run_side3 ETCD_PORT=$ETCD3_PORT KEEL_PORT=$KEEL3_PORT
+elif [[ $MEMBERS == 1 ]]; then
+  RUN=run_side
+else
+  log "MEMBERS must be 1 or 3"; exit 1
+fi
 for side in etcd keel; do
   for load in "${LOADS[@]}"; do echo "RESULT not-run" >"$WORK/$side.$load.result"; done
 done
-if [[ "$ONLY" != keel ]]; then run_side etcd "$ETCD_PORT"; fi
+if [[ "$ONLY" != keel ]]; then $RUN etcd "$ETCD_PORT"; fi
 if [[ "$ONLY" != etcd ]]; then
-  if [[ -x "$KEEL_BIN" ]]; then run_side keel "$KEEL_PORT"; else log "no keel binary at $KEEL_BIN"; fi
+  if [[ -x "$KEEL_BIN" ]]; then $RUN keel "$KEEL_PORT"; else log "no keel binary at $KEEL_BIN"; fi
 fi
-table
+if [[ $MEMBERS == 3 ]]; then table3; else table; fi

@@ -9,8 +9,10 @@
 //! log or covered by the snapshot.
 //!
 //! When raft asks for a snapshot newer than the one held (a follower needs entries that were
-//! compacted without one, e.g. a member added to a one-member cluster), the request is
-//! remembered and the node makes a fresh snapshot; raft asks again on its next attempt.
+//! compacted without one, e.g. a member added to a one-member cluster, or past the log's byte
+//! bound), or for a member the held snapshot's configuration does not name (added after it:
+//! raft-rs would refuse it there), the request is remembered and the node makes a fresh
+//! snapshot; raft asks again on its next attempt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -125,10 +127,16 @@ impl Storage for RaftStorage {
         self.log.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let held = self.snapshot.get_metadata().index;
         // The follower continues from the entry after the snapshot: it must still be here.
-        let needed = request_index.max(self.log.first_index()?.saturating_sub(1));
+        let mut needed = request_index.max(self.log.first_index()?.saturating_sub(1));
+        if held != 0 && !names(&self.snapshot, to) {
+            // A member added after the held snapshot would refuse it (raft-rs restores only a
+            // snapshot whose configuration holds it), and be sent it again and again: it
+            // needs one taken after its addition.
+            needed = needed.max(held + 1);
+        }
         if held == 0 || held < needed {
             self.wanted.fetch_max(needed.max(1), Ordering::Relaxed);
             return Err(raft::Error::Store(
@@ -137,4 +145,18 @@ impl Storage for RaftStorage {
         }
         Ok(self.snapshot.clone())
     }
+}
+
+/// Whether `id` is in the configuration of `snapshot` (as a voter or learner, incoming or
+/// outgoing).
+fn names(snapshot: &Snapshot, id: u64) -> bool {
+    let cs = snapshot.get_metadata().get_conf_state();
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|ids| ids.contains(&id))
 }

@@ -282,3 +282,39 @@ fn a_leader_that_removes_itself_hands_over_leadership() {
         "tables differ"
     );
 }
+
+// raft-rs restores only a snapshot whose configuration names the member; the leader's newest
+// snapshot taken before a MemberAdd does not, so the new member is sent one taken after it —
+// once, not the old one again and again.
+#[test]
+fn a_member_added_after_the_newest_snapshot_is_sent_one_that_names_it() {
+    let mut c = start(&[1, 2, 3]);
+    for i in 0..100 {
+        put(&mut c, &format!("k{i}"));
+    }
+    let leader = c.leader().expect("a leader");
+    let before = c.node(leader).snapshot_index();
+    assert!(before > 75, "snapshots were made: {before}");
+    let new = added_id(on_leader(&mut c, add("http://n4:2380", true)));
+    let added_at = c.node(leader).status().raft_applied_index;
+    c.record_trace();
+    c.join(new);
+    caught_up(&mut c, &[1, 2, 3, new]);
+    let sent = c
+        .trace
+        .take()
+        .unwrap_or_default()
+        .iter()
+        .filter(|line| line.contains("msg_type: MsgSnapshot"))
+        .count();
+    assert_eq!(sent, 1, "one snapshot sent to the new member");
+    let installed = c.installed.get(&new).copied().unwrap_or(0);
+    assert!(
+        installed >= added_at,
+        "it installed a snapshot taken after its addition at {added_at}: {installed}"
+    );
+    assert_eq!(
+        c.nodes[&new].store().hash_kv(0),
+        c.nodes[&1].store().hash_kv(0)
+    );
+}

@@ -111,6 +111,15 @@ pub struct Config {
         default_value_t = keel_engine::node::SNAPSHOT_LOG_PERCENT_DEFAULT
     )]
     pub snapshot_log_percent: u64,
+    /// Maximum bytes of applied raft log entries kept in memory for followers behind (0: no
+    /// bound); past it the oldest are freed before a snapshot covers them, and a follower that
+    /// needs one is sent a new snapshot. The WAL keeps them until a snapshot does.
+    #[arg(
+        long = "max-raft-log-bytes",
+        env = "KEEL_MAX_RAFT_LOG_BYTES",
+        default_value_t = keel_engine::node::RAFT_LOG_BYTES_MAX_DEFAULT
+    )]
+    pub max_raft_log_bytes: u64,
     /// Maximum number of snapshot files to retain (etcd's default is 5; keel keeps the newest
     /// and the one a damaged newest falls back to, and at least one).
     #[arg(

@@ -170,6 +170,9 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             incarnation: env.seed & 0xff_ffff,
             snapshot_count: config.snapshot_count,
             snapshot_log_percent: config.snapshot_log_percent,
+            // 0: no byte bound.
+            raft_log_bytes_max: (config.max_raft_log_bytes > 0)
+                .then_some(config.max_raft_log_bytes),
             initial_members: boot.initial,
             name: identity.name.clone(),
             client_urls: identity.client_urls.clone(),

@@ -47,6 +47,7 @@ pub use crate::request::{Request, Response};
 use crate::watch::{HeaderInfo, WatchHub};
 
 mod conf_change;
+mod log_bytes;
 mod persist;
 mod raft_core;
 mod reads;
@@ -59,11 +60,13 @@ mod types;
 pub use conf_change::{check_urls, PEER_URLS_MAX};
 pub use reads::WAITING_FOR_LEADER_MAX;
 pub use snapshots::{
-    SnapshotJob, LOG_ENTRIES_KEPT_MAX, SNAPSHOT_COUNT_DEFAULT, SNAPSHOT_LOG_PERCENT_DEFAULT,
+    SnapshotJob, LOG_ENTRIES_KEPT_MAX, RAFT_LOG_BYTES_MAX_DEFAULT, SNAPSHOT_COUNT_DEFAULT,
+    SNAPSHOT_LOG_PERCENT_DEFAULT,
 };
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
-    Input, NodeConfig, NodeStatus, Output, PersistBatch, Recovered, StartError, WatchConfig,
+    Input, NodeConfig, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered, StartError,
+    WatchConfig,
 };
 
 use conf_change::ConfChanges;
@@ -200,7 +203,11 @@ impl Node {
             leader_wait: LeaderWait::default(),
             sm,
             watches,
-            snapshots: Snapshots::new(cfg.snapshot_count, cfg.snapshot_log_percent),
+            snapshots: Snapshots::new(
+                cfg.snapshot_count,
+                cfg.snapshot_log_percent,
+                cfg.raft_log_bytes_max,
+            ),
             transfers: Transfers::default(),
             conf: ConfChanges::new(cfg.seed),
             no_space: None,
@@ -401,6 +408,15 @@ impl Node {
         self.snapshots.index()
     }
 
+    /// What the in-memory raft log holds (for tests and metrics).
+    pub fn raft_log_memory(&self) -> RaftLogMemory {
+        let (first_index, applied_bytes) = self.core.log_memory();
+        RaftLogMemory {
+            first_index,
+            applied_bytes,
+        }
+    }
+
     /// Checks what must always hold across the node's parts (the MVCC store, leases and
     /// watches walked whole); panics with a message if something does not. Simulation builds
     /// call it after every step.
@@ -460,6 +476,7 @@ impl Node {
             &mut self.out,
         );
         self.snapshots.note_applied(entries);
+        self.core.count_applied(entries);
         self.snapshots
             .compact_log(&mut self.core, self.sm.applied_index());
     }

@@ -8,8 +8,9 @@
 
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
-use raft::{RawNode, ReadOnlyOption, StateRole, Storage as _};
+use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole, Storage as _};
 
+use super::log_bytes::LogBytes;
 use super::persist::PersistTracker;
 use super::types::{NodeConfig, PersistBatch, Recovered, StartError};
 use crate::raft_log;
@@ -39,6 +40,19 @@ pub(super) struct RaftCore {
     election_ticks: usize,
     /// The highest commit index seen: it never decreases.
     committed_seen: u64,
+    /// The bytes of the applied entries in the in-memory log.
+    log_bytes: LogBytes,
+}
+
+/// How the in-memory log is compacted (see [`RaftCore::compact_log`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Compaction {
+    /// Entries always kept behind the applied index; compaction goes in steps of this many.
+    pub kept: u64,
+    /// The bytes of applied entries the log may hold (`None`: no byte bound).
+    pub bytes_max: Option<u64>,
+    /// The index of the snapshot being saved, if one is.
+    pub saving: Option<u64>,
 }
 
 impl RaftCore {
@@ -70,6 +84,7 @@ impl RaftCore {
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, storage, &raft_log::logger())?;
         let committed_seen = raw.raft.raft_log.committed;
+        let log_bytes = LogBytes::new(raw.raft.raft_log.applied + 1);
         let core = RaftCore {
             raw,
             persist: PersistTracker::default(),
@@ -77,6 +92,7 @@ impl RaftCore {
             seed: cfg.seed,
             election_ticks: cfg.election_ticks,
             committed_seen,
+            log_bytes,
         };
         Ok((core, restored))
     }
@@ -277,6 +293,7 @@ impl RaftCore {
             if let Err(e) = store.apply_snapshot(snapshot.clone()) {
                 panic!("raft handed us a snapshot older than the log: {e}");
             }
+            self.log_bytes.reset(snapshot.get_metadata().index + 1);
         }
         if let Err(e) = store.append(&batch.entries) {
             panic!("raft handed us entries that do not extend the log: {e}");
@@ -374,26 +391,108 @@ impl RaftCore {
         self.raw.mut_store().set_snapshot(snapshot);
     }
 
-    /// Frees in-memory log entries up to `limit` (never past the snapshot raft holds for
-    /// followers, when there are any), in steps of `kept` entries.
-    pub(super) fn compact_log(&mut self, applied: u64, kept: u64) {
-        let first = match self.raw.store().first_index() {
+    /// Entries were applied: their bytes now count towards the byte bound.
+    pub(super) fn count_applied(&mut self, entries: &[Entry]) {
+        self.log_bytes.applied(entries);
+    }
+
+    /// The in-memory log: (first index, bytes of its applied entries).
+    pub(super) fn log_memory(&self) -> (u64, u64) {
+        (self.first_index(), self.log_bytes.bytes())
+    }
+
+    fn first_index(&self) -> u64 {
+        match self.raw.store().first_index() {
             Ok(i) => i,
             Err(e) => panic!("in-memory raft log has no first index: {e}"),
-        };
-        let Some(mut limit) = applied.checked_sub(kept) else {
-            return; // fewer than `kept` entries applied: nothing to free
-        };
-        if self.raw.raft.prs().iter().count() > 1 {
-            let held = self.raw.store().snapshot_held().get_metadata().index;
-            limit = limit.min(held);
         }
-        if limit < first + kept {
+    }
+
+    fn held_index(&self) -> u64 {
+        self.raw.store().snapshot_held().get_metadata().index
+    }
+
+    /// Frees in-memory log entries behind `applied` by two rules; whichever frees more wins.
+    ///
+    /// * Entries (etcd's): `rule.kept` entries stay behind the applied index; older ones go,
+    ///   in steps of `rule.kept`, but with peers never past the durable snapshot raft holds
+    ///   for followers.
+    /// * Bytes: once the applied entries hold more than `rule.bytes_max`, the oldest go,
+    ///   down to half the bound (so this runs once per half-bound of writes), past the
+    ///   durable snapshot if need be: a follower that needs a freed entry gets a snapshot,
+    ///   made anew if the held one is too old (`RaftStorage::snapshot`). Never past the
+    ///   applied entry itself, nor past a catch-up in progress ([`RaftCore::catch_up_pin`]).
+    pub(super) fn compact_log(&mut self, applied: u64, rule: Compaction) {
+        let first = self.first_index();
+        let by_entries = self.entry_limit(first, applied, rule.kept);
+        let by_bytes = rule
+            .bytes_max
+            .map_or(first, |max| self.byte_limit(first, max, rule.saving));
+        let limit = by_entries.max(by_bytes);
+        if limit <= first {
             return;
         }
         if let Err(e) = self.raw.mut_store().compact(limit) {
             panic!("compacting the in-memory raft log to {limit}: {e}");
         }
+        self.log_bytes.compacted(limit);
+    }
+
+    /// The entry rule's new first index (`first`: nothing to free).
+    fn entry_limit(&self, first: u64, applied: u64, kept: u64) -> u64 {
+        let Some(mut limit) = applied.checked_sub(kept) else {
+            return first; // fewer than `kept` entries applied: nothing to free
+        };
+        if self.raw.raft.prs().iter().count() > 1 {
+            limit = limit.min(self.held_index());
+        }
+        if limit < first + kept {
+            return first;
+        }
+        limit
+    }
+
+    /// The byte rule's new first index (`first`: nothing to free).
+    fn byte_limit(&self, first: u64, max: u64, saving: Option<u64>) -> u64 {
+        if self.log_bytes.bytes() <= max {
+            return first;
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        let mut limit = self.log_bytes.first_fitting(max / 2).min(applied);
+        if let Some(pin) = self.catch_up_pin(saving) {
+            limit = limit.min(pin);
+        }
+        limit.max(first)
+    }
+
+    /// The lowest entry a follower's catch-up in progress still needs (leader only), which
+    /// the byte rule must keep; without it a follower could be sent one snapshot after
+    /// another while the log runs ahead of each. Per peer:
+    ///
+    /// * being sent a snapshot: the snapshot's index (it continues from there);
+    /// * recently heard from, probing from an entry still in memory: that entry;
+    /// * recently heard from and needing a snapshot: the newest one, saved or being saved;
+    /// * replicating from memory, or silent (down, cut off): nothing — the bound holds, and
+    ///   such a follower gets a snapshot if it needs a freed entry later.
+    fn catch_up_pin(&self, saving: Option<u64>) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let first = self.first_index();
+        let newest = self.held_index().max(saving.unwrap_or(0));
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.member_id)
+            .filter_map(|(_, pr)| match pr.state {
+                ProgressState::Snapshot => Some(pr.pending_snapshot),
+                _ if !pr.recent_active => None,
+                _ if pr.next_idx <= first => Some(newest),
+                ProgressState::Probe => Some(pr.next_idx - 1),
+                ProgressState::Replicate => None,
+            })
+            .min()
     }
 
     /// The `read-index-skip-heartbeat` bug: reads are confirmed without a heartbeat round,

@@ -24,6 +24,14 @@
 //!   backoff of its own and then reports [`Input::SnapshotFailed`]; the node forgets the job
 //!   and makes a fresh one, as of its applied index then, as soon as one is due. No time
 //!   enters the node: it reacts to the report, whenever it comes.
+//! * **Bounding the log.** Snapshots of a big store are rare, so the log since the last one
+//!   can be large; the applied part of the in-memory log is also bounded by bytes
+//!   (`NodeConfig::raft_log_bytes_max`). Past the bound the oldest entries are freed even if
+//!   no snapshot covers them yet (the WAL still holds them): a follower that needs one asks
+//!   raft for a snapshot, the held one is too old (`RaftStorage::snapshot` answers
+//!   "temporarily unavailable" and remembers the request), the node makes a new one at once,
+//!   and raft sends it on its next try, once it is durable. While that follower catches up,
+//!   the entries after its snapshot stay in memory whatever the bound.
 //! * **Installing one.** A follower too far behind gets the leader's snapshot in a `Ready`: the
 //!   node replaces its store, leases and member table at once (the contents are committed),
 //!   moves every watcher to catch up from the new store, and hands the snapshot to the driver
@@ -42,7 +50,7 @@ use std::sync::OnceLock;
 
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
-use super::raft_core::RaftCore;
+use super::raft_core::{Compaction, RaftCore};
 use super::state_machine::StateMachine;
 use crate::lease::LeaseSection;
 use crate::mvcc::Store;
@@ -54,6 +62,11 @@ use crate::state_snapshot::{
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
 pub const LOG_ENTRIES_KEPT_MAX: u64 = 5_000;
+/// The bytes of applied entries the in-memory raft log holds at most, by default
+/// (`--max-raft-log-bytes`): with a big store snapshots are rare (see
+/// [`SNAPSHOT_LOG_PERCENT_DEFAULT`]), and the log since the last one would otherwise stay in
+/// memory for followers that may never need it.
+pub const RAFT_LOG_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 /// Applied entries between two state snapshots, by default (etcd 3.6's `--snapshot-count`).
 pub const SNAPSHOT_COUNT_DEFAULT: u64 = 10_000;
 /// By default a state snapshot waits until the log applied since the last one is as large as
@@ -66,6 +79,8 @@ pub const SNAPSHOT_LOG_PERCENT_DEFAULT: u64 = 100;
 pub(super) struct Snapshots {
     /// Applied entries between two state snapshots, at least.
     count: u64,
+    /// The bytes of applied entries the in-memory log may hold (`None`: no bound).
+    log_bytes_max: Option<u64>,
     /// The log applied since the last snapshot must reach this percentage of that snapshot's
     /// size before the next one (0: `count` alone decides).
     log_percent: u64,
@@ -84,10 +99,12 @@ pub(super) struct Snapshots {
 impl Snapshots {
     /// No snapshot yet; one is made after at least `count` applied entries, once the log
     /// applied since the last snapshot reaches `log_percent` % of its size.
-    pub(super) fn new(count: u64, log_percent: u64) -> Snapshots {
+    /// The in-memory log holds at most `log_bytes_max` bytes of applied entries.
+    pub(super) fn new(count: u64, log_percent: u64, log_bytes_max: Option<u64>) -> Snapshots {
         assert!(count > 0, "snapshot count must be positive");
         Snapshots {
             count,
+            log_bytes_max,
             log_percent,
             log_bytes_since: 0,
             snapshot_bytes: 0,
@@ -198,11 +215,19 @@ impl Snapshots {
     }
 
     /// Frees in-memory log entries well behind the applied index (the WAL keeps them until a
-    /// snapshot covers them). With followers, never past the newest durable snapshot: a
-    /// follower that needs a dropped entry is sent that snapshot instead. Entries go in
-    /// steps of `min(LOG_ENTRIES_KEPT_MAX, snapshot_count)`, not after every apply.
+    /// snapshot covers them). By entries: `min(LOG_ENTRIES_KEPT_MAX, snapshot_count)` stay,
+    /// older ones go in steps of that many and, with followers, never past the newest durable
+    /// snapshot (a follower that needs a dropped entry is sent that snapshot instead). By
+    /// bytes: the applied entries never hold more than `log_bytes_max` for long, even when
+    /// that means going past the durable snapshot; a follower that then needs a dropped
+    /// entry gets a new snapshot, made for it (see `RaftCore::compact_log`).
     pub(super) fn compact_log(&self, core: &mut RaftCore, applied: u64) {
-        core.compact_log(applied, LOG_ENTRIES_KEPT_MAX.min(self.count));
+        let rule = Compaction {
+            kept: LOG_ENTRIES_KEPT_MAX.min(self.count),
+            bytes_max: self.log_bytes_max,
+            saving: self.saving,
+        };
+        core.compact_log(applied, rule);
     }
 
     /// What must always hold.

@@ -39,6 +39,12 @@ pub struct NodeConfig {
     /// percentage of that snapshot's size (0: `snapshot_count` alone decides), so the cost of
     /// snapshots, amortized over the writes, does not grow with the store.
     pub snapshot_log_percent: u64,
+    /// The in-memory raft log's applied entries hold at most about this many bytes (an
+    /// entry's struct and payload): past it the oldest are freed even before a snapshot
+    /// covers them, and a follower that needs one gets a snapshot instead. `None`: no byte
+    /// bound (entries a follower may need stay until a snapshot covers them); `Some(0)`:
+    /// only the applied entry itself stays.
+    pub raft_log_bytes_max: Option<u64>,
     /// The bootstrap members with their names and peer URLs, ids as in `voters`. Empty: the
     /// `voters`, nameless and without URLs.
     pub initial_members: Vec<Member>,
@@ -229,6 +235,16 @@ pub struct NodeStatus {
     pub is_learner: bool,
     /// The active alarms (Status lists them in `errors`, as etcd does).
     pub alarms: Vec<keel_proto::etcdserverpb::AlarmMember>,
+}
+
+/// What the in-memory raft log holds ([`super::Node::raft_log_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftLogMemory {
+    /// The index of its first entry.
+    pub first_index: u64,
+    /// The bytes of its applied entries (each entry's struct and payload), which
+    /// `NodeConfig::raft_log_bytes_max` bounds.
+    pub applied_bytes: u64,
 }
 
 /// The node could not start.

@@ -5,7 +5,8 @@
 use keel_engine::bugs::Bugs;
 use keel_engine::membership::Member;
 use keel_engine::node::{
-    Node, NodeConfig, Recovered, StartError, WatchConfig, SNAPSHOT_COUNT_DEFAULT,
+    Node, NodeConfig, Recovered, StartError, WatchConfig, RAFT_LOG_BYTES_MAX_DEFAULT,
+    SNAPSHOT_COUNT_DEFAULT,
 };
 
 /// The cluster id every test member reports.
@@ -45,6 +46,7 @@ impl TestConfig {
                 incarnation: 1,
                 snapshot_count: SNAPSHOT_COUNT_DEFAULT,
                 snapshot_log_percent: 0,
+                raft_log_bytes_max: Some(RAFT_LOG_BYTES_MAX_DEFAULT),
                 initial_members: Vec::new(),
                 name: String::new(),
                 client_urls: Vec::new(),
@@ -71,6 +73,13 @@ impl TestConfig {
     /// next (0, the tests' default: the entry count alone decides).
     pub fn snapshot_log_percent(mut self, percent: u64) -> TestConfig {
         self.cfg.snapshot_log_percent = percent;
+        self
+    }
+
+    /// The applied entries of the in-memory raft log hold at most this many bytes (`None`: no
+    /// byte bound; the default is the server's).
+    pub fn raft_log_bytes_max(mut self, bytes: Option<u64>) -> TestConfig {
+        self.cfg.raft_log_bytes_max = bytes;
         self
     }
 
