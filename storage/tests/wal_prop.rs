@@ -190,7 +190,7 @@ proptest! {
 
     #[test]
     fn recovered_log_is_synced_log_plus_a_prefix_of_the_inflight_batch(
-        segment_bytes_max in prop_oneof![Just(1u64 << 30), 100..3000u64],
+        segment_bytes_max in prop_oneof![Just(1u64 << 16), 100..3000u64],
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         let disk = SimDisk::new();
