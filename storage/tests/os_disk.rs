@@ -114,3 +114,33 @@ fn os_disk_basics() {
     assert_eq!(disk.list_dir(&dir).unwrap(), vec!["c"]);
     assert!(disk.read(&dir.join("a")).is_err());
 }
+
+#[test]
+fn os_disk_allocate_reserves_blocks_and_open_at_overwrites() {
+    let tmp = TempDir::new("alloc");
+    let disk = OsDisk::new();
+    disk.create_dir_all(&tmp.0).unwrap();
+    let path = tmp.0.join("seg");
+    let mut f = disk.open_append(&path).unwrap();
+    f.allocate(1 << 20).unwrap();
+    assert_eq!(f.len(), 0);
+    f.append(b"hello").unwrap();
+    f.sync().unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 1 << 20);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 >= 1 << 20,
+            "blocks reserved, not a sparse file"
+        );
+    }
+    drop(f);
+    let mut g = disk.open_at(&path, 1).unwrap();
+    g.append(b"EL").unwrap();
+    g.sync().unwrap();
+    let bytes = disk.read(&path).unwrap();
+    assert_eq!((&bytes[..6], bytes.len()), (&b"hELlo\0"[..], 1 << 20));
+    assert!(disk.open_at(&path, 2 << 20).is_err(), "past the end");
+}

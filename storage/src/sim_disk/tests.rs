@@ -172,3 +172,120 @@ fn missing_parent_is_not_found() {
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
     assert!(disk.list_dir(Path::new("/nope")).is_err());
 }
+
+#[test]
+fn allocate_extends_with_zeros_and_positional_writes_overwrite() {
+    let disk = SimDisk::new();
+    let dir = Path::new("/d");
+    disk.create_dir_all(dir).unwrap();
+    let path = dir.join("f");
+    let mut f = disk.open_append(&path).unwrap();
+    f.allocate(2048).unwrap();
+    assert_eq!(f.len(), 0, "allocate does not move the position");
+    f.append(b"abc").unwrap();
+    assert_eq!(f.len(), 3);
+    let got = disk.read(&path).unwrap();
+    assert_eq!((got.len(), &got[..4]), (2048, &b"abc\0"[..]));
+    f.sync().unwrap();
+    disk.sync_dir(dir).unwrap();
+    let mut g = disk.open_at(&path, 1).unwrap();
+    g.append(b"XY").unwrap();
+    assert_eq!(&disk.read(&path).unwrap()[..4], b"aXY\0");
+    assert!(disk.open_at(&path, 4096).is_err(), "past the end");
+    assert!(disk.open_at(&dir.join("missing"), 0).is_err());
+}
+
+#[test]
+fn crash_tears_unsynced_writes_into_preallocated_space_at_sectors() {
+    let dir = Path::new("/d");
+    let pending: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8 + 1).collect();
+    let mut cuts = BTreeSet::new();
+    for seed in 0..100 {
+        let disk = SimDisk::new();
+        disk.create_dir_all(dir).unwrap();
+        let mut f = disk.open_append(&dir.join("f")).unwrap();
+        f.allocate(8192).unwrap();
+        f.append(&[9; 100]).unwrap();
+        f.sync().unwrap();
+        disk.sync_dir(dir).unwrap();
+        f.append(&pending).unwrap();
+        disk.crash(seed);
+        let got = disk.read(&dir.join("f")).unwrap();
+        assert_eq!(got.len(), 8192, "the synced allocation survives");
+        assert_eq!(got[..100], [9; 100]);
+        let kept = got[100..].iter().position(|b| *b == 0).unwrap_or(0);
+        assert_eq!(got[100..100 + kept], pending[..kept], "seed {seed}");
+        assert!(got[100 + kept..].iter().all(|b| *b == 0));
+        let cut = 100 + kept as u64;
+        assert!(
+            cut == 100 || cut == 3100 || cut.is_multiple_of(512),
+            "seed {seed}: {cut}"
+        );
+        cuts.insert(cut);
+    }
+    assert!(cuts.len() > 3, "{cuts:?}");
+    // An allocation never synced is lost.
+    let disk = SimDisk::new();
+    disk.create_dir_all(dir).unwrap();
+    let mut f = disk.open_append(&dir.join("g")).unwrap();
+    f.sync().unwrap();
+    disk.sync_dir(dir).unwrap();
+    f.allocate(4096).unwrap();
+    disk.crash(3);
+    assert!(disk.read(&dir.join("g")).unwrap().is_empty());
+}
+
+#[test]
+fn a_full_disk_refuses_growth_but_not_overwrites_and_frees_on_remove() {
+    let disk = SimDisk::new();
+    let dir = Path::new("/d");
+    disk.create_dir_all(dir).unwrap();
+    let mut wal = disk.open_append(&dir.join("wal")).unwrap();
+    wal.allocate(1024).unwrap();
+    let mut snap = write(&disk, &dir.join("snap"), &[1; 500], true);
+    disk.sync_dir(dir).unwrap();
+    assert_eq!(
+        disk.used_bytes(),
+        1524,
+        "WAL and snapshot files count alike"
+    );
+    disk.set_capacity(Some(1600));
+    // 76 bytes left: a write of 100 is short, then fails.
+    let err = snap.append(&[2; 100]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+    assert!(crate::disk::is_no_space(&err));
+    assert_eq!(disk.read(&dir.join("snap")).unwrap().len(), 576);
+    assert_eq!(snap.len(), 576);
+    // Full now: allocation and creation fail, writes into allocated space do not.
+    let err = wal.allocate(2048).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+    assert_eq!(
+        disk.read(&dir.join("wal")).unwrap().len(),
+        1024,
+        "nothing reserved"
+    );
+    assert_eq!(
+        disk.open_append(&dir.join("new")).err().unwrap().kind(),
+        io::ErrorKind::StorageFull
+    );
+    wal.append(&[3; 1024]).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(
+        wal.append(b"x").unwrap_err().kind(),
+        io::ErrorKind::StorageFull
+    );
+    // The capacity is the disk's: it survives a power cycle.
+    disk.crash(1);
+    assert_eq!(disk.capacity(), Some(1600));
+    // Removing a file frees its space once the removal is durable.
+    disk.remove(&dir.join("snap")).unwrap();
+    assert!(disk.open_append(&dir.join("new")).is_err());
+    disk.sync_dir(dir).unwrap();
+    let mut new = disk.open_append(&dir.join("new")).unwrap();
+    new.allocate(500).unwrap();
+    // `fill` makes the disk full at what it holds; `set_capacity(None)` frees it.
+    assert_eq!(disk.fill(), disk.used_bytes());
+    assert!(new.allocate(501).is_err());
+    disk.set_capacity(None);
+    new.allocate(1 << 20).unwrap();
+}
