@@ -40,7 +40,10 @@
 //! A WAL is a directory of segment files named `{seq:016x}-{first_index:016x}.wal`: `seq`
 //! counts segments from 0 without gaps; `first_index` is the index the next entry appended
 //! was expected to have when the segment was created (`last_index + 1`). Other file names are
-//! ignored. A segment is a sequence of records; every integer is little-endian:
+//! ignored, except `next-segment.wal.tmp`, the preallocated *reserve* (see Writing). A segment
+//! file is preallocated (at least `segment_bytes_max` bytes, all zeros, blocks reserved) and
+//! holds a sequence of records from its start; the zeros after the last record are the end of
+//! the log (type 0 does not exist). Every integer is little-endian:
 //!
 //! ```text
 //! record  = len:u32  crc:u32  type:u8  payload[len]     crc = crc32 (IEEE) of type ++ payload
@@ -74,13 +77,32 @@
 //!
 //! `append_*` only encode into one reused buffer. [`Wal::sync`] issues one `append` of the whole
 //! buffer to the active segment and one `fdatasync`; a client may hear "ok" for an entry only
-//! after the `sync` that covered it returned `Ok`. A batch is never split: when the active
-//! segment has reached `segment_bytes_max`, `sync` first creates the next segment (header and
-//! restated hard state, appended without a sync of their own), writes the batch there, syncs
-//! the file, then syncs the directory. A failed write or sync **poisons** the `Wal`: that call
-//! returns the I/O error and every later call returns [`WalError::Poisoned`]. After a failed
-//! fsync the kernel may have dropped the dirty pages, so retrying could report success for data
-//! that is gone; the only safe continuation is to restart and recover.
+//! after the `sync` that covered it returned `Ok`. A batch is never split: when it does not fit
+//! in the active segment's preallocated room (`segment_bytes_max`, or the file's length if
+//! larger), `sync` first starts the next segment (header and restated hard state, written
+//! without a sync of their own), writes the batch there, syncs the file, then syncs the
+//! directory. A failed write or sync **poisons** the `Wal`: that call returns the I/O error and
+//! every later call returns [`WalError::Poisoned`]. After a failed fsync the kernel may have
+//! dropped the dirty pages, so retrying could report success for data that is gone; the only
+//! safe continuation is to restart and recover.
+//!
+//! ## Preallocation and a full disk
+//!
+//! As etcd does, segments are preallocated (`posix_fallocate`, see [`DiskFile::allocate`]):
+//! records are written into reserved, zeroed space, so an append never needs new blocks (and
+//! `fdatasync` need not flush a new file size). The next segment is preallocated ahead of need,
+//! as the reserve file, once the active segment is half full (or by [`Wal::try_reserve`]);
+//! starting a segment then writes the reserve's prefix and renames it. So a full disk shows up
+//! when the reserve is made, while the active segment still has half its room:
+//! [`Wal::is_out_of_space`] turns true, `sync` goes on succeeding, and the owner can raise
+//! etcd's NOSPACE alarm and stop taking writes that can wait. If the active segment fills up
+//! with no reserve and no space, `sync` fails with an error for which
+//! [`WalError::is_no_space`] holds, *without* poisoning: nothing was written, the batch stays
+//! buffered, and a later `sync` (after space was freed) writes it. Example, 64 MiB segments:
+//! at 32 MiB into segment 7 the reserve fails (`ENOSPC`); 32 MiB of records can still be
+//! written into segment 7; then `sync` returns the no-space error until `try_reserve` or a
+//! `sync` finds room. [`Wal::open`] never needs new space when segments exist: it reuses a
+//! reserve left by the previous run, and repairs a torn tail by zeroing it in place.
 //!
 //! # Recovery: torn tail or corruption
 //!
@@ -112,9 +134,18 @@
 //!    file: a torn append has nothing valid after the tear, but a damaged record has the rest
 //!    of the log after it. The scan skips candidates with an unknown type or a length that
 //!    does not fit before computing a crc.
-//! 4. Otherwise it is a **torn write**: the file is truncated to `o` (durably), a
+//! 4. Otherwise it is a **torn write**: the bytes from `o` to the file's last non-zero byte
+//!    are overwritten with zeros (durably; the file keeps its preallocated length), a
 //!    `tracing::warn!` names the file and offset, and the warning is returned in
-//!    [`Recovered::warnings`]. A last segment torn inside its header is removed instead.
+//!    [`Recovered::warnings`]. A last segment torn inside its header, or preallocated and
+//!    never written (all zeros), is removed instead.
+//!
+//! Zeros from a record boundary to the end of the file are not a bad record: they are the end
+//! of the log, in any segment (a sealed segment whose last records were lost is caught by the
+//! next segment's header, as above). A reserve file left by the previous run is kept if it is
+//! whole (all zeros, long enough), removed otherwise (a crash cut its preallocation short, or it
+//! holds the first records of a segment whose rename never became durable, which no `sync`
+//! acknowledged).
 //!
 //! Corruption makes `open` fail with [`WalError::Corrupt`] naming the file, the offset of the
 //! bad record and the reason (a [`Corruption`], one variant per rule above and per malformed
@@ -138,8 +169,14 @@
 //! * After a failed fsync the page cache may still hold bytes that never reached the disk. If
 //!   the process restarts without a power loss, `open` reads them back and its own fsync may
 //!   succeed without writing them. Reading with `O_DIRECT` at recovery would close this.
-//! * Segments are not preallocated; `fdatasync` on a growing file also flushes its size.
-//!   Preallocating (as etcd does) would save that metadata write per batch.
+//! * A bit flip in the last record of the last segment whose data ends in zero bytes looks like
+//!   an append that stopped short (a record cut anywhere, then preallocated zeros), and is
+//!   zeroed like a torn write.
+//! * The reserve is made on the caller's thread, in the `sync` that passes half a segment (one
+//!   `posix_fallocate`, one fdatasync, one directory sync, once per segment); etcd's file
+//!   pipeline makes it on a goroutine of its own.
+//! * A segment written before preallocation existed is not preallocated after the fact: its
+//!   appends can still meet a full disk (and poison).
 //! * Log compaction: [`Wal::release_before`] removes whole segments below an index, one
 //!   directory sync per file. The caller must call it only for indices covered by a durable
 //!   snapshot, and skip recovered entries at or below that snapshot.
