@@ -79,7 +79,7 @@
 //! buffer to the active segment and one `fdatasync`; a client may hear "ok" for an entry only
 //! after the `sync` that covered it returned `Ok`. A batch is never split: when it does not fit
 //! in the active segment's preallocated room (`segment_bytes_max`, or the file's length if
-//! larger), `sync` first starts the next segment (header and restated hard state, written
+//! larger, less one byte that stays zero after the last record), `sync` first starts the next segment (header and restated hard state, written
 //! without a sync of their own), writes the batch there, syncs the file, then syncs the
 //! directory. A failed write or sync **poisons** the `Wal`: that call returns the I/O error and
 //! every later call returns [`WalError::Poisoned`]. After a failed fsync the kernel may have

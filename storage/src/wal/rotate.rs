@@ -13,6 +13,12 @@ use super::segment::{install_reserve, make_reserve, Reserve, Segment};
 use super::{io_err, LogPos, Wal, WalError, WalOptions, BUF_RETAIN_BYTES_MAX};
 use crate::disk::{Disk, DiskFile, IoOp};
 
+/// Zero bytes a preallocated segment keeps after its last record. An append cut short (a
+/// short write, a process killed mid-write) leaves a record prefix followed by the file's
+/// zeros; recovery tells that from a damaged record by the zeros running past the record's end
+/// (rule 2 of the module docs), which needs the file to extend past every record.
+const ZERO_TAIL_BYTES_MIN: u64 = 1;
+
 /// The next segment, ready to be installed: its file, its name and its first records.
 struct Rotation {
     reserve: Reserve,
@@ -33,8 +39,9 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
+        // A batch must end before the file does (see `ZERO_TAIL_BYTES_MIN`).
         let room = self.opts.segment_bytes_max.max(self.active_file_bytes);
-        let next = if self.active.len() + self.buf.len() as u64 > room {
+        let next = if self.active.len() + self.buf.len() as u64 + ZERO_TAIL_BYTES_MIN > room {
             match self.prepare_rotation() {
                 Ok(r) => Some(r),
                 Err(e) => return Err(self.failed(e)),
@@ -112,7 +119,7 @@ impl Wal {
         let mut prefix = Vec::new();
         let hs = self.hard_state_synced.as_deref();
         encode_segment_prefix(&mut prefix, &seg, self.synced_pos, hs);
-        let need = (prefix.len() + self.buf.len()) as u64;
+        let need = (prefix.len() + self.buf.len()) as u64 + ZERO_TAIL_BYTES_MIN;
         let mut reserve = match self.reserve.take() {
             Some(r) => r,
             None => {
@@ -185,12 +192,20 @@ pub(super) fn create_first_segment(
     pos: LogPos,
     hs: Option<&[u8]>,
 ) -> Result<(Box<dyn DiskFile>, u64), WalError> {
-    let mut reserve = match reserve {
-        Some(r) => r,
-        None => make_reserve(disk, dir, opts.segment_bytes_max)?,
-    };
     let mut prefix = Vec::new();
     encode_segment_prefix(&mut prefix, seg, pos, hs);
+    let need = prefix.len() as u64 + ZERO_TAIL_BYTES_MIN;
+    let mut reserve = match reserve {
+        Some(r) => r,
+        None => make_reserve(disk, dir, opts.segment_bytes_max.max(need))?,
+    };
+    if reserve.allocated < need {
+        reserve
+            .file
+            .allocate(need)
+            .map_err(io_err(IoOp::Allocate, &seg.path))?;
+        reserve.allocated = need;
+    }
     install_reserve(disk, dir, &mut reserve, seg, &prefix)?;
     reserve.file.sync().map_err(io_err(IoOp::Sync, &seg.path))?;
     disk.sync_dir(dir).map_err(io_err(IoOp::SyncDir, dir))?;
