@@ -399,15 +399,19 @@ mod inject {
             }
         }
 
-        /// Fills member `i`'s disk: its capacity becomes what its files hold plus up to two WAL
-        /// segments (so the failure lands at a varying point: the reserve, a rotation, a
-        /// snapshot), for a hold time; then frees it. A full disk is not a failed fsync: no
+        /// Fills member `i`'s disk: its capacity becomes what its files hold (half the time) or
+        /// that plus up to one WAL segment (so the failure lands at a varying point: the
+        /// reserve, a rotation, a snapshot), for a hold time; then frees it. A full disk is not a failed fsync: no
         /// acknowledgement check follows (writes into preallocated space still succeed). A
         /// member that stopped is power-cycled by the supervisor, as for any exit.
         async fn disk_full(&mut self, i: usize) {
             let disk = &self.cluster.members[i].disk;
-            let slack = self.rng.between(0, 2 * crate::cluster::WAL_SEGMENT_BYTES);
-            let hold = self.rng.between(50, self.swarm.hold_ms_max);
+            let slack = if self.rng.chance(1, 2) {
+                0
+            } else {
+                self.rng.between(0, crate::cluster::WAL_SEGMENT_BYTES)
+            };
+            let hold = self.rng.between(50, self.swarm.hold_ms_max.max(1000));
             let capacity = disk.used_bytes() + slack;
             disk.set_capacity(Some(capacity));
             self.note(format!(
