@@ -298,3 +298,21 @@ fn a_power_cut_while_starting_a_segment_from_the_reserve_loses_no_synced_record(
         );
     }
 }
+
+#[test]
+fn a_snapshot_save_on_a_full_disk_says_no_space() {
+    use keel_storage::SnapDir;
+    let disk = SimDisk::new();
+    let snaps = SnapDir::open(
+        std::sync::Arc::new(disk.clone()),
+        std::path::Path::new("/snap"),
+        2,
+    )
+    .unwrap();
+    snaps.save(5, 1, b"meta", &[1; 1000]).unwrap();
+    disk.set_capacity(Some(disk.used_bytes() + 100));
+    let err = snaps.save(9, 1, b"meta", &[2; 1000]).unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    disk.set_capacity(None);
+    snaps.save(9, 1, b"meta", &[2; 1000]).unwrap();
+}
