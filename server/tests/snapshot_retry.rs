@@ -54,6 +54,9 @@ impl Disk for FailingSnapshots {
         }
         self.inner.open_append(path)
     }
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn DiskFile>> {
+        self.inner.open_at(path, offset)
+    }
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         self.inner.truncate(path, len)
     }
@@ -80,6 +83,9 @@ impl DiskFile for FailingFile {
     }
     fn len(&self) -> u64 {
         self.0.len()
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        self.0.allocate(len)
     }
 }
 

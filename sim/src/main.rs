@@ -64,6 +64,10 @@ mod cli {
         /// Add a learner, let it join and promote it during the faults (membership nemesis).
         #[arg(long)]
         membership: bool,
+        /// Let the nemesis fill a member's disk and free it again (the disk-full fault; off by
+        /// default until the server raises the NOSPACE alarm on a full disk).
+        #[arg(long)]
+        disk_full: bool,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
@@ -99,6 +103,7 @@ mod cli {
             watch_clients: args.watch_clients,
             bugs: args.bugs.clone(),
             membership: args.membership,
+            disk_full: args.disk_full,
             ..SimConfig::new(seed)
         }
     }

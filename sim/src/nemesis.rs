@@ -92,6 +92,12 @@ pub enum FaultKind {
     /// reach it, and the old leader can. A member that forgets its vote can then elect a
     /// second leader in the same term.
     ElectionRestart,
+    /// A member's disk fills up (no room beyond what its files hold, or a little more), for a
+    /// while, then space is freed. Appends into a preallocated WAL segment go on; preallocating
+    /// the next one, creating a file or writing a snapshot fail with `StorageFull`. Off unless
+    /// the swarm asks for it (see [`Swarm::with_disk_full`]): until the server answers a full
+    /// disk with etcd's NOSPACE alarm, a failed WAL preallocation stops the member.
+    DiskFull,
 }
 
 impl FaultKind {
@@ -125,6 +131,7 @@ impl FaultKind {
             FaultKind::Corruption => "corruption",
             FaultKind::SkewedLeaderChange => "skewed-leader-change",
             FaultKind::ElectionRestart => "election-restart",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 }
@@ -225,6 +232,16 @@ impl Swarm {
             interval_ms_mean,
             hold_ms_max,
         }
+    }
+
+    /// Adds [`FaultKind::DiskFull`] to the mix with probability 1/2, drawn from a stream of its
+    /// own (the seed's other draws are unchanged). The default sweeps leave it out (it is
+    /// switched on by `SimConfig::disk_full`, the simulator's `--disk-full`).
+    pub fn with_disk_full(mut self, seed: u64) -> Swarm {
+        if SeedRng::new(seed, 0x0044_4953_4b46).chance(1, 2) {
+            self.faults.push(FaultKind::DiskFull);
+        }
+        self
     }
 
     /// One line naming the mix, for traces and reports.
@@ -380,7 +397,37 @@ mod inject {
                 FaultKind::Corruption => self.corruption(i).await,
                 FaultKind::SkewedLeaderChange => self.skewed_leader_change().await,
                 FaultKind::ElectionRestart => self.election_restart().await,
+                FaultKind::DiskFull => self.disk_full(i).await,
             }
+        }
+
+        /// Fills member `i`'s disk: its capacity becomes what its files hold (half the time) or
+        /// that plus up to one WAL segment (so the failure lands at a varying point: the
+        /// reserve, a rotation, a snapshot), for a hold time; then frees it. A full disk is not a failed fsync: no
+        /// acknowledgement check follows (writes into preallocated space still succeed). A
+        /// member that stopped is power-cycled by the supervisor, as for any exit.
+        async fn disk_full(&mut self, i: usize) {
+            let disk = &self.cluster.members[i].disk;
+            let slack = if self.rng.chance(1, 2) {
+                0
+            } else {
+                self.rng.between(0, crate::cluster::WAL_SEGMENT_BYTES)
+            };
+            let hold = self.rng.between(50, self.swarm.hold_ms_max.max(1000));
+            let capacity = disk.used_bytes() + slack;
+            disk.set_capacity(Some(capacity));
+            self.note(format!(
+                "disk-full n{} capacity={capacity} (slack {slack}) hold={hold}ms",
+                i + 1
+            ));
+            Self::sleep_ms(hold).await;
+            disk.set_capacity(None);
+            let why = self.cluster.exited(i);
+            self.note(format!(
+                "disk-full n{} freed (stopped: {})",
+                i + 1,
+                why.as_deref().unwrap_or("no")
+            ));
         }
 
         /// Arms a power cut at the node's next fsync, so the crash lands between a write and
@@ -892,12 +939,13 @@ mod inject {
     }
 
     /// The `(start, end)` byte spans of whole WAL records within the first `synced` bytes
-    /// (record = len:u32 crc:u32 type:u8 payload[len]; see keel_storage::wal).
+    /// (record = len:u32 crc:u32 type:u8 payload[len]; see keel_storage::wal), up to the
+    /// preallocated zeros after the last one (type 0 does not exist).
     fn record_spans(bytes: &[u8], synced: u64) -> Vec<(u64, u64)> {
         let limit = (synced as usize).min(bytes.len());
         let mut spans = Vec::new();
         let mut o = 0usize;
-        while o + 9 <= limit {
+        while o + 9 <= limit && bytes[o + 8] != 0 {
             let mut len = [0u8; 4];
             len.copy_from_slice(&bytes[o..o + 4]);
             let end = o + 9 + u32::from_le_bytes(len) as usize;
@@ -925,6 +973,7 @@ mod inject {
             for (i, m) in self.cluster.members.iter().enumerate() {
                 self.cluster.resume(i);
                 m.clock.reset();
+                m.disk.set_capacity(None);
             }
             self.supervise();
             self.note("heal: links restored, net defaults, clocks reset, nodes resumed".into());
@@ -980,6 +1029,25 @@ mod tests {
         assert!(mixes.len() > 20);
         assert!(mixes.iter().all(|m| !m.is_empty()));
         assert_eq!(Swarm::from_seed(9, 3), Swarm::from_seed(9, 3));
+    }
+
+    #[test]
+    fn disk_full_only_when_asked_and_other_draws_unchanged() {
+        let mut with = 0;
+        for seed in 0..64 {
+            let plain = Swarm::from_seed(seed, 3);
+            assert!(
+                !plain.faults.contains(&FaultKind::DiskFull),
+                "off by default"
+            );
+            let full = plain.clone().with_disk_full(seed);
+            with += usize::from(full.faults.contains(&FaultKind::DiskFull));
+            let mut rest = full.clone();
+            rest.faults.retain(|&f| f != FaultKind::DiskFull);
+            assert_eq!(rest, plain, "seed {seed}");
+        }
+        assert!((16..=48).contains(&with), "{with} of 64");
+        assert!(!FaultKind::ALL.contains(&FaultKind::DiskFull));
     }
 
     #[test]

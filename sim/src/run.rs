@@ -53,6 +53,9 @@ pub struct SimConfig {
     /// Run the membership nemesis (see `src/membership.rs`): a spare member is added as a
     /// learner, joins and is promoted during the faults.
     pub membership: bool,
+    /// Let the seed's swarm draw the disk-full fault (see `Swarm::with_disk_full`). Off by
+    /// default until the server answers a full disk with the NOSPACE alarm.
+    pub disk_full: bool,
 }
 
 impl SimConfig {
@@ -68,6 +71,17 @@ impl SimConfig {
             lease_clients: 2,
             watch_clients: 2,
             membership: false,
+            disk_full: false,
+        }
+    }
+
+    /// The seed's fault mix.
+    pub fn swarm(&self) -> Swarm {
+        let swarm = Swarm::from_seed(self.seed, self.nodes);
+        if self.disk_full {
+            swarm.with_disk_full(self.seed)
+        } else {
+            swarm
         }
     }
 
@@ -89,6 +103,9 @@ impl SimConfig {
         }
         if self.membership {
             cmd.push_str(" --membership");
+        }
+        if self.disk_full {
+            cmd.push_str(" --disk-full");
         }
         cmd
     }
@@ -223,7 +240,7 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
     Report {
         config: config.clone(),
         trace_hash,
-        swarm: Swarm::from_seed(config.seed, config.nodes).describe(),
+        swarm: config.swarm().describe(),
         ops: entries.len(),
         sim_time: Duration::from_nanos(sim_time),
         failures: vec![Failure::new(
@@ -243,7 +260,7 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
     let trace = Trace::new();
     let ctx = Ctx::new(trace.clone());
     *recorder.lock().unwrap_or_else(|e| e.into_inner()) = Some((trace.clone(), ctx.clone()));
-    let swarm = Swarm::from_seed(config.seed, config.nodes);
+    let swarm = config.swarm();
     trace.record(format!(
         "run seed={} nodes={} duration={}s clients={} bugs={:?} {}",
         config.seed,

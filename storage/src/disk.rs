@@ -9,6 +9,7 @@
 //! | operation                     | durable when                                              |
 //! |-------------------------------|-----------------------------------------------------------|
 //! | [`DiskFile::append`]          | after [`DiskFile::sync`] on that file returns `Ok`        |
+//! | [`DiskFile::allocate`]        | after [`DiskFile::sync`] on that file returns `Ok`        |
 //! | creating a file (open_append) | after [`Disk::sync_dir`] of its parent directory          |
 //! | [`Disk::rename`]              | after [`Disk::sync_dir`] of both parent directories       |
 //! | [`Disk::remove`]              | after [`Disk::sync_dir`] of its parent directory          |
@@ -17,9 +18,14 @@
 //!
 //! A failed `sync` or `sync_dir` leaves the durability of everything it covered unknown; callers
 //! must treat it as fatal (see [`crate::wal`]).
+//!
+//! A full disk is not a failed sync: an operation that needs space it cannot get fails with
+//! [`io::ErrorKind::StorageFull`] (or [`io::ErrorKind::QuotaExceeded`]), see [`is_no_space`].
+//! [`DiskFile::allocate`] reserves blocks ahead of need, so that the writes into them cannot run
+//! out of space later.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// The [`Disk`] or [`DiskFile`] operation an I/O error came from (named in the WAL's and the
@@ -46,6 +52,17 @@ pub enum IoOp {
     Remove,
     /// [`Disk::sync_dir`].
     SyncDir,
+    /// [`DiskFile::allocate`].
+    Allocate,
+}
+
+/// Whether `e` says the disk (or the user's quota) is full: `ENOSPC` or `EDQUOT`, which the
+/// standard library maps to [`io::ErrorKind::StorageFull`] and [`io::ErrorKind::QuotaExceeded`].
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl std::fmt::Display for IoOp {
@@ -61,22 +78,35 @@ impl std::fmt::Display for IoOp {
             IoOp::Rename => "rename",
             IoOp::Remove => "remove",
             IoOp::SyncDir => "sync directory",
+            IoOp::Allocate => "allocate",
         })
     }
 }
 
-/// A file opened for appending, obtained from [`Disk::open_append`].
+/// A file opened for writing at a position, obtained from [`Disk::open_append`] (the position
+/// is the file's end) or [`Disk::open_at`].
+///
+/// Example: `open_append(p)` on a new file, `allocate(4096)` (the file is 4096 zero bytes, its
+/// blocks reserved), `append(b"abc")` (the file is `abc` and 4093 zeros, `len()` is 3),
+/// `sync()` (all of it durable).
 pub trait DiskFile: Send {
-    /// Appends all of `buf` at the end of the file (not durable until [`DiskFile::sync`]).
+    /// Writes all of `buf` at the handle's position, overwriting what is there and extending
+    /// the file if needed, and advances the position (not durable until [`DiskFile::sync`]).
     fn append(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// Makes every byte appended so far durable (`fdatasync`).
+    /// Makes every byte written and allocated so far durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
-    /// The file's current length in bytes, including appended but unsynced bytes.
+    /// The handle's position: the file's length (or the offset) it was opened at plus the bytes
+    /// appended through it since.
     fn len(&self) -> u64;
     /// Whether [`DiskFile::len`] is zero.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Makes the file at least `len` bytes long, the new bytes reading as zeros, with real
+    /// blocks reserved for them (`posix_fallocate`), so that writing them later cannot fail for
+    /// lack of space. Does not move the position. Fails with [`io::ErrorKind::StorageFull`]
+    /// when the disk cannot hold them. The new length is durable after [`DiskFile::sync`].
+    fn allocate(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// The storage keel writes to: a file system with explicit durability points.
@@ -97,8 +127,12 @@ pub trait Disk: Send + Sync + 'static {
     fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
         self.read(path).map(bytes::Bytes::from)
     }
-    /// Opens `path` for appending, creating it (empty) if it does not exist.
+    /// Opens `path` for appending, creating it (empty) if it does not exist. The handle's
+    /// position is the file's length.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
+    /// Opens the existing file at `path` for writing at `offset` (at most its length): appends
+    /// overwrite the bytes from `offset` on. The file keeps its length.
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn DiskFile>>;
     /// Sets the length of the file at `path` to `len` and makes the file durable.
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
     /// Renames `from` to `to`, replacing `to` if it exists.
@@ -112,7 +146,8 @@ pub trait Disk: Send + Sync + 'static {
 /// [`Disk`] on the operating system's file system (std::fs).
 ///
 /// `sync` is `fdatasync` (`File::sync_data`); `sync_dir` opens the directory and calls
-/// `sync_all` on it. `create_dir_all` also syncs the parent of each directory it creates, so a
+/// `sync_all` on it. `allocate` is `posix_fallocate` on Linux; elsewhere it only sets the
+/// length (a sparse file: no space is reserved). `create_dir_all` also syncs the parent of each directory it creates, so a
 /// new data directory survives a power loss.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsDisk;
@@ -125,15 +160,33 @@ impl OsDisk {
 }
 
 struct OsFile {
+    /// Opened without `O_APPEND`; its cursor is at `pos`.
     file: File,
-    len: u64,
+    pos: u64,
+}
+
+impl OsFile {
+    fn open(path: &Path, offset: Option<u64>, create: bool) -> io::Result<OsFile> {
+        let mut file = OpenOptions::new().create(create).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        let pos = offset.unwrap_or(len);
+        if pos > len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: offset {pos} past the end ({len})", path.display()),
+            ));
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        Ok(OsFile { file, pos })
+    }
 }
 
 impl DiskFile for OsFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)?;
-        self.len += buf.len() as u64;
-        Ok(())
+        let result = self.file.write_all(buf);
+        // A short write moved the cursor: follow it, so the position stays the truth.
+        self.pos = self.file.stream_position()?;
+        result
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -141,8 +194,41 @@ impl DiskFile for OsFile {
     }
 
     fn len(&self) -> u64 {
-        self.len
+        self.pos
     }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        allocate(&self.file, len)
+    }
+}
+
+/// Reserves blocks for the first `len` bytes of `file`, extending it (Linux: `posix_fallocate`).
+#[cfg(target_os = "linux")]
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(()); // posix_fallocate refuses an empty range
+    }
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
+    // SAFETY: the descriptor is open for the duration of the call; posix_fallocate reads no
+    // memory of ours.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // A file system that cannot reserve (e.g. some network ones): fall back to a length.
+        libc::EOPNOTSUPP if file.metadata()?.len() < len as u64 => file.set_len(len as u64),
+        libc::EOPNOTSUPP => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Elsewhere: only extends the length (a sparse file; no space is reserved).
+#[cfg(not(target_os = "linux"))]
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    if file.metadata()?.len() < len {
+        file.set_len(len)?;
+    }
+    Ok(())
 }
 
 impl Disk for OsDisk {
@@ -197,9 +283,11 @@ impl Disk for OsDisk {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let len = file.metadata()?.len();
-        Ok(Box::new(OsFile { file, len }))
+        Ok(Box::new(OsFile::open(path, None, true)?))
+    }
+
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(OsFile::open(path, Some(offset), false)?))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

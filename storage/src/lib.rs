@@ -3,7 +3,7 @@
 //! * [`Disk`] is the only way keel touches files; [`OsDisk`] implements it on the operating
 //!   system, [`SimDisk`] in memory with a power-loss model for deterministic simulation.
 //! * [`Wal`] is the write-ahead log of raft entries and hard state: crc32-checked records in
-//!   size-rotated segment files, group-committed (many records, one fsync).
+//!   preallocated, size-rotated segment files, group-committed (many records, one fsync).
 //! * [`SnapDir`] holds the state-machine snapshots: crc32-checked files, written atomically,
 //!   read back mapped.
 #![deny(missing_docs)]
@@ -13,7 +13,7 @@ pub mod sim_disk;
 pub mod snap;
 pub mod wal;
 
-pub use disk::{Disk, DiskFile, IoOp, OsDisk};
+pub use disk::{is_no_space, Disk, DiskFile, IoOp, OsDisk};
 pub use sim_disk::SimDisk;
 pub use snap::{SnapCorruption, SnapDir, SnapError};
 pub use wal::{Corruption, Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};

@@ -9,27 +9,30 @@
 //!
 //! Files are inodes; directories map names to inodes. The disk keeps two name maps:
 //! the *live* namespace (what the running node sees) and the *durable* namespace (what survives
-//! a crash). Each inode holds its bytes and `synced_len`, the length of its durable prefix.
+//! a crash). Each inode holds its live bytes, its durable image (what a crash keeps for
+//! certain) and the *dirty* range: the bytes written since its last sync.
 //!
 //! * `open_append` of a missing file creates an empty inode and a live name; the name becomes
 //!   durable only at `sync_dir(parent)`. `rename` and `remove` change live names only, likewise.
 //! * `sync_dir(d)` makes the durable entries of `d` equal to its live entries (every create,
 //!   rename and remove in `d` since the last `sync_dir(d)` becomes durable at once).
-//! * `DiskFile::append` adds bytes to the inode (visible to `read` at once, not durable);
-//!   `DiskFile::sync` sets `synced_len` to the inode's length.
+//! * `DiskFile::append` writes bytes at the handle's position (visible to `read` at once, not
+//!   durable) and widens the dirty range; `DiskFile::allocate` extends the file with zeros;
+//!   `DiskFile::sync` copies the dirty range and the length into the durable image.
 //! * `truncate` sets the length and makes the whole inode durable (like `set_len` + `fsync`).
 //! * `create_dir_all` is durable at once (a simplification: directories are created once, at
 //!   setup, and real code syncs their parents).
 //! * Reads see the live view: unsynced appends included, as in a page cache.
 //!
 //! [`SimDisk::crash`] is a power loss: the live namespace is replaced by the durable one, inodes
-//! no durable name refers to are dropped, and each surviving inode keeps its durable prefix plus
-//! a random prefix of its unsynced tail, cut at a 512-byte sector boundary (file offsets
-//! `0, 512, 1024, ..`) or at the tail's end: whole sectors survive, then nothing. With
-//! probability 1/4, when the cut dropped bytes, the file additionally keeps a run of zero bytes
-//! from the cut up to the next sector boundary (or the old end, if nearer): the file size was
-//! updated but that data sector was never written. File handles opened before the crash fail
-//! with an error afterwards. Fault switches are cleared.
+//! no durable name refers to are dropped, and each surviving inode keeps its durable image with
+//! a random prefix of its dirty range written over it, cut at a 512-byte sector boundary (file
+//! offsets `0, 512, 1024, ..`) or at the range's end: whole sectors survive, then nothing (an
+//! unsynced allocation is lost). With probability 1/4, when the cut dropped bytes, the file
+//! additionally grows with zero bytes from the cut up to the next sector boundary (or the range's
+//! end, if nearer): the file size was updated but that data sector was never written. File
+//! handles opened before the crash fail with an error afterwards. Fault switches are cleared;
+//! the capacity is not (it is the disk's size).
 //!
 //! Faults: [`SimDisk::fail_next_sync`] makes the next `DiskFile::sync` or `sync_dir` fail. A
 //! failed file sync behaves like Linux after an fsync error: the error is reported once and the
@@ -40,6 +43,14 @@
 //! switches the disk off (every call fails) until `crash`, which tears the unsynced tail;
 //! [`SimDisk::power_cut_at_next_sync_under`] does so at the next sync under one directory.
 //! [`SimDisk::corrupt_sector`] flips one bit in one durable sector.
+//!
+//! Disk full: [`SimDisk::set_capacity`] bounds the bytes all files together may hold (the live
+//! and durable images of every file with a live or a durable name, the larger of the two; a
+//! removed file frees its space once the removal is durable). Creating a file on a full disk, an `allocate` or an `append` that would grow
+//! the files past the capacity fail with [`io::ErrorKind::StorageFull`]; an append writes what
+//! fits first (a short write), `allocate` reserves nothing. Writing over bytes a file already
+//! has (allocated ones included) needs no space. [`SimDisk::fill`] sets the capacity to what is
+//! used now; `set_capacity(None)` frees the disk. Syncs, renames and removals never need space.
 //!
 //! Example: `append(a); sync(); append(b); crash(seed)` leaves `a` followed by some whole
 //! sectors of `b` (possibly none, possibly all). If the file was created and never `sync_dir`ed,
@@ -55,6 +66,9 @@ use keel_rng::SplitMix64;
 
 use crate::disk::{Disk, DiskFile};
 
+#[cfg(test)]
+mod tests;
+
 /// The size of a sector, the unit in which a crash tears unsynced data.
 pub const SECTOR_BYTES: u64 = 512;
 
@@ -62,10 +76,58 @@ type InodeId = u64;
 
 #[derive(Debug, Default)]
 struct Inode {
+    /// The live bytes (what reads see); the file's length is `data.len()`.
     data: Vec<u8>,
-    synced_len: u64,
-    /// Byte ranges whose sync failed: they read back until a crash, then hold zeros.
-    lost: Vec<Range<u64>>,
+    /// What a crash keeps for certain.
+    durable: Vec<u8>,
+    /// The bytes written since the last sync (a crash keeps a prefix of them).
+    dirty: Option<Range<u64>>,
+}
+
+impl Inode {
+    /// Bytes this inode takes on the disk.
+    fn footprint(&self) -> u64 {
+        self.data.len().max(self.durable.len()) as u64
+    }
+
+    /// The length of the prefix of the live bytes that is durable.
+    fn synced_len(&self) -> u64 {
+        let clean = self
+            .dirty
+            .as_ref()
+            .map_or(self.data.len() as u64, |r| r.start);
+        clean.min(self.durable.len() as u64)
+    }
+
+    /// Writes `buf` at `pos` (zero-filling any gap) and widens the dirty range.
+    fn write_at(&mut self, pos: u64, buf: &[u8]) {
+        let end = pos + buf.len() as u64;
+        if (self.data.len() as u64) < end {
+            self.data.resize(end as usize, 0);
+        }
+        self.data[pos as usize..end as usize].copy_from_slice(buf);
+        if !buf.is_empty() {
+            self.dirty = Some(match self.dirty.take() {
+                Some(r) => r.start.min(pos)..r.end.max(end),
+                None => pos..end,
+            });
+        }
+    }
+
+    /// Makes the length and the dirty bytes durable (`lose`: the kernel dropped them instead:
+    /// they read back until a crash, then hold zeros).
+    fn sync(&mut self, lose: bool) {
+        self.durable.resize(self.data.len(), 0);
+        if let Some(r) = self.dirty.take() {
+            let end = (r.end as usize).min(self.data.len());
+            let start = (r.start as usize).min(end);
+            if lose {
+                self.durable[start..end].fill(0);
+            } else {
+                self.durable[start..end].copy_from_slice(&self.data[start..end]);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -82,10 +144,12 @@ struct State {
     power_cut_at_next_sync: bool,
     /// With `power_cut_at_next_sync`: only a sync of a path under this one cuts the power.
     power_cut_under: Option<PathBuf>,
-    /// Set by a power cut: every operation fails until [`SimDisk::crash`].
-    powered_off: bool,
     /// The file or directory the last armed fault fired on (cleared when one is armed).
     fault_fired_on: Option<PathBuf>,
+    /// Set by a power cut: every operation fails until [`SimDisk::crash`].
+    powered_off: bool,
+    /// The most bytes the files may hold (`None`: unbounded).
+    capacity: Option<u64>,
 }
 
 /// A simulated disk: a durable image plus pending writes, with crashes and faults on demand.
@@ -99,6 +163,13 @@ fn not_found(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("{}: not found", path.display()),
+    )
+}
+
+fn no_space(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        format!("simulated full disk: no space to {what}"),
     )
 }
 
@@ -145,6 +216,27 @@ impl State {
         } else {
             Err(not_found(&parent))
         }
+    }
+
+    /// Bytes held by the files that have a live or a durable name.
+    fn used_bytes(&self) -> u64 {
+        let named: BTreeSet<InodeId> = self
+            .live
+            .values()
+            .chain(self.durable.values())
+            .copied()
+            .collect();
+        named
+            .iter()
+            .filter_map(|id| self.inodes.get(id))
+            .map(Inode::footprint)
+            .sum()
+    }
+
+    /// Bytes that may still be added (`u64::MAX` without a capacity).
+    fn free_bytes(&self) -> u64 {
+        self.capacity
+            .map_or(u64::MAX, |c| c.saturating_sub(self.used_bytes()))
     }
 }
 
@@ -200,6 +292,31 @@ impl SimDisk {
         st.fault_fired_on = None;
     }
 
+    /// Bounds the bytes the files may hold (`None`: unbounded, the default). A capacity below
+    /// what is used already leaves the disk full until files shrink or go.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.lock().capacity = bytes;
+    }
+
+    /// Fills the disk: the capacity becomes the bytes used now, so the next operation that
+    /// needs space fails. Returns that capacity. Undo with `set_capacity(None)`.
+    pub fn fill(&self) -> u64 {
+        let mut st = self.lock();
+        let used = st.used_bytes();
+        st.capacity = Some(used);
+        used
+    }
+
+    /// The capacity set by [`SimDisk::set_capacity`] or [`SimDisk::fill`].
+    pub fn capacity(&self) -> Option<u64> {
+        self.lock().capacity
+    }
+
+    /// The bytes the files hold (see the module docs for what counts).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
+    }
+
     /// Simulates a power loss; `seed` decides how much of each unsynced tail survives.
     pub fn crash(&self, seed: u64) {
         let mut rng = SplitMix64::new(seed);
@@ -225,22 +342,25 @@ impl SimDisk {
         let mut rng = SplitMix64::new(seed);
         let mut st = self.lock();
         let (_, inode) = st.inode(path)?;
-        if inode.synced_len == 0 {
+        let synced = inode.synced_len();
+        if synced == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{}: no durable bytes to corrupt", path.display()),
             ));
         }
-        let sectors = inode.synced_len.div_ceil(SECTOR_BYTES);
+        let sectors = synced.div_ceil(SECTOR_BYTES);
         let start = rng.below_modulo(sectors) * SECTOR_BYTES;
-        let end = (start + SECTOR_BYTES).min(inode.synced_len);
+        let end = (start + SECTOR_BYTES).min(synced);
         let offset = start + rng.below_modulo(end - start);
         let bit = rng.below_modulo(8);
         inode.data[offset as usize] ^= 1 << bit;
+        inode.durable[offset as usize] ^= 1 << bit;
         Ok(offset)
     }
 
-    /// Flips bit `bit` (0..8) of the byte at `offset` of the file at `path`.
+    /// Flips bit `bit` (0..8) of the byte at `offset` of the file at `path` (in its durable
+    /// image too, where it has one).
     pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) -> io::Result<()> {
         assert!(bit < 8, "flip_bit: bit {bit} out of range");
         let mut st = self.lock();
@@ -252,51 +372,56 @@ impl SimDisk {
             )
         })?;
         *byte ^= 1 << bit;
+        if let Some(byte) = inode.durable.get_mut(offset as usize) {
+            *byte ^= 1 << bit;
+        }
         Ok(())
     }
 
-    /// The durable length of the file at `path` (what a crash keeps for certain).
+    /// The length of the durable prefix of the file at `path` (what a crash keeps for certain).
     pub fn synced_len(&self, path: &Path) -> io::Result<u64> {
         let mut st = self.lock();
         let (_, inode) = st.inode(path)?;
-        Ok(inode.synced_len)
+        Ok(inode.synced_len())
     }
 }
 
-/// Cuts an inode's unsynced tail at a random sector boundary, maybe zero-filling one sector.
+/// Writes a random prefix of the dirty range over the durable image, cut at a sector boundary,
+/// maybe growing the file by a zero-filled sector; the result is the inode's new content.
 fn crash_inode(inode: &mut Inode, rng: &mut SplitMix64) {
-    let synced = inode.synced_len;
-    let len = inode.data.len() as u64;
-    debug_assert!(synced <= len, "synced_len past the end");
-    let first_boundary = (synced / SECTOR_BYTES + 1) * SECTOR_BYTES;
-    let boundaries = if first_boundary < len {
-        (len - 1 - first_boundary) / SECTOR_BYTES + 1
-    } else {
-        0
-    };
-    // Candidates: `synced`, every sector boundary strictly inside the tail, and `len`.
-    let cut = if synced == len {
-        len
-    } else {
-        match rng.below_modulo(boundaries + 2) {
-            0 => synced,
-            k if k == boundaries + 1 => len,
-            k => first_boundary + (k - 1) * SECTOR_BYTES,
+    let mut kept = std::mem::take(&mut inode.durable);
+    if let Some(r) = inode.dirty.take() {
+        let (start, end) = (r.start, r.end.min(inode.data.len() as u64));
+        let first_boundary = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        let boundaries = if first_boundary < end {
+            (end - 1 - first_boundary) / SECTOR_BYTES + 1
+        } else {
+            0
+        };
+        // Candidates: `start`, every sector boundary strictly inside the range, and `end`.
+        let cut = if start >= end {
+            end
+        } else {
+            match rng.below_modulo(boundaries + 2) {
+                0 => start,
+                k if k == boundaries + 1 => end,
+                k => first_boundary + (k - 1) * SECTOR_BYTES,
+            }
+        };
+        if (kept.len() as u64) < cut {
+            kept.resize(cut as usize, 0);
         }
-    };
-    inode.data.truncate(cut as usize);
-    if cut < len && rng.below_modulo(4) == 0 {
-        let zero_end = ((cut / SECTOR_BYTES + 1) * SECTOR_BYTES).min(len);
-        inode.data.resize(zero_end as usize, 0);
-    }
-    let kept = inode.data.len() as u64;
-    for range in inode.lost.drain(..) {
-        let end = range.end.min(kept);
-        for i in range.start..end {
-            inode.data[i as usize] = 0;
+        kept[start as usize..cut as usize]
+            .copy_from_slice(&inode.data[start as usize..cut as usize]);
+        if cut < end && rng.below_modulo(4) == 0 {
+            let zero_end = ((cut / SECTOR_BYTES + 1) * SECTOR_BYTES).min(end);
+            if (kept.len() as u64) < zero_end {
+                kept.resize(zero_end as usize, 0);
+            }
         }
     }
-    inode.synced_len = kept;
+    inode.data = kept.clone();
+    inode.durable = kept;
 }
 
 struct SimFile {
@@ -305,6 +430,8 @@ struct SimFile {
     generation: u64,
     /// The path it was opened by (named where a fault fires).
     path: PathBuf,
+    /// Where the next append lands.
+    pos: u64,
 }
 
 impl SimFile {
@@ -331,20 +458,33 @@ fn inode_mut(st: &mut State, id: InodeId) -> io::Result<&mut Inode> {
 
 impl DiskFile for SimFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let pos = self.pos;
         let path = &self.path;
-        self.with_inode(|st, id| {
+        let written = self.with_inode(|st, id| {
             let fail = std::mem::take(&mut st.fail_next_write);
             if fail {
                 st.fault_fired_on = Some(path.clone());
             }
+            let free = st.free_bytes();
             let inode = inode_mut(st, id)?;
+            let room = (inode.footprint().saturating_sub(pos)).saturating_add(free);
             if fail {
-                inode.data.extend_from_slice(&buf[..buf.len() / 2]);
-                return Err(io::Error::other("simulated write failure (short write)"));
+                let half = &buf[..(buf.len() / 2).min(room as usize)];
+                inode.write_at(pos, half);
+                return Ok((
+                    half.len(),
+                    Some(io::Error::other("simulated write failure (short write)")),
+                ));
             }
-            inode.data.extend_from_slice(buf);
-            Ok(())
-        })
+            if (buf.len() as u64) > room {
+                inode.write_at(pos, &buf[..room as usize]);
+                return Ok((room as usize, Some(no_space("write"))));
+            }
+            inode.write_at(pos, buf);
+            Ok((buf.len(), None))
+        })?;
+        self.pos += written.0 as u64;
+        written.1.map_or(Ok(()), Err)
     }
 
     fn sync(&mut self) -> io::Result<()> {
@@ -357,24 +497,75 @@ impl DiskFile for SimFile {
             if fail {
                 st.fault_fired_on = Some(path.clone());
             }
-            let inode = inode_mut(st, id)?;
-            let len = inode.data.len() as u64;
+            // The kernel marks failed pages clean: a later sync will not write them again.
+            inode_mut(st, id)?.sync(fail);
             if fail {
-                if inode.synced_len < len {
-                    inode.lost.push(inode.synced_len..len);
-                }
-                // The kernel marked the pages clean: a later sync will not write them again.
-                inode.synced_len = len;
                 return Err(io::Error::other("simulated fsync failure"));
             }
-            inode.synced_len = len;
             Ok(())
         })
     }
 
     fn len(&self) -> u64 {
-        self.with_inode(|st, id| Ok(inode_mut(st, id)?.data.len() as u64))
-            .unwrap_or(0)
+        self.pos
+    }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        self.with_inode(|st, id| {
+            let free = st.free_bytes();
+            let inode = inode_mut(st, id)?;
+            let grow = len.saturating_sub(inode.footprint());
+            if grow > free {
+                return Err(no_space("allocate"));
+            }
+            if (inode.data.len() as u64) < len {
+                inode.data.resize(len as usize, 0);
+            }
+            Ok(())
+        })
+    }
+}
+
+impl SimDisk {
+    fn open(&self, path: &Path, offset: Option<u64>) -> io::Result<Box<dyn DiskFile>> {
+        let mut st = self.lock();
+        st.check_power()?;
+        let id = match (st.live.get(path), offset) {
+            (Some(id), _) => *id,
+            (None, Some(_)) => return Err(not_found(path)),
+            (None, None) => {
+                st.require_parent(path)?;
+                if st.dirs.contains(path) {
+                    return Err(io::Error::other(format!(
+                        "{}: is a directory",
+                        path.display()
+                    )));
+                }
+                if st.free_bytes() == 0 {
+                    return Err(no_space("create a file"));
+                }
+                let id = st.next_inode;
+                st.next_inode += 1;
+                st.inodes.insert(id, Inode::default());
+                st.live.insert(path.to_path_buf(), id);
+                id
+            }
+        };
+        let len = inode_mut(&mut st, id)?.data.len() as u64;
+        let pos = offset.unwrap_or(len);
+        if pos > len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: offset {pos} past the end ({len})", path.display()),
+            ));
+        }
+        Ok(Box::new(SimFile {
+            state: Arc::clone(&self.state),
+            inode: id,
+            generation: st.generation,
+            pos,
+            path: path.to_path_buf(),
+        }))
     }
 }
 
@@ -420,43 +611,24 @@ impl Disk for SimDisk {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
-        let mut st = self.lock();
-        st.check_power()?;
-        let id = match st.live.get(path) {
-            Some(id) => *id,
-            None => {
-                st.require_parent(path)?;
-                if st.dirs.contains(path) {
-                    return Err(io::Error::other(format!(
-                        "{}: is a directory",
-                        path.display()
-                    )));
-                }
-                let id = st.next_inode;
-                st.next_inode += 1;
-                st.inodes.insert(id, Inode::default());
-                st.live.insert(path.to_path_buf(), id);
-                id
-            }
-        };
-        Ok(Box::new(SimFile {
-            state: Arc::clone(&self.state),
-            inode: id,
-            generation: st.generation,
-            path: path.to_path_buf(),
-        }))
+        self.open(path, None)
+    }
+
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn DiskFile>> {
+        self.open(path, Some(offset))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut st = self.lock();
         st.check_power()?;
+        let free = st.free_bytes();
         let (_, inode) = st.inode(path)?;
-        inode.data.resize(len as usize, 0);
-        inode.synced_len = len;
-        inode.lost.retain(|r| r.start < len);
-        for r in &mut inode.lost {
-            r.end = r.end.min(len);
+        if len.saturating_sub(inode.footprint()) > free {
+            return Err(no_space("extend a file"));
         }
+        inode.sync(false);
+        inode.data.resize(len as usize, 0);
+        inode.durable.resize(len as usize, 0);
         Ok(())
     }
 
@@ -501,208 +673,5 @@ impl Disk for SimDisk {
             .collect();
         st.durable.extend(entries);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn write(disk: &SimDisk, path: &Path, bytes: &[u8], sync: bool) -> Box<dyn DiskFile> {
-        let mut f = disk.open_append(path).unwrap();
-        f.append(bytes).unwrap();
-        if sync {
-            f.sync().unwrap();
-        }
-        f
-    }
-
-    #[test]
-    fn unsynced_create_vanishes_synced_create_survives() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        write(&disk, &dir.join("a"), b"aaa", true);
-        disk.sync_dir(dir).unwrap();
-        write(&disk, &dir.join("b"), b"bbb", true);
-        assert_eq!(disk.list_dir(dir).unwrap(), vec!["a", "b"]);
-        disk.crash(1);
-        assert_eq!(disk.list_dir(dir).unwrap(), vec!["a"]);
-        assert_eq!(disk.read(&dir.join("a")).unwrap(), b"aaa");
-    }
-
-    #[test]
-    fn remove_and_rename_are_durable_only_after_sync_dir() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        write(&disk, &dir.join("a"), b"1", true);
-        write(&disk, &dir.join("b"), b"2", true);
-        disk.sync_dir(dir).unwrap();
-        disk.remove(&dir.join("a")).unwrap();
-        disk.rename(&dir.join("b"), &dir.join("c")).unwrap();
-        disk.crash(2);
-        assert_eq!(disk.list_dir(dir).unwrap(), vec!["a", "b"]);
-        disk.remove(&dir.join("a")).unwrap();
-        disk.rename(&dir.join("b"), &dir.join("c")).unwrap();
-        disk.sync_dir(dir).unwrap();
-        disk.crash(3);
-        assert_eq!(disk.list_dir(dir).unwrap(), vec!["c"]);
-        assert_eq!(disk.read(&dir.join("c")).unwrap(), b"2");
-    }
-
-    #[test]
-    fn crash_keeps_synced_prefix_and_sector_torn_tail() {
-        let dir = Path::new("/d");
-        let synced: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8 + 1).collect();
-        let pending: Vec<u8> = (0..3000u32).map(|i| (i % 241) as u8 + 1).collect();
-        let mut all = synced.clone();
-        all.extend_from_slice(&pending);
-        for seed in 0..200 {
-            let disk = SimDisk::new();
-            disk.create_dir_all(dir).unwrap();
-            let mut f = write(&disk, &dir.join("f"), &synced, true);
-            disk.sync_dir(dir).unwrap();
-            f.append(&pending).unwrap();
-            disk.crash(seed);
-            let got = disk.read(&dir.join("f")).unwrap();
-            let len = got.len();
-            assert!(len >= synced.len() && len <= all.len());
-            let nonzero = got.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-            assert_eq!(
-                got[..nonzero],
-                all[..nonzero],
-                "seed {seed}: kept bytes are a prefix"
-            );
-            assert!(nonzero >= synced.len());
-            assert!(
-                nonzero == synced.len() || nonzero == all.len() || nonzero % 512 == 0,
-                "seed {seed}: cut at {nonzero} is not a sector boundary"
-            );
-            assert!(f.append(b"x").is_err(), "stale handle must fail");
-        }
-    }
-
-    #[test]
-    fn failed_sync_loses_the_bytes_it_covered() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        let mut f = write(&disk, &dir.join("f"), b"aaaa", true);
-        disk.sync_dir(dir).unwrap();
-        f.append(b"bbbb").unwrap();
-        disk.fail_next_sync();
-        assert!(f.sync().is_err());
-        f.append(b"cccc").unwrap();
-        f.sync().unwrap();
-        assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaabbbbcccc");
-        disk.crash(0);
-        assert_eq!(disk.read(&dir.join("f")).unwrap(), b"aaaa\0\0\0\0cccc");
-    }
-
-    #[test]
-    fn a_fired_fault_names_its_path() {
-        let disk = SimDisk::new();
-        disk.create_dir_all(Path::new("/d")).expect("mkdir");
-        let mut f = disk.open_append(Path::new("/d/a")).expect("open");
-        disk.fail_next_sync();
-        assert_eq!(disk.fault_fired_on(), None, "armed, not fired");
-        f.append(b"x").expect("append");
-        assert!(f.sync().is_err());
-        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/a")));
-        disk.fail_next_write();
-        assert_eq!(disk.fault_fired_on(), None, "arming clears it");
-        assert!(f.append(b"yy").is_err());
-        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/a")));
-        disk.power_cut_at_next_sync();
-        assert!(disk.sync_dir(Path::new("/d")).is_err());
-        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d")));
-        disk.crash(1);
-        disk.create_dir_all(Path::new("/d/snap")).expect("mkdir");
-        disk.power_cut_at_next_sync_under(Path::new("/d/snap"));
-        disk.sync_dir(Path::new("/d"))
-            .expect("not under /d/snap: no power cut");
-        assert!(disk.sync_dir(Path::new("/d/snap")).is_err(), "power cut");
-        assert_eq!(disk.fault_fired_on(), Some(PathBuf::from("/d/snap")));
-        assert!(disk.sync_dir(Path::new("/d")).is_err(), "the disk is off");
-    }
-
-    #[test]
-    fn power_cut_during_sync_leaves_bytes_pending() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        let mut f = write(&disk, &dir.join("f"), b"aaaa", true);
-        disk.sync_dir(dir).unwrap();
-        f.append(&[b'b'; 2000]).unwrap();
-        disk.power_cut_at_next_sync();
-        assert!(f.sync().is_err());
-        assert!(
-            disk.read(&dir.join("f")).is_err(),
-            "the disk is off until crash"
-        );
-        let mut lens = BTreeSet::new();
-        for seed in 0..64 {
-            let d = SimDisk::new();
-            d.create_dir_all(dir).unwrap();
-            let mut f = write(&d, &dir.join("f"), b"aaaa", true);
-            d.sync_dir(dir).unwrap();
-            f.append(&[b'b'; 2000]).unwrap();
-            d.power_cut_at_next_sync();
-            assert!(f.sync().is_err());
-            d.crash(seed);
-            let got = d.read(&dir.join("f")).unwrap();
-            lens.insert(got.iter().filter(|b| **b == b'b').count() + 4);
-        }
-        assert!(
-            lens.contains(&4) && lens.contains(&2004) && lens.contains(&512),
-            "{lens:?}"
-        );
-    }
-
-    #[test]
-    fn failed_write_is_short() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        let mut f = disk.open_append(&dir.join("f")).unwrap();
-        disk.fail_next_write();
-        assert!(f.append(b"abcd").is_err());
-        assert_eq!(disk.read(&dir.join("f")).unwrap(), b"ab");
-        f.append(b"ef").unwrap();
-        assert_eq!(f.len(), 4);
-    }
-
-    #[test]
-    fn corrupt_sector_flips_one_durable_bit() {
-        let disk = SimDisk::new();
-        let dir = Path::new("/d");
-        disk.create_dir_all(dir).unwrap();
-        let bytes = vec![7u8; 2000];
-        let mut f = write(&disk, &dir.join("f"), &bytes, true);
-        f.append(&[9u8; 100]).unwrap();
-        for seed in 0..50 {
-            let before = disk.read(&dir.join("f")).unwrap();
-            let offset = disk.corrupt_sector(&dir.join("f"), seed).unwrap();
-            assert!(offset < 2000);
-            let after = disk.read(&dir.join("f")).unwrap();
-            let diffs: Vec<usize> = (0..after.len())
-                .filter(|i| before[*i] != after[*i])
-                .collect();
-            assert_eq!(diffs, vec![offset as usize]);
-            assert_eq!(
-                (before[offset as usize] ^ after[offset as usize]).count_ones(),
-                1
-            );
-        }
-    }
-
-    #[test]
-    fn missing_parent_is_not_found() {
-        let disk = SimDisk::new();
-        let err = disk.open_append(Path::new("/nope/f")).err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
-        assert!(disk.list_dir(Path::new("/nope")).is_err());
     }
 }

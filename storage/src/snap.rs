@@ -79,6 +79,14 @@ pub enum SnapError {
     },
 }
 
+impl SnapError {
+    /// Whether this is the disk (or a quota) being full (`ENOSPC`, `EDQUOT`; see
+    /// [`crate::disk::is_no_space`]).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, SnapError::Io { source, .. } if crate::disk::is_no_space(source))
+    }
+}
+
 /// What is wrong with a snapshot file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapCorruption {

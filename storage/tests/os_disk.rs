@@ -64,8 +64,11 @@ fn wal_round_trip_rotation_and_torn_tail_on_the_os() {
     // Tear the last record of the last segment, as a power loss could.
     let names = disk.list_dir(&dir).unwrap();
     let last = dir.join(names.last().unwrap());
-    let len = std::fs::metadata(&last).unwrap().len();
-    disk.truncate(&last, len - 5).unwrap();
+    // The file is preallocated: its records end where its zeros start.
+    let bytes = std::fs::read(&last).unwrap();
+    assert!(bytes.len() >= 4096, "segments are preallocated");
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap() as u64 + 1;
+    disk.truncate(&last, end - 5).unwrap();
     let (_, rec) = Wal::open(disk.clone(), &dir, opts).unwrap();
     assert_eq!(rec.warnings.len(), 1, "{:?}", rec.warnings);
     assert!(rec.warnings[0].contains(&last.display().to_string()));
@@ -110,4 +113,34 @@ fn os_disk_basics() {
     disk.remove(&dir.join("a")).unwrap();
     assert_eq!(disk.list_dir(&dir).unwrap(), vec!["c"]);
     assert!(disk.read(&dir.join("a")).is_err());
+}
+
+#[test]
+fn os_disk_allocate_reserves_blocks_and_open_at_overwrites() {
+    let tmp = TempDir::new("alloc");
+    let disk = OsDisk::new();
+    disk.create_dir_all(&tmp.0).unwrap();
+    let path = tmp.0.join("seg");
+    let mut f = disk.open_append(&path).unwrap();
+    f.allocate(1 << 20).unwrap();
+    assert_eq!(f.len(), 0);
+    f.append(b"hello").unwrap();
+    f.sync().unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 1 << 20);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 >= 1 << 20,
+            "blocks reserved, not a sparse file"
+        );
+    }
+    drop(f);
+    let mut g = disk.open_at(&path, 1).unwrap();
+    g.append(b"EL").unwrap();
+    g.sync().unwrap();
+    let bytes = disk.read(&path).unwrap();
+    assert_eq!((&bytes[..6], bytes.len()), (&b"hELlo\0"[..], 1 << 20));
+    assert!(disk.open_at(&path, 2 << 20).is_err(), "past the end");
 }

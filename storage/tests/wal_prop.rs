@@ -1,6 +1,7 @@
 //! Property: under random batches, syncs, crashes, power cuts, failed syncs and writes, and
-//! segment releases, the recovered log is always the synced log plus a prefix of the batch
-//! that was in flight (never less, never anything else).
+//! segment releases, and a disk that fills up and is freed again, the recovered log is always
+//! the synced log plus a prefix of the batch that was in flight (never less, never anything
+//! else); a sync refused for lack of space keeps its batch for a later sync.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -43,6 +44,12 @@ enum Op {
     Release {
         fraction: u64,
     },
+    /// The disk fills up: room for `slack` more bytes (a crash or reopen must still work).
+    Full {
+        slack: u64,
+    },
+    /// Space is freed.
+    Free,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,6 +65,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
         1 => Just(Op::Reopen),
         1 => (0..5u64).prop_map(|fraction| Op::Release { fraction }),
+        1 => prop_oneof![Just(0u64), 0..3000u64].prop_map(|slack| Op::Full { slack }),
+        1 => Just(Op::Free),
     ]
 }
 
@@ -122,12 +131,10 @@ impl Harness {
                 self.term += 1;
                 self.push(Rec::Snap(self.model().last_index() + ahead, self.term));
             }
-            Op::Sync => {
-                self.wal.sync().unwrap();
-                self.synced.append(&mut self.buffered);
-            }
+            Op::Sync => self.sync(),
             Op::FailWrite { .. } | Op::FailSync { .. } | Op::PowerCut { .. }
-                if self.buffered.is_empty() => {} // nothing to write: the fault would linger
+                if self.buffered.is_empty() || self.disk.capacity().is_some() => {} // the fault
+            // would linger (nothing written, or no room)
             Op::PowerCut { seed } => self.fail_and_recover(seed, |d| d.power_cut_at_next_sync()),
             Op::FailSync { seed } => self.fail_and_recover(seed, |d| d.fail_next_sync()),
             Op::FailWrite { seed, crash } => {
@@ -147,10 +154,13 @@ impl Harness {
                 self.recover(Vec::new());
             }
             Op::Reopen => {
-                self.wal.sync().unwrap();
-                self.synced.append(&mut self.buffered);
-                self.recover(Vec::new());
+                self.sync();
+                // A batch refused for lack of space is dropped by the reopen.
+                let refused = std::mem::take(&mut self.buffered);
+                self.recover(refused);
             }
+            Op::Full { slack } => self.disk.set_capacity(Some(self.disk.used_bytes() + slack)),
+            Op::Free => self.disk.set_capacity(None),
             Op::Release { fraction } => {
                 if self.buffered.is_empty() {
                     let index = self.model().last_index() * fraction / 4;
@@ -158,6 +168,21 @@ impl Harness {
                     self.floor = self.floor.max(index);
                 }
             }
+        }
+    }
+
+    /// Syncs; on a full disk the batch may be refused (nothing written, not poisoned).
+    fn sync(&mut self) {
+        match self.wal.sync() {
+            Ok(()) => self.synced.append(&mut self.buffered),
+            Err(e) if e.is_no_space() => {
+                assert!(!self.wal.is_poisoned(), "a refused sync does not poison");
+                assert!(
+                    self.disk.capacity().is_some(),
+                    "no space on an unbounded disk"
+                );
+            }
+            Err(e) => panic!("sync failed: {e}"),
         }
     }
 
@@ -190,7 +215,7 @@ proptest! {
 
     #[test]
     fn recovered_log_is_synced_log_plus_a_prefix_of_the_inflight_batch(
-        segment_bytes_max in prop_oneof![Just(1u64 << 30), 100..3000u64],
+        segment_bytes_max in prop_oneof![Just(1u64 << 16), 100..3000u64],
         ops in proptest::collection::vec(op(), 1..80),
     ) {
         let disk = SimDisk::new();

@@ -52,6 +52,17 @@ pub enum WalError {
     },
 }
 
+impl WalError {
+    /// Whether this is the disk (or a quota) being full: an I/O error of kind
+    /// [`StorageFull`](std::io::ErrorKind::StorageFull) or
+    /// [`QuotaExceeded`](std::io::ErrorKind::QuotaExceeded) (`ENOSPC`, `EDQUOT`). Such an error
+    /// from [`Wal::sync`](super::Wal::sync) or [`Wal::try_reserve`](super::Wal::try_reserve)
+    /// did not poison the `Wal`: nothing was written.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, WalError::Io { source, .. } if crate::disk::is_no_space(source))
+    }
+}
+
 /// What is wrong with a WAL that [`Wal::open`](super::Wal::open) refuses (see
 /// [`WalError::Corrupt`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

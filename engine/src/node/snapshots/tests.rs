@@ -59,7 +59,14 @@ fn job(store: &Store, leases: &Leases) -> SnapshotJob {
         term: 3,
         ..Default::default()
     };
-    SnapshotJob::new(metadata, store.view(), leases.section(), members.encode())
+    let alarms = crate::alarm::Alarms::default().encode_section();
+    SnapshotJob::new(
+        metadata,
+        store.view(),
+        leases.section(),
+        members.encode(),
+        alarms,
+    )
 }
 
 /// Accepts at most `step` bytes a call, and records the largest write asked of it.
