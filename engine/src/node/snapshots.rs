@@ -55,9 +55,7 @@ use super::state_machine::StateMachine;
 use crate::lease::LeaseSection;
 use crate::mvcc::Store;
 use crate::sink::{CrcWriter, Sink};
-use crate::state_snapshot::{
-    self, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
-};
+use crate::state_snapshot::{self, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.

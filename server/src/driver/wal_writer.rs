@@ -89,12 +89,26 @@ pub(super) async fn wal_writer(
 ) {
     let mut st = storage;
     let mut next: Option<Job> = None;
+    let mut low = LowSpace::default();
     loop {
         let first = match next.take() {
             Some(job) => job,
-            None => match jobs.recv().await {
-                Some(job) => job,
-                None => return,
+            None => match low.wait {
+                None => match jobs.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
+                Some(wait) => match tokio::time::timeout(wait, jobs.recv()).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => return,
+                    Err(_elapsed) => {
+                        let Some(back) = low.retry_reserve(st, &durable).await else {
+                            return;
+                        };
+                        st = back;
+                        continue;
+                    }
+                },
             },
         };
         st = match first {
@@ -132,10 +146,63 @@ pub(super) async fn wal_writer(
                 else {
                     return;
                 };
+                let out_of_space = st.wal.is_out_of_space();
+                if low.note(out_of_space, &durable).await.is_none() {
+                    return;
+                }
                 st
             }
         };
         wal_bytes.store(st.wal.disk_bytes(), Ordering::Relaxed);
+    }
+}
+
+/// The early warning of a full disk: the WAL could not preallocate its next segment
+/// ([`Wal::is_out_of_space`]) while the active one still has room. The loop hears
+/// [`Done::NoSpace`] at once (the node raises its `NOSPACE` alarm while it can still write it)
+/// and the writer retries the reservation with backoff between jobs; once one succeeds the
+/// loop hears [`Done::SpaceAgain`].
+#[derive(Default)]
+struct LowSpace {
+    /// `Some(wait before the next try)` while the reservation fails.
+    wait: Option<Duration>,
+}
+
+impl LowSpace {
+    /// After a written group: reports a reservation that just failed. `None`: the loop is gone.
+    async fn note(&mut self, out_of_space: bool, durable: &mpsc::Sender<Durable>) -> Option<()> {
+        if self.wait.is_none() && out_of_space {
+            tracing::warn!("disk full: the next WAL segment cannot be preallocated");
+            durable.send(Ok(Done::NoSpace)).await.ok()?;
+            self.wait = Some(NO_SPACE_RETRY_MIN);
+        }
+        Some(())
+    }
+
+    /// Tries the reservation again. `None` if the member must stop (reported) or the loop is
+    /// gone.
+    async fn retry_reserve(
+        &mut self,
+        st: Storage,
+        durable: &mpsc::Sender<Durable>,
+    ) -> Option<Storage> {
+        let (st, result) = run_blocking(st, |st| st.wal.try_reserve()).await?;
+        match result {
+            Ok(()) => {
+                tracing::info!("disk full: the next WAL segment is preallocated again");
+                self.wait = None;
+                durable.send(Ok(Done::SpaceAgain)).await.ok()?;
+            }
+            Err(e) if e.is_no_space() => {
+                let wait = self.wait.unwrap_or(NO_SPACE_RETRY_MIN);
+                self.wait = Some((wait * 2).min(NO_SPACE_RETRY_MAX));
+            }
+            Err(e) => {
+                let _ = durable.send(Err(e.into())).await;
+                return None;
+            }
+        }
+        Some(st)
     }
 }
 
