@@ -158,6 +158,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
+    let held = recovered.snapshot.as_ref().map(|s| s.data.clone());
     let node = Node::new(
         NodeConfig {
             member_id: identity.member_id,
@@ -186,6 +187,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
         recovered,
     )?;
+    if let Some(data) = held {
+        // Restoring the store read every page of the snapshot; raft keeps the mapping only to
+        // send it to a follower.
+        env.disk.evict(&data);
+    }
     // etcd's request timeout: 5 s plus twice the election timeout.
     let request_timeout = Duration::from_millis(5000 + 2 * config.election_timeout_ms);
     let local = peer::LocalIdentity {

@@ -3,9 +3,10 @@
 //! keel's data dir lives on a small tmpfs that also holds two ballast files. The test writes
 //! until keel refuses with etcd's `etcdserver: mvcc: database space exceeded`, and checks that
 //! keel stays up, serves serializable and linearizable reads and a watch, and that every
-//! acknowledged put reads back. It then frees the first ballast: the batch that waited is
-//! written, the member's `NOSPACE` alarm appears, writes stay refused until `alarm disarm`,
-//! then resume. It fills the disk again, kills keel and restarts it on the full disk: it must
+//! acknowledged put reads back. The member raises its `NOSPACE` alarm as soon as the next WAL
+//! segment cannot be preallocated (while the active one still has room). It then frees the
+//! first ballast: the member finds room again, the alarm is listed, writes stay refused until
+//! `alarm disarm`, then resume. It fills the disk again, kills keel and restarts it on the full disk: it must
 //! start, serve every acknowledged put and refuse writes; freeing the second ballast and
 //! disarming lets writes resume.
 //!
@@ -219,9 +220,26 @@ async fn await_alarm_and_disarm(m: &mut MaintenanceClient<Channel>, member: u64)
         member_id: member,
         alarm: AlarmType::Nospace as i32,
     };
-    let cleared = m.alarm(disarm).await?.into_inner().alarms;
-    ensure!(cleared == vec![want], "disarm answered {cleared:?}");
-    Ok(())
+    // The alarm is raised while the disk is still full (the next WAL segment could not be
+    // preallocated); the disarm, a write, is refused with NOSPACE until the member has found
+    // room again (it retries the preallocation with backoff, up to 4 s apart).
+    loop {
+        match m.alarm(disarm).await {
+            Ok(r) => {
+                let cleared = r.into_inner().alarms;
+                ensure!(cleared == vec![want], "disarm answered {cleared:?}");
+                return Ok(());
+            }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && s.message() == NO_SPACE => {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the disarm was still refused with NOSPACE after space was freed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
 }
 
 /// A put that must succeed soon (the disk has room and no alarm is active).

@@ -127,6 +127,13 @@ pub trait Disk: Send + Sync + 'static {
     fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
         self.read(path).map(bytes::Bytes::from)
     }
+    /// Tells the system that the pages behind `bytes`, if they are a mapping made by
+    /// [`Disk::read_shared`], need not stay in this process's memory: they leave its resident
+    /// set (staying in the page cache) and fault back in when read. Anything else is left
+    /// alone. Used after a snapshot file's crc check or decode touched every page of it.
+    fn evict(&self, bytes: &[u8]) {
+        let _ = bytes;
+    }
     /// Opens `path` for appending, creating it (empty) if it does not exist. The handle's
     /// position is the file's length.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>>;
@@ -279,7 +286,11 @@ impl Disk for OsDisk {
         // the mapping valid on Unix). Another process modifying the file would be outside
         // keel's contract, as with any data directory.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        Ok(bytes::Bytes::from_owner(map))
+        Ok(bytes::Bytes::from_owner(mapped::Mapping::new(map)))
+    }
+
+    fn evict(&self, bytes: &[u8]) {
+        mapped::evict(bytes);
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
@@ -306,5 +317,71 @@ impl Disk for OsDisk {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+}
+
+/// The read-only mappings [`OsDisk::read_shared`] made and that are still alive, so that
+/// [`Disk::evict`] advises only pages of a file mapping (on a private or anonymous page,
+/// `MADV_DONTNEED` would discard data).
+mod mapped {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// Start address → length of every live mapping.
+    static LIVE: Mutex<BTreeMap<usize, usize>> = Mutex::new(BTreeMap::new());
+
+    fn live() -> std::sync::MutexGuard<'static, BTreeMap<usize, usize>> {
+        LIVE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A mapping registered while it lives.
+    pub(super) struct Mapping(memmap2::Mmap);
+
+    impl Mapping {
+        pub(super) fn new(map: memmap2::Mmap) -> Mapping {
+            live().insert(map.as_ptr() as usize, map.len());
+            Mapping(map)
+        }
+    }
+
+    impl AsRef<[u8]> for Mapping {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // Unregistered before the unmap (the field drops after this returns).
+            live().remove(&(self.0.as_ptr() as usize));
+        }
+    }
+
+    /// `MADV_DONTNEED` on the whole pages of `bytes`, if they lie inside a live mapping.
+    pub(super) fn evict(bytes: &[u8]) {
+        let (start, len) = (bytes.as_ptr() as usize, bytes.len());
+        let live = live();
+        let Some((&map_start, &map_len)) = live.range(..=start).next_back() else {
+            return;
+        };
+        if start.saturating_add(len) > map_start.saturating_add(map_len) {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let first = start.div_ceil(page) * page;
+        let end = (start + len) / page * page;
+        if end <= first {
+            return;
+        }
+        // SAFETY: [first, end) lies inside a live, read-only, shared file mapping (checked
+        // above, under the lock that its unmapping takes first); dropping such pages loses
+        // nothing, since they are read back from the file on the next access.
+        let rc =
+            unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "madvise failed");
+        }
     }
 }

@@ -473,12 +473,16 @@ impl SnapDir {
             .disk
             .read_shared(path)
             .map_err(io_err(IoOp::Read, path))?;
-        decode(&file)
-            .map(|loaded| loaded.data)
-            .map_err(|reason| SnapError::Corrupt {
-                path: path.to_path_buf(),
-                reason,
-            })
+        let data =
+            decode(&file)
+                .map(|loaded| loaded.data)
+                .map_err(|reason| SnapError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
+        // The crc check read every page; raft reads them again only to send the snapshot.
+        self.disk.evict(&file);
+        Ok(data)
     }
 
     /// Loads the newest snapshot whose checksum holds. A damaged one is renamed to `*.broken`
