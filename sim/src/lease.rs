@@ -102,12 +102,14 @@ fn status_text(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// Whether a failed lease request certainly did not take effect.
+/// Whether a failed lease request certainly did not take effect (a NOSPACE refusal included:
+/// see [`crate::alarm::is_no_space`]).
 fn certainly_failed(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition
-    )
+    crate::alarm::is_no_space(status)
+        || matches!(
+            status.code(),
+            Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition
+        )
 }
 
 /// Records one lease request.

@@ -16,6 +16,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[cfg(madsim)]
+pub mod alarm;
 pub mod check;
 pub mod clock;
 #[cfg(madsim)]

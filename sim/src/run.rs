@@ -11,6 +11,7 @@ use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use keel_proto::etcdserverpb::HashKvRequest;
 use madsim::runtime::Runtime;
 
+use crate::alarm::{disarm_alarms, is_no_space_text};
 use crate::check::{acked_writes_survive, events_between, Failure, FailureKind};
 use crate::cluster::Cluster;
 use crate::history::{to_jepsen, Entry, Op, Outcome};
@@ -414,6 +415,12 @@ async fn serve_again(
             serializable: false,
         };
         if let Some(e) = recorded_op(cluster, ctx, client, i, put).await {
+            if let Outcome::Fail(why) | Outcome::Info(why) = &e.outcome {
+                if is_no_space_text(why) {
+                    // A NOSPACE alarm outlives the full disk: disarm it, as an operator would.
+                    disarm_alarms(cluster, ctx, i).await;
+                }
+            }
             if matches!(e.outcome, Outcome::Ok(_)) {
                 if let Some(g) = recorded_op(cluster, ctx, client, i, get).await {
                     if matches!(g.outcome, Outcome::Ok(_)) {

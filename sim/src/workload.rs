@@ -246,18 +246,20 @@ async fn read(
     })
 }
 
-/// Whether a failed write certainly did not take effect: etcd rejected it before raft.
+/// Whether a failed write certainly did not take effect: etcd rejected it before raft, or it
+/// is a NOSPACE refusal (see [`crate::alarm::is_no_space`]).
 fn write_certainly_failed(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::InvalidArgument
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::Unimplemented
-    )
+    crate::alarm::is_no_space(status)
+        || matches!(
+            status.code(),
+            Code::InvalidArgument
+                | Code::NotFound
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::Unimplemented
+        )
 }
 
 /// Runs `op` against `kv` with the timeout and records it; returns the recorded entry.
