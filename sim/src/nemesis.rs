@@ -405,7 +405,8 @@ mod inject {
         /// that plus up to one WAL segment (so the failure lands at a varying point: the
         /// reserve, a rotation, a snapshot), for a hold time; then frees it. A full disk is not a failed fsync: no
         /// acknowledgement check follows (writes into preallocated space still succeed). A
-        /// member that stopped is power-cycled by the supervisor, as for any exit.
+        /// member that stopped is power-cycled by the supervisor, as for any exit. Three times
+        /// in four, an operator then disarms the cluster's alarms through a random member.
         async fn disk_full(&mut self, i: usize) {
             let disk = &self.cluster.members[i].disk;
             let slack = if self.rng.chance(1, 2) {
@@ -428,6 +429,14 @@ mod inject {
                 i + 1,
                 why.as_deref().unwrap_or("no")
             ));
+            if self.rng.chance(3, 4) {
+                // Usually an operator disarms the NOSPACE alarm soon after (a member that
+                // still sees its disk full raises it again); else it stays until the liveness
+                // phase, and the cluster refuses writes that grow the store until then.
+                Self::sleep_ms(self.rng.between(20, 500)).await;
+                let via = self.rng.index(self.cluster.members.len());
+                crate::alarm::disarm_alarms(self.cluster, &self.ctx, via).await;
+            }
         }
 
         /// Arms a power cut at the node's next fsync, so the crash lands between a write and
