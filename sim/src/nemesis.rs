@@ -94,9 +94,9 @@ pub enum FaultKind {
     ElectionRestart,
     /// A member's disk fills up (no room beyond what its files hold, or a little more), for a
     /// while, then space is freed. Appends into a preallocated WAL segment go on; preallocating
-    /// the next one, creating a file or writing a snapshot fail with `StorageFull`. Off unless
-    /// the swarm asks for it (see [`Swarm::with_disk_full`]): until the server answers a full
-    /// disk with etcd's NOSPACE alarm, a failed WAL preallocation stops the member.
+    /// the next one, creating a file or writing a snapshot fail with `StorageFull`; the member
+    /// refuses writes and raises etcd's NOSPACE alarm. Not in [`FaultKind::ALL`]: a swarm
+    /// draws it on a stream of its own (see [`Swarm::with_disk_full`]).
     DiskFull,
 }
 
@@ -235,8 +235,8 @@ impl Swarm {
     }
 
     /// Adds [`FaultKind::DiskFull`] to the mix with probability 1/2, drawn from a stream of its
-    /// own (the seed's other draws are unchanged). The default sweeps leave it out (it is
-    /// switched on by `SimConfig::disk_full`, the simulator's `--disk-full`).
+    /// own (the seed's other draws are unchanged). `SimConfig::disk_full` (on by default; the
+    /// simulator's `--no-disk-full` turns it off) asks for it.
     pub fn with_disk_full(mut self, seed: u64) -> Swarm {
         if SeedRng::new(seed, 0x0044_4953_4b46).chance(1, 2) {
             self.faults.push(FaultKind::DiskFull);

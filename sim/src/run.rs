@@ -54,8 +54,8 @@ pub struct SimConfig {
     /// Run the membership nemesis (see `src/membership.rs`): a spare member is added as a
     /// learner, joins and is promoted during the faults.
     pub membership: bool,
-    /// Let the seed's swarm draw the disk-full fault (see `Swarm::with_disk_full`). Off by
-    /// default until the server answers a full disk with the NOSPACE alarm.
+    /// Let the seed's swarm draw the disk-full fault (see `Swarm::with_disk_full`). On by
+    /// default: the server answers a full disk with etcd's NOSPACE alarm.
     pub disk_full: bool,
 }
 
@@ -72,7 +72,7 @@ impl SimConfig {
             lease_clients: 2,
             watch_clients: 2,
             membership: false,
-            disk_full: false,
+            disk_full: true,
         }
     }
 
@@ -105,8 +105,8 @@ impl SimConfig {
         if self.membership {
             cmd.push_str(" --membership");
         }
-        if self.disk_full {
-            cmd.push_str(" --disk-full");
+        if !self.disk_full {
+            cmd.push_str(" --no-disk-full");
         }
         cmd
     }
