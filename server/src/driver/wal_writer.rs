@@ -446,6 +446,57 @@ mod tests {
     }
 
     #[test]
+    fn an_installed_snapshot_is_saved_then_read_back_from_its_file() {
+        use keel_engine::raftpb::SnapshotMetadata;
+        use keel_storage::wal::WalOptions;
+        use keel_storage::SimDisk;
+
+        let disk: Arc<dyn keel_storage::Disk> = Arc::new(SimDisk::new());
+        let wal_dir = PathBuf::from("/m/wal");
+        let (wal, _) = Wal::open(disk.clone(), &wal_dir, WalOptions::default()).expect("wal");
+        let snaps = SnapDir::open(disk.clone(), &PathBuf::from("/m/snap"), 2).expect("snaps");
+        let mut st = Storage { wal, snaps };
+        let received = Snapshot {
+            data: vec![7u8; 3000].into(),
+            metadata: Some(SnapshotMetadata {
+                index: 40,
+                term: 3,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let batch = PersistBatch {
+            number: 1,
+            snapshot: Some(received.clone()),
+            ..Default::default()
+        };
+        let held = write_group(&mut st, &[batch])
+            .expect("written")
+            .expect("read back");
+        assert_eq!(held, received, "the same snapshot");
+        assert_ne!(
+            held.data.as_ptr(),
+            received.data.as_ptr(),
+            "not the received copy"
+        );
+        assert_eq!(st.snaps.list().expect("list"), vec![(3, 40)]);
+        let plain = PersistBatch {
+            number: 2,
+            hard_state: Some(Default::default()),
+            ..Default::default()
+        };
+        let none = write_group(&mut st, &[plain]).expect("written");
+        assert_eq!(none, None, "no snapshot installed, none read back");
+        let (_, recovered) = Wal::open(disk, &wal_dir, WalOptions::default()).expect("reopen");
+        assert_eq!(
+            recovered.snapshot.map(|m| (m.index, m.term)),
+            Some((40, 3)),
+            "the WAL's mark"
+        );
+    }
+
+    #[test]
     fn only_a_write_that_found_no_space_is_waited_out() {
         let full = || IoError::from(ErrorKind::StorageFull);
         assert!(is_no_space(&wal_io(IoOp::Append, full())));
