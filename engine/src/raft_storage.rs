@@ -61,6 +61,19 @@ impl RaftStorage {
         self.snapshot = snapshot;
     }
 
+    /// Holds `snapshot` instead of the held one if both are the same snapshot (index, term,
+    /// configuration and data length; the data is not compared), e.g. the same state read back
+    /// mapped from its file in place of a copy in memory. Returns whether it was replaced.
+    pub fn replace_held(&mut self, snapshot: Snapshot) -> bool {
+        let same = snapshot.get_metadata() == self.snapshot.get_metadata()
+            && snapshot.data.len() == self.snapshot.data.len()
+            && self.snapshot.get_metadata().index != 0;
+        if same {
+            self.snapshot = snapshot;
+        }
+        same
+    }
+
     /// The index raft asked a snapshot for that the held one does not reach (0: none), and
     /// forgets the request.
     pub fn take_wanted(&self) -> u64 {
@@ -159,4 +172,45 @@ fn names(snapshot: &Snapshot, id: u64) -> bool {
     ]
     .iter()
     .any(|ids| ids.contains(&id))
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::eraftpb::SnapshotMetadata;
+
+    use super::*;
+
+    fn snapshot(index: u64, term: u64, data: &'static [u8]) -> Snapshot {
+        Snapshot {
+            data: data.into(),
+            metadata: Some(SnapshotMetadata {
+                index,
+                term,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_same_snapshot_replaces_the_one_held() {
+        let mut storage = RaftStorage::new(MemStorage::new());
+        assert!(
+            !storage.replace_held(snapshot(0, 0, b"")),
+            "nothing held: nothing to replace"
+        );
+        storage.set_snapshot(snapshot(10, 2, b"received"));
+        assert!(!storage.replace_held(snapshot(9, 2, b"received")), "older");
+        assert!(
+            !storage.replace_held(snapshot(10, 3, b"received")),
+            "other term"
+        );
+        assert!(
+            !storage.replace_held(snapshot(10, 2, b"short")),
+            "other length"
+        );
+        assert!(storage.replace_held(snapshot(10, 2, b"readback")));
+        assert_eq!(&storage.snapshot_held().data[..], b"readback");
+    }
 }

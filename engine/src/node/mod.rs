@@ -280,6 +280,7 @@ impl Node {
                 let applied = self.sm.applied_index();
                 self.snapshots.on_saved(snapshot, &mut self.core, applied);
             }
+            Input::InstalledSnapshotSaved { snapshot } => self.core.replace_held_snapshot(snapshot),
             Input::SnapshotFailed => self.snapshots.on_failed(),
             Input::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),
             Input::Unreachable { to } => self.core.report_unreachable(to),

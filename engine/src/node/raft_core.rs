@@ -391,6 +391,14 @@ impl RaftCore {
         self.raw.mut_store().set_snapshot(snapshot);
     }
 
+    /// The installed snapshot held, read back from its file: hold that copy instead (ignored
+    /// unless it is the same snapshot).
+    pub(super) fn replace_held_snapshot(&mut self, snapshot: Snapshot) {
+        if !self.raw.mut_store().replace_held(snapshot) {
+            tracing::debug!("an installed snapshot read back is no longer the one held");
+        }
+    }
+
     /// Entries were applied: their bytes now count towards the byte bound.
     pub(super) fn count_applied(&mut self, entries: &[Entry]) {
         self.log_bytes.applied(entries);

@@ -35,15 +35,19 @@
 //! * **Installing one.** A follower too far behind gets the leader's snapshot in a `Ready`: the
 //!   node replaces its store, leases and member table at once (the contents are committed),
 //!   moves every watcher to catch up from the new store, and hands the snapshot to the driver
-//!   in the [`PersistBatch`] to save before the WAL records its mark. Its own proposals still
-//!   in flight may or may not be inside the snapshot; they are answered "request timed out"
-//!   (an outcome the client must treat as unknown) rather than left hanging.
+//!   in the [`PersistBatch`] to save before the WAL records its mark. Once that is durable the
+//!   driver reads the file back ([`Input::InstalledSnapshotSaved`]) and the node holds and
+//!   serves that copy (on a real disk a mapping) instead of the received one. Its own
+//!   proposals still in flight may or may not be inside the snapshot; they are answered
+//!   "request timed out" (an outcome the client must treat as unknown) rather than left
+//!   hanging.
 //! * **Restart.** The driver hands over the newest valid snapshot and the WAL; the node starts
 //!   from the snapshot and replays the entries after it.
 //!
 //! [`Output::SaveSnapshot`]: super::Output::SaveSnapshot
 //! [`Input::SnapshotSaved`]: super::Input::SnapshotSaved
 //! [`Input::SnapshotFailed`]: super::Input::SnapshotFailed
+//! [`Input::InstalledSnapshotSaved`]: super::Input::InstalledSnapshotSaved
 //! [`PersistBatch`]: super::PersistBatch
 
 use std::sync::OnceLock;

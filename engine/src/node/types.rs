@@ -124,6 +124,14 @@ pub enum Input {
         /// The saved snapshot.
         snapshot: Snapshot,
     },
+    /// The leader's snapshot a [`PersistBatch`] installed is durable and was read back from
+    /// its file: the node holds (and serves followers) this copy, whose data is a mapping of
+    /// the file, instead of the received one, which is freed. Ignored unless it is the
+    /// snapshot held (same index, term and data length): a newer one may be held already.
+    InstalledSnapshotSaved {
+        /// The installed snapshot, its data read back from the file.
+        snapshot: Snapshot,
+    },
     /// Saving the state snapshot of an [`Output::SaveSnapshot`] failed (and the driver waited
     /// out its retry backoff): the node offers a fresh job when one is due, at once if it
     /// still is.

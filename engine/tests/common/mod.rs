@@ -16,7 +16,7 @@ pub use disk::Disk;
 use keel_engine::error::Error;
 use keel_engine::membership::Member;
 use keel_engine::node::{Input, Node, Output, Request, Response};
-use keel_engine::raftpb::{Message, MessageType};
+use keel_engine::raftpb::{Message, MessageType, Snapshot};
 use keel_engine::watch::{WatchInput, WatchOutput};
 use keel_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, WatchResponse};
 
@@ -210,6 +210,19 @@ impl Cluster {
                     self.installed.insert(id, index);
                 }
                 self.network.extend(batch.then_send);
+                if let Some(installed) = batch.snapshot {
+                    // The driver reads the saved file back and the node holds that copy.
+                    let read_back = Snapshot {
+                        data: installed.data.to_vec().into(),
+                        ..installed
+                    };
+                    self.step(
+                        id,
+                        Input::InstalledSnapshotSaved {
+                            snapshot: read_back,
+                        },
+                    );
+                }
                 self.step(
                     id,
                     Input::Persisted {

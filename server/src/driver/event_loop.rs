@@ -100,6 +100,9 @@ impl DriverLoop {
                     Some(Ok(Done::Persisted(number))) => {
                         self.node.step(Input::Persisted { number })
                     }
+                    Some(Ok(Done::Installed(snapshot))) => {
+                        self.node.step(Input::InstalledSnapshotSaved { snapshot })
+                    }
                     Some(Ok(Done::NoSpace)) => self.node.step(Input::DiskFull { full: true }),
                     Some(Ok(Done::SpaceAgain)) => {
                         self.node.step(Input::DiskFull { full: false })

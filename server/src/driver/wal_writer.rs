@@ -24,7 +24,7 @@ use std::time::Duration;
 use keel_engine::bugs::{Bug, Bugs};
 use keel_engine::node::PersistBatch;
 use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
-use keel_engine::raftpb::Message;
+use keel_engine::raftpb::{Message, Snapshot};
 use keel_storage::snap::{SnapDir, SnapError};
 use keel_storage::wal::{Wal, WalError};
 use keel_storage::IoOp;
@@ -67,6 +67,10 @@ pub(super) enum Job {
 pub(super) enum Done {
     /// Every batch up to this number is durable.
     Persisted(u64),
+    /// A leader's snapshot a batch installed is durable; here it is read back from its file
+    /// (data a mapping), for the node to hold instead of the received copy. Comes before the
+    /// batch's `Persisted`.
+    Installed(Snapshot),
     /// A persist group could not be written for lack of space: it waits, unwritten and not
     /// durable, and is retried with backoff; nothing queued behind it is written first.
     NoSpace,
@@ -255,15 +259,15 @@ async fn persist_group(
     })
     .await?;
     simulated_fsync_latency().await;
-    let st = match result {
-        Ok(()) => st,
+    let (st, installed) = match result {
+        Ok(installed) => (st, installed),
         Err(e) if is_no_space(&e) => {
             tracing::warn!(error = %e, "disk full: persist batches wait, writes are refused");
             durable.send(Ok(Done::NoSpace)).await.ok()?;
-            let st = write_when_space(st, group, durable).await?;
+            let written = write_when_space(st, group, durable).await?;
             tracing::info!("disk full: the waiting persist batches are written");
             durable.send(Ok(Done::SpaceAgain)).await.ok()?;
-            st
+            written
         }
         Err(e) => {
             let _ = durable.send(Err(e)).await;
@@ -271,6 +275,9 @@ async fn persist_group(
         }
     };
     transport.send(then_send);
+    if let Some(snapshot) = installed {
+        durable.send(Ok(Done::Installed(snapshot))).await.ok()?;
+    }
     if !acked_early && durable.send(Ok(Done::Persisted(newest))).await.is_err() {
         return None;
     }
@@ -280,11 +287,12 @@ async fn persist_group(
 /// Retries a group that failed for lack of space, with backoff, until it is written: each try
 /// reopens the WAL (cutting what the failed write left half-written) and writes the whole
 /// group again. `None` if the member must stop (another error, reported; or the loop is gone).
+/// Returns the storage and what [`write_group`] returns.
 async fn write_when_space(
     st: Storage,
     group: Vec<PersistBatch>,
     durable: &mpsc::Sender<Durable>,
-) -> Option<Storage> {
+) -> Option<(Storage, Option<Snapshot>)> {
     let (mut st, mut group) = (st, group);
     let mut wait = NO_SPACE_RETRY_MIN;
     for attempt in 1u64.. {
@@ -300,7 +308,7 @@ async fn write_when_space(
         .await?;
         (st, group) = (back, g);
         match result {
-            Ok(()) => return Some(st),
+            Ok(installed) => return Some((st, installed)),
             Err(e) if is_no_space(&e) => {
                 tracing::debug!(attempt, error = %e, "disk still full");
             }
@@ -368,16 +376,21 @@ pub(super) async fn simulated_fsync_latency() {
 pub(super) async fn simulated_fsync_latency() {}
 
 /// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's
-/// snapshot saves the snapshot file first (durably), so the WAL's mark never points at a
-/// snapshot that is not on disk.
-fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverError> {
+/// snapshot saves the snapshot file first (durably, streamed from the received data through
+/// the writer's buffer: no second copy), so the WAL's mark never points at a snapshot that is
+/// not on disk. After the fsync, the newest snapshot installed is read back mapped (`Some`),
+/// for the node to hold instead of the received copy.
+fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapshot>, DriverError> {
+    let mut installed = None;
     for batch in group {
         if let Some(snapshot) = &batch.snapshot {
             let meta = snapshot.get_metadata();
             let conf = encode_conf_state(meta.get_conf_state());
-            st.snaps
+            let path = st
+                .snaps
                 .save(meta.index, meta.term, &conf, &snapshot.data)?;
             st.wal.append_snapshot(meta.index, meta.term)?;
+            installed = Some((snapshot, path));
         }
         for entry in &batch.entries {
             st.wal
@@ -387,7 +400,34 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<(), DriverErr
             st.wal.append_hard_state(&encode_hard_state(hs))?;
         }
     }
-    Ok(st.wal.sync()?)
+    st.wal.sync()?;
+    Ok(installed.and_then(|(snapshot, path)| read_back(&st.snaps, snapshot, &path)))
+}
+
+/// The installed `snapshot`, its data read back mapped from its file at `path` (crc checked).
+/// `None` if that fails: the node then keeps the received copy (the file is durable; a damaged
+/// one is found and set aside at the next start).
+fn read_back(snaps: &SnapDir, snapshot: &Snapshot, path: &std::path::Path) -> Option<Snapshot> {
+    match snaps.read_data(path) {
+        Ok(data) if data.len() == snapshot.data.len() => Some(Snapshot {
+            data,
+            metadata: snapshot.metadata.clone(),
+            ..Default::default()
+        }),
+        Ok(data) => {
+            tracing::warn!(
+                path = %path.display(),
+                read = data.len(),
+                written = snapshot.data.len(),
+                "an installed snapshot read back at another length; keeping it in memory"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read back an installed snapshot; keeping it in memory");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +443,57 @@ mod tests {
             path: PathBuf::from("/wal/0.wal"),
             source,
         })
+    }
+
+    #[test]
+    fn an_installed_snapshot_is_saved_then_read_back_from_its_file() {
+        use keel_engine::raftpb::SnapshotMetadata;
+        use keel_storage::wal::WalOptions;
+        use keel_storage::SimDisk;
+
+        let disk: Arc<dyn keel_storage::Disk> = Arc::new(SimDisk::new());
+        let wal_dir = PathBuf::from("/m/wal");
+        let (wal, _) = Wal::open(disk.clone(), &wal_dir, WalOptions::default()).expect("wal");
+        let snaps = SnapDir::open(disk.clone(), &PathBuf::from("/m/snap"), 2).expect("snaps");
+        let mut st = Storage { wal, snaps };
+        let received = Snapshot {
+            data: vec![7u8; 3000].into(),
+            metadata: Some(SnapshotMetadata {
+                index: 40,
+                term: 3,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let batch = PersistBatch {
+            number: 1,
+            snapshot: Some(received.clone()),
+            ..Default::default()
+        };
+        let held = write_group(&mut st, &[batch])
+            .expect("written")
+            .expect("read back");
+        assert_eq!(held, received, "the same snapshot");
+        assert_ne!(
+            held.data.as_ptr(),
+            received.data.as_ptr(),
+            "not the received copy"
+        );
+        assert_eq!(st.snaps.list().expect("list"), vec![(3, 40)]);
+        let plain = PersistBatch {
+            number: 2,
+            hard_state: Some(Default::default()),
+            ..Default::default()
+        };
+        let none = write_group(&mut st, &[plain]).expect("written");
+        assert_eq!(none, None, "no snapshot installed, none read back");
+        let (_, recovered) = Wal::open(disk, &wal_dir, WalOptions::default()).expect("reopen");
+        assert_eq!(
+            recovered.snapshot.map(|m| (m.index, m.term)),
+            Some((40, 3)),
+            "the WAL's mark"
+        );
     }
 
     #[test]
