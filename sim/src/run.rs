@@ -140,6 +140,19 @@ pub struct Report {
 }
 
 impl Report {
+    /// The seed, its fault mix, every failure and the command that replays it: what a sweep
+    /// prints for a failed seed.
+    pub fn describe(&self) -> String {
+        let mut out = format!("seed {} ({}):\n", self.config.seed, self.swarm);
+        for f in &self.failures {
+            out.push_str(&f.to_string());
+        }
+        out.push_str(&format!("replay: {}\n", self.config.replay_command()));
+        out
+    }
+}
+
+impl Report {
     /// Whether every check passed.
     pub fn passed(&self) -> bool {
         self.failures.is_empty()

@@ -20,15 +20,6 @@ fn config(seed: u64, nodes: usize) -> SimConfig {
     }
 }
 
-fn describe(r: &Report) -> String {
-    let mut out = format!("seed {} ({}):\n", r.config.seed, r.swarm);
-    for f in &r.failures {
-        out.push_str(&f.to_string());
-    }
-    out.push_str(&format!("replay: {}\n", r.config.replay_command()));
-    out
-}
-
 /// How many operations of the run were refused with NOSPACE (each recorded as a certain
 /// failure, never as in doubt).
 fn no_space_refusals(r: &Report) -> usize {
@@ -63,7 +54,7 @@ fn sweep(configs: impl Iterator<Item = SimConfig>) -> (usize, usize) {
     let failed: Vec<String> = reports
         .iter()
         .filter(|r| !r.passed())
-        .map(describe)
+        .map(Report::describe)
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     let refused = reports.iter().filter(|r| no_space_refusals(r) > 0).count();

@@ -7,28 +7,19 @@ use std::ops::Range;
 
 use keel_engine::bugs::Bug;
 use keel_sim::check::FailureKind;
-use keel_sim::run::{catches, run_seed, Report, SimConfig};
+use keel_sim::run::{catches, run_seed, SimConfig};
 
 /// Seeds of the clean sweep.
 const SWEEP: Range<u64> = 0..100;
 /// Every bug must be caught by some seed in here (a prefix of `SWEEP`).
 const BUG_SEEDS: Range<u64> = 0..20;
 
-fn describe(r: &Report) -> String {
-    let mut out = format!("seed {} ({}):\n", r.config.seed, r.swarm);
-    for f in &r.failures {
-        out.push_str(&f.to_string());
-    }
-    out.push_str(&format!("replay: {}\n", r.config.replay_command()));
-    out
-}
-
 #[test]
 fn bounded_sweep_passes() {
     let failed: Vec<String> = SWEEP
         .map(|seed| run_seed(&SimConfig::new(seed)))
         .filter(|r| !r.passed())
-        .map(|r| describe(&r))
+        .map(|r| r.describe())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
@@ -47,7 +38,7 @@ fn bounded_sweep_of_three_and_five_member_clusters_passes() {
     let failed: Vec<String> = configs
         .map(|config| run_seed(&config))
         .filter(|r| !r.passed())
-        .map(|r| describe(&r))
+        .map(|r| r.describe())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
@@ -63,7 +54,7 @@ fn longer_runs_pass() {
             })
         })
         .filter(|r| !r.passed())
-        .map(|r| describe(&r))
+        .map(|r| r.describe())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
@@ -94,7 +85,7 @@ fn the_watch_log_round_trips_and_covers_compaction_boundaries_and_reconnects() {
             nodes,
             ..SimConfig::new(seed)
         });
-        assert!(report.passed(), "{}", describe(&report));
+        assert!(report.passed(), "{}", report.describe());
         let log = &report.watch_log;
         let parsed = WatchLog::from_jsonl(&log.to_jsonl()).expect("the watch log parses");
         assert_eq!(&parsed, log);
