@@ -1,4 +1,9 @@
-//! Server configuration: etcd's flag names and defaults, each also settable from `KEEL_*`.
+//! Server configuration: etcd's flag names and defaults, each also settable from `KEEL_*`,
+//! etcd's `ETCD_*` or etcd's YAML file ([`sources`]).
+
+pub mod etcd_flags;
+pub mod sources;
+mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +17,16 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// keel: an etcd v3–compatible, strongly consistent key-value store.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "keel", version, about)]
+#[command(
+    name = "keel",
+    version,
+    about,
+    args_override_self = true,
+    after_help = "Every flag is also read from an environment variable: KEEL_ and the flag's name \
+                  in capitals with - as _ (--data-dir: KEEL_DATA_DIR), or etcd's ETCD_ name \
+                  (ETCD_DATA_DIR). A flag on the command line wins over KEEL_, which wins over \
+                  ETCD_. --config-file reads etcd's YAML file instead of flags and variables."
+)]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, env = "KEEL_NAME", default_value = "default")]
@@ -134,8 +148,24 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(4096..))]
     pub wal_segment_bytes: u64,
     /// Log level: debug, info, warn, error, panic, or fatal.
-    #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info")]
+    #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info",
+          value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
+    /// Log format: 'zap' for etcd 3.4's JSON lines (level, ts, caller, msg, fields), or
+    /// 'capnslog' for human-readable lines.
+    #[arg(long = "logger", env = "KEEL_LOGGER", default_value = "capnslog",
+          value_parser = ["capnslog", "zap"])]
+    pub logger: String,
+    /// Where logs go: 'default' or 'stderr', 'stdout', or file paths (appended), comma-separated.
+    #[arg(
+        long = "log-outputs",
+        env = "KEEL_LOG_OUTPUTS",
+        default_value = "default"
+    )]
+    pub log_outputs: String,
+    /// Path to etcd's YAML configuration file; when given, flags and variables are ignored.
+    #[arg(long = "config-file", env = "KEEL_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
     /// Deliberate bugs for the simulator to catch (not a flag: keel-sim sets them, and only
     /// simulation builds can; see `keel_engine::bugs`).
     #[arg(skip)]
@@ -161,6 +191,54 @@ pub enum ConfigError {
     /// Timing flags that cannot work.
     #[error("{0}")]
     Timing(String),
+    /// An etcd flag keel does not implement, set to something other than etcd's default.
+    #[error(
+        "keel does not support etcd's --{flag} ({origin} sets it to {value:?}); it accepts \
+         only etcd's default {default:?}"
+    )]
+    Unsupported {
+        /// The flag.
+        flag: String,
+        /// The value asked for.
+        value: String,
+        /// Where it was set: the command line, a variable, a config file.
+        origin: String,
+        /// etcd's default.
+        default: String,
+    },
+    /// etcd's refusal of an `ETCD_*` variable that a command-line flag shadows.
+    #[error(
+        "conflicting environment variable {0:?} is shadowed by corresponding command-line flag \
+         (either unset environment variable or disable flag)"
+    )]
+    EnvConflict(String),
+    /// A value that does not parse (etcd's wording).
+    #[error("invalid value {value:?} for {name}: parse error")]
+    BadValue {
+        /// The variable or flag.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// The YAML configuration file cannot be used.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// Its path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An argument or variable that is not UTF-8.
+    #[error("not valid UTF-8: {0}")]
+    NotUnicode(String),
+    /// A log output that cannot be opened or is not supported.
+    #[error("--log-outputs {output:?}: {reason}")]
+    LogOutput {
+        /// The output.
+        output: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// One member of the initial cluster.

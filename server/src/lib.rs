@@ -13,7 +13,7 @@
 //! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
 //! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
 //!
-//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`],
+//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`], [`logging`],
 //! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod logging;
 pub mod peer;
 pub mod status;
 

@@ -3,14 +3,28 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
-use keel_server::{Config, Env, SystemClock};
+use keel_server::config::sources::{self, LoadError, Note};
+use keel_server::{Env, SystemClock};
 use keel_storage::disk::OsDisk;
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
-    let config = Config::parse();
-    init_logging(&config.log_level);
+    let loaded = match sources::load(std::env::args_os(), std::env::vars_os()) {
+        Ok(loaded) => loaded,
+        Err(LoadError::Usage(e)) => e.exit(),
+        Err(LoadError::Config(e)) => {
+            eprintln!("keel: {e}");
+            std::process::exit(1);
+        }
+    };
+    let config = loaded.config;
+    keel_server::logging::init(&config).context("starting the log")?;
+    for note in loaded.notes {
+        match note {
+            Note::Warn(text) => tracing::warn!("{text}"),
+            Note::Info(text) => tracing::info!("{text}"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,17 +72,3 @@ fn limit_malloc_arenas() {}
 /// glibc malloc arenas at most (see [`limit_malloc_arenas`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS_MAX: libc::c_int = 1;
-
-fn init_logging(level: &str) {
-    // etcd's levels: debug, info, warn, error, panic, fatal.
-    let level = match level {
-        "panic" | "fatal" => "error",
-        other => other,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},raft=warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
