@@ -13,7 +13,7 @@
 //! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
 //! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
 //!
-//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`], [`logging`],
+//! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`], [`logging`], [`metrics`], [`version`],
 //! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -25,8 +25,10 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod logging;
+pub mod metrics;
 pub mod peer;
 pub mod status;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

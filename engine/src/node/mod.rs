@@ -65,8 +65,8 @@ pub use snapshots::{
 };
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
-    Input, NodeConfig, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered, StartError,
-    WatchConfig,
+    Input, NodeConfig, NodeGauges, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered,
+    StartError, WatchConfig,
 };
 
 use conf_change::ConfChanges;
@@ -376,6 +376,19 @@ impl Node {
             revision: self.sm.store().current_revision(),
             is_learner: self.sm.is_learner(),
             alarms: self.sm.alarms().get(AlarmType::None as i32),
+        }
+    }
+
+    /// Counts for the server's metrics, each O(1) to read.
+    pub fn gauges(&self) -> NodeGauges {
+        NodeGauges {
+            member_id: self.cfg.member_id,
+            leader: self.core.leader_id(),
+            committed_index: self.core.committed_index(),
+            applied_index: self.sm.applied_index(),
+            keys: self.sm.store().key_count() as u64,
+            watchers: self.watches.watcher_count() as u64,
+            leases: self.sm.leases().lessor().len() as u64,
         }
     }
 

@@ -149,6 +149,11 @@ impl RaftCore {
         self.raw.raft.term
     }
 
+    /// The highest index known committed.
+    pub(super) fn committed_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
     /// The last index in the log.
     pub(super) fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()

@@ -245,6 +245,25 @@ pub struct NodeStatus {
     pub alarms: Vec<keel_proto::etcdserverpb::AlarmMember>,
 }
 
+/// Counts the server exports as metrics ([`super::Node::gauges`]), each O(1) to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeGauges {
+    /// This member's id.
+    pub member_id: u64,
+    /// The leader this member knows of (0 if none).
+    pub leader: u64,
+    /// The highest raft index known committed.
+    pub committed_index: u64,
+    /// The last applied index.
+    pub applied_index: u64,
+    /// Keys with any stored history (etcd's `keys_total`: deleted keys until compacted).
+    pub keys: u64,
+    /// Watchers across all streams.
+    pub watchers: u64,
+    /// Live leases.
+    pub leases: u64,
+}
+
 /// What the in-memory raft log holds ([`super::Node::raft_log_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftLogMemory {

@@ -13,9 +13,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use super::Services;
 use crate::status::to_status;
 
-/// The etcd server version keel reports in Maintenance.Status: the etcd API level its wire
-/// behaviour is tested against (etcd 3.4.23).
-pub const ETCD_VERSION: &str = "3.4.23";
+pub use crate::version::ETCD_VERSION;
 
 #[tonic::async_trait]
 impl Maintenance for Services {

@@ -39,6 +39,7 @@ use crate::bootstrap::Identity;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::driver::Handle;
 use crate::error::ServerError;
+use crate::metrics::counted;
 use crate::peer::forward::Forwarder;
 #[cfg(madsim)]
 use crate::status::serve_error;
@@ -73,16 +74,21 @@ impl Services {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
+        // Every service is counted for `grpc_server_*_total` (see crate::metrics::grpc).
         let router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(self.clone()).max_decoding_message_size(decode_cap))
-            .add_service(MaintenanceServer::new(self.clone()))
-            .add_service(ClusterServer::new(self.clone()))
-            .add_service(HealthServer::new(self.clone()))
-            .add_service(WatchServer::new(WatchService::new(self.handle.clone())))
-            .add_service(LeaseServer::new(self.clone()))
-            .add_service(AuthServer::new(NotYet))
-            .add_service(LockServer::new(NotYet))
-            .add_service(ElectionServer::new(NotYet));
+            .add_service(counted(
+                KvServer::new(self.clone()).max_decoding_message_size(decode_cap),
+            ))
+            .add_service(counted(MaintenanceServer::new(self.clone())))
+            .add_service(counted(ClusterServer::new(self.clone())))
+            .add_service(counted(HealthServer::new(self.clone())))
+            .add_service(counted(WatchServer::new(WatchService::new(
+                self.handle.clone(),
+            ))))
+            .add_service(counted(LeaseServer::new(self.clone())))
+            .add_service(counted(AuthServer::new(NotYet)))
+            .add_service(counted(LockServer::new(NotYet)))
+            .add_service(counted(ElectionServer::new(NotYet)));
         // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
         #[cfg(madsim)]
         let served = router.serve(addr).await.map_err(|e| serve_error(addr, e));

@@ -17,6 +17,7 @@ use super::handle::{Command, WatchMessage};
 use super::outbound::{peer_urls, Outbound};
 use super::snapshotter::Saved;
 use super::wal_writer::{Done, Durable, Job};
+use crate::metrics::metrics;
 
 /// Commands the driver loop takes in one turn before it handles outputs, at most.
 pub const COMMANDS_PER_TURN_MAX: usize = 1024;
@@ -49,6 +50,8 @@ pub(super) struct DriverLoop {
     removed_grace_ticks: Option<u32>,
     /// Deliberate bugs (simulation builds only).
     bugs: Bugs,
+    /// The last leader seen, for `etcd_server_leader_changes_seen_total`.
+    last_leader: u64,
 }
 
 impl DriverLoop {
@@ -72,6 +75,7 @@ impl DriverLoop {
             fatal: None,
             removed_grace_ticks: None,
             bugs,
+            last_leader: 0,
         }
     }
 
@@ -124,6 +128,12 @@ impl DriverLoop {
                     }
                     self.removed_grace_ticks = self.removed_grace_ticks.map(|t| t - 1);
                     self.node.step(Input::Tick);
+                    metrics().observe_node(
+                        &self.node.gauges(),
+                        self.replies.len(),
+                        self.watch_streams.len(),
+                        &mut self.last_leader,
+                    );
                     // Forget replies nobody waits for any more (the client timed out).
                     self.replies.retain(|_, reply| !reply.is_closed());
                 }
@@ -236,6 +246,9 @@ impl DriverLoop {
                 Output::Fatal(reason) => self.fatal = Some(reason),
                 Output::Send(messages) => self.transport.send(messages),
                 Output::Reply { token, result } => {
+                    if let Err(e) = &result {
+                        count_failed_proposal(e);
+                    }
                     if let Some(reply) = self.replies.remove(&token) {
                         // The client may have given up (timeout); that is fine.
                         let _ = reply.send(result);
@@ -292,6 +305,23 @@ impl DriverLoop {
 /// is written with no vote (term and commit still are), and vote responses leave at once
 /// instead of after the fsync. A member that votes, restarts and is asked again in the same
 /// term can vote twice, so two candidates can win one term. Returns the messages to send now.
+/// `etcd_server_proposals_failed_total` counts requests that did not make it through the log
+/// (no leader, a leader change, a timeout, too many in flight), not requests the state machine
+/// refused.
+fn count_failed_proposal(e: &Error) {
+    if matches!(
+        e,
+        Error::NoLeader
+            | Error::NotLeader
+            | Error::LeaderChanged
+            | Error::Timeout
+            | Error::TooManyRequests
+            | Error::Stopped
+    ) {
+        metrics().proposals_failed.inc();
+    }
+}
+
 fn forget_vote_bug(bugs: Bugs, batch: &mut PersistBatch) -> Vec<Message> {
     use keel_engine::raftpb::MessageType;
     if !bugs.has(Bug::ForgetVote) {

@@ -91,6 +91,7 @@ async fn save(
     snaps: &SnapDir,
     job: SnapshotJob,
 ) -> Result<Option<(Snapshot, Published)>, SnapError> {
+    let started = std::time::Instant::now();
     let metadata = job.metadata().clone();
     let (index, term) = (metadata.index, metadata.term);
     let conf = encode_conf_state(metadata.get_conf_state());
@@ -120,6 +121,9 @@ async fn save(
         metadata: Some(metadata).into(),
         ..Default::default()
     };
+    crate::metrics::metrics()
+        .snapshot_save
+        .observe(started.elapsed().as_secs_f64());
     Ok(Some((snapshot, published)))
 }
 

@@ -30,6 +30,8 @@ use keel_storage::wal::{Wal, WalError};
 use keel_storage::IoOp;
 use tokio::sync::mpsc;
 
+use crate::metrics::metrics;
+
 use super::error::DriverError;
 use super::outbound::Outbound;
 
@@ -157,7 +159,10 @@ pub(super) async fn wal_writer(
                 st
             }
         };
-        wal_bytes.store(st.wal.disk_bytes(), Ordering::Relaxed);
+        let bytes = st.wal.disk_bytes();
+        wal_bytes.store(bytes, Ordering::Relaxed);
+        metrics().db_total_size.set(bytes as i64);
+        metrics().db_in_use.set(bytes as i64);
     }
 }
 
@@ -381,6 +386,7 @@ pub(super) async fn simulated_fsync_latency() {}
 /// not on disk. After the fsync, the newest snapshot installed is read back mapped (`Some`),
 /// for the node to hold instead of the received copy.
 fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapshot>, DriverError> {
+    let started = std::time::Instant::now();
     let mut installed = None;
     for batch in group {
         if let Some(snapshot) = &batch.snapshot {
@@ -400,7 +406,11 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapsh
             st.wal.append_hard_state(&encode_hard_state(hs))?;
         }
     }
+    let fsync_started = std::time::Instant::now();
     st.wal.sync()?;
+    let m = metrics();
+    m.wal_fsync.observe(fsync_started.elapsed().as_secs_f64());
+    m.backend_commit.observe(started.elapsed().as_secs_f64());
     Ok(installed.and_then(|(snapshot, path)| read_back(&st.snaps, snapshot, &path)))
 }
 

@@ -4,7 +4,7 @@
 //! table a joining member asks for.
 
 use keel_engine::raft_log::decode_message;
-use keel_engine::raftpb::Message;
+use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseTimeToLiveResponse, MemberPromoteResponse,
 };
@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::link::LocalIdentity;
 use super::snapshot::receive_snapshot;
 use crate::driver::Handle;
+use crate::metrics::metrics;
 use crate::status::to_status;
 
 /// Inbound raft traffic: the `keelpb.Peer` service.
@@ -65,7 +66,14 @@ impl Peer for PeerService {
         request: Request<Streaming<MessageBatch>>,
     ) -> Result<Response<SendAck>, Status> {
         let mut stream = request.into_inner();
+        let mut received = None;
         while let Some(batch) = stream.message().await? {
+            let counter = received.get_or_insert_with(|| {
+                metrics()
+                    .peer_received
+                    .with_label_values(&[format!("{:x}", batch.from).as_str()])
+            });
+            counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             if batch.cluster_id != self.local.cluster_id {
                 return Err(Status::failed_precondition(format!(
                     "keel: member {:x} belongs to cluster {:x}, not {:x}",
@@ -80,6 +88,9 @@ impl Peer for PeerService {
                         "keel: message for member {:x} sent to member {:x}",
                         message.to, self.local.member_id
                     )));
+                }
+                if message.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                    metrics().heartbeat_answered(message.to, message.from);
                 }
                 if self.inbound.send(message).await.is_err() {
                     return Err(Status::unavailable("keel: member is stopping"));

@@ -32,6 +32,8 @@ use super::link::{LocalIdentity, CONNECT_TIMEOUT};
 use super::snapshot::send_snapshot;
 use crate::clock::Clock;
 use crate::driver::Outbound;
+use crate::metrics::metrics;
+use prometheus::IntCounter;
 
 /// Messages queued towards one peer, at most; beyond that new messages are dropped.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -223,7 +225,10 @@ impl PeerSender {
                     .send(tokio_stream::wrappers::ReceiverStream::new(stream))
                     .await
             });
-            let ended = pump(local, first, &mut queue, batches).await;
+            let sent = metrics()
+                .peer_sent
+                .with_label_values(&[format!("{:x}", self.peer).as_str()]);
+            let ended = pump(local, first, &mut queue, batches, &sent).await;
             match call.await {
                 Ok(Ok(_)) => tracing::debug!(peer, "peer stream closed"),
                 Ok(Err(status)) => {
@@ -247,6 +252,7 @@ async fn pump(
     first: Message,
     queue: &mut mpsc::Receiver<Message>,
     batches: mpsc::Sender<MessageBatch>,
+    sent: &IntCounter,
 ) -> bool {
     let mut pending = vec![first];
     loop {
@@ -261,9 +267,16 @@ async fn pump(
             cluster_id: local.cluster_id,
             messages: pending
                 .drain(..)
-                .map(|m| encode_message(&m).into())
+                .map(|m| {
+                    if m.get_msg_type() == MessageType::MsgHeartbeat {
+                        metrics().heartbeat_sent(m.from, m.to);
+                    }
+                    encode_message(&m).into()
+                })
                 .collect(),
         };
+        let bytes: usize = batch.messages.iter().map(|m| m.len()).sum();
+        sent.inc_by(bytes as u64);
         if batches.send(batch).await.is_err() {
             return false; // the stream ended; what was in it is lost, raft retransmits
         }
