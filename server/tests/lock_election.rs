@@ -1,8 +1,8 @@
 //! etcd's Lock and Election services through the Rust `etcd-client` crate (`LockClient`,
 //! `ElectionClient`), run against etcd 3.4.23 and keel alike.
 //!
-//! * `lock_and_election_match_etcd`: one scripted session of locks, waiters, lease revokes,
-//!   a cancelled waiter, campaigns, proclamations, resignations, an Observe stream across a
+//! * `lock_and_election_match_etcd`: one scripted session of locks, waiters, lease revokes
+//!   and an expiry, a cancelled waiter, campaigns, proclamations, resignations, an Observe stream across a
 //!   failover, every error etcd gives, and the lease TTLs right after a grant. Each server's
 //!   transcript (revisions, keys, values, gRPC codes and texts; lease ids named in the order
 //!   they appear, cluster/member ids and terms left out) must be identical.
@@ -289,6 +289,18 @@ async fn lock_script(t: &mut Transcript) -> Result<()> {
     t.line(format!("e: {text}"));
     let keys = t.keys("q/").await?;
     t.line(format!("q/: {keys}"));
+
+    // A holder whose lease expires (nobody keeps it alive) lets the next one in.
+    let (short, long) = (t.grant(2).await?, t.grant(30).await?);
+    let text = t.lock("exp", short).await;
+    t.line(text);
+    let waiting = t.lock_behind("exp", long);
+    t.until_keys("exp/", 2).await?;
+    let got = finished(waiting).await?;
+    let text = t.lock_text("exp", long, got);
+    t.line(format!("after the expiry: {text}"));
+    let keys = t.keys("exp/").await?;
+    t.line(format!("exp/: {keys}"));
 
     // A waiter whose client goes away gives its place up.
     let (f, g) = (t.grant(30).await?, t.grant(30).await?);
