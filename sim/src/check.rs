@@ -36,6 +36,8 @@ pub enum FailureKind {
     LeaseOutlivesRevoke,
     /// Election safety (Raft §5.2): two members called themselves leader of one term.
     ElectionSafety,
+    /// Two holders of the simulator's lock overlap in revision order (`src/lock_check.rs`).
+    LockOverlap,
     /// A member acknowledged a write after a fatal disk fault (a failed write or fsync) was
     /// armed: the fault did not stop it.
     AckAfterDiskFault,
@@ -61,6 +63,7 @@ impl FailureKind {
             FailureKind::LeaseGoneEarly => "lease-gone-early",
             FailureKind::LeaseOutlivesRevoke => "lease-outlives-revoke",
             FailureKind::ElectionSafety => "election-safety",
+            FailureKind::LockOverlap => "lock-overlap",
             FailureKind::AckAfterDiskFault => "ack-after-disk-fault",
             FailureKind::UndetectedCorruption => "undetected-corruption",
             FailureKind::Panic => "panic",

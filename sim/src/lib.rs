@@ -28,6 +28,9 @@ pub mod lease;
 pub mod lease_check;
 pub mod linearizable;
 #[cfg(madsim)]
+pub mod lock;
+pub mod lock_check;
+#[cfg(madsim)]
 pub mod membership;
 pub mod nemesis;
 #[cfg(madsim)]

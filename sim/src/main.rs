@@ -57,6 +57,12 @@ mod cli {
         /// Watch clients (0: no watches and no compactor).
         #[arg(long, default_value_t = 2)]
         watch_clients: usize,
+        /// Lock clients (etcd's Lock service, fenced writes, the lock-overlap check).
+        #[arg(long, default_value_t = 0)]
+        lock_clients: usize,
+        /// Make lock client 0 take the lock without waiting: an injected overlap.
+        #[arg(long)]
+        lock_rogue: bool,
         /// Inject a bug (repeatable): ack-before-fsync, skip-crc, stale-read,
         /// watch-skip-compaction-boundary, lease-expire-on-follower-clock.
         #[arg(long = "bug", value_parser = parse_bug)]
@@ -108,6 +114,8 @@ mod cli {
             bugs: args.bugs.clone(),
             membership: args.membership,
             disk_full: !args.no_disk_full,
+            lock_clients: args.lock_clients,
+            lock_rogue: args.lock_rogue,
             ..SimConfig::new(seed)
         }
     }

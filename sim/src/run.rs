@@ -18,6 +18,8 @@ use crate::history::{to_jepsen, Entry, Op, Outcome};
 use crate::lease::{record_lease_deletions, spawn_lease_clients};
 use crate::lease_check::check_leases;
 use crate::linearizable::{check_history, check_watch_log};
+use crate::lock::spawn_lock_clients;
+use crate::lock_check::check_locks;
 use crate::membership::add_and_promote_spare;
 use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
@@ -57,6 +59,11 @@ pub struct SimConfig {
     /// Let the seed's swarm draw the disk-full fault (see `Swarm::with_disk_full`). On by
     /// default: the server answers a full disk with etcd's NOSPACE alarm.
     pub disk_full: bool,
+    /// Lock clients (see `src/lock.rs`); none by default.
+    pub lock_clients: usize,
+    /// Make lock client 0 a rogue that takes the lock without waiting (the injected overlap
+    /// the lock checker must catch).
+    pub lock_rogue: bool,
 }
 
 impl SimConfig {
@@ -73,6 +80,8 @@ impl SimConfig {
             watch_clients: 2,
             membership: false,
             disk_full: true,
+            lock_clients: 0,
+            lock_rogue: false,
         }
     }
 
@@ -107,6 +116,12 @@ impl SimConfig {
         }
         if !self.disk_full {
             cmd.push_str(" --no-disk-full");
+        }
+        if self.lock_clients > 0 {
+            cmd.push_str(&format!(" --lock-clients {}", self.lock_clients));
+        }
+        if self.lock_rogue {
+            cmd.push_str(" --lock-rogue");
         }
         cmd
     }
@@ -340,6 +355,15 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
             until,
         ));
     }
+    let (lockers, locks) = spawn_lock_clients(
+        cluster,
+        ctx,
+        config.lock_clients,
+        config.lock_rogue,
+        config.seed,
+        until,
+    );
+    clients.extend(lockers);
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
     let spare_voter = if config.membership {
         let changes = add_and_promote_spare(cluster, ctx, config.seed, until);
@@ -353,6 +377,7 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
     }
     nemesis.heal();
     let mut failures: Vec<Failure> = ctx.violations();
+    failures.extend(check_locks(&locks.holdings()));
     let healed_ns = ctx.now_ns();
     let bound = Duration::from_secs(config.liveness_bound_s);
     let deadline = tokio::time::Instant::now() + bound;

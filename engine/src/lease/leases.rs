@@ -230,13 +230,15 @@ impl Leases {
         })
     }
 
-    /// LeaseTimeToLive; an unknown lease answers TTL -1, as etcd does.
+    /// LeaseTimeToLive at `stamp_ms` (stamped like grants and renewals); the remaining TTL is
+    /// rounded down as etcd's is ([`Lessor::time_to_live`]). An unknown lease answers TTL -1,
+    /// as etcd does.
     pub fn time_to_live(
         &self,
         req: &LeaseTimeToLiveRequest,
-        now_ms: u64,
+        stamp_ms: u64,
     ) -> LeaseTimeToLiveResponse {
-        let Some((granted, remaining)) = self.lessor.time_to_live(req.id, now_ms) else {
+        let Some((granted, remaining)) = self.lessor.time_to_live(req.id, stamp_ms) else {
             return LeaseTimeToLiveResponse {
                 id: req.id,
                 ttl: -1,
@@ -504,7 +506,8 @@ mod tests {
             .expect("grant");
         assert_eq!(leases.keep_alive(id, 10_000).expect("leader").ttl, 30);
         let ttl = leases.time_to_live(&LeaseTimeToLiveRequest { id, keys: false }, 20_000);
-        assert_eq!((ttl.granted_ttl, ttl.ttl), (30, 20));
+        // Renewed at 10 s for 30 s, asked at 20 s: etcd (a nanosecond clock, truncated) says 19.
+        assert_eq!((ttl.granted_ttl, ttl.ttl), (30, 19));
         assert_eq!(leases.list().leases, vec![LeaseStatus { id }]);
     }
 

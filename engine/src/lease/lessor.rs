@@ -318,11 +318,15 @@ impl Lessor {
 
     /// Lease `id`'s granted TTL and remaining TTL in seconds as this member sees it: the leader
     /// from its expiry; a follower reports the checkpointed remaining TTL, else the granted TTL.
-    pub fn time_to_live(&self, id: i64, now_ms: u64) -> Option<(i64, i64)> {
+    ///
+    /// `stamp_ms` is stamped as grants and renewals are (the end of the current tick), so right
+    /// after a grant the leader has exactly the TTL left by its clock. etcd reads a nanosecond
+    /// clock and truncates, so some time has always passed: right after granting 10 s it says 9.
+    /// keel says the same by counting a remainder of exactly whole seconds as just short of them.
+    pub fn time_to_live(&self, id: i64, stamp_ms: u64) -> Option<(i64, i64)> {
         let lease = self.leases.get(&id)?;
         let remaining = match lease.expiry_ms {
-            // etcd truncates to whole seconds.
-            Some(at) => (at.saturating_sub(now_ms) / 1000) as i64,
+            Some(at) => (at.saturating_sub(stamp_ms).saturating_sub(1) / 1000) as i64,
             None if lease.remaining_ttl_s > 0 => lease.remaining_ttl_s,
             None => lease.ttl_s,
         };
@@ -446,6 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn time_to_live_rounds_down_like_etcd() {
+        let mut l = Lessor::new(2);
+        l.promote(0, 0);
+        assert_eq!(l.grant(1, 10, 5_000), Ok(10));
+        // Asked at the grant's own stamp: etcd, a nanosecond later, says 9.
+        assert_eq!(l.time_to_live(1, 5_000), Some((10, 9)));
+        assert_eq!(l.time_to_live(1, 5_100), Some((10, 9)));
+        assert_eq!(l.time_to_live(1, 6_000), Some((10, 8)));
+        assert_eq!(l.time_to_live(1, 14_999), Some((10, 0)));
+        assert_eq!(l.time_to_live(1, 15_000), Some((10, 0)));
+        // A renewal answers the granted TTL, as etcd's keepalive does.
+        assert_eq!(l.renew(1, 8_000), Ok(10));
+        assert_eq!(l.time_to_live(1, 8_000), Some((10, 9)));
+    }
+
+    #[test]
     fn followers_never_expire_leases() {
         let mut l = Lessor::new(2);
         l.grant(1, 5, 0).expect("grant");
@@ -516,7 +536,7 @@ mod tests {
         // Expires at 310 + 300 + 1 = 611 s: never before the old leader's 600 s.
         assert!(new.expired(610_999, 10).is_empty());
         assert_eq!(new.expired(611_000, 10), vec![1]);
-        assert_eq!(new.time_to_live(1, 310_000), Some((600, 301)));
+        assert_eq!(new.time_to_live(1, 310_000), Some((600, 300)));
     }
 
     #[test]

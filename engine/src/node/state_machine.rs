@@ -197,7 +197,7 @@ impl StateMachine {
                 .map(Response::LeaseKeepAlive),
             Read::LeaseKeepAlive(_) => Err(Error::NotLeader),
             Read::LeaseTimeToLive(t) => Ok(Response::LeaseTimeToLive(
-                self.leases.time_to_live(&t, clock.now_ms),
+                self.leases.time_to_live(&t, clock.lease_stamp_ms()),
             )),
             Read::LeaseLeases(_) => Ok(Response::LeaseLeases(self.leases.list())),
             Read::MemberList(_) => Ok(Response::MemberList(MemberListResponse {

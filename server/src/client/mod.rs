@@ -3,8 +3,10 @@
 //! Implemented: KV (all five methods, [`kv`]), Watch ([`watch`]), Lease (all five, [`lease`]),
 //! Maintenance.Status, HashKV, MoveLeader and Alarm listing, and grpc.health.v1.Health
 //! ([`maintenance`]), Cluster (all five, through the engine's replicated member table,
-//! [`cluster`]). Every other method of etcd's API is registered and answers gRPC
-//! `Unimplemented` (the generated default, [`not_yet`]), never a fake success.
+//! [`cluster`]), Lock ([`lock`]) and Election ([`election`]), both etcd's server-side recipe
+//! over this member's own KV, Lease and Watch calls ([`recipe`]). Every other method of
+//! etcd's API is registered and answers gRPC `Unimplemented` (the generated default,
+//! [`not_yet`]), never a fake success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
 //! request size) happens here, with etcd's codes and texts; everything else is the engine's.
@@ -12,10 +14,13 @@
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod not_yet;
+pub mod recipe;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -87,8 +92,8 @@ impl Services {
             ))))
             .add_service(counted(LeaseServer::new(self.clone())))
             .add_service(counted(AuthServer::new(NotYet)))
-            .add_service(counted(LockServer::new(NotYet)))
-            .add_service(counted(ElectionServer::new(NotYet)));
+            .add_service(counted(LockServer::new(self.clone())))
+            .add_service(counted(ElectionServer::new(self.clone())));
         // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
         #[cfg(madsim)]
         let served = router.serve(addr).await.map_err(|e| serve_error(addr, e));

@@ -1,8 +1,6 @@
 //! etcd services keel does not implement yet.
 
 use keel_proto::etcdserverpb::auth_server::Auth;
-use keel_proto::v3electionpb::election_server::Election;
-use keel_proto::v3lockpb::lock_server::Lock;
 
 /// Services whose etcd methods keel does not implement yet: every method answers gRPC
 /// `Unimplemented` through the generated defaults.
@@ -10,9 +8,4 @@ use keel_proto::v3lockpb::lock_server::Lock;
 pub struct NotYet;
 
 #[tonic::async_trait]
-#[tonic::async_trait]
 impl Auth for NotYet {}
-#[tonic::async_trait]
-impl Lock for NotYet {}
-#[tonic::async_trait]
-impl Election for NotYet {}
