@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod member_lock;
 pub mod peer;
 pub mod status;
 

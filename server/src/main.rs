@@ -11,6 +11,8 @@ fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     let config = Config::parse();
     init_logging(&config.log_level);
+    // Held for the process's life: offline tools (keelutl defrag) refuse a running member.
+    let _lock = keel_server::member_lock::lock(&config.data_dir).context("locking the data dir")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
