@@ -188,13 +188,16 @@ fn check(bytes: &[u8]) -> Result<(BackupHeader, std::ops::Range<usize>), Fault> 
     if bytes.is_empty() {
         return Err(Fault::Empty);
     }
+    let len = bytes.len() as u64;
+    if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
+        return Err(Fault::Truncated { len });
+    }
     if !bytes.starts_with(MAGIC) {
         if bytes.get(16..20) == Some(&BBOLT_MAGIC[..]) {
             return Err(Fault::EtcdSnapshot);
         }
         return Err(Fault::BadMagic);
     }
-    let len = bytes.len() as u64;
     if len < ALIGN + SHA_BYTES as u64 || len % ALIGN != SHA_BYTES as u64 {
         return Err(Fault::Truncated { len });
     }
