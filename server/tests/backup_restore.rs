@@ -8,128 +8,32 @@
 //!   the file and the problem, and leaves no data directory behind.
 //! - A `Maintenance.Snapshot` client that stops reading or disconnects halfway leaves the
 //!   server healthy: writes go on, and the next backup is whole.
-//! - `keelutl defrag` refuses a running member and a directory that is not a member's, and
-//!   rewrites a stopped one to a single snapshot it restarts from with the same state.
 // These tests run real processes on real sockets: tokio build only.
 #![cfg(not(madsim))]
 
+mod backup_common;
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use backup_common::{
+    channel, keelutl_bin, loaded_member, put, restore, run, start, wait_leader, Cluster,
+};
 use bytes::Bytes;
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use common::{require_on_path, Ports, Server, TempDir};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use keel_proto::etcdserverpb::{
-    HashKvRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
-};
+use keel_proto::etcdserverpb::{HashKvRequest, RangeRequest, SnapshotRequest, StatusRequest};
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 const MEMBERS: usize = 3;
-const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys loaded before the save.
 const LOADED_KEYS: usize = 3000;
 const WRITERS: usize = 4;
-
-fn keelutl_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_keelutl"))
-}
-
-/// A cluster of `MEMBERS` keel processes (or one, for the smaller tests).
-struct Cluster {
-    ports: Vec<Ports>,
-    servers: Vec<Server>,
-}
-
-fn initial_cluster(ports: &[Ports]) -> String {
-    (0..ports.len())
-        .map(|i| format!("m{i}={}", ports[i].peer_url()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Starts `ports.len()` members on data dirs `<dir>/<label>-m<i>` with `token`.
-fn start(dir: &Path, label: &str, ports: Vec<Ports>, token: &str) -> Result<Cluster> {
-    let mut spawned = Vec::new();
-    for (i, p) in ports.iter().enumerate() {
-        let args = vec![
-            format!("--name=m{i}"),
-            format!("--data-dir={}", dir.join(format!("{label}-m{i}")).display()),
-            format!("--listen-client-urls={}", p.client_url()),
-            format!("--advertise-client-urls={}", p.client_url()),
-            format!("--listen-peer-urls={}", p.peer_url()),
-            format!("--initial-advertise-peer-urls={}", p.peer_url()),
-            format!("--initial-cluster={}", initial_cluster(&ports)),
-            format!("--initial-cluster-token={token}"),
-            "--heartbeat-interval=50".to_string(),
-            "--election-timeout=500".to_string(),
-            // Snapshots every 100 entries: the members have snapshot files (defrag needs one).
-            "--snapshot-count=100".to_string(),
-            "--snapshot-log-percent=0".to_string(),
-        ];
-        let log = dir.join(format!("{label}-m{i}.log"));
-        spawned.push(Server::spawn(
-            &format!("{label}-m{i}"),
-            &keel_bin(),
-            &args,
-            *p,
-            &log,
-        )?);
-    }
-    let servers = spawned
-        .into_iter()
-        .map(|s| s.wait_ready(common::START_TIMEOUT))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Cluster { ports, servers })
-}
-
-fn channel(ports: Ports) -> Result<Channel> {
-    Ok(Channel::from_shared(ports.client_url())?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(RPC_TIMEOUT)
-        .connect_lazy())
-}
-
-/// Waits until every member reports the same leader.
-async fn wait_leader(cluster: &Cluster) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut leaders = Vec::new();
-        for p in &cluster.ports {
-            let status = MaintenanceClient::new(channel(*p)?)
-                .status(StatusRequest {})
-                .await;
-            leaders.push(status.map(|s| s.into_inner().leader).unwrap_or(0));
-        }
-        if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Puts `key`; the revision it was written at.
-async fn put(kv: &mut KvClient<Channel>, key: &str, value: &str) -> Result<i64> {
-    let r = kv
-        .put(PutRequest {
-            key: Bytes::from(key.to_string()),
-            value: Bytes::from(value.to_string()),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    Ok(r.header.context("put without header")?.revision)
-}
-
 type Acked = Arc<Mutex<BTreeMap<String, (String, i64)>>>;
 
 /// Writer `w` puts keys `<prefix><w>-<n>` through member `w % members` until `stop`.
@@ -177,42 +81,6 @@ async fn load(cluster: &Cluster, keys: usize, acked: &Acked) -> Result<()> {
     }
     Ok(())
 }
-
-fn run(program: &Path, args: &[&str]) -> Result<Output> {
-    Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", program.display()))
-}
-
-fn restore(
-    file: &Path,
-    data_dir: &Path,
-    name: &str,
-    ports: &[Ports],
-    i: usize,
-    token: &str,
-) -> Result<Output> {
-    run(
-        &keelutl_bin(),
-        &[
-            "snapshot",
-            "restore",
-            &file.display().to_string(),
-            "--data-dir",
-            &data_dir.display().to_string(),
-            "--name",
-            name,
-            "--initial-cluster",
-            &initial_cluster(ports),
-            "--initial-cluster-token",
-            token,
-            "--initial-advertise-peer-urls",
-            &ports[i].peer_url(),
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_saved_during_writes_restores_a_new_three_member_cluster() -> Result<()> {
     let etcdctl = require_on_path("etcdctl")?;
@@ -355,17 +223,6 @@ async fn check_hashes_agree(cluster: &Cluster) -> Result<()> {
         ensure!(Instant::now() < deadline, "HashKV differs: {hashes:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A one-member keel with `keys` keys of `value_bytes` each; returns it and a backup of it.
-async fn loaded_member(dir: &Path, keys: usize, value_bytes: usize) -> Result<Cluster> {
-    let member = start(dir, "one", vec![Ports::pick()], "one-token")?;
-    wait_leader(&member).await?;
-    let mut kv = KvClient::new(channel(member.ports[0])?);
-    for n in 0..keys {
-        put(&mut kv, &format!("k{n:06}"), &"v".repeat(value_bytes)).await?;
-    }
-    Ok(member)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,71 +450,5 @@ async fn a_snapshot_client_that_stalls_or_disconnects_leaves_the_server_healthy(
         log.contains("the client went away during a backup"),
         "no disconnect was logged"
     );
-    Ok(())
-}
-
-async fn hash_and_revision(p: Ports) -> Result<(u32, i64)> {
-    let r = MaintenanceClient::new(channel(p)?)
-        .hash_kv(HashKvRequest { revision: 0 })
-        .await?
-        .into_inner();
-    Ok((r.hash, r.header.map_or(0, |h| h.revision)))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keelutl_defrag_rewrites_a_stopped_member_and_refuses_a_running_one() -> Result<()> {
-    let dir = TempDir::new("backup-defrag")?;
-    let member = loaded_member(dir.path(), 600, 100).await?;
-    let p = member.ports[0];
-    let before = hash_and_revision(p).await?;
-    let data_dir = dir.path().join("one-m0");
-    let defrag = |d: &Path| {
-        run(
-            &keelutl_bin(),
-            &["defrag", "--data-dir", &d.display().to_string()],
-        )
-    };
-
-    let running = defrag(&data_dir)?;
-    let stderr = String::from_utf8_lossy(&running.stderr);
-    ensure!(
-        !running.status.success() && stderr.contains("a keel member is running"),
-        "running: {stderr}"
-    );
-    let not_member = defrag(dir.path())?;
-    let stderr = String::from_utf8_lossy(&not_member.stderr);
-    ensure!(
-        !not_member.status.success() && stderr.contains("not a keel member"),
-        "not a member: {stderr}"
-    );
-
-    drop(member);
-    let snaps =
-        |d: &Path| -> Result<usize> { Ok(std::fs::read_dir(d.join("member/snap"))?.count()) };
-    let done = defrag(&data_dir)?;
-    ensure!(
-        done.status.success(),
-        "defrag: {}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    ensure!(
-        String::from_utf8_lossy(&done.stdout).contains("Finished defragmenting keel data"),
-        "defrag said nothing"
-    );
-    ensure!(
-        snaps(&data_dir)? == 1,
-        "defrag left {} snapshot files",
-        snaps(&data_dir)?
-    );
-
-    // The member restarts from the new snapshot with the same state.
-    let member = start(dir.path(), "one", vec![p], "one-token")?;
-    wait_leader(&member).await?;
-    ensure!(
-        hash_and_revision(p).await? == before,
-        "the state changed across defrag"
-    );
-    let mut kv = KvClient::new(channel(p)?);
-    put(&mut kv, "after-defrag", "z").await?;
     Ok(())
 }

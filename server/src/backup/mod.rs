@@ -181,13 +181,6 @@ impl Backup {
         );
         Ok(w.sha.finalize().into())
     }
-
-    /// The whole backup (body and sha256) to `out`.
-    pub fn write_all(&self, out: &mut dyn Write) -> io::Result<()> {
-        let sha = self.write_body(out)?;
-        out.write_all(&sha)?;
-        out.flush()
-    }
 }
 
 /// Passes bytes on, hashing and counting them.

@@ -68,7 +68,12 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("{}.keel", args.name)));
     refuse_non_empty(&data_dir)?;
     let (config, members) = new_members(args, &data_dir)?;
-    let len = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    let len = std::fs::metadata(&args.file)
+        .map_err(|e| read::BackupError {
+            path: args.file.clone(),
+            fault: read::Fault::Io(e),
+        })?
+        .len();
     let progress = Progress::start(&format!("reading {}", args.file.display()), len);
     let opened = read::open(&args.file, &mut |done| progress.set(done))?;
     progress.finish();

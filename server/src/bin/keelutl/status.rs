@@ -27,7 +27,12 @@ pub struct Status {
 
 /// Reads and checks the backup at `path` whole (sha256 and every crc32 inside).
 pub fn status(path: &Path) -> anyhow::Result<Status> {
-    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let len = std::fs::metadata(path)
+        .map_err(|e| read::BackupError {
+            path: path.to_path_buf(),
+            fault: read::Fault::Io(e),
+        })?
+        .len();
     let progress = Progress::start(&format!("reading {}", path.display()), len);
     let opened = read::open(path, &mut |done| progress.set(done))?;
     progress.finish();
