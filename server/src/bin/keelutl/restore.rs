@@ -27,7 +27,7 @@ use keel_engine::state_snapshot::{
     encode_sections, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
 };
 use keel_server::backup::read::{self, Opened};
-use keel_server::Config;
+use keel_server::{Config, Identity};
 use keel_storage::{OsDisk, SnapDir, Wal, WalOptions};
 
 use crate::progress::Progress;
@@ -67,7 +67,7 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.keel", args.name)));
     refuse_non_empty(&data_dir)?;
-    let (config, members) = new_members(args, &data_dir)?;
+    let (identity, members) = new_members(args, &data_dir)?;
     let len = std::fs::metadata(&args.file)
         .map_err(|e| read::BackupError {
             path: args.file.clone(),
@@ -88,13 +88,14 @@ pub fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
     }
     let h = &opened.header;
     println!(
-        "restored snapshot {} to {}: member {} of a new cluster of {} (token {:?}), \
+        "restored snapshot {} to {}: member {} ({:x}) of new cluster {:x} of {} members, \
          revision {}, raft index {}",
         args.file.display(),
         data_dir.display(),
-        config.name,
+        identity.name,
+        identity.member_id,
+        identity.cluster_id,
         members.len(),
-        config.initial_cluster_token,
         h.revision,
         h.raft_index,
     );
@@ -122,7 +123,7 @@ fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The new member table, derived as a keel member started with the same flags derives it.
-fn new_members(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<(Config, Vec<Member>)> {
+fn new_members(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<(Identity, Vec<Member>)> {
     let config = Config::try_parse_from([
         "keel",
         "--name",
@@ -156,7 +157,7 @@ fn new_members(args: &RestoreArgs, data_dir: &Path) -> anyhow::Result<(Config, V
             advertised.join(",")
         );
     }
-    Ok((config, members))
+    Ok((identity, members))
 }
 
 /// A temporary directory beside `data_dir`, empty.
