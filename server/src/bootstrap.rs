@@ -83,6 +83,14 @@ pub(crate) fn identity(config: &Config) -> Result<Bootstrap, ServerError> {
     })
 }
 
+/// The ids and member table of a new cluster, as the bootstrap flags of `config` define them
+/// (`--name`, `--initial-cluster`, `--initial-cluster-token`): what a member started with
+/// those flags takes itself to be, and what `keelutl snapshot restore` writes.
+pub fn new_cluster(config: &Config) -> Result<(Identity, Vec<Member>), ServerError> {
+    let boot = identity(config)?;
+    Ok((boot.identity, boot.initial))
+}
+
 /// How long a joining member waits for one peer's answer.
 const JOIN_ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Rounds over the listed peers before a joining member gives up, and the pause between.

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backup;
 pub mod bootstrap;
 pub mod client;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod logging;
+pub mod member_lock;
 pub mod metrics;
 pub mod peer;
 pub mod status;

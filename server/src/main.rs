@@ -25,6 +25,8 @@ fn main() -> anyhow::Result<()> {
             Note::Info(text) => tracing::info!("{text}"),
         }
     }
+    // Held for the process's life: offline tools (keelutl defrag) refuse a running member.
+    let _lock = keel_server::member_lock::lock(&config.data_dir).context("locking the data dir")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -60,6 +60,9 @@ enum Norm {
     HashKv,
     /// `lease timetolive -w json`: also the remaining TTL (it depends on timing).
     LeaseTtl,
+    /// `snapshot save`: also the size fetched and the time it took (keel's backup is its own
+    /// format, not a bbolt file: the messages must match, not the bytes).
+    Snapshot,
 }
 
 #[derive(Clone, Debug)]
@@ -118,7 +121,8 @@ impl Step {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scope {
     /// What keel implements today: KV, compaction, Watch, Lease (and etcdctl's lock, built on
-    /// leases, txns and a watch), Maintenance.Status, HashKV and Alarm listing,
+    /// leases, txns and a watch), Maintenance.Status, HashKV, Alarm listing and Snapshot
+    /// (`snapshot save`: its messages, the sizes masked),
     /// Cluster.MemberList, health, and per-endpoint commands on `http://` endpoints.
     Implemented,
     /// Everything, including what later issues bring: Auth and Defragment.
@@ -525,6 +529,11 @@ fn sequence(scope: Scope) -> Vec<Step> {
     if everything {
         s.cmd("defrag");
     }
+    s.normed("snapshot save {SNAPSHOT_FILE}", Norm::Snapshot);
+    s.normed(
+        "snapshot save /nonexistent-keel-dir/snapshot.db",
+        Norm::Snapshot,
+    );
 
     cluster_commands(&mut s);
     s.cmd("member list --hex -w json");
@@ -802,6 +811,15 @@ fn run_etcdctl(
     }
 }
 
+/// Where `snapshot save {SNAPSHOT_FILE}` writes for the server on `client_port` (one file per
+/// server: the two run at once; outputs show it as `<SNAPSHOT_FILE>`).
+fn snapshot_file(client_port: u16) -> String {
+    std::env::temp_dir()
+        .join(format!("keel-etcdctl-diff-{client_port}.db"))
+        .display()
+        .to_string()
+}
+
 /// One server under test, plus what its outputs need normalized.
 struct Target {
     label: String,
@@ -1041,7 +1059,8 @@ fn normalize_table(text: &str, mask_cols: &[&str]) -> String {
 
 fn normalize(text: &str, step: &Step, ids: &Idents) -> String {
     // Endpoints and URLs.
-    let mut t = text.replace(
+    let mut t = text.replace(&snapshot_file(ids.client_port), "<SNAPSHOT_FILE>");
+    t = t.replace(
         &format!("127.0.0.1:{}", ids.client_port),
         "127.0.0.1:<CLIENT_PORT>",
     );
@@ -1134,6 +1153,10 @@ fn normalize(text: &str, step: &Step, ids: &Idents) -> String {
         }
         Norm::LeaseTtl => {
             t = mask_field(&t, "ttl", "<TTL>");
+        }
+        Norm::Snapshot => {
+            t = mask_field(&t, "size", "\"<SIZE>\"");
+            t = mask_field(&t, "took", "<TOOK>");
         }
         Norm::HashKv => {
             t = mask_field(&t, "hash", "<HASH>");
@@ -1335,6 +1358,7 @@ fn run_sequence(
             if step.raise_nospace {
                 return raise_nospace(&t.endpoint, ids.member_id.unwrap_or(0));
             }
+            let snapshot = snapshot_file(ids.client_port);
             let args: Vec<String> = step
                 .args
                 .iter()
@@ -1342,19 +1366,22 @@ fn run_sequence(
                     Some(lease) => a.replace("{LEASE}", &format!("{lease:x}")),
                     None => a.clone(),
                 })
+                .map(|a| a.replace("{SNAPSHOT_FILE}", &snapshot))
                 .collect();
             let endpoint = if step.url_endpoint {
                 format!("http://{}", t.endpoint)
             } else {
                 t.endpoint.clone()
             };
-            run_etcdctl(
+            let out = run_etcdctl(
                 etcdctl,
                 &endpoint,
                 &args,
                 step.stdin.as_deref(),
                 step.kill_after,
-            )
+            );
+            let _ = std::fs::remove_file(&snapshot);
+            out
         };
         let (out_a, out_b) = std::thread::scope(|scope| {
             let ha = scope.spawn(|| run(expected, &ids[0]));

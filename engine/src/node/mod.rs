@@ -417,6 +417,18 @@ impl Node {
         self.sm.store()
     }
 
+    /// A snapshot job of the state as of the applied index, for a backup
+    /// (`Maintenance.Snapshot`): O(1) (copy-on-write views, as for the node's own snapshots,
+    /// [`Snapshots`]), and without effect on the node: it is not one of the node's snapshots,
+    /// raft never sees it, and the next snapshot of its own comes as it would have. `None` if
+    /// raft knows no term for the applied index (it always does once the node started).
+    pub fn backup_job(&self) -> Option<SnapshotJob> {
+        let applied = self.sm.applied_index();
+        let metadata = self.core.snapshot_metadata(applied)?;
+        let (store, leases, members, alarms) = self.sm.snapshot_parts();
+        Some(SnapshotJob::new(metadata, store, leases, members, alarms))
+    }
+
     /// The index of the newest state snapshot made or installed (0: none).
     pub fn snapshot_index(&self) -> u64 {
         self.snapshots.index()

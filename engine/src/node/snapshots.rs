@@ -302,6 +302,12 @@ impl SnapshotJob {
         &self.metadata
     }
 
+    /// The view of the MVCC store the job encodes (its revisions and counts, for a backup's
+    /// header).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The MVCC and lease sections' lengths (one walk over each, the first time).
     fn lens(&self) -> (u64, u64) {
         *self

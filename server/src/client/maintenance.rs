@@ -1,13 +1,16 @@
-//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm) and grpc.health.v1.Health.
+//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm, Snapshot) and
+//! grpc.health.v1.Health.
 
 use keel_proto::etcdserverpb::maintenance_server::Maintenance;
 use keel_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse,
-    MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::Health;
 use keel_proto::health::{HealthCheckRequest, HealthCheckResponse};
+use tonic::codegen::BoxStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::Services;
@@ -57,6 +60,17 @@ impl Maintenance for Services {
         request: GrpcRequest<HashKvRequest>,
     ) -> Result<GrpcResponse<HashKvResponse>, Status> {
         Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+    }
+
+    /// A backup of the member's state as of its applied index, streamed while it goes on
+    /// serving ([`super::snapshot`]).
+    async fn snapshot(
+        &self,
+        _request: GrpcRequest<SnapshotRequest>,
+    ) -> Result<GrpcResponse<BoxStream<SnapshotResponse>>, Status> {
+        Ok(GrpcResponse::new(
+            super::snapshot::stream(&self.handle).await?,
+        ))
     }
 
     async fn move_leader(

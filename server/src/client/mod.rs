@@ -1,8 +1,8 @@
 //! The etcd v3 gRPC services: what clients talk to.
 //!
 //! Implemented: KV (all five methods, [`kv`]), Watch ([`watch`]), Lease (all five, [`lease`]),
-//! Maintenance.Status, HashKV, MoveLeader and Alarm listing, and grpc.health.v1.Health
-//! ([`maintenance`]), Cluster (all five, through the engine's replicated member table,
+//! Maintenance.Status, HashKV, MoveLeader, Alarm listing and Snapshot, and grpc.health.v1.Health
+//! ([`maintenance`], [`snapshot`]), Cluster (all five, through the engine's replicated member table,
 //! [`cluster`]), Lock ([`lock`]) and Election ([`election`]), both etcd's server-side recipe
 //! over this member's own KV, Lease and Watch calls ([`recipe`]). Every other method of
 //! etcd's API is registered and answers gRPC `Unimplemented` (the generated default,
@@ -21,6 +21,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod not_yet;
 pub mod recipe;
+pub mod snapshot;
 pub mod watch;
 
 use std::net::SocketAddr;

@@ -201,6 +201,10 @@ impl DriverLoop {
             Command::Members { reply } => {
                 let _ = reply.send(self.node.members().clone());
             }
+            Command::Backup { reply } => {
+                let job = self.node.backup_job().map(|job| (job, self.node.status()));
+                let _ = reply.send(job);
+            }
             Command::WatchOpen { stream, responses } => {
                 self.watch_streams.insert(stream, responses);
             }

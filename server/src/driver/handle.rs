@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_engine::error::Error;
 use keel_engine::membership::Membership;
-use keel_engine::node::{NodeStatus, Request, Response};
+use keel_engine::node::{NodeStatus, Request, Response, SnapshotJob};
 use keel_engine::request::Rpc;
 use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::WatchResponse;
@@ -24,6 +24,10 @@ pub(super) enum Command {
     },
     Members {
         reply: oneshot::Sender<Membership>,
+    },
+    /// A backup's snapshot job as of the applied index, with the member's status then.
+    Backup {
+        reply: oneshot::Sender<Option<(SnapshotJob, NodeStatus)>>,
     },
     /// A Watch stream opens: its responses go to `responses`.
     WatchOpen {
@@ -119,6 +123,18 @@ impl Handle {
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// A snapshot job of the member's state as of its applied index, for a backup
+    /// (`Maintenance.Snapshot`), with its status at that moment. The loop's share is O(1)
+    /// (copy-on-write views); encoding the job is the caller's, off the loop.
+    pub async fn backup_job(&self) -> Result<(SnapshotJob, NodeStatus), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Backup { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?.ok_or(Error::Stopped)
     }
 
     /// This member's raft status.
