@@ -13,6 +13,9 @@
 //! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
 //! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
 //!
+//! The tokio build adds `gateway`, etcd's HTTP/1.1 JSON surface on the client port, which
+//! calls the [`client`] services' objects in-process.
+//!
 //! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`],
 //! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
@@ -24,6 +27,8 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod error;
+#[cfg(not(madsim))]
+pub mod gateway;
 pub mod peer;
 pub mod status;
 

@@ -14,6 +14,8 @@ pub mod authority;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+#[cfg(not(madsim))]
+pub mod listener;
 pub mod maintenance;
 pub mod not_yet;
 pub mod watch;
@@ -68,26 +70,51 @@ impl Services {
         }
     }
 
-    /// Serves every etcd v3 service on `addr` until the listener fails.
+    /// Serves every etcd v3 service on `addr` until the listener fails: gRPC, and in the
+    /// tokio build the JSON gateway on the same port ([`listener`]).
     pub async fn serve(self, addr: SocketAddr) -> Result<(), ServerError> {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
+        // Each service object once: the gRPC router and the JSON gateway call the same ones.
+        let kv = Arc::new(self.clone());
+        let watch = Arc::new(WatchService::new(self.handle.clone()));
+        let auth = Arc::new(NotYet);
+        let lock = Arc::new(NotYet);
+        let election = Arc::new(NotYet);
         let router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(self.clone()).max_decoding_message_size(decode_cap))
-            .add_service(MaintenanceServer::new(self.clone()))
-            .add_service(ClusterServer::new(self.clone()))
-            .add_service(HealthServer::new(self.clone()))
-            .add_service(WatchServer::new(WatchService::new(self.handle.clone())))
-            .add_service(LeaseServer::new(self.clone()))
-            .add_service(AuthServer::new(NotYet))
-            .add_service(LockServer::new(NotYet))
-            .add_service(ElectionServer::new(NotYet));
-        // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
+            .add_service(KvServer::from_arc(kv.clone()).max_decoding_message_size(decode_cap))
+            .add_service(MaintenanceServer::from_arc(kv.clone()))
+            .add_service(ClusterServer::from_arc(kv.clone()))
+            .add_service(HealthServer::from_arc(kv.clone()))
+            .add_service(WatchServer::from_arc(watch.clone()))
+            .add_service(LeaseServer::from_arc(kv.clone()))
+            .add_service(AuthServer::from_arc(auth.clone()))
+            .add_service(LockServer::from_arc(lock.clone()))
+            .add_service(ElectionServer::from_arc(election.clone()));
+        // The simulator's tonic clients send proper authorities (etcdctl 3.4 does not), and
+        // speak no HTTP/1: under madsim the port serves gRPC alone.
         #[cfg(madsim)]
-        let served = router.serve(addr).await.map_err(|e| serve_error(addr, e));
+        let served = {
+            let _ = (watch, auth, lock, election);
+            router.serve(addr).await.map_err(|e| serve_error(addr, e))
+        };
         #[cfg(not(madsim))]
-        let served = authority::serve(router, addr).await;
+        let served = {
+            let apis = crate::gateway::Apis {
+                kv: kv.clone(),
+                watch,
+                lease: kv.clone(),
+                cluster: kv.clone(),
+                maintenance: kv,
+                auth,
+                lock,
+                election,
+            };
+            // A JSON body carries bytes as base64: 4/3 of the gRPC decode cap, rounded up.
+            let gateway = crate::gateway::Gateway::new(apis, decode_cap / 3 * 4 + 4);
+            listener::serve(router, gateway, addr).await
+        };
         served
     }
 
