@@ -112,7 +112,8 @@ impl Services {
                 election,
             };
             // A JSON body carries bytes as base64: 4/3 of the gRPC decode cap, rounded up.
-            let gateway = crate::gateway::Gateway::new(apis, decode_cap / 3 * 4 + 4);
+            let routes = crate::gateway::routes::table();
+            let gateway = crate::gateway::Gateway::new(apis, routes, decode_cap / 3 * 4 + 4);
             listener::serve(router, gateway, addr).await
         };
         served

@@ -11,7 +11,7 @@
 //! table (one line a route), [`stream`] for the streamed routes.
 
 pub mod json;
-mod routes;
+pub mod routes;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -77,11 +77,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway over `apis`, refusing request bodies above `body_bytes_max`.
-    pub fn new(apis: Apis, body_bytes_max: usize) -> Gateway {
+    /// A gateway over `apis` answering `routes` (etcd's: `routes::table()`), refusing request
+    /// bodies above `body_bytes_max`.
+    pub fn new(apis: Apis, routes: Vec<(&'static str, Handler)>, body_bytes_max: usize) -> Gateway {
         Gateway {
             apis: Arc::new(apis),
-            routes: Arc::new(routes::table().into_iter().collect()),
+            routes: Arc::new(routes.into_iter().collect()),
             body_bytes_max,
         }
     }
