@@ -111,9 +111,11 @@ impl Services {
                 lock,
                 election,
             };
-            // A JSON body carries bytes as base64: 4/3 of the gRPC decode cap, rounded up.
+            // A JSON body carries bytes as base64 (4/3 of their size) plus field names: twice
+            // the gRPC decode cap lets every message gRPC would decode reach the service, which
+            // then answers as etcd does (too large for raft, or above gRPC's limit).
             let routes = crate::gateway::routes::table();
-            let gateway = crate::gateway::Gateway::new(apis, routes, decode_cap / 3 * 4 + 4);
+            let gateway = crate::gateway::Gateway::new(apis, routes, 2 * decode_cap);
             listener::serve(router, gateway, addr).await
         };
         served

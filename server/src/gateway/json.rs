@@ -61,6 +61,10 @@ impl BodyError {
 
 /// Reads a whole request body of at most `max` bytes.
 pub async fn read_body(body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    // A declared length above the limit is refused before a byte of the body is read.
+    if usize::try_from(hyper::body::Body::size_hint(&body).lower()).unwrap_or(usize::MAX) > max {
+        return Err(BodyError::TooLarge { max });
+    }
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge { max }),
