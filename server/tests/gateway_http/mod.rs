@@ -2,6 +2,8 @@
 //! (`Content-Length` or chunked, trailers skipped) and streamed ones read line by line.
 #![allow(dead_code)]
 
+pub mod diff;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
