@@ -302,6 +302,24 @@ mod tests {
     }
 
     #[test]
+    fn the_authorization_header_becomes_metadata() {
+        let token = HeaderValue::from_static("abc.def");
+        let request = grpc_request((), Some(token));
+        assert_eq!(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+            Some("abc.def"),
+            "forwarded as grpc-gateway forwards it"
+        );
+        assert!(
+            grpc_request((), None).metadata().is_empty(),
+            "no header, no metadata"
+        );
+    }
+
+    #[test]
     fn health_reads_alarm_names_and_exclusions() {
         assert_eq!(alarm_name("memberID:1 alarm:NOSPACE "), Some("NOSPACE"));
         assert_eq!(alarm_name("alarm:CORRUPT "), Some("CORRUPT"));
