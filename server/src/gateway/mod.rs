@@ -72,17 +72,21 @@ pub struct Apis {
 #[derive(Clone)]
 pub struct Gateway {
     apis: Arc<Apis>,
-    routes: Arc<BTreeMap<&'static str, Handler>>,
+    routes: Arc<BTreeMap<&'static str, (Method, Handler)>>,
     body_bytes_max: usize,
 }
 
 impl Gateway {
     /// A gateway over `apis` answering `routes` (etcd's: `routes::table()`), refusing request
     /// bodies above `body_bytes_max`.
-    pub fn new(apis: Apis, routes: Vec<(&'static str, Handler)>, body_bytes_max: usize) -> Gateway {
+    pub fn new(
+        apis: Apis,
+        routes: Vec<(Method, &'static str, Handler)>,
+        body_bytes_max: usize,
+    ) -> Gateway {
         Gateway {
             apis: Arc::new(apis),
-            routes: Arc::new(routes.into_iter().collect()),
+            routes: Arc::new(routes.into_iter().map(|(m, p, h)| (p, (m, h))).collect()),
             body_bytes_max,
         }
     }
@@ -126,35 +130,42 @@ impl Gateway {
             return json::empty_reply(StatusCode::OK);
         }
         let path = canonical_path(request.uri().path());
-        match path.as_str() {
-            "/version" => {
-                return get_only(&request).unwrap_or_else(|| {
-                    json::json_reply(
-                        StatusCode::OK,
-                        bytes::Bytes::from_static(VERSION_JSON.as_bytes()),
-                    )
-                })
-            }
-            "/health" => {
-                if let Some(refused) = get_only(&request) {
-                    return refused;
-                }
-                let excluded = excluded_alarms(request.uri().query());
-                return self.health(&excluded).await;
-            }
-            _ => {}
-        }
-        let Some(handler) = self.routes.get(path.as_str()).copied() else {
+        let Some((method, handler)) = self.routes.get(path.as_str()).cloned() else {
             return if path.starts_with("/v3/") {
                 json::text_reply(StatusCode::NOT_FOUND, "Not Found")
             } else {
                 json::text_reply(StatusCode::NOT_FOUND, "404 page not found")
             };
         };
-        if request.method() != Method::POST {
-            return json::text_reply(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        if request.method() != method {
+            let mut reply = json::text_reply(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+            if method == Method::GET {
+                // etcd's own handlers (/health, /version) name the method they take.
+                reply
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET"));
+            }
+            return reply;
         }
         handler(self, request).await
+    }
+
+    /// `/version`.
+    pub fn version(_gateway: Gateway, _request: HttpRequest) -> BoxFuture<'static, Reply> {
+        Box::pin(async {
+            json::json_reply(
+                StatusCode::OK,
+                bytes::Bytes::from_static(VERSION_JSON.as_bytes()),
+            )
+        })
+    }
+
+    /// `/health` (`?exclude=NAME` ignores that alarm).
+    pub fn health_route(gateway: Gateway, request: HttpRequest) -> BoxFuture<'static, Reply> {
+        Box::pin(async move {
+            let excluded = excluded_alarms(request.uri().query());
+            gateway.health(&excluded).await
+        })
     }
 
     /// A unary call: the body as the request message, the answer as JSON.
@@ -246,18 +257,6 @@ fn canonical_path(path: &str) -> String {
         }
     }
     path.to_string()
-}
-
-/// etcd's `/version` and `/health` take GET only.
-fn get_only(request: &HttpRequest) -> Option<Reply> {
-    if request.method() == Method::GET {
-        return None;
-    }
-    let mut reply = json::text_reply(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-    reply
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET"));
-    Some(reply)
 }
 
 /// The alarms `?exclude=NAME&exclude=...` names.
