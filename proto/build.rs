@@ -29,10 +29,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    let json = std::env::var_os("CARGO_FEATURE_JSON").is_some();
+    let descriptors = out_dir.join("descriptors.bin");
     println!("cargo:rerun-if-changed={}", root.display());
     println!("cargo:rerun-if-changed=build.rs");
 
-    tonic_build::configure()
+    let mut builder = tonic_build::configure();
+    if json {
+        builder = builder.file_descriptor_set_path(&descriptors);
+    }
+    builder
         .build_client(grpc)
         .build_server(grpc)
         .build_transport(grpc)
@@ -41,11 +47,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(["."])
         .compile_protos(&protos, &[root])?;
 
+    if json {
+        json_impls(&std::fs::read(&descriptors)?)?;
+    }
     if grpc {
         for entry in std::fs::read_dir(out_dir.join("sim"))? {
             patch_sim_file(&entry?.path())?;
         }
     }
+    Ok(())
+}
+
+/// serde impls for the etcd API's messages with the proto3 JSON mapping, as grpc-gateway's
+/// `JSONPb{OrigName: true}` (etcd's gateway marshaler) writes it: proto field names, 64-bit
+/// integers as strings, bytes as base64, enums by name, defaults left out. Unknown fields are
+/// refused when parsing. One `<package>.serde.rs` per package, beside prost's output.
+#[cfg(feature = "json")]
+fn json_impls(descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    pbjson_build::Builder::new()
+        .register_descriptors(descriptors)?
+        .preserve_proto_field_names()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
+    Ok(())
+}
+
+#[cfg(not(feature = "json"))]
+fn json_impls(_descriptors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 

@@ -14,6 +14,12 @@
 //! | [`keelpb`] | `keelpb` | `RaftRequest`, the payload of one raft log entry; the `Peer` service between members |
 //! | [`health`] | `grpc.health.v1` | the standard gRPC health service |
 //!
+//! With the `json` feature every message and enum of the etcd API (not `keelpb`, not
+//! `health`) also implements serde's `Serialize` and `Deserialize` with the proto3 JSON
+//! mapping etcd's grpc-gateway uses: original proto field names, 64-bit integers as strings,
+//! bytes as base64, enums by name, fields at their default left out; parsing refuses unknown
+//! fields.
+//!
 //! With the `grpc` feature each service `Foo` has `foo_client::FooClient` and
 //! `foo_server::{Foo, FooServer}`. Every server trait method has a default body that answers
 //! `Unimplemented`, and server-streaming methods return `tonic::codegen::BoxStream<Response>`,
@@ -32,34 +38,47 @@ macro_rules! generated {
     };
 }
 
+/// Includes the serde impls of one proto package (the `json` feature).
+macro_rules! json {
+    ($package:literal) => {
+        #[cfg(feature = "json")]
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".serde.rs"));
+    };
+}
+
 /// etcd's MVCC records (`mvccpb`).
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod mvccpb {
     generated!("mvccpb");
+    json!("mvccpb");
 }
 
 /// etcd's auth records (`authpb`).
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod authpb {
     generated!("authpb");
+    json!("authpb");
 }
 
 /// The etcd v3 client API (`etcdserverpb`).
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod etcdserverpb {
     generated!("etcdserverpb");
+    json!("etcdserverpb");
 }
 
 /// etcd's Lock service (`v3lockpb`).
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod v3lockpb {
     generated!("v3lockpb");
+    json!("v3lockpb");
 }
 
 /// etcd's Election service (`v3electionpb`).
 #[allow(clippy::all, clippy::unwrap_used)]
 pub mod v3electionpb {
     generated!("v3electionpb");
+    json!("v3electionpb");
 }
 
 /// keel's raft log payload (`keelpb`).

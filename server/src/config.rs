@@ -52,6 +52,13 @@ pub struct Config {
         default_value = "http://127.0.0.1:2379"
     )]
     pub advertise_client_urls: String,
+    /// List of URLs to serve /metrics and /health on, besides the client port (HTTP/1.1).
+    #[arg(
+        long = "listen-metrics-urls",
+        env = "KEEL_LISTEN_METRICS_URLS",
+        default_value = ""
+    )]
+    pub listen_metrics_urls: String,
     /// List of URLs to listen on for peer traffic.
     #[arg(
         long = "listen-peer-urls",
@@ -254,6 +261,14 @@ impl Config {
     /// The socket addresses of `--listen-client-urls`.
     pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         parse_urls("--listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// The socket addresses of `--listen-metrics-urls` (none by default).
+    pub fn metrics_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        if split_list(&self.listen_metrics_urls).is_empty() {
+            return Ok(Vec::new());
+        }
+        parse_urls("--listen-metrics-urls", &self.listen_metrics_urls)
     }
 
     /// The socket addresses of `--listen-peer-urls`.

@@ -13,6 +13,9 @@
 //! - [`driver`]: the loop that owns the engine's `Node`, the WAL writer, the ticker;
 //! - the engine (`keel-engine`) and storage (`keel-storage`) crates.
 //!
+//! The tokio build adds `gateway`, etcd's HTTP/1.1 JSON surface on the client port, which
+//! calls the [`client`] services' objects in-process.
+//!
 //! Beside them: [`status`] (etcd errors as gRPC statuses), [`error`], [`config`], [`logging`], [`metrics`], [`version`],
 //! [`bootstrap`] (who this member is) and [`clock`].
 #![deny(missing_docs)]
@@ -25,6 +28,8 @@ pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod error;
+#[cfg(not(madsim))]
+pub mod gateway;
 pub mod logging;
 pub mod member_lock;
 pub mod metrics;
@@ -247,6 +252,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     for addr in client_addrs {
         tracing::info!(%addr, "serving client requests");
         servers.push(tokio::spawn(services.clone().serve(addr)));
+    }
+    #[cfg(not(madsim))]
+    for addr in config.metrics_listen_addrs()? {
+        tracing::info!(%addr, "serving /metrics and /health");
+        servers.push(tokio::spawn(services.clone().serve_metrics(addr)));
     }
     tokio::select! {
         err = fatal => match err {

@@ -29,20 +29,16 @@
 //! later `be` (dynamic index 62, the same URL) comes out the same way.
 //!
 //! [`AuthorityFix`] applies the filter to an I/O stream (tokio build only; the simulator's
-//! tonic clients send proper authorities).
+//! tonic clients send proper authorities). [`super::listener`] puts every gRPC connection
+//! behind one.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use loona_hpack::Decoder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_stream::StreamExt as _;
-use tonic::transport::server::{Connected, Router, TcpIncoming};
-
-use crate::error::ServerError;
-use crate::status::serve_error;
+use tonic::transport::server::Connected;
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -590,18 +586,6 @@ impl<T: Connected> Connected for AuthorityFix<T> {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
     }
-}
-
-/// Serves `router` on `addr`, every accepted connection behind an [`AuthorityFix`].
-pub async fn serve(router: Router, addr: SocketAddr) -> Result<(), ServerError> {
-    let incoming = TcpIncoming::bind(addr)
-        .map_err(|e| serve_error(addr, e))?
-        .with_nodelay(Some(true));
-    let fixed = incoming.map(|conn| conn.map(AuthorityFix::new));
-    router
-        .serve_with_incoming(fixed)
-        .await
-        .map_err(|e| serve_error(addr, e))
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lease;
+#[cfg(not(madsim))]
+pub mod listener;
 pub mod lock;
 pub mod maintenance;
 pub mod not_yet;
@@ -75,32 +77,81 @@ impl Services {
         }
     }
 
-    /// Serves every etcd v3 service on `addr` until the listener fails.
+    /// Serves every etcd v3 service on `addr` until the listener fails: gRPC, and in the
+    /// tokio build the JSON gateway on the same port ([`listener`]).
     pub async fn serve(self, addr: SocketAddr) -> Result<(), ServerError> {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
+        // Each service object once: the gRPC router and the JSON gateway call the same ones.
+        let kv = Arc::new(self.clone());
+        let watch = Arc::new(WatchService::new(self.handle.clone()));
+        let auth = Arc::new(NotYet);
+        let lock = kv.clone();
+        let election = kv.clone();
         // Every service is counted for `grpc_server_*_total` (see crate::metrics::grpc).
         let router = tonic::transport::Server::builder()
             .add_service(counted(
-                KvServer::new(self.clone()).max_decoding_message_size(decode_cap),
+                KvServer::from_arc(kv.clone()).max_decoding_message_size(decode_cap),
             ))
-            .add_service(counted(MaintenanceServer::new(self.clone())))
-            .add_service(counted(ClusterServer::new(self.clone())))
-            .add_service(counted(HealthServer::new(self.clone())))
-            .add_service(counted(WatchServer::new(WatchService::new(
-                self.handle.clone(),
-            ))))
-            .add_service(counted(LeaseServer::new(self.clone())))
-            .add_service(counted(AuthServer::new(NotYet)))
-            .add_service(counted(LockServer::new(self.clone())))
-            .add_service(counted(ElectionServer::new(self.clone())));
-        // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
+            .add_service(counted(MaintenanceServer::from_arc(kv.clone())))
+            .add_service(counted(ClusterServer::from_arc(kv.clone())))
+            .add_service(counted(HealthServer::from_arc(kv.clone())))
+            .add_service(counted(WatchServer::from_arc(watch.clone())))
+            .add_service(counted(LeaseServer::from_arc(kv.clone())))
+            .add_service(counted(AuthServer::from_arc(auth.clone())))
+            .add_service(counted(LockServer::from_arc(lock.clone())))
+            .add_service(counted(ElectionServer::from_arc(election.clone())));
+        // The simulator's tonic clients send proper authorities (etcdctl 3.4 does not), and
+        // speak no HTTP/1: under madsim the port serves gRPC alone.
         #[cfg(madsim)]
-        let served = router.serve(addr).await.map_err(|e| serve_error(addr, e));
+        let served = {
+            let _ = (watch, auth, lock, election);
+            router.serve(addr).await.map_err(|e| serve_error(addr, e))
+        };
         #[cfg(not(madsim))]
-        let served = authority::serve(router, addr).await;
+        let served = {
+            let apis = crate::gateway::Apis {
+                kv: kv.clone(),
+                watch,
+                lease: kv.clone(),
+                cluster: kv.clone(),
+                maintenance: kv,
+                auth,
+                lock,
+                election,
+            };
+            // A JSON body carries bytes as base64 (4/3 of their size) plus field names: twice
+            // the gRPC decode cap lets every message gRPC would decode reach the service, which
+            // then answers as etcd does (too large for raft, or above gRPC's limit).
+            let routes = crate::gateway::routes::table();
+            let gateway = crate::gateway::Gateway::new(apis, routes, 2 * decode_cap);
+            listener::serve(router, gateway, addr).await
+        };
         served
+    }
+
+    /// Serves etcd's `/metrics` and `/health` (HTTP/1.1) on `addr`, as etcd does on
+    /// `--listen-metrics-urls`, until the listener fails.
+    #[cfg(not(madsim))]
+    pub async fn serve_metrics(self, addr: SocketAddr) -> Result<(), ServerError> {
+        let kv = Arc::new(self);
+        let apis = crate::gateway::Apis {
+            kv: kv.clone(),
+            watch: Arc::new(WatchService::new(kv.handle.clone())),
+            lease: kv.clone(),
+            cluster: kv.clone(),
+            maintenance: kv.clone(),
+            auth: Arc::new(NotYet),
+            lock: kv.clone(),
+            election: kv,
+        };
+        let routes = crate::gateway::routes::table()
+            .into_iter()
+            .filter(|(_, path, _)| matches!(*path, "/metrics" | "/health"))
+            .collect();
+        let gateway = crate::gateway::Gateway::new(apis, routes, 0);
+        listener::serve_http(gateway, addr).await
     }
 
     async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Status> {

@@ -1,0 +1,171 @@
+//! One client listener, two protocols, as etcd's (cmux) does: each accepted connection is
+//! told apart by its first bytes. One that opens with the HTTP/2 connection preface
+//! (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is gRPC and goes to tonic's router, behind the
+//! `:authority` shim ([`super::authority`]); anything else is HTTP/1.x and goes to the JSON
+//! gateway ([`crate::gateway`]). Tokio build only.
+//!
+//! The bytes are peeked, not read, so both servers see the connection from its first byte.
+//! Classifying runs on the connection's own task: a client that sends nothing holds up no
+//! one else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tonic::transport::server::Router;
+
+use super::authority::AuthorityFix;
+use crate::error::ServerError;
+use crate::gateway::Gateway;
+use crate::status::serve_error;
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Accepted gRPC connections waiting for tonic, at most.
+const GRPC_BACKLOG: usize = 1024;
+/// How long to wait for the rest of a preface that arrived in pieces, between peeks.
+const PEEK_RETRY: Duration = Duration::from_millis(2);
+/// A connection whose first bytes do not settle within this is dropped.
+const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (e.g. out of file descriptors), wait this long before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/2 with prior knowledge: gRPC.
+    Grpc,
+    /// Anything else: HTTP/1.x.
+    Http1,
+}
+
+/// The protocol the bytes seen so far decide, or None while they are a proper prefix of the
+/// HTTP/2 preface.
+pub fn classify(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(PREFACE.len());
+    if first[..n] != PREFACE[..n] {
+        return Some(Protocol::Http1);
+    }
+    (n == PREFACE.len()).then_some(Protocol::Grpc)
+}
+
+/// Peeks at `stream` until its protocol is known. None when it closed first.
+async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+    let mut buf = [0u8; PREFACE.len()];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(protocol) = classify(&buf[..n]) {
+            return Ok(Some(protocol));
+        }
+        if n == seen {
+            // A partial preface, and nothing new yet: peek returns at once while unread
+            // bytes wait, so pause rather than spin.
+            tokio::time::sleep(PEEK_RETRY).await;
+        }
+        seen = n;
+    }
+}
+
+/// Serves `router` (gRPC) and `gateway` (HTTP/1.x) on `addr` until the listener fails.
+pub async fn serve(router: Router, gateway: Gateway, addr: SocketAddr) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| serve_error(addr, e))?;
+    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<AuthorityFix<TcpStream>>>(GRPC_BACKLOG);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
+    let grpc = router.serve_with_incoming(incoming);
+    let accept = async {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "accepting a client connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+            }
+            tokio::spawn(dispatch(stream, peer, grpc_tx.clone(), gateway.clone()));
+        }
+    };
+    tokio::select! {
+        served = grpc => served.map_err(|e| serve_error(addr, e)),
+        never = accept => never,
+    }
+}
+
+/// Serves `gateway` alone (HTTP/1.1) on `addr` until the listener fails.
+pub async fn serve_http(gateway: Gateway, addr: SocketAddr) -> Result<(), ServerError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| serve_error(addr, e))?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                tokio::spawn(gateway.clone().serve_connection(stream));
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "accepting a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Hands one connection to the server for its protocol.
+async fn dispatch(
+    stream: TcpStream,
+    peer: SocketAddr,
+    grpc: mpsc::Sender<io::Result<AuthorityFix<TcpStream>>>,
+    gateway: Gateway,
+) {
+    let protocol = match tokio::time::timeout(CLASSIFY_TIMEOUT, sniff(&stream)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "reading a client connection's first bytes");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "client connection sent no request; dropped");
+            return;
+        }
+    };
+    match protocol {
+        Protocol::Grpc => {
+            if grpc.send(Ok(AuthorityFix::new(stream))).await.is_err() {
+                tracing::debug!(%peer, "gRPC server gone; connection dropped");
+            }
+        }
+        Protocol::Http1 => gateway.serve_connection(stream).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preface_is_grpc_and_anything_else_http1() {
+        assert_eq!(classify(PREFACE), Some(Protocol::Grpc));
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Some(Protocol::Grpc)
+        );
+        assert_eq!(classify(b"PRI * HT"), None, "a partial preface waits");
+        assert_eq!(
+            classify(b"POST /v3/kv/range HTTP/1.1"),
+            Some(Protocol::Http1)
+        );
+        assert_eq!(classify(b"GET /health HTTP/1.1"), Some(Protocol::Http1));
+        assert_eq!(classify(b"PRI * HTTP/1.1"), Some(Protocol::Http1));
+    }
+}
