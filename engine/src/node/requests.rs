@@ -3,16 +3,59 @@
 
 use keel_proto::etcdserverpb::alarm_request::AlarmAction;
 use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest};
-use keel_proto::keelpb::{raft_request, RaftRequest};
+use keel_proto::keelpb::{raft_request, AuthHeader, RaftRequest};
 use prost::Message as _;
 
 use super::Node;
 use crate::alarm;
 use crate::bugs::Bug;
 use crate::error::Error;
-use crate::request::{Admin, Read, Route};
+use crate::request::{Admin, Read, Request, Route};
 
 impl Node {
+    /// A client request with its caller: resolves the token (etcd's `AuthInfoFromCtx`),
+    /// remembers the caller for the checks, and routes the request.
+    pub(super) fn on_auth_request(
+        &mut self,
+        token: u64,
+        request: Request,
+        auth_token: Option<String>,
+    ) {
+        match self
+            .sm
+            .resolve_caller(auth_token.as_deref(), self.clock.now_ms)
+        {
+            Ok(caller) => {
+                self.callers.insert(token, caller);
+                self.on_route(token, request.route());
+            }
+            Err(e) => self.reply(token, Err(e)),
+        }
+    }
+
+    /// The check when a request arrives (etcd's API-layer checks): writes and admin
+    /// requests against the applied auth store. Reads are checked when served.
+    fn check_arrival(&self, token: u64, route: &Route) -> Result<(), Error> {
+        let Some(caller) = self.callers.get(&token) else {
+            return Ok(()); // the cluster's own request
+        };
+        match route {
+            Route::Write(body) => self.sm.check_write(Some(caller), body),
+            // etcd 3.4 checks MoveLeader for no one.
+            Route::Admin(Admin::MoveLeader(_)) => Ok(()),
+            Route::Admin(_) => self.sm.auth().check_admin(Some(caller)),
+            Route::Read { .. } => Ok(()),
+        }
+    }
+
+    /// The check when a read is served, against the auth store it is served from.
+    fn check_served(&mut self, token: u64, read: &Read) -> Result<(), Error> {
+        match self.callers.remove(&token) {
+            Some(caller) => self.sm.check_read(&caller, read),
+            None => Ok(()),
+        }
+    }
+
     /// Sends a routed request to the part that serves it.
     pub(super) fn on_route(&mut self, token: u64, route: Route) {
         let on_learner_ok = matches!(&route, Route::Read { read, linearizable } if read.serves_on_learner(*linearizable));
@@ -22,6 +65,10 @@ impl Node {
         }
         let writes = matches!(&route, Route::Write(_))
             || matches!(&route, Route::Admin(a) if !matches!(a, Admin::MoveLeader(_)));
+        if let Err(e) = self.check_arrival(token, &route) {
+            self.reply(token, Err(e));
+            return;
+        }
         if writes && self.no_space.is_some() {
             // This member's disk is full: nothing it proposes could be made durable here, so
             // nothing it proposes would be answered. Reads and watches go on.
@@ -60,6 +107,9 @@ impl Node {
     }
 
     fn serve_read(&mut self, token: u64, read: Read) {
+        if let Err(e) = self.check_served(token, &read) {
+            return self.reply(token, Err(e));
+        }
         let leading = self.core.is_leader();
         let result = self.sm.serve_read(self.clock, leading, read);
         self.reply(token, result);
@@ -86,7 +136,8 @@ impl Node {
             }
             _ => {}
         }
-        match self.propose_entry(body) {
+        let caller = self.callers.remove(&token).map(|c| c.header());
+        match self.propose_entry_as(body, caller) {
             Some(id) => self.sm.track_proposal(id, token),
             None => self.reply(token, Err(Error::NoLeader)),
         }
@@ -94,10 +145,20 @@ impl Node {
 
     /// Proposes one log entry; returns its proposal id, or `None` if raft dropped it.
     pub(super) fn propose_entry(&mut self, body: raft_request::Request) -> Option<u64> {
+        self.propose_entry_as(body, None)
+    }
+
+    /// Proposes one log entry for a client (`auth`: its caller, checked again at apply).
+    fn propose_entry_as(
+        &mut self,
+        body: raft_request::Request,
+        auth: Option<AuthHeader>,
+    ) -> Option<u64> {
         let id = self.sm.next_proposal_id();
         let entry = RaftRequest {
             member_id: self.cfg.member_id,
             id,
+            auth,
             request: Some(body),
         };
         match self.core.propose(entry.encode_to_vec()) {
@@ -208,6 +269,10 @@ impl Node {
         let reads = self.reads.take_servable(self.sm.applied_index());
         let leading = self.core.is_leader();
         for (token, read) in reads {
+            if let Err(e) = self.check_served(token, &read) {
+                self.reply(token, Err(e));
+                continue;
+            }
             let result = self.sm.serve_confirmed_read(self.clock, leading, read);
             self.reply(token, result);
         }

@@ -25,7 +25,7 @@ impl Maintenance for Services {
         &self,
         request: GrpcRequest<AlarmRequest>,
     ) -> Result<GrpcResponse<AlarmResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     /// etcd 3.4's fields, from the node's [`NodeStatus`](keel_engine::node::NodeStatus). keel
@@ -58,14 +58,14 @@ impl Maintenance for Services {
         &self,
         request: GrpcRequest<HashKvRequest>,
     ) -> Result<GrpcResponse<HashKvResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     async fn move_leader(
         &self,
         request: GrpcRequest<MoveLeaderRequest>,
     ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 }
 

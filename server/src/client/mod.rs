@@ -9,6 +9,7 @@
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
 //! request size) happens here, with etcd's codes and texts; everything else is the engine's.
 
+pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
@@ -33,7 +34,7 @@ use keel_proto::etcdserverpb::ResponseHeader;
 use keel_proto::health::health_server::HealthServer;
 use keel_proto::v3electionpb::election_server::ElectionServer;
 use keel_proto::v3lockpb::lock_server::LockServer;
-use tonic::Status;
+use tonic::{Request as GrpcRequest, Status};
 
 use crate::bootstrap::Identity;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
@@ -46,6 +47,15 @@ use crate::status::to_status;
 use not_yet::NotYet;
 use watch::WatchService;
 
+/// The auth token a client sent: gRPC metadata `token` (etcd's clients), or
+/// `authorization` (etcd's gateway).
+pub(crate) fn auth_token<T>(request: &GrpcRequest<T>) -> Option<String> {
+    let md = request.metadata();
+    let value = md.get("token").or_else(|| md.get("authorization"))?;
+    // A token that is not ASCII can name no one: it is passed on to be refused as invalid.
+    Some(value.to_str().unwrap_or("\u{fffd}").to_string())
+}
+
 /// The client-facing services of one member.
 #[derive(Clone)]
 pub struct Services {
@@ -54,6 +64,7 @@ pub struct Services {
     identity: Arc<Identity>,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    bcrypt_cost: u32,
 }
 
 impl Services {
@@ -65,6 +76,7 @@ impl Services {
             identity: Arc::new(identity),
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
+            bcrypt_cost: config.bcrypt_cost,
         }
     }
 
@@ -80,7 +92,7 @@ impl Services {
             .add_service(HealthServer::new(self.clone()))
             .add_service(WatchServer::new(WatchService::new(self.handle.clone())))
             .add_service(LeaseServer::new(self.clone()))
-            .add_service(AuthServer::new(NotYet))
+            .add_service(AuthServer::new(self.clone()))
             .add_service(LockServer::new(NotYet))
             .add_service(ElectionServer::new(NotYet));
         // The simulator's tonic clients send proper authorities; etcdctl 3.4 does not.
@@ -91,8 +103,15 @@ impl Services {
         served
     }
 
-    async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Status> {
-        self.handle.call(request).await.map_err(to_status)
+    /// Sends a client's request, with its auth token, through the node.
+    async fn call<R: Rpc>(&self, token: Option<String>, request: R) -> Result<R::Response, Status> {
+        self.handle.call_as(token, request).await.map_err(to_status)
+    }
+
+    /// [`Services::call`] for a request as it came.
+    async fn call_req<R: Rpc>(&self, request: GrpcRequest<R>) -> Result<R::Response, Status> {
+        let token = auth_token(&request);
+        self.call(token, request.into_inner()).await
     }
 
     /// etcd's gRPC receive limit: `--max-request-bytes` plus framing allowance.

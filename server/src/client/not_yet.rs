@@ -1,6 +1,5 @@
 //! etcd services keel does not implement yet.
 
-use keel_proto::etcdserverpb::auth_server::Auth;
 use keel_proto::v3electionpb::election_server::Election;
 use keel_proto::v3lockpb::lock_server::Lock;
 
@@ -9,9 +8,6 @@ use keel_proto::v3lockpb::lock_server::Lock;
 #[derive(Debug, Clone, Copy)]
 pub struct NotYet;
 
-#[tonic::async_trait]
-#[tonic::async_trait]
-impl Auth for NotYet {}
 #[tonic::async_trait]
 impl Lock for NotYet {}
 #[tonic::async_trait]

@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 pub(super) enum Command {
     Request {
         request: Request,
+        /// `Some`: a client's request, with its auth token if it sent one (checked against
+        /// the caller's permissions); `None`: the member's own (unchecked).
+        client: Option<Option<String>>,
         reply: oneshot::Sender<Result<Response, Error>>,
     },
     Status {
@@ -53,7 +56,25 @@ impl Handle {
     /// Sends a request through the node and waits for its typed reply, up to the request
     /// timeout.
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
-        let response = self.request(request.into_request()).await?;
+        self.call_with(request, None).await
+    }
+
+    /// Sends a client's request, with the auth token it came with, through the node: the node
+    /// checks it against the caller's permissions.
+    pub async fn call_as<R: Rpc>(
+        &self,
+        auth_token: Option<String>,
+        request: R,
+    ) -> Result<R::Response, Error> {
+        self.call_with(request, Some(auth_token)).await
+    }
+
+    async fn call_with<R: Rpc>(
+        &self,
+        request: R,
+        client: Option<Option<String>>,
+    ) -> Result<R::Response, Error> {
+        let response = self.request(request.into_request(), client).await?;
         match R::from_response(response) {
             Some(r) => Ok(r),
             // The node answers every request with a response of its own kind.
@@ -65,10 +86,18 @@ impl Handle {
     }
 
     /// Sends a request through the node and waits for its reply, up to the request timeout.
-    async fn request(&self, request: Request) -> Result<Response, Error> {
+    async fn request(
+        &self,
+        request: Request,
+        client: Option<Option<String>>,
+    ) -> Result<Response, Error> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Request { request, reply })
+            .send(Command::Request {
+                request,
+                client,
+                reply,
+            })
             .await
             .map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
