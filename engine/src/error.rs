@@ -213,7 +213,45 @@ pub enum Error {
     AuthOldRevision,
 }
 
+impl Code {
+    /// grpc-go's name of the code (`PermissionDenied`), as in its status texts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "Canceled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        }
+    }
+}
+
 impl Error {
+    /// etcd's auth store text of an auth error, for the services that send it unconverted
+    /// (etcd 3.4's Maintenance auth checks: gRPC code Unknown, `auth: permission denied`).
+    pub fn auth_store_text(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::PermissionDenied => "auth: permission denied",
+            Error::UserEmpty => "auth: user name is empty",
+            Error::UserNotFound => "auth: user not found",
+            Error::InvalidAuthToken => "auth: invalid auth token",
+            Error::AuthOldRevision => "auth: revision in header is old",
+            _ => return None,
+        })
+    }
+
     /// The gRPC status code etcd sends with this error.
     pub fn code(&self) -> Code {
         match self {

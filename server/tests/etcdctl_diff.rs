@@ -715,6 +715,22 @@ fn auth_sequence() -> Vec<Step> {
     s.cmd("--user alice:alicepw2 auth disable");
     s.cmd("--user alice:alicepw2 member list");
     s.cmd("--user bob:x put foo 1");
+    // watches: created only on what the user may read
+    s.watch("--user alice:alicepw2 foo --rev=1");
+    s.watch("--user alice:alicepw2 x");
+    s.watch("--user alice:alicepw2 --prefix bar/ --rev=1");
+    s.watch("foo");
+    // a lease whose keys the user may not write cannot be revoked by that user
+    s.grant("--user root:rootpw lease grant 600");
+    s.cmd("--user root:rootpw put zz leased --lease={LEASE}");
+    s.cmd("--user alice:alicepw2 lease revoke {LEASE}");
+    s.cmd("--user alice:alicepw2 put foo leased --lease={LEASE}");
+    s.cmd("--user root:rootpw lease revoke {LEASE}");
+    s.grant("--user alice:alicepw2 lease grant 600");
+    s.cmd("--user alice:alicepw2 put x leased --lease={LEASE}");
+    s.cmd("--user alice:alicepw2 lease revoke {LEASE}");
+    s.normed("--user alice:alicepw2 endpoint hashkv", Norm::HashKv);
+    s.normed("--user root:rootpw endpoint hashkv", Norm::HashKv);
     // root's protections while enabled
     s.cmd("--user root:rootpw user delete root");
     s.cmd("--user root:rootpw role delete root");

@@ -287,6 +287,11 @@ impl Node {
                 request,
                 auth_token,
             } => self.on_auth_request(token, request, auth_token),
+            Input::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            } => self.on_watch_create(stream, request, auth_token),
             Input::Peer(msg) => self.core.step(*msg),
             Input::Persisted { number } => self.on_persisted(number),
             Input::SnapshotSaved { snapshot } => {

@@ -2,15 +2,17 @@
 //! batching linearizable reads, MoveLeader, and the leader's lease work.
 
 use keel_proto::etcdserverpb::alarm_request::AlarmAction;
-use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest};
+use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest, WatchCreateRequest};
 use keel_proto::keelpb::{raft_request, AuthHeader, RaftRequest};
 use prost::Message as _;
 
 use super::Node;
 use crate::alarm;
+use crate::auth::Perm;
 use crate::bugs::Bug;
 use crate::error::Error;
 use crate::request::{Admin, Read, Request, Route};
+use crate::watch::WatchInput;
 
 impl Node {
     /// A client request with its caller: resolves the token (etcd's `AuthInfoFromCtx`),
@@ -30,6 +32,36 @@ impl Node {
                 self.on_route(token, request.route());
             }
             Err(e) => self.reply(token, Err(e)),
+        }
+    }
+
+    /// A Watch create with its caller: created if the caller may read the range, else
+    /// refused with etcd's cancel reason (the gRPC status text of the error).
+    pub(super) fn on_watch_create(
+        &mut self,
+        stream: crate::watch::StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    ) {
+        let now_ms = self.clock.now_ms;
+        let checked = self
+            .sm
+            .resolve_caller(auth_token.as_deref(), now_ms)
+            .and_then(|caller| {
+                let (key, end) = (&request.key, &request.range_end);
+                self.sm.auth().check(Some(&caller), key, end, Perm::Read)
+            });
+        let header = self.header_info();
+        match checked {
+            Ok(()) => {
+                let input = WatchInput::Create { stream, request };
+                self.watches.input(input, self.sm.store(), header);
+            }
+            Err(e) => {
+                let reason = format!("rpc error: code = {} desc = {e}", e.code().name());
+                self.watches
+                    .refuse_create(stream, reason, self.sm.store(), header);
+            }
         }
     }
 

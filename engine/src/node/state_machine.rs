@@ -423,7 +423,7 @@ impl StateMachine {
                 return None;
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
-            other => panic!("apply_auth left {other:?} unapplied"),
+            _ => panic!("an auth entry was left unapplied"),
         };
         Some(result)
     }

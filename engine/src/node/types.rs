@@ -125,6 +125,16 @@ pub enum Input {
         /// The client's auth token.
         auth_token: Option<String>,
     },
+    /// A Watch create request with its client's auth token: the node checks the caller may
+    /// read the range (etcd's `isWatchPermitted`), then creates the watch or refuses it.
+    WatchCreate {
+        /// The stream.
+        stream: crate::watch::StreamId,
+        /// The create request.
+        request: keel_proto::etcdserverpb::WatchCreateRequest,
+        /// The client's auth token.
+        auth_token: Option<String>,
+    },
     /// A raft message from a peer.
     Peer(Box<Message>),
     /// Every [`PersistBatch`] numbered up to `number` is durable.

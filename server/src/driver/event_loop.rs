@@ -206,6 +206,15 @@ impl DriverLoop {
                 self.watch_streams.insert(stream, responses);
             }
             Command::Watch(input) => self.node.step(Input::Watch(input)),
+            Command::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            } => self.node.step(Input::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            }),
         }
     }
 

@@ -10,7 +10,7 @@ use keel_engine::membership::Membership;
 use keel_engine::node::{NodeStatus, Request, Response};
 use keel_engine::request::Rpc;
 use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
-use keel_proto::etcdserverpb::WatchResponse;
+use keel_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use tokio::sync::{mpsc, oneshot};
 
 /// What the gRPC layer asks of the driver.
@@ -35,6 +35,12 @@ pub(super) enum Command {
     },
     /// A create, cancel or progress request of a Watch stream.
     Watch(WatchInput),
+    /// A create request of a Watch stream, with the client's auth token.
+    WatchCreate {
+        stream: StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    },
 }
 
 /// What the driver sends a Watch stream: a response, or the reason the stream ends.
@@ -124,6 +130,24 @@ impl Handle {
     pub async fn watch(&self, input: WatchInput) -> Result<(), Error> {
         self.commands
             .send(Command::Watch(input))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// A create request of a Watch stream with the client's auth token (checked by the node).
+    pub async fn watch_create(
+        &self,
+        stream: StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    ) -> Result<(), Error> {
+        let command = Command::WatchCreate {
+            stream,
+            request,
+            auth_token,
+        };
+        self.commands
+            .send(command)
             .await
             .map_err(|_| Error::Stopped)
     }
