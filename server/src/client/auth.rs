@@ -64,7 +64,10 @@ fn token_prefix() -> String {
 
 /// Runs bcrypt off the async threads (it takes tens of milliseconds at cost 10).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    // Under madsim this runs the closure as a simulated task (see `wal_writer::run_blocking`).
+    #[allow(deprecated)]
+    let joined = tokio::task::spawn_blocking(f);
+    joined
         .await
         .map_err(|_| Status::internal("password hashing failed"))
 }

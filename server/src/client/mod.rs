@@ -19,6 +19,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod not_yet;
+pub mod token;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -47,16 +48,8 @@ use crate::peer::forward::Forwarder;
 use crate::status::serve_error;
 use crate::status::to_status;
 use not_yet::NotYet;
+pub(crate) use token::auth_token;
 use watch::WatchService;
-
-/// The auth token a client sent: gRPC metadata `token` (etcd's clients), or
-/// `authorization` (etcd's gateway).
-pub(crate) fn auth_token<T>(request: &GrpcRequest<T>) -> Option<String> {
-    let md = request.metadata();
-    let value = md.get("token").or_else(|| md.get("authorization"))?;
-    // A token that is not ASCII can name no one: it is passed on to be refused as invalid.
-    Some(value.to_str().unwrap_or("\u{fffd}").to_string())
-}
 
 /// The client-facing services of one member.
 #[derive(Clone)]

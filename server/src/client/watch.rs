@@ -50,7 +50,7 @@ impl Watch for WatchService {
         &self,
         request: GrpcRequest<Streaming<WatchRequest>>,
     ) -> Result<GrpcResponse<BoxStream<WatchResponse>>, Status> {
-        let auth_token = super::auth_token(&request);
+        let auth_token = super::token::auth_token(&request);
         let mut requests = request.into_inner();
         // etcd 3.4 serves no stream on a learner.
         if self.handle.status().await.map_err(to_status)?.is_learner {
