@@ -10,6 +10,7 @@
 //! | `etcdctl_sees_keel_as_etcd` | ~290 etcdctl steps: KV, txn, compaction, watch, errors, cluster and maintenance commands, a kill -9 + restart of both servers, leases, lock, auth |
 //! | `etcdctl_sees_keel_limits_as_etcd` | both started with `--max-request-bytes=4096 --max-txn-ops=4` |
 //! | `etcdctl_sees_keel_alarms_as_etcd` | a NOSPACE alarm raised through gRPC (etcdctl cannot): `alarm list`, what it refuses and lets through, `endpoint status` errors, a restart, `alarm disarm` |
+//! | `etcdctl_sees_keel_auth_as_etcd` | ~125 steps: users, roles, permissions (key, range, prefix, from-key), `auth enable` with and without root, key operations, txns, watches and lease revokes as root, as a permitted and a forbidden user, with a wrong password and a no-password user, admin commands refused to a user, a revoke, a kill -9 + restart with auth on, `auth disable` |
 //! | `grpc_kv_requests_match_etcd` | KV requests etcdctl 3.4 cannot make (its `get` has no `--count-only` or `--min/max-mod/create-rev`, those came in 3.5; its txn parser panics on `lease("k") = "0"`): compared as prost Debug text |
 //! | `*_self_check` | the same against a second etcd: proves the normalizers hide the noise and nothing else |
 //!
