@@ -160,9 +160,98 @@ pub enum Error {
     /// MoveLeader did not complete in time.
     #[error("etcdserver: request timed out, leader transfer took too long")]
     TimeoutLeaderTransfer,
+    /// AuthEnable without a `root` user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// AuthEnable while the `root` user lacks the `root` role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// UserAdd of a name that exists.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// An empty user name, or a request without a user while auth is enabled.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// No user has that name.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// RoleAdd of a name that exists.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// No role has that name.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// RoleAdd with an empty name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// Authenticate with a wrong name or password (or a no-password user).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// The user's roles do not allow the request.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// UserRevokeRole of a role the user does not have.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// RoleRevokePermission of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Authenticate while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// The token is unknown, expired or was invalidated.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// A change etcd refuses while auth is enabled (deleting `root`, its role, ...).
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// Authenticate of a no-password user (etcd 3.4 sends its internal text, code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// The auth store changed since the request's token was checked.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+}
+
+impl Code {
+    /// grpc-go's name of the code (`PermissionDenied`), as in its status texts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "Canceled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        }
+    }
 }
 
 impl Error {
+    /// etcd's auth store text of an auth error, for the services that send it unconverted
+    /// (etcd 3.4's Maintenance auth checks: gRPC code Unknown, `auth: permission denied`).
+    pub fn auth_store_text(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::PermissionDenied => "auth: permission denied",
+            Error::UserEmpty => "auth: user name is empty",
+            Error::UserNotFound => "auth: user not found",
+            Error::InvalidAuthToken => "auth: invalid auth token",
+            Error::AuthOldRevision => "auth: revision in header is old",
+            _ => return None,
+        })
+    }
+
     /// The gRPC status code etcd sends with this error.
     pub fn code(&self) -> Code {
         match self {
@@ -197,6 +286,23 @@ impl Error {
             | Error::NotSupportedForLearner
             | Error::TimeoutLeaderTransfer => Code::Unavailable,
             Error::Corrupt => Code::DataLoss,
+            Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted
+            | Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision => Code::InvalidArgument,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::NoPasswordUser => Code::Unknown,
+            Error::InvalidAuthToken => Code::Unauthenticated,
         }
     }
 }
@@ -313,6 +419,36 @@ mod tests {
                 Error::MemberNotEnoughStarted,
                 "etcdserver: re-configuration failed due to not enough started members",
                 Code::Unknown,
+            ),
+            (
+                Error::RootUserNotExist,
+                "etcdserver: root user does not exist",
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::UserEmpty,
+                "etcdserver: user name is empty",
+                Code::InvalidArgument,
+            ),
+            (
+                Error::AuthFailed,
+                "etcdserver: authentication failed, invalid user ID or password",
+                Code::InvalidArgument,
+            ),
+            (
+                Error::PermissionDenied,
+                "etcdserver: permission denied",
+                Code::PermissionDenied,
+            ),
+            (
+                Error::InvalidAuthToken,
+                "etcdserver: invalid auth token",
+                Code::Unauthenticated,
+            ),
+            (
+                Error::AuthOldRevision,
+                "etcdserver: revision of auth store is old",
+                Code::InvalidArgument,
             ),
         ];
         for (err, text, code) in cases {

@@ -8,6 +8,7 @@
 
 pub mod alarm;
 pub mod apply;
+pub mod auth;
 pub mod bugs;
 pub mod error;
 pub mod lease;

@@ -28,7 +28,20 @@ use keel_proto::etcdserverpb::{
     MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     TxnRequest, TxnResponse,
 };
+use keel_proto::etcdserverpb::{
+    AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
+    AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
+    AuthRoleGetRequest, AuthRoleGetResponse, AuthRoleGrantPermissionRequest,
+    AuthRoleGrantPermissionResponse, AuthRoleListRequest, AuthRoleListResponse,
+    AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse, AuthStatusRequest,
+    AuthStatusResponse, AuthUserAddRequest, AuthUserAddResponse, AuthUserChangePasswordRequest,
+    AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse,
+    AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse,
+    AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
+    AuthUserRevokeRoleResponse, AuthenticateResponse,
+};
 use keel_proto::keelpb::raft_request::Request as LogRequest;
+use keel_proto::keelpb::{InternalAuthenticate, PasswordLookup, PasswordLookupResponse};
 
 use crate::apply::txn_is_read_only;
 
@@ -85,6 +98,18 @@ pub enum Read {
     MemberList(MemberListRequest),
     /// Maintenance.Alarm GET (and any action other than ACTIVATE / DEACTIVATE).
     Alarm(AlarmRequest),
+    /// Auth.AuthStatus.
+    AuthStatus(AuthStatusRequest),
+    /// Auth.UserGet.
+    UserGet(AuthUserGetRequest),
+    /// Auth.UserList.
+    UserList(AuthUserListRequest),
+    /// Auth.RoleGet.
+    RoleGet(AuthRoleGetRequest),
+    /// Auth.RoleList.
+    RoleList(AuthRoleListRequest),
+    /// A user's password hash, for the server to check a password against (Authenticate).
+    PasswordLookup(PasswordLookup),
 }
 
 /// A request that changes the cluster rather than the keyspace.
@@ -234,6 +259,60 @@ requests! {
             _ => Route::read(Read::Alarm(r), true),
         }
     };
+    /// Auth.AuthEnable.
+    AuthEnable(AuthEnableRequest) -> AuthEnableResponse, "AuthEnable",
+        |r| Route::Write(LogRequest::AuthEnable(r));
+    /// Auth.AuthDisable.
+    AuthDisable(AuthDisableRequest) -> AuthDisableResponse, "AuthDisable",
+        |r| Route::Write(LogRequest::AuthDisable(r));
+    /// Auth.AuthStatus.
+    AuthStatus(AuthStatusRequest) -> AuthStatusResponse, "AuthStatus",
+        |r| Route::read(Read::AuthStatus(r), true);
+    /// Auth.Authenticate, once the server checked the password: assigns the token.
+    Authenticate(InternalAuthenticate) -> AuthenticateResponse, "Authenticate",
+        |r| Route::Write(LogRequest::Authenticate(r));
+    /// What Authenticate checks a password against (linearizable, as etcd's check is).
+    PasswordLookup(PasswordLookup) -> PasswordLookupResponse, "Authenticate",
+        |r| Route::read(Read::PasswordLookup(r), true);
+    /// Auth.UserAdd (the password already hashed).
+    UserAdd(AuthUserAddRequest) -> AuthUserAddResponse, "UserAdd",
+        |r| Route::Write(LogRequest::UserAdd(r));
+    /// Auth.UserGet (etcd 3.4 puts it through the log; a linearizable read answers the same).
+    UserGet(AuthUserGetRequest) -> AuthUserGetResponse, "UserGet",
+        |r| Route::read(Read::UserGet(r), true);
+    /// Auth.UserList.
+    UserList(AuthUserListRequest) -> AuthUserListResponse, "UserList",
+        |r| Route::read(Read::UserList(r), true);
+    /// Auth.UserDelete.
+    UserDelete(AuthUserDeleteRequest) -> AuthUserDeleteResponse, "UserDelete",
+        |r| Route::Write(LogRequest::UserDelete(r));
+    /// Auth.UserChangePassword (the password already hashed).
+    UserChangePassword(AuthUserChangePasswordRequest) -> AuthUserChangePasswordResponse,
+        "UserChangePassword", |r| Route::Write(LogRequest::UserChangePassword(r));
+    /// Auth.UserGrantRole.
+    UserGrantRole(AuthUserGrantRoleRequest) -> AuthUserGrantRoleResponse, "UserGrantRole",
+        |r| Route::Write(LogRequest::UserGrantRole(r));
+    /// Auth.UserRevokeRole.
+    UserRevokeRole(AuthUserRevokeRoleRequest) -> AuthUserRevokeRoleResponse, "UserRevokeRole",
+        |r| Route::Write(LogRequest::UserRevokeRole(r));
+    /// Auth.RoleAdd.
+    RoleAdd(AuthRoleAddRequest) -> AuthRoleAddResponse, "RoleAdd",
+        |r| Route::Write(LogRequest::RoleAdd(r));
+    /// Auth.RoleGet.
+    RoleGet(AuthRoleGetRequest) -> AuthRoleGetResponse, "RoleGet",
+        |r| Route::read(Read::RoleGet(r), true);
+    /// Auth.RoleList.
+    RoleList(AuthRoleListRequest) -> AuthRoleListResponse, "RoleList",
+        |r| Route::read(Read::RoleList(r), true);
+    /// Auth.RoleDelete.
+    RoleDelete(AuthRoleDeleteRequest) -> AuthRoleDeleteResponse, "RoleDelete",
+        |r| Route::Write(LogRequest::RoleDelete(r));
+    /// Auth.RoleGrantPermission.
+    RoleGrantPermission(AuthRoleGrantPermissionRequest) -> AuthRoleGrantPermissionResponse,
+        "RoleGrantPermission", |r| Route::Write(LogRequest::RoleGrantPermission(r));
+    /// Auth.RoleRevokePermission.
+    RoleRevokePermission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse,
+        "RoleRevokePermission", |r| Route::Write(LogRequest::RoleRevokePermission(r));
 }
 
 impl Response {

@@ -338,6 +338,7 @@ fn entry_len(key: &[u8], value: &Bytes) -> usize {
     RaftRequest {
         member_id: 1,
         id: 1 << 40,
+        auth: None,
         request: Some(raft_request::Request::Put(PutRequest {
             key: Bytes::copy_from_slice(key),
             value: value.clone(),

@@ -122,6 +122,7 @@ fn a_put_is_one_persist_batch_of_its_entry() {
     let data = RaftRequest {
         member_id: MEMBER,
         id: proposal_id(1),
+        auth: None,
         request: Some(raft_request::Request::Put(put_request())),
     }
     .encode_to_vec();

@@ -251,6 +251,7 @@ fn raft_request_payload() {
     let request = RaftRequest {
         member_id: 1,
         id: 2,
+        auth: None,
         request: Some(raft_request::Request::Put(PutRequest {
             key: Bytes::from_static(b"a"),
             ..PutRequest::default()

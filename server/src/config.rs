@@ -154,6 +154,25 @@ pub struct Config {
           default_value_t = keel_storage::WalOptions::default().segment_bytes_max,
           value_parser = clap::value_parser!(u64).range(4096..))]
     pub wal_segment_bytes: u64,
+    /// Auth token type: `simple` (etcd's default; other types are not supported).
+    #[arg(long = "auth-token", env = "KEEL_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple auth token lives after its last use.
+    #[arg(
+        long = "auth-token-ttl",
+        env = "KEEL_AUTH_TOKEN_TTL",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost for hashing passwords (etcd 3.5's flag; 4 to 31).
+    #[arg(
+        long = "bcrypt-cost",
+        env = "KEEL_BCRYPT_COST",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(4..=31)
+    )]
+    pub bcrypt_cost: u32,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info",
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
@@ -246,6 +265,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// An `--auth-token` type keel does not have.
+    #[error("--auth-token {0:?}: only \"simple\" is supported")]
+    AuthToken(String),
 }
 
 /// One member of the initial cluster.
@@ -306,6 +328,14 @@ impl Config {
             )));
         }
         Ok(members)
+    }
+
+    /// `--auth-token`: `simple` (etcd's default); keel has no JWT tokens.
+    pub fn check_auth_token(&self) -> Result<(), ConfigError> {
+        match self.auth_token.split(',').next() {
+            Some("simple") => Ok(()),
+            _ => Err(ConfigError::AuthToken(self.auth_token.clone())),
+        }
     }
 
     /// The raft tick length and election timeout in ticks.

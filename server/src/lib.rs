@@ -165,6 +165,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let peers = driver::peer_urls(&boot.peers);
     let voters: Vec<u64> = boot.initial.iter().map(|m| m.id).collect();
     let peer_addrs = config.peer_listen_addrs()?;
+    config.check_auth_token()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
@@ -194,6 +195,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
                 ..WatchConfig::default()
             },
             bugs: config.bugs,
+            auth_token_ttl_ms: config.auth_token_ttl.saturating_mul(1000),
         },
         recovered,
     )?;

@@ -10,6 +10,7 @@
 //! | `etcdctl_sees_keel_as_etcd` | ~290 etcdctl steps: KV, txn, compaction, watch, errors, cluster and maintenance commands, a kill -9 + restart of both servers, leases, lock, auth |
 //! | `etcdctl_sees_keel_limits_as_etcd` | both started with `--max-request-bytes=4096 --max-txn-ops=4` |
 //! | `etcdctl_sees_keel_alarms_as_etcd` | a NOSPACE alarm raised through gRPC (etcdctl cannot): `alarm list`, what it refuses and lets through, `endpoint status` errors, a restart, `alarm disarm` |
+//! | `etcdctl_sees_keel_auth_as_etcd` | ~125 steps: users, roles, permissions (key, range, prefix, from-key), `auth enable` with and without root, key operations, txns, watches and lease revokes as root, as a permitted and a forbidden user, with a wrong password and a no-password user, admin commands refused to a user, a revoke, a kill -9 + restart with auth on, `auth disable` |
 //! | `grpc_kv_requests_match_etcd` | KV requests etcdctl 3.4 cannot make (its `get` has no `--count-only` or `--min/max-mod/create-rev`, those came in 3.5; its txn parser panics on `lease("k") = "0"`): compared as prost Debug text |
 //! | `*_self_check` | the same against a second etcd: proves the normalizers hide the noise and nothing else |
 //!
@@ -625,6 +626,154 @@ fn sequence(scope: Scope) -> Vec<Step> {
     s.steps
 }
 
+/// Authentication and RBAC: users, roles and permissions (a key, a range, a prefix, from a
+/// key), `auth enable` without root and with it, key operations as root, as a user with and
+/// without permission, with a wrong password, a no-password user, admin operations refused
+/// to a user, a revoked permission, a restart (auth state survives), and `auth disable`.
+fn auth_sequence() -> Vec<Step> {
+    let mut s = Seq::default();
+    for kv in ["foo 1", "bar/1 2", "bar/2 3", "x 4", "y1 5", "z 6", "zz 7"] {
+        s.cmd(&format!("put {kv}"));
+    }
+    s.cmd("auth enable"); // no root user
+    s.cmd("user add root:rootpw");
+    s.cmd("user add alice:alicepw");
+    s.cmd("user add alice:again");
+    s.cmd("user add --no-password bob");
+    s.cmd("user get alice");
+    s.cmd("user get nobody");
+    s.cmd("user list");
+    s.with_stdin(
+        "user passwd alice --interactive=false",
+        b"alicepw2\n".to_vec(),
+        "alicepw2",
+    );
+    s.cmd("user passwd nobody --interactive=false");
+    s.cmd("role add r1");
+    s.cmd("role add r1");
+    s.cmd("role add r2");
+    s.cmd("role grant-permission r1 readwrite foo");
+    s.cmd("role grant-permission r1 read --prefix bar/");
+    s.cmd("role grant-permission r1 write x z");
+    s.cmd("role grant-permission r1 read --from-key y");
+    s.cmd("role grant-permission r1 write foo"); // same key: the type changes
+    s.cmd("role grant-permission nope read a");
+    s.cmd("role get r1");
+    s.cmd("role get r1 -w json");
+    s.cmd("role get nope");
+    s.cmd("role list");
+    s.cmd("user grant-role alice r1");
+    s.cmd("user grant-role alice r1"); // again: no error
+    s.cmd("user grant-role alice nope");
+    s.cmd("user grant-role nobody r1");
+    s.cmd("user grant-role bob r2");
+    s.cmd("user revoke-role bob r1");
+    s.cmd("user get alice --detail");
+    s.cmd("auth enable"); // etcdctl adds the root role and grants it to root, then enables
+    s.cmd("user get root");
+    s.cmd("auth enable"); // no user: refused
+    s.cmd("--user root:rootpw auth enable"); // already enabled
+    s.cmd("get foo");
+    s.cmd("put foo 2");
+    s.cmd("--user root:wrong get foo");
+    s.cmd("--user nobody:pw get foo");
+    s.cmd("--user bob:x get foo"); // a no-password user cannot log in with a password
+    s.cmd("--user root:rootpw get foo -w json");
+    s.cmd("--user root:rootpw role get root");
+    s.cmd("--user root:rootpw user list");
+    s.cmd("--user root:rootpw role grant-permission r1 readwrite foo");
+    // alice: read-write foo, read bar/*, write [x, z), read from y on
+    s.cmd("--user alice:alicepw get foo"); // the old password
+    s.cmd("--user alice:alicepw2 get foo");
+    s.cmd("--user alice:alicepw2 put foo 3");
+    s.cmd("--user alice:alicepw2 get foo --prev-kv");
+    s.cmd("--user alice:alicepw2 get bar/ --prefix");
+    s.cmd("--user alice:alicepw2 get bar/1");
+    s.cmd("--user alice:alicepw2 put bar/1 9");
+    s.cmd("--user alice:alicepw2 put x 9");
+    s.cmd("--user alice:alicepw2 put y 9");
+    s.cmd("--user alice:alicepw2 get x");
+    s.cmd("--user alice:alicepw2 get y1");
+    s.cmd("--user alice:alicepw2 get y --from-key");
+    s.cmd("--user alice:alicepw2 get x z");
+    s.cmd("--user alice:alicepw2 get a --prefix");
+    s.cmd("--user alice:alicepw2 del x");
+    s.cmd("--user alice:alicepw2 del x z");
+    s.cmd("--user alice:alicepw2 del foo --prev-kv");
+    s.cmd("--user alice:alicepw2 put foo 4 --prev-kv");
+    s.txn(
+        "--user alice:alicepw2",
+        "value(\"foo\") = \"4\"\n\nput foo 5\n\nget bar/1\n\n",
+    );
+    s.txn(
+        "--user alice:alicepw2",
+        "value(\"zz\") = \"7\"\n\nput foo 6\n\n\n",
+    );
+    s.txn(
+        "--user alice:alicepw2",
+        "value(\"foo\") = \"5\"\n\nput zz 1\n\n\n",
+    );
+    s.txn("--user alice:alicepw2", "\nget foo\n\nget zz\n\n");
+    s.cmd("--user alice:alicepw2 compaction 2");
+    s.cmd("--user alice:alicepw2 user list");
+    s.cmd("--user alice:alicepw2 user get alice");
+    s.cmd("--user alice:alicepw2 user get root");
+    s.cmd("--user alice:alicepw2 role get r1");
+    s.cmd("--user alice:alicepw2 role get r2");
+    s.cmd("--user alice:alicepw2 role add r3");
+    s.cmd("--user alice:alicepw2 user add eve:pw");
+    s.cmd("--user alice:alicepw2 auth disable");
+    s.cmd("--user alice:alicepw2 member list");
+    s.cmd("--user bob:x put foo 1");
+    // watches: created only on what the user may read
+    s.watch("--user alice:alicepw2 foo --rev=1");
+    s.watch("--user alice:alicepw2 x");
+    s.watch("--user alice:alicepw2 --prefix bar/ --rev=1");
+    s.watch("foo");
+    // a lease whose keys the user may not write cannot be revoked by that user
+    s.grant("--user root:rootpw lease grant 600");
+    s.cmd("--user root:rootpw put zz leased --lease={LEASE}");
+    s.cmd("--user alice:alicepw2 lease revoke {LEASE}");
+    s.cmd("--user alice:alicepw2 put foo leased --lease={LEASE}");
+    s.cmd("--user root:rootpw lease revoke {LEASE}");
+    s.grant("--user alice:alicepw2 lease grant 600");
+    s.cmd("--user alice:alicepw2 put x leased --lease={LEASE}");
+    s.cmd("--user alice:alicepw2 lease revoke {LEASE}");
+    s.normed("--user alice:alicepw2 endpoint hashkv", Norm::HashKv);
+    s.normed("--user root:rootpw endpoint hashkv", Norm::HashKv);
+    // root's protections while enabled
+    s.cmd("--user root:rootpw user delete root");
+    s.cmd("--user root:rootpw role delete root");
+    s.cmd("--user root:rootpw user revoke-role root root");
+    s.cmd("--user root:rootpw role revoke-permission r1 foo");
+    s.cmd("--user root:rootpw role revoke-permission r1 foo");
+    s.cmd("--user root:rootpw role revoke-permission r1 x z");
+    s.cmd("--user alice:alicepw2 get foo");
+    s.cmd("--user alice:alicepw2 put x 10");
+    s.restart();
+    s.cmd("get foo");
+    s.cmd("--user root:rootpw user list");
+    s.cmd("--user root:rootpw role get r1");
+    s.cmd("--user alice:alicepw2 get bar/ --prefix --keys-only");
+    s.cmd("--user alice:alicepw2 get foo");
+    s.cmd("--user root:rootpw user revoke-role alice r1");
+    s.cmd("--user root:rootpw user revoke-role alice r1");
+    s.cmd("--user alice:alicepw2 get bar/1");
+    s.cmd("--user root:rootpw user delete alice");
+    s.cmd("--user alice:alicepw2 get bar/1");
+    s.cmd("--user root:rootpw role delete r1");
+    s.cmd("--user root:rootpw role list");
+    s.cmd("--user root:rootpw auth disable");
+    s.cmd("auth disable");
+    s.cmd("get foo");
+    s.cmd("--user root:rootpw get foo");
+    s.cmd("user list");
+    s.cmd("role delete root");
+    s.cmd("user delete root");
+    s.cmd("user list");
+    s.steps
+}
+
 /// A short sequence for servers started with [`SMALL_LIMITS`].
 fn small_limits_sequence() -> Vec<Step> {
     let mut s = Seq::default();
@@ -845,7 +994,10 @@ fn wait_healthy(etcdctl: &Path, endpoint: &str, timeout: Duration) -> bool {
     loop {
         let args = ["endpoint".to_string(), "health".to_string()];
         let out = run_etcdctl(etcdctl, endpoint, &args, None, None);
-        if out.code == 0 {
+        // With auth enabled, the anonymous probe is refused: the server is up all the same.
+        let auth_on =
+            out.stdout.contains("user name is empty") || out.stderr.contains("user name is empty");
+        if out.code == 0 || auth_on {
             return true;
         }
         if Instant::now() > deadline {
@@ -1686,6 +1838,18 @@ fn etcdctl_sees_keel_limits_as_etcd() -> Result<()> {
 #[test]
 fn etcdctl_sees_keel_alarms_as_etcd() -> Result<()> {
     diff_against_etcd("keel", keel_bin(), DEFAULT_LIMITS, alarm_sequence())
+}
+
+/// Users, roles, permissions and `auth enable` / `disable`: outputs and errors as etcd's.
+#[test]
+fn etcdctl_sees_keel_auth_as_etcd() -> Result<()> {
+    diff_against_etcd("keel", keel_bin(), DEFAULT_LIMITS, auth_sequence())
+}
+
+#[test]
+fn etcd_vs_etcd_auth_harness_self_check() -> Result<()> {
+    let etcd = require_on_path("etcd")?;
+    diff_against_etcd("etcd-2", etcd, DEFAULT_LIMITS, auth_sequence())
 }
 
 #[test]

@@ -39,6 +39,9 @@
 use keel_proto::etcdserverpb::AlarmType;
 use raft::eraftpb::Snapshot;
 
+use std::collections::BTreeMap;
+
+use crate::auth::AuthInfo;
 use crate::bugs::{Bug, Bugs};
 use crate::error::Error;
 use crate::membership::Membership;
@@ -66,7 +69,7 @@ pub use snapshots::{
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
     Input, NodeConfig, NodeGauges, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered,
-    StartError, WatchConfig,
+    StartError, WatchConfig, AUTH_TOKEN_TTL_MS_DEFAULT,
 };
 
 use conf_change::ConfChanges;
@@ -166,6 +169,10 @@ pub struct Node {
     no_space: Option<NoSpace>,
     /// The simulator's bugs, armed once the node has started.
     bugs: Bugs,
+    /// The caller of each client request in flight that came with one
+    /// ([`Input::AuthRequest`]), until it is proposed (the caller goes into the entry),
+    /// served or answered.
+    callers: BTreeMap<u64, AuthInfo>,
 }
 
 impl std::fmt::Debug for Node {
@@ -212,6 +219,7 @@ impl Node {
             conf: ConfChanges::new(cfg.seed),
             no_space: None,
             bugs: Bugs::none(),
+            callers: BTreeMap::new(),
             cfg,
         };
         if let Some(snapshot) = &restored {
@@ -274,6 +282,16 @@ impl Node {
                 self.watches.input(w, self.sm.store(), header);
             }
             Input::Request { token, request } => self.on_route(token, request.route()),
+            Input::AuthRequest {
+                token,
+                request,
+                auth_token,
+            } => self.on_auth_request(token, request, auth_token),
+            Input::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            } => self.on_watch_create(stream, request, auth_token),
             Input::Peer(msg) => self.core.step(*msg),
             Input::Persisted { number } => self.on_persisted(number),
             Input::SnapshotSaved { snapshot } => {
@@ -332,6 +350,7 @@ impl Node {
     fn on_tick(&mut self) {
         self.clock.now_ms += self.cfg.tick_ms;
         self.core.tick();
+        self.sm.expire_tokens(self.clock.now_ms);
         self.raise_no_space_alarm();
         self.propose_lease_work();
         self.publish_attributes();
@@ -392,6 +411,11 @@ impl Node {
         }
     }
 
+    /// The auth store as of the applied index.
+    pub fn auth(&self) -> &crate::auth::AuthStore {
+        self.sm.auth()
+    }
+
     /// The alarm table as of the applied index.
     pub fn alarms(&self) -> &crate::alarm::Alarms {
         self.sm.alarms()
@@ -425,8 +449,7 @@ impl Node {
     pub fn backup_job(&self) -> Option<SnapshotJob> {
         let applied = self.sm.applied_index();
         let metadata = self.core.snapshot_metadata(applied)?;
-        let (store, leases, members, alarms) = self.sm.snapshot_parts();
-        Some(SnapshotJob::new(metadata, store, leases, members, alarms))
+        Some(SnapshotJob::new(metadata, self.sm.snapshot_parts()))
     }
 
     /// The index of the newest state snapshot made or installed (0: none).
@@ -578,6 +601,7 @@ impl Node {
     }
 
     fn reply(&mut self, token: u64, result: Result<Response, Error>) {
+        self.callers.remove(&token);
         self.sm
             .reply(&mut self.out, self.core.term(), token, result);
     }

@@ -2,17 +2,92 @@
 //! batching linearizable reads, MoveLeader, and the leader's lease work.
 
 use keel_proto::etcdserverpb::alarm_request::AlarmAction;
-use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest};
-use keel_proto::keelpb::{raft_request, RaftRequest};
+use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest, WatchCreateRequest};
+use keel_proto::keelpb::{raft_request, AuthHeader, RaftRequest};
 use prost::Message as _;
 
 use super::Node;
 use crate::alarm;
+use crate::auth::Perm;
 use crate::bugs::Bug;
 use crate::error::Error;
-use crate::request::{Admin, Read, Route};
+use crate::request::{Admin, Read, Request, Route};
+use crate::watch::WatchInput;
 
 impl Node {
+    /// A client request with its caller: resolves the token (etcd's `AuthInfoFromCtx`),
+    /// remembers the caller for the checks, and routes the request.
+    pub(super) fn on_auth_request(
+        &mut self,
+        token: u64,
+        request: Request,
+        auth_token: Option<String>,
+    ) {
+        match self
+            .sm
+            .resolve_caller(auth_token.as_deref(), self.clock.now_ms)
+        {
+            Ok(caller) => {
+                self.callers.insert(token, caller);
+                self.on_route(token, request.route());
+            }
+            Err(e) => self.reply(token, Err(e)),
+        }
+    }
+
+    /// A Watch create with its caller: created if the caller may read the range, else
+    /// refused with etcd's cancel reason (the gRPC status text of the error).
+    pub(super) fn on_watch_create(
+        &mut self,
+        stream: crate::watch::StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    ) {
+        let now_ms = self.clock.now_ms;
+        let checked = self
+            .sm
+            .resolve_caller(auth_token.as_deref(), now_ms)
+            .and_then(|caller| {
+                let (key, end) = (&request.key, &request.range_end);
+                self.sm.auth().check(Some(&caller), key, end, Perm::Read)
+            });
+        let header = self.header_info();
+        match checked {
+            Ok(()) => {
+                let input = WatchInput::Create { stream, request };
+                self.watches.input(input, self.sm.store(), header);
+            }
+            Err(e) => {
+                let reason = format!("rpc error: code = {} desc = {e}", e.code().name());
+                self.watches
+                    .refuse_create(stream, reason, self.sm.store(), header);
+            }
+        }
+    }
+
+    /// The check when a request arrives (etcd's API-layer checks): writes and admin
+    /// requests against the applied auth store. Reads are checked when served.
+    fn check_arrival(&self, token: u64, route: &Route) -> Result<(), Error> {
+        let Some(caller) = self.callers.get(&token) else {
+            return Ok(()); // the cluster's own request
+        };
+        match route {
+            Route::Write(body) => self.sm.check_write(Some(caller), body),
+            // etcd 3.4 checks MoveLeader for no one.
+            Route::Admin(Admin::MoveLeader(_)) => Ok(()),
+            Route::Admin(_) => self.sm.auth().check_admin(Some(caller)),
+            Route::Read { .. } => Ok(()),
+        }
+    }
+
+    /// The check when a read is served, against the auth store it is served from.
+    fn check_served(&mut self, token: u64, read: &Read) -> Result<(), Error> {
+        match self.callers.remove(&token) {
+            Some(caller) => self.sm.check_read(&caller, read),
+            None => Ok(()),
+        }
+    }
+
     /// Sends a routed request to the part that serves it.
     pub(super) fn on_route(&mut self, token: u64, route: Route) {
         let on_learner_ok = matches!(&route, Route::Read { read, linearizable } if read.serves_on_learner(*linearizable));
@@ -22,6 +97,10 @@ impl Node {
         }
         let writes = matches!(&route, Route::Write(_))
             || matches!(&route, Route::Admin(a) if !matches!(a, Admin::MoveLeader(_)));
+        if let Err(e) = self.check_arrival(token, &route) {
+            self.reply(token, Err(e));
+            return;
+        }
         if writes && self.no_space.is_some() {
             // This member's disk is full: nothing it proposes could be made durable here, so
             // nothing it proposes would be answered. Reads and watches go on.
@@ -60,6 +139,9 @@ impl Node {
     }
 
     fn serve_read(&mut self, token: u64, read: Read) {
+        if let Err(e) = self.check_served(token, &read) {
+            return self.reply(token, Err(e));
+        }
         let leading = self.core.is_leader();
         let result = self.sm.serve_read(self.clock, leading, read);
         self.reply(token, result);
@@ -86,7 +168,8 @@ impl Node {
             }
             _ => {}
         }
-        match self.propose_entry(body) {
+        let caller = self.callers.remove(&token).map(|c| c.header());
+        match self.propose_entry_as(body, caller) {
             Some(id) => self.sm.track_proposal(id, token),
             None => self.reply(token, Err(Error::NoLeader)),
         }
@@ -94,10 +177,20 @@ impl Node {
 
     /// Proposes one log entry; returns its proposal id, or `None` if raft dropped it.
     pub(super) fn propose_entry(&mut self, body: raft_request::Request) -> Option<u64> {
+        self.propose_entry_as(body, None)
+    }
+
+    /// Proposes one log entry for a client (`auth`: its caller, checked again at apply).
+    fn propose_entry_as(
+        &mut self,
+        body: raft_request::Request,
+        auth: Option<AuthHeader>,
+    ) -> Option<u64> {
         let id = self.sm.next_proposal_id();
         let entry = RaftRequest {
             member_id: self.cfg.member_id,
             id,
+            auth,
             request: Some(body),
         };
         match self.core.propose(entry.encode_to_vec()) {
@@ -208,6 +301,10 @@ impl Node {
         let reads = self.reads.take_servable(self.sm.applied_index());
         let leading = self.core.is_leader();
         for (token, read) in reads {
+            if let Err(e) = self.check_served(token, &read) {
+                self.reply(token, Err(e));
+                continue;
+            }
             let result = self.sm.serve_confirmed_read(self.clock, leading, read);
             self.reply(token, result);
         }

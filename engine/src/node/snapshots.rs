@@ -55,11 +55,13 @@ use std::sync::OnceLock;
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
 use super::raft_core::{Compaction, RaftCore};
-use super::state_machine::StateMachine;
+use super::state_machine::{SnapshotParts, StateMachine};
 use crate::lease::LeaseSection;
 use crate::mvcc::Store;
 use crate::sink::{CrcWriter, Sink};
-use crate::state_snapshot::{self, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC};
+use crate::state_snapshot::{
+    self, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+};
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
 /// `SnapshotCatchUpEntries`); a follower further behind gets a snapshot.
@@ -189,9 +191,9 @@ impl Snapshots {
             return None;
         }
         let metadata = core.snapshot_metadata(applied)?;
-        let (store, leases, members, alarms) = sm.snapshot_parts();
+        let parts = sm.snapshot_parts();
         self.saving = Some(applied);
-        Some(SnapshotJob::new(metadata, store, leases, members, alarms))
+        Some(SnapshotJob::new(metadata, parts))
     }
 
     /// The driver saved the snapshot durably: raft serves it to followers from now on.
@@ -257,6 +259,7 @@ pub struct SnapshotJob {
     leases: LeaseSection,
     members: Vec<u8>,
     alarms: Vec<u8>,
+    auth: Vec<u8>,
     /// The lengths of the MVCC and lease sections, once a size walk found them.
     lens: OnceLock<(u64, u64)>,
 }
@@ -269,25 +272,21 @@ impl PartialEq for SnapshotJob {
             && self.leases.encode() == other.leases.encode()
             && self.members == other.members
             && self.alarms == other.alarms
+            && self.auth == other.auth
             && self.store.encode_section() == other.store.encode_section()
     }
 }
 
 impl SnapshotJob {
     /// A job for these parts: views of the store and the leases, the encoded member table.
-    pub(super) fn new(
-        metadata: SnapshotMetadata,
-        store: Store,
-        leases: LeaseSection,
-        members: Vec<u8>,
-        alarms: Vec<u8>,
-    ) -> SnapshotJob {
+    pub(super) fn new(metadata: SnapshotMetadata, parts: SnapshotParts) -> SnapshotJob {
         SnapshotJob {
             metadata,
-            store,
-            leases,
-            members,
-            alarms,
+            store: parts.store,
+            leases: parts.leases,
+            members: parts.members,
+            alarms: parts.alarms,
+            auth: parts.auth,
             lens: OnceLock::new(),
         }
     }
@@ -324,6 +323,7 @@ impl SnapshotJob {
             leases,
             self.members.len() as u64,
             self.alarms.len() as u64,
+            self.auth.len() as u64,
         ])
     }
 
@@ -336,7 +336,7 @@ impl SnapshotJob {
     pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let (mvcc, leases) = self.lens();
         let mut w = CrcWriter::new(out);
-        state_snapshot::put_head(&mut w, 4)?;
+        state_snapshot::put_head(&mut w, 5)?;
         state_snapshot::put_section_head(&mut w, SECTION_MVCC, mvcc)?;
         self.store.write_section(&mut w)?;
         state_snapshot::put_section_head(&mut w, SECTION_LEASES, leases)?;
@@ -345,6 +345,8 @@ impl SnapshotJob {
         w.put(&self.members)?;
         state_snapshot::put_section_head(&mut w, SECTION_ALARMS, self.alarms.len() as u64)?;
         w.put(&self.alarms)?;
+        state_snapshot::put_section_head(&mut w, SECTION_AUTH, self.auth.len() as u64)?;
+        w.put(&self.auth)?;
         let written = w.finish()?;
         assert_eq!(
             written,
@@ -365,6 +367,7 @@ impl SnapshotJob {
             (SECTION_LEASES, &leases),
             (SECTION_MEMBERS, &self.members),
             (SECTION_ALARMS, &self.alarms),
+            (SECTION_AUTH, &self.auth),
         ])
     }
 

@@ -18,16 +18,19 @@ use super::types::{NodeConfig, Output, StartError};
 use super::{Clock, Outbox};
 use crate::alarm::{self, Alarms};
 use crate::apply;
+use crate::auth::{AuthInfo, AuthStore, SimpleTokens};
 use crate::error::Error;
 use crate::lease::{LeaseSection, Leases};
 use crate::membership::{Member, Membership};
 use crate::mvcc::Store;
 use crate::request::{Read, Response};
 use crate::state_snapshot::{
-    self, StateSnapshotError, SECTION_ALARMS, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+    self, StateSnapshotError, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS,
+    SECTION_MVCC,
 };
 use crate::watch::{HeaderInfo, WatchHub};
 
+mod auth_apply;
 mod conf_apply;
 
 /// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
@@ -50,6 +53,9 @@ pub(super) struct StateMachine {
     leases: Leases,
     membership: Membership,
     alarms: Alarms,
+    auth: AuthStore,
+    /// This member's simple tokens (soft state: not in snapshots, as in etcd).
+    tokens: SimpleTokens,
     applied_index: u64,
     /// proposal id → token, for proposals of this run not yet applied.
     proposals: BTreeMap<u64, u64>,
@@ -75,6 +81,8 @@ impl StateMachine {
             leases: Leases::new(min_lease_ttl_s(cfg), cfg.seed),
             membership: Membership::bootstrap(initial_members(cfg)?),
             alarms: Alarms::default(),
+            auth: AuthStore::default(),
+            tokens: SimpleTokens::new(cfg.auth_token_ttl_ms),
             applied_index: 0,
             proposals: BTreeMap::new(),
             next_proposal_seq: 0,
@@ -205,6 +213,10 @@ impl StateMachine {
                 members: self.membership.to_proto(),
             })),
             Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
+            read => match self.serve_auth_read(&read) {
+                Some(result) => result,
+                None => panic!("{} is not an auth read", read_name(&read)),
+            },
         }
     }
 
@@ -342,7 +354,8 @@ impl StateMachine {
         let Some(body) = request.request else {
             panic!("committed entry {} carries no request", entry.index);
         };
-        let Some(result) = self.apply_request(body, clock) else {
+        let caller = request.auth.as_ref().map(AuthInfo::from_header);
+        let Some(result) = self.apply_request(body, caller.as_ref(), entry.index, clock) else {
             return;
         };
         // Keys written or deleted by this entry move between leases.
@@ -367,12 +380,22 @@ impl StateMachine {
     fn apply_request(
         &mut self,
         body: raft_request::Request,
+        caller: Option<&AuthInfo>,
+        index: u64,
         clock: Clock,
     ) -> Option<Result<Response, Error>> {
         use raft_request::Request as R;
         if self.alarms.is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // etcd 3.4's capped applier: the entry is in the log, but it grows nothing.
             return Some(Err(Error::NoSpace));
+        }
+        // Checked again at apply, against the auth store of this index: a permission revoked
+        // since the request was proposed is honoured (etcd's authApplierV3).
+        if let Err(e) = self.check_write(caller, &body) {
+            return Some(Err(e));
+        }
+        if let Some(result) = self.apply_auth(&body, index, clock.now_ms) {
+            return Some(result);
         }
         let result = match body {
             R::Put(p) => apply::put(&mut self.store, &p, &self.leases).map(Response::Put),
@@ -400,6 +423,7 @@ impl StateMachine {
                 return None;
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
+            _ => panic!("an auth entry was left unapplied"),
         };
         Some(result)
     }
@@ -422,8 +446,19 @@ impl StateMachine {
             Some(bytes) => Alarms::decode_section(bytes)?,
             None => Alarms::default(),
         };
+        // Optional: a snapshot from before auth existed holds an empty store.
+        let auth = match sections.get(&SECTION_AUTH) {
+            Some(bytes) => AuthStore::decode_section(bytes)?,
+            None => AuthStore::default(),
+        };
         self.leases.restore_section(sections[&SECTION_LEASES])?;
         self.alarms = alarms;
+        if auth.is_enabled() {
+            self.tokens.enable();
+        } else {
+            self.tokens.disable();
+        }
+        self.auth = auth;
         if membership != self.membership {
             self.membership = membership;
             out.push(self.members_output());
@@ -456,21 +491,23 @@ impl StateMachine {
     }
 
     /// The parts of a state snapshot as of the applied index, not yet encoded.
-    pub(super) fn snapshot_parts(&self) -> (Store, LeaseSection, Vec<u8>, Vec<u8>) {
+    pub(super) fn snapshot_parts(&self) -> SnapshotParts {
         // O(1) copy-on-write views of the store and the leases, not encodings: the saver
         // encodes them on its own thread while writes go on.
-        (
-            self.store.view(),
-            self.leases.section(),
-            self.membership.encode(),
-            self.alarms.encode_section(),
-        )
+        SnapshotParts {
+            store: self.store.view(),
+            leases: self.leases.section(),
+            members: self.membership.encode(),
+            alarms: self.alarms.encode_section(),
+            auth: self.auth.encode_section(),
+        }
     }
 
     /// What must always hold.
     pub(super) fn check_invariants(&self) {
         self.store.check_invariants();
         self.leases.check_invariants();
+        self.tokens.check_invariants();
         assert!(
             self.proposals.len() <= PROPOSALS_IN_FLIGHT_MAX,
             "{} proposals in flight",
@@ -480,6 +517,23 @@ impl StateMachine {
         if let Some((&id, _)) = self.proposals.last_key_value() {
             assert!(id <= newest, "proposal {id:x} was never handed out");
         }
+    }
+}
+
+/// The parts of a state snapshot as of the applied index, not yet encoded.
+pub(super) struct SnapshotParts {
+    pub store: Store,
+    pub leases: LeaseSection,
+    pub members: Vec<u8>,
+    pub alarms: Vec<u8>,
+    pub auth: Vec<u8>,
+}
+
+fn read_name(read: &Read) -> &'static str {
+    match read {
+        Read::Range(_) => "Range",
+        Read::Txn(_) => "Txn",
+        _ => "a read",
     }
 }
 

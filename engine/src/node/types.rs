@@ -60,7 +60,12 @@ pub struct NodeConfig {
     pub watch: WatchConfig,
     /// Deliberate bugs (simulation builds only; see [`crate::bugs`]).
     pub bugs: Bugs,
+    /// How long a simple token lives after its last use (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl_ms: u64,
 }
+
+/// etcd's default `--auth-token-ttl`: 300 s.
+pub const AUTH_TOKEN_TTL_MS_DEFAULT: u64 = 300_000;
 
 /// How a member serves watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +113,27 @@ pub enum Input {
         token: u64,
         /// The request.
         request: crate::request::Request,
+    },
+    /// A client request with its caller: `auth_token` is the gRPC `token` metadata, if the
+    /// client sent one. The node resolves it to a user (or refuses it) and checks the request
+    /// against that user's permissions when it arrives and again when it is applied or served.
+    AuthRequest {
+        /// The driver's handle for the reply.
+        token: u64,
+        /// The request.
+        request: crate::request::Request,
+        /// The client's auth token.
+        auth_token: Option<String>,
+    },
+    /// A Watch create request with its client's auth token: the node checks the caller may
+    /// read the range (etcd's `isWatchPermitted`), then creates the watch or refuses it.
+    WatchCreate {
+        /// The stream.
+        stream: crate::watch::StreamId,
+        /// The create request.
+        request: keel_proto::etcdserverpb::WatchCreateRequest,
+        /// The client's auth token.
+        auth_token: Option<String>,
     },
     /// A raft message from a peer.
     Peer(Box<Message>),

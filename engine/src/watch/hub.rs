@@ -156,6 +156,27 @@ impl WatchHub {
             .unwrap_or_else(|| panic!("watch {id}: its stream {stream} is not open"))
     }
 
+    /// Refuses a create request the caller may not make (etcd's auth check of a watch):
+    /// a created-and-canceled response with `reason`, as etcd sends.
+    pub fn refuse_create(
+        &mut self,
+        stream: StreamId,
+        reason: String,
+        store: &Store,
+        header: HeaderInfo,
+    ) {
+        self.stream(stream);
+        let response = WatchResponse {
+            header: header.at(store.current_revision()),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        self.control(stream, response);
+    }
+
     fn create(
         &mut self,
         stream: StreamId,

@@ -53,6 +53,7 @@ impl TestConfig {
                 joining: false,
                 watch: WatchConfig::default(),
                 bugs: Bugs::none(),
+                auth_token_ttl_ms: keel_engine::node::AUTH_TOKEN_TTL_MS_DEFAULT,
             },
         }
     }

@@ -18,31 +18,33 @@ impl Cluster for Services {
         &self,
         request: GrpcRequest<MemberAddRequest>,
     ) -> Result<GrpcResponse<MemberAddResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     async fn member_remove(
         &self,
         request: GrpcRequest<MemberRemoveRequest>,
     ) -> Result<GrpcResponse<MemberRemoveResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     async fn member_update(
         &self,
         request: GrpcRequest<MemberUpdateRequest>,
     ) -> Result<GrpcResponse<MemberUpdateResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         keel_engine::node::check_urls(&r.peer_ur_ls).map_err(to_status)?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 
     async fn member_promote(
         &self,
         request: GrpcRequest<MemberPromoteRequest>,
     ) -> Result<GrpcResponse<MemberPromoteResponse>, Status> {
+        let token = super::auth_token(&request);
         let promote = request.into_inner();
-        match self.handle.call(promote).await {
+        match self.handle.call_as(token, promote).await {
             Ok(resp) => Ok(GrpcResponse::new(resp)),
             Err(Error::NotLeader) => {
                 // Only the leader knows whether the learner is in sync: ask it.
@@ -65,7 +67,7 @@ impl Cluster for Services {
         &self,
         request: GrpcRequest<MemberListRequest>,
     ) -> Result<GrpcResponse<MemberListResponse>, Status> {
-        let mut resp = self.call(request.into_inner()).await?;
+        let mut resp = self.call_req(request).await?;
         self.show_own_attributes(&mut resp.members);
         Ok(GrpcResponse::new(resp))
     }

@@ -18,48 +18,53 @@ impl Kv for Services {
         &self,
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         self.check_message(r.encoded_len())?;
         apply::check_range(&r).map_err(to_status)?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 
     async fn put(
         &self,
         request: GrpcRequest<PutRequest>,
     ) -> Result<GrpcResponse<PutResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         apply::check_put(&r).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 
     async fn delete_range(
         &self,
         request: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         apply::check_delete_range(&r).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 
     async fn txn(
         &self,
         request: GrpcRequest<TxnRequest>,
     ) -> Result<GrpcResponse<TxnResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         apply::check_txn(&r, self.max_txn_ops).map_err(to_status)?;
         self.check_size(r.encoded_len())?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 
     async fn compact(
         &self,
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        let token = super::auth_token(&request);
         let r = request.into_inner();
         self.check_message(r.encoded_len())?;
-        Ok(GrpcResponse::new(self.call(r).await?))
+        Ok(GrpcResponse::new(self.call(token, r).await?))
     }
 }

@@ -44,14 +44,14 @@ impl Lease for Services {
         &self,
         request: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     async fn lease_revoke(
         &self,
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     async fn lease_keep_alive(
@@ -86,6 +86,7 @@ impl Lease for Services {
         &self,
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        let token = super::auth_token(&request);
         let request = request.into_inner();
         // Only the leader knows how long a lease has left: a follower asks it.
         let status = self.handle.status().await.map_err(to_status)?;
@@ -94,13 +95,13 @@ impl Lease for Services {
             self.local_header(&mut resp.header);
             return Ok(GrpcResponse::new(resp));
         }
-        Ok(GrpcResponse::new(self.call(request).await?))
+        Ok(GrpcResponse::new(self.call(token, request).await?))
     }
 
     async fn lease_leases(
         &self,
         request: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 }

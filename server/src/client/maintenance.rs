@@ -26,7 +26,7 @@ impl Maintenance for Services {
         &self,
         request: GrpcRequest<AlarmRequest>,
     ) -> Result<GrpcResponse<AlarmResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 
     /// etcd 3.4's fields, from the node's [`NodeStatus`](keel_engine::node::NodeStatus). keel
@@ -55,11 +55,20 @@ impl Maintenance for Services {
         }))
     }
 
+    /// Admin only while auth is enabled; etcd 3.4 sends its auth store's error unconverted
+    /// (code Unknown, `auth: permission denied`).
     async fn hash_kv(
         &self,
         request: GrpcRequest<HashKvRequest>,
     ) -> Result<GrpcResponse<HashKvResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        let token = super::auth_token(&request);
+        let answer = self.handle.call_as(token, request.into_inner()).await;
+        answer
+            .map(GrpcResponse::new)
+            .map_err(|e| match e.auth_store_text() {
+                Some(text) => Status::unknown(text),
+                None => to_status(e),
+            })
     }
 
     /// A backup of the member's state as of its applied index, streamed while it goes on
@@ -77,7 +86,7 @@ impl Maintenance for Services {
         &self,
         request: GrpcRequest<MoveLeaderRequest>,
     ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
-        Ok(GrpcResponse::new(self.call(request.into_inner()).await?))
+        Ok(GrpcResponse::new(self.call_req(request).await?))
     }
 }
 

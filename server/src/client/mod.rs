@@ -3,14 +3,16 @@
 //! Implemented: KV (all five methods, [`kv`]), Watch ([`watch`]), Lease (all five, [`lease`]),
 //! Maintenance.Status, HashKV, MoveLeader, Alarm listing and Snapshot, and grpc.health.v1.Health
 //! ([`maintenance`], [`snapshot`]), Cluster (all five, through the engine's replicated member table,
-//! [`cluster`]), Lock ([`lock`]) and Election ([`election`]), both etcd's server-side recipe
-//! over this member's own KV, Lease and Watch calls ([`recipe`]). Every other method of
-//! etcd's API is registered and answers gRPC `Unimplemented` (the generated default,
-//! [`not_yet`]), never a fake success.
+//! [`cluster`]), Auth (all seventeen, [`auth`]), Lock ([`lock`]) and Election ([`election`]),
+//! both etcd's server-side recipe over this member's own KV, Lease and Watch calls
+//! ([`recipe`]). Every request goes to the node with the client's auth token (gRPC metadata
+//! `token`), which checks it against the caller's permissions. Every other method of etcd's
+//! API answers gRPC `Unimplemented` (the generated default), never a fake success.
 //!
 //! Validation that etcd does before raft (empty key, too many txn ops, duplicate keys in a txn,
 //! request size) happens here, with etcd's codes and texts; everything else is the engine's.
 
+pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
@@ -21,9 +23,9 @@ pub mod lease;
 pub mod listener;
 pub mod lock;
 pub mod maintenance;
-pub mod not_yet;
 pub mod recipe;
 pub mod snapshot;
+pub mod token;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -41,7 +43,7 @@ use keel_proto::etcdserverpb::ResponseHeader;
 use keel_proto::health::health_server::HealthServer;
 use keel_proto::v3electionpb::election_server::ElectionServer;
 use keel_proto::v3lockpb::lock_server::LockServer;
-use tonic::Status;
+use tonic::{Request as GrpcRequest, Status};
 
 use crate::bootstrap::Identity;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
@@ -52,7 +54,7 @@ use crate::peer::forward::Forwarder;
 #[cfg(madsim)]
 use crate::status::serve_error;
 use crate::status::to_status;
-use not_yet::NotYet;
+pub(crate) use token::auth_token;
 use watch::WatchService;
 
 /// The client-facing services of one member.
@@ -63,6 +65,7 @@ pub struct Services {
     identity: Arc<Identity>,
     max_request_bytes: usize,
     max_txn_ops: usize,
+    bcrypt_cost: u32,
 }
 
 impl Services {
@@ -74,6 +77,7 @@ impl Services {
             identity: Arc::new(identity),
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
+            bcrypt_cost: config.bcrypt_cost,
         }
     }
 
@@ -86,7 +90,7 @@ impl Services {
         // Each service object once: the gRPC router and the JSON gateway call the same ones.
         let kv = Arc::new(self.clone());
         let watch = Arc::new(WatchService::new(self.handle.clone()));
-        let auth = Arc::new(NotYet);
+        let auth = kv.clone();
         let lock = kv.clone();
         let election = kv.clone();
         // Every service is counted for `grpc_server_*_total` (see crate::metrics::grpc).
@@ -142,7 +146,7 @@ impl Services {
             lease: kv.clone(),
             cluster: kv.clone(),
             maintenance: kv.clone(),
-            auth: Arc::new(NotYet),
+            auth: kv.clone(),
             lock: kv.clone(),
             election: kv,
         };
@@ -154,8 +158,15 @@ impl Services {
         listener::serve_http(gateway, addr).await
     }
 
-    async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Status> {
-        self.handle.call(request).await.map_err(to_status)
+    /// Sends a client's request, with its auth token, through the node.
+    async fn call<R: Rpc>(&self, token: Option<String>, request: R) -> Result<R::Response, Status> {
+        self.handle.call_as(token, request).await.map_err(to_status)
+    }
+
+    /// [`Services::call`] for a request as it came.
+    async fn call_req<R: Rpc>(&self, request: GrpcRequest<R>) -> Result<R::Response, Status> {
+        let token = auth_token(&request);
+        self.call(token, request.into_inner()).await
     }
 
     /// etcd's gRPC receive limit: `--max-request-bytes` plus framing allowance.

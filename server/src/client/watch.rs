@@ -50,6 +50,7 @@ impl Watch for WatchService {
         &self,
         request: GrpcRequest<Streaming<WatchRequest>>,
     ) -> Result<GrpcResponse<BoxStream<WatchResponse>>, Status> {
+        let auth_token = super::token::auth_token(&request);
         let mut requests = request.into_inner();
         // etcd 3.4 serves no stream on a learner.
         if self.handle.status().await.map_err(to_status)?.is_learner {
@@ -67,7 +68,11 @@ impl Watch for WatchService {
                 };
                 let input = match request.request_union {
                     Some(RequestUnion::CreateRequest(request)) => {
-                        WatchInput::Create { stream, request }
+                        let token = auth_token.clone();
+                        if handle.watch_create(stream, request, token).await.is_err() {
+                            break;
+                        }
+                        continue;
                     }
                     Some(RequestUnion::CancelRequest(c)) => WatchInput::Cancel {
                         stream,

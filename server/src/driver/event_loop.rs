@@ -189,11 +189,22 @@ impl DriverLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Request { request, reply } => {
+            Command::Request {
+                request,
+                client,
+                reply,
+            } => {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.replies.insert(token, reply);
-                self.node.step(Input::Request { token, request });
+                self.node.step(match client {
+                    None => Input::Request { token, request },
+                    Some(auth_token) => Input::AuthRequest {
+                        token,
+                        request,
+                        auth_token,
+                    },
+                });
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.node.status());
@@ -209,6 +220,15 @@ impl DriverLoop {
                 self.watch_streams.insert(stream, responses);
             }
             Command::Watch(input) => self.node.step(Input::Watch(input)),
+            Command::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            } => self.node.step(Input::WatchCreate {
+                stream,
+                request,
+                auth_token,
+            }),
         }
     }
 

@@ -10,13 +10,16 @@ use keel_engine::membership::Membership;
 use keel_engine::node::{NodeStatus, Request, Response, SnapshotJob};
 use keel_engine::request::Rpc;
 use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
-use keel_proto::etcdserverpb::WatchResponse;
+use keel_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use tokio::sync::{mpsc, oneshot};
 
 /// What the gRPC layer asks of the driver.
 pub(super) enum Command {
     Request {
         request: Request,
+        /// `Some`: a client's request, with its auth token if it sent one (checked against
+        /// the caller's permissions); `None`: the member's own (unchecked).
+        client: Option<Option<String>>,
         reply: oneshot::Sender<Result<Response, Error>>,
     },
     Status {
@@ -36,6 +39,12 @@ pub(super) enum Command {
     },
     /// A create, cancel or progress request of a Watch stream.
     Watch(WatchInput),
+    /// A create request of a Watch stream, with the client's auth token.
+    WatchCreate {
+        stream: StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    },
 }
 
 /// What the driver sends a Watch stream: a response, or the reason the stream ends.
@@ -57,7 +66,25 @@ impl Handle {
     /// Sends a request through the node and waits for its typed reply, up to the request
     /// timeout.
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
-        let response = self.request(request.into_request()).await?;
+        self.call_with(request, None).await
+    }
+
+    /// Sends a client's request, with the auth token it came with, through the node: the node
+    /// checks it against the caller's permissions.
+    pub async fn call_as<R: Rpc>(
+        &self,
+        auth_token: Option<String>,
+        request: R,
+    ) -> Result<R::Response, Error> {
+        self.call_with(request, Some(auth_token)).await
+    }
+
+    async fn call_with<R: Rpc>(
+        &self,
+        request: R,
+        client: Option<Option<String>>,
+    ) -> Result<R::Response, Error> {
+        let response = self.request(request.into_request(), client).await?;
         match R::from_response(response) {
             Some(r) => Ok(r),
             // The node answers every request with a response of its own kind.
@@ -69,10 +96,18 @@ impl Handle {
     }
 
     /// Sends a request through the node and waits for its reply, up to the request timeout.
-    async fn request(&self, request: Request) -> Result<Response, Error> {
+    async fn request(
+        &self,
+        request: Request,
+        client: Option<Option<String>>,
+    ) -> Result<Response, Error> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::Request { request, reply })
+            .send(Command::Request {
+                request,
+                client,
+                reply,
+            })
             .await
             .map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
@@ -99,6 +134,24 @@ impl Handle {
     pub async fn watch(&self, input: WatchInput) -> Result<(), Error> {
         self.commands
             .send(Command::Watch(input))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// A create request of a Watch stream with the client's auth token (checked by the node).
+    pub async fn watch_create(
+        &self,
+        stream: StreamId,
+        request: WatchCreateRequest,
+        auth_token: Option<String>,
+    ) -> Result<(), Error> {
+        let command = Command::WatchCreate {
+            stream,
+            request,
+            auth_token,
+        };
+        self.commands
+            .send(command)
             .await
             .map_err(|_| Error::Stopped)
     }

@@ -60,13 +60,16 @@ fn job(store: &Store, leases: &Leases) -> SnapshotJob {
         ..Default::default()
     };
     let alarms = crate::alarm::Alarms::default().encode_section();
-    SnapshotJob::new(
-        metadata,
-        store.view(),
-        leases.section(),
-        members.encode(),
+    let mut auth = crate::auth::AuthStore::default();
+    auth.role_add("reader").expect("a fresh role");
+    let parts = crate::node::state_machine::SnapshotParts {
+        store: store.view(),
+        leases: leases.section(),
+        members: members.encode(),
         alarms,
-    )
+        auth: auth.encode_section(),
+    };
+    SnapshotJob::new(metadata, parts)
 }
 
 /// Accepts at most `step` bytes a call, and records the largest write asked of it.

@@ -142,6 +142,7 @@ fn replay(recovered: Recovered) -> anyhow::Result<Node> {
         client_urls: Vec::new(),
         joining: true,
         watch: WatchConfig::default(),
+        auth_token_ttl_ms: keel_engine::node::AUTH_TOKEN_TTL_MS_DEFAULT,
         bugs: keel_engine::bugs::Bugs::none(),
     };
     let mut node = Node::new(config, recovered)?;
