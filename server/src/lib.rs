@@ -157,6 +157,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let peer_addrs = config.peer_listen_addrs()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
+    let maintenance = config.maintenance()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
     let held = recovered.snapshot.as_ref().map(|s| s.data.clone());
     let node = Node::new(
@@ -183,6 +184,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
                 fragment_bytes: config.max_request_bytes as usize,
                 ..WatchConfig::default()
             },
+            maintenance,
             bugs: config.bugs,
         },
         recovered,

@@ -49,6 +49,7 @@ use crate::watch::{HeaderInfo, WatchHub};
 mod conf_change;
 mod log_bytes;
 mod persist;
+mod quota;
 mod raft_core;
 mod reads;
 mod requests;
@@ -58,6 +59,7 @@ mod transfers;
 mod types;
 
 pub use conf_change::{check_urls, PEER_URLS_MAX};
+pub use quota::{exceeds_quota, quota_cost, LEASE_COST_BYTES};
 pub use reads::WAITING_FOR_LEADER_MAX;
 pub use snapshots::{
     SnapshotJob, LOG_ENTRIES_KEPT_MAX, RAFT_LOG_BYTES_MAX_DEFAULT, SNAPSHOT_COUNT_DEFAULT,
@@ -65,8 +67,9 @@ pub use snapshots::{
 };
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
-    Input, NodeConfig, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered, StartError,
-    WatchConfig,
+    AutoCompaction, CorruptCheck, Input, MaintenanceConfig, NodeConfig, NodeStatus, Output,
+    PersistBatch, RaftLogMemory, Recovered, StartError, WatchConfig, QUOTA_BYTES_DEFAULT,
+    QUOTA_BYTES_WARN,
 };
 
 use conf_change::ConfChanges;
@@ -142,7 +145,8 @@ fn stamp(response: &mut Response, out: &Outbox, term: u64, revision: i64) {
     }
 }
 
-/// This member's disk is full (the driver could not write a persist batch for lack of space).
+/// This member wants its own `NOSPACE` alarm raised: its disk is full (the driver could not
+/// write a persist batch for lack of space), or a write went over the quota.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct NoSpace {
     /// When (node clock) and in which term this member last proposed its `NOSPACE` alarm.
@@ -164,6 +168,8 @@ pub struct Node {
     conf: ConfChanges,
     /// Set while the driver reports this member's disk full ([`Input::DiskFull`]).
     no_space: Option<NoSpace>,
+    /// Set while a write refused for the quota waits for this member's alarm to apply.
+    quota_alarm: Option<NoSpace>,
     /// The simulator's bugs, armed once the node has started.
     bugs: Bugs,
 }
@@ -211,6 +217,7 @@ impl Node {
             transfers: Transfers::default(),
             conf: ConfChanges::new(cfg.seed),
             no_space: None,
+            quota_alarm: None,
             bugs: Bugs::none(),
             cfg,
         };
@@ -285,6 +292,7 @@ impl Node {
             Input::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),
             Input::Unreachable { to } => self.core.report_unreachable(to),
             Input::DiskFull { full } => self.on_disk_full(full),
+            Input::Defragment => self.snapshots.force(self.sm.applied_index()),
         }
         self.core.enforce_election_timeout();
         self.drive();
@@ -333,6 +341,7 @@ impl Node {
         self.clock.now_ms += self.cfg.tick_ms;
         self.core.tick();
         self.raise_no_space_alarm();
+        self.raise_quota_alarm();
         self.propose_lease_work();
         self.publish_attributes();
         self.retry_stuck_read_round();
@@ -376,7 +385,15 @@ impl Node {
             revision: self.sm.store().current_revision(),
             is_learner: self.sm.is_learner(),
             alarms: self.sm.alarms().get(AlarmType::None as i32),
+            quota_bytes_used: self.sm.store().quota_bytes(),
         }
+    }
+
+    /// Whether a defragmentation ([`Input::Defragment`]) asked when the applied index was
+    /// `applied` is done: a snapshot as of `applied` or later is durable, and none is being
+    /// saved.
+    pub fn defragmented_to(&self, applied: u64) -> bool {
+        self.snapshots.covers(applied)
     }
 
     /// The alarm table as of the applied index.
@@ -476,6 +493,7 @@ impl Node {
             &mut self.watches,
             &mut self.out,
         );
+        self.after_apply_quota();
         self.snapshots.note_applied(entries);
         self.core.count_applied(entries);
         self.snapshots

@@ -63,6 +63,11 @@ pub(super) struct StateMachine {
     /// Only ever set by the simulator's `commit-without-quorum` bug: entries may be applied
     /// before raft commits them.
     applies_ahead: bool,
+    /// The quota (`NodeConfig::maintenance`), checked again at apply.
+    quota_bytes: Option<u64>,
+    /// An entry applied since the last [`StateMachine::take_refused_by_quota`] was refused
+    /// for the quota.
+    refused_by_quota: bool,
 }
 
 impl StateMachine {
@@ -82,6 +87,8 @@ impl StateMachine {
             members_changed: false,
             stale_reads: None,
             applies_ahead: false,
+            quota_bytes: cfg.maintenance.quota_bytes,
+            refused_by_quota: false,
         })
     }
 
@@ -120,6 +127,11 @@ impl StateMachine {
         self.membership
             .get(self.member_id)
             .is_some_and(|m| m.is_learner)
+    }
+
+    /// Whether an entry was refused for the quota since the last call.
+    pub(super) fn take_refused_by_quota(&mut self) -> bool {
+        std::mem::take(&mut self.refused_by_quota)
     }
 
     /// The `stale-read` bug: linearizable ranges come from a copy of the store refreshed
@@ -372,6 +384,12 @@ impl StateMachine {
         use raft_request::Request as R;
         if self.alarms.is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // etcd 3.4's capped applier: the entry is in the log, but it grows nothing.
+            return Some(Err(Error::NoSpace));
+        }
+        let used = self.store.quota_bytes();
+        if crate::node::exceeds_quota(self.quota_bytes, used, &body) {
+            // etcd's quota applier; unlike etcd's, the refused entry writes nothing.
+            self.refused_by_quota = true;
             return Some(Err(Error::NoSpace));
         }
         let result = match body {

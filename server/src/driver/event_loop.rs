@@ -47,6 +47,8 @@ pub(super) struct DriverLoop {
     fatal: Option<String>,
     /// Set once this member is removed: ticks left before it stops.
     removed_grace_ticks: Option<u32>,
+    /// Defragmentations waiting for a snapshot as of (at least) their applied index.
+    defrags: Vec<(u64, oneshot::Sender<()>)>,
     /// Deliberate bugs (simulation builds only).
     bugs: Bugs,
 }
@@ -71,6 +73,7 @@ impl DriverLoop {
             watch_streams: BTreeMap::new(),
             fatal: None,
             removed_grace_ticks: None,
+            defrags: Vec::new(),
             bugs,
         }
     }
@@ -159,6 +162,23 @@ impl DriverLoop {
                 }
             }
             self.dispatch();
+            if !self.defrags.is_empty() {
+                self.finish_defrags();
+            }
+        }
+    }
+
+    /// Answers the defragmentations whose snapshot is durable (their WAL release is queued
+    /// by then: `on_saved` hands it to the WAL writer before this runs).
+    fn finish_defrags(&mut self) {
+        let node = &self.node;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.defrags)
+            .into_iter()
+            .partition(|(applied, _)| node.defragmented_to(*applied));
+        self.defrags = waiting;
+        for (applied, reply) in done {
+            tracing::info!(applied, "finished defragment");
+            let _ = reply.send(());
         }
     }
 
@@ -195,6 +215,12 @@ impl DriverLoop {
                 self.watch_streams.insert(stream, responses);
             }
             Command::Watch(input) => self.node.step(Input::Watch(input)),
+            Command::Defragment { reply } => {
+                let applied = self.node.status().raft_applied_index;
+                tracing::info!(applied, "starting defragment");
+                self.node.step(Input::Defragment);
+                self.defrags.push((applied, reply));
+            }
         }
     }
 

@@ -115,13 +115,22 @@ pub fn start(
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
     let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));
+    let snap_bytes = Arc::new(AtomicU64::new(snap_dir_bytes(&storage.snaps)));
     tokio::spawn(ticker(clock, tick, ticks_tx));
-    tokio::spawn(snapshotter(storage.snaps.clone(), save_rx, saved_tx));
+    tokio::spawn(snapshotter(
+        storage.snaps.clone(),
+        save_rx,
+        saved_tx,
+        Arc::clone(&snap_bytes),
+    ));
     tokio::spawn(wal_writer(
         storage,
         persist_rx,
         durable_tx,
-        Arc::clone(&wal_bytes),
+        DiskBytes {
+            wal: Arc::clone(&wal_bytes),
+            snaps: Arc::clone(&snap_bytes),
+        },
         Arc::clone(&transport),
         bugs,
     ));
@@ -150,9 +159,27 @@ pub fn start(
             next_watch_stream: Arc::new(AtomicU64::new(1)),
             request_timeout,
             wal_bytes,
+            snap_bytes,
         },
         fatal_rx,
     )
+}
+
+/// Where the disk tasks publish the member's bytes on disk, for Status's `dbSize`.
+pub(super) struct DiskBytes {
+    /// The WAL's segments.
+    pub(super) wal: Arc<AtomicU64>,
+    /// The snapshot files.
+    pub(super) snaps: Arc<AtomicU64>,
+}
+
+/// The bytes of the snapshot files in `snaps` (0, logged, if they cannot be listed: only
+/// Status reports it).
+pub(super) fn snap_dir_bytes(snaps: &keel_storage::snap::SnapDir) -> u64 {
+    snaps.disk_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot size the snapshot files");
+        0
+    })
 }
 
 async fn ticker(clock: Arc<dyn Clock>, tick: Duration, ticks: mpsc::Sender<()>) {

@@ -17,7 +17,7 @@
 //! one fills), `ENOSPC` shows up while the current segment still has room; the same seam
 //! serves: the reservation's failure is reported as [`Done::NoSpace`] and retried here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ pub(super) async fn wal_writer(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     durable: mpsc::Sender<Durable>,
-    wal_bytes: Arc<AtomicU64>,
+    bytes: super::DiskBytes,
     transport: Arc<dyn Outbound>,
     bugs: Bugs,
 ) {
@@ -114,6 +114,11 @@ pub(super) async fn wal_writer(
                     }
                 },
             },
+        };
+        // Snapshot files change with a release (the saver pruned some) or an install.
+        let snaps_changed = match &first {
+            Job::Release { .. } => true,
+            Job::Persist(batch) => batch.snapshot.is_some(),
         };
         st = match first {
             Job::Release { before } => {
@@ -157,7 +162,12 @@ pub(super) async fn wal_writer(
                 st
             }
         };
-        wal_bytes.store(st.wal.disk_bytes(), Ordering::Relaxed);
+        bytes.wal.store(st.wal.disk_bytes(), Ordering::Relaxed);
+        if snaps_changed {
+            bytes
+                .snaps
+                .store(super::snap_dir_bytes(&st.snaps), Ordering::Relaxed);
+        }
     }
 }
 
