@@ -17,8 +17,8 @@ use keel_proto::etcdserverpb::{
 };
 
 const TICKS_MAX: usize = 60;
-/// Room for three 1000-byte puts, not four.
-const QUOTA_BYTES: u64 = 4 * 1024;
+/// Room for three 1000-byte puts, not four, besides the member's fixed base.
+const QUOTA_BYTES: u64 = keel_engine::node::QUOTA_BASE_BYTES + 4 * 1024;
 
 fn three() -> Cluster {
     let mut c = Cluster::new(&[1, 2, 3], |id| {
@@ -82,6 +82,10 @@ fn going_over_the_quota_raises_nospace_and_compaction_plus_disarm_lets_writes_re
         assert!(written < 10, "the quota never refused a write");
     };
     assert_eq!(refused, Error::NoSpace);
+    assert!(
+        c.node(leader).alarms().has(leader, AlarmType::Nospace),
+        "as in etcd, the refusal is answered once the alarm is raised"
+    );
     assert_eq!(
         written, 3,
         "three 1000-byte revisions fit in 4 KiB, not four"

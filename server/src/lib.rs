@@ -22,6 +22,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod corrupt;
 pub mod driver;
 pub mod error;
 pub mod peer;
@@ -235,6 +236,12 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
     );
     let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()));
+    let check = maintenance.corrupt_check;
+    if check.initial || check.interval_ms.is_some() {
+        let checker =
+            corrupt::checker(handle.clone(), env.clock.clone(), identity.member_id, check);
+        tokio::spawn(checker);
+    }
     let services = client::Services::new(handle, identity, &config, forwarder);
     let mut servers = Vec::new();
     for addr in peer_addrs {

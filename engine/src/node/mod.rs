@@ -46,6 +46,7 @@ use crate::mvcc::Store;
 pub use crate::request::{Request, Response};
 use crate::watch::{HeaderInfo, WatchHub};
 
+mod compactor;
 mod conf_change;
 mod log_bytes;
 mod persist;
@@ -58,8 +59,9 @@ mod state_machine;
 mod transfers;
 mod types;
 
+pub use compactor::{PERIODIC_INTERVAL_MAX_MS, PERIODIC_SAMPLES_PER_INTERVAL, REVISION_CHECK_MS};
 pub use conf_change::{check_urls, PEER_URLS_MAX};
-pub use quota::{exceeds_quota, quota_cost, LEASE_COST_BYTES};
+pub use quota::{exceeds_quota, quota_cost, quota_used, LEASE_COST_BYTES, QUOTA_BASE_BYTES};
 pub use reads::WAITING_FOR_LEADER_MAX;
 pub use snapshots::{
     SnapshotJob, LOG_ENTRIES_KEPT_MAX, RAFT_LOG_BYTES_MAX_DEFAULT, SNAPSHOT_COUNT_DEFAULT,
@@ -170,6 +172,10 @@ pub struct Node {
     no_space: Option<NoSpace>,
     /// Set while a write refused for the quota waits for this member's alarm to apply.
     quota_alarm: Option<NoSpace>,
+    /// Writes refused for the quota, answered once the alarm is applied: (token, deadline).
+    quota_refused: Vec<(u64, u64)>,
+    /// Auto-compaction, if configured.
+    compactor: Option<compactor::Compactor>,
     /// The simulator's bugs, armed once the node has started.
     bugs: Bugs,
 }
@@ -218,12 +224,19 @@ impl Node {
             conf: ConfChanges::new(cfg.seed),
             no_space: None,
             quota_alarm: None,
+            quota_refused: Vec::new(),
+            compactor: None,
             bugs: Bugs::none(),
             cfg,
         };
         if let Some(snapshot) = &restored {
             node.restore_recovered(snapshot)?;
         }
+        node.compactor = node
+            .cfg
+            .maintenance
+            .auto_compaction
+            .map(|mode| compactor::Compactor::new(mode, 0, node.sm.store().current_revision()));
         if node.cfg.voters.len() == 1 && !node.cfg.joining {
             // A one-member cluster need not wait an election timeout to lead itself.
             node.core.campaign()?;
@@ -249,6 +262,10 @@ impl Node {
         }
         if bugs.has(Bug::CommitWithoutQuorum) {
             self.sm.apply_ahead();
+        }
+        let first_voter = self.cfg.voters.iter().min() == Some(&self.cfg.member_id);
+        if bugs.has(Bug::ApplyWrong) && first_voter {
+            self.sm.apply_wrongly();
         }
         self.bugs = bugs;
     }
@@ -342,6 +359,7 @@ impl Node {
         self.core.tick();
         self.raise_no_space_alarm();
         self.raise_quota_alarm();
+        self.auto_compact();
         self.propose_lease_work();
         self.publish_attributes();
         self.retry_stuck_read_round();
@@ -385,7 +403,7 @@ impl Node {
             revision: self.sm.store().current_revision(),
             is_learner: self.sm.is_learner(),
             alarms: self.sm.alarms().get(AlarmType::None as i32),
-            quota_bytes_used: self.sm.store().quota_bytes(),
+            quota_bytes_used: quota::quota_used(self.sm.store()),
         }
     }
 

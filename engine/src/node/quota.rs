@@ -1,8 +1,9 @@
 //! The space quota (`--quota-backend-bytes`) and this member's own `NOSPACE` alarm.
 //!
-//! What counts is the MVCC store with its uncompacted history,
-//! [`crate::mvcc::Store::quota_bytes`]: every stored revision's key, value and a fixed
-//! overhead, kept up to date by each write and compaction. It is the same on every member at
+//! What counts ([`quota_used`]) is the MVCC store with its uncompacted history,
+//! [`crate::mvcc::Store::quota_bytes`] (every stored revision's key, value and a fixed
+//! overhead, kept up to date by each write and compaction), plus a fixed
+//! [`QUOTA_BASE_BYTES`] for the rest of the member's state. It is the same on every member at
 //! the same applied index, so the check below is deterministic.
 //!
 //! As in etcd 3.4 a write that would grow the store (Put, a Txn with a put, LeaseGrant) costs
@@ -25,10 +26,22 @@ use keel_proto::etcdserverpb::{request_op, AlarmRequest, AlarmType, TxnRequest};
 use keel_proto::keelpb::raft_request::Request as LogRequest;
 
 use super::{NoSpace, Node};
+use crate::error::Error;
 use crate::mvcc::revision_bytes;
 
 /// What a lease costs towards the quota check, as etcd's `leaseOverhead`.
 pub const LEASE_COST_BYTES: u64 = 64;
+/// What a member counts towards the quota besides the store's revisions: its state outside
+/// the MVCC history (member table, alarms, lease bookkeeping), a fixed 4 KiB. etcd's empty
+/// backend likewise uses some 16–20 KiB of its quota (bbolt's meta and bucket pages), so an
+/// empty member's `dbSizeInUse` is not zero on either.
+pub const QUOTA_BASE_BYTES: u64 = 4096;
+
+/// The bytes a member with this store counts towards the quota: [`QUOTA_BASE_BYTES`] plus
+/// [`crate::mvcc::Store::quota_bytes`]. Status reports it as `dbSizeInUse`.
+pub fn quota_used(store: &crate::mvcc::Store) -> u64 {
+    QUOTA_BASE_BYTES + store.quota_bytes()
+}
 
 /// The bytes `body` would add to the store, for the quota check (0: it adds nothing, and is
 /// never refused): a put's [`revision_bytes`]; a txn's puts of its costlier branch (nested
@@ -68,14 +81,38 @@ pub fn exceeds_quota(quota: Option<u64>, used: u64, body: &LogRequest) -> bool {
 
 impl Node {
     /// Whether the proposer refuses `body` for the quota; if so, this member raises its
-    /// `NOSPACE` alarm.
-    pub(super) fn refused_by_quota(&mut self, body: &LogRequest) -> bool {
-        let used = self.sm.store().quota_bytes();
+    /// `NOSPACE` alarm, and `token` hears etcd's "database space exceeded" once the alarm is
+    /// applied here (etcd's quota check raises the alarm before it answers, so an `alarm
+    /// list` after a refused write shows it), or after two election timeouts at most.
+    pub(super) fn refused_by_quota(&mut self, token: u64, body: &LogRequest) -> bool {
+        let used = quota_used(self.sm.store());
         if !exceeds_quota(self.cfg.maintenance.quota_bytes, used, body) {
             return false;
         }
         self.want_quota_alarm();
+        if self.quota_alarm.is_none() {
+            self.reply(token, Err(Error::NoSpace)); // raised already
+        } else {
+            let deadline = self.clock.now_ms + 2 * self.clock.election_timeout_ms();
+            self.quota_refused.push((token, deadline));
+        }
         true
+    }
+
+    /// Answers the writes refused for the quota once the alarm is applied (`raised`) or their
+    /// wait ran out.
+    pub(super) fn answer_quota_refused(&mut self, raised: bool) {
+        if self.quota_refused.is_empty() {
+            return;
+        }
+        let now_ms = self.clock.now_ms;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.quota_refused)
+            .into_iter()
+            .partition(|&(_, deadline)| raised || now_ms >= deadline);
+        self.quota_refused = waiting;
+        for (token, _) in done {
+            self.reply(token, Err(Error::NoSpace));
+        }
     }
 
     /// Starts raising this member's `NOSPACE` alarm for the quota, unless it is active.
@@ -85,7 +122,7 @@ impl Node {
         }
         if self.quota_alarm.is_none() {
             tracing::warn!(
-                used = self.sm.store().quota_bytes(),
+                used = quota_used(self.sm.store()),
                 quota = self.cfg.maintenance.quota_bytes,
                 "message exceeded backend quota; raising alarm"
             );
@@ -97,10 +134,9 @@ impl Node {
     /// After applying: the alarm wanted is forgotten once applied; entries refused for the quota at apply make this member raise its
     /// alarm (every member refuses alike, so every member raises its own).
     pub(super) fn after_apply_quota(&mut self) {
-        if self.quota_alarm.is_some()
-            && self.sm.alarms().has(self.cfg.member_id, AlarmType::Nospace)
-        {
+        if self.sm.alarms().has(self.cfg.member_id, AlarmType::Nospace) {
             self.quota_alarm = None; // raised
+            self.answer_quota_refused(true);
         }
         if self.sm.take_refused_by_quota() && !self.sm.alarms().is_active(AlarmType::Nospace) {
             self.want_quota_alarm();
@@ -110,6 +146,7 @@ impl Node {
     /// While the quota alarm is wanted: proposes it until the applied table shows it (a
     /// leader once per term, a follower every two election timeouts).
     pub(super) fn raise_quota_alarm(&mut self) {
+        self.answer_quota_refused(false);
         let Some(state) = self.quota_alarm else {
             return;
         };
@@ -186,6 +223,7 @@ mod tests {
         let body = LogRequest::Put(p);
         let cost = quota_cost(&body);
         assert!(!exceeds_quota(Some(1000), 999 - cost, &body));
+        assert_eq!(quota_used(&crate::mvcc::Store::new()), QUOTA_BASE_BYTES);
         assert!(
             exceeds_quota(Some(1000), 1000 - cost, &body),
             "etcd: size + cost < quota"

@@ -68,13 +68,16 @@ impl Node {
         if let Some(oldest) = self.sm.make_room_for_proposal() {
             self.reply(oldest, Err(Error::Timeout));
         }
+        if self.sm.alarms().is_active(AlarmType::Corrupt) && alarm::refuses_when_corrupt(&body) {
+            return self.reply(token, Err(Error::Corrupt));
+        }
         if self.sm.alarms().is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // Refused before the log, as etcd's quota check does, so a full member is not
             // sent more to write; the apply refuses what was proposed before the alarm.
             return self.reply(token, Err(Error::NoSpace));
         }
-        if self.refused_by_quota(&body) {
-            return self.reply(token, Err(Error::NoSpace));
+        if self.refused_by_quota(token, &body) {
+            return; // answered once this member's alarm is applied
         }
         match &mut body {
             raft_request::Request::MemberUpdate(r) => {

@@ -68,6 +68,9 @@ pub(super) struct StateMachine {
     /// An entry applied since the last [`StateMachine::take_refused_by_quota`] was refused
     /// for the quota.
     refused_by_quota: bool,
+    /// Only ever set by the simulator's `apply-wrong` bug: the next put at revision 8 or
+    /// later is applied with a changed value.
+    applies_wrongly: bool,
 }
 
 impl StateMachine {
@@ -89,6 +92,7 @@ impl StateMachine {
             applies_ahead: false,
             quota_bytes: cfg.maintenance.quota_bytes,
             refused_by_quota: false,
+            applies_wrongly: false,
         })
     }
 
@@ -146,6 +150,11 @@ impl StateMachine {
             applied_since_refresh: 0,
             copy: self.store.clone(),
         });
+    }
+
+    /// The `apply-wrong` bug: the next put at revision 8 or later is applied wrongly.
+    pub(super) fn apply_wrongly(&mut self) {
+        self.applies_wrongly = true;
     }
 
     /// The `commit-without-quorum` bug: entries may be applied ahead of their commit.
@@ -382,18 +391,31 @@ impl StateMachine {
         clock: Clock,
     ) -> Option<Result<Response, Error>> {
         use raft_request::Request as R;
+        if self.alarms.is_active(AlarmType::Corrupt) && alarm::refuses_when_corrupt(&body) {
+            // etcd 3.4's corrupt applier: nothing is built on a corrupt member's state.
+            return Some(Err(Error::Corrupt));
+        }
         if self.alarms.is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // etcd 3.4's capped applier: the entry is in the log, but it grows nothing.
             return Some(Err(Error::NoSpace));
         }
-        let used = self.store.quota_bytes();
+        let used = super::quota::quota_used(&self.store);
         if crate::node::exceeds_quota(self.quota_bytes, used, &body) {
             // etcd's quota applier; unlike etcd's, the refused entry writes nothing.
             self.refused_by_quota = true;
             return Some(Err(Error::NoSpace));
         }
         let result = match body {
-            R::Put(p) => apply::put(&mut self.store, &p, &self.leases).map(Response::Put),
+            R::Put(mut p) => {
+                if self.applies_wrongly && self.store.current_revision() >= 7 {
+                    // The simulator's `apply-wrong` bug, once.
+                    self.applies_wrongly = false;
+                    let mut value = p.value.to_vec();
+                    value.push(b'!');
+                    p.value = value.into();
+                }
+                apply::put(&mut self.store, &p, &self.leases).map(Response::Put)
+            }
             R::DeleteRange(d) => {
                 apply::delete_range(&mut self.store, &d).map(Response::DeleteRange)
             }

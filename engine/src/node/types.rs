@@ -96,8 +96,8 @@ pub const QUOTA_BYTES_WARN: u64 = 8 << 30;
 /// corruption checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaintenanceConfig {
-    /// Writes that would take the store's quota bytes ([`crate::mvcc::Store::quota_bytes`])
-    /// to this or beyond are refused and raise the `NOSPACE` alarm (`None`: no quota, etcd's
+    /// Writes that would take the member's quota bytes ([`super::quota_used`]) to this or
+    /// beyond are refused and raise the `NOSPACE` alarm (`None`: no quota, etcd's
     /// negative `--quota-backend-bytes`).
     pub quota_bytes: Option<u64>,
     /// Compactions the leader proposes on its own (`--auto-compaction-mode`, `-retention`).
@@ -308,7 +308,7 @@ pub struct NodeStatus {
     pub is_learner: bool,
     /// The active alarms (Status lists them in `errors`, as etcd does).
     pub alarms: Vec<keel_proto::etcdserverpb::AlarmMember>,
-    /// The bytes the store counts towards the quota ([`crate::mvcc::Store::quota_bytes`]).
+    /// The bytes the member counts towards the quota ([`super::quota_used`]).
     pub quota_bytes_used: u64,
 }
 

@@ -42,9 +42,10 @@ impl Maintenance for Services {
     ///   snapshot files (as of the last sync, save or release). It grows with the log between
     ///   snapshots; `defrag` takes a snapshot now so the WAL and the snapshot files it makes
     ///   redundant are released.
-    /// * `dbSizeInUse`: the bytes the space quota counts, the MVCC store with its uncompacted
-    ///   history (`Store::quota_bytes`: each stored revision's key, value and a fixed
-    ///   overhead). Compaction lowers it at once. It is an in-memory figure, so unlike etcd's
+    /// * `dbSizeInUse`: the bytes the space quota counts (`keel_engine::node::quota_used`):
+    ///   the MVCC store with its uncompacted history (`Store::quota_bytes`: each stored
+    ///   revision's key, value and a fixed overhead) plus a fixed 4 KiB for the rest of the
+    ///   member's state. Compaction lowers it at once. It is an in-memory figure, so unlike etcd's
     ///   it is not bounded by `dbSize`.
     async fn status(
         &self,
