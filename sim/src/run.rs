@@ -57,6 +57,9 @@ pub struct SimConfig {
     /// Let the seed's swarm draw the disk-full fault (see `Swarm::with_disk_full`). On by
     /// default: the server answers a full disk with etcd's NOSPACE alarm.
     pub disk_full: bool,
+    /// Every member runs periodic auto-compaction with this retention (`--auto-compaction-
+    /// retention`, e.g. `1s`), proposed by the leader from the simulated clock.
+    pub auto_compaction: Option<String>,
 }
 
 impl SimConfig {
@@ -73,6 +76,18 @@ impl SimConfig {
             watch_clients: 2,
             membership: false,
             disk_full: true,
+            auto_compaction: None,
+        }
+    }
+
+    /// The server flags every member gets beyond the simulator's own.
+    pub fn extra_flags(&self) -> Vec<String> {
+        match &self.auto_compaction {
+            Some(retention) => vec![
+                "--auto-compaction-mode=periodic".to_string(),
+                format!("--auto-compaction-retention={retention}"),
+            ],
+            None => Vec::new(),
         }
     }
 
@@ -107,6 +122,9 @@ impl SimConfig {
         }
         if !self.disk_full {
             cmd.push_str(" --no-disk-full");
+        }
+        if let Some(retention) = &self.auto_compaction {
+            cmd.push_str(&format!(" --auto-compaction {retention}"));
         }
         cmd
     }
@@ -285,9 +303,19 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         swarm.describe()
     ));
     let cluster = if config.membership {
-        Cluster::with_spare(config.nodes, config.seed, Bugs::of(&config.bugs))
+        Cluster::with_spare(
+            config.nodes,
+            config.seed,
+            Bugs::of(&config.bugs),
+            config.extra_flags(),
+        )
     } else {
-        Cluster::with_bugs(config.nodes, config.seed, Bugs::of(&config.bugs))
+        Cluster::with_flags(
+            config.nodes,
+            config.seed,
+            Bugs::of(&config.bugs),
+            config.extra_flags(),
+        )
     };
     let mut failures = Vec::new();
     for i in 0..config.nodes {
