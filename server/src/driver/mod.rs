@@ -22,6 +22,7 @@
 //! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
 //! starts the four tasks.
 
+mod disk_bytes;
 mod error;
 mod event_loop;
 mod handle;
@@ -46,6 +47,7 @@ pub use snapshotter::{SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
+use disk_bytes::{snap_dir_bytes, DiskBytes};
 use event_loop::{DiskReports, DriverLoop};
 use snapshotter::snapshotter;
 use wal_writer::wal_writer;
@@ -163,23 +165,6 @@ pub fn start(
         },
         fatal_rx,
     )
-}
-
-/// Where the disk tasks publish the member's bytes on disk, for Status's `dbSize`.
-pub(super) struct DiskBytes {
-    /// The WAL's segments.
-    pub(super) wal: Arc<AtomicU64>,
-    /// The snapshot files.
-    pub(super) snaps: Arc<AtomicU64>,
-}
-
-/// The bytes of the snapshot files in `snaps` (0, logged, if they cannot be listed: only
-/// Status reports it).
-pub(super) fn snap_dir_bytes(snaps: &keel_storage::snap::SnapDir) -> u64 {
-    snaps.disk_bytes().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot size the snapshot files");
-        0
-    })
 }
 
 async fn ticker(clock: Arc<dyn Clock>, tick: Duration, ticks: mpsc::Sender<()>) {

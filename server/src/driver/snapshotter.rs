@@ -114,7 +114,7 @@ async fn save(
         let published = dir.publish(synced)?;
         // Followers are served from the mapped file; the job's store view is gone already.
         let data = dir.read_data(&published.path)?;
-        let dir_bytes = super::snap_dir_bytes(&dir);
+        let dir_bytes = super::disk_bytes::snap_dir_bytes(&dir);
         Ok::<_, SnapError>((
             data,
             PublishedSized {

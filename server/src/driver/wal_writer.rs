@@ -87,7 +87,7 @@ pub(super) async fn wal_writer(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     durable: mpsc::Sender<Durable>,
-    bytes: super::DiskBytes,
+    bytes: super::disk_bytes::DiskBytes,
     transport: Arc<dyn Outbound>,
     bugs: Bugs,
 ) {
@@ -164,9 +164,10 @@ pub(super) async fn wal_writer(
         };
         bytes.wal.store(st.wal.disk_bytes(), Ordering::Relaxed);
         if snaps_changed {
-            bytes
-                .snaps
-                .store(super::snap_dir_bytes(&st.snaps), Ordering::Relaxed);
+            bytes.snaps.store(
+                super::disk_bytes::snap_dir_bytes(&st.snaps),
+                Ordering::Relaxed,
+            );
         }
     }
 }
