@@ -177,6 +177,22 @@ fn txn_has_put(t: &TxnRequest) -> bool {
         })
 }
 
+/// Whether `body` is refused while a `CORRUPT` alarm is active (etcd 3.4's
+/// `applierV3Corrupt`): every write (Put, DeleteRange, Txn, Compaction, LeaseGrant,
+/// LeaseRevoke) gets `etcdserver: corrupt cluster`, so a corrupt member's state is never
+/// built on. Alarms (to disarm), checkpoints and membership entries go on.
+pub fn refuses_when_corrupt(body: &LogRequest) -> bool {
+    matches!(
+        body,
+        LogRequest::Put(_)
+            | LogRequest::DeleteRange(_)
+            | LogRequest::Txn(_)
+            | LogRequest::Compaction(_)
+            | LogRequest::LeaseGrant(_)
+            | LogRequest::LeaseRevoke(_)
+    )
+}
+
 /// etcd's name of an alarm type (`NOSPACE`, `CORRUPT`), for logs.
 pub fn alarm_name(alarm: i32) -> String {
     match AlarmType::try_from(alarm) {

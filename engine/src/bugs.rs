@@ -37,11 +37,16 @@ pub enum Bug {
     /// starts, not once it is durable (and not only those before the previous snapshot): a
     /// power cut while it is written leaves a snapshot too old for the WAL that remains.
     ReleaseWalEarly,
+    /// One member (the one with the lowest id among the bootstrap voters) applies one put
+    /// wrongly: the first put it applies at revision 8 or later stores its value with a byte
+    /// changed. Its store then differs from the others' (HashKV), which the corruption checks
+    /// must catch with the `CORRUPT` alarm.
+    ApplyWrong,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -51,6 +56,7 @@ impl Bug {
         Bug::CommitWithoutQuorum,
         Bug::ForgetVote,
         Bug::ReleaseWalEarly,
+        Bug::ApplyWrong,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -65,6 +71,7 @@ impl Bug {
             Bug::CommitWithoutQuorum => "commit-without-quorum",
             Bug::ForgetVote => "forget-vote",
             Bug::ReleaseWalEarly => "release-wal-early",
+            Bug::ApplyWrong => "apply-wrong",
         }
     }
 

@@ -320,3 +320,45 @@ fn a_follower_whose_disk_is_full_gets_its_alarm_raised_cluster_wide() {
         Some(b"v".to_vec())
     );
 }
+
+#[test]
+fn a_corrupt_alarm_stops_every_write_cluster_wide_while_reads_go_on() {
+    let mut c = three();
+    let leader = c.the_leader();
+    c.ok_on_leader(put("k", "v"), TICKS_MAX);
+    c.request(
+        leader,
+        alarm(AlarmAction::Activate, 2, AlarmType::Corrupt),
+        TICKS_MAX,
+    )
+    .expect("raise CORRUPT");
+    c.caught_up(&[1, 2, 3], TICKS_MAX);
+    for on in 1..=3 {
+        for request in [put("k", "w"), delete("k"), txn_putting("k"), grant(0)] {
+            let name = request.name();
+            assert_eq!(
+                c.request(on, request, TICKS_MAX),
+                Err(Error::Corrupt),
+                "{name} refused on {on}"
+            );
+        }
+        let compact = Request::Compaction(CompactionRequest {
+            revision: 1,
+            ..Default::default()
+        });
+        assert_eq!(c.request(on, compact, TICKS_MAX), Err(Error::Corrupt));
+        assert_eq!(
+            value(c.request(on, range("k", false), TICKS_MAX)),
+            Some(b"v".to_vec())
+        );
+    }
+    assert_eq!(Error::Corrupt.to_string(), "etcdserver: corrupt cluster");
+    c.request(
+        leader,
+        alarm(AlarmAction::Deactivate, 2, AlarmType::Corrupt),
+        TICKS_MAX,
+    )
+    .expect("disarm");
+    c.request(leader, put("k", "w"), TICKS_MAX)
+        .expect("writes resume once disarmed");
+}

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use keel_engine::node::{
+    AutoCompaction, CorruptCheck, MaintenanceConfig, QUOTA_BYTES_DEFAULT, QUOTA_BYTES_WARN,
+};
 
 /// The default per-request size limit, as etcd's `--max-request-bytes` (1.5 MiB).
 pub const MAX_REQUEST_BYTES_DEFAULT: u32 = 1536 * 1024;
@@ -173,6 +176,48 @@ pub struct Config {
         value_parser = clap::value_parser!(u32).range(4..=31)
     )]
     pub bcrypt_cost: u32,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
+    #[arg(
+        long = "quota-backend-bytes",
+        env = "KEEL_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision. 'periodic' for
+    /// duration based retention, defaulting to hours if no time unit is provided (e.g. '5m').
+    /// 'revision' for revision number based retention.
+    #[arg(
+        long = "auto-compaction-mode",
+        env = "KEEL_AUTO_COMPACTION_MODE",
+        default_value = "periodic",
+        value_parser = ["periodic", "revision"]
+    )]
+    pub auto_compaction_mode: String,
+    /// Auto compaction retention for mvcc key value store. 0 means disable auto compaction.
+    #[arg(
+        long = "auto-compaction-retention",
+        env = "KEEL_AUTO_COMPACTION_RETENTION",
+        default_value = "0"
+    )]
+    pub auto_compaction_retention: String,
+    /// Enable to check data corruption before serving any client/peer traffic.
+    #[arg(
+        long = "experimental-initial-corrupt-check",
+        env = "KEEL_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_initial_corrupt_check: bool,
+    /// Duration of time between cluster corruption check passes (0s: none).
+    #[arg(
+        long = "experimental-corrupt-check-time",
+        env = "KEEL_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s"
+    )]
+    pub experimental_corrupt_check_time: String,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info",
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
@@ -268,6 +313,9 @@ pub enum ConfigError {
     /// An `--auth-token` type keel does not have.
     #[error("--auth-token {0:?}: only \"simple\" is supported")]
     AuthToken(String),
+    /// A maintenance flag (quota, auto-compaction, corruption checks) that does not parse.
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// One member of the initial cluster.
@@ -350,6 +398,102 @@ impl Config {
         }
         Ok((hb, (el / hb) as usize))
     }
+}
+
+impl Config {
+    /// The quota, auto-compaction and corruption checks, as etcd 3.4 reads its flags:
+    /// `--quota-backend-bytes` 0 is the 2 GiB default, negative disables the quota, above
+    /// 8 GiB is allowed with etcd's warning; `--auto-compaction-retention` 0 disables
+    /// auto-compaction, and in periodic mode a plain number counts hours.
+    pub fn maintenance(&self) -> Result<MaintenanceConfig, ConfigError> {
+        let quota_bytes = match self.quota_backend_bytes {
+            q if q < 0 => {
+                tracing::info!(quota_size_bytes = q, "disabled backend quota");
+                None
+            }
+            0 => Some(QUOTA_BYTES_DEFAULT),
+            q => {
+                let q = q as u64;
+                if q > QUOTA_BYTES_WARN {
+                    tracing::warn!(
+                        quota_size_bytes = q,
+                        quota_maximum_size_bytes = QUOTA_BYTES_WARN,
+                        "quota exceeds the maximum value"
+                    );
+                }
+                Some(q)
+            }
+        };
+        let interval_ms =
+            parse_duration_ms(&self.experimental_corrupt_check_time).map_err(|e| {
+                ConfigError::Maintenance(format!("--experimental-corrupt-check-time {e}"))
+            })?;
+        Ok(MaintenanceConfig {
+            quota_bytes,
+            auto_compaction: self.auto_compaction()?,
+            corrupt_check: CorruptCheck {
+                initial: self.experimental_initial_corrupt_check,
+                interval_ms: (interval_ms > 0).then_some(interval_ms),
+            },
+        })
+    }
+
+    fn auto_compaction(&self) -> Result<Option<AutoCompaction>, ConfigError> {
+        let retention = self.auto_compaction_retention.trim();
+        let bad = |why: &str| {
+            ConfigError::Maintenance(format!("--auto-compaction-retention {retention:?}: {why}"))
+        };
+        if self.auto_compaction_mode == "revision" {
+            let revisions: i64 = retention.parse().map_err(|_| bad("not a revision count"))?;
+            if revisions < 0 {
+                return Err(bad("negative"));
+            }
+            return Ok((revisions > 0).then_some(AutoCompaction::Revision {
+                retention: revisions,
+            }));
+        }
+        // Periodic: a plain number counts hours, as in etcd.
+        let retention_ms = match retention.parse::<u64>() {
+            Ok(hours) => hours.saturating_mul(3_600_000),
+            Err(_) => parse_duration_ms(retention).map_err(|e| bad(&e))?,
+        };
+        Ok((retention_ms > 0).then_some(AutoCompaction::Periodic { retention_ms }))
+    }
+}
+
+/// Milliseconds in a Go-style duration (`1h30m`, `30m`, `10s`, `500ms`, `0`).
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("{text:?}: missing unit in duration"))?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: invalid duration"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            other => return Err(format!("{text:?}: unknown unit {other:?} in duration")),
+        };
+        total = total.saturating_add(number.saturating_mul(unit_ms));
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -445,6 +589,57 @@ mod tests {
             "a=http://127.0.0.1:1,default=http://127.0.0.1:2",
         ]);
         assert_eq!(c.initial_members().expect("ok")[1].name, "default");
+    }
+
+    #[test]
+    fn maintenance_flags_read_as_etcd_reads_them() {
+        let m = cfg(&[]).maintenance().expect("defaults");
+        assert_eq!(m, MaintenanceConfig::default());
+        let m = cfg(&["--quota-backend-bytes", "-1"])
+            .maintenance()
+            .expect("ok");
+        assert_eq!(m.quota_bytes, None, "negative disables the quota");
+        let big = cfg(&["--quota-backend-bytes", "10737418240"]);
+        assert_eq!(big.maintenance().expect("ok").quota_bytes, Some(10 << 30));
+        let periodic = |r: &str| {
+            cfg(&["--auto-compaction-retention", r])
+                .maintenance()
+                .map(|m| m.auto_compaction)
+        };
+        let hours = |h: u64| {
+            Some(AutoCompaction::Periodic {
+                retention_ms: h * 3_600_000,
+            })
+        };
+        assert_eq!(periodic("1").expect("ok"), hours(1), "plain number: hours");
+        assert_eq!(periodic("1h").expect("ok"), hours(1));
+        assert_eq!(
+            periodic("30m").expect("ok"),
+            Some(AutoCompaction::Periodic {
+                retention_ms: 1_800_000
+            })
+        );
+        assert_eq!(periodic("0").expect("ok"), None);
+        assert!(periodic("1x").is_err());
+        let revision = cfg(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1000",
+        ]);
+        assert_eq!(
+            revision.maintenance().expect("ok").auto_compaction,
+            Some(AutoCompaction::Revision { retention: 1000 })
+        );
+        let checks = cfg(&[
+            "--experimental-initial-corrupt-check",
+            "--experimental-corrupt-check-time",
+            "1m30s",
+        ]);
+        let c = checks.maintenance().expect("ok").corrupt_check;
+        assert_eq!((c.initial, c.interval_ms), (true, Some(90_000)));
+        let off = cfg(&["--experimental-initial-corrupt-check=false"]);
+        assert!(!off.maintenance().expect("ok").corrupt_check.initial);
     }
 
     #[test]

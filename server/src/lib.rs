@@ -26,6 +26,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod corrupt;
 pub mod driver;
 pub mod error;
 #[cfg(not(madsim))]
@@ -168,6 +169,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     config.check_auth_token()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
+    let maintenance = config.maintenance()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
     let held = recovered.snapshot.as_ref().map(|s| s.data.clone());
     let node = Node::new(
@@ -194,6 +196,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
                 fragment_bytes: config.max_request_bytes as usize,
                 ..WatchConfig::default()
             },
+            maintenance,
             bugs: config.bugs,
             auth_token_ttl_ms: config.auth_token_ttl.saturating_mul(1000),
         },
@@ -245,6 +248,12 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
     );
     let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()));
+    let check = maintenance.corrupt_check;
+    if check.initial || check.interval_ms.is_some() {
+        let checker =
+            corrupt::checker(handle.clone(), env.clock.clone(), identity.member_id, check);
+        tokio::spawn(checker);
+    }
     let services = client::Services::new(handle, identity, &config, forwarder);
     let mut servers = Vec::new();
     for addr in peer_addrs {

@@ -56,6 +56,8 @@ pub struct Cluster {
     pub spare: Option<Spare>,
     /// The deliberate bugs every member runs with (simulation builds only).
     bugs: Bugs,
+    /// Flags every member gets beyond the simulator's own (e.g. auto-compaction).
+    extra_flags: Vec<String>,
 }
 
 /// A member built up front that starts only when [`Cluster::start_spare`] opens its gate,
@@ -89,7 +91,7 @@ pub const WAL_SEGMENT_BYTES: u64 = 8 * 1024;
 
 /// etcd-style flags for member `i` of `size`; `existing`: `--initial-cluster-state existing`
 /// (a member added with MemberAdd, joining a running cluster).
-fn member_config(i: usize, size: usize, existing: bool, bugs: Bugs) -> Config {
+fn member_config(i: usize, size: usize, existing: bool, bugs: Bugs, extra: &[String]) -> Config {
     let ip = member_ip(i);
     let cluster: Vec<String> = (0..size)
         .map(|j| format!("{}=http://{}:{PEER_PORT}", member_name(j), member_ip(j)))
@@ -113,6 +115,7 @@ fn member_config(i: usize, size: usize, existing: bool, bugs: Bugs) -> Config {
         "--snapshot-log-percent=0".to_string(),
         format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
     ];
+    let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
     match Config::try_parse_from(args) {
         Ok(c) => Config { bugs, ..c },
         Err(e) => panic!("the simulator's own flags must parse: {e}"),
@@ -127,10 +130,15 @@ impl Cluster {
 
     /// Like [`Cluster::new`], every member running with the deliberate `bugs`.
     pub fn with_bugs(size: usize, seed: u64, bugs: Bugs) -> Cluster {
+        Cluster::with_flags(size, seed, bugs, Vec::new())
+    }
+
+    /// Like [`Cluster::with_bugs`], every member also started with the flags `extra`.
+    pub fn with_flags(size: usize, seed: u64, bugs: Bugs, extra: Vec<String>) -> Cluster {
         let handle = Handle::current();
         let mut members = Vec::with_capacity(size);
         for i in 0..size {
-            let config = member_config(i, size, false, bugs);
+            let config = member_config(i, size, false, bugs, &extra);
             members.push(start_member(&handle, seed, i, config, None));
         }
         let client_node = handle
@@ -145,15 +153,16 @@ impl Cluster {
             client_node,
             spare: None,
             bugs,
+            extra_flags: extra,
         }
     }
 
     /// Like [`Cluster::new`] plus a spare member, built after the others (so the first `size`
     /// members and the client node are exactly those of [`Cluster::new`]).
-    pub fn with_spare(size: usize, seed: u64, bugs: Bugs) -> Cluster {
-        let mut cluster = Cluster::with_bugs(size, seed, bugs);
+    pub fn with_spare(size: usize, seed: u64, bugs: Bugs, extra: Vec<String>) -> Cluster {
+        let mut cluster = Cluster::with_flags(size, seed, bugs, extra);
         let gate = Arc::new(AtomicBool::new(false));
-        let config = member_config(size, size + 1, true, bugs);
+        let config = member_config(size, size + 1, true, bugs, &cluster.extra_flags);
         let member = start_member(&cluster.handle, seed, size, config, Some(Arc::clone(&gate)));
         cluster.spare = Some(Spare { member, gate });
         cluster
@@ -190,7 +199,7 @@ impl Cluster {
     /// peer URL ([`Cluster::peer_url`] of the index this returns); returns its index.
     pub fn add_member(&mut self) -> usize {
         let i = self.members.len();
-        let config = member_config(i, i + 1, true, self.bugs);
+        let config = member_config(i, i + 1, true, self.bugs, &self.extra_flags);
         self.members
             .push(start_member(&self.handle, self.seed, i, config, None));
         i

@@ -78,6 +78,10 @@ mod cli {
         /// member's disk and free it again.
         #[arg(long, hide = true)]
         disk_full: bool,
+        /// Every member runs periodic auto-compaction with this retention (e.g. `1s`),
+        /// proposed by the leader from the simulated clock.
+        #[arg(long = "auto-compaction")]
+        auto_compaction: Option<String>,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
@@ -116,6 +120,7 @@ mod cli {
             disk_full: !args.no_disk_full,
             lock_clients: args.lock_clients,
             lock_rogue: args.lock_rogue,
+            auto_compaction: args.auto_compaction.clone(),
             ..SimConfig::new(seed)
         }
     }

@@ -64,6 +64,9 @@ pub struct SimConfig {
     /// Make lock client 0 a rogue that takes the lock without waiting (the injected overlap
     /// the lock checker must catch).
     pub lock_rogue: bool,
+    /// Every member runs periodic auto-compaction with this retention (`--auto-compaction-
+    /// retention`, e.g. `1s`), proposed by the leader from the simulated clock.
+    pub auto_compaction: Option<String>,
 }
 
 impl SimConfig {
@@ -82,6 +85,18 @@ impl SimConfig {
             disk_full: true,
             lock_clients: 0,
             lock_rogue: false,
+            auto_compaction: None,
+        }
+    }
+
+    /// The server flags every member gets beyond the simulator's own.
+    pub fn extra_flags(&self) -> Vec<String> {
+        match &self.auto_compaction {
+            Some(retention) => vec![
+                "--auto-compaction-mode=periodic".to_string(),
+                format!("--auto-compaction-retention={retention}"),
+            ],
+            None => Vec::new(),
         }
     }
 
@@ -122,6 +137,9 @@ impl SimConfig {
         }
         if self.lock_rogue {
             cmd.push_str(" --lock-rogue");
+        }
+        if let Some(retention) = &self.auto_compaction {
+            cmd.push_str(&format!(" --auto-compaction {retention}"));
         }
         cmd
     }
@@ -300,9 +318,19 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         swarm.describe()
     ));
     let cluster = if config.membership {
-        Cluster::with_spare(config.nodes, config.seed, Bugs::of(&config.bugs))
+        Cluster::with_spare(
+            config.nodes,
+            config.seed,
+            Bugs::of(&config.bugs),
+            config.extra_flags(),
+        )
     } else {
-        Cluster::with_bugs(config.nodes, config.seed, Bugs::of(&config.bugs))
+        Cluster::with_flags(
+            config.nodes,
+            config.seed,
+            Bugs::of(&config.bugs),
+            config.extra_flags(),
+        )
     };
     let mut failures = Vec::new();
     for i in 0..config.nodes {

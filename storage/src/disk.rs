@@ -127,6 +127,10 @@ pub trait Disk: Send + Sync + 'static {
     fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
         self.read(path).map(bytes::Bytes::from)
     }
+    /// The length of the file at `path`, in bytes (by default read whole to learn it).
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        self.read(path).map(|data| data.len() as u64)
+    }
     /// Tells the system that the pages behind `bytes`, if they are a mapping made by
     /// [`Disk::read_shared`], need not stay in this process's memory: they leave its resident
     /// set (staying in the page cache) and fault back in when read. Anything else is left
@@ -274,6 +278,10 @@ impl Disk for OsDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        std::fs::metadata(path).map(|m| m.len())
     }
 
     fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {

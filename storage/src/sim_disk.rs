@@ -610,6 +610,13 @@ impl Disk for SimDisk {
         Ok(inode.data.clone())
     }
 
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let mut st = self.lock();
+        st.check_power()?;
+        let (_, inode) = st.inode(path)?;
+        Ok(inode.data.len() as u64)
+    }
+
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
         self.open(path, None)
     }

@@ -329,6 +329,20 @@ impl SnapDir {
         Ok(snaps)
     }
 
+    /// The bytes of the snapshot files in the directory (what Status counts in `dbSize`
+    /// besides the WAL): one length lookup per file, of which there are `keep` or so.
+    pub fn disk_bytes(&self) -> Result<u64, SnapError> {
+        let mut total: u64 = 0;
+        for (term, index) in self.list()? {
+            let path = self.dir.join(file_name(term, index));
+            total += self
+                .disk
+                .file_len(&path)
+                .map_err(io_err(IoOp::Read, &path))?;
+        }
+        Ok(total)
+    }
+
     /// (term, index) of every snapshot file, oldest (lowest index) first.
     pub fn list(&self) -> Result<Vec<(u64, u64)>, SnapError> {
         let names = self

@@ -161,7 +161,16 @@ impl Store {
             return;
         };
         stats.keys_visited += 1;
-        stats.revisions_freed += key_index.compact(revision, kept) as u64;
+        let (freed, freed_value_bytes) = key_index.compact_counting(revision, kept);
+        stats.revisions_freed += freed as u64;
+        let freed_bytes =
+            freed as u64 * super::store::revision_bytes(key.len(), 0) + freed_value_bytes;
+        assert!(
+            freed_bytes <= self.stored_bytes,
+            "compaction freed {freed_bytes} quota bytes of {}",
+            self.stored_bytes
+        );
+        self.stored_bytes -= freed_bytes;
         if key_index.is_empty() {
             stats.keys_removed += 1;
             self.index.remove(key);

@@ -11,6 +11,7 @@
 //!     is a stored tombstone
 //! every key holds history, well formed (KeyIndex::check_invariants), none after current
 //! stored_revisions = the entries stored over all keys
+//! stored_bytes = revision_bytes(key, value) summed over those entries
 //! ```
 
 use super::revision::Revision;
@@ -36,6 +37,7 @@ impl Store {
         );
         self.check_log();
         let mut stored: u64 = 0;
+        let mut stored_bytes: u64 = 0;
         for (key, key_index) in self.index.iter() {
             assert!(!key_index.is_empty(), "key {key:?} kept with no history");
             key_index.check_invariants();
@@ -46,8 +48,14 @@ impl Store {
                 self.current_revision
             );
             stored += key_index.entry_count() as u64;
+            for generation in key_index.generations() {
+                for entry in &generation.entries {
+                    stored_bytes += super::store::revision_bytes(key.len(), entry.value.len());
+                }
+            }
         }
         assert_eq!(stored, self.stored_revisions, "stored revision count");
+        assert_eq!(stored_bytes, self.stored_bytes, "stored quota bytes");
     }
 
     fn check_log(&self) {
@@ -175,6 +183,14 @@ mod tests {
     fn a_wrong_stored_revision_count_is_caught() {
         let mut store = used();
         store.stored_revisions += 1;
+        store.check_invariants();
+    }
+
+    #[test]
+    #[should_panic(expected = "stored quota bytes")]
+    fn a_wrong_quota_byte_count_is_caught() {
+        let mut store = used();
+        store.stored_bytes -= 1;
         store.check_invariants();
     }
 

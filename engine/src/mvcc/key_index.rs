@@ -457,6 +457,11 @@ impl KeyIndex {
     /// doc). Pushes the revision kept at or below `at`, if any, onto `kept`. Returns the number
     /// of entries freed.
     pub fn compact(&mut self, at: i64, kept: &mut Vec<Revision>) -> usize {
+        self.compact_counting(at, kept).0
+    }
+
+    /// [`KeyIndex::compact`], also returning the value bytes of the entries it freed.
+    pub fn compact_counting(&mut self, at: i64, kept: &mut Vec<Revision>) -> (usize, u64) {
         let generations = self.lives.as_mut_slice();
         let last = generations.len() - 1;
         // Skip generations tombstoned at or before `at`: nothing in them is readable.
@@ -472,18 +477,27 @@ impl KeyIndex {
             }
             index += 1;
         }
+        let value_bytes = |entries: &[Entry]| -> u64 {
+            entries.iter().map(|e| e.value.len() as u64).sum::<u64>()
+        };
         let mut freed: usize = generations[..index].iter().map(|g| g.entries.len()).sum();
+        let mut freed_bytes: u64 = generations[..index]
+            .iter()
+            .map(|g| value_bytes(&g.entries))
+            .sum();
         let generation = &mut generations[index];
         let visible = generation
             .entries
             .partition_point(|e| e.revision.main <= at);
         if visible > 1 {
+            freed_bytes += value_bytes(&generation.entries[..visible - 1]);
             generation.entries.drain(..visible - 1);
             freed += visible - 1;
         }
         if visible > 0 && generation.entries.len() == 1 && index != last {
             // Only the tombstone is left: the generation is dead at `at`.
             freed += 1;
+            freed_bytes += value_bytes(&generation.entries);
             index += 1;
         } else if visible > 0 {
             kept.push(generation.entries[0].revision);
@@ -495,7 +509,7 @@ impl KeyIndex {
         for generation in self.lives.as_mut_slice() {
             shrink_if_half_empty(&mut generation.entries);
         }
-        freed
+        (freed, freed_bytes)
     }
 }
 

@@ -25,7 +25,7 @@ pub use key_index::{Entry, Found, Generation, KeyIndex};
 pub use revision::Revision;
 pub use section::SectionError;
 pub use store::{
-    delete_event, put_event, Event, KeyValue, RangeOptions, RangeResult, Store, TxnOutcome,
-    WriteTxn,
+    delete_event, put_event, revision_bytes, Event, KeyValue, RangeOptions, RangeResult, Store,
+    TxnOutcome, WriteTxn, REVISION_OVERHEAD_BYTES,
 };
 pub use tree_index::{KeyRange, Range, TreeIndex};

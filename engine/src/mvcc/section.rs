@@ -152,7 +152,11 @@ impl Store {
             compact_revision,
             ..Store::default()
         };
-        store.index = reader.index(current_revision, &mut store.stored_revisions)?;
+        store.index = reader.index(
+            current_revision,
+            &mut store.stored_revisions,
+            &mut store.stored_bytes,
+        )?;
         store.log = reader.log(&store.index, current_revision, compact_revision)?;
         if !reader.0.is_empty() {
             return Err(SectionError::Inconsistent);
@@ -204,7 +208,12 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
-    fn index(&mut self, current: i64, stored: &mut u64) -> Result<TreeIndex, SectionError> {
+    fn index(
+        &mut self,
+        current: i64,
+        stored: &mut u64,
+        stored_bytes: &mut u64,
+    ) -> Result<TreeIndex, SectionError> {
         let mut index = TreeIndex::default();
         let mut previous: Option<Bytes> = None;
         for _ in 0..self.count(true, 8)? {
@@ -231,6 +240,10 @@ impl<'a> Reader<'a> {
                     });
                 }
                 *stored += entries.len() as u64;
+                *stored_bytes += entries
+                    .iter()
+                    .map(|e| super::store::revision_bytes(key.len(), e.value.len()))
+                    .sum::<u64>();
                 generations.push(Generation {
                     changes,
                     created,

@@ -118,6 +118,17 @@ pub(super) struct LogEntry {
     pub(super) tombstone: bool,
 }
 
+/// What one stored revision costs towards the quota beyond its key and value bytes: about
+/// what keel's memory holds for it (the entry in its key's history, revision and lease, and its
+/// change-log record, each with its `Bytes` handle), rounded up.
+pub const REVISION_OVERHEAD_BYTES: u64 = 128;
+
+/// The quota bytes of one stored revision of a `key_len`-byte key holding `value_len` bytes
+/// (a tombstone holds none): `key_len + value_len + REVISION_OVERHEAD_BYTES`.
+pub fn revision_bytes(key_len: usize, value_len: usize) -> u64 {
+    key_len as u64 + value_len as u64 + REVISION_OVERHEAD_BYTES
+}
+
 /// The MVCC store.
 ///
 /// Its index and change log are persistent structures ([`TreeIndex`], [`imbl::Vector`]), so
@@ -132,6 +143,9 @@ pub struct Store {
     /// -1 until the first compaction, as in etcd (so `compact(0)` once succeeds).
     pub(super) compact_revision: i64,
     pub(super) stored_revisions: u64,
+    /// [`revision_bytes`] summed over the stored revisions: kept up to date by every write
+    /// and compaction (O(1) per revision written or freed), never recomputed by a walk.
+    pub(super) stored_bytes: u64,
     /// Events of the last write applied through `crate::apply` (replaced by the next one).
     pub(super) applied_events: Vec<Event>,
 }
@@ -144,6 +158,7 @@ impl Default for Store {
             current_revision: 1,
             compact_revision: -1,
             stored_revisions: 0,
+            stored_bytes: 0,
             applied_events: Vec::new(),
         }
     }
@@ -165,6 +180,7 @@ impl Store {
             current_revision: self.current_revision,
             compact_revision: self.compact_revision,
             stored_revisions: self.stored_revisions,
+            stored_bytes: self.stored_bytes,
             applied_events: Vec::new(),
         }
     }
@@ -212,6 +228,26 @@ impl Store {
     /// Number of stored revisions (versions and tombstones) over all keys.
     pub fn stored_revision_count(&self) -> u64 {
         self.stored_revisions
+    }
+
+    /// The bytes the store with its uncompacted history counts towards the quota
+    /// (`--quota-backend-bytes`): [`revision_bytes`] summed over every stored revision, puts
+    /// and tombstones, each `key + value + REVISION_OVERHEAD_BYTES`. O(1): maintained by every
+    /// write and compaction. A compaction lowers it at once (keel has no free pages to
+    /// defragment); it is identical on every member at the same applied index.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use keel_engine::mvcc::{Store, REVISION_OVERHEAD_BYTES};
+    /// let mut store = Store::default();
+    /// store.write().put(b"k", Bytes::from_static(b"12345"), 0); // rev 2
+    /// store.write().put(b"k", Bytes::from_static(b"12345"), 0); // rev 3
+    /// assert_eq!(store.quota_bytes(), 2 * (1 + 5 + REVISION_OVERHEAD_BYTES));
+    /// store.compact(3).unwrap(); // frees rev 2
+    /// assert_eq!(store.quota_bytes(), 1 + 5 + REVISION_OVERHEAD_BYTES);
+    /// ```
+    pub fn quota_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// The tree index, for inspection.
@@ -405,6 +441,7 @@ impl WriteTxn<'_> {
             (stored.clone(), created, version)
         });
         store.stored_revisions += 1;
+        store.stored_bytes += revision_bytes(stored_key.len(), value.len());
         store.log.push_back(LogEntry {
             revision,
             key: stored_key.clone(),
@@ -439,6 +476,7 @@ impl WriteTxn<'_> {
             self.changes += 1;
             deleted += 1;
             store.stored_revisions += 1;
+            store.stored_bytes += revision_bytes(key.len(), 0);
             store.log.push_back(LogEntry {
                 revision,
                 key: key.clone(),

@@ -49,9 +49,11 @@ use crate::mvcc::Store;
 pub use crate::request::{Request, Response};
 use crate::watch::{HeaderInfo, WatchHub};
 
+mod compactor;
 mod conf_change;
 mod log_bytes;
 mod persist;
+mod quota;
 mod raft_core;
 mod reads;
 mod requests;
@@ -60,7 +62,9 @@ mod state_machine;
 mod transfers;
 mod types;
 
+pub use compactor::{PERIODIC_INTERVAL_MAX_MS, PERIODIC_SAMPLES_PER_INTERVAL, REVISION_CHECK_MS};
 pub use conf_change::{check_urls, PEER_URLS_MAX};
+pub use quota::{exceeds_quota, quota_cost, quota_used, LEASE_COST_BYTES, QUOTA_BASE_BYTES};
 pub use reads::WAITING_FOR_LEADER_MAX;
 pub use snapshots::{
     SnapshotJob, LOG_ENTRIES_KEPT_MAX, RAFT_LOG_BYTES_MAX_DEFAULT, SNAPSHOT_COUNT_DEFAULT,
@@ -68,8 +72,9 @@ pub use snapshots::{
 };
 pub use state_machine::PROPOSALS_IN_FLIGHT_MAX;
 pub use types::{
-    Input, NodeConfig, NodeGauges, NodeStatus, Output, PersistBatch, RaftLogMemory, Recovered,
-    StartError, WatchConfig, AUTH_TOKEN_TTL_MS_DEFAULT,
+    AutoCompaction, CorruptCheck, Input, MaintenanceConfig, NodeConfig, NodeGauges, NodeStatus,
+    Output, PersistBatch, RaftLogMemory, Recovered, StartError, WatchConfig,
+    AUTH_TOKEN_TTL_MS_DEFAULT, QUOTA_BYTES_DEFAULT, QUOTA_BYTES_WARN,
 };
 
 use conf_change::ConfChanges;
@@ -145,7 +150,8 @@ fn stamp(response: &mut Response, out: &Outbox, term: u64, revision: i64) {
     }
 }
 
-/// This member's disk is full (the driver could not write a persist batch for lack of space).
+/// This member wants its own `NOSPACE` alarm raised: its disk is full (the driver could not
+/// write a persist batch for lack of space), or a write went over the quota.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct NoSpace {
     /// When (node clock) and in which term this member last proposed its `NOSPACE` alarm.
@@ -167,6 +173,12 @@ pub struct Node {
     conf: ConfChanges,
     /// Set while the driver reports this member's disk full ([`Input::DiskFull`]).
     no_space: Option<NoSpace>,
+    /// Set while a write refused for the quota waits for this member's alarm to apply.
+    quota_alarm: Option<NoSpace>,
+    /// Writes refused for the quota, answered once the alarm is applied: (token, deadline).
+    quota_refused: Vec<(u64, u64)>,
+    /// Auto-compaction, if configured.
+    compactor: Option<compactor::Compactor>,
     /// The simulator's bugs, armed once the node has started.
     bugs: Bugs,
     /// The caller of each client request in flight that came with one
@@ -218,6 +230,9 @@ impl Node {
             transfers: Transfers::default(),
             conf: ConfChanges::new(cfg.seed),
             no_space: None,
+            quota_alarm: None,
+            quota_refused: Vec::new(),
+            compactor: None,
             bugs: Bugs::none(),
             callers: BTreeMap::new(),
             cfg,
@@ -225,6 +240,11 @@ impl Node {
         if let Some(snapshot) = &restored {
             node.restore_recovered(snapshot)?;
         }
+        node.compactor = node
+            .cfg
+            .maintenance
+            .auto_compaction
+            .map(|mode| compactor::Compactor::new(mode, 0, node.sm.store().current_revision()));
         if node.cfg.voters.len() == 1 && !node.cfg.joining {
             // A one-member cluster need not wait an election timeout to lead itself.
             node.core.campaign()?;
@@ -250,6 +270,10 @@ impl Node {
         }
         if bugs.has(Bug::CommitWithoutQuorum) {
             self.sm.apply_ahead();
+        }
+        let first_voter = self.cfg.voters.iter().min() == Some(&self.cfg.member_id);
+        if bugs.has(Bug::ApplyWrong) && first_voter {
+            self.sm.apply_wrongly();
         }
         self.bugs = bugs;
     }
@@ -303,6 +327,7 @@ impl Node {
             Input::SnapshotStatus { to, ok } => self.core.report_snapshot(to, ok),
             Input::Unreachable { to } => self.core.report_unreachable(to),
             Input::DiskFull { full } => self.on_disk_full(full),
+            Input::Defragment => self.snapshots.force(self.sm.applied_index()),
         }
         self.core.enforce_election_timeout();
         self.drive();
@@ -352,6 +377,8 @@ impl Node {
         self.core.tick();
         self.sm.expire_tokens(self.clock.now_ms);
         self.raise_no_space_alarm();
+        self.raise_quota_alarm();
+        self.auto_compact();
         self.propose_lease_work();
         self.publish_attributes();
         self.retry_stuck_read_round();
@@ -395,6 +422,7 @@ impl Node {
             revision: self.sm.store().current_revision(),
             is_learner: self.sm.is_learner(),
             alarms: self.sm.alarms().get(AlarmType::None as i32),
+            quota_bytes_used: quota::quota_used(self.sm.store()),
         }
     }
 
@@ -408,12 +436,20 @@ impl Node {
             keys: self.sm.store().key_count() as u64,
             watchers: self.watches.watcher_count() as u64,
             leases: self.sm.leases().lessor().len() as u64,
+            quota_bytes_used: quota::quota_used(self.sm.store()),
         }
     }
 
     /// The auth store as of the applied index.
     pub fn auth(&self) -> &crate::auth::AuthStore {
         self.sm.auth()
+    }
+
+    /// Whether a defragmentation ([`Input::Defragment`]) asked when the applied index was
+    /// `applied` is done: a snapshot as of `applied` or later is durable, and none is being
+    /// saved.
+    pub fn defragmented_to(&self, applied: u64) -> bool {
+        self.snapshots.covers(applied)
     }
 
     /// The alarm table as of the applied index.
@@ -524,6 +560,7 @@ impl Node {
             &mut self.watches,
             &mut self.out,
         );
+        self.after_apply_quota();
         self.snapshots.note_applied(entries);
         self.core.count_applied(entries);
         self.snapshots

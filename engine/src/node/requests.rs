@@ -1,8 +1,7 @@
 //! Requests into the node: routing a request to the part that serves it, proposing writes,
 //! batching linearizable reads, MoveLeader, and the leader's lease work.
 
-use keel_proto::etcdserverpb::alarm_request::AlarmAction;
-use keel_proto::etcdserverpb::{AlarmRequest, AlarmType, LeaseRevokeRequest, WatchCreateRequest};
+use keel_proto::etcdserverpb::{AlarmType, LeaseRevokeRequest, WatchCreateRequest};
 use keel_proto::keelpb::{raft_request, AuthHeader, RaftRequest};
 use prost::Message as _;
 
@@ -151,10 +150,16 @@ impl Node {
         if let Some(oldest) = self.sm.make_room_for_proposal() {
             self.reply(oldest, Err(Error::Timeout));
         }
+        if self.sm.alarms().is_active(AlarmType::Corrupt) && alarm::refuses_when_corrupt(&body) {
+            return self.reply(token, Err(Error::Corrupt));
+        }
         if self.sm.alarms().is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // Refused before the log, as etcd's quota check does, so a full member is not
             // sent more to write; the apply refuses what was proposed before the alarm.
             return self.reply(token, Err(Error::NoSpace));
+        }
+        if self.refused_by_quota(token, &body) {
+            return; // answered once this member's alarm is applied
         }
         match &mut body {
             raft_request::Request::MemberUpdate(r) => {
@@ -247,29 +252,12 @@ impl Node {
         let Some(no_space) = self.no_space else {
             return;
         };
-        let me = self.cfg.member_id;
-        if self.sm.alarms().has(me, AlarmType::Nospace) || !self.core.has_leader() {
+        if self.sm.alarms().has(self.cfg.member_id, AlarmType::Nospace) {
             return;
         }
-        let (now_ms, term) = (self.clock.now_ms, self.core.term());
-        let due = match no_space.proposed {
-            None => true,
-            Some((_, t)) if self.core.is_leader() && t == term => false,
-            Some((at_ms, _)) => now_ms >= at_ms + 2 * self.clock.election_timeout_ms(),
-        };
-        if !due {
-            return;
-        }
-        let body = raft_request::Request::Alarm(AlarmRequest {
-            action: AlarmAction::Activate as i32,
-            member_id: me,
-            alarm: AlarmType::Nospace as i32,
-        });
-        if self.propose_entry(body).is_some() {
+        if let Some(proposed) = self.propose_own_nospace(no_space) {
             tracing::warn!("disk full: raising the NOSPACE alarm");
-            self.no_space = Some(super::NoSpace {
-                proposed: Some((now_ms, term)),
-            });
+            self.no_space = Some(proposed);
         }
     }
 

@@ -98,6 +98,8 @@ pub(super) struct Snapshots {
     saving: Option<u64>,
     /// An installed snapshot's index raft must count as applied once it is durable.
     unacked: Option<u64>,
+    /// A defragmentation asked for a snapshot as of at least this applied index.
+    forced: Option<u64>,
 }
 
 impl Snapshots {
@@ -115,7 +117,26 @@ impl Snapshots {
             index: 0,
             saving: None,
             unacked: None,
+            forced: None,
         }
+    }
+
+    /// A defragmentation: the next snapshot is made as soon as none is being saved, as of the
+    /// applied index then (at least `applied`), whatever the thresholds say. Nothing is made
+    /// when the newest snapshot is already at `applied`.
+    pub(super) fn force(&mut self, applied: u64) {
+        if applied > self.index {
+            self.forced = Some(self.forced.map_or(applied, |f| f.max(applied)));
+        }
+    }
+
+    /// Whether a defragmentation asked at `applied` is done: a snapshot at or after it is
+    /// durable (saved by this node, recovered, or installed and acknowledged).
+    pub(super) fn covers(&self, applied: u64) -> bool {
+        self.forced.is_none()
+            && self.saving.is_none()
+            && self.unacked.is_none()
+            && self.index >= applied
     }
 
     /// The index of the newest snapshot made or installed (0: none).
@@ -184,15 +205,22 @@ impl Snapshots {
     /// raft needs a newer one for a follower.
     pub(super) fn maybe_make(&mut self, sm: &StateMachine, core: &RaftCore) -> Option<SnapshotJob> {
         let applied = sm.applied_index();
+        if self.forced.is_some_and(|f| f <= self.index) {
+            self.forced = None; // a snapshot installed since covers it
+        }
         if self.saving.is_some() || applied <= self.index {
             return None;
         }
-        if !self.due(applied) && !core.take_snapshot_wanted() {
+        let forced = self.forced.is_some();
+        if !self.due(applied) && !core.take_snapshot_wanted() && !forced {
             return None;
         }
         let metadata = core.snapshot_metadata(applied)?;
         let parts = sm.snapshot_parts();
         self.saving = Some(applied);
+        if self.forced.is_some_and(|f| f <= applied) {
+            self.forced = None;
+        }
         Some(SnapshotJob::new(metadata, parts))
     }
 

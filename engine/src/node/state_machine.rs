@@ -69,6 +69,14 @@ pub(super) struct StateMachine {
     /// Only ever set by the simulator's `commit-without-quorum` bug: entries may be applied
     /// before raft commits them.
     applies_ahead: bool,
+    /// The quota (`NodeConfig::maintenance`), checked again at apply.
+    quota_bytes: Option<u64>,
+    /// An entry applied since the last [`StateMachine::take_refused_by_quota`] was refused
+    /// for the quota.
+    refused_by_quota: bool,
+    /// Only ever set by the simulator's `apply-wrong` bug: the next put at revision 8 or
+    /// later is applied with a changed value.
+    applies_wrongly: bool,
 }
 
 impl StateMachine {
@@ -90,6 +98,9 @@ impl StateMachine {
             members_changed: false,
             stale_reads: None,
             applies_ahead: false,
+            quota_bytes: cfg.maintenance.quota_bytes,
+            refused_by_quota: false,
+            applies_wrongly: false,
         })
     }
 
@@ -130,6 +141,11 @@ impl StateMachine {
             .is_some_and(|m| m.is_learner)
     }
 
+    /// Whether an entry was refused for the quota since the last call.
+    pub(super) fn take_refused_by_quota(&mut self) -> bool {
+        std::mem::take(&mut self.refused_by_quota)
+    }
+
     /// The `stale-read` bug: linearizable ranges come from a copy of the store refreshed
     /// every `every_applied` applied entries.
     pub(super) fn serve_stale_reads(&mut self, every_applied: u64) {
@@ -142,6 +158,11 @@ impl StateMachine {
             applied_since_refresh: 0,
             copy: self.store.clone(),
         });
+    }
+
+    /// The `apply-wrong` bug: the next put at revision 8 or later is applied wrongly.
+    pub(super) fn apply_wrongly(&mut self) {
+        self.applies_wrongly = true;
     }
 
     /// The `commit-without-quorum` bug: entries may be applied ahead of their commit.
@@ -385,6 +406,10 @@ impl StateMachine {
         clock: Clock,
     ) -> Option<Result<Response, Error>> {
         use raft_request::Request as R;
+        if self.alarms.is_active(AlarmType::Corrupt) && alarm::refuses_when_corrupt(&body) {
+            // etcd 3.4's corrupt applier: nothing is built on a corrupt member's state.
+            return Some(Err(Error::Corrupt));
+        }
         if self.alarms.is_active(AlarmType::Nospace) && alarm::refuses_when_capped(&body) {
             // etcd 3.4's capped applier: the entry is in the log, but it grows nothing.
             return Some(Err(Error::NoSpace));
@@ -397,8 +422,22 @@ impl StateMachine {
         if let Some(result) = self.apply_auth(&body, index, clock.now_ms) {
             return Some(result);
         }
+        // etcd's quota applier: an entry over this member's quota is applied all the same
+        // (members may have different quotas, and every member must build the same state),
+        // and its client is told the space is exceeded; this member then raises NOSPACE.
+        let used = super::quota::quota_used(&self.store);
+        let over_quota = crate::node::exceeds_quota(self.quota_bytes, used, &body);
         let result = match body {
-            R::Put(p) => apply::put(&mut self.store, &p, &self.leases).map(Response::Put),
+            R::Put(mut p) => {
+                if self.applies_wrongly && self.store.current_revision() >= 7 {
+                    // The simulator's `apply-wrong` bug, once.
+                    self.applies_wrongly = false;
+                    let mut value = p.value.to_vec();
+                    value.push(b'!');
+                    p.value = value.into();
+                }
+                apply::put(&mut self.store, &p, &self.leases).map(Response::Put)
+            }
             R::DeleteRange(d) => {
                 apply::delete_range(&mut self.store, &d).map(Response::DeleteRange)
             }
@@ -424,6 +463,13 @@ impl StateMachine {
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
             _ => panic!("an auth entry was left unapplied"),
+        };
+        let result = match result {
+            Ok(_) if over_quota => {
+                self.refused_by_quota = true;
+                Err(Error::NoSpace)
+            }
+            other => other,
         };
         Some(result)
     }

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub joining: bool,
     /// How this member serves watches.
     pub watch: WatchConfig,
+    /// The quota, auto-compaction and corruption checks.
+    pub maintenance: MaintenanceConfig,
     /// Deliberate bugs (simulation builds only; see [`crate::bugs`]).
     pub bugs: Bugs,
     /// How long a simple token lives after its last use (etcd's `--auth-token-ttl`).
@@ -88,6 +90,62 @@ impl Default for WatchConfig {
             progress_interval_ms: PROGRESS_NOTIFY_INTERVAL_MS,
         }
     }
+}
+
+/// etcd's default `--quota-backend-bytes` (2 GiB), which a flag of 0 also means.
+pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
+/// Above this quota (8 GiB) etcd warns that performance may degrade.
+pub const QUOTA_BYTES_WARN: u64 = 8 << 30;
+
+/// The storage upkeep a member does on its own: the space quota, auto-compaction and
+/// corruption checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceConfig {
+    /// Writes that would take the member's quota bytes ([`super::quota_used`]) to this or
+    /// beyond are refused and raise the `NOSPACE` alarm (`None`: no quota, etcd's
+    /// negative `--quota-backend-bytes`).
+    pub quota_bytes: Option<u64>,
+    /// Compactions the leader proposes on its own (`--auto-compaction-mode`, `-retention`).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// Corruption checks between members (`--experimental-initial-corrupt-check`,
+    /// `--experimental-corrupt-check-time`).
+    pub corrupt_check: CorruptCheck,
+}
+
+impl Default for MaintenanceConfig {
+    /// etcd's defaults: a 2 GiB quota, no auto-compaction, no corruption checks.
+    fn default() -> Self {
+        MaintenanceConfig {
+            quota_bytes: Some(QUOTA_BYTES_DEFAULT),
+            auto_compaction: None,
+            corrupt_check: CorruptCheck::default(),
+        }
+    }
+}
+
+/// etcd 3.4's auto-compaction modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep the history of the last `retention_ms` (`--auto-compaction-mode periodic`).
+    Periodic {
+        /// How much history to keep, in milliseconds of the node's clock.
+        retention_ms: u64,
+    },
+    /// Keep the last `retention` revisions (`--auto-compaction-mode revision`).
+    Revision {
+        /// How many revisions to keep.
+        retention: i64,
+    },
+}
+
+/// When members compare their stores' hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CorruptCheck {
+    /// Once, soon after the member starts (`--experimental-initial-corrupt-check`).
+    pub initial: bool,
+    /// Every this many milliseconds of the node's clock (`--experimental-corrupt-check-time`;
+    /// `None`: never).
+    pub interval_ms: Option<u64>,
 }
 
 /// What the driver read back from the snapshot directory and the WAL at start.
@@ -181,6 +239,13 @@ pub enum Input {
         /// Whether the disk is full now.
         full: bool,
     },
+    /// `Maintenance.Defragment`: make a state snapshot as of the applied index as soon as no
+    /// other is being saved, whatever `snapshot_count` says, so the driver can release the
+    /// WAL and snapshot files older than the snapshots kept. [`Node::defragmented_to`] tells
+    /// when it is saved.
+    ///
+    /// [`Node::defragmented_to`]: super::Node::defragmented_to
+    Defragment,
 }
 
 /// Raft state the driver must make durable before it reports [`Input::Persisted`].
@@ -269,6 +334,8 @@ pub struct NodeStatus {
     pub is_learner: bool,
     /// The active alarms (Status lists them in `errors`, as etcd does).
     pub alarms: Vec<keel_proto::etcdserverpb::AlarmMember>,
+    /// The bytes the member counts towards the quota ([`super::quota_used`]).
+    pub quota_bytes_used: u64,
 }
 
 /// Counts the server exports as metrics ([`super::Node::gauges`]), each O(1) to read.
@@ -288,6 +355,8 @@ pub struct NodeGauges {
     pub watchers: u64,
     /// Live leases.
     pub leases: u64,
+    /// What the quota counts (Status's `dbSizeInUse`).
+    pub quota_bytes_used: u64,
 }
 
 /// What the in-memory raft log holds ([`super::Node::raft_log_memory`]).

@@ -5,8 +5,8 @@
 use keel_engine::bugs::Bugs;
 use keel_engine::membership::Member;
 use keel_engine::node::{
-    Node, NodeConfig, Recovered, StartError, WatchConfig, RAFT_LOG_BYTES_MAX_DEFAULT,
-    SNAPSHOT_COUNT_DEFAULT,
+    MaintenanceConfig, Node, NodeConfig, Recovered, StartError, WatchConfig,
+    RAFT_LOG_BYTES_MAX_DEFAULT, SNAPSHOT_COUNT_DEFAULT,
 };
 
 /// The cluster id every test member reports.
@@ -52,6 +52,7 @@ impl TestConfig {
                 client_urls: Vec::new(),
                 joining: false,
                 watch: WatchConfig::default(),
+                maintenance: MaintenanceConfig::default(),
                 bugs: Bugs::none(),
                 auth_token_ttl_ms: keel_engine::node::AUTH_TOKEN_TTL_MS_DEFAULT,
             },
@@ -106,6 +107,12 @@ impl TestConfig {
     /// Started with `--initial-cluster-state existing` (a member added with MemberAdd).
     pub fn joining(mut self, joining: bool) -> TestConfig {
         self.cfg.joining = joining;
+        self
+    }
+
+    /// The quota, auto-compaction and corruption checks.
+    pub fn maintenance(mut self, maintenance: MaintenanceConfig) -> TestConfig {
+        self.cfg.maintenance = maintenance;
         self
     }
 

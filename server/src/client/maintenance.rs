@@ -1,11 +1,13 @@
-//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm, Snapshot) and
+//! etcd's Maintenance service (Status, HashKV, MoveLeader, Alarm, Snapshot, Defragment) and
 //! grpc.health.v1.Health.
+
+use std::time::Duration;
 
 use keel_proto::etcdserverpb::maintenance_server::Maintenance;
 use keel_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, HashKvRequest, HashKvResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use keel_proto::health::health_check_response::ServingStatus;
 use keel_proto::health::health_server::Health;
@@ -17,6 +19,10 @@ use super::Services;
 use crate::status::to_status;
 
 pub use crate::version::ETCD_VERSION;
+
+/// How long a Defragment waits for its snapshot to be durable (etcd's defrag has no server
+/// limit either; the client's command timeout usually ends the wait first).
+pub const DEFRAGMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[tonic::async_trait]
 impl Maintenance for Services {
@@ -30,29 +36,52 @@ impl Maintenance for Services {
     }
 
     /// etcd 3.4's fields, from the node's [`NodeStatus`](keel_engine::node::NodeStatus). keel
-    /// has no bolt file: `dbSize` is the bytes of the member's WAL on disk (what it stores
-    /// durably), and `dbSizeInUse` the same figure, since a WAL has no free pages. Both grow
-    /// with the log until snapshots compact it; neither is comparable to an etcd member's
-    /// number.
+    /// has no bolt file, so the two sizes count what keel has:
+    /// * `dbSize`: the bytes of the member's storage on disk, the WAL's segments plus the
+    ///   snapshot files (as of the last sync, save or release). It grows with the log between
+    ///   snapshots; `defrag` takes a snapshot now so the WAL and the snapshot files it makes
+    ///   redundant are released.
+    /// * `dbSizeInUse`: the bytes the space quota counts (`keel_engine::node::quota_used`):
+    ///   the MVCC store with its uncompacted history (`Store::quota_bytes`: each stored
+    ///   revision's key, value and a fixed overhead) plus a fixed 4 KiB for the rest of the
+    ///   member's state. Compaction lowers it at once. It is an in-memory figure, so unlike etcd's
+    ///   it is not bounded by `dbSize`.
     async fn status(
         &self,
         _request: GrpcRequest<StatusRequest>,
     ) -> Result<GrpcResponse<StatusResponse>, Status> {
         let s = self.handle.status().await.map_err(to_status)?;
-        let db_size = self.handle.wal_bytes() as i64;
+        let db_size = self.handle.wal_bytes() + self.handle.snapshot_bytes();
         Ok(GrpcResponse::new(StatusResponse {
             header: Some(self.header(s.revision, s.raft_term)),
             version: ETCD_VERSION.to_string(),
-            db_size,
+            db_size: db_size as i64,
             leader: s.leader,
             raft_index: s.raft_index,
             raft_term: s.raft_term,
             raft_applied_index: s.raft_applied_index,
             errors: s.alarms.iter().map(alarm_text).collect(),
-            db_size_in_use: db_size,
+            db_size_in_use: s.quota_bytes_used as i64,
             is_learner: s.is_learner,
             ..Default::default()
         }))
+    }
+
+    /// Reclaims what keel's storage leaves reclaimable: a snapshot as of the applied index is
+    /// taken now (off the driver loop), after which the WAL before the snapshot kept as
+    /// fallback and the snapshot files beyond those kept are removed. Reads and writes go on
+    /// meanwhile (etcd's defrag blocks its member). Compacted history is freed by the
+    /// compaction itself (`dbSizeInUse` drops then); defrag shrinks `dbSize`. Answers as
+    /// etcd 3.4 does: an empty response, no header.
+    async fn defragment(
+        &self,
+        _request: GrpcRequest<DefragmentRequest>,
+    ) -> Result<GrpcResponse<DefragmentResponse>, Status> {
+        self.handle
+            .defragment(DEFRAGMENT_TIMEOUT)
+            .await
+            .map_err(to_status)?;
+        Ok(GrpcResponse::new(DefragmentResponse { header: None }))
     }
 
     /// Admin only while auth is enabled; etcd 3.4 sends its auth store's error unconverted

@@ -133,16 +133,19 @@ impl KeelFlags {
         let flags = cmd
             .get_arguments()
             .filter_map(|a| {
-                let takes_value = !matches!(
-                    a.get_action(),
-                    ArgAction::SetTrue
-                        | ArgAction::SetFalse
-                        | ArgAction::Help
-                        | ArgAction::HelpLong
-                        | ArgAction::HelpShort
-                        | ArgAction::Version
-                        | ArgAction::Count
-                );
+                // A boolean with an optional value (`--flag`, `--flag=false`) is a flag too.
+                let optional = a.get_num_args().is_some_and(|n| n.min_values() == 0);
+                let takes_value = !optional
+                    && !matches!(
+                        a.get_action(),
+                        ArgAction::SetTrue
+                            | ArgAction::SetFalse
+                            | ArgAction::Help
+                            | ArgAction::HelpLong
+                            | ArgAction::HelpShort
+                            | ArgAction::Version
+                            | ArgAction::Count
+                    );
                 a.get_long().map(|l| (l.to_string(), takes_value))
             })
             .collect();

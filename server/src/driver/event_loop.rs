@@ -48,6 +48,8 @@ pub(super) struct DriverLoop {
     fatal: Option<String>,
     /// Set once this member is removed: ticks left before it stops.
     removed_grace_ticks: Option<u32>,
+    /// Defragmentations waiting for a snapshot as of (at least) their applied index.
+    defrags: Vec<(u64, oneshot::Sender<()>)>,
     /// Deliberate bugs (simulation builds only).
     bugs: Bugs,
     /// The last leader seen, for `etcd_server_leader_changes_seen_total`.
@@ -74,6 +76,7 @@ impl DriverLoop {
             watch_streams: BTreeMap::new(),
             fatal: None,
             removed_grace_ticks: None,
+            defrags: Vec::new(),
             bugs,
             last_leader: 0,
         }
@@ -169,6 +172,23 @@ impl DriverLoop {
                 }
             }
             self.dispatch();
+            if !self.defrags.is_empty() {
+                self.finish_defrags();
+            }
+        }
+    }
+
+    /// Answers the defragmentations whose snapshot is durable (their WAL release is queued
+    /// by then: `on_saved` hands it to the WAL writer before this runs).
+    fn finish_defrags(&mut self) {
+        let node = &self.node;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.defrags)
+            .into_iter()
+            .partition(|(applied, _)| node.defragmented_to(*applied));
+        self.defrags = waiting;
+        for (applied, reply) in done {
+            tracing::info!(applied, "finished defragment");
+            let _ = reply.send(());
         }
     }
 
@@ -229,6 +249,12 @@ impl DriverLoop {
                 request,
                 auth_token,
             }),
+            Command::Defragment { reply } => {
+                let applied = self.node.status().raft_applied_index;
+                tracing::info!(applied, "starting defragment");
+                self.node.step(Input::Defragment);
+                self.defrags.push((applied, reply));
+            }
         }
     }
 

@@ -45,6 +45,11 @@ pub(super) enum Command {
         request: WatchCreateRequest,
         auth_token: Option<String>,
     },
+    /// `Maintenance.Defragment`: answered once a snapshot as of the applied index now is
+    /// durable and the WAL before the snapshot kept as fallback is handed for release.
+    Defragment {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What the driver sends a Watch stream: a response, or the reason the stream ends.
@@ -60,6 +65,7 @@ pub struct Handle {
     pub(super) next_watch_stream: Arc<AtomicU64>,
     pub(super) request_timeout: Duration,
     pub(super) wal_bytes: Arc<AtomicU64>,
+    pub(super) snap_bytes: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -166,6 +172,28 @@ impl Handle {
     /// `dbSize`.
     pub fn wal_bytes(&self) -> u64 {
         self.wal_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the snapshot files on disk, as of the last save, install or release.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snap_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Reclaims what keel's storage leaves reclaimable (see [`Command::Defragment`]): makes a
+    /// snapshot as of the applied index now, off the loop, so that the WAL and the snapshot
+    /// files it makes redundant are released. Reads and writes go on meanwhile. Waits up to
+    /// `timeout`.
+    pub async fn defragment(&self, timeout: Duration) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Defragment { reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// The member table as of the applied index.

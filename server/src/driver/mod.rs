@@ -22,6 +22,7 @@
 //! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
 //! starts the four tasks.
 
+mod disk_bytes;
 mod error;
 mod event_loop;
 mod handle;
@@ -46,6 +47,7 @@ pub use snapshotter::{SAVE_RETRY_MAX, SAVE_RETRY_MIN};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
+use disk_bytes::{snap_dir_bytes, DiskBytes};
 use event_loop::{DiskReports, DriverLoop};
 use snapshotter::snapshotter;
 use wal_writer::wal_writer;
@@ -115,13 +117,22 @@ pub fn start(
     let (fatal_tx, fatal_rx) = oneshot::channel();
 
     let wal_bytes = Arc::new(AtomicU64::new(storage.wal.disk_bytes()));
+    let snap_bytes = Arc::new(AtomicU64::new(snap_dir_bytes(&storage.snaps)));
     tokio::spawn(ticker(clock, tick, ticks_tx));
-    tokio::spawn(snapshotter(storage.snaps.clone(), save_rx, saved_tx));
+    tokio::spawn(snapshotter(
+        storage.snaps.clone(),
+        save_rx,
+        saved_tx,
+        Arc::clone(&snap_bytes),
+    ));
     tokio::spawn(wal_writer(
         storage,
         persist_rx,
         durable_tx,
-        Arc::clone(&wal_bytes),
+        DiskBytes {
+            wal: Arc::clone(&wal_bytes),
+            snaps: Arc::clone(&snap_bytes),
+        },
         Arc::clone(&transport),
         bugs,
     ));
@@ -150,6 +161,7 @@ pub fn start(
             next_watch_stream: Arc::new(AtomicU64::new(1)),
             request_timeout,
             wal_bytes,
+            snap_bytes,
         },
         fatal_rx,
     )

@@ -18,6 +18,8 @@
 //! Under simulation the save takes virtual time (per buffer written, and per fsync), so that
 //! a power cut can land while a snapshot is being written.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::node::SnapshotJob;
@@ -53,6 +55,7 @@ pub(super) async fn snapshotter(
     snaps: SnapDir,
     mut jobs: mpsc::UnboundedReceiver<SnapshotJob>,
     done: mpsc::Sender<Saved>,
+    snap_bytes: Arc<AtomicU64>,
 ) {
     let mut backoff = SAVE_RETRY_MIN;
     while let Some(job) = jobs.recv().await {
@@ -60,6 +63,8 @@ pub(super) async fn snapshotter(
         let report = match save(&snaps, job).await {
             Ok(Some((snapshot, published))) => {
                 backoff = SAVE_RETRY_MIN;
+                snap_bytes.store(published.dir_bytes, Ordering::Relaxed);
+                let published = published.published;
                 tracing::info!(index, file = %published.path.display(), "saved snapshot");
                 Saved::Done {
                     snapshot,
@@ -90,7 +95,7 @@ pub(super) async fn snapshotter(
 async fn save(
     snaps: &SnapDir,
     job: SnapshotJob,
-) -> Result<Option<(Snapshot, Published)>, SnapError> {
+) -> Result<Option<(Snapshot, PublishedSized)>, SnapError> {
     let started = std::time::Instant::now();
     let metadata = job.metadata().clone();
     let (index, term) = (metadata.index, metadata.term);
@@ -110,7 +115,14 @@ async fn save(
         let published = dir.publish(synced)?;
         // Followers are served from the mapped file; the job's store view is gone already.
         let data = dir.read_data(&published.path)?;
-        Ok::<_, SnapError>((data, published))
+        let dir_bytes = super::disk_bytes::snap_dir_bytes(&dir);
+        Ok::<_, SnapError>((
+            data,
+            PublishedSized {
+                published,
+                dir_bytes,
+            },
+        ))
     })
     .await;
     let Some((data, published)) = published.transpose()? else {
@@ -125,6 +137,12 @@ async fn save(
         .snapshot_save
         .observe(started.elapsed().as_secs_f64());
     Ok(Some((snapshot, published)))
+}
+
+/// A snapshot file put in place, and the bytes of every snapshot file after its pruning.
+struct PublishedSized {
+    published: Published,
+    dir_bytes: u64,
 }
 
 /// Streams `job` into a new snapshot file (not yet fsynced); the job is dropped after.

@@ -17,7 +17,7 @@
 //! one fills), `ENOSPC` shows up while the current segment still has room; the same seam
 //! serves: the reservation's failure is reported as [`Done::NoSpace`] and retried here.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ pub(super) async fn wal_writer(
     storage: Storage,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     durable: mpsc::Sender<Durable>,
-    wal_bytes: Arc<AtomicU64>,
+    bytes: super::disk_bytes::DiskBytes,
     transport: Arc<dyn Outbound>,
     bugs: Bugs,
 ) {
@@ -116,6 +116,11 @@ pub(super) async fn wal_writer(
                     }
                 },
             },
+        };
+        // Snapshot files change with a release (the saver pruned some) or an install.
+        let snaps_changed = match &first {
+            Job::Release { .. } => true,
+            Job::Persist(batch) => batch.snapshot.is_some(),
         };
         st = match first {
             Job::Release { before } => {
@@ -159,10 +164,15 @@ pub(super) async fn wal_writer(
                 st
             }
         };
-        let bytes = st.wal.disk_bytes();
-        wal_bytes.store(bytes, Ordering::Relaxed);
-        metrics().db_total_size.set(bytes as i64);
-        metrics().db_in_use.set(bytes as i64);
+        bytes.wal.store(st.wal.disk_bytes(), Ordering::Relaxed);
+        if snaps_changed {
+            bytes.snaps.store(
+                super::disk_bytes::snap_dir_bytes(&st.snaps),
+                Ordering::Relaxed,
+            );
+        }
+        let total = bytes.wal.load(Ordering::Relaxed) + bytes.snaps.load(Ordering::Relaxed);
+        metrics().db_total_size.set(total as i64);
     }
 }
 

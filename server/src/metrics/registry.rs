@@ -227,6 +227,7 @@ impl Metrics {
         self.watchers.set(g.watchers as i64);
         self.watch_streams.set(streams as i64);
         self.leases.set(g.leases as i64);
+        self.db_in_use.set(g.quota_bytes_used as i64);
     }
 }
 
@@ -352,6 +353,7 @@ mod tests {
             keys: 3,
             watchers: 2,
             leases: 1,
+            quota_bytes_used: 4096,
         };
         m.observe_node(&g, 4, 1, &mut last);
         m.observe_node(&g, 4, 1, &mut last);

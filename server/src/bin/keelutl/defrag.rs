@@ -143,6 +143,7 @@ fn replay(recovered: Recovered) -> anyhow::Result<Node> {
         joining: true,
         watch: WatchConfig::default(),
         auth_token_ttl_ms: keel_engine::node::AUTH_TOKEN_TTL_MS_DEFAULT,
+        maintenance: keel_engine::node::MaintenanceConfig::default(),
         bugs: keel_engine::bugs::Bugs::none(),
     };
     let mut node = Node::new(config, recovered)?;
