@@ -492,6 +492,56 @@ fn out_of_budget_is_unknown_not_valid() {
     valid(&h);
 }
 
+/// The shape of sim seed 37 (`--nodes 1 --duration 10 --clients 12`): a revision no
+/// acknowledged write took, in-doubt puts of a key that the first choices try and a read then
+/// refutes, and the in-doubt delete that really made the revision. Ops: 0, 1 in-doubt puts of
+/// `a`; 2 put b=1 at rev 2; 3 in-doubt delete of `b`; 4 a range at rev 3 that shows `read`.
+fn puts_refuted_then_a_delete(read: Vec<KeyValue>) -> History {
+    History::builder()
+        .invoke(1, Request::put("a", "1"))
+        .info(1)
+        .invoke(2, Request::put("a", "2"))
+        .info(2)
+        .invoke(3, Request::put("b", "1"))
+        .ok(3, Response::put(2))
+        .invoke(4, Request::delete("b"))
+        .info(4)
+        .invoke(5, Request::range("a", "c"))
+        .ok(5, Response::range(3, read))
+        .build()
+}
+
+#[test]
+fn out_of_budget_while_backtracking_is_unknown_not_invalid() {
+    // Rev 3 is p4's delete of b, found after both puts of a failed the read. A budget that
+    // runs out between those tries must not turn the last refuted choice into a verdict.
+    let h = puts_refuted_then_a_delete(vec![]);
+    for max_steps in 1..4 {
+        let options = CheckOptions {
+            max_steps,
+            ..CheckOptions::default()
+        };
+        let v = check(&h, &options);
+        assert!(
+            !matches!(v, Verdict::Invalid(_)),
+            "max_steps {max_steps}: a linearizable history judged {v}"
+        );
+    }
+    valid(&h);
+}
+
+#[test]
+fn revision_no_in_doubt_write_explains_is_still_invalid() {
+    // The same ops, but the read at rev 3 still shows b: neither a put of a (the read shows
+    // no a) nor the delete of b can have made rev 3.
+    let h = puts_refuted_then_a_delete(vec![kv("b", "1", 2, 2, 1)]);
+    let v = verdict(&h);
+    assert!(
+        matches!(v, Verdict::Invalid(_)),
+        "expected a violation, got {v}"
+    );
+}
+
 #[test]
 fn jsonl_history_checks_the_same() {
     let h = two_puts()

@@ -68,6 +68,16 @@ impl From<Violation> for Step {
     }
 }
 
+/// Where backtracking ended.
+enum Back {
+    /// This revision was made anew; the replay goes on after it.
+    Resume(Revision),
+    /// No choice point has a candidate left: every order was tried.
+    Exhausted,
+    /// The budget ran out with choices untried (why).
+    OutOfBudget(String),
+}
+
 struct LogEntry {
     undo: Undo,
     in_doubt: Option<(Revision, usize)>,
@@ -240,8 +250,9 @@ impl<'a> Search<'a> {
                 Err(e) => {
                     self.note(r, e);
                     match self.backtrack() {
-                        Some(back) => r = back + 1,
-                        None => return self.verdict_after_exhaustion(),
+                        Back::Resume(back) => r = back + 1,
+                        Back::Exhausted => return self.verdict_after_exhaustion(),
+                        Back::OutOfBudget(reason) => return Verdict::Unknown { reason },
                     }
                 }
             }
@@ -304,23 +315,26 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    /// Goes back to the latest choice point with candidates left; returns its revision, made
-    /// anew and checked.
-    fn backtrack(&mut self) -> Option<Revision> {
+    /// Goes back to the latest choice point with candidates left and makes its revision anew
+    /// and checked. Running out of budget on the way is not exhaustion: the choices left
+    /// untried may hold a linearization, so it decides nothing.
+    fn backtrack(&mut self) -> Back {
         self.stats.backtracks += 1;
         loop {
             if let Some(key) = self.conflict.take() {
                 self.jump(&key);
             }
-            let choice = self.stack.last()?;
+            let Some(choice) = self.stack.last() else {
+                return Back::Exhausted;
+            };
             let (r, log_len) = (choice.revision, choice.log_len);
             self.undo_to(log_len);
             match self.advance(r).and_then(|()| self.after(r)) {
-                Ok(()) => return Some(r),
+                Ok(()) => return Back::Resume(r),
                 Err(e) => self.note(r, e),
             }
-            if self.out_of_budget().is_some() {
-                return None;
+            if let Some(reason) = self.out_of_budget() {
+                return Back::OutOfBudget(reason);
             }
         }
     }
