@@ -542,6 +542,46 @@ fn revision_no_in_doubt_write_explains_is_still_invalid() {
     );
 }
 
+/// An in-doubt put of `x` seen at rev 3 (op 0), in-doubt deletes of `y` (op 1) and of `x`
+/// (op 2), and a complete read at rev 4 (op 3) showing `read`.
+fn put_then_maybe_deleted(read: Vec<KeyValue>) -> History {
+    History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .info(1)
+        .invoke(2, Request::delete("y"))
+        .info(2)
+        .invoke(5, Request::put("y", "1"))
+        .ok(5, Response::put(2))
+        .invoke(3, Request::delete("x"))
+        .info(3)
+        .invoke(4, Request::range("a", "\0"))
+        .ok(4, Response::range(5, read))
+        .build()
+}
+
+#[test]
+fn a_put_a_later_read_misses_needs_a_delete_in_between() {
+    // Rev 2 y=1, rev 3 x=1, rev 4 delete x, rev 5 delete y: the read at 5 sees nothing.
+    valid(&put_then_maybe_deleted(vec![]));
+    // With x's delete gone nothing can undo x=1 before the read, so the put of x cannot
+    // take rev 3 or 4, and one delete of y cannot make both.
+    let h = History::builder()
+        .invoke(1, Request::put("x", "1"))
+        .info(1)
+        .invoke(2, Request::delete("y"))
+        .info(2)
+        .invoke(5, Request::put("y", "1"))
+        .ok(5, Response::put(2))
+        .invoke(4, Request::range("a", "\0"))
+        .ok(4, Response::range(4, vec![]))
+        .build();
+    let v = verdict(&h);
+    assert!(
+        matches!(v, Verdict::Invalid(_)),
+        "expected a violation, got {v}"
+    );
+}
+
 #[test]
 fn jsonl_history_checks_the_same() {
     let h = two_puts()

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::history::{History, HistoryError, Operation, ProcessId, Revision};
 
+pub mod absent;
 pub mod describe;
 pub mod facts;
 pub mod forbid;

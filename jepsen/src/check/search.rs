@@ -11,12 +11,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use super::absent::Absences;
 use super::describe::{request_text, who};
 use super::facts::Facts;
 use super::order::Prepared;
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
 use crate::history::{KeyValue, Operation, Request, RequestOp, Response, ResponseOp, Revision};
-use crate::model::{Model, Undo};
+use crate::model::{in_range, Model, Undo};
 
 /// What the replay did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +108,7 @@ pub struct Search<'a> {
     min_revision: Vec<(Revision, usize)>,
     ok_by_revision: Vec<(Revision, usize)>,
     facts: &'a Facts,
+    absences: Absences,
 }
 
 fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
@@ -165,6 +167,7 @@ impl<'a> Search<'a> {
             min_revision: Vec::new(),
             ok_by_revision: Vec::new(),
             facts,
+            absences: Absences::new(p, facts),
         };
         s.index();
         s
@@ -435,7 +438,9 @@ impl<'a> Search<'a> {
             let Ok((_, undo)) = self.model.apply(&self.p.ops[id].request) else {
                 continue;
             };
-            if self.model.revision() != r || !self.hints_hold(r) || !self.unseen_by_reads(&undo, r)
+            if self.model.revision() != r
+                || !self.hints_hold(r)
+                || !self.unseen_by_reads(&undo, r, id)
             {
                 self.model.undo(undo);
                 continue;
@@ -454,12 +459,39 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Whether what reads saw allows this change's writes at `r`.
-    fn unseen_by_reads(&self, undo: &Undo, r: Revision) -> bool {
+    /// Whether what reads saw allows op `id`'s writes at `r`.
+    fn unseen_by_reads(&self, undo: &Undo, r: Revision, id: usize) -> bool {
         undo.keys().iter().all(|key| match self.model.current(key) {
-            Some(e) => !self.facts.no_puts.forbids(key, r) && self.version_fits(key, e, r),
+            Some(e) => {
+                !self.facts.no_puts.forbids(key, r)
+                    && self.version_fits(key, e, r)
+                    && self.can_vanish(key, r, id)
+            }
             None => !self.facts.no_deletes.forbids(key, r),
         })
+    }
+
+    /// `key` is live at `r` (op `id` put it): if a later complete read showed it absent, some
+    /// delete can still fall between (see [`Absences`]).
+    fn can_vanish(&self, key: &str, r: Revision, id: usize) -> bool {
+        let Some(d) = self.absences.next_after(key, r) else {
+            return true;
+        };
+        let deletes = |rev: &Option<Revision>, op: usize| match rev {
+            Some(at) => *at > r && *at <= d,
+            None => op != id && !self.used[op] && self.p.min_revision[op] <= d,
+        };
+        let one = self
+            .facts
+            .key_deletes
+            .get(key)
+            .map_or(&[][..], |v| v.as_slice());
+        one.iter().any(|(rev, op)| deletes(rev, *op))
+            || self
+                .facts
+                .deletes
+                .iter()
+                .any(|(s, e, rev, op)| in_range(key, s, e.as_deref()) && deletes(rev, *op))
     }
 
     /// A put of `key` at `r` leaves it at `e`; the next version a read saw, `(m, c, v)` with
