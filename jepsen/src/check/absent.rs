@@ -1,6 +1,7 @@
-//! Where complete reads showed a key absent, for pruning the replay.
+//! Where reads showed a key absent, for pruning the replay.
 //!
-//! A read at `d` whose range covers `x` without showing it says `x` was not live at `d`. If the
+//! A read at `d` whose range covers `x` without showing it says `x` was not live at `d`; a read
+//! showing `x` created at `c` says it was not live at `c - 1`. If the
 //! replay makes `x` live at `r < d`, something must delete `x` in `(r, d]`: an acknowledged
 //! delete at a revision there, or an in-doubt one not yet placed and invoked early enough to
 //! take a revision at or before `d`. With neither, no order that extends the replay's choices
@@ -13,7 +14,7 @@ use super::order::{data_revision, Prepared};
 use crate::history::{Request, Revision};
 use crate::model::in_range;
 
-/// Per key, the data revisions of the complete reads that showed it absent, ascending.
+/// Per key, the revisions at which reads showed it absent, ascending.
 #[derive(Default)]
 pub struct Absences {
     at: HashMap<String, Vec<Revision>>,
@@ -32,6 +33,11 @@ impl Absences {
             }
             let d = data_revision(op, resp.revision());
             for (start, end, kvs, complete) in shown(op, resp) {
+                // A key created at `c` was absent at `c - 1`.
+                for kv in kvs {
+                    let at = a.at.entry(kv.key.clone()).or_default();
+                    at.push(kv.create_revision - 1);
+                }
                 if !complete {
                     continue;
                 }
@@ -52,7 +58,7 @@ impl Absences {
         a
     }
 
-    /// The first data revision after `r` at which a complete read showed `key` absent.
+    /// The first revision after `r` at which a read showed `key` absent.
     pub fn next_after(&self, key: &str, r: Revision) -> Option<Revision> {
         let revs = self.at.get(key)?;
         revs.get(revs.partition_point(|d| *d <= r)).copied()
