@@ -359,7 +359,7 @@ impl Facts {
 /// The (range start, range end, kvs, whether every live key is shown) a non-mutating `ok` op
 /// shows about the state at its data revision: a range's result, or the ranges inside a txn
 /// that wrote nothing.
-fn shown<'o>(
+pub(crate) fn shown<'o>(
     op: &'o Operation,
     resp: &'o Response,
 ) -> Vec<(String, Option<String>, &'o [KeyValue], bool)> {

@@ -18,8 +18,10 @@
 //!    acknowledged write took — an in-doubt (`info`) write, chosen among those invoked early
 //!    enough whose effect matches what reads saw at that revision; reads are checked against the
 //!    state at their revision. Only these choices branch; a dead end backtracks (with a memo of
-//!    visited states), bounded in states and time. A revision nobody can have produced is a
-//!    violation.
+//!    visited states), bounded in states and time. An in-doubt put of a key that a later
+//!    complete read shows absent is refuted at once when no delete is left to fall between
+//!    ([`absent`]). A revision nobody can have produced is a violation; a budget that runs out,
+//!    during backtracking too, decides nothing (`Unknown`).
 //!
 //! Serializable reads may be stale: they are checked against the state at their header
 //! revision, and they may not see the future, but they need not be recent.
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use crate::history::{History, HistoryError, Operation, ProcessId, Revision};
 
+pub mod absent;
 pub mod describe;
 pub mod facts;
 pub mod forbid;

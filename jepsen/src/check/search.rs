@@ -11,12 +11,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use super::absent::Absences;
 use super::describe::{request_text, who};
 use super::facts::Facts;
 use super::order::Prepared;
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
 use crate::history::{KeyValue, Operation, Request, RequestOp, Response, ResponseOp, Revision};
-use crate::model::{Model, Undo};
+use crate::model::{in_range, Model, Undo};
 
 /// What the replay did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,6 +69,16 @@ impl From<Violation> for Step {
     }
 }
 
+/// Where backtracking ended.
+enum Back {
+    /// This revision was made anew; the replay goes on after it.
+    Resume(Revision),
+    /// No choice point has a candidate left: every order was tried.
+    Exhausted,
+    /// The budget ran out with choices untried (why).
+    OutOfBudget(String),
+}
+
 struct LogEntry {
     undo: Undo,
     in_doubt: Option<(Revision, usize)>,
@@ -97,6 +108,7 @@ pub struct Search<'a> {
     min_revision: Vec<(Revision, usize)>,
     ok_by_revision: Vec<(Revision, usize)>,
     facts: &'a Facts,
+    absences: Absences,
 }
 
 fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
@@ -155,6 +167,7 @@ impl<'a> Search<'a> {
             min_revision: Vec::new(),
             ok_by_revision: Vec::new(),
             facts,
+            absences: Absences::new(p, facts),
         };
         s.index();
         s
@@ -240,8 +253,9 @@ impl<'a> Search<'a> {
                 Err(e) => {
                     self.note(r, e);
                     match self.backtrack() {
-                        Some(back) => r = back + 1,
-                        None => return self.verdict_after_exhaustion(),
+                        Back::Resume(back) => r = back + 1,
+                        Back::Exhausted => return self.verdict_after_exhaustion(),
+                        Back::OutOfBudget(reason) => return Verdict::Unknown { reason },
                     }
                 }
             }
@@ -304,23 +318,26 @@ impl<'a> Search<'a> {
         Ok(())
     }
 
-    /// Goes back to the latest choice point with candidates left; returns its revision, made
-    /// anew and checked.
-    fn backtrack(&mut self) -> Option<Revision> {
+    /// Goes back to the latest choice point with candidates left and makes its revision anew
+    /// and checked. Running out of budget on the way is not exhaustion: the choices left
+    /// untried may hold a linearization, so it decides nothing.
+    fn backtrack(&mut self) -> Back {
         self.stats.backtracks += 1;
         loop {
             if let Some(key) = self.conflict.take() {
                 self.jump(&key);
             }
-            let choice = self.stack.last()?;
+            let Some(choice) = self.stack.last() else {
+                return Back::Exhausted;
+            };
             let (r, log_len) = (choice.revision, choice.log_len);
             self.undo_to(log_len);
             match self.advance(r).and_then(|()| self.after(r)) {
-                Ok(()) => return Some(r),
+                Ok(()) => return Back::Resume(r),
                 Err(e) => self.note(r, e),
             }
-            if self.out_of_budget().is_some() {
-                return None;
+            if let Some(reason) = self.out_of_budget() {
+                return Back::OutOfBudget(reason);
             }
         }
     }
@@ -421,7 +438,9 @@ impl<'a> Search<'a> {
             let Ok((_, undo)) = self.model.apply(&self.p.ops[id].request) else {
                 continue;
             };
-            if self.model.revision() != r || !self.hints_hold(r) || !self.unseen_by_reads(&undo, r)
+            if self.model.revision() != r
+                || !self.hints_hold(r)
+                || !self.unseen_by_reads(&undo, r, id)
             {
                 self.model.undo(undo);
                 continue;
@@ -440,12 +459,39 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// Whether what reads saw allows this change's writes at `r`.
-    fn unseen_by_reads(&self, undo: &Undo, r: Revision) -> bool {
+    /// Whether what reads saw allows op `id`'s writes at `r`.
+    fn unseen_by_reads(&self, undo: &Undo, r: Revision, id: usize) -> bool {
         undo.keys().iter().all(|key| match self.model.current(key) {
-            Some(e) => !self.facts.no_puts.forbids(key, r) && self.version_fits(key, e, r),
+            Some(e) => {
+                !self.facts.no_puts.forbids(key, r)
+                    && self.version_fits(key, e, r)
+                    && self.can_vanish(key, r, id)
+            }
             None => !self.facts.no_deletes.forbids(key, r),
         })
+    }
+
+    /// `key` is live at `r` (op `id` put it): if a later complete read showed it absent, some
+    /// delete can still fall between (see [`Absences`]).
+    fn can_vanish(&self, key: &str, r: Revision, id: usize) -> bool {
+        let Some(d) = self.absences.next_after(key, r) else {
+            return true;
+        };
+        let deletes = |rev: &Option<Revision>, op: usize| match rev {
+            Some(at) => *at > r && *at <= d,
+            None => op != id && !self.used[op] && self.p.min_revision[op] <= d,
+        };
+        let one = self
+            .facts
+            .key_deletes
+            .get(key)
+            .map_or(&[][..], |v| v.as_slice());
+        one.iter().any(|(rev, op)| deletes(rev, *op))
+            || self
+                .facts
+                .deletes
+                .iter()
+                .any(|(s, e, rev, op)| in_range(key, s, e.as_deref()) && deletes(rev, *op))
     }
 
     /// A put of `key` at `r` leaves it at `e`; the next version a read saw, `(m, c, v)` with
