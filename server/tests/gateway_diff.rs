@@ -336,12 +336,12 @@ fn answer(
     }
 }
 
-/// Streamed routes keel does not implement yet: a JSON Unimplemented error each.
+/// Streamed routes that answer at once, not compared byte for byte with etcd's (a backup's
+/// bytes differ): a JSON Unimplemented error while keel lacks one, else a 200 stream of
+/// `{"result":…}` lines. (`election/observe` waits for a leader on both servers, so it has
+/// no first line to compare here; tests/lock_election.rs covers it.)
 fn unimplemented_streams(pair: &mut Pair) -> Result<()> {
-    for (path, body) in [
-        ("/v3/maintenance/snapshot", "{}"),
-        ("/v3/election/observe", r#"{"name":"ZWw="}"#),
-    ] {
+    for (path, body) in [("/v3/maintenance/snapshot", "{}")] {
         let mut keel = Streamed::open(pair.keel.ports.client, path, body)?;
         let line = keel.line(Duration::from_secs(10))?.unwrap_or_default();
         let got = Answer {
