@@ -341,7 +341,8 @@ fn answer(
 /// `{"result":…}` lines. (`election/observe` waits for a leader on both servers, so it has
 /// no first line to compare here; tests/lock_election.rs covers it.)
 fn unimplemented_streams(pair: &mut Pair) -> Result<()> {
-    for (path, body) in [("/v3/maintenance/snapshot", "{}")] {
+    let streamed: &[(&'static str, &str)] = &[("/v3/maintenance/snapshot", "{}")];
+    for &(path, body) in streamed {
         let mut keel = Streamed::open(pair.keel.ports.client, path, body)?;
         let line = keel.line(Duration::from_secs(10))?.unwrap_or_default();
         let got = Answer {
