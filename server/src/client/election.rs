@@ -128,23 +128,23 @@ impl Election for Services {
         &self,
         request: GrpcRequest<CampaignRequest>,
     ) -> Result<GrpcResponse<CampaignResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
-        Ok(GrpcResponse::new(self.campaign_as(req).await?))
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
+        Ok(GrpcResponse::new(this.campaign_as(req).await?))
     }
 
     async fn proclaim(
         &self,
         request: GrpcRequest<ProclaimRequest>,
     ) -> Result<GrpcResponse<ProclaimResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
         let leader = req
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let lease = self.session_lease(leader.lease).await?;
+        let lease = this.session_lease(leader.lease).await?;
         let header = self
             .proclaim_as(&leader.key, leader.rev, lease, req.value)
             .await?;
@@ -155,9 +155,9 @@ impl Election for Services {
         &self,
         request: GrpcRequest<LeaderRequest>,
     ) -> Result<GrpcResponse<LeaderResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
         let prefix = name_prefix(&req.name);
         let (header, kv) = self
             .leader_of(&prefix)
@@ -173,11 +173,11 @@ impl Election for Services {
         &self,
         request: GrpcRequest<LeaderRequest>,
     ) -> Result<GrpcResponse<BoxStream<LeaderResponse>>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
         let observer = Observer {
-            services: self.clone(),
+            services: this.clone(),
             prefix: name_prefix(&req.name),
             pending: VecDeque::new(),
             following: None,
@@ -195,15 +195,15 @@ impl Election for Services {
         &self,
         request: GrpcRequest<ResignRequest>,
     ) -> Result<GrpcResponse<ResignResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
         let leader = req
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         // etcd opens a session for the request's lease even though Resign never uses it.
-        self.session_lease(leader.lease).await?;
-        let header = self.undo(Undo::Resign(leader.key, leader.rev)).await?;
+        this.session_lease(leader.lease).await?;
+        let header = this.undo(Undo::Resign(leader.key, leader.rev)).await?;
         Ok(GrpcResponse::new(ResignResponse { header }))
     }
 }

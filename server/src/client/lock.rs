@@ -80,20 +80,20 @@ impl Lock for Services {
         &self,
         request: GrpcRequest<LockRequest>,
     ) -> Result<GrpcResponse<LockResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
-        Ok(GrpcResponse::new(self.lock_mutex(req).await?))
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
+        Ok(GrpcResponse::new(this.lock_mutex(req).await?))
     }
 
     async fn unlock(
         &self,
         request: GrpcRequest<UnlockRequest>,
     ) -> Result<GrpcResponse<UnlockResponse>, Status> {
-        let req = request.into_inner();
-        self.check_message(req.encoded_len())?;
-        self.refuse_on_learner().await?;
-        let deleted = self.recipe_delete(req.key).await?;
+        let (this, req) = self.as_caller(request);
+        this.check_message(req.encoded_len())?;
+        this.refuse_on_learner().await?;
+        let deleted = this.recipe_delete(req.key).await?;
         Ok(GrpcResponse::new(UnlockResponse {
             header: deleted.header,
         }))

@@ -66,6 +66,9 @@ pub struct Services {
     max_request_bytes: usize,
     max_txn_ops: usize,
     bcrypt_cost: u32,
+    /// The auth token of the client a Lock or Election call serves ([`Services::as_caller`]):
+    /// the recipe's KV calls are checked with it, as etcd's are with the caller's context.
+    caller: Option<String>,
 }
 
 impl Services {
@@ -78,6 +81,7 @@ impl Services {
             max_request_bytes: config.max_request_bytes as usize,
             max_txn_ops: config.max_txn_ops as usize,
             bcrypt_cost: config.bcrypt_cost,
+            caller: None,
         }
     }
 
@@ -156,6 +160,14 @@ impl Services {
             .collect();
         let gateway = crate::gateway::Gateway::new(apis, routes, 0);
         listener::serve_http(gateway, addr).await
+    }
+
+    /// These services acting for the client of `request` (its auth token kept for the Lock
+    /// and Election recipes' calls), and the request's message.
+    fn as_caller<T>(&self, request: GrpcRequest<T>) -> (Services, T) {
+        let mut this = self.clone();
+        this.caller = auth_token(&request);
+        (this, request.into_inner())
     }
 
     /// Sends a client's request, with its auth token, through the node.

@@ -153,13 +153,19 @@ impl Services {
     pub(super) async fn recipe_txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
         apply::check_txn(&txn, self.max_txn_ops).map_err(recipe_status)?;
         self.recipe_fits(txn.encoded_len())?;
-        self.handle.call(txn).await.map_err(recipe_status)
+        self.handle
+            .call_as(self.caller.clone(), txn)
+            .await
+            .map_err(recipe_status)
     }
 
     /// The recipe's (linearizable) range.
     pub(super) async fn recipe_range(&self, range: RangeRequest) -> Result<RangeResponse, Status> {
         apply::check_range(&range).map_err(recipe_status)?;
-        self.handle.call(range).await.map_err(recipe_status)
+        self.handle
+            .call_as(self.caller.clone(), range)
+            .await
+            .map_err(recipe_status)
     }
 
     /// Deletes `key`, as etcd's Unlock and a cancelled lock wait do.
@@ -173,7 +179,10 @@ impl Services {
         };
         apply::check_delete_range(&delete).map_err(recipe_status)?;
         self.recipe_fits(delete.encoded_len())?;
-        self.handle.call(delete).await.map_err(recipe_status)
+        self.handle
+            .call_as(self.caller.clone(), delete)
+            .await
+            .map_err(recipe_status)
     }
 
     fn recipe_fits(&self, encoded_len: usize) -> Result<(), Status> {
@@ -194,7 +203,11 @@ impl Services {
             ttl: SESSION_TTL_S,
             id: 0,
         };
-        let granted = self.handle.call(grant).await.map_err(recipe_status)?;
+        let granted = self
+            .handle
+            .call_as(self.caller.clone(), grant)
+            .await
+            .map_err(recipe_status)?;
         Ok(granted.id)
     }
 
