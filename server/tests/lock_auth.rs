@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use common::{keel_bin, require_on_path, Ports, Server, TempDir};
-use etcd_client::{Client, ConnectOptions, Permission};
+use etcd_client::{Client, ConnectOptions, Permission, ProclaimOptions};
 
 /// How long a client may take to connect and be answered.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -81,7 +81,42 @@ async fn session(label: &str, program: &Path, dir: &TempDir) -> Result<Vec<Strin
         };
         out.push(format!("{user} locks {name}: {outcome}"));
     }
+    for (user, pw, name) in [("alice", "alicepw", "held/e"), ("bob", "bobpw", "held/f")] {
+        let mut c = client(&server, Some((user, pw))).await?;
+        out.push(format!(
+            "{user} campaigns on {name}: {}",
+            election(&mut c, name).await
+        ));
+    }
     Ok(out)
+}
+
+/// Campaign, Proclaim and Leader on `name` for one user: what each answered.
+async fn election(c: &mut Client, name: &str) -> String {
+    let lease = match c.lease_grant(30, None).await {
+        Ok(granted) => granted.id(),
+        Err(e) => return format!("lease error: {e}"),
+    };
+    let leader = match c.campaign(name, "v1", lease).await {
+        Ok(r) => r.leader().cloned(),
+        Err(e) => return format!("campaign error: {e}"),
+    };
+    let Some(leader) = leader else {
+        return "campaign answered no leader key".into();
+    };
+    let proclaimed = c
+        .proclaim("v2", Some(ProclaimOptions::new().with_leader(leader)))
+        .await
+        .map(|_| "ok".to_string())
+        .unwrap_or_else(|e| format!("error: {e}"));
+    let value = match c.leader(name).await {
+        Ok(r) => r
+            .kv()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .unwrap_or_default(),
+        Err(e) => format!("error: {e}"),
+    };
+    format!("proclaim {proclaimed}, leader's value {value}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,8 +132,8 @@ async fn lock_checks_the_callers_permissions_as_etcds_does() -> Result<()> {
         etcd.iter()
             .filter(|l| l.contains("permission denied"))
             .count()
-            == 2,
-        "the session refuses two locks on both servers: {etcd:#?}"
+            == 3,
+        "the session refuses two locks and a campaign on both servers: {etcd:#?}"
     );
     Ok(())
 }

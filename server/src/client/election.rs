@@ -145,7 +145,7 @@ impl Election for Services {
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let lease = this.session_lease(leader.lease).await?;
-        let header = self
+        let header = this
             .proclaim_as(&leader.key, leader.rev, lease, req.value)
             .await?;
         Ok(GrpcResponse::new(ProclaimResponse { header }))
@@ -159,7 +159,7 @@ impl Election for Services {
         this.check_message(req.encoded_len())?;
         this.refuse_on_learner().await?;
         let prefix = name_prefix(&req.name);
-        let (header, kv) = self
+        let (header, kv) = this
             .leader_of(&prefix)
             .await?
             .ok_or_else(|| Status::unknown(NO_LEADER))?;
