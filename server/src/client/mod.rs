@@ -94,9 +94,6 @@ impl Services {
         // Each service object once: the gRPC router and the JSON gateway call the same ones.
         let kv = Arc::new(self.clone());
         let watch = Arc::new(WatchService::new(self.handle.clone()));
-        let auth = kv.clone();
-        let lock = kv.clone();
-        let election = kv.clone();
         // Every service is counted for `grpc_server_*_total` (see crate::metrics::grpc).
         let router = tonic::transport::Server::builder()
             .add_service(counted(
@@ -107,28 +104,19 @@ impl Services {
             .add_service(counted(HealthServer::from_arc(kv.clone())))
             .add_service(counted(WatchServer::from_arc(watch.clone())))
             .add_service(counted(LeaseServer::from_arc(kv.clone())))
-            .add_service(counted(AuthServer::from_arc(auth.clone())))
-            .add_service(counted(LockServer::from_arc(lock.clone())))
-            .add_service(counted(ElectionServer::from_arc(election.clone())));
+            .add_service(counted(AuthServer::from_arc(kv.clone())))
+            .add_service(counted(LockServer::from_arc(kv.clone())))
+            .add_service(counted(ElectionServer::from_arc(kv.clone())));
         // The simulator's tonic clients send proper authorities (etcdctl 3.4 does not), and
         // speak no HTTP/1: under madsim the port serves gRPC alone.
         #[cfg(madsim)]
         let served = {
-            let _ = (watch, auth, lock, election);
+            let _ = (kv, watch);
             router.serve(addr).await.map_err(|e| serve_error(addr, e))
         };
         #[cfg(not(madsim))]
         let served = {
-            let apis = crate::gateway::Apis {
-                kv: kv.clone(),
-                watch,
-                lease: kv.clone(),
-                cluster: kv.clone(),
-                maintenance: kv,
-                auth,
-                lock,
-                election,
-            };
+            let apis = gateway_apis(kv, watch);
             // A JSON body carries bytes as base64 (4/3 of their size) plus field names: twice
             // the gRPC decode cap lets every message gRPC would decode reach the service, which
             // then answers as etcd does (too large for raft, or above gRPC's limit).
@@ -143,17 +131,8 @@ impl Services {
     /// `--listen-metrics-urls`, until the listener fails.
     #[cfg(not(madsim))]
     pub async fn serve_metrics(self, addr: SocketAddr) -> Result<(), ServerError> {
-        let kv = Arc::new(self);
-        let apis = crate::gateway::Apis {
-            kv: kv.clone(),
-            watch: Arc::new(WatchService::new(kv.handle.clone())),
-            lease: kv.clone(),
-            cluster: kv.clone(),
-            maintenance: kv.clone(),
-            auth: kv.clone(),
-            lock: kv.clone(),
-            election: kv,
-        };
+        let watch = Arc::new(WatchService::new(self.handle.clone()));
+        let apis = gateway_apis(Arc::new(self), watch);
         let routes = crate::gateway::routes::table()
             .into_iter()
             .filter(|(_, path, _)| matches!(*path, "/metrics" | "/health"))
@@ -220,5 +199,20 @@ impl Services {
             revision,
             raft_term,
         }
+    }
+}
+
+/// The gateway's view of the service objects: `services` answers every service but Watch.
+#[cfg(not(madsim))]
+fn gateway_apis(services: Arc<Services>, watch: Arc<WatchService>) -> crate::gateway::Apis {
+    crate::gateway::Apis {
+        kv: services.clone(),
+        watch,
+        lease: services.clone(),
+        cluster: services.clone(),
+        maintenance: services.clone(),
+        auth: services.clone(),
+        lock: services.clone(),
+        election: services,
     }
 }
