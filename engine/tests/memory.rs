@@ -395,7 +395,10 @@ fn labels(key_size: usize, val_size: usize, value: &Bytes) -> Vec<(String, Vec<u
             format!("KeyIndex: Vec<Entry> ({entry} B per entry)"),
             vec![entry, 2 * entry, 4 * entry],
         ),
-        (format!("key bytes ({key_size} B blocks)"), vec![key_size]),
+        (
+            format!("keys, Arc<[u8]> (16 + {key_size} B; before: Bytes data)"),
+            vec![16 + key_size, key_size],
+        ),
         (
             format!("value bytes, own block ({val_size} B)"),
             vec![val_size],

@@ -29,11 +29,9 @@
 //! assert_eq!(store.compact(6), Err(Error::FutureRev));
 //! ```
 
-use bytes::Bytes;
-
 use super::revision::Revision;
 use super::store::Store;
-use super::tree_index::KeyRange;
+use super::tree_index::{Key, KeyRange};
 use crate::error::Error;
 
 /// What a compaction did.
@@ -71,7 +69,7 @@ impl Store {
             // Most keys changed: one ordered pass over the tree beats sorting the changes.
             self.compact_every_key(revision, &mut kept, &mut stats);
         } else {
-            let mut keys: Vec<Bytes> = self
+            let mut keys: Vec<Key> = self
                 .log
                 .focus()
                 .narrow(changed_start..changed_end)
@@ -120,7 +118,7 @@ impl Store {
         // The least key not yet visited: the empty string, then the last key visited followed
         // by a zero byte (the least byte string after it).
         let mut start: Vec<u8> = Vec::new();
-        let mut changing: Vec<Bytes> = Vec::with_capacity(BATCH);
+        let mut changing: Vec<Key> = Vec::with_capacity(BATCH);
         loop {
             let mut last = None;
             for (key, key_index) in self

@@ -28,4 +28,4 @@ pub use store::{
     delete_event, put_event, revision_bytes, Event, KeyValue, RangeOptions, RangeResult, Store,
     TxnOutcome, WriteTxn, REVISION_OVERHEAD_BYTES,
 };
-pub use tree_index::{KeyRange, Range, TreeIndex};
+pub use tree_index::{Key, KeyRange, Range, TreeIndex};

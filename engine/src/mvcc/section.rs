@@ -41,7 +41,7 @@ use imbl::Vector;
 use super::key_index::{Entry, Generation, KeyIndex};
 use super::revision::Revision;
 use super::store::{LogEntry, Store};
-use super::tree_index::{KeyRange, TreeIndex};
+use super::tree_index::{Key, KeyRange, TreeIndex};
 use crate::sink::{Counter, CrcWriter, Sink};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
@@ -255,7 +255,7 @@ impl<'a> Reader<'a> {
             if key_index.is_empty() {
                 return Err(SectionError::Inconsistent);
             }
-            index.insert(key.clone(), key_index);
+            index.insert(Key::from(&key[..]), key_index);
             previous = Some(key);
         }
         Ok(index)
@@ -290,7 +290,7 @@ impl<'a> Reader<'a> {
                 return Err(SectionError::Inconsistent);
             }
             // Share the index's copy of the key when it has one.
-            let key = found.map_or(key, |(stored, _)| stored.clone());
+            let key = found.map_or_else(|| Key::from(&key[..]), |(stored, _)| stored.clone());
             log.push_back(LogEntry {
                 revision,
                 key,

@@ -36,15 +36,16 @@ use imbl::Vector;
 
 use super::key_index::{Found, KeyIndex};
 use super::revision::Revision;
-use super::tree_index::{KeyRange, TreeIndex};
+use super::tree_index::{Key, KeyRange, TreeIndex};
 use crate::error::Error;
 use keel_proto::mvccpb::event::EventType;
 pub use keel_proto::mvccpb::{Event, KeyValue};
 
-/// Builds the wire `KeyValue` for what a read found (two refcount bumps, no copies).
-fn kv_from_found(key: &Bytes, found: Found<'_>) -> KeyValue {
+/// Builds the wire `KeyValue` for what a read found (the key copied, the value's refcount
+/// bumped).
+fn kv_from_found(key: &[u8], found: Found<'_>) -> KeyValue {
     KeyValue {
-        key: key.clone(),
+        key: Bytes::copy_from_slice(key),
         create_revision: found.created.main,
         mod_revision: found.entry.revision.main,
         version: found.version,
@@ -114,7 +115,7 @@ pub struct TxnOutcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LogEntry {
     pub(super) revision: Revision,
-    pub(super) key: Bytes,
+    pub(super) key: Key,
     pub(super) tombstone: bool,
 }
 
@@ -347,7 +348,7 @@ impl Store {
     fn event_for(&self, entry: &LogEntry) -> Option<Event> {
         let main = entry.revision.main;
         if entry.tombstone {
-            return Some(delete_event(entry.key.clone(), main));
+            return Some(delete_event(Bytes::copy_from_slice(&entry.key), main));
         }
         let found = self
             .index
@@ -444,11 +445,11 @@ impl WriteTxn<'_> {
         store.stored_bytes += revision_bytes(stored_key.len(), value.len());
         store.log.push_back(LogEntry {
             revision,
-            key: stored_key.clone(),
+            key: stored_key,
             tombstone: false,
         });
         let kv = KeyValue {
-            key: stored_key,
+            key: Bytes::copy_from_slice(key),
             create_revision: created,
             mod_revision: revision.main,
             version,
@@ -477,12 +478,13 @@ impl WriteTxn<'_> {
             deleted += 1;
             store.stored_revisions += 1;
             store.stored_bytes += revision_bytes(key.len(), 0);
+            self.events
+                .push(delete_event(Bytes::copy_from_slice(&key), main));
             store.log.push_back(LogEntry {
                 revision,
-                key: key.clone(),
+                key,
                 tombstone: true,
             });
-            self.events.push(delete_event(key, main));
         }
         if deleted > 0 {
             store.current_revision = main;
