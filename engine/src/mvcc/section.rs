@@ -247,7 +247,7 @@ impl<'a> Reader<'a> {
                 generations.push(Generation {
                     changes,
                     created,
-                    entries,
+                    entries: entries.into(),
                 });
             }
             let key_index =
