@@ -61,8 +61,8 @@ impl Store {
         // Changes after the previous compaction, up to this one (the log also holds those at
         // the previous compaction revision, already compacted).
         let previous = self.compact_revision;
-        let changed_start = self.log_partition_point(|e| e.revision.main <= previous);
-        let changed_end = self.log_partition_point(|e| e.revision.main <= revision);
+        let changed_start = self.log_partition_point(|e| e.revision().main <= previous);
+        let changed_end = self.log_partition_point(|e| e.revision().main <= revision);
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
         if changed_end - changed_start >= self.index.len() {
@@ -93,7 +93,7 @@ impl Store {
         );
         self.stored_revisions -= stats.revisions_freed;
         // The log keeps changes from the compaction revision on (watchers may start there).
-        let dropped = self.log_partition_point(|e| e.revision.main < revision);
+        let dropped = self.log_partition_point(|e| e.revision().main < revision);
         self.log = self.log.split_off(dropped);
         assert!(
             previous < revision && revision <= self.current_revision,

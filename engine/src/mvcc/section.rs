@@ -122,7 +122,7 @@ impl Store {
         }
         out.put(&(self.log.len() as u64).to_be_bytes())?;
         for entry in &self.log {
-            out.put(&entry.revision.to_bytes())?;
+            out.put(&entry.revision().to_bytes())?;
             out.put(&[u8::from(entry.tombstone)])?;
             put_bytes(out, &entry.key)?;
         }
@@ -291,11 +291,8 @@ impl<'a> Reader<'a> {
             }
             // Share the index's copy of the key when it has one.
             let key = found.map_or_else(|| Key::from(&key[..]), |(stored, _)| stored.clone());
-            log.push_back(LogEntry {
-                revision,
-                key,
-                tombstone,
-            });
+            let entry = LogEntry::try_new(revision, key, tombstone);
+            log.push_back(entry.ok_or(SectionError::Inconsistent)?);
         }
         Ok(log)
     }
