@@ -14,9 +14,9 @@
 //!
 //! A counting global allocator keeps, for every requested size up to [`SIZES`], the number of
 //! live blocks, and remembers every live block of at least [`LARGE_MIN`] bytes. After the load
-//! the live heap is split by component, each recognised by the size of its blocks (tree nodes
-//! are sized by a calibration insert, `KeyIndex` vectors and key and value buffers from the
-//! types and the load). "chunk" is glibc malloc's block (size + 8 rounded up to 16, at least 32
+//! the live heap is split by component, each recognised by the size of its blocks (the tree
+//! index's nodes and the change log's chunks are sized by calibration loads of a fresh index
+//! and store, `KeyIndex` blocks and key and value buffers from the types and the load). "chunk" is glibc malloc's block (size + 8 rounded up to 16, at least 32
 //! bytes): what the allocator really uses, before fragmentation.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bytes::Bytes;
-use keel_engine::mvcc::{Entry, Generation, KeyIndex};
+use keel_engine::mvcc::{Entry, Generation, KeyIndex, Store, TreeIndex};
 use keel_engine::node::{Input, Node, Output, Request, Response, SNAPSHOT_LOG_PERCENT_DEFAULT};
 use keel_proto::etcdserverpb::PutRequest;
 use keel_proto::keelpb::{raft_request, RaftRequest};
@@ -156,28 +156,47 @@ fn new_blocks(f: impl FnOnce()) -> BTreeMap<usize, isize> {
         .collect()
 }
 
-/// The size of the `BTreeMap<Bytes, KeyIndex>` leaf and internal nodes (the tree index's
-/// nodes, as long as it is a std `BTreeMap` of those types).
-fn btree_node_sizes() -> (usize, usize) {
-    let generation_vec = std::mem::size_of::<Generation>();
-    let mut map: BTreeMap<Bytes, KeyIndex> = BTreeMap::new();
-    let largest = |blocks: BTreeMap<usize, isize>| {
-        blocks
-            .into_iter()
-            .filter(|(s, n)| *n > 0 && *s != generation_vec)
-            .map(|(s, _)| s)
-            .max()
-            .unwrap_or(0)
-    };
-    let leaf = largest(new_blocks(|| {
-        map.insert(Bytes::from_static(b"k00"), KeyIndex::default());
-    }));
-    let internal = largest(new_blocks(|| {
-        for i in 1..12u8 {
-            map.insert(Bytes::from(vec![b'k', i, 0]), KeyIndex::default());
+/// The sizes of the tree index's leaf and branch nodes, from a calibration load of a fresh
+/// index: the largest block a first key leaves is a leaf; the blocks of at least 256 B that
+/// only many keys bring (and that are not leaves or change-log chunks) are branches.
+fn tree_node_sizes(log_chunks: &[usize]) -> (usize, Vec<usize>) {
+    let mut index = TreeIndex::default();
+    let first = new_blocks(|| {
+        index.update(b"k0000", |_, _| ());
+    });
+    let leaf = first
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, _)| s)
+        .max()
+        .unwrap_or(0);
+    let more = new_blocks(|| {
+        for i in 1..2000u32 {
+            index.update(format!("k{i:04}").as_bytes(), |_, _| ());
         }
-    }));
-    (leaf, internal)
+    });
+    let branches = more
+        .into_iter()
+        .filter(|(s, n)| *n > 0 && *s >= 256 && *s != leaf && !log_chunks.contains(s))
+        .map(|(s, _)| s)
+        .collect();
+    (leaf, branches)
+}
+
+/// The sizes of the change log's chunks: the blocks of at least 1 KiB that many puts to one
+/// key leave more than once (the key's own entry vector is a single block).
+fn log_chunk_sizes() -> Vec<usize> {
+    let mut store = Store::default();
+    let blocks = new_blocks(|| {
+        for _ in 0..640 {
+            store.write().put(b"k", Bytes::new(), 0);
+        }
+    });
+    blocks
+        .into_iter()
+        .filter(|(s, n)| *n >= 2 && *s >= 1024)
+        .map(|(s, _)| s)
+        .collect()
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -351,28 +370,35 @@ fn entry_len(key: &[u8], value: &Bytes) -> usize {
 /// The labels of the store's blocks for a load of `key_size`-byte keys and
 /// `val_size`-byte values.
 fn labels(key_size: usize, val_size: usize, value: &Bytes) -> Vec<(String, Vec<usize>)> {
-    let (leaf, internal) = btree_node_sizes();
+    let log_chunks = log_chunk_sizes();
+    let (leaf, branches) = tree_node_sizes(&log_chunks);
     let generation = std::mem::size_of::<Generation>();
     let entry = std::mem::size_of::<Entry>();
+    let key_index = std::mem::size_of::<KeyIndex>();
     let raft_entry = entry_len(&vec![0xff; key_size], value);
     vec![
+        (format!("tree index: leaf nodes ({leaf} B)"), vec![leaf]),
         (
-            format!("tree index: BTreeMap leaf nodes ({leaf} B)"),
-            vec![leaf],
+            format!("tree index: branch nodes ({branches:?} B)"),
+            branches,
         ),
+        (format!("change log: chunks ({log_chunks:?} B)"), log_chunks),
         (
-            format!("tree index: BTreeMap internal nodes ({internal} B)"),
-            vec![internal],
+            format!("KeyIndex in its Arc (16 + {key_index} B)"),
+            vec![16 + key_index],
         ),
         (
             format!("KeyIndex: Vec<Generation> ({generation} B per generation)"),
-            vec![generation, 2 * generation, 4 * generation],
+            vec![2 * generation, 4 * generation],
         ),
         (
             format!("KeyIndex: Vec<Entry> ({entry} B per entry)"),
             vec![entry, 2 * entry, 4 * entry],
         ),
-        (format!("key bytes ({key_size} B blocks)"), vec![key_size]),
+        (
+            format!("keys, Arc<[u8]> (16 + {key_size} B; before: Bytes data)"),
+            vec![16 + key_size, key_size],
+        ),
         (
             format!("value bytes, own block ({val_size} B)"),
             vec![val_size],

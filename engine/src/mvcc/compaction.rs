@@ -29,11 +29,9 @@
 //! assert_eq!(store.compact(6), Err(Error::FutureRev));
 //! ```
 
-use bytes::Bytes;
-
 use super::revision::Revision;
 use super::store::Store;
-use super::tree_index::KeyRange;
+use super::tree_index::{Key, KeyRange};
 use crate::error::Error;
 
 /// What a compaction did.
@@ -63,15 +61,15 @@ impl Store {
         // Changes after the previous compaction, up to this one (the log also holds those at
         // the previous compaction revision, already compacted).
         let previous = self.compact_revision;
-        let changed_start = self.log_partition_point(|e| e.revision.main <= previous);
-        let changed_end = self.log_partition_point(|e| e.revision.main <= revision);
+        let changed_start = self.log_partition_point(|e| e.revision().main <= previous);
+        let changed_end = self.log_partition_point(|e| e.revision().main <= revision);
         let mut stats = CompactStats::default();
         let mut kept = Vec::new();
         if changed_end - changed_start >= self.index.len() {
             // Most keys changed: one ordered pass over the tree beats sorting the changes.
             self.compact_every_key(revision, &mut kept, &mut stats);
         } else {
-            let mut keys: Vec<Bytes> = self
+            let mut keys: Vec<Key> = self
                 .log
                 .focus()
                 .narrow(changed_start..changed_end)
@@ -95,7 +93,7 @@ impl Store {
         );
         self.stored_revisions -= stats.revisions_freed;
         // The log keeps changes from the compaction revision on (watchers may start there).
-        let dropped = self.log_partition_point(|e| e.revision.main < revision);
+        let dropped = self.log_partition_point(|e| e.revision().main < revision);
         self.log = self.log.split_off(dropped);
         assert!(
             previous < revision && revision <= self.current_revision,
@@ -120,7 +118,7 @@ impl Store {
         // The least key not yet visited: the empty string, then the last key visited followed
         // by a zero byte (the least byte string after it).
         let mut start: Vec<u8> = Vec::new();
-        let mut changing: Vec<Bytes> = Vec::with_capacity(BATCH);
+        let mut changing: Vec<Key> = Vec::with_capacity(BATCH);
         loop {
             let mut last = None;
             for (key, key_index) in self

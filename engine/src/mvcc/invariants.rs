@@ -61,7 +61,7 @@ impl Store {
     fn check_log(&self) {
         let mut previous: Option<Revision> = None;
         for entry in &self.log {
-            let revision = entry.revision;
+            let revision = entry.revision();
             assert!(
                 previous.is_none_or(|p| p < revision),
                 "log revision {revision} after {previous:?}"

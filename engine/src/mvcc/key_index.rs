@@ -48,6 +48,7 @@
 
 use bytes::Bytes;
 
+use super::entries::Entries;
 use super::revision::Revision;
 
 /// One stored version of a key: the revision it was written at and what was written.
@@ -70,8 +71,8 @@ pub struct Generation {
     pub changes: i64,
     /// The revision that created this generation.
     pub created: Revision,
-    /// The entries still stored, oldest first.
-    pub entries: Vec<Entry>,
+    /// The entries still stored, oldest first (one is held inline).
+    pub entries: Entries,
 }
 
 impl Generation {
@@ -96,9 +97,10 @@ pub struct Found<'a> {
 
 /// The history of one key (etcd's `keyIndex`). See the module doc for a worked example.
 ///
-/// Memory: the common key, alive in its first generation, costs this struct (48 bytes, in the
-/// tree's node, the generation inline) plus one block of entries, sized exactly for one entry
-/// and doubled from there. Only a key deleted at least once since its last compaction keeps
+/// Memory: the common key, alive in its first generation with one stored entry, costs this
+/// struct alone (the generation and its entry inline, in the block the tree's `Arc` points
+/// at) plus its value's block; a second entry moves the entries to a vector of two, doubled
+/// from there. Only a key deleted at least once since its last compaction keeps
 /// its generations in a vector. The last change (`modified`) is not stored: it is the last
 /// stored entry. A value is kept in a block of its own, never as a slice of a larger buffer
 /// (see [`KeyIndex::put`]).
@@ -329,14 +331,11 @@ impl KeyIndex {
         if generation.entries.is_empty() {
             generation.created = revision;
         }
-        push_doubling(
-            &mut generation.entries,
-            Entry {
-                revision,
-                value: Bytes::copy_from_slice(&value),
-                lease,
-            },
-        );
+        generation.entries.push(Entry {
+            revision,
+            value: Bytes::copy_from_slice(&value),
+            lease,
+        });
         generation.changes += 1;
     }
 
@@ -352,14 +351,11 @@ impl KeyIndex {
             return false;
         }
         let generation = self.current_mut();
-        push_doubling(
-            &mut generation.entries,
-            Entry {
-                revision,
-                value: Bytes::new(),
-                lease: 0,
-            },
-        );
+        generation.entries.push(Entry {
+            revision,
+            value: Bytes::new(),
+            lease: 0,
+        });
         generation.changes += 1;
         self.lives.push_empty();
         true
@@ -491,7 +487,7 @@ impl KeyIndex {
             .partition_point(|e| e.revision.main <= at);
         if visible > 1 {
             freed_bytes += value_bytes(&generation.entries[..visible - 1]);
-            generation.entries.drain(..visible - 1);
+            generation.entries.drain_front(visible - 1);
             freed += visible - 1;
         }
         if visible > 0 && generation.entries.len() == 1 && index != last {
@@ -507,7 +503,7 @@ impl KeyIndex {
         // versions to one must not keep a million-entry buffer, and the common key, put a few
         // times and compacted to one entry, goes back to a one-entry block.
         for generation in self.lives.as_mut_slice() {
-            shrink_if_half_empty(&mut generation.entries);
+            generation.entries.shrink_if_half_empty();
         }
         (freed, freed_bytes)
     }

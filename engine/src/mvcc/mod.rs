@@ -2,6 +2,7 @@
 //!
 //! - [`revision`]: `Revision { main, sub }`, the store's logical clock.
 //! - [`key_index`]: one key's history as generations of revisions (etcd's `keyIndex`).
+//! - [`entries`]: a generation's stored entries, the common single one inline.
 //! - [`tree_index`]: key → history, ordered (etcd's `treeIndex`), and [`KeyRange`].
 //! - [`store`]: the store, write transactions, range reads, events.
 //! - [`compaction`]: freeing history no read at or after a revision needs.
@@ -11,6 +12,7 @@
 //! - `invariants`: [`Store::check_invariants`], what must hold between any two calls.
 
 pub mod compaction;
+pub mod entries;
 pub mod hash;
 mod invariants;
 pub mod key_index;
@@ -20,6 +22,7 @@ pub mod store;
 pub mod tree_index;
 
 pub use compaction::CompactStats;
+pub use entries::Entries;
 pub use hash::HashKv;
 pub use key_index::{Entry, Found, Generation, KeyIndex};
 pub use revision::Revision;
@@ -28,4 +31,4 @@ pub use store::{
     delete_event, put_event, revision_bytes, Event, KeyValue, RangeOptions, RangeResult, Store,
     TxnOutcome, WriteTxn, REVISION_OVERHEAD_BYTES,
 };
-pub use tree_index::{KeyRange, Range, TreeIndex};
+pub use tree_index::{Key, KeyRange, Range, TreeIndex};

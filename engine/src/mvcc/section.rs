@@ -41,7 +41,7 @@ use imbl::Vector;
 use super::key_index::{Entry, Generation, KeyIndex};
 use super::revision::Revision;
 use super::store::{LogEntry, Store};
-use super::tree_index::{KeyRange, TreeIndex};
+use super::tree_index::{Key, KeyRange, TreeIndex};
 use crate::sink::{Counter, CrcWriter, Sink};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
@@ -122,7 +122,7 @@ impl Store {
         }
         out.put(&(self.log.len() as u64).to_be_bytes())?;
         for entry in &self.log {
-            out.put(&entry.revision.to_bytes())?;
+            out.put(&entry.revision().to_bytes())?;
             out.put(&[u8::from(entry.tombstone)])?;
             put_bytes(out, &entry.key)?;
         }
@@ -247,7 +247,7 @@ impl<'a> Reader<'a> {
                 generations.push(Generation {
                     changes,
                     created,
-                    entries,
+                    entries: entries.into(),
                 });
             }
             let key_index =
@@ -255,7 +255,7 @@ impl<'a> Reader<'a> {
             if key_index.is_empty() {
                 return Err(SectionError::Inconsistent);
             }
-            index.insert(key.clone(), key_index);
+            index.insert(Key::from(&key[..]), key_index);
             previous = Some(key);
         }
         Ok(index)
@@ -290,12 +290,9 @@ impl<'a> Reader<'a> {
                 return Err(SectionError::Inconsistent);
             }
             // Share the index's copy of the key when it has one.
-            let key = found.map_or(key, |(stored, _)| stored.clone());
-            log.push_back(LogEntry {
-                revision,
-                key,
-                tombstone,
-            });
+            let key = found.map_or_else(|| Key::from(&key[..]), |(stored, _)| stored.clone());
+            let entry = LogEntry::try_new(revision, key, tombstone);
+            log.push_back(entry.ok_or(SectionError::Inconsistent)?);
         }
         Ok(log)
     }

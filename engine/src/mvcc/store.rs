@@ -36,15 +36,16 @@ use imbl::Vector;
 
 use super::key_index::{Found, KeyIndex};
 use super::revision::Revision;
-use super::tree_index::{KeyRange, TreeIndex};
+use super::tree_index::{Key, KeyRange, TreeIndex};
 use crate::error::Error;
 use keel_proto::mvccpb::event::EventType;
 pub use keel_proto::mvccpb::{Event, KeyValue};
 
-/// Builds the wire `KeyValue` for what a read found (two refcount bumps, no copies).
-fn kv_from_found(key: &Bytes, found: Found<'_>) -> KeyValue {
+/// Builds the wire `KeyValue` for what a read found (the key copied, the value's refcount
+/// bumped).
+fn kv_from_found(key: &[u8], found: Found<'_>) -> KeyValue {
     KeyValue {
-        key: key.clone(),
+        key: Bytes::copy_from_slice(key),
         create_revision: found.created.main,
         mod_revision: found.entry.revision.main,
         version: found.version,
@@ -111,11 +112,37 @@ pub struct TxnOutcome {
 /// One change in revision order, kept from the compaction revision on: lets compaction visit
 /// only keys changed since the last one, and lets watchers catch up (a delete event needs only
 /// the key and revision, so even a tombstone compaction freed can still be reported).
+///
+/// 32 bytes: the sub revision is held in 32 bits (a txn would need 4 billion changes to
+/// overflow it; [`LogEntry::new`] checks), next to the tombstone flag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LogEntry {
-    pub(super) revision: Revision,
-    pub(super) key: Bytes,
+    main: i64,
+    sub: u32,
     pub(super) tombstone: bool,
+    pub(super) key: Key,
+}
+
+impl LogEntry {
+    pub(super) fn new(revision: Revision, key: Key, tombstone: bool) -> LogEntry {
+        LogEntry::try_new(revision, key, tombstone)
+            .unwrap_or_else(|| panic!("sub revision {} outside 0..2^32", revision.sub))
+    }
+
+    /// [`LogEntry::new`], or `None` if the sub revision does not fit (a damaged section).
+    pub(super) fn try_new(revision: Revision, key: Key, tombstone: bool) -> Option<LogEntry> {
+        Some(LogEntry {
+            main: revision.main,
+            sub: u32::try_from(revision.sub).ok()?,
+            tombstone,
+            key,
+        })
+    }
+
+    /// The revision of the change.
+    pub(super) fn revision(&self) -> Revision {
+        Revision::new(self.main, i64::from(self.sub))
+    }
 }
 
 /// What one stored revision costs towards the quota beyond its key and value bytes: about
@@ -327,14 +354,14 @@ impl Store {
         if from < self.compact_revision {
             return Err(Error::Compacted);
         }
-        let start = self.log_partition_point(|e| e.revision.main < from);
+        let start = self.log_partition_point(|e| e.revision().main < from);
         let mut out = Vec::new();
         for entry in self
             .log
             .focus()
             .narrow(start..)
             .into_iter()
-            .take_while(|e| e.revision.main <= to)
+            .take_while(|e| e.revision().main <= to)
             .take(max)
         {
             out.extend(self.event_for(entry));
@@ -345,18 +372,18 @@ impl Store {
     /// The event for a logged change; `None` only for a put that compaction freed because a
     /// later change in the same txn, at the compaction revision, superseded it.
     fn event_for(&self, entry: &LogEntry) -> Option<Event> {
-        let main = entry.revision.main;
+        let main = entry.revision().main;
         if entry.tombstone {
-            return Some(delete_event(entry.key.clone(), main));
+            return Some(delete_event(Bytes::copy_from_slice(&entry.key), main));
         }
         let found = self
             .index
             .get(&entry.key)
-            .and_then(|ki| ki.find(entry.revision));
+            .and_then(|ki| ki.find(entry.revision()));
         assert!(
             found.is_some() || main == self.compact_revision,
             "logged put {} of {:?} is stored",
-            entry.revision,
+            entry.revision(),
             entry.key
         );
         found.map(|f| put_event(kv_from_found(&entry.key, f)))
@@ -413,9 +440,9 @@ impl WriteTxn<'_> {
         );
         if let Some(last) = store.log.back() {
             assert!(
-                last.revision < revision,
+                last.revision() < revision,
                 "revision {revision} reused: the log already holds {}",
-                last.revision
+                last.revision()
             );
         }
     }
@@ -442,13 +469,11 @@ impl WriteTxn<'_> {
         });
         store.stored_revisions += 1;
         store.stored_bytes += revision_bytes(stored_key.len(), value.len());
-        store.log.push_back(LogEntry {
-            revision,
-            key: stored_key.clone(),
-            tombstone: false,
-        });
+        store
+            .log
+            .push_back(LogEntry::new(revision, stored_key, false));
         let kv = KeyValue {
-            key: stored_key,
+            key: Bytes::copy_from_slice(key),
             create_revision: created,
             mod_revision: revision.main,
             version,
@@ -477,12 +502,9 @@ impl WriteTxn<'_> {
             deleted += 1;
             store.stored_revisions += 1;
             store.stored_bytes += revision_bytes(key.len(), 0);
-            store.log.push_back(LogEntry {
-                revision,
-                key: key.clone(),
-                tombstone: true,
-            });
-            self.events.push(delete_event(key, main));
+            self.events
+                .push(delete_event(Bytes::copy_from_slice(&key), main));
+            store.log.push_back(LogEntry::new(revision, key, true));
         }
         if deleted > 0 {
             store.current_revision = main;

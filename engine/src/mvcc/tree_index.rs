@@ -14,7 +14,6 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use imbl::ordmap::{OrdMap, RangedIter};
 
 use super::key_index::KeyIndex;
@@ -62,6 +61,12 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// A stored key: its bytes in one reference-counted block (16 bytes where it is held, the
+/// count and the bytes in one allocation), shared by the tree and the change log. A `Bytes`
+/// would cost 32 bytes where it is held plus, once shared, a separate 24-byte header block and
+/// its own data block.
+pub type Key = Arc<[u8]>;
+
 /// A key's history as the map holds it: shared, so that when a write copies a tree node that a
 /// snapshot view also holds, its sibling histories are reference-count bumps, not deep copies.
 type Shared = Arc<KeyIndex>;
@@ -74,7 +79,7 @@ type Shared = Arc<KeyIndex>;
 /// are changed in place, as a `BTreeMap`'s would be.
 #[derive(Clone, Debug, Default)]
 pub struct TreeIndex {
-    keys: OrdMap<Bytes, Shared>,
+    keys: OrdMap<Key, Shared>,
 }
 
 impl TreeIndex {
@@ -98,23 +103,23 @@ impl TreeIndex {
         self.keys.get_mut(key).map(Arc::make_mut)
     }
 
-    /// Calls `f` with the stored key (for a refcounted clone, for events) and the history of
-    /// `key`, created empty if absent. One tree walk when the key exists. A new key is stored
-    /// as a fresh copy, so it never pins a larger buffer (say, a whole decoded raft entry).
-    pub fn update<R>(&mut self, key: &[u8], f: impl FnOnce(&Bytes, &mut KeyIndex) -> R) -> R {
+    /// Calls `f` with the stored key (for a refcounted clone, for the change log) and the
+    /// history of `key`, created empty if absent. One tree walk when the key exists. A new key
+    /// is stored as a fresh copy, so it never pins a larger buffer (say, a whole decoded raft
+    /// entry).
+    pub fn update<R>(&mut self, key: &[u8], f: impl FnOnce(&Key, &mut KeyIndex) -> R) -> R {
         if let Some((stored, index)) = self.keys.get_key_value_mut(key) {
             return f(stored, Arc::make_mut(index));
         }
-        let stored = Bytes::copy_from_slice(key);
+        let stored: Key = Key::from(key);
         let mut index = KeyIndex::default();
         let result = f(&stored, &mut index);
         self.keys.insert(stored, Arc::new(index));
         result
     }
 
-    /// Inserts `key`'s history as is (snapshot restore); `key` should not share a larger
-    /// buffer.
-    pub(super) fn insert(&mut self, key: Bytes, key_index: KeyIndex) {
+    /// Inserts `key`'s history as is (snapshot restore).
+    pub(super) fn insert(&mut self, key: Key, key_index: KeyIndex) {
         self.keys.insert(key, Arc::new(key_index));
     }
 
@@ -134,7 +139,7 @@ impl TreeIndex {
         &self,
         range: KeyRange<'_>,
         mut select: impl FnMut(&KeyIndex) -> bool,
-    ) -> Vec<Bytes> {
+    ) -> Vec<Key> {
         self.range(range)
             .filter(|(_, ki)| select(ki))
             .map(|(key, _)| key.clone())
@@ -142,7 +147,7 @@ impl TreeIndex {
     }
 
     /// All keys with their histories, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyIndex)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &KeyIndex)> {
         self.keys.iter().map(|(key, ki)| (key, &**ki))
     }
 
@@ -159,9 +164,9 @@ pub struct Range<'s>(Inner<'s>);
 #[derive(Clone)]
 enum Inner<'s> {
     /// A single-key range: at most one item.
-    One(Option<(&'s Bytes, &'s Shared)>),
+    One(Option<(&'s Key, &'s Shared)>),
     /// An interval.
-    Many(RangedIter<'s, Bytes, Shared, imbl::shared_ptr::DefaultSharedPtr>),
+    Many(RangedIter<'s, Key, Shared, imbl::shared_ptr::DefaultSharedPtr>),
 }
 
 impl std::fmt::Debug for Range<'_> {
@@ -174,7 +179,7 @@ impl std::fmt::Debug for Range<'_> {
 }
 
 impl<'s> Iterator for Range<'s> {
-    type Item = (&'s Bytes, &'s KeyIndex);
+    type Item = (&'s Key, &'s KeyIndex);
 
     fn next(&mut self) -> Option<Self::Item> {
         let (key, ki) = match &mut self.0 {
