@@ -1,0 +1,264 @@
+//! The nemesis: faults on a schedule drawn from the run's seed, one at a time, each logged
+//! with its start and end to the timeline (`timeline.jsonl`, one JSON object a line).
+//!
+//! - `kill`: SIGKILL a member, restart it on the same data after the hold.
+//! - `pause`: SIGSTOP a member (the leader half of the time), SIGCONT after the hold.
+//! - `partition`: majority/minority, isolate the leader, bridge or ring, as nftables drops
+//!   inside the members' namespaces (clients in the root namespace are never cut off).
+//! - `netem`: delay with jitter, loss and reordering on every member's link (`tc netem`).
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_rng::SplitMix64;
+use serde::Serialize;
+
+use super::member::{leader, Members};
+use super::net::Hosts;
+use super::recorder::Recorder;
+use super::HarnessError;
+
+/// A kind of fault the nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// kill -9, then restart.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Pause,
+    /// Network partitions.
+    Partition,
+    /// Delay, loss, reordering.
+    Netem,
+}
+
+impl Kind {
+    /// Parses `kill,pause,...` (`all` for every kind, `none` for none).
+    pub fn parse_list(s: &str) -> Result<Vec<Kind>, HarnessError> {
+        let mut kinds = Vec::new();
+        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let add: &[Kind] = match word {
+                "kill" => &[Kind::Kill],
+                "pause" => &[Kind::Pause],
+                "partition" => &[Kind::Partition],
+                "netem" => &[Kind::Netem],
+                "all" => &[Kind::Kill, Kind::Pause, Kind::Partition, Kind::Netem],
+                "none" => &[],
+                other => {
+                    return Err(HarnessError::Usage(format!(
+                        "unknown nemesis {other:?} (kill, pause, partition, netem, all, none)"
+                    )))
+                }
+            };
+            for k in add {
+                if !kinds.contains(k) {
+                    kinds.push(*k);
+                }
+            }
+        }
+        Ok(kinds)
+    }
+}
+
+/// One fault window of the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Window {
+    /// The fault's kind.
+    pub fault: Kind,
+    /// What exactly (members, shape).
+    pub detail: String,
+    /// Start, nanoseconds since the run began (the history's clock).
+    pub start_ns: u64,
+    /// End; `None` while active.
+    pub end_ns: Option<u64>,
+}
+
+/// The faults a nemesis has to undo at its end.
+enum Active {
+    Killed(usize),
+    Paused(usize),
+    Partitioned,
+    Netem,
+}
+
+/// The nemesis of one run.
+pub struct Nemesis {
+    kinds: Vec<Kind>,
+    rng: SplitMix64,
+    members: Arc<Mutex<Members>>,
+    hosts: Arc<Hosts>,
+    rec: Recorder,
+    timeline: std::fs::File,
+    /// Every window so far.
+    pub windows: Vec<Window>,
+}
+
+fn lock(m: &Mutex<Members>) -> std::sync::MutexGuard<'_, Members> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Nemesis {
+    /// A nemesis of `kinds` whose schedule comes from `seed`, logging to `timeline`.
+    pub fn new(
+        kinds: Vec<Kind>,
+        seed: u64,
+        members: Arc<Mutex<Members>>,
+        hosts: Arc<Hosts>,
+        rec: Recorder,
+        timeline: std::fs::File,
+    ) -> Nemesis {
+        Nemesis {
+            kinds,
+            rng: SplitMix64::for_stream(seed, 0x4E4E_4E4E),
+            members,
+            hosts,
+            rec,
+            timeline,
+            windows: Vec::new(),
+        }
+    }
+
+    fn log(&mut self, event: &str, w: &Window) {
+        let line = serde_json::json!({
+            "time_ns": if event == "start" { w.start_ns } else { w.end_ns.unwrap_or(0) },
+            "event": event,
+            "fault": w.fault,
+            "detail": w.detail,
+        });
+        let _ = writeln!(self.timeline, "{line}");
+        tracing_line(event, w);
+    }
+
+    fn between(&mut self, lo_ms: u64, hi_ms: u64) -> Duration {
+        Duration::from_millis(lo_ms + self.rng.below(hi_ms - lo_ms + 1))
+    }
+
+    /// Injects faults until `until`: a quiet gap, a fault, a hold, its end; repeated. Every
+    /// fault has ended when this returns.
+    pub async fn run(&mut self, until: Instant) -> Result<(), HarnessError> {
+        if self.kinds.is_empty() {
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+            return Ok(());
+        }
+        loop {
+            let gap = self.between(1000, 3000);
+            if Instant::now() + gap >= until {
+                tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                return Ok(());
+            }
+            tokio::time::sleep(gap).await;
+            let kind = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
+            let (active, detail) = self.start(kind).await?;
+            let mut w = Window {
+                fault: kind,
+                detail,
+                start_ns: self.rec.now_ns(),
+                end_ns: None,
+            };
+            self.log("start", &w);
+            let hold = self.between(2000, 6000);
+            let left = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(hold.min(left)).await;
+            self.end(active)?;
+            w.end_ns = Some(self.rec.now_ns());
+            self.log("end", &w);
+            self.windows.push(w);
+        }
+    }
+
+    async fn target(&mut self, prefer_leader: bool) -> usize {
+        let n = lock(&self.members).len();
+        if prefer_leader && self.rng.below(2) == 0 {
+            if let Some(l) = leader(n, Duration::from_millis(500)).await {
+                return l;
+            }
+        }
+        self.rng.below(n as u64) as usize
+    }
+
+    async fn start(&mut self, kind: Kind) -> Result<(Active, String), HarnessError> {
+        match kind {
+            Kind::Kill => {
+                let i = self.target(true).await;
+                lock(&self.members).kill(i);
+                Ok((Active::Killed(i), format!("kill -9 m{}", i + 1)))
+            }
+            Kind::Pause => {
+                let i = self.target(true).await;
+                lock(&self.members).pause(i);
+                Ok((Active::Paused(i), format!("SIGSTOP m{}", i + 1)))
+            }
+            Kind::Partition => {
+                let n = self.hosts.n;
+                let known_leader = leader(n, Duration::from_millis(500)).await;
+                let (name, grudge) = super::partition::choose(&mut self.rng, n, known_leader);
+                for (i, peers) in grudge.iter().enumerate() {
+                    self.hosts.drop_from(i, peers)?;
+                }
+                let text = super::partition::describe(&grudge);
+                Ok((Active::Partitioned, format!("{name}: {text}")))
+            }
+            Kind::Netem => {
+                let delay = format!("{}ms", 20 + self.rng.below(80));
+                let spec = [
+                    "delay", &delay, "20ms", "loss", "5%", "reorder", "20%", "50%",
+                ];
+                for i in 0..self.hosts.n {
+                    self.hosts.netem(i, &spec)?;
+                }
+                Ok((
+                    Active::Netem,
+                    format!("netem delay {delay} ±20ms loss 5% reorder 20%"),
+                ))
+            }
+        }
+    }
+
+    fn end(&mut self, active: Active) -> Result<(), HarnessError> {
+        match active {
+            Active::Killed(i) => lock(&self.members).start(i, &[]),
+            Active::Paused(i) => {
+                lock(&self.members).resume(i);
+                Ok(())
+            }
+            Active::Partitioned => {
+                for i in 0..self.hosts.n {
+                    self.hosts.heal_partition(i)?;
+                }
+                Ok(())
+            }
+            Active::Netem => {
+                for i in 0..self.hosts.n {
+                    self.hosts.heal_netem(i)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn tracing_line(event: &str, w: &Window) {
+    eprintln!(
+        "[{:>8.3}s] nemesis {event} {:?}: {}",
+        w.start_ns.max(w.end_ns.unwrap_or(0)) as f64 / 1e9,
+        w.fault,
+        w.detail
+    );
+}
+
+/// Ends whatever fault may still be on (the heal phase's belt and braces): every member
+/// resumed and running, no partition rule, no netem qdisc.
+pub fn heal_all(members: &Mutex<Members>, hosts: &Hosts) -> Result<(), HarnessError> {
+    let mut m = lock(members);
+    for i in 0..m.len() {
+        m.resume(i);
+        if !m.is_running(i) {
+            m.start(i, &[])?;
+        }
+    }
+    for i in 0..hosts.n {
+        hosts.heal_partition(i)?;
+        hosts.heal_netem(i)?;
+    }
+    Ok(())
+}
