@@ -111,7 +111,8 @@ pub struct TestOptions {
     pub results: PathBuf,
     /// Clients per member.
     pub clients_per_member: usize,
-    /// Send reads serializable, record them linearizable (the partition's proof).
+    /// Send reads serializable; record those to a member the partition cut off as
+    /// linearizable (the partition's proof).
     pub stale_probe: bool,
     /// The cluster must serve again within this many seconds of the heal.
     pub heal_bound_secs: u64,

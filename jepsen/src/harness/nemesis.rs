@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::member::{leader, Members};
 use super::net::Hosts;
+use super::partition::CutOff;
 use super::recorder::Recorder;
 use super::HarnessError;
 
@@ -89,6 +90,7 @@ pub struct Nemesis {
     hosts: Arc<Hosts>,
     rec: Recorder,
     timeline: std::fs::File,
+    cut_off: CutOff,
     /// Every window so far.
     pub windows: Vec<Window>,
 }
@@ -106,6 +108,7 @@ impl Nemesis {
         hosts: Arc<Hosts>,
         rec: Recorder,
         timeline: std::fs::File,
+        cut_off: CutOff,
     ) -> Nemesis {
         Nemesis {
             kinds,
@@ -114,6 +117,7 @@ impl Nemesis {
             hosts,
             rec,
             timeline,
+            cut_off,
             windows: Vec::new(),
         }
     }
@@ -195,6 +199,7 @@ impl Nemesis {
                 for (i, peers) in grudge.iter().enumerate() {
                     self.hosts.drop_from(i, peers)?;
                 }
+                self.cut_off.set(&grudge);
                 let text = super::partition::describe(&grudge);
                 Ok((Active::Partitioned, format!("{name}: {text}")))
             }
@@ -203,13 +208,11 @@ impl Nemesis {
                 let spec = [
                     "delay", &delay, "20ms", "loss", "5%", "reorder", "20%", "50%",
                 ];
+                let mut done = String::new();
                 for i in 0..self.hosts.n {
-                    self.hosts.netem(i, &spec)?;
+                    done = self.hosts.netem(i, &spec, 5)?;
                 }
-                Ok((
-                    Active::Netem,
-                    format!("netem delay {delay} ±20ms loss 5% reorder 20%"),
-                ))
+                Ok((Active::Netem, format!("every member: {done}")))
             }
         }
     }
@@ -222,6 +225,7 @@ impl Nemesis {
                 Ok(())
             }
             Active::Partitioned => {
+                self.cut_off.clear();
                 for i in 0..self.hosts.n {
                     self.hosts.heal_partition(i)?;
                 }

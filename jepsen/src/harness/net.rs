@@ -17,6 +17,8 @@ pub const PREFIX: &str = "kjep";
 pub const BRIDGE: &str = "kjep-br";
 /// The nftables table of the partition nemesis (inside member namespaces only).
 const NFT_TABLE: &str = "keeljepsen";
+/// The nftables table of the netem nemesis's packet loss, where the kernel has no netem.
+const NFT_LOSS: &str = "keeljepsenloss";
 /// The subnet's first three octets: members are `.11`, `.12`, ...; the bridge is `.1`.
 const SUBNET: [u8; 3] = [10, 213, 77];
 
@@ -48,6 +50,13 @@ fn output(program: &str, args: &[&str]) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// Whether member `i`'s namespace holds the nftables table `inet NAME`.
+fn has_table(i: usize, name: &str) -> bool {
+    let listed = output("ip", &["netns", "exec", &netns(i), "nft", "list", "tables"]);
+    let want = format!("table inet {name}");
+    listed.lines().any(|l| l.trim() == want)
 }
 
 /// Runs `program args` inside namespace `ns`.
@@ -134,6 +143,11 @@ impl Hosts {
             "table inet {NFT_TABLE} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {{ {} }} drop\n }}\n}}\n",
             addrs.join(", ")
         );
+        self.nft(i, &rules)
+    }
+
+    /// Loads an nftables ruleset into member `i`'s namespace.
+    fn nft(&self, i: usize, rules: &str) -> Result<(), HarnessError> {
         let file = std::env::temp_dir().join(format!("{PREFIX}-nft-{}-{}", std::process::id(), i));
         std::fs::write(&file, rules).map_err(|e| HarnessError::Io {
             what: file.display().to_string(),
@@ -147,22 +161,40 @@ impl Hosts {
 
     /// Removes every partition rule of member `i`.
     pub fn heal_partition(&self, i: usize) -> Result<(), HarnessError> {
-        let listed = output("ip", &["netns", "exec", &netns(i), "nft", "list", "tables"]);
-        if listed.contains(NFT_TABLE) {
+        if has_table(i, NFT_TABLE) {
             run_in(&netns(i), "nft", &["delete", "table", "inet", NFT_TABLE])?;
         }
         Ok(())
     }
 
-    /// Delay, loss and reordering on member `i`'s link (`tc netem` arguments).
-    pub fn netem(&self, i: usize, spec: &[&str]) -> Result<(), HarnessError> {
+    /// Delay, loss and reordering on member `i`'s link (`tc netem` arguments). Kernels
+    /// without the netem qdisc (`sch_netem`) get the loss part only, as an nftables rule
+    /// dropping `loss_percent` of the packets that reach the member. Returns what was done.
+    pub fn netem(
+        &self,
+        i: usize,
+        spec: &[&str],
+        loss_percent: u64,
+    ) -> Result<String, HarnessError> {
         let link = inner_link(i);
         let mut args = vec!["qdisc", "replace", "dev", &link, "root", "netem"];
         args.extend_from_slice(spec);
-        run_in(&netns(i), "tc", &args)
+        match run_in(&netns(i), "tc", &args) {
+            Ok(()) => Ok(format!("netem {}", spec.join(" "))),
+            Err(HarnessError::Command { why, .. }) if why.contains("qdisc kind is unknown") => {
+                let rules = format!(
+                    "table inet {NFT_LOSS} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  numgen random mod 100 < {loss_percent} drop\n }}\n}}\n"
+                );
+                self.nft(i, &rules)?;
+                Ok(format!(
+                    "loss {loss_percent}% by nftables (no netem qdisc in this kernel)"
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Removes member `i`'s netem qdisc, if any.
+    /// Removes member `i`'s netem qdisc or loss rule, if any.
     pub fn heal_netem(&self, i: usize) -> Result<(), HarnessError> {
         let link = inner_link(i);
         let shown = output(
@@ -180,6 +212,9 @@ impl Hosts {
         );
         if shown.contains("netem") {
             run_in(&netns(i), "tc", &["qdisc", "del", "dev", &link, "root"])?;
+        }
+        if has_table(i, NFT_LOSS) {
+            run_in(&netns(i), "nft", &["delete", "table", "inet", NFT_LOSS])?;
         }
         Ok(())
     }

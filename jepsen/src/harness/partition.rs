@@ -1,6 +1,40 @@
 //! Shapes of network partitions, as grudges: `grudge[i]` lists the members whose packets
 //! member `i` drops. Every grudge is symmetric.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use keel_rng::SplitMix64;
+
+/// Which members are cut off from a majority right now (set by the partition nemesis while
+/// its rules are in place; read by the stale-read probe).
+#[derive(Clone, Debug)]
+pub struct CutOff(Arc<Vec<AtomicBool>>);
+
+impl CutOff {
+    /// No member cut off, of `n`.
+    pub fn new(n: usize) -> CutOff {
+        CutOff(Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()))
+    }
+    /// Whether member `i` is cut off.
+    pub fn is_cut_off(&self, i: usize) -> bool {
+        self.0.get(i).is_some_and(|b| b.load(Ordering::SeqCst))
+    }
+    /// Marks the members that `grudge` leaves without a majority in reach (itself included).
+    pub fn set(&self, grudge: &[Vec<usize>]) {
+        let n = grudge.len();
+        for (i, g) in grudge.iter().enumerate() {
+            if let Some(b) = self.0.get(i) {
+                b.store(n - g.len() <= n / 2, Ordering::SeqCst);
+            }
+        }
+    }
+    /// No member cut off.
+    pub fn clear(&self) {
+        for b in self.0.iter() {
+            b.store(false, Ordering::SeqCst);
+        }
+    }
+}
 
 fn shuffled(rng: &mut SplitMix64, n: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
@@ -53,7 +87,7 @@ pub fn bridge(rng: &mut SplitMix64, n: usize) -> Vec<Vec<usize>> {
 }
 
 /// A ring in a random order: every member sees only its two neighbours (for three members
-/// that is everyone: no cut).
+/// that is everyone: no cut, so [`choose`] never picks it for fewer than five).
 pub fn ring(rng: &mut SplitMix64, n: usize) -> Vec<Vec<usize>> {
     let order = shuffled(rng, n);
     let mut grudge = vec![Vec::new(); n];
@@ -83,7 +117,8 @@ pub fn choose(
             ("isolate leader", isolate(n, lone))
         }
         2 => ("bridge", bridge(rng, n)),
-        _ => ("ring", ring(rng, n)),
+        _ if n >= 5 => ("ring", ring(rng, n)),
+        _ => ("majority/minority", halves(rng, n)),
     }
 }
 

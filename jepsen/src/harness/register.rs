@@ -2,15 +2,18 @@
 //! space. Most reads are linearizable; a share are serializable and marked as such in the
 //! history (the checker lets them be stale). Client `c` talks to member `c % n`.
 //!
-//! With `stale_probe`, every read is sent serializable but recorded as linearizable: a member
-//! cut off by a partition then answers from its stale state, and the checker must call the
-//! history invalid. That proves the partition isolates and the checker sees it.
+//! With a stale-read probe, every read is sent serializable, and recorded as linearizable when
+//! the nemesis has cut its member off from a majority at the time of the invocation (marked
+//! serializable otherwise). A member cut off by a partition answers from its stale state, so
+//! the checker must call the history invalid; with no partition the same probe passes. That
+//! proves the partition isolates and the checker sees it.
 use std::time::{Duration, Instant};
 
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_rng::SplitMix64;
 
 use super::member::channel;
+use super::partition::CutOff;
 use super::recorder::{Done, Recorder};
 use crate::history::{
     Compare, CompareResult, CompareTarget, GetRequest, ProcessId, RangeRequest, Request, RequestOp,
@@ -33,8 +36,8 @@ pub struct ClientSpec {
     pub member: usize,
     /// The run's seed.
     pub seed: u64,
-    /// Send reads serializable but record them linearizable.
-    pub stale_probe: bool,
+    /// The stale-read probe: which members the partition has cut off.
+    pub stale_probe: Option<CutOff>,
 }
 
 struct Gen {
@@ -42,7 +45,8 @@ struct Gen {
     id: u64,
     next_value: u64,
     last_seen: Vec<Option<String>>,
-    stale_probe: bool,
+    member: usize,
+    stale_probe: Option<CutOff>,
 }
 
 fn key(k: u64) -> String {
@@ -66,7 +70,11 @@ impl Gen {
         let value = format!("c{}-{}", self.id, self.next_value);
         let req = match roll {
             0..=29 => Request::put(&key, &value),
-            30..=59 if self.stale_probe => return (get(&key, true), get(&key, false)),
+            30..=59 if self.stale_probe.is_some() => {
+                let cut = self.stale_probe.as_ref();
+                let cut = cut.is_some_and(|c| c.is_cut_off(self.member));
+                return (get(&key, true), get(&key, !cut));
+            }
             30..=49 => get(&key, false),
             50..=59 => get(&key, true),
             _ => {
@@ -97,7 +105,8 @@ pub async fn client(rec: Recorder, spec: ClientSpec, until: Instant) {
         id: spec.id,
         next_value: 0,
         last_seen: vec![None; KEYS as usize],
-        stale_probe: spec.stale_probe,
+        member: spec.member,
+        stale_probe: spec.stale_probe.clone(),
     };
     let Ok(ch) = channel(spec.member, OP_TIMEOUT) else {
         return;

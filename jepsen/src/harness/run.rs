@@ -19,6 +19,7 @@ use keel_proto::etcdserverpb::RangeRequest;
 use super::member::{channel, Members};
 use super::nemesis::{heal_all, Nemesis, Window};
 use super::net::{cleanup_leftovers, Hosts};
+use super::partition::CutOff;
 use super::recorder::Recorder;
 use super::register::{self, ClientSpec};
 use super::{HarnessError, TestOptions};
@@ -153,6 +154,8 @@ async fn fault_phase(
     let rec = Recorder::new();
     let until = Instant::now() + Duration::from_secs(opts.time_limit_secs);
     let clients = (opts.nodes * opts.clients_per_member) as u64;
+    let cut_off = CutOff::new(opts.nodes);
+    let probe = opts.stale_probe.then(|| cut_off.clone());
     let tasks: Vec<_> = (0..clients)
         .map(|id| {
             let spec = ClientSpec {
@@ -160,7 +163,7 @@ async fn fault_phase(
                 clients,
                 member: id as usize % opts.nodes,
                 seed: opts.seed,
-                stale_probe: opts.stale_probe,
+                stale_probe: probe.clone(),
             };
             tokio::spawn(register::client(rec.clone(), spec, until))
         })
@@ -173,6 +176,7 @@ async fn fault_phase(
         hosts.clone(),
         rec.clone(),
         timeline,
+        cut_off,
     );
     let ran = nemesis.run(until).await;
     for t in tasks {

@@ -46,8 +46,9 @@ pub struct TestArgs {
     /// Clients per member.
     #[arg(long, default_value_t = 2)]
     clients_per_member: usize,
-    /// Proof of the partition: send every read serializable but record it linearizable, so
-    /// that a cut-off member's stale answers make the verdict invalid.
+    /// Proof of the partition: send every read serializable and record those sent to a member
+    /// the partition has cut off as linearizable, so that its stale answers make the verdict
+    /// invalid (and with no partition the same run is valid).
     #[arg(long)]
     stale_probe: bool,
     /// After the heal, every member must serve within this many seconds.
