@@ -57,7 +57,13 @@ pub struct Members {
     /// The member processes.
     members: Vec<Member>,
     token: String,
+    /// Run every member under libfaketime, its offset read from a file the clock nemesis
+    /// rewrites.
+    faketime: bool,
 }
+
+/// libfaketime (Debian's `faketime` package), the thread-safe build.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 impl Members {
     /// A cluster of `n` members of `bin`, logging into `results`, with data under `data`.
@@ -73,7 +79,42 @@ impl Members {
                 })
                 .collect(),
             token: format!("keel-jepsen-{seed}"),
+            faketime: false,
         }
+    }
+
+    /// Runs every member under libfaketime from now on (the `clock` nemesis), with no offset
+    /// yet. Only the wall clock is faked: `CLOCK_MONOTONIC` stays true.
+    pub fn use_faketime(&mut self) -> Result<(), HarnessError> {
+        if !Path::new(LIBFAKETIME).exists() {
+            return Err(HarnessError::Usage(format!(
+                "the clock nemesis needs libfaketime ({LIBFAKETIME}; apt-get install faketime)"
+            )));
+        }
+        self.faketime = true;
+        for i in 0..self.len() {
+            self.set_clock(i, "+0")?;
+        }
+        Ok(())
+    }
+
+    /// Whether the members run under libfaketime.
+    pub fn uses_faketime(&self) -> bool {
+        self.faketime
+    }
+
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.data.join(format!("clock-{}", member_name(i)))
+    }
+
+    /// Sets member `i`'s clock to `spec` (libfaketime's syntax: `+30s`, `-5s`, `+10s x1.5`).
+    /// It takes effect within a second (libfaketime's cache).
+    pub fn set_clock(&self, i: usize, spec: &str) -> Result<(), HarnessError> {
+        let path = self.clock_file(i);
+        std::fs::write(&path, format!("{spec}\n")).map_err(|e| HarnessError::Io {
+            what: path.display().to_string(),
+            why: e.to_string(),
+        })
     }
 
     /// Number of members.
@@ -136,6 +177,12 @@ impl Members {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
+        if self.faketime {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", self.clock_file(i))
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         let child = cmd.spawn().map_err(|e| HarnessError::Command {
             command: format!("start member {}", i + 1),
             why: e.to_string(),

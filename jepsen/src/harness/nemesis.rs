@@ -5,7 +5,11 @@
 //! - `pause`: SIGSTOP a member (the leader half of the time), SIGCONT after the hold.
 //! - `partition`: majority/minority, isolate the leader, bridge or ring, as nftables drops
 //!   inside the members' namespaces (clients in the root namespace are never cut off).
-//! - `netem`: delay with jitter, loss and reordering on every member's link (`tc netem`).
+//! - `netem`: delay with jitter, loss and reordering on every member's link (`tc netem`;
+//!   where the kernel has no netem qdisc, packet loss by nftables only).
+//! - `clock`: a member's wall clock jumps by up to ±60 s, sometimes running fast or slow,
+//!   through libfaketime (every member runs under it when this nemesis is on). Go binaries
+//!   such as etcd read the clock without libc, so on etcd this fault changes nothing.
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +35,8 @@ pub enum Kind {
     Partition,
     /// Delay, loss, reordering.
     Netem,
+    /// Wall-clock offset and drift (libfaketime).
+    Clock,
 }
 
 impl Kind {
@@ -43,13 +49,18 @@ impl Kind {
                 "pause" => &[Kind::Pause],
                 "partition" => &[Kind::Partition],
                 "netem" => &[Kind::Netem],
-                "all" => &[Kind::Kill, Kind::Pause, Kind::Partition, Kind::Netem],
+                "clock" => &[Kind::Clock],
+                "all" => &[
+                    Kind::Kill,
+                    Kind::Pause,
+                    Kind::Partition,
+                    Kind::Netem,
+                    Kind::Clock,
+                ],
                 "none" => &[],
-                other => {
-                    return Err(HarnessError::Usage(format!(
-                        "unknown nemesis {other:?} (kill, pause, partition, netem, all, none)"
-                    )))
-                }
+                other => return Err(HarnessError::Usage(format!(
+                    "unknown nemesis {other:?} (kill, pause, partition, netem, clock, all, none)"
+                ))),
             };
             for k in add {
                 if !kinds.contains(k) {
@@ -80,6 +91,7 @@ enum Active {
     Paused(usize),
     Partitioned,
     Netem,
+    Skewed(usize),
 }
 
 /// The nemesis of one run.
@@ -214,6 +226,15 @@ impl Nemesis {
                 }
                 Ok((Active::Netem, format!("every member: {done}")))
             }
+            Kind::Clock => {
+                let i = self.target(true).await;
+                let secs = 1 + self.rng.below(60) as i64;
+                let secs = if self.rng.below(2) == 0 { secs } else { -secs };
+                let rate = ["", " x0.5", " x2", " x1.1"][self.rng.below(4) as usize];
+                let spec = format!("{secs:+}s{rate}");
+                lock(&self.members).set_clock(i, &spec)?;
+                Ok((Active::Skewed(i), format!("m{} clock {spec}", i + 1)))
+            }
         }
     }
 
@@ -237,6 +258,7 @@ impl Nemesis {
                 }
                 Ok(())
             }
+            Active::Skewed(i) => lock(&self.members).set_clock(i, "+0"),
         }
     }
 }
@@ -256,6 +278,9 @@ pub fn heal_all(members: &Mutex<Members>, hosts: &Hosts) -> Result<(), HarnessEr
     let mut m = lock(members);
     for i in 0..m.len() {
         m.resume(i);
+        if m.uses_faketime() {
+            m.set_clock(i, "+0")?;
+        }
         if !m.is_running(i) {
             m.start(i, &[])?;
         }

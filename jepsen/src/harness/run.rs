@@ -199,6 +199,9 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         Path::new(DATA_DIR),
         opts.seed,
     );
+    if opts.nemesis.contains(&super::nemesis::Kind::Clock) {
+        m.use_faketime()?;
+    }
     m.start_all()?;
     let members = Arc::new(Mutex::new(m));
     let startup = Duration::from_secs(STARTUP_BOUND_SECS);
