@@ -24,7 +24,8 @@ pub fn client_url(i: usize) -> String {
     format!("http://{}:{CLIENT_PORT}", member_addr(i))
 }
 
-fn peer_url(i: usize) -> String {
+/// The peer URL of member `i`.
+pub fn peer_url(i: usize) -> String {
     format!("http://{}:{PEER_PORT}", member_addr(i))
 }
 
@@ -131,7 +132,8 @@ impl Members {
         self.data.join(member_name(i))
     }
 
-    fn flags(&self, i: usize) -> Vec<String> {
+    fn flags(&self, i: usize, existing: bool) -> Vec<String> {
+        let state = if existing { "existing" } else { "new" };
         let cluster: Vec<String> = (0..self.len())
             .map(|j| format!("{}={}", member_name(j), peer_url(j)))
             .collect();
@@ -143,7 +145,7 @@ impl Members {
             ("listen-peer-urls", peer_url(i)),
             ("initial-advertise-peer-urls", peer_url(i)),
             ("initial-cluster", cluster.join(",")),
-            ("initial-cluster-state", "new".to_string()),
+            ("initial-cluster-state", state.to_string()),
             ("initial-cluster-token", self.token.clone()),
         ];
         pairs.iter().map(|(k, v)| format!("--{k}={v}")).collect()
@@ -161,9 +163,18 @@ impl Members {
             })
     }
 
-    /// Starts member `i` in its namespace; `wrapper` (e.g. `faketime -f +5s`) goes before the
-    /// server's binary.
-    pub fn start(&mut self, i: usize, wrapper: &[String]) -> Result<(), HarnessError> {
+    /// Starts member `i` in its namespace (on its data, or as a new cluster's member).
+    pub fn start(&mut self, i: usize) -> Result<(), HarnessError> {
+        self.spawn(i, false)
+    }
+
+    /// Starts member `i`, with an empty data directory, to join the running cluster that has
+    /// just added it (`--initial-cluster-state existing`).
+    pub fn join(&mut self, i: usize) -> Result<(), HarnessError> {
+        self.spawn(i, true)
+    }
+
+    fn spawn(&mut self, i: usize, existing: bool) -> Result<(), HarnessError> {
         let log = self.log(i)?;
         let err = log.try_clone().map_err(|e| HarnessError::Io {
             what: "member log".to_string(),
@@ -171,9 +182,8 @@ impl Members {
         })?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &netns(i)])
-            .args(wrapper)
             .arg(&self.bin)
-            .args(self.flags(i))
+            .args(self.flags(i, existing))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
@@ -197,7 +207,7 @@ impl Members {
     /// Starts every member.
     pub fn start_all(&mut self) -> Result<(), HarnessError> {
         for i in 0..self.len() {
-            self.start(i, &[])?;
+            self.start(i)?;
         }
         Ok(())
     }

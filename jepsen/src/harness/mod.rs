@@ -4,7 +4,7 @@
 //! checker and a verdict in `RESULTS/results.json`.
 //!
 //! - [`net`]: namespaces, bridge, veth pairs, nftables partitions, netem; cleanup.
-//! - [`member`]: the member processes and their flags.
+//! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
 //! - [`register`]: the `register` workload.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 pub mod client;
 pub mod member;
+pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod partition;

@@ -7,6 +7,8 @@
 //!   inside the members' namespaces (clients in the root namespace are never cut off).
 //! - `netem`: delay with jitter, loss and reordering on every member's link (`tc netem`;
 //!   where the kernel has no netem qdisc, packet loss by nftables only).
+//! - `member`: remove a member (MemberRemove through another member), kill it, wipe its
+//!   data; at the end add it back (MemberAdd) and start it empty to join the cluster.
 //! - `clock`: a member's wall clock jumps by up to ±60 s, sometimes running fast or slow,
 //!   through libfaketime (every member runs under it when this nemesis is on). Go binaries
 //!   such as etcd read the clock without libc, so on etcd this fault changes nothing.
@@ -18,6 +20,7 @@ use keel_rng::SplitMix64;
 use serde::Serialize;
 
 use super::member::{leader, Members};
+use super::membership;
 use super::net::Hosts;
 use super::partition::CutOff;
 use super::recorder::Recorder;
@@ -37,6 +40,8 @@ pub enum Kind {
     Netem,
     /// Wall-clock offset and drift (libfaketime).
     Clock,
+    /// Remove a member, wipe it, add it back.
+    Member,
 }
 
 impl Kind {
@@ -50,16 +55,18 @@ impl Kind {
                 "partition" => &[Kind::Partition],
                 "netem" => &[Kind::Netem],
                 "clock" => &[Kind::Clock],
+                "member" => &[Kind::Member],
                 "all" => &[
                     Kind::Kill,
                     Kind::Pause,
                     Kind::Partition,
                     Kind::Netem,
                     Kind::Clock,
+                    Kind::Member,
                 ],
                 "none" => &[],
                 other => return Err(HarnessError::Usage(format!(
-                    "unknown nemesis {other:?} (kill, pause, partition, netem, clock, all, none)"
+                    "unknown nemesis {other:?} (kill, pause, partition, netem, clock, member, all, none)"
                 ))),
             };
             for k in add {
@@ -92,6 +99,9 @@ enum Active {
     Partitioned,
     Netem,
     Skewed(usize),
+    Removed(usize),
+    /// A fault that could not start (logged; nothing to undo).
+    Nothing,
 }
 
 /// The nemesis of one run.
@@ -175,7 +185,7 @@ impl Nemesis {
             let hold = self.between(2000, 6000);
             let left = until.saturating_duration_since(Instant::now());
             tokio::time::sleep(hold.min(left)).await;
-            self.end(active)?;
+            self.end(active).await?;
             w.end_ns = Some(self.rec.now_ns());
             self.log("end", &w);
             self.windows.push(w);
@@ -226,6 +236,7 @@ impl Nemesis {
                 }
                 Ok((Active::Netem, format!("every member: {done}")))
             }
+            Kind::Member => self.remove_member().await,
             Kind::Clock => {
                 let i = self.target(true).await;
                 let secs = 1 + self.rng.below(60) as i64;
@@ -238,9 +249,9 @@ impl Nemesis {
         }
     }
 
-    fn end(&mut self, active: Active) -> Result<(), HarnessError> {
+    async fn end(&mut self, active: Active) -> Result<(), HarnessError> {
         match active {
-            Active::Killed(i) => lock(&self.members).start(i, &[]),
+            Active::Killed(i) => lock(&self.members).start(i),
             Active::Paused(i) => {
                 lock(&self.members).resume(i);
                 Ok(())
@@ -259,7 +270,41 @@ impl Nemesis {
                 Ok(())
             }
             Active::Skewed(i) => lock(&self.members).set_clock(i, "+0"),
+            Active::Removed(i) => self.add_back(i).await,
+            Active::Nothing => Ok(()),
         }
+    }
+}
+
+impl Nemesis {
+    async fn remove_member(&mut self) -> Result<(Active, String), HarnessError> {
+        let n = self.hosts.n;
+        let i = self.target(false).await;
+        let Some(id) = membership::member_id(n, i).await else {
+            let why = format!("m{}: no member listed it; not removed", i + 1);
+            return Ok((Active::Nothing, why));
+        };
+        if !membership::remove(n, i, id).await {
+            let why = format!("m{} ({id:x}): MemberRemove refused; not removed", i + 1);
+            return Ok((Active::Nothing, why));
+        }
+        let mut m = lock(&self.members);
+        m.kill(i);
+        m.wipe(i)?;
+        Ok((
+            Active::Removed(i),
+            format!("removed and wiped m{} ({id:x})", i + 1),
+        ))
+    }
+
+    async fn add_back(&mut self, i: usize) -> Result<(), HarnessError> {
+        if !membership::add(self.hosts.n, i).await {
+            return Err(HarnessError::Command {
+                command: format!("MemberAdd m{}", i + 1),
+                why: format!("no member accepted it within {:?}", membership::BOUND),
+            });
+        }
+        lock(&self.members).join(i)
     }
 }
 
@@ -282,7 +327,7 @@ pub fn heal_all(members: &Mutex<Members>, hosts: &Hosts) -> Result<(), HarnessEr
             m.set_clock(i, "+0")?;
         }
         if !m.is_running(i) {
-            m.start(i, &[])?;
+            m.start(i)?;
         }
     }
     for i in 0..hosts.n {
