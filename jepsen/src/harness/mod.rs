@@ -6,7 +6,7 @@
 //! - [`net`]: namespaces, bridge, veth pairs, nftables partitions, netem; cleanup.
 //! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
-//! - [`register`]: the `register` workload.
+//! - [`register`], [`watch`]: the `register` workload and the `watch` workload's watchers.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
 //! - [`run`]: the phases of one test.
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ pub mod recorder;
 pub mod register;
 pub mod report;
 pub mod run;
+pub mod watch;
 
 /// What can stop a test before it reaches a verdict.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ pub enum Server {
 pub enum Workload {
     /// Gets, puts and CAS txns on a few keys.
     Register,
+    /// The register's writers, and watchers checked by the watch checker.
+    Watch,
 }
 
 impl Workload {
@@ -84,8 +87,9 @@ impl Workload {
     pub fn parse(s: &str) -> Result<Workload, HarnessError> {
         match s {
             "register" => Ok(Workload::Register),
+            "watch" => Ok(Workload::Watch),
             other => Err(HarnessError::Usage(format!(
-                "workload {other:?} is not implemented (register)"
+                "workload {other:?} is not implemented (register, watch)"
             ))),
         }
     }

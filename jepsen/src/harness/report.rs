@@ -3,10 +3,14 @@
 use super::run::{Report, Summary};
 use super::{HarnessError, TestOptions};
 use crate::check::Verdict;
+use crate::watch::WatchVerdict;
 
 /// The verdict word: a history that checks valid still fails when the cluster did not serve
 /// again within the heal bound (`unavailable`).
 fn verdict_word(summary: &Summary<'_>, verdict: &Verdict) -> &'static str {
+    if verdict.is_valid() && matches!(summary.watch_verdict, Some(WatchVerdict::Invalid(_))) {
+        return "invalid";
+    }
     match verdict {
         Verdict::Valid if summary.healed.is_none() => "unavailable",
         Verdict::Valid => "valid",
@@ -22,16 +26,25 @@ pub fn write_results(
     verdict: &Verdict,
 ) -> Result<Report, HarnessError> {
     let word = verdict_word(summary, verdict);
-    let explanation = match verdict {
+    let mut explanation = match verdict {
         Verdict::Valid => String::new(),
         v => v.to_string(),
     };
+    if let Some(WatchVerdict::Invalid(v)) = &summary.watch_verdict {
+        explanation.push_str(&format!("watch checker: invalid: {v}"));
+    }
+    let watch = summary.watch_verdict.as_ref().map(|w| match w {
+        WatchVerdict::Valid => "valid",
+        WatchVerdict::Invalid(_) => "invalid",
+    });
     let (ok, fail, info) = summary.outcomes();
     let faults: Vec<_> = summary.windows.iter().collect();
     let json = serde_json::json!({
         "verdict": word,
         "valid": word == "valid",
         "explanation": explanation,
+        "linearizability": verdict.to_string().lines().next().unwrap_or_default(),
+        "watch": watch,
         "server": opts.server,
         "bin": opts.bin.display().to_string(),
         "nodes": opts.nodes,

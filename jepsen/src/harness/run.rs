@@ -22,9 +22,11 @@ use super::net::{cleanup_leftovers, Hosts};
 use super::partition::CutOff;
 use super::recorder::Recorder;
 use super::register::{self, ClientSpec};
-use super::{HarnessError, TestOptions};
+use super::watch::{self, WatchRecorder};
+use super::{HarnessError, TestOptions, Workload};
 use crate::check::{check, CheckOptions, Verdict};
 use crate::history::{History, Outcome};
+use crate::watch::{check_watches_with, WatchOptions, WatchVerdict};
 
 /// Where members keep their data (removed before and after every run).
 pub const DATA_DIR: &str = "/tmp/keel-jepsen-data";
@@ -139,9 +141,10 @@ fn prepare_dirs(results: &Path) -> Result<std::fs::File, HarnessError> {
     std::fs::File::create(&timeline).map_err(|e| io(&timeline, e))
 }
 
-/// What the fault phase left: the history recorder and the fault windows.
+/// What the fault phase left: the history recorder, the watch log and the fault windows.
 struct FaultPhase {
     rec: Recorder,
+    watches: Option<WatchRecorder>,
     windows: Vec<Window>,
 }
 
@@ -168,6 +171,12 @@ async fn fault_phase(
             tokio::spawn(register::client(rec.clone(), spec, until))
         })
         .collect();
+    let watches = (opts.workload == Workload::Watch).then(|| WatchRecorder::new(rec.clone()));
+    let watchers: Vec<_> = watches
+        .iter()
+        .flat_map(|log| (0..opts.nodes).map(|id| (log.clone(), id)))
+        .map(|(log, id)| tokio::spawn(watch::watcher(log, id, opts.nodes, until)))
+        .collect();
     let kinds = opts.nemesis.clone();
     let mut nemesis = Nemesis::new(
         kinds,
@@ -179,12 +188,13 @@ async fn fault_phase(
         cut_off,
     );
     let ran = nemesis.run(until).await;
-    for t in tasks {
+    for t in tasks.into_iter().chain(watchers) {
         let _ = t.await;
     }
     ran?;
     Ok(FaultPhase {
         rec,
+        watches,
         windows: nemesis.windows,
     })
 }
@@ -219,27 +229,52 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
     eprintln!("heal: {healed:?}; final reads");
     let final_ok = register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await;
     members.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
-    let history = phase.rec.history();
-    write(&opts.results.join("history.jsonl"), &history.to_jsonl())?;
-    let options = CheckOptions {
-        time_limit: Duration::from_secs(opts.check_time_limit_secs),
-        ..CheckOptions::default()
-    };
-    let started = Instant::now();
-    let verdict = tokio::task::spawn_blocking(move || check(&history, &options))
-        .await
-        .unwrap_or_else(|e| Verdict::Unknown {
-            reason: format!("the checker panicked: {e}"),
-        });
-    let check_ms = started.elapsed().as_millis() as u64;
+    let (verdict, watch_verdict, check_ms) = run_checks(opts, &phase).await?;
     let summary = Summary {
         history: &phase.rec.history(),
         windows: &phase.windows,
         healed,
         final_ok,
         check_ms,
+        watch_verdict,
     };
     super::report::write_results(opts, &summary, &verdict)
+}
+
+/// The checkers: linearizability of the history, and the watch log against it (watch
+/// workload). Writes `history.jsonl` and `watches.jsonl`; returns both verdicts and the
+/// checkers' wall time.
+async fn run_checks(
+    opts: &TestOptions,
+    phase: &FaultPhase,
+) -> Result<(Verdict, Option<WatchVerdict>, u64), HarnessError> {
+    let history = phase.rec.history();
+    write(&opts.results.join("history.jsonl"), &history.to_jsonl())?;
+    let log = phase.watches.as_ref().map(|w| w.log());
+    if let Some(log) = &log {
+        write(&opts.results.join("watches.jsonl"), &log.to_jsonl())?;
+    }
+    let options = CheckOptions {
+        time_limit: Duration::from_secs(opts.check_time_limit_secs),
+        ..CheckOptions::default()
+    };
+    let started = Instant::now();
+    let checked = tokio::task::spawn_blocking(move || {
+        let verdict = check(&history, &options);
+        let watch_options = WatchOptions {
+            initial_revision: 1,
+            unrecorded_compactions: false,
+            unrecorded_deletes: false,
+        };
+        let watch = log.map(|log| check_watches_with(&history, &log, &watch_options));
+        (verdict, watch)
+    })
+    .await;
+    let (verdict, watch) = checked.unwrap_or_else(|e| {
+        let reason = format!("the checker panicked: {e}");
+        (Verdict::Unknown { reason }, None)
+    });
+    Ok((verdict, watch, started.elapsed().as_millis() as u64))
 }
 
 fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
@@ -256,8 +291,10 @@ pub struct Summary<'a> {
     pub healed: Option<Duration>,
     /// How many final reads succeeded.
     pub final_ok: usize,
-    /// The checker's wall time.
+    /// The checkers' wall time.
     pub check_ms: u64,
+    /// The watch checker's verdict (watch workload).
+    pub watch_verdict: Option<WatchVerdict>,
 }
 
 impl Summary<'_> {
