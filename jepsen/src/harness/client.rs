@@ -171,6 +171,22 @@ pub async fn execute(kv: &mut KvClient<Channel>, req: &Request) -> Result<Respon
     }
 }
 
+/// Puts `key=value` attached to `lease`; the answer as the history records a put.
+pub async fn leased_put(
+    kv: &mut KvClient<Channel>,
+    key: &str,
+    value: &str,
+    lease: i64,
+) -> Result<Response, Status> {
+    let r = kv.put(pb::PutRequest {
+        key: bytes(key).into(),
+        value: bytes(value).into(),
+        lease,
+        ..Default::default()
+    });
+    Ok(Response::put(header_rev(&r.await?.into_inner().header)))
+}
+
 /// Whether a write that failed with `status` certainly did not take effect (etcd rejected it
 /// before it reached raft). Anything else (timeouts, lost connections, leader changes) leaves
 /// the write in doubt.

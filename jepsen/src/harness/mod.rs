@@ -6,17 +6,22 @@
 //! - [`net`]: namespaces, bridge, veth pairs, nftables partitions, netem; cleanup.
 //! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
-//! - [`register`], [`watch`]: the `register` workload and the `watch` workload's watchers.
+//! - [`register`], [`watch`], [`lease`]: the workloads; [`checks`], [`lease_check`]: the
+//!   checkers of a run.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
-//! - [`run`]: the phases of one test.
+//! - [`run`]: the phases of one test; [`report`], [`plot`]: `results.json`, `latency.svg`.
 use std::path::PathBuf;
 
+pub mod checks;
 pub mod client;
+pub mod lease;
+pub mod lease_check;
 pub mod member;
 pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod partition;
+pub mod plot;
 pub mod recorder;
 pub mod register;
 pub mod report;
@@ -80,6 +85,8 @@ pub enum Workload {
     Register,
     /// The register's writers, and watchers checked by the watch checker.
     Watch,
+    /// Leased keys with keepalives and revokes, checked by the lease checks.
+    Lease,
 }
 
 impl Workload {
@@ -88,8 +95,9 @@ impl Workload {
         match s {
             "register" => Ok(Workload::Register),
             "watch" => Ok(Workload::Watch),
+            "lease" => Ok(Workload::Lease),
             other => Err(HarnessError::Usage(format!(
-                "workload {other:?} is not implemented (register, watch)"
+                "workload {other:?} is not implemented (register, watch, lease)"
             ))),
         }
     }

@@ -69,16 +69,32 @@ impl Recorder {
         recorded: Request,
         timeout: Duration,
     ) -> Done {
-        let f = req.function();
+        let call = execute(kv, req);
+        self.op_with(process, is_write(req), recorded, timeout, call)
+            .await
+    }
+
+    /// Records `recorded` as invoked by `process` now, awaits `call` (bounded by `timeout`)
+    /// and records its completion: `ok`, `fail` for a read's error or a write etcd refused,
+    /// `info` for a write's other error or timeout.
+    pub async fn op_with(
+        &self,
+        process: ProcessId,
+        write: bool,
+        recorded: Request,
+        timeout: Duration,
+        call: impl std::future::Future<Output = Result<Response, tonic::Status>>,
+    ) -> Done {
+        let f = recorded.function();
         self.push(|now| Event::invoke(process, now, recorded));
-        let result = tokio::time::timeout(timeout, execute(kv, req)).await;
+        let result = tokio::time::timeout(timeout, call).await;
         let (done, error) = match result {
             Ok(Ok(resp)) => (Done::Ok(resp), String::new()),
-            Ok(Err(status)) if !is_write(req) || write_certainly_failed(&status) => {
+            Ok(Err(status)) if !write || write_certainly_failed(&status) => {
                 (Done::Fail, error_text(&status))
             }
             Ok(Err(status)) => (Done::Info, error_text(&status)),
-            Err(_) if is_write(req) => (Done::Info, "timeout".to_string()),
+            Err(_) if write => (Done::Info, "timeout".to_string()),
             Err(_) => (Done::Fail, "timeout".to_string()),
         };
         self.push(|now| match &done {
@@ -87,6 +103,13 @@ impl Recorder {
             Done::Info => Event::info(process, f, now, &error),
         });
         done
+    }
+
+    /// Records the invocation of `req` by `process` now, never completed: an operation in
+    /// doubt from now on (the lease workload's deletion of a lease's keys by its expiry or
+    /// revoke, which no client's response reports).
+    pub fn in_doubt(&self, process: ProcessId, req: Request) {
+        self.push(|now| Event::invoke(process, now, req));
     }
 
     /// The history so far.

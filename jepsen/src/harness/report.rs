@@ -1,14 +1,14 @@
 //! `results.json`: the verdict and the run's figures (operations by outcome, faults, heal
-//! time, checker time), written at the end of every test that reached the checker.
+//! time, checker time), and `latency.svg` ([`super::plot`]), written at the end of every test
+//! that reached the checker.
 use super::run::{Report, Summary};
 use super::{HarnessError, TestOptions};
 use crate::check::Verdict;
-use crate::watch::WatchVerdict;
 
 /// The verdict word: a history that checks valid still fails when the cluster did not serve
 /// again within the heal bound (`unavailable`).
 fn verdict_word(summary: &Summary<'_>, verdict: &Verdict) -> &'static str {
-    if verdict.is_valid() && matches!(summary.watch_verdict, Some(WatchVerdict::Invalid(_))) {
+    if verdict.is_valid() && summary.extra.iter().any(|c| c.violation.is_some()) {
         return "invalid";
     }
     match verdict {
@@ -30,13 +30,18 @@ pub fn write_results(
         Verdict::Valid => String::new(),
         v => v.to_string(),
     };
-    if let Some(WatchVerdict::Invalid(v)) = &summary.watch_verdict {
-        explanation.push_str(&format!("watch checker: invalid: {v}"));
+    let mut extra = serde_json::Map::new();
+    for c in summary.extra {
+        if let Some(v) = &c.violation {
+            explanation.push_str(&format!("{} checker: invalid: {v}", c.name));
+        }
+        let word = if c.violation.is_some() {
+            "invalid"
+        } else {
+            "valid"
+        };
+        extra.insert(c.name.to_string(), word.into());
     }
-    let watch = summary.watch_verdict.as_ref().map(|w| match w {
-        WatchVerdict::Valid => "valid",
-        WatchVerdict::Invalid(_) => "invalid",
-    });
     let (ok, fail, info) = summary.outcomes();
     let faults: Vec<_> = summary.windows.iter().collect();
     let json = serde_json::json!({
@@ -44,7 +49,7 @@ pub fn write_results(
         "valid": word == "valid",
         "explanation": explanation,
         "linearizability": verdict.to_string().lines().next().unwrap_or_default(),
-        "watch": watch,
+        "workload_checks": extra,
         "server": opts.server,
         "bin": opts.bin.display().to_string(),
         "nodes": opts.nodes,
@@ -61,6 +66,16 @@ pub fn write_results(
         "final_reads_ok": summary.final_ok,
         "checker_ms": summary.check_ms,
     });
+    let title = format!(
+        "{:?} {:?}, {} members, nemesis {:?}, seed {}: {word}",
+        opts.server, opts.workload, opts.nodes, opts.nemesis, opts.seed
+    );
+    let svg = super::plot::latency_svg(summary.history, summary.windows, &title);
+    let plot = opts.results.join("latency.svg");
+    std::fs::write(&plot, svg).map_err(|e| HarnessError::Io {
+        what: plot.display().to_string(),
+        why: e.to_string(),
+    })?;
     let path = opts.results.join("results.json");
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     std::fs::write(&path, text + "\n").map_err(|e| HarnessError::Io {

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::RangeRequest;
 
+use super::checks::{run_checks, ExtraCheck, Inputs};
+use super::lease::{self, LeaseLog};
 use super::member::{channel, Members};
 use super::nemesis::{heal_all, Nemesis, Window};
 use super::net::{cleanup_leftovers, Hosts};
@@ -24,9 +26,7 @@ use super::recorder::Recorder;
 use super::register::{self, ClientSpec};
 use super::watch::{self, WatchRecorder};
 use super::{HarnessError, TestOptions, Workload};
-use crate::check::{check, CheckOptions, Verdict};
 use crate::history::{History, Outcome};
-use crate::watch::{check_watches_with, WatchOptions, WatchVerdict};
 
 /// Where members keep their data (removed before and after every run).
 pub const DATA_DIR: &str = "/tmp/keel-jepsen-data";
@@ -145,6 +145,7 @@ fn prepare_dirs(results: &Path) -> Result<std::fs::File, HarnessError> {
 struct FaultPhase {
     rec: Recorder,
     watches: Option<WatchRecorder>,
+    leases: Option<LeaseLog>,
     windows: Vec<Window>,
 }
 
@@ -159,7 +160,17 @@ async fn fault_phase(
     let clients = (opts.nodes * opts.clients_per_member) as u64;
     let cut_off = CutOff::new(opts.nodes);
     let probe = opts.stale_probe.then(|| cut_off.clone());
-    let tasks: Vec<_> = (0..clients)
+    let leases = (opts.workload == Workload::Lease).then(LeaseLog::default);
+    let lease_clients: Vec<_> = leases
+        .iter()
+        .flat_map(|log| (0..clients).map(|id| (log.clone(), id)))
+        .map(|(log, id)| {
+            let c = lease::client(rec.clone(), log, id, clients, opts.nodes, opts.seed, until);
+            tokio::spawn(c)
+        })
+        .collect();
+    let register_clients = if leases.is_some() { 0 } else { clients };
+    let tasks: Vec<_> = (0..register_clients)
         .map(|id| {
             let spec = ClientSpec {
                 id,
@@ -188,13 +199,14 @@ async fn fault_phase(
         cut_off,
     );
     let ran = nemesis.run(until).await;
-    for t in tasks.into_iter().chain(watchers) {
+    for t in tasks.into_iter().chain(watchers).chain(lease_clients) {
         let _ = t.await;
     }
     ran?;
     Ok(FaultPhase {
         rec,
         watches,
+        leases,
         windows: nemesis.windows,
     })
 }
@@ -229,56 +241,23 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
     eprintln!("heal: {healed:?}; final reads");
     let final_ok = register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await;
     members.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
-    let (verdict, watch_verdict, check_ms) = run_checks(opts, &phase).await?;
+    let inputs = Inputs {
+        results: &opts.results,
+        time_limit: Duration::from_secs(opts.check_time_limit_secs),
+        history: phase.rec.history(),
+        watches: phase.watches.as_ref().map(|w| w.log()),
+        leases: phase.leases.as_ref().map(|l| l.records()),
+    };
+    let checked = run_checks(inputs).await?;
     let summary = Summary {
         history: &phase.rec.history(),
         windows: &phase.windows,
         healed,
         final_ok,
-        check_ms,
-        watch_verdict,
+        check_ms: checked.check_ms,
+        extra: &checked.extra,
     };
-    super::report::write_results(opts, &summary, &verdict)
-}
-
-/// The checkers: linearizability of the history, and the watch log against it (watch
-/// workload). Writes `history.jsonl` and `watches.jsonl`; returns both verdicts and the
-/// checkers' wall time.
-async fn run_checks(
-    opts: &TestOptions,
-    phase: &FaultPhase,
-) -> Result<(Verdict, Option<WatchVerdict>, u64), HarnessError> {
-    let history = phase.rec.history();
-    write(&opts.results.join("history.jsonl"), &history.to_jsonl())?;
-    let log = phase.watches.as_ref().map(|w| w.log());
-    if let Some(log) = &log {
-        write(&opts.results.join("watches.jsonl"), &log.to_jsonl())?;
-    }
-    let options = CheckOptions {
-        time_limit: Duration::from_secs(opts.check_time_limit_secs),
-        ..CheckOptions::default()
-    };
-    let started = Instant::now();
-    let checked = tokio::task::spawn_blocking(move || {
-        let verdict = check(&history, &options);
-        let watch_options = WatchOptions {
-            initial_revision: 1,
-            unrecorded_compactions: false,
-            unrecorded_deletes: false,
-        };
-        let watch = log.map(|log| check_watches_with(&history, &log, &watch_options));
-        (verdict, watch)
-    })
-    .await;
-    let (verdict, watch) = checked.unwrap_or_else(|e| {
-        let reason = format!("the checker panicked: {e}");
-        (Verdict::Unknown { reason }, None)
-    });
-    Ok((verdict, watch, started.elapsed().as_millis() as u64))
-}
-
-fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
-    std::fs::write(path, text).map_err(|e| io(path, e))
+    super::report::write_results(opts, &summary, &checked.verdict)
 }
 
 /// The figures of a finished run, for `results.json`.
@@ -293,8 +272,8 @@ pub struct Summary<'a> {
     pub final_ok: usize,
     /// The checkers' wall time.
     pub check_ms: u64,
-    /// The watch checker's verdict (watch workload).
-    pub watch_verdict: Option<WatchVerdict>,
+    /// The workload's own checks (watch, lease).
+    pub extra: &'a [ExtraCheck],
 }
 
 impl Summary<'_> {
