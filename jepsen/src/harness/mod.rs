@@ -87,6 +87,8 @@ pub enum Workload {
     Watch,
     /// Leased keys with keepalives and revokes, checked by the lease checks.
     Lease,
+    /// Multi-key transactions of gets and puts.
+    Txn,
 }
 
 impl Workload {
@@ -96,8 +98,9 @@ impl Workload {
             "register" => Ok(Workload::Register),
             "watch" => Ok(Workload::Watch),
             "lease" => Ok(Workload::Lease),
+            "txn" => Ok(Workload::Txn),
             other => Err(HarnessError::Usage(format!(
-                "workload {other:?} is not implemented (register, watch, lease)"
+                "workload {other:?} is not implemented (register, txn, watch, lease)"
             ))),
         }
     }

@@ -1,5 +1,6 @@
 //! The `register` workload: clients doing gets, puts and compare-and-set txns on a small key
-//! space. Most reads are linearizable; a share are serializable and marked as such in the
+//! space (the `txn` workload: gets, and multi-key transactions of gets and puts, half of them
+//! guarded). Most reads are linearizable; a share are serializable and marked as such in the
 //! history (the checker lets them be stale). Client `c` talks to member `c % n`.
 //!
 //! With a stale-read probe, every read is sent serializable, and recorded as linearizable when
@@ -38,6 +39,8 @@ pub struct ClientSpec {
     pub seed: u64,
     /// The stale-read probe: which members the partition has cut off.
     pub stale_probe: Option<CutOff>,
+    /// The `txn` workload: mostly multi-key transactions.
+    pub multi_key: bool,
 }
 
 struct Gen {
@@ -47,6 +50,7 @@ struct Gen {
     last_seen: Vec<Option<String>>,
     member: usize,
     stale_probe: Option<CutOff>,
+    multi_key: bool,
 }
 
 fn key(k: u64) -> String {
@@ -68,6 +72,13 @@ impl Gen {
         let roll = self.rng.below(100);
         self.next_value += 1;
         let value = format!("c{}-{}", self.id, self.next_value);
+        if self.multi_key {
+            let req = match roll {
+                0..=29 => get(&key, roll >= 25),
+                _ => self.multi_key_txn(k, roll),
+            };
+            return (req.clone(), req);
+        }
         let req = match roll {
             0..=29 => Request::put(&key, &value),
             30..=59 if self.stale_probe.is_some() => {
@@ -86,6 +97,34 @@ impl Gen {
             }
         };
         (req.clone(), req)
+    }
+
+    /// The `txn` workload's transactions: two to four gets and puts on distinct keys, half of
+    /// them guarded by the value last seen of the first key (reading it on failure).
+    fn multi_key_txn(&mut self, first: u64, roll: u64) -> Request {
+        let n = 2 + self.rng.below(3);
+        let mut ops = Vec::new();
+        for j in 0..n {
+            let key = key((first + j) % KEYS);
+            if self.rng.below(2) == 0 {
+                ops.push(RequestOp::get(&key));
+            } else {
+                self.next_value += 1;
+                ops.push(RequestOp::put(
+                    &key,
+                    &format!("c{}-{}", self.id, self.next_value),
+                ));
+            }
+        }
+        let key0 = key(first);
+        if roll < 65 {
+            return Request::txn(vec![], ops, vec![]);
+        }
+        let guard = match &self.last_seen[first as usize] {
+            Some(v) => Compare::value_eq(&key0, v),
+            None => Compare::int(&key0, CompareTarget::Create, CompareResult::Equal, 0),
+        };
+        Request::txn(vec![guard], ops, vec![RequestOp::get(&key0)])
     }
 
     fn observe(&mut self, req: &Request, resp: &Response) {
@@ -107,6 +146,7 @@ pub async fn client(rec: Recorder, spec: ClientSpec, until: Instant) {
         last_seen: vec![None; KEYS as usize],
         member: spec.member,
         stale_probe: spec.stale_probe.clone(),
+        multi_key: spec.multi_key,
     };
     let Ok(ch) = channel(spec.member, OP_TIMEOUT) else {
         return;

@@ -178,6 +178,7 @@ async fn fault_phase(
                 member: id as usize % opts.nodes,
                 seed: opts.seed,
                 stale_probe: probe.clone(),
+                multi_key: opts.workload == Workload::Txn,
             };
             tokio::spawn(register::client(rec.clone(), spec, until))
         })
