@@ -1,11 +1,13 @@
 //! The checkers of one run: linearizability of the history, and the workload's own checks
-//! (the watch log against the history; the lease guarantees). Writes `history.jsonl`,
-//! `watches.jsonl` and `leases.jsonl` into the results directory.
+//! (the watch log against the history; the lease guarantees; the lock check). Writes
+//! `history.jsonl`, `watches.jsonl`, `leases.jsonl` and `locks.jsonl` into the results
+//! directory.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::lease::LeaseRecord;
 use super::lease_check::check_leases;
+use super::lock::{check_locks, LockRecord};
 use super::HarnessError;
 use crate::check::{check, CheckOptions, Verdict};
 use crate::history::History;
@@ -23,6 +25,8 @@ pub struct Inputs<'a> {
     pub watches: Option<WatchLog>,
     /// The lease records (lease workload).
     pub leases: Option<Vec<LeaseRecord>>,
+    /// The lock records (lock workload).
+    pub locks: Option<Vec<LockRecord>>,
 }
 
 /// One of the workload's own checks.
@@ -51,6 +55,40 @@ fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
     })
 }
 
+fn jsonl<T: serde::Serialize>(records: &[T]) -> String {
+    let lines: Vec<String> = records
+        .iter()
+        .filter_map(|r| serde_json::to_string(r).ok())
+        .collect();
+    lines.join("\n") + "\n"
+}
+
+/// The lock check as one violation text: fenced writes that went backwards (what keel and
+/// etcd guarantee never happens), and overlapping holds (mutual exclusion without fencing,
+/// which a lease expiring under a paused or cut-off holder breaks, on etcd as on keel).
+fn lock_check(records: &[LockRecord]) -> Option<String> {
+    let (overlaps, backwards) = check_locks(records);
+    let mut text = String::new();
+    if let Some(b) = backwards {
+        text.push_str(&format!("fenced writes went backwards: {b}\n"));
+    }
+    if !overlaps.is_empty() {
+        text.push_str(&format!(
+            "two holders at once ({} overlapping holds; fenced writes {}):\n",
+            overlaps.len(),
+            if text.is_empty() {
+                "never went backwards"
+            } else {
+                "went backwards"
+            }
+        ));
+        for o in overlaps.iter().take(3) {
+            text.push_str(&format!("  {o}\n"));
+        }
+    }
+    (!text.is_empty()).then_some(text)
+}
+
 /// Writes the inputs and runs every checker (on a blocking thread).
 pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
     write(
@@ -61,15 +99,12 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
         write(&inputs.results.join("watches.jsonl"), &log.to_jsonl())?;
     }
     if let Some(records) = &inputs.leases {
-        let lines: Vec<String> = records
-            .iter()
-            .filter_map(|r| serde_json::to_string(r).ok())
-            .collect();
-        write(
-            &inputs.results.join("leases.jsonl"),
-            &(lines.join("\n") + "\n"),
-        )?;
+        write(&inputs.results.join("leases.jsonl"), &jsonl(records))?;
     }
+    if let Some(records) = &inputs.locks {
+        write(&inputs.results.join("locks.jsonl"), &jsonl(records))?;
+    }
+    let locks = inputs.locks.as_deref().map(lock_check);
     let options = CheckOptions {
         time_limit: inputs.time_limit,
         ..CheckOptions::default()
@@ -99,6 +134,12 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
             let violation = check_leases(&ops, &records).map(|v| v.to_string());
             extra.push(ExtraCheck {
                 name: "lease",
+                violation,
+            });
+        }
+        if let Some(violation) = locks {
+            extra.push(ExtraCheck {
+                name: "lock",
                 violation,
             });
         }

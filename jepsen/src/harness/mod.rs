@@ -6,7 +6,7 @@
 //! - [`net`]: namespaces, bridge, veth pairs, nftables partitions, netem; cleanup.
 //! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
-//! - [`register`], [`watch`], [`lease`]: the workloads; [`checks`], [`lease_check`]: the
+//! - [`register`], [`watch`], [`lease`], [`lock`]: the workloads, spawned by [`clients`]; [`checks`], [`lease_check`]: the
 //!   checkers of a run.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
 //! - [`run`]: the phases of one test; [`report`], [`plot`]: `results.json`, `latency.svg`.
@@ -14,8 +14,10 @@ use std::path::PathBuf;
 
 pub mod checks;
 pub mod client;
+pub mod clients;
 pub mod lease;
 pub mod lease_check;
+pub mod lock;
 pub mod member;
 pub mod membership;
 pub mod nemesis;
@@ -89,6 +91,8 @@ pub enum Workload {
     Lease,
     /// Multi-key transactions of gets and puts.
     Txn,
+    /// The Lock service with fenced writes, checked by the lock check.
+    Lock,
 }
 
 impl Workload {
@@ -99,8 +103,9 @@ impl Workload {
             "watch" => Ok(Workload::Watch),
             "lease" => Ok(Workload::Lease),
             "txn" => Ok(Workload::Txn),
+            "lock" => Ok(Workload::Lock),
             other => Err(HarnessError::Usage(format!(
-                "workload {other:?} is not implemented (register, txn, watch, lease)"
+                "workload {other:?} is not implemented (register, txn, watch, lease, lock)"
             ))),
         }
     }
