@@ -1,10 +1,11 @@
 //! The checkers of one run: linearizability of the history, and the workload's own checks
-//! (the watch log against the history; the lease guarantees; the lock check). Writes
-//! `history.jsonl`, `watches.jsonl`, `leases.jsonl` and `locks.jsonl` into the results
-//! directory.
+//! (the watch log against the history; the lease guarantees; the lock and election checks).
+//! Writes `history.jsonl`, `watches.jsonl`, `leases.jsonl`, `locks.jsonl` and
+//! `elections.jsonl` into the results directory.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::election::{check_elections, ElectionRecord};
 use super::lease::LeaseRecord;
 use super::lease_check::check_leases;
 use super::lock::{check_locks, LockRecord};
@@ -27,6 +28,8 @@ pub struct Inputs<'a> {
     pub leases: Option<Vec<LeaseRecord>>,
     /// The lock records (lock workload).
     pub locks: Option<Vec<LockRecord>>,
+    /// The election records (election workload).
+    pub elections: Option<Vec<ElectionRecord>>,
 }
 
 /// One of the workload's own checks.
@@ -104,7 +107,11 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
     if let Some(records) = &inputs.locks {
         write(&inputs.results.join("locks.jsonl"), &jsonl(records))?;
     }
+    if let Some(records) = &inputs.elections {
+        write(&inputs.results.join("elections.jsonl"), &jsonl(records))?;
+    }
     let locks = inputs.locks.as_deref().map(lock_check);
+    let elections = inputs.elections.as_deref().map(check_elections);
     let options = CheckOptions {
         time_limit: inputs.time_limit,
         ..CheckOptions::default()
@@ -140,6 +147,12 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
         if let Some(violation) = locks {
             extra.push(ExtraCheck {
                 name: "lock",
+                violation,
+            });
+        }
+        if let Some(violation) = elections {
+            extra.push(ExtraCheck {
+                name: "election",
                 violation,
             });
         }

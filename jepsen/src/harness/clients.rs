@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
+use super::election::{self, ElectionLog};
 use super::lease::{self, LeaseLog};
 use super::lock::{self, LockLog};
 use super::partition::CutOff;
@@ -21,6 +22,8 @@ pub struct Logs {
     pub leases: Option<LeaseLog>,
     /// The lock workload's acquires, writes and releases.
     pub locks: Option<LockLog>,
+    /// The election workload's wins and observations.
+    pub elections: Option<ElectionLog>,
 }
 
 /// Spawns the clients of `opts.workload`, which stop at `until`.
@@ -51,6 +54,14 @@ pub async fn spawn_clients(
                 tasks.push(tokio::spawn(c));
             }
             logs.locks = Some(log);
+        }
+        Workload::Election => {
+            let log = ElectionLog::default();
+            for id in 0..clients {
+                let c = election::client(rec.clone(), log.clone(), id, n, until);
+                tasks.push(tokio::spawn(c));
+            }
+            logs.elections = Some(log);
         }
         Workload::Register | Workload::Txn | Workload::Watch => {
             let probe = opts.stale_probe.then(|| cut_off.clone());

@@ -97,28 +97,8 @@ impl Locker {
         });
     }
 
-    /// A lease of 2 s and a task keeping it alive every 500 ms.
     async fn lease(&self) -> Option<(i64, tokio::task::JoinHandle<()>)> {
-        let mut c = LeaseClient::new(self.ch.clone());
-        let grant = c.lease_grant(LeaseGrantRequest { ttl: 2, id: 0 });
-        let id = tokio::time::timeout(CALL, grant)
-            .await
-            .ok()?
-            .ok()?
-            .into_inner()
-            .id;
-        let keeper = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let req = tonic::codegen::tokio_stream::iter(vec![LeaseKeepAliveRequest { id }]);
-                let call = async {
-                    let mut s = c.lease_keep_alive(req).await?.into_inner();
-                    s.message().await
-                };
-                let _ = tokio::time::timeout(CALL, call).await;
-            }
-        });
-        Some((id, keeper))
+        kept_lease(&self.ch).await
     }
 
     async fn fence_of(&self, key: &[u8]) -> i64 {
@@ -203,9 +183,38 @@ impl Locker {
             );
         }
         keeper.abort();
-        let mut c = LeaseClient::new(self.ch.clone());
-        let _ = tokio::time::timeout(CALL, c.lease_revoke(LeaseRevokeRequest { id: lease })).await;
+        revoke(&self.ch, lease).await;
     }
+}
+
+/// A lease of 2 s, and a task keeping it alive every 500 ms (abort it to stop).
+pub async fn kept_lease(ch: &Channel) -> Option<(i64, tokio::task::JoinHandle<()>)> {
+    let mut c = LeaseClient::new(ch.clone());
+    let grant = c.lease_grant(LeaseGrantRequest { ttl: 2, id: 0 });
+    let id = tokio::time::timeout(CALL, grant)
+        .await
+        .ok()?
+        .ok()?
+        .into_inner()
+        .id;
+    let keeper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let req = tonic::codegen::tokio_stream::iter(vec![LeaseKeepAliveRequest { id }]);
+            let call = async {
+                let mut s = c.lease_keep_alive(req).await?.into_inner();
+                s.message().await
+            };
+            let _ = tokio::time::timeout(CALL, call).await;
+        }
+    });
+    Some((id, keeper))
+}
+
+/// Revokes `lease` (best effort).
+pub async fn revoke(ch: &Channel, lease: i64) {
+    let mut c = LeaseClient::new(ch.clone());
+    let _ = tokio::time::timeout(CALL, c.lease_revoke(LeaseRevokeRequest { id: lease })).await;
 }
 
 /// Writes the guarded key's first value (fence 0) before the clients start: a value compare

@@ -6,8 +6,8 @@
 //! - [`net`]: namespaces, bridge, veth pairs, nftables partitions, netem; cleanup.
 //! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
-//! - [`register`], [`watch`], [`lease`], [`lock`]: the workloads, spawned by [`clients`]; [`checks`], [`lease_check`]: the
-//!   checkers of a run.
+//! - [`register`], [`watch`], [`lease`], [`lock`], [`election`]: the workloads, spawned by
+//!   [`clients`]; [`checks`], [`lease_check`]: the checkers of a run.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
 //! - [`run`]: the phases of one test; [`report`], [`plot`]: `results.json`, `latency.svg`.
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use std::path::PathBuf;
 pub mod checks;
 pub mod client;
 pub mod clients;
+pub mod election;
 pub mod lease;
 pub mod lease_check;
 pub mod lock;
@@ -93,6 +94,8 @@ pub enum Workload {
     Txn,
     /// The Lock service with fenced writes, checked by the lock check.
     Lock,
+    /// The Election service, checked for two leaders in one term.
+    Election,
 }
 
 impl Workload {
@@ -104,8 +107,9 @@ impl Workload {
             "lease" => Ok(Workload::Lease),
             "txn" => Ok(Workload::Txn),
             "lock" => Ok(Workload::Lock),
+            "election" => Ok(Workload::Election),
             other => Err(HarnessError::Usage(format!(
-                "workload {other:?} is not implemented (register, txn, watch, lease, lock)"
+                "workload {other:?} is not implemented (register, txn, watch, lease, lock, election)"
             ))),
         }
     }

@@ -207,9 +207,10 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
     let bound = Duration::from_secs(opts.heal_bound_secs);
     let healed = wait_serving(opts.nodes, bound).await;
     eprintln!("heal: {healed:?}; final reads");
-    // The lock workload's history stays empty: the Lock service's writes and lease expiries
+    // The lock and election workloads keep no history: the services' writes and lease expiries
     // make revisions no client reports, so a read of the store could not be explained.
-    let final_ok = if opts.workload == super::Workload::Lock {
+    let no_history = [super::Workload::Lock, super::Workload::Election];
+    let final_ok = if no_history.contains(&opts.workload) {
         0
     } else {
         register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await
@@ -222,6 +223,7 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         watches: phase.logs.watches.as_ref().map(|w| w.log()),
         leases: phase.logs.leases.as_ref().map(|l| l.records()),
         locks: phase.logs.locks.as_ref().map(|l| l.records()),
+        elections: phase.logs.elections.as_ref().map(|l| l.records()),
     };
     let checked = run_checks(inputs).await?;
     let summary = Summary {
