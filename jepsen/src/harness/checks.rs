@@ -92,26 +92,73 @@ fn lock_check(records: &[LockRecord]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// Writes the inputs and runs every checker (on a blocking thread).
-pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
-    write(
-        &inputs.results.join("history.jsonl"),
-        &inputs.history.to_jsonl(),
-    )?;
+fn write_inputs(inputs: &Inputs<'_>) -> Result<(), HarnessError> {
+    let dir = inputs.results;
+    write(&dir.join("history.jsonl"), &inputs.history.to_jsonl())?;
     if let Some(log) = &inputs.watches {
-        write(&inputs.results.join("watches.jsonl"), &log.to_jsonl())?;
+        write(&dir.join("watches.jsonl"), &log.to_jsonl())?;
     }
     if let Some(records) = &inputs.leases {
-        write(&inputs.results.join("leases.jsonl"), &jsonl(records))?;
+        write(&dir.join("leases.jsonl"), &jsonl(records))?;
     }
     if let Some(records) = &inputs.locks {
-        write(&inputs.results.join("locks.jsonl"), &jsonl(records))?;
+        write(&dir.join("locks.jsonl"), &jsonl(records))?;
     }
     if let Some(records) = &inputs.elections {
-        write(&inputs.results.join("elections.jsonl"), &jsonl(records))?;
+        write(&dir.join("elections.jsonl"), &jsonl(records))?;
     }
-    let locks = inputs.locks.as_deref().map(lock_check);
-    let elections = inputs.elections.as_deref().map(check_elections);
+    Ok(())
+}
+
+/// The history-based checks: the watch log and the lease guarantees.
+fn history_checks(
+    history: &History,
+    watches: Option<WatchLog>,
+    leases: Option<Vec<LeaseRecord>>,
+) -> Vec<ExtraCheck> {
+    let mut extra = Vec::new();
+    if let Some(log) = watches {
+        let watch_options = WatchOptions {
+            initial_revision: 1,
+            unrecorded_compactions: false,
+            unrecorded_deletes: false,
+        };
+        let violation = match check_watches_with(history, &log, &watch_options) {
+            WatchVerdict::Valid => None,
+            WatchVerdict::Invalid(v) => Some(v.to_string()),
+        };
+        extra.push(ExtraCheck {
+            name: "watch",
+            violation,
+        });
+    }
+    if let Some(records) = leases {
+        let ops = history.operations().unwrap_or_default();
+        let violation = check_leases(&ops, &records).map(|v| v.to_string());
+        extra.push(ExtraCheck {
+            name: "lease",
+            violation,
+        });
+    }
+    extra
+}
+
+/// Writes the inputs and runs every checker (on a blocking thread).
+pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
+    write_inputs(&inputs)?;
+    let mut services = Vec::new();
+    if let Some(records) = inputs.locks.as_deref() {
+        services.push(ExtraCheck {
+            name: "lock",
+            violation: lock_check(records),
+        });
+    }
+    if let Some(records) = inputs.elections.as_deref() {
+        services.push(ExtraCheck {
+            name: "election",
+            violation: check_elections(records),
+        });
+    }
     let options = CheckOptions {
         time_limit: inputs.time_limit,
         ..CheckOptions::default()
@@ -120,42 +167,8 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
     let started = Instant::now();
     let checked = tokio::task::spawn_blocking(move || {
         let verdict = check(&history, &options);
-        let mut extra = Vec::new();
-        if let Some(log) = watches {
-            let watch_options = WatchOptions {
-                initial_revision: 1,
-                unrecorded_compactions: false,
-                unrecorded_deletes: false,
-            };
-            let violation = match check_watches_with(&history, &log, &watch_options) {
-                WatchVerdict::Valid => None,
-                WatchVerdict::Invalid(v) => Some(v.to_string()),
-            };
-            extra.push(ExtraCheck {
-                name: "watch",
-                violation,
-            });
-        }
-        if let Some(records) = leases {
-            let ops = history.operations().unwrap_or_default();
-            let violation = check_leases(&ops, &records).map(|v| v.to_string());
-            extra.push(ExtraCheck {
-                name: "lease",
-                violation,
-            });
-        }
-        if let Some(violation) = locks {
-            extra.push(ExtraCheck {
-                name: "lock",
-                violation,
-            });
-        }
-        if let Some(violation) = elections {
-            extra.push(ExtraCheck {
-                name: "election",
-                violation,
-            });
-        }
+        let mut extra = history_checks(&history, watches, leases);
+        extra.extend(services);
         (verdict, extra)
     })
     .await;

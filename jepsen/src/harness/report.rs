@@ -19,6 +19,13 @@ fn verdict_word(summary: &Summary<'_>, verdict: &Verdict) -> &'static str {
     }
 }
 
+fn write(path: &std::path::Path, text: String) -> Result<(), HarnessError> {
+    std::fs::write(path, text).map_err(|e| HarnessError::Io {
+        what: path.display().to_string(),
+        why: e.to_string(),
+    })
+}
+
 /// Writes `results.json` and prints a one-paragraph summary; the report says whether it passed.
 pub fn write_results(
     opts: &TestOptions,
@@ -71,17 +78,9 @@ pub fn write_results(
         opts.server, opts.workload, opts.nodes, opts.nemesis, opts.seed
     );
     let svg = super::plot::latency_svg(summary.history, summary.windows, &title);
-    let plot = opts.results.join("latency.svg");
-    std::fs::write(&plot, svg).map_err(|e| HarnessError::Io {
-        what: plot.display().to_string(),
-        why: e.to_string(),
-    })?;
-    let path = opts.results.join("results.json");
+    write(&opts.results.join("latency.svg"), svg)?;
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-    std::fs::write(&path, text + "\n").map_err(|e| HarnessError::Io {
-        what: path.display().to_string(),
-        why: e.to_string(),
-    })?;
+    write(&opts.results.join("results.json"), text + "\n")?;
     println!(
         "{word}: {} ops ({ok} ok, {fail} fail, {info} info), {} faults, healed in {}, checker {} ms; results in {}",
         ok + fail + info,
