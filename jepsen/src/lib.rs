@@ -9,6 +9,8 @@
 //! - [`gen`]: random histories from a correct sequential model, with optional injected faults.
 //! - [`watch`]: the JSON-lines watch-log format and a checker of watch streams against a
 //!   history (ordered, unique, atomic, reliable, progress, `prev_kv`, create flags, filters).
+//! - [`harness`] (feature `harness`, on by default): `keel-jepsen test`, real clusters of keel
+//!   or etcd in network namespaces under faults.
 //!
 //! A recorder writes [`history::Event`]s (`Event::invoke`, `Event::ok`, `Event::fail`,
 //! `Event::info`) as JSON lines; a test then asks for a verdict and treats anything but
@@ -29,6 +31,8 @@
 
 pub mod check;
 pub mod gen;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod history;
 pub mod model;
 pub mod watch;

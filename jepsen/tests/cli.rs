@@ -1,4 +1,4 @@
-//! `keel-jepsen check FILE`: output and exit codes.
+//! `keel-jepsen check FILE` and `keel-jepsen test` option errors: output and exit codes.
 #![allow(clippy::unwrap_used)]
 use std::process::Command;
 
@@ -40,4 +40,44 @@ fn unreadable_history_exits_two() {
     let (code, out) = run(&["check", "tests/data/no-such-file.jsonl"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.starts_with("unknown:"), "{out}");
+}
+
+#[test]
+fn test_rejects_bad_options_before_touching_the_network() {
+    let (code, out) = run(&[
+        "test",
+        "--server",
+        "keel",
+        "--bin",
+        "/bin/true",
+        "--nodes",
+        "4",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--nodes must be 3 or 5"), "{out}");
+    let (code, out) = run(&[
+        "test",
+        "--server",
+        "etcd",
+        "--bin",
+        "/bin/true",
+        "--nemesis",
+        "flood",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("unknown nemesis \"flood\""), "{out}");
+    let (code, out) = run(&[
+        "test",
+        "--server",
+        "etcd",
+        "--bin",
+        "/bin/true",
+        "--workload",
+        "bank",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("workload \"bank\" is not implemented"),
+        "{out}"
+    );
 }

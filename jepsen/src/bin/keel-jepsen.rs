@@ -3,6 +3,11 @@
 //!
 //! `keel-jepsen check-watch HISTORY WATCHES`: checks a watch log against its history; exit
 //! codes 0 valid, 1 invalid, 2 when a file cannot be read.
+//!
+//! `keel-jepsen test --server keel|etcd --bin PATH --nodes 3|5 --workload W --nemesis N[,N...]
+//! --time-limit SECONDS --seed N [--results DIR]`: runs a real cluster in network namespaces
+//! under faults and checks it (root only). Exit codes: 0 valid; 1 invalid, unknown or
+//! unavailable; 2 when the test could not run; 130 when interrupted.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,7 +62,12 @@ enum Command {
         #[arg(long)]
         unrecorded_deletes: bool,
     },
+    /// Run a real cluster under faults and check it (root only).
+    Test(test_cmd::TestArgs),
 }
+
+#[path = "keel-jepsen/test_cmd.rs"]
+mod test_cmd;
 
 fn read_text(file: &PathBuf) -> anyhow::Result<String> {
     if file.as_os_str() == "-" {
@@ -98,6 +108,7 @@ fn main() -> ExitCode {
             };
             check_watch(&history, &watches, &options)
         }
+        Command::Test(args) => test_cmd::run(args),
     }
 }
 
