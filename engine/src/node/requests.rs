@@ -20,11 +20,11 @@ impl Node {
         &mut self,
         token: u64,
         request: Request,
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     ) {
         match self
             .sm
-            .resolve_caller(auth_token.as_deref(), self.clock.now_ms)
+            .resolve_caller(auth_token.as_ref(), self.clock.now_ms)
         {
             Ok(caller) => {
                 self.callers.insert(token, caller);
@@ -40,12 +40,12 @@ impl Node {
         &mut self,
         stream: crate::watch::StreamId,
         request: WatchCreateRequest,
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     ) {
         let now_ms = self.clock.now_ms;
         let checked = self
             .sm
-            .resolve_caller(auth_token.as_deref(), now_ms)
+            .resolve_caller(auth_token.as_ref(), now_ms)
             .and_then(|caller| {
                 let (key, end) = (&request.key, &request.range_end);
                 self.sm.auth().check(Some(&caller), key, end, Perm::Read)

@@ -13,7 +13,7 @@ use keel_proto::keelpb::raft_request::Request as LogRequest;
 use keel_proto::keelpb::{InternalAuthenticate, PasswordLookupResponse};
 
 use super::StateMachine;
-use crate::auth::{self, AuthInfo, AuthStore};
+use crate::auth::{self, AuthInfo, AuthStore, Credential};
 use crate::error::Error;
 use crate::request::{Read, Response};
 
@@ -28,11 +28,14 @@ impl StateMachine {
     /// `invalid auth token`.
     pub(in crate::node) fn resolve_caller(
         &mut self,
-        token: Option<&str>,
+        token: Option<&Credential>,
         now_ms: u64,
     ) -> Result<AuthInfo, Error> {
-        let Some(token) = token else {
-            return Ok(AuthInfo::default());
+        let token = match token {
+            None => return Ok(AuthInfo::default()),
+            Some(Credential::Verified(info)) => return Ok(info.clone()),
+            Some(Credential::Invalid) => return Err(Error::InvalidAuthToken),
+            Some(Credential::Token(token)) => token,
         };
         match self.tokens.info(token, now_ms) {
             Some(username) => Ok(AuthInfo {
@@ -146,6 +149,11 @@ impl StateMachine {
         }
         if r.checked_revision != self.auth.revision() {
             return Err(Error::AuthOldRevision);
+        }
+        if r.simple_token.is_empty() {
+            // A signed (JWT) login: the proposer signs the token once this entry applied.
+            tracing::debug!(user = %r.name, "authenticated a user (signed token)");
+            return Ok(Response::Authenticate(AuthenticateResponse::default()));
         }
         let token = format!("{}.{index}", r.simple_token);
         self.tokens.assign(token.clone(), &r.name, now_ms);
