@@ -7,7 +7,7 @@ use prost::Message as _;
 
 use super::Node;
 use crate::alarm;
-use crate::auth::Perm;
+use crate::auth::{Credential, Perm};
 use crate::bugs::Bug;
 use crate::error::Error;
 use crate::request::{Admin, Read, Request, Route};
@@ -32,6 +32,14 @@ impl Node {
             }
             Err(e) => self.reply(token, Err(e)),
         }
+    }
+
+    /// etcd's `IsAdminPermitted` for a client's credential against the applied auth store,
+    /// with no log entry: Maintenance.Defragment and Snapshot check it when they arrive, as
+    /// etcd's `authMaintenanceServer` does.
+    pub fn check_admin(&mut self, credential: Option<&Credential>) -> Result<(), Error> {
+        let caller = self.sm.resolve_caller(credential, self.clock.now_ms)?;
+        self.sm.auth().check_admin(Some(&caller))
     }
 
     /// A Watch create with its caller: created if the caller may read the range, else

@@ -28,6 +28,11 @@ pub(super) enum Command {
     Status {
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// Whether a client's credential is an admin's (no log entry).
+    CheckAdmin {
+        credential: Option<Credential>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Members {
         reply: oneshot::Sender<Membership>,
     },
@@ -240,6 +245,19 @@ impl Handle {
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?.ok_or(Error::Stopped)
+    }
+
+    /// Whether the client with `auth_token` may make admin requests (root, or auth off),
+    /// against this member's applied auth store: etcd's `IsAdminPermitted`, as its
+    /// Maintenance service checks it, without a log entry.
+    pub async fn check_admin(&self, auth_token: Option<String>) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        let credential = self.credential(auth_token);
+        self.commands
+            .send(Command::CheckAdmin { credential, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// This member's raft status.
