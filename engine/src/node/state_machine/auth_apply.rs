@@ -68,13 +68,14 @@ impl StateMachine {
         auth::check_read(&self.auth, Some(caller), read)
     }
 
-    /// Applies an auth entry; `None` if `body` is not one.
+    /// Applies an auth entry (the caller routes only those here; any other is refused with
+    /// an error, never a panic, so no entry can stop a member).
     pub(super) fn apply_auth(
         &mut self,
         body: &LogRequest,
         index: u64,
         now_ms: u64,
-    ) -> Option<Result<Response, Error>> {
+    ) -> Result<Response, Error> {
         use LogRequest as R;
         let a = &mut self.auth;
         let result = match body {
@@ -127,9 +128,12 @@ impl StateMachine {
                 .map(|()| {
                     Response::RoleRevokePermission(AuthRoleRevokePermissionResponse::default())
                 }),
-            _ => return None,
+            _ => {
+                tracing::error!(index, "not an auth entry; refused");
+                Err(Error::InvalidAuthMgmt)
+            }
         };
-        Some(result)
+        result
     }
 
     /// etcd's `Authenticate` apply: the password was checked by the proposer at
@@ -164,8 +168,9 @@ impl StateMachine {
         }))
     }
 
-    /// Serves an auth read; `None` for a read that is not one.
-    pub(super) fn serve_auth_read(&self, read: &Read) -> Option<Result<Response, Error>> {
+    /// Serves an auth read (the caller routes only those here; any other is refused with an
+    /// error, never a panic).
+    pub(super) fn serve_auth_read(&self, read: &Read) -> Result<Response, Error> {
         let a = &self.auth;
         let result = match read {
             Read::AuthStatus(_) => Ok(Response::AuthStatus(AuthStatusResponse {
@@ -206,8 +211,11 @@ impl StateMachine {
                     enabled: a.is_enabled(),
                 }))
             }
-            _ => return None,
+            _ => {
+                tracing::error!("not an auth read; refused");
+                Err(Error::InvalidAuthMgmt)
+            }
         };
-        Some(result)
+        result
     }
 }
