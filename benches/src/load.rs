@@ -89,6 +89,7 @@ enum Workload {
 /// Runs the benchmark described by `cli` to completion.
 pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
     let channels = connect(cli, cli.conns).await?;
+    let token = login(cli, &channels[0]).await?;
     let workload = workload(&cli.command);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -102,6 +103,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
             total: cli.total,
             timeout: request_timeout(cli),
             rng: StdRng::seed_from_u64(0x6b65_656c ^ client_index as u64),
+            token: token.clone(),
         };
         tasks.push(tokio::spawn(job.run()));
     }
@@ -120,6 +122,25 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
         errors,
         range_kvs,
     })
+}
+
+/// With `--user name:password`, one login (etcd's benchmark logs in the same way): the
+/// token every request then carries.
+async fn login(
+    cli: &Cli,
+    channel: &Channel,
+) -> anyhow::Result<Option<tonic::metadata::AsciiMetadataValue>> {
+    let Some(user) = &cli.user else {
+        return Ok(None);
+    };
+    let (name, password) = user.split_once(':').context("--user is name:password")?;
+    let request = keel_proto::etcdserverpb::AuthenticateRequest {
+        name: name.to_string(),
+        password: password.to_string(),
+    };
+    let mut auth = keel_proto::etcdserverpb::auth_client::AuthClient::new(channel.clone());
+    let token = auth.authenticate(request).await?.into_inner().token;
+    Ok(Some(token.parse().context("a token is ASCII")?))
 }
 
 /// Opens `count` channels, spreading them over the endpoints round-robin.
@@ -210,6 +231,8 @@ struct Job {
     total: u64,
     timeout: Duration,
     rng: StdRng,
+    /// The auth token each request carries (`--user`).
+    token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl Job {
@@ -243,6 +266,15 @@ impl Job {
         outcome
     }
 
+    /// `message` with the auth token, if any.
+    fn with_token<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        request
+    }
+
     /// Sends request number `n`; returns how many key-value pairs a Range brought back.
     async fn request(&mut self, n: u64) -> Result<u64, tonic::Status> {
         match &self.workload {
@@ -262,6 +294,7 @@ impl Job {
                     value: value.clone(),
                     ..PutRequest::default()
                 };
+                let request = self.with_token(request);
                 self.client.put(request).await?;
                 Ok(0)
             }
@@ -271,6 +304,7 @@ impl Job {
                     request.key = encode_key(self.rng.random_range(0..key_space_size), key_size);
                     request.range_end = Default::default();
                 }
+                let request = self.with_token(request);
                 let response = self.client.range(request).await?.into_inner();
                 Ok(response.kvs.len() as u64)
             }

@@ -64,6 +64,9 @@ pub struct Cli {
     /// Tokio worker threads for the load generator (0: one per core).
     #[arg(long, global = true, default_value_t = 0)]
     pub threads: usize,
+    /// Log in as `name:password` first and send every request with the token (auth on).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -87,7 +87,7 @@ fn as_client(
     auth_token: Option<&str>,
     request: Request,
 ) -> Result<Response, Error> {
-    let auth_token = auth_token.map(str::to_string);
+    let auth_token = auth_token.map(|t| t.to_string().into());
     c.node_mut(on).step(Input::AuthRequest {
         token,
         request,
@@ -150,7 +150,7 @@ fn a_permission_revoked_between_arrival_and_apply_is_honoured() {
     c.node_mut(1).step(Input::AuthRequest {
         token: 102,
         request: put("foo", "2"),
-        auth_token: Some(token.clone()),
+        auth_token: Some(token.clone().into()),
     });
     c.tick_until(TICKS_MAX, |c| c.has_reply(101) && c.has_reply(102));
     assert!(c.take_reply(101).is_ok(), "revoked");

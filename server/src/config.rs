@@ -157,7 +157,8 @@ pub struct Config {
           default_value_t = keel_storage::WalOptions::default().segment_bytes_max,
           value_parser = clap::value_parser!(u64).range(4096..))]
     pub wal_segment_bytes: u64,
-    /// Auth token type: `simple` (etcd's default; other types are not supported).
+    /// Auth token type: `simple` (etcd's default) or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=RS256|…,ttl=5m` (etcd's syntax).
     #[arg(long = "auth-token", env = "KEEL_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// Seconds a simple auth token lives after its last use.
@@ -310,9 +311,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
-    /// An `--auth-token` type keel does not have.
-    #[error("--auth-token {0:?}: only \"simple\" is supported")]
-    AuthToken(String),
+    /// An `--auth-token` that does not parse, or whose keys do not load.
+    #[error("--auth-token: {0}")]
+    AuthToken(crate::client::token::TokenError),
     /// A maintenance flag (quota, auto-compaction, corruption checks) that does not parse.
     #[error("{0}")]
     Maintenance(String),
@@ -378,12 +379,10 @@ impl Config {
         Ok(members)
     }
 
-    /// `--auth-token`: `simple` (etcd's default); keel has no JWT tokens.
-    pub fn check_auth_token(&self) -> Result<(), ConfigError> {
-        match self.auth_token.split(',').next() {
-            Some("simple") => Ok(()),
-            _ => Err(ConfigError::AuthToken(self.auth_token.clone())),
-        }
+    /// `--auth-token` (etcd's syntax): `simple`, or `jwt,pub-key=…,priv-key=…,sign-method=…,
+    /// ttl=…`; keys are read now, and a bad flag stops the start with etcd's error text.
+    pub fn auth_tokens(&self) -> Result<crate::client::token::Tokens, ConfigError> {
+        crate::client::token::Tokens::parse(&self.auth_token).map_err(ConfigError::AuthToken)
     }
 
     /// The raft tick length and election timeout in ticks.

@@ -158,6 +158,8 @@ async fn serve_peers(service: peer::PeerService, addr: SocketAddr) -> Result<(),
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
 /// dropping the future (or the runtime).
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
+    // Keys are read before anything touches the data dir.
+    let tokens = config.auth_tokens()?;
     let mut boot = identity(&config)?;
     if config.initial_cluster_state == "existing" {
         boot = join(&config, &env.clock, boot).await?;
@@ -166,7 +168,6 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     let peers = driver::peer_urls(&boot.peers);
     let voters: Vec<u64> = boot.initial.iter().map(|m| m.id).collect();
     let peer_addrs = config.peer_listen_addrs()?;
-    config.check_auth_token()?;
     let (tick_ms, election_ticks) = config.ticks()?;
     let client_addrs = config.client_listen_addrs()?;
     let maintenance = config.maintenance()?;
@@ -247,6 +248,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             reports,
         },
     );
+    let handle = handle.with_tokens(tokens);
     let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()));
     let check = maintenance.corrupt_check;
     if check.initial || check.interval_ms.is_some() {

@@ -39,6 +39,25 @@ pub use perms::{check_read, check_request, Perm};
 pub use store::{AuthSectionError, AuthStore, ROOT};
 pub use tokens::{SimpleTokens, TOKENS_MAX};
 
+/// What a client request carries to say who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A simple token (`--auth-token simple`), resolved by this member's token table.
+    Token(String),
+    /// A caller the server already verified (a JWT's signature and expiry, checked off the
+    /// engine): its user and the auth revision the token was issued at.
+    Verified(AuthInfo),
+    /// A token the server found invalid (a JWT with a bad signature, or expired): refused
+    /// with etcd's `invalid auth token` wherever it is used.
+    Invalid,
+}
+
+impl From<String> for Credential {
+    fn from(token: String) -> Credential {
+        Credential::Token(token)
+    }
+}
+
 /// Who a request runs as: the user its token names and the auth revision when the token was
 /// resolved (etcd's `AuthInfo`). Revision 0 means "no user".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use prost::Message as _;
 
 use super::Node;
 use crate::alarm;
-use crate::auth::Perm;
+use crate::auth::{Credential, Perm};
 use crate::bugs::Bug;
 use crate::error::Error;
 use crate::request::{Admin, Read, Request, Route};
@@ -20,11 +20,11 @@ impl Node {
         &mut self,
         token: u64,
         request: Request,
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     ) {
         match self
             .sm
-            .resolve_caller(auth_token.as_deref(), self.clock.now_ms)
+            .resolve_caller(auth_token.as_ref(), self.clock.now_ms)
         {
             Ok(caller) => {
                 self.callers.insert(token, caller);
@@ -34,18 +34,26 @@ impl Node {
         }
     }
 
+    /// etcd's `IsAdminPermitted` for a client's credential against the applied auth store,
+    /// with no log entry: Maintenance.Defragment and Snapshot check it when they arrive, as
+    /// etcd's `authMaintenanceServer` does.
+    pub fn check_admin(&mut self, credential: Option<&Credential>) -> Result<(), Error> {
+        let caller = self.sm.resolve_caller(credential, self.clock.now_ms)?;
+        self.sm.auth().check_admin(Some(&caller))
+    }
+
     /// A Watch create with its caller: created if the caller may read the range, else
     /// refused with etcd's cancel reason (the gRPC status text of the error).
     pub(super) fn on_watch_create(
         &mut self,
         stream: crate::watch::StreamId,
         request: WatchCreateRequest,
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     ) {
         let now_ms = self.clock.now_ms;
         let checked = self
             .sm
-            .resolve_caller(auth_token.as_deref(), now_ms)
+            .resolve_caller(auth_token.as_ref(), now_ms)
             .and_then(|caller| {
                 let (key, end) = (&request.key, &request.range_end);
                 self.sm.auth().check(Some(&caller), key, end, Perm::Read)

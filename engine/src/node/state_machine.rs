@@ -234,10 +234,7 @@ impl StateMachine {
                 members: self.membership.to_proto(),
             })),
             Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
-            read => match self.serve_auth_read(&read) {
-                Some(result) => result,
-                None => panic!("{} is not an auth read", read_name(&read)),
-            },
+            read => self.serve_auth_read(&read),
         }
     }
 
@@ -419,9 +416,6 @@ impl StateMachine {
         if let Err(e) = self.check_write(caller, &body) {
             return Some(Err(e));
         }
-        if let Some(result) = self.apply_auth(&body, index, clock.now_ms) {
-            return Some(result);
-        }
         // etcd's quota applier: an entry over this member's quota is applied all the same
         // (members may have different quotas, and every member must build the same state),
         // and its client is told the space is exceeded; this member then raises NOSPACE.
@@ -462,7 +456,21 @@ impl StateMachine {
                 return None;
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
-            _ => panic!("an auth entry was left unapplied"),
+            // Auth entries change no keys: applied whatever the quota.
+            auth @ (R::AuthEnable(_)
+            | R::AuthDisable(_)
+            | R::Authenticate(_)
+            | R::UserAdd(_)
+            | R::UserDelete(_)
+            | R::UserChangePassword(_)
+            | R::UserGrantRole(_)
+            | R::UserRevokeRole(_)
+            | R::RoleAdd(_)
+            | R::RoleDelete(_)
+            | R::RoleGrantPermission(_)
+            | R::RoleRevokePermission(_)) => {
+                return Some(self.apply_auth(&auth, index, clock.now_ms));
+            }
         };
         let result = match result {
             Ok(_) if over_quota => {
@@ -573,14 +581,6 @@ pub(super) struct SnapshotParts {
     pub members: Vec<u8>,
     pub alarms: Vec<u8>,
     pub auth: Vec<u8>,
-}
-
-fn read_name(read: &Read) -> &'static str {
-    match read {
-        Read::Range(_) => "Range",
-        Read::Txn(_) => "Txn",
-        _ => "a read",
-    }
 }
 
 /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in seconds (2 s at the defaults).

@@ -181,7 +181,7 @@ pub enum Input {
         /// The request.
         request: crate::request::Request,
         /// The client's auth token.
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     },
     /// A Watch create request with its client's auth token: the node checks the caller may
     /// read the range (etcd's `isWatchPermitted`), then creates the watch or refuses it.
@@ -191,7 +191,7 @@ pub enum Input {
         /// The create request.
         request: keel_proto::etcdserverpb::WatchCreateRequest,
         /// The client's auth token.
-        auth_token: Option<String>,
+        auth_token: Option<crate::auth::Credential>,
     },
     /// A raft message from a peer.
     Peer(Box<Message>),

@@ -6,8 +6,10 @@
 //! UserChangePassword, so only hashes reach the log; and for Authenticate it reads the
 //! user's hash (a linearizable read), checks the password on a blocking thread, draws the
 //! token's random prefix, and proposes the login through raft, so every member learns the
-//! token (etcd 3.4's simple tokens: `<16 letters>.<raft index>`). No password, hash or
-//! token is ever logged.
+//! token (etcd 3.4's simple tokens: `<16 letters>.<raft index>`). With `--auth-token jwt`
+//! the entry carries no token: once it applied (the login is current at the revision the
+//! password was checked at), this member signs a JWT for that user and revision
+//! ([`super::jwt`]). No password, hash or token is ever logged.
 
 use keel_engine::error::Error;
 use keel_proto::etcdserverpb::auth_server::Auth;
@@ -26,6 +28,7 @@ use keel_proto::etcdserverpb::{
 use keel_proto::keelpb::{InternalAuthenticate, PasswordLookup};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use super::token::{TokenError, Tokens};
 use super::{auth_token, Services};
 use crate::status::to_status;
 
@@ -108,16 +111,38 @@ impl Services {
                 tracing::info!(user = %r.name, "invalid password");
                 return Err(to_status(Error::AuthFailed));
             }
+            let jwt = match self.handle.tokens() {
+                Tokens::Jwt(jwt) if jwt.verify_only() => {
+                    // etcd fails the login's apply with this error, sent as is (Unknown).
+                    return Err(Status::unknown(TokenError::VerifyOnly.to_string()));
+                }
+                Tokens::Jwt(jwt) => Some(jwt.clone()),
+                Tokens::Simple => None,
+            };
             let login = InternalAuthenticate {
                 name: r.name.clone(),
-                simple_token: token_prefix(),
+                // Empty for a signed token: the entry only checks the login is current.
+                simple_token: if jwt.is_some() {
+                    String::new()
+                } else {
+                    token_prefix()
+                },
                 checked_revision: found.revision,
             };
             match self.handle.call(login).await {
                 Err(Error::AuthOldRevision) => {
                     tracing::info!("revision when password checked became stale; retrying");
                 }
-                other => return other.map_err(to_status),
+                Ok(mut resp) => {
+                    if let Some(jwt) = jwt {
+                        // The entry applied at `checked_revision`: the token's revision.
+                        resp.token = jwt
+                            .assign(&r.name, found.revision)
+                            .map_err(|e| Status::unknown(e.to_string()))?;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => return Err(to_status(e)),
             }
         }
         Err(to_status(Error::AuthOldRevision))

@@ -73,10 +73,13 @@ impl Maintenance for Services {
     /// meanwhile (etcd's defrag blocks its member). Compacted history is freed by the
     /// compaction itself (`dbSizeInUse` drops then); defrag shrinks `dbSize`. Answers as
     /// etcd 3.4 does: an empty response, no header.
+    /// Admin only while auth is enabled (checked against this member's auth store, no log
+    /// entry), with etcd 3.4's unconverted auth errors.
     async fn defragment(
         &self,
-        _request: GrpcRequest<DefragmentRequest>,
+        request: GrpcRequest<DefragmentRequest>,
     ) -> Result<GrpcResponse<DefragmentResponse>, Status> {
+        self.check_admin(&request).await?;
         self.handle
             .defragment(DEFRAGMENT_TIMEOUT)
             .await
@@ -92,20 +95,16 @@ impl Maintenance for Services {
     ) -> Result<GrpcResponse<HashKvResponse>, Status> {
         let token = super::auth_token(&request);
         let answer = self.handle.call_as(token, request.into_inner()).await;
-        answer
-            .map(GrpcResponse::new)
-            .map_err(|e| match e.auth_store_text() {
-                Some(text) => Status::unknown(text),
-                None => to_status(e),
-            })
+        answer.map(GrpcResponse::new).map_err(auth_store_status)
     }
 
     /// A backup of the member's state as of its applied index, streamed while it goes on
-    /// serving ([`super::snapshot`]).
+    /// serving ([`super::snapshot`]). Admin only while auth is enabled, as Defragment.
     async fn snapshot(
         &self,
-        _request: GrpcRequest<SnapshotRequest>,
+        request: GrpcRequest<SnapshotRequest>,
     ) -> Result<GrpcResponse<BoxStream<SnapshotResponse>>, Status> {
+        self.check_admin(&request).await?;
         Ok(GrpcResponse::new(
             super::snapshot::stream(&self.handle).await?,
         ))
@@ -116,6 +115,26 @@ impl Maintenance for Services {
         request: GrpcRequest<MoveLeaderRequest>,
     ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
         Ok(GrpcResponse::new(self.call_req(request).await?))
+    }
+}
+
+/// etcd 3.4's Maintenance service sends its auth store's errors unconverted: code Unknown,
+/// `auth: permission denied`, `auth: invalid auth token`…
+fn auth_store_status(e: keel_engine::error::Error) -> Status {
+    match e.auth_store_text() {
+        Some(text) => Status::unknown(text),
+        None => to_status(e),
+    }
+}
+
+impl Services {
+    /// etcd's `authMaintenanceServer.isAuthenticated`: the caller must be an admin.
+    async fn check_admin<T>(&self, request: &GrpcRequest<T>) -> Result<(), Status> {
+        let token = super::auth_token(request);
+        self.handle
+            .check_admin(token)
+            .await
+            .map_err(auth_store_status)
     }
 }
 

@@ -229,6 +229,9 @@ impl DriverLoop {
             Command::Status { reply } => {
                 let _ = reply.send(self.node.status());
             }
+            Command::CheckAdmin { credential, reply } => {
+                let _ = reply.send(self.node.check_admin(credential.as_ref()));
+            }
             Command::Members { reply } => {
                 let _ = reply.send(self.node.members().clone());
             }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_engine::auth::Credential;
 use keel_engine::error::Error;
 use keel_engine::membership::Membership;
 use keel_engine::node::{NodeStatus, Request, Response, SnapshotJob};
@@ -13,17 +14,24 @@ use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::client::token::Tokens;
+
 /// What the gRPC layer asks of the driver.
 pub(super) enum Command {
     Request {
         request: Request,
         /// `Some`: a client's request, with its auth token if it sent one (checked against
         /// the caller's permissions); `None`: the member's own (unchecked).
-        client: Option<Option<String>>,
+        client: Option<Option<Credential>>,
         reply: oneshot::Sender<Result<Response, Error>>,
     },
     Status {
         reply: oneshot::Sender<NodeStatus>,
+    },
+    /// Whether a client's credential is an admin's (no log entry).
+    CheckAdmin {
+        credential: Option<Credential>,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
     Members {
         reply: oneshot::Sender<Membership>,
@@ -43,7 +51,7 @@ pub(super) enum Command {
     WatchCreate {
         stream: StreamId,
         request: WatchCreateRequest,
-        auth_token: Option<String>,
+        auth_token: Option<Credential>,
     },
     /// `Maintenance.Defragment`: answered once a snapshot as of the applied index now is
     /// durable and the WAL before the snapshot kept as fallback is handed for release.
@@ -66,9 +74,28 @@ pub struct Handle {
     pub(super) request_timeout: Duration,
     pub(super) wal_bytes: Arc<AtomicU64>,
     pub(super) snap_bytes: Arc<AtomicU64>,
+    /// The member's kind of auth token: a JWT is verified here, before the driver sees it.
+    pub(super) tokens: Tokens,
 }
 
 impl Handle {
+    /// This handle with the member's kind of auth token (`--auth-token`).
+    pub fn with_tokens(mut self, tokens: Tokens) -> Handle {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The member's kind of auth token.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// A client's token as the node takes it (a JWT verified, or refused as etcd's
+    /// `invalid auth token`).
+    fn credential(&self, auth_token: Option<String>) -> Option<Credential> {
+        auth_token.map(|t| self.tokens.credential(t))
+    }
+
     /// Sends a request through the node and waits for its typed reply, up to the request
     /// timeout.
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
@@ -82,13 +109,14 @@ impl Handle {
         auth_token: Option<String>,
         request: R,
     ) -> Result<R::Response, Error> {
-        self.call_with(request, Some(auth_token)).await
+        let credential = self.credential(auth_token);
+        self.call_with(request, Some(credential)).await
     }
 
     async fn call_with<R: Rpc>(
         &self,
         request: R,
-        client: Option<Option<String>>,
+        client: Option<Option<Credential>>,
     ) -> Result<R::Response, Error> {
         let response = self.request(request.into_request(), client).await?;
         match R::from_response(response) {
@@ -105,7 +133,7 @@ impl Handle {
     async fn request(
         &self,
         request: Request,
-        client: Option<Option<String>>,
+        client: Option<Option<Credential>>,
     ) -> Result<Response, Error> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -151,6 +179,7 @@ impl Handle {
         request: WatchCreateRequest,
         auth_token: Option<String>,
     ) -> Result<(), Error> {
+        let auth_token = self.credential(auth_token);
         let command = Command::WatchCreate {
             stream,
             request,
@@ -216,6 +245,19 @@ impl Handle {
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?.ok_or(Error::Stopped)
+    }
+
+    /// Whether the client with `auth_token` may make admin requests (root, or auth off),
+    /// against this member's applied auth store: etcd's `IsAdminPermitted`, as its
+    /// Maintenance service checks it, without a log entry.
+    pub async fn check_admin(&self, auth_token: Option<String>) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        let credential = self.credential(auth_token);
+        self.commands
+            .send(Command::CheckAdmin { credential, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
     }
 
     /// This member's raft status.

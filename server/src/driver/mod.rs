@@ -162,6 +162,7 @@ pub fn start(
             request_timeout,
             wal_bytes,
             snap_bytes,
+            tokens: crate::client::token::Tokens::Simple,
         },
         fatal_rx,
     )

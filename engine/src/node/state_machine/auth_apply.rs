@@ -13,7 +13,7 @@ use keel_proto::keelpb::raft_request::Request as LogRequest;
 use keel_proto::keelpb::{InternalAuthenticate, PasswordLookupResponse};
 
 use super::StateMachine;
-use crate::auth::{self, AuthInfo, AuthStore};
+use crate::auth::{self, AuthInfo, AuthStore, Credential};
 use crate::error::Error;
 use crate::request::{Read, Response};
 
@@ -28,11 +28,14 @@ impl StateMachine {
     /// `invalid auth token`.
     pub(in crate::node) fn resolve_caller(
         &mut self,
-        token: Option<&str>,
+        token: Option<&Credential>,
         now_ms: u64,
     ) -> Result<AuthInfo, Error> {
-        let Some(token) = token else {
-            return Ok(AuthInfo::default());
+        let token = match token {
+            None => return Ok(AuthInfo::default()),
+            Some(Credential::Verified(info)) => return Ok(info.clone()),
+            Some(Credential::Invalid) => return Err(Error::InvalidAuthToken),
+            Some(Credential::Token(token)) => token,
         };
         match self.tokens.info(token, now_ms) {
             Some(username) => Ok(AuthInfo {
@@ -65,13 +68,14 @@ impl StateMachine {
         auth::check_read(&self.auth, Some(caller), read)
     }
 
-    /// Applies an auth entry; `None` if `body` is not one.
+    /// Applies an auth entry (the caller routes only those here; any other is refused with
+    /// an error, never a panic, so no entry can stop a member).
     pub(super) fn apply_auth(
         &mut self,
         body: &LogRequest,
         index: u64,
         now_ms: u64,
-    ) -> Option<Result<Response, Error>> {
+    ) -> Result<Response, Error> {
         use LogRequest as R;
         let a = &mut self.auth;
         let result = match body {
@@ -124,9 +128,12 @@ impl StateMachine {
                 .map(|()| {
                     Response::RoleRevokePermission(AuthRoleRevokePermissionResponse::default())
                 }),
-            _ => return None,
+            _ => {
+                tracing::error!(index, "not an auth entry; refused");
+                Err(Error::InvalidAuthMgmt)
+            }
         };
-        Some(result)
+        result
     }
 
     /// etcd's `Authenticate` apply: the password was checked by the proposer at
@@ -147,6 +154,11 @@ impl StateMachine {
         if r.checked_revision != self.auth.revision() {
             return Err(Error::AuthOldRevision);
         }
+        if r.simple_token.is_empty() {
+            // A signed (JWT) login: the proposer signs the token once this entry applied.
+            tracing::debug!(user = %r.name, "authenticated a user (signed token)");
+            return Ok(Response::Authenticate(AuthenticateResponse::default()));
+        }
         let token = format!("{}.{index}", r.simple_token);
         self.tokens.assign(token.clone(), &r.name, now_ms);
         tracing::debug!(user = %r.name, "authenticated a user");
@@ -156,8 +168,9 @@ impl StateMachine {
         }))
     }
 
-    /// Serves an auth read; `None` for a read that is not one.
-    pub(super) fn serve_auth_read(&self, read: &Read) -> Option<Result<Response, Error>> {
+    /// Serves an auth read (the caller routes only those here; any other is refused with an
+    /// error, never a panic).
+    pub(super) fn serve_auth_read(&self, read: &Read) -> Result<Response, Error> {
         let a = &self.auth;
         let result = match read {
             Read::AuthStatus(_) => Ok(Response::AuthStatus(AuthStatusResponse {
@@ -198,8 +211,11 @@ impl StateMachine {
                     enabled: a.is_enabled(),
                 }))
             }
-            _ => return None,
+            _ => {
+                tracing::error!("not an auth read; refused");
+                Err(Error::InvalidAuthMgmt)
+            }
         };
-        Some(result)
+        result
     }
 }
