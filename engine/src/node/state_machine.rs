@@ -26,8 +26,9 @@ use crate::mvcc::Store;
 use crate::request::{Read, Response};
 use crate::state_snapshot::{
     self, StateSnapshotError, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS,
-    SECTION_MVCC,
+    SECTION_MVCC, SECTION_V2,
 };
+use crate::v2::V2Store;
 use crate::watch::{HeaderInfo, WatchHub};
 
 mod auth_apply;
@@ -54,6 +55,8 @@ pub(super) struct StateMachine {
     membership: Membership,
     alarms: Alarms,
     auth: AuthStore,
+    /// The v2 keys API's store (engine/src/v2), separate from the v3 keyspace.
+    v2: V2Store,
     /// This member's simple tokens (soft state: not in snapshots, as in etcd).
     tokens: SimpleTokens,
     applied_index: u64,
@@ -90,6 +93,7 @@ impl StateMachine {
             membership: Membership::bootstrap(initial_members(cfg)?),
             alarms: Alarms::default(),
             auth: AuthStore::default(),
+            v2: V2Store::default(),
             tokens: SimpleTokens::new(cfg.auth_token_ttl_ms),
             applied_index: 0,
             proposals: BTreeMap::new(),
@@ -234,6 +238,11 @@ impl StateMachine {
                 members: self.membership.to_proto(),
             })),
             Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
+            Read::V2(r) => {
+                let mut resp = self.v2.read(&r);
+                resp.raft_index = self.applied_index;
+                Ok(Response::V2(resp))
+            }
             read => match self.serve_auth_read(&read) {
                 Some(result) => result,
                 None => panic!("{} is not an auth read", read_name(&read)),
@@ -293,6 +302,10 @@ impl StateMachine {
         core.advance_apply_to(last.index);
         if std::mem::take(&mut self.members_changed) {
             out.push(self.members_output());
+        }
+        let v2_events = self.v2.take_events();
+        if !v2_events.is_empty() {
+            out.push(Output::V2Events(v2_events));
         }
         if !self.watch_events.is_empty() {
             let events = std::mem::take(&mut self.watch_events);
@@ -462,6 +475,11 @@ impl StateMachine {
                 return None;
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
+            R::V2(r) => {
+                let mut resp = self.v2.apply(&r);
+                resp.raft_index = index;
+                Ok(Response::V2(resp))
+            }
             _ => panic!("an auth entry was left unapplied"),
         };
         let result = match result {
@@ -492,6 +510,11 @@ impl StateMachine {
             Some(bytes) => Alarms::decode_section(bytes)?,
             None => Alarms::default(),
         };
+        // Optional: a snapshot from before the v2 store existed holds an empty one.
+        let v2 = match sections.get(&SECTION_V2) {
+            Some(bytes) => V2Store::decode_section(bytes)?,
+            None => V2Store::default(),
+        };
         // Optional: a snapshot from before auth existed holds an empty store.
         let auth = match sections.get(&SECTION_AUTH) {
             Some(bytes) => AuthStore::decode_section(bytes)?,
@@ -499,6 +522,7 @@ impl StateMachine {
         };
         self.leases.restore_section(sections[&SECTION_LEASES])?;
         self.alarms = alarms;
+        self.v2 = v2;
         if auth.is_enabled() {
             self.tokens.enable();
         } else {
@@ -546,6 +570,7 @@ impl StateMachine {
             members: self.membership.encode(),
             alarms: self.alarms.encode_section(),
             auth: self.auth.encode_section(),
+            v2: self.v2.encode_section(),
         }
     }
 
@@ -554,6 +579,7 @@ impl StateMachine {
         self.store.check_invariants();
         self.leases.check_invariants();
         self.tokens.check_invariants();
+        self.v2.check_invariants();
         assert!(
             self.proposals.len() <= PROPOSALS_IN_FLIGHT_MAX,
             "{} proposals in flight",
@@ -573,6 +599,7 @@ pub(super) struct SnapshotParts {
     pub members: Vec<u8>,
     pub alarms: Vec<u8>,
     pub auth: Vec<u8>,
+    pub v2: Vec<u8>,
 }
 
 fn read_name(read: &Read) -> &'static str {

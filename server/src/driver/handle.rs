@@ -66,9 +66,15 @@ pub struct Handle {
     pub(super) request_timeout: Duration,
     pub(super) wal_bytes: Arc<AtomicU64>,
     pub(super) snap_bytes: Arc<AtomicU64>,
+    pub(super) v2_hub: Arc<super::v2_hub::V2Hub>,
 }
 
 impl Handle {
+    /// The member's waiting v2 clients.
+    pub fn v2_hub(&self) -> &Arc<super::v2_hub::V2Hub> {
+        &self.v2_hub
+    }
+
     /// Sends a request through the node and waits for its typed reply, up to the request
     /// timeout.
     pub async fn call<R: Rpc>(&self, request: R) -> Result<R::Response, Error> {
