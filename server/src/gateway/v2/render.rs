@@ -6,7 +6,8 @@ use keel_proto::keelpb::{V2Error, V2Event, V2Node};
 
 use crate::gateway::json::go_string;
 
-/// An event as etcd's `json.Encoder` writes it (with the trailing newline).
+/// An event as etcd's `json.Encoder` writes it (with the trailing newline); a refresh is
+/// not marked (etcd keeps the mark out of its JSON).
 pub fn event_json(e: &V2Event) -> String {
     let mut out = String::with_capacity(128);
     out.push_str("{\"action\":");
@@ -18,9 +19,6 @@ pub fn event_json(e: &V2Event) -> String {
     if let Some(n) = &e.prev_node {
         out.push_str(",\"prevNode\":");
         node_json(n, &mut out);
-    }
-    if e.refresh {
-        out.push_str(",\"refresh\":true");
     }
     out.push_str("}\n");
     out
