@@ -20,6 +20,9 @@ use super::{V2Http, KEYS_PREFIX};
 use crate::driver::V2Wait;
 use crate::gateway::json::{self, Reply};
 
+/// Go's `ParseForm` limit on a form body (`maxFormSize`), which is etcd's bound on a v2 value.
+pub const MAX_FORM_BYTES: usize = 10 << 20;
+
 impl V2Http {
     /// Serves one `/v2/keys` request.
     pub(super) async fn keys(&self, request: Request<Incoming>) -> Reply {
@@ -60,20 +63,17 @@ impl V2Http {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
         let body = if form_body {
-            let limit = self.max_request_bytes.saturating_add(1024);
-            match json::read_body(body, limit).await {
+            // Go's ParseForm reads at most 10 MiB of form ("http: POST too large"); etcd
+            // puts no other bound on a v2 value.
+            match json::read_body(body, MAX_FORM_BYTES).await {
                 Ok(b) => Some(b),
-                Err(_) => return Err(error(RAFT_INTERNAL, "etcdserver: request is too large", 0)),
+                Err(_) => return Err(form::invalid_form("http: POST too large".into())),
             }
         } else {
             None
         };
         let form = Form::parse(parts.uri.query(), body.as_deref()).map_err(form::invalid_form)?;
-        let (v2, stream) = form::key_request(&method, &key, &form, self.now_ns())?;
-        if v2.val.len() + v2.path.len() > self.max_request_bytes {
-            return Err(error(RAFT_INTERNAL, "etcdserver: request is too large", 0));
-        }
-        Ok((v2, stream))
+        form::key_request(&method, &key, &form, self.now_ns())
     }
 
     /// An event answer: 201 for a creation, etcd's index headers.
