@@ -293,47 +293,49 @@ fn compare(step: &str, outputs: &[(String, u64, Ports)], failures: &mut Vec<Stri
     }
 }
 
+/// The etcdctl session, step by step (a classic v2 tutorial's commands and their errors).
+const CTL_STEPS: &[&[&str]] = &[
+    &["set", "/testdir/testkey", "Hello world"],
+    &["get", "/testdir/testkey"],
+    &["-o", "json", "get", "/testdir/testkey"],
+    &["mk", "/t/mk", "v"],
+    &["mk", "/t/mk", "v"],
+    &["mkdir", "/t/d"],
+    &["mkdir", "/t/d"],
+    &["setdir", "/t/sd"],
+    &["updatedir", "/t/sd"],
+    &["updatedir", "/t/none"],
+    &["update", "/t/mk", "v2"],
+    &["update", "/t/none", "v2"],
+    &["set", "--swap-with-value", "v2", "/t/mk", "v3"],
+    &["set", "--swap-with-value", "nope", "/t/mk", "v4"],
+    &["get", "/t/d"],
+    &["get", "/nothere"],
+    &["rm", "/t/mk"],
+    &["rm", "/t/mk"],
+    &["rm", "/t/d"],
+    &["rmdir", "/testdir"],
+    &["rmdir", "/t/d"],
+    &["set", "/t/sd", "x"],
+    &["ls"],
+    &["ls", "-r", "-p", "/"],
+    &["ls", "/testdir"],
+    &["ls", "--sort", "-r", "/t"],
+    &["-o", "extended", "get", "/testdir/testkey"],
+    &["member", "list"],
+    &["cluster-health"],
+    &["set", "--ttl", "2", "/ttl", "x"],
+    &["get", "/ttl"],
+    &["rm", "--recursive", "/t"],
+    &["rm", "--dir", "/"],
+];
+
 #[test]
 fn etcdctl_v2_session_matches_etcd() -> Result<()> {
     require_on_path("etcdctl")?;
     let pair = start_pair("v2ctl")?;
-    let steps: &[&[&str]] = &[
-        &["set", "/testdir/testkey", "Hello world"],
-        &["get", "/testdir/testkey"],
-        &["-o", "json", "get", "/testdir/testkey"],
-        &["mk", "/t/mk", "v"],
-        &["mk", "/t/mk", "v"],
-        &["mkdir", "/t/d"],
-        &["mkdir", "/t/d"],
-        &["setdir", "/t/sd"],
-        &["updatedir", "/t/sd"],
-        &["updatedir", "/t/none"],
-        &["update", "/t/mk", "v2"],
-        &["update", "/t/none", "v2"],
-        &["set", "--swap-with-value", "v2", "/t/mk", "v3"],
-        &["set", "--swap-with-value", "nope", "/t/mk", "v4"],
-        &["get", "/t/d"],
-        &["get", "/nothere"],
-        &["rm", "/t/mk"],
-        &["rm", "/t/mk"],
-        &["rm", "/t/d"],
-        &["rmdir", "/testdir"],
-        &["rmdir", "/t/d"],
-        &["set", "/t/sd", "x"],
-        &["ls"],
-        &["ls", "-r", "-p", "/"],
-        &["ls", "/testdir"],
-        &["ls", "--sort", "-r", "/t"],
-        &["-o", "extended", "get", "/testdir/testkey"],
-        &["member", "list"],
-        &["cluster-health"],
-        &["set", "--ttl", "2", "/ttl", "x"],
-        &["get", "/ttl"],
-        &["rm", "--recursive", "/t"],
-        &["rm", "--dir", "/"],
-    ];
     let mut failures = Vec::new();
-    for step in steps {
+    for step in CTL_STEPS {
         let mut outputs = Vec::new();
         for (s, base) in &pair.servers {
             outputs.push((etcdctl(s, step)?, *base, s.ports));
@@ -378,67 +380,69 @@ fn etcdctl_v2_session_matches_etcd() -> Result<()> {
     Ok(())
 }
 
+/// Raw requests: (method, target, form); `{N}` in a target or form is the server's base
+/// index + N.
+const HTTP_STEPS: &[(&str, &str, Option<&str>)] = &[
+    ("PUT", "/v2/keys/k", Some("value=one&ttl=30")),
+    ("GET", "/v2/keys/k", None),
+    ("PUT", "/v2/keys/k?prevExist=false", Some("value=two")),
+    ("PUT", "/v2/keys/k?prevExist=true", Some("value=two")),
+    ("PUT", "/v2/keys/k?prevValue=one", Some("value=three")),
+    ("PUT", "/v2/keys/k?prevValue=two", Some("value=three")),
+    ("PUT", "/v2/keys/k?prevIndex={1}", Some("value=four")),
+    (
+        "PUT",
+        "/v2/keys/k?prevIndex={3}&prevValue=three",
+        Some("value=four"),
+    ),
+    ("PUT", "/v2/keys/k?prevIndex=x", Some("value=four")),
+    ("PUT", "/v2/keys/k", Some("value=v&ttl=abc")),
+    ("PUT", "/v2/keys/k?prevValue=", Some("value=v")),
+    ("PUT", "/v2/keys/k?refresh=true", Some("ttl=")),
+    (
+        "PUT",
+        "/v2/keys/k?refresh=true&prevExist=true",
+        Some("ttl=50"),
+    ),
+    ("PUT", "/v2/keys/k", Some("value=a%zz")),
+    ("GET", "/v2/keys/k?recursive=maybe", None),
+    ("PUT", "/v2/keys/k?wait=true", Some("value=x")),
+    ("POST", "/v2/keys/queue", Some("value=job1")),
+    ("POST", "/v2/keys/queue", Some("value=job2")),
+    ("POST", "/v2/keys/queue", Some("value=job3")),
+    ("GET", "/v2/keys/queue?sorted=true", None),
+    ("GET", "/v2/keys/queue?recursive=true&sorted=true", None),
+    ("GET", "/v2/keys/k?wait=true&waitIndex={1}", None),
+    (
+        "GET",
+        "/v2/keys/queue?wait=true&recursive=true&waitIndex={6}",
+        None,
+    ),
+    ("GET", "/v2/keys/?recursive=true&sorted=true", None),
+    ("GET", "/v2/keys/queue?quorum=true&sorted=true", None),
+    ("PUT", "/v2/keys/d/a/b", Some("value=deep")),
+    ("PUT", "/v2/keys/d/a/b/c", Some("value=under a key")),
+    ("PUT", "/v2/keys/d2?dir=true", Some("")),
+    ("PUT", "/v2/keys/d2?dir=true", Some("")),
+    ("DELETE", "/v2/keys/d", None),
+    ("DELETE", "/v2/keys/d?dir=true", None),
+    ("DELETE", "/v2/keys/d?dir=true&recursive=true", None),
+    ("DELETE", "/v2/keys/k?prevValue=nope", None),
+    ("DELETE", "/v2/keys/k?prevIndex={7}", None),
+    ("DELETE", "/v2/keys/", None),
+    ("HEAD", "/v2/keys/queue", None),
+    ("PATCH", "/v2/keys/queue", None),
+    ("GET", "/v2/keys/d?wait=true&waitIndex=1", None),
+    ("GET", "/v2/machines", None),
+    ("GET", "/v2/members", None),
+    ("GET", "/v2/members/leader", None),
+];
+
 #[test]
 fn curl_v2_requests_match_etcd() -> Result<()> {
     let pair = start_pair("v2curl")?;
-    // (method, target, form): `{N}` in a target or form is the server's base index + N.
-    let steps: &[(&str, &str, Option<&str>)] = &[
-        ("PUT", "/v2/keys/k", Some("value=one&ttl=30")),
-        ("GET", "/v2/keys/k", None),
-        ("PUT", "/v2/keys/k?prevExist=false", Some("value=two")),
-        ("PUT", "/v2/keys/k?prevExist=true", Some("value=two")),
-        ("PUT", "/v2/keys/k?prevValue=one", Some("value=three")),
-        ("PUT", "/v2/keys/k?prevValue=two", Some("value=three")),
-        ("PUT", "/v2/keys/k?prevIndex={1}", Some("value=four")),
-        (
-            "PUT",
-            "/v2/keys/k?prevIndex={3}&prevValue=three",
-            Some("value=four"),
-        ),
-        ("PUT", "/v2/keys/k?prevIndex=x", Some("value=four")),
-        ("PUT", "/v2/keys/k", Some("value=v&ttl=abc")),
-        ("PUT", "/v2/keys/k?prevValue=", Some("value=v")),
-        ("PUT", "/v2/keys/k?refresh=true", Some("ttl=")),
-        (
-            "PUT",
-            "/v2/keys/k?refresh=true&prevExist=true",
-            Some("ttl=50"),
-        ),
-        ("PUT", "/v2/keys/k", Some("value=a%zz")),
-        ("GET", "/v2/keys/k?recursive=maybe", None),
-        ("PUT", "/v2/keys/k?wait=true", Some("value=x")),
-        ("POST", "/v2/keys/queue", Some("value=job1")),
-        ("POST", "/v2/keys/queue", Some("value=job2")),
-        ("POST", "/v2/keys/queue", Some("value=job3")),
-        ("GET", "/v2/keys/queue?sorted=true", None),
-        ("GET", "/v2/keys/queue?recursive=true&sorted=true", None),
-        ("GET", "/v2/keys/k?wait=true&waitIndex={1}", None),
-        (
-            "GET",
-            "/v2/keys/queue?wait=true&recursive=true&waitIndex={6}",
-            None,
-        ),
-        ("GET", "/v2/keys/?recursive=true&sorted=true", None),
-        ("GET", "/v2/keys/queue?quorum=true&sorted=true", None),
-        ("PUT", "/v2/keys/d/a/b", Some("value=deep")),
-        ("PUT", "/v2/keys/d/a/b/c", Some("value=under a key")),
-        ("PUT", "/v2/keys/d2?dir=true", Some("")),
-        ("PUT", "/v2/keys/d2?dir=true", Some("")),
-        ("DELETE", "/v2/keys/d", None),
-        ("DELETE", "/v2/keys/d?dir=true", None),
-        ("DELETE", "/v2/keys/d?dir=true&recursive=true", None),
-        ("DELETE", "/v2/keys/k?prevValue=nope", None),
-        ("DELETE", "/v2/keys/k?prevIndex={7}", None),
-        ("DELETE", "/v2/keys/", None),
-        ("HEAD", "/v2/keys/queue", None),
-        ("PATCH", "/v2/keys/queue", None),
-        ("GET", "/v2/keys/d?wait=true&waitIndex=1", None),
-        ("GET", "/v2/machines", None),
-        ("GET", "/v2/members", None),
-        ("GET", "/v2/members/leader", None),
-    ];
     let mut failures = Vec::new();
-    for (method, target, form) in steps {
+    for (method, target, form) in HTTP_STEPS {
         let mut outputs = Vec::new();
         for (s, base) in &pair.servers {
             let fill = |t: &str| fill_indexes(t, *base);

@@ -33,6 +33,7 @@ use crate::watch::{HeaderInfo, WatchHub};
 
 mod auth_apply;
 mod conf_apply;
+mod v2_apply;
 
 /// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
 /// entries between commit and apply.
@@ -238,11 +239,7 @@ impl StateMachine {
                 members: self.membership.to_proto(),
             })),
             Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
-            Read::V2(r) => {
-                let mut resp = self.v2.read(&r);
-                resp.raft_index = self.applied_index;
-                Ok(Response::V2(resp))
-            }
+            Read::V2(r) => Ok(self.serve_v2(&r)),
             read => match self.serve_auth_read(&read) {
                 Some(result) => result,
                 None => panic!("{} is not an auth read", read_name(&read)),
@@ -475,11 +472,7 @@ impl StateMachine {
                 return None;
             }
             R::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
-            R::V2(r) => {
-                let mut resp = self.v2.apply(&r);
-                resp.raft_index = index;
-                Ok(Response::V2(resp))
-            }
+            R::V2(r) => Ok(self.apply_v2(&r, index)),
             _ => panic!("an auth entry was left unapplied"),
         };
         let result = match result {
@@ -510,11 +503,7 @@ impl StateMachine {
             Some(bytes) => Alarms::decode_section(bytes)?,
             None => Alarms::default(),
         };
-        // Optional: a snapshot from before the v2 store existed holds an empty one.
-        let v2 = match sections.get(&SECTION_V2) {
-            Some(bytes) => V2Store::decode_section(bytes)?,
-            None => V2Store::default(),
-        };
+        let v2 = v2_apply::decode_v2(sections.get(&SECTION_V2))?;
         // Optional: a snapshot from before auth existed holds an empty store.
         let auth = match sections.get(&SECTION_AUTH) {
             Some(bytes) => AuthStore::decode_section(bytes)?,
