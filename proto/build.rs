@@ -45,6 +45,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .generate_default_stubs(grpc)
         // Every `bytes` field becomes `bytes::Bytes`: clones are reference-count bumps.
         .bytes(["."])
+        // The v2 store's answer is the largest response; boxed, it does not grow every other.
+        .boxed(".keelpb.V2Response.event")
         .compile_protos(&protos, &[root])?;
 
     if json {

@@ -21,6 +21,7 @@ pub mod request;
 pub mod rng;
 pub mod sink;
 pub mod state_snapshot;
+pub mod v2;
 pub mod watch;
 
 /// raft-rs's wire types (messages, entries, hard state), as the driver and transport see them.

@@ -41,7 +41,9 @@ use keel_proto::etcdserverpb::{
     AuthUserRevokeRoleResponse, AuthenticateResponse,
 };
 use keel_proto::keelpb::raft_request::Request as LogRequest;
-use keel_proto::keelpb::{InternalAuthenticate, PasswordLookup, PasswordLookupResponse};
+use keel_proto::keelpb::{
+    InternalAuthenticate, PasswordLookup, PasswordLookupResponse, V2Request, V2Response,
+};
 
 use crate::apply::txn_is_read_only;
 
@@ -110,6 +112,8 @@ pub enum Read {
     RoleList(AuthRoleListRequest),
     /// A user's password hash, for the server to check a password against (Authenticate).
     PasswordLookup(PasswordLookup),
+    /// A v2 keys API read: GET/HEAD (a wait when `wait`), EXPIRY, STATS.
+    V2(V2Request),
 }
 
 /// A request that changes the cluster rather than the keyspace.
@@ -313,6 +317,21 @@ requests! {
     /// Auth.RoleRevokePermission.
     RoleRevokePermission(AuthRoleRevokePermissionRequest) -> AuthRoleRevokePermissionResponse,
         "RoleRevokePermission", |r| Route::Write(LogRequest::RoleRevokePermission(r));
+    /// The v2 keys API (engine/src/v2): writes and SYNC through the log; reads local, or
+    /// after a ReadIndex round with `quorum=true`.
+    V2(V2Request) -> V2Response, "V2", route_v2;
+}
+
+/// etcd's v2 routing: PUT, POST, DELETE and SYNC are log entries; a GET with `quorum` (and
+/// no wait) is a linearizable read; other reads are served locally.
+fn route_v2(r: V2Request) -> Route {
+    match r.method.as_str() {
+        "PUT" | "POST" | "DELETE" | "SYNC" => Route::Write(LogRequest::V2(r)),
+        _ => {
+            let linearizable = r.quorum && !r.wait && r.method == "GET";
+            Route::read(Read::V2(r), linearizable)
+        }
+    }
 }
 
 impl Response {

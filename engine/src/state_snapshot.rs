@@ -16,8 +16,9 @@
 //! Sections today: `mvcc` (the store, [`crate::mvcc::Store::encode_section`], itself
 //! crc-checked), `leas` (the leases, [`crate::lease::Leases::encode_section`]), `memb`
 //! (the member table, [`crate::membership::Membership::encode`]) and, optionally, `alrm` (the
-//! alarm table, [`crate::alarm::Alarms::encode_section`]) and `auth` (the auth store,
-//! [`crate::auth::AuthStore::encode_section`]). A decoder
+//! alarm table, [`crate::alarm::Alarms::encode_section`]), `auth` (the auth store,
+//! [`crate::auth::AuthStore::encode_section`]) and `v2st` (the v2 keys API's store,
+//! [`crate::v2::V2Store::encode_section`]). A decoder
 //! refuses a snapshot that lacks a section it needs, and ignores none silently: an unknown tag
 //! is an error, since it means state this build would drop.
 //!
@@ -56,11 +57,13 @@ pub const SECTION_MEMBERS: [u8; 4] = *b"memb";
 pub const SECTION_ALARMS: [u8; 4] = *b"alrm";
 /// The auth store section (optional: snapshots written before auth existed lack it).
 pub const SECTION_AUTH: [u8; 4] = *b"auth";
+/// The v2 keys API's store (optional: snapshots written before it existed lack it).
+pub const SECTION_V2: [u8; 4] = *b"v2st";
 /// The sections every snapshot must have.
 pub const REQUIRED_SECTIONS: [[u8; 4]; 3] = [SECTION_MVCC, SECTION_LEASES, SECTION_MEMBERS];
 /// The sections a snapshot may lack, because older builds wrote none: their state starts
 /// empty.
-pub const OPTIONAL_SECTIONS: [[u8; 4]; 2] = [SECTION_ALARMS, SECTION_AUTH];
+pub const OPTIONAL_SECTIONS: [[u8; 4]; 3] = [SECTION_ALARMS, SECTION_AUTH, SECTION_V2];
 
 /// Why a state snapshot could not be decoded or restored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +89,9 @@ pub enum StateSnapshotError {
     /// The auth section does not decode.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthSectionError),
+    /// The v2 store section does not decode.
+    #[error(transparent)]
+    V2(#[from] crate::v2::section::V2SectionError),
 }
 
 /// Encodes tagged sections into one crc-protected byte string.

@@ -231,7 +231,7 @@ fn drive(node: &mut Node) -> usize {
                 }
                 Output::Fatal(why) => panic!("the member stopped: {why}"),
                 Output::Send(m) => panic!("one member sends nothing, yet {m:?}"),
-                Output::Watch(_) | Output::Members { .. } => {}
+                Output::Watch(_) | Output::Members { .. } | Output::V2Events(_) => {}
             }
         }
     }

@@ -219,6 +219,16 @@ pub struct Config {
         default_value = "0s"
     )]
     pub experimental_corrupt_check_time: String,
+    /// Accept etcd V2 client requests (the v2 keys API, members and stats under /v2/).
+    #[arg(
+        long = "enable-v2",
+        env = "KEEL_ENABLE_V2",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub enable_v2: bool,
     /// Log level: debug, info, warn, error, panic, or fatal.
     #[arg(long = "log-level", env = "KEEL_LOG_LEVEL", default_value = "info",
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]

@@ -256,7 +256,25 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             corrupt::checker(handle.clone(), env.clock.clone(), identity.member_id, check);
         tokio::spawn(checker);
     }
+    #[cfg(not(madsim))]
+    let v2 = config.enable_v2.then(|| {
+        let v2 = gateway::v2::V2Http::new(
+            handle.clone(),
+            identity.clone(),
+            env.clock.clone(),
+            config.max_request_bytes as usize,
+        );
+        let expiry =
+            gateway::v2::expire_ttls(handle.clone(), env.clock.clone(), identity.member_id);
+        tokio::spawn(expiry);
+        Arc::new(v2)
+    });
     let services = client::Services::new(handle, identity, &config, forwarder);
+    #[cfg(not(madsim))]
+    let services = match v2 {
+        Some(v2) => services.with_v2(v2),
+        None => services,
+    };
     let mut servers = Vec::new();
     for addr in peer_addrs {
         tracing::info!(%addr, "serving peer traffic");

@@ -60,7 +60,7 @@ use crate::lease::LeaseSection;
 use crate::mvcc::Store;
 use crate::sink::{CrcWriter, Sink};
 use crate::state_snapshot::{
-    self, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC,
+    self, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS, SECTION_MVCC, SECTION_V2,
 };
 
 /// Raft log entries kept in memory behind the applied index, for slow followers (etcd's
@@ -288,6 +288,7 @@ pub struct SnapshotJob {
     members: Vec<u8>,
     alarms: Vec<u8>,
     auth: Vec<u8>,
+    v2: Vec<u8>,
     /// The lengths of the MVCC and lease sections, once a size walk found them.
     lens: OnceLock<(u64, u64)>,
 }
@@ -301,6 +302,7 @@ impl PartialEq for SnapshotJob {
             && self.members == other.members
             && self.alarms == other.alarms
             && self.auth == other.auth
+            && self.v2 == other.v2
             && self.store.encode_section() == other.store.encode_section()
     }
 }
@@ -315,6 +317,7 @@ impl SnapshotJob {
             members: parts.members,
             alarms: parts.alarms,
             auth: parts.auth,
+            v2: parts.v2,
             lens: OnceLock::new(),
         }
     }
@@ -352,6 +355,7 @@ impl SnapshotJob {
             self.members.len() as u64,
             self.alarms.len() as u64,
             self.auth.len() as u64,
+            self.v2.len() as u64,
         ])
     }
 
@@ -364,7 +368,7 @@ impl SnapshotJob {
     pub fn write_data(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let (mvcc, leases) = self.lens();
         let mut w = CrcWriter::new(out);
-        state_snapshot::put_head(&mut w, 5)?;
+        state_snapshot::put_head(&mut w, 6)?;
         state_snapshot::put_section_head(&mut w, SECTION_MVCC, mvcc)?;
         self.store.write_section(&mut w)?;
         state_snapshot::put_section_head(&mut w, SECTION_LEASES, leases)?;
@@ -375,6 +379,8 @@ impl SnapshotJob {
         w.put(&self.alarms)?;
         state_snapshot::put_section_head(&mut w, SECTION_AUTH, self.auth.len() as u64)?;
         w.put(&self.auth)?;
+        state_snapshot::put_section_head(&mut w, SECTION_V2, self.v2.len() as u64)?;
+        w.put(&self.v2)?;
         let written = w.finish()?;
         assert_eq!(
             written,
@@ -396,6 +402,7 @@ impl SnapshotJob {
             (SECTION_MEMBERS, &self.members),
             (SECTION_ALARMS, &self.alarms),
             (SECTION_AUTH, &self.auth),
+            (SECTION_V2, &self.v2),
         ])
     }
 

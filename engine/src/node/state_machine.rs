@@ -26,12 +26,14 @@ use crate::mvcc::Store;
 use crate::request::{Read, Response};
 use crate::state_snapshot::{
     self, StateSnapshotError, SECTION_ALARMS, SECTION_AUTH, SECTION_LEASES, SECTION_MEMBERS,
-    SECTION_MVCC,
+    SECTION_MVCC, SECTION_V2,
 };
+use crate::v2::V2Store;
 use crate::watch::{HeaderInfo, WatchHub};
 
 mod auth_apply;
 mod conf_apply;
+mod v2_apply;
 
 /// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
 /// entries between commit and apply.
@@ -54,6 +56,8 @@ pub(super) struct StateMachine {
     membership: Membership,
     alarms: Alarms,
     auth: AuthStore,
+    /// The v2 keys API's store (engine/src/v2), separate from the v3 keyspace.
+    v2: V2Store,
     /// This member's simple tokens (soft state: not in snapshots, as in etcd).
     tokens: SimpleTokens,
     applied_index: u64,
@@ -90,6 +94,7 @@ impl StateMachine {
             membership: Membership::bootstrap(initial_members(cfg)?),
             alarms: Alarms::default(),
             auth: AuthStore::default(),
+            v2: V2Store::default(),
             tokens: SimpleTokens::new(cfg.auth_token_ttl_ms),
             applied_index: 0,
             proposals: BTreeMap::new(),
@@ -234,6 +239,7 @@ impl StateMachine {
                 members: self.membership.to_proto(),
             })),
             Read::Alarm(a) => Ok(Response::Alarm(self.alarms.apply(&a))),
+            Read::V2(r) => Ok(self.serve_v2(&r)),
             read => self.serve_auth_read(&read),
         }
     }
@@ -290,6 +296,10 @@ impl StateMachine {
         core.advance_apply_to(last.index);
         if std::mem::take(&mut self.members_changed) {
             out.push(self.members_output());
+        }
+        let v2_events = self.v2.take_events();
+        if !v2_events.is_empty() {
+            out.push(Output::V2Events(v2_events));
         }
         if !self.watch_events.is_empty() {
             let events = std::mem::take(&mut self.watch_events);
@@ -471,6 +481,7 @@ impl StateMachine {
             | R::RoleRevokePermission(_)) => {
                 return Some(self.apply_auth(&auth, index, clock.now_ms));
             }
+            R::V2(r) => Ok(self.apply_v2(&r, index)),
         };
         let result = match result {
             Ok(_) if over_quota => {
@@ -500,6 +511,7 @@ impl StateMachine {
             Some(bytes) => Alarms::decode_section(bytes)?,
             None => Alarms::default(),
         };
+        let v2 = v2_apply::decode_v2(sections.get(&SECTION_V2))?;
         // Optional: a snapshot from before auth existed holds an empty store.
         let auth = match sections.get(&SECTION_AUTH) {
             Some(bytes) => AuthStore::decode_section(bytes)?,
@@ -507,6 +519,7 @@ impl StateMachine {
         };
         self.leases.restore_section(sections[&SECTION_LEASES])?;
         self.alarms = alarms;
+        self.v2 = v2;
         if auth.is_enabled() {
             self.tokens.enable();
         } else {
@@ -554,6 +567,7 @@ impl StateMachine {
             members: self.membership.encode(),
             alarms: self.alarms.encode_section(),
             auth: self.auth.encode_section(),
+            v2: self.v2.encode_section(),
         }
     }
 
@@ -562,6 +576,7 @@ impl StateMachine {
         self.store.check_invariants();
         self.leases.check_invariants();
         self.tokens.check_invariants();
+        self.v2.check_invariants();
         assert!(
             self.proposals.len() <= PROPOSALS_IN_FLIGHT_MAX,
             "{} proposals in flight",
@@ -581,6 +596,7 @@ pub(super) struct SnapshotParts {
     pub members: Vec<u8>,
     pub alarms: Vec<u8>,
     pub auth: Vec<u8>,
+    pub v2: Vec<u8>,
 }
 
 /// etcd's minimum lease TTL: ⌈1.5 × election timeout⌉ in seconds (2 s at the defaults).

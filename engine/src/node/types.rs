@@ -311,6 +311,9 @@ pub enum Output {
         /// This member has been removed from the cluster: it must stop.
         removed: bool,
     },
+    /// Changes applied to the v2 store (in index order), for the server's waiting v2
+    /// clients.
+    V2Events(Vec<keel_proto::keelpb::V2Event>),
 }
 
 /// A member's raft and store status, for Maintenance.Status.

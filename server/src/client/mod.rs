@@ -70,6 +70,9 @@ pub struct Services {
     /// The auth token of the client a Lock or Election call serves ([`Services::as_caller`]):
     /// the recipe's KV calls are checked with it, as etcd's are with the caller's context.
     caller: Option<String>,
+    /// The v2 HTTP API (`--enable-v2`), served on the client port's HTTP/1 path.
+    #[cfg(not(madsim))]
+    v2: Option<Arc<crate::gateway::v2::V2Http>>,
 }
 
 impl Services {
@@ -83,7 +86,16 @@ impl Services {
             max_txn_ops: config.max_txn_ops as usize,
             bcrypt_cost: config.bcrypt_cost,
             caller: None,
+            #[cfg(not(madsim))]
+            v2: None,
         }
+    }
+
+    /// These services with etcd's v2 HTTP API on the client port too.
+    #[cfg(not(madsim))]
+    pub fn with_v2(mut self, v2: Arc<crate::gateway::v2::V2Http>) -> Self {
+        self.v2 = Some(v2);
+        self
     }
 
     /// Serves every etcd v3 service on `addr` until the listener fails: gRPC, and in the
@@ -92,6 +104,8 @@ impl Services {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
+        #[cfg(not(madsim))]
+        let v2 = self.v2.clone();
         // Each service object once: the gRPC router and the JSON gateway call the same ones.
         let kv = Arc::new(self.clone());
         let watch = Arc::new(WatchService::new(self.handle.clone()));
@@ -122,7 +136,10 @@ impl Services {
             // the gRPC decode cap lets every message gRPC would decode reach the service, which
             // then answers as etcd does (too large for raft, or above gRPC's limit).
             let routes = crate::gateway::routes::table();
-            let gateway = crate::gateway::Gateway::new(apis, routes, 2 * decode_cap);
+            let mut gateway = crate::gateway::Gateway::new(apis, routes, 2 * decode_cap);
+            if let Some(v2) = v2 {
+                gateway = gateway.with_v2(v2);
+            }
             listener::serve(router, gateway, addr).await
         };
         served

@@ -54,6 +54,8 @@ pub(super) struct DriverLoop {
     bugs: Bugs,
     /// The last leader seen, for `etcd_server_leader_changes_seen_total`.
     last_leader: u64,
+    /// Waiting v2 clients, woken by applied v2 changes.
+    v2_hub: Arc<super::v2_hub::V2Hub>,
 }
 
 impl DriverLoop {
@@ -65,6 +67,7 @@ impl DriverLoop {
         save_tx: mpsc::UnboundedSender<SnapshotJob>,
         transport: Arc<dyn Outbound>,
         bugs: Bugs,
+        v2_hub: Arc<super::v2_hub::V2Hub>,
     ) -> DriverLoop {
         DriverLoop {
             node,
@@ -79,6 +82,7 @@ impl DriverLoop {
             defrags: Vec::new(),
             bugs,
             last_leader: 0,
+            v2_hub,
         }
     }
 
@@ -309,6 +313,7 @@ impl DriverLoop {
                 }
                 Output::Watch(outputs) => self.dispatch_watch(outputs),
                 Output::Members { members, removed } => self.on_members(&members, removed),
+                Output::V2Events(events) => self.v2_hub.dispatch(&events),
             }
         }
     }

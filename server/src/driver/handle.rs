@@ -76,6 +76,7 @@ pub struct Handle {
     pub(super) snap_bytes: Arc<AtomicU64>,
     /// The member's kind of auth token: a JWT is verified here, before the driver sees it.
     pub(super) tokens: Tokens,
+    pub(super) v2_hub: Arc<super::v2_hub::V2Hub>,
 }
 
 impl Handle {
@@ -94,6 +95,11 @@ impl Handle {
     /// `invalid auth token`).
     fn credential(&self, auth_token: Option<String>) -> Option<Credential> {
         auth_token.map(|t| self.tokens.credential(t))
+    }
+
+    /// The member's waiting v2 clients.
+    pub fn v2_hub(&self) -> &Arc<super::v2_hub::V2Hub> {
+        &self.v2_hub
     }
 
     /// Sends a request through the node and waits for its typed reply, up to the request

@@ -28,6 +28,7 @@ mod event_loop;
 mod handle;
 mod outbound;
 mod snapshotter;
+mod v2_hub;
 mod wal_writer;
 
 use std::sync::atomic::AtomicU64;
@@ -44,6 +45,7 @@ pub use event_loop::{COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_
 pub use handle::{Handle, WatchMessage};
 pub use outbound::{peer_urls, Outbound};
 pub use snapshotter::{SAVE_RETRY_MAX, SAVE_RETRY_MIN};
+pub use v2_hub::{V2Hub, V2Wait, STREAM_QUEUE};
 pub use wal_writer::{Storage, BATCHES_PER_SYNC_MAX};
 
 use crate::clock::Clock;
@@ -136,7 +138,15 @@ pub fn start(
         Arc::clone(&transport),
         bugs,
     ));
-    let driver = DriverLoop::new(node, persist_tx, save_tx, transport, bugs);
+    let v2_hub = Arc::new(V2Hub::default());
+    let driver = DriverLoop::new(
+        node,
+        persist_tx,
+        save_tx,
+        transport,
+        bugs,
+        Arc::clone(&v2_hub),
+    );
     tokio::spawn(async move {
         let err = driver
             .run(
@@ -163,6 +173,7 @@ pub fn start(
             wal_bytes,
             snap_bytes,
             tokens: crate::client::token::Tokens::Simple,
+            v2_hub,
         },
         fatal_rx,
     )

@@ -13,6 +13,7 @@
 pub mod json;
 pub mod routes;
 mod stream;
+pub mod v2;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -74,6 +75,8 @@ pub struct Gateway {
     apis: Arc<Apis>,
     routes: Arc<BTreeMap<&'static str, (Method, Handler)>>,
     body_bytes_max: usize,
+    /// etcd's v2 API under `/v2/` (`--enable-v2`); without it `/v2/` is not found.
+    v2: Option<Arc<v2::V2Http>>,
 }
 
 impl Gateway {
@@ -88,7 +91,14 @@ impl Gateway {
             apis: Arc::new(apis),
             routes: Arc::new(routes.into_iter().map(|(m, p, h)| (p, (m, h))).collect()),
             body_bytes_max,
+            v2: None,
         }
+    }
+
+    /// This gateway serving etcd's v2 API under `/v2/` as well.
+    pub fn with_v2(mut self, v2: Arc<v2::V2Http>) -> Gateway {
+        self.v2 = Some(v2);
+        self
     }
 
     /// Serves one HTTP/1.x connection until it closes.
@@ -128,6 +138,9 @@ impl Gateway {
     async fn route(self, request: HttpRequest) -> Reply {
         if request.method() == Method::OPTIONS {
             return json::empty_reply(StatusCode::OK);
+        }
+        if let (Some(v2), true) = (&self.v2, request.uri().path().starts_with("/v2/")) {
+            return v2.serve(request).await;
         }
         let path = canonical_path(request.uri().path());
         let Some((method, handler)) = self.routes.get(path.as_str()).cloned() else {

@@ -68,6 +68,7 @@ fn job(store: &Store, leases: &Leases) -> SnapshotJob {
         members: members.encode(),
         alarms,
         auth: auth.encode_section(),
+        v2: crate::v2::V2Store::default().encode_section(),
     };
     SnapshotJob::new(metadata, parts)
 }

@@ -89,7 +89,7 @@ fn unknown_etcd_variables_are_warned_about() {
 fn etcd_flags_keel_lacks_are_accepted_only_at_etcds_default() {
     let loaded = load_with(
         &["--wal-dir=", "--strict-reconfig-check", "--max-wals", "5"],
-        &[("ETCD_ENABLE_PPROF", "false"), ("ETCD_ENABLE_V2", "0")],
+        &[("ETCD_ENABLE_PPROF", "false"), ("ETCD_AUTO_TLS", "0")],
     )
     .expect("etcd's defaults are what keel does");
     assert_eq!(loaded.notes.len(), 5, "each one noted: {:?}", loaded.notes);
@@ -105,11 +105,23 @@ fn etcd_flags_keel_lacks_are_accepted_only_at_etcds_default() {
             .contains("--discovery (ETCD_DISCOVERY sets it"),
         "names the flag and the variable: {e}"
     );
-    let e = config_error(load_with(&[], &[("ETCD_ENABLE_V2", "yes")]));
+    let e = config_error(load_with(&[], &[("ETCD_ENABLE_PPROF", "yes")]));
     assert_eq!(
         e.to_string(),
-        "invalid value \"yes\" for ETCD_ENABLE_V2: parse error"
+        "invalid value \"yes\" for ETCD_ENABLE_PPROF: parse error"
     );
+}
+
+#[test]
+fn enable_v2_is_a_keel_flag() {
+    let off = load_with(&[], &[]).expect("defaults");
+    assert!(!off.config.enable_v2, "off by default, as in etcd 3.4");
+    let on = load_with(&["--enable-v2"], &[]).expect("a bare flag");
+    assert!(on.config.enable_v2, "--enable-v2");
+    let on = load_with(&["--enable-v2=true"], &[]).expect("with a value");
+    assert!(on.config.enable_v2, "--enable-v2=true");
+    let env = load_with(&[], &[("ETCD_ENABLE_V2", "true")]).expect("etcd's variable");
+    assert!(env.config.enable_v2, "ETCD_ENABLE_V2");
 }
 
 #[test]
