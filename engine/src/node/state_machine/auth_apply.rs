@@ -34,6 +34,13 @@ impl StateMachine {
         let Some(token) = token else {
             return Ok(AuthInfo::default());
         };
+        if let Some(user) = token.strip_prefix(auth::COMMON_NAME_CALLER) {
+            // A verified certificate names its user directly, at the current revision.
+            return Ok(AuthInfo {
+                username: user.to_string(),
+                revision: self.auth.revision(),
+            });
+        }
         match self.tokens.info(token, now_ms) {
             Some(username) => Ok(AuthInfo {
                 username,
