@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::TlsError;
+use super::error::TlsError;
 
 /// The certificate and key files under `dir`, generated now if either is missing, for the
 /// hosts of `urls` (a comma-separated URL list) plus `localhost` and 127.0.0.1.

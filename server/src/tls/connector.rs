@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
-use super::Reloading;
+use super::reload::Reloading;
 
 /// Dials a peer over TLS; the handshake uses the configuration current at the time.
 #[derive(Clone)]

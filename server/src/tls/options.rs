@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
-use super::TlsError;
+use super::error::TlsError;
 use crate::config::Config;
 
 /// Go's cipher suite names that rustls does not implement (CBC, RC4, 3DES, static RSA key

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use super::{TlsError, TlsFiles, TlsOptions};
+use super::error::TlsError;
+use super::files::TlsFiles;
+use super::options::TlsOptions;
 
 /// How often the certificate files are checked for change.
 pub const RELOAD_POLL: Duration = Duration::from_millis(500);
@@ -114,4 +116,13 @@ async fn poll<T: Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// A listener's TLS: its reloading configuration, and whether verified client certificates
+/// name their user (client `--client-cert-auth`).
+pub struct ServerTls {
+    /// The configuration the next handshake uses.
+    pub config: Arc<Reloading<rustls::ServerConfig>>,
+    /// Whether a verified certificate's CommonName acts as the caller's user name.
+    pub common_name_login: bool,
 }

@@ -21,7 +21,7 @@ pub struct ConnInfo {
     /// Its address.
     pub remote: SocketAddr,
     /// The CommonName of the client certificate it presented, when the handshake verified
-    /// it and `--client-cert-auth` makes it a login ([`super::ServerTls::common_name_login`]).
+    /// it and `--client-cert-auth` makes it a login ([`super::reload::ServerTls::common_name_login`]).
     pub common_name: Option<String>,
 }
 
@@ -169,7 +169,7 @@ impl Connected for ConnIo {
 /// configuration; the verified client certificate's CommonName is kept when `tls` makes it a
 /// login.
 pub async fn accept(
-    tls: &super::ServerTls,
+    tls: &super::reload::ServerTls,
     stream: TcpStream,
     remote: SocketAddr,
 ) -> io::Result<ConnIo> {
@@ -204,7 +204,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub async fn handshake(
     stream: TcpStream,
     remote: SocketAddr,
-    tls: Option<&super::ServerTls>,
+    tls: Option<&super::reload::ServerTls>,
 ) -> Option<ConnIo> {
     let Some(tls) = tls else {
         return Some(ConnIo::plain(stream, remote));
@@ -227,7 +227,7 @@ pub async fn handshake(
 /// certificate the configuration refuses never reaches the server behind.
 pub fn incoming(
     listener: TcpListener,
-    tls: Arc<super::ServerTls>,
+    tls: Arc<super::reload::ServerTls>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<ConnIo>> {
     let (tx, rx) = mpsc::channel(INCOMING_BACKLOG);
     tokio::spawn(async move {
