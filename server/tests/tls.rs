@@ -3,6 +3,9 @@
 //! one from another CA, certificate rotation without a restart, CommonName login, --auto-tls,
 //! and the start-up errors that name the file and the problem.
 
+// Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
+#![cfg(not(madsim))]
+
 mod common;
 mod tls_common;
 

@@ -4,6 +4,9 @@
 //! certificate, without one, with one from another CA, trusting the wrong CA, with
 //! `--insecure-skip-tls-verify`, and logged in by a certificate's CommonName under auth.
 
+// Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
+#![cfg(not(madsim))]
+
 mod common;
 mod tls_common;
 

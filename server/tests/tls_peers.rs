@@ -3,6 +3,9 @@
 //! process with a self-signed certificate (`--peer-auto-tls`) is refused at the handshake,
 //! before any raft message is read, and the cluster does not notice it.
 
+// Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
+#![cfg(not(madsim))]
+
 mod common;
 mod tls_common;
 
