@@ -401,8 +401,18 @@ impl Config {
 
     /// The socket addresses of `--listen-metrics-urls` (none by default).
     pub fn metrics_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        if split_list(&self.listen_metrics_urls).is_empty() {
+        let urls = split_list(&self.listen_metrics_urls);
+        if urls.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://")) {
+            return Err(ConfigError::Url {
+                flag: "--listen-metrics-urls",
+                url: url.clone(),
+                reason: "keel serves /metrics and /health over https only on the client port; \
+                         use http:// here"
+                    .into(),
+            });
         }
         parse_urls("--listen-metrics-urls", &self.listen_metrics_urls)
     }
