@@ -139,7 +139,7 @@ async fn ask_members(
 ) -> Result<(u64, Membership), String> {
     use keel_proto::keelpb::{peer_client::PeerClient, MembersRequest};
     let ask = async {
-        let channel = dialer.connect(url, JOIN_ASK_TIMEOUT).await?;
+        let channel = dialer.connect(url, None).await?;
         let reply = PeerClient::new(channel)
             .members(MembersRequest {})
             .await

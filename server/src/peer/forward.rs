@@ -54,7 +54,7 @@ impl Forwarder {
         let channel = self
             .transport
             .dialer()
-            .connect(&url, CONNECT_TIMEOUT)
+            .connect(&url, Some(CONNECT_TIMEOUT))
             .await
             .map_err(|e| Status::unavailable(format!("keel: reaching leader at {url}: {e}")))?;
         let client = PeerClient::new(channel);

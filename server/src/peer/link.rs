@@ -27,18 +27,18 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// Connects to the peer at `url`, waiting at most `timeout` for the connection.
-    pub async fn connect(&self, url: &str, timeout: Duration) -> Result<Channel, String> {
+    /// Connects to the peer at `url`, waiting at most `timeout` for the connection (None:
+    /// tonic's default, no connect timeout of its own).
+    pub async fn connect(&self, url: &str, timeout: Option<Duration>) -> Result<Channel, String> {
         #[cfg(not(madsim))]
         if let Some(rest) = url.strip_prefix("https://") {
             return self.connect_tls(url, rest, timeout).await;
         }
-        let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
-        endpoint
-            .connect_timeout(timeout)
-            .connect()
-            .await
-            .map_err(|e| e.to_string())
+        let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+        if let Some(timeout) = timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        endpoint.connect().await.map_err(|e| e.to_string())
     }
 
     #[cfg(not(madsim))]
@@ -46,7 +46,7 @@ impl Dialer {
         &self,
         url: &str,
         rest: &str,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<Channel, String> {
         let Some(tls) = &self.tls else {
             return Err(format!(
@@ -56,12 +56,14 @@ impl Dialer {
         };
         // tonic sees a plain URL; the connector does the TLS.
         let plain = format!("http://{rest}");
-        let endpoint = Endpoint::from_shared(plain).map_err(|e| e.to_string())?;
+        let mut endpoint = Endpoint::from_shared(plain).map_err(|e| e.to_string())?;
+        if let Some(timeout) = timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
         let host = endpoint.uri().host().unwrap_or_default().to_string();
         let connector =
             crate::tls::connector::PeerConnector::new(std::sync::Arc::clone(tls), &host)?;
         endpoint
-            .connect_timeout(timeout)
             .connect_with_connector(connector)
             .await
             .map_err(|e| {

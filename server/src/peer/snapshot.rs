@@ -77,7 +77,7 @@ async fn transfer(
     message: &Message,
     data: Bytes,
 ) -> Result<(), String> {
-    let channel = dialer.connect(url, CONNECT_TIMEOUT).await?;
+    let channel = dialer.connect(url, Some(CONNECT_TIMEOUT)).await?;
     let mut client = PeerClient::new(channel)
         .max_decoding_message_size(2 * CHUNK_BYTES)
         .max_encoding_message_size(2 * CHUNK_BYTES);

@@ -224,7 +224,7 @@ impl PeerSender {
                 while queue.recv().await.is_some() {}
                 return;
             }
-            let connected = self.dialer.connect(&url, CONNECT_TIMEOUT).await;
+            let connected = self.dialer.connect(&url, Some(CONNECT_TIMEOUT)).await;
             let channel = match connected {
                 Ok(channel) => channel,
                 Err(e) => {
