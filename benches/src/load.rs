@@ -153,13 +153,23 @@ pub async fn connect(cli: &Cli, count: usize) -> anyhow::Result<Vec<Channel>> {
         } else {
             format!("http://{endpoint}")
         };
-        let channel = Endpoint::from_shared(uri.clone())
+        let tls = uri
+            .strip_prefix("https://")
+            .map(|rest| format!("http://{rest}"));
+        let plain = tls.clone().unwrap_or_else(|| uri.clone());
+        let endpoint = Endpoint::from_shared(plain)
             .with_context(|| format!("bad endpoint {endpoint:?}"))?
             .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {uri}"))?;
+            .tcp_nodelay(true);
+        let channel = match tls {
+            #[cfg(not(madsim))]
+            Some(_) => {
+                let connector = crate::tls::Connector::new(cli, endpoint.uri())?;
+                endpoint.connect_with_connector(connector).await
+            }
+            _ => endpoint.connect().await,
+        }
+        .with_context(|| format!("connecting to {uri}"))?;
         channels.push(channel);
     }
     Ok(channels)

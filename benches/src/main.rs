@@ -26,6 +26,8 @@ mod load;
 mod procfs;
 mod report;
 #[cfg(not(madsim))]
+mod tls;
+#[cfg(not(madsim))]
 mod watch;
 #[cfg(not(madsim))]
 mod watch_mem;
@@ -49,6 +51,15 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub endpoints: Vec<String>,
+    /// CA bundle that signs the server's certificate (https:// endpoints).
+    #[arg(long, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (https:// endpoints, servers with --client-cert-auth).
+    #[arg(long, global = true)]
+    pub cert: Option<std::path::PathBuf>,
+    /// Client certificate's key.
+    #[arg(long, global = true)]
+    pub key: Option<std::path::PathBuf>,
     /// Number of gRPC connections (HTTP/2 channels).
     #[arg(long, global = true, default_value_t = 1)]
     pub conns: usize,

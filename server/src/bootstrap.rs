@@ -106,6 +106,7 @@ pub(crate) async fn join(
     config: &Config,
     clock: &Arc<dyn Clock>,
     boot: Bootstrap,
+    dialer: &crate::peer::link::Dialer,
 ) -> Result<Bootstrap, ServerError> {
     let mut reasons = Vec::new();
     for _ in 0..JOIN_ROUNDS_MAX {
@@ -115,7 +116,7 @@ pub(crate) async fn join(
                 continue;
             }
             for url in &m.peer_urls {
-                match ask_members(url).await {
+                match ask_members(dialer, url).await {
                     Ok((cluster_id, table)) => match find_me(&boot, &table) {
                         Some(me) => return Ok(joined(boot, cluster_id, me, &table)),
                         None => reasons.push(format!("{url}: this member is not in its table")),
@@ -132,12 +133,13 @@ pub(crate) async fn join(
     )))
 }
 
-async fn ask_members(url: &str) -> Result<(u64, Membership), String> {
+async fn ask_members(
+    dialer: &crate::peer::link::Dialer,
+    url: &str,
+) -> Result<(u64, Membership), String> {
     use keel_proto::keelpb::{peer_client::PeerClient, MembersRequest};
     let ask = async {
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = dialer.connect(url, None).await?;
         let reply = PeerClient::new(channel)
             .members(MembersRequest {})
             .await

@@ -245,6 +245,72 @@ pub struct Config {
         default_value = "default"
     )]
     pub log_outputs: String,
+    /// Path to the client server TLS cert file.
+    #[arg(long = "cert-file", env = "KEEL_CERT_FILE", default_value = "")]
+    pub cert_file: String,
+    /// Path to the client server TLS key file.
+    #[arg(long = "key-file", env = "KEEL_KEY_FILE", default_value = "")]
+    pub key_file: String,
+    /// Path to the client server TLS trusted CA cert file (clients must present a
+    /// certificate it signed).
+    #[arg(
+        long = "trusted-ca-file",
+        env = "KEEL_TRUSTED_CA_FILE",
+        default_value = ""
+    )]
+    pub trusted_ca_file: String,
+    /// Enable client cert authentication (and login as the certificate's CommonName).
+    #[arg(long = "client-cert-auth", env = "KEEL_CLIENT_CERT_AUTH", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Client TLS using generated certificates.
+    #[arg(long = "auto-tls", env = "KEEL_AUTO_TLS", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(
+        long = "peer-cert-file",
+        env = "KEEL_PEER_CERT_FILE",
+        default_value = ""
+    )]
+    pub peer_cert_file: String,
+    /// Path to the peer server TLS key file.
+    #[arg(long = "peer-key-file", env = "KEEL_PEER_KEY_FILE", default_value = "")]
+    pub peer_key_file: String,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(
+        long = "peer-trusted-ca-file",
+        env = "KEEL_PEER_TRUSTED_CA_FILE",
+        default_value = ""
+    )]
+    pub peer_trusted_ca_file: String,
+    /// Enable peer client cert authentication.
+    #[arg(long = "peer-client-cert-auth", env = "KEEL_PEER_CLIENT_CERT_AUTH",
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Peer TLS using self-generated certificates.
+    #[arg(long = "peer-auto-tls", env = "KEEL_PEER_AUTO_TLS", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Comma-separated list of supported TLS cipher suites between client/server and peers
+    /// (empty will be auto-populated by rustls).
+    #[arg(long = "cipher-suites", env = "KEEL_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    /// Minimum TLS version supported: TLS1.2 or TLS1.3 (default TLS1.2).
+    #[arg(
+        long = "tls-min-version",
+        env = "KEEL_TLS_MIN_VERSION",
+        default_value = ""
+    )]
+    pub tls_min_version: String,
+    /// Maximum TLS version supported: TLS1.2 or TLS1.3 (default: the highest).
+    #[arg(
+        long = "tls-max-version",
+        env = "KEEL_TLS_MAX_VERSION",
+        default_value = ""
+    )]
+    pub tls_max_version: String,
     /// Path to etcd's YAML configuration file; when given, flags and variables are ignored.
     #[arg(long = "config-file", env = "KEEL_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -346,8 +412,18 @@ impl Config {
 
     /// The socket addresses of `--listen-metrics-urls` (none by default).
     pub fn metrics_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        if split_list(&self.listen_metrics_urls).is_empty() {
+        let urls = split_list(&self.listen_metrics_urls);
+        if urls.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://")) {
+            return Err(ConfigError::Url {
+                flag: "--listen-metrics-urls",
+                url: url.clone(),
+                reason: "keel serves /metrics and /health over https only on the client port; \
+                         use http:// here"
+                    .into(),
+            });
         }
         parse_urls("--listen-metrics-urls", &self.listen_metrics_urls)
     }
@@ -355,6 +431,16 @@ impl Config {
     /// The socket addresses of `--listen-peer-urls`.
     pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
         parse_urls("--listen-peer-urls", &self.listen_peer_urls)
+    }
+
+    /// The socket addresses of `--listen-client-urls`, each with whether it is `https://`.
+    pub fn client_listeners(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        with_tls("--listen-client-urls", &self.listen_client_urls)
+    }
+
+    /// The socket addresses of `--listen-peer-urls`, each with whether it is `https://`.
+    pub fn peer_listeners(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        with_tls("--listen-peer-urls", &self.listen_peer_urls)
     }
 
     /// The advertised client URLs.
@@ -513,6 +599,14 @@ fn split_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+fn with_tls(flag: &'static str, list: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+    let addrs = parse_urls(flag, list)?;
+    let tls = split_list(list)
+        .into_iter()
+        .map(|u| u.starts_with("https://"));
+    Ok(addrs.into_iter().zip(tls).collect())
+}
+
 fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
     let mut out = Vec::new();
     for url in split_list(list) {
@@ -523,8 +617,9 @@ fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigE
         };
         let rest = url
             .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
             .or_else(|| url.strip_prefix("unix://"))
-            .ok_or_else(|| err("only http:// URLs are supported"))?;
+            .ok_or_else(|| err("only http:// and https:// URLs are supported"))?;
         let hostport = rest.trim_end_matches('/');
         let hostport = match hostport.strip_prefix("localhost:") {
             Some(port) => format!("127.0.0.1:{port}"),
@@ -532,7 +627,7 @@ fn parse_urls(flag: &'static str, list: &str) -> Result<Vec<SocketAddr>, ConfigE
         };
         let addr: SocketAddr = hostport
             .parse()
-            .map_err(|_| err("expected http://IP:PORT"))?;
+            .map_err(|_| err("expected http(s)://IP:PORT"))?;
         out.push(addr);
     }
     if out.is_empty() {
@@ -591,8 +686,16 @@ mod tests {
             "n1=http://127.0.0.1:2380",
         ]);
         assert!(c.initial_members().is_err());
+        let c = cfg(&["--listen-client-urls", "ftp://1.2.3.4:1"]);
+        assert!(
+            c.client_listen_addrs().is_err(),
+            "only http, https and unix URLs"
+        );
         let c = cfg(&["--listen-client-urls", "https://1.2.3.4:1"]);
-        assert!(c.client_listen_addrs().is_err());
+        assert!(
+            c.client_listen_addrs().is_ok(),
+            "https URLs are served with TLS"
+        );
         let c = cfg(&[
             "--initial-cluster",
             "a=http://127.0.0.1:1,default=http://127.0.0.1:2",

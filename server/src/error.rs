@@ -13,6 +13,10 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The TLS setup is unusable (a certificate file, a TLS flag).
+    #[cfg(not(madsim))]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The data directory could not be prepared.
     #[error("data dir {path}: {source}")]
     DataDir {

@@ -36,6 +36,8 @@ pub mod member_lock;
 pub mod metrics;
 pub mod peer;
 pub mod status;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -143,16 +145,32 @@ fn open_storage(
 /// Raft messages received from peers and not yet taken by the driver, at most.
 pub const PEER_INBOUND_MAX: usize = 16 * 1024;
 
-/// Serves the peer service on `addr` until the listener fails.
-async fn serve_peers(service: peer::PeerService, addr: SocketAddr) -> Result<(), ServerError> {
-    tonic::transport::Server::builder()
-        .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service))
-        .serve(addr)
-        .await
-        .map_err(|e| ServerError::Serve {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })
+/// Serves the peer service on `addr` until the listener fails, over TLS when `tls` is given
+/// (an `https://` peer URL): a peer whose certificate the peer CA did not sign is refused at
+/// the handshake, before any raft message is read.
+async fn serve_peers(
+    service: peer::PeerService,
+    addr: SocketAddr,
+    #[cfg(not(madsim))] tls: Option<Arc<tls::ServerTls>>,
+) -> Result<(), ServerError> {
+    let serve_error = |e: &dyn std::fmt::Display| ServerError::Serve {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service));
+    #[cfg(not(madsim))]
+    if let Some(tls) = tls {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| serve_error(&e))?;
+        let incoming = tls::stream::incoming(listener, tls);
+        return router
+            .serve_with_incoming(incoming)
+            .await
+            .map_err(|e| serve_error(&e));
+    }
+    router.serve(addr).await.map_err(|e| serve_error(&e))
 }
 
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by
@@ -160,16 +178,22 @@ async fn serve_peers(service: peer::PeerService, addr: SocketAddr) -> Result<(),
 pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     // Keys are read before anything touches the data dir.
     let tokens = config.auth_tokens()?;
+    #[cfg(not(madsim))]
+    let member_tls = tls::MemberTls::load(&config)?;
+    let dialer = peer::link::Dialer {
+        #[cfg(not(madsim))]
+        tls: member_tls.peer_client.clone(),
+    };
     let mut boot = identity(&config)?;
     if config.initial_cluster_state == "existing" {
-        boot = join(&config, &env.clock, boot).await?;
+        boot = join(&config, &env.clock, boot, &dialer).await?;
     }
     let identity = boot.identity.clone();
     let peers = driver::peer_urls(&boot.peers);
     let voters: Vec<u64> = boot.initial.iter().map(|m| m.id).collect();
-    let peer_addrs = config.peer_listen_addrs()?;
+    let peer_addrs = config.peer_listeners()?;
     let (tick_ms, election_ticks) = config.ticks()?;
-    let client_addrs = config.client_listen_addrs()?;
+    let client_addrs = config.client_listeners()?;
     let maintenance = config.maintenance()?;
     let (storage, recovered) = open_storage(&env.disk, &config)?;
     let held = recovered.snapshot.as_ref().map(|s| s.data.clone());
@@ -220,11 +244,12 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     // other snapshot until the outcome is in; one unreachable report per failed connection or
     // stream, each followed by a reconnect backoff of at least `peer::transport::BACKOFF_MIN`.
     let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
-    let transport = Arc::new(peer::Transport::start(
+    let transport = Arc::new(peer::Transport::start_with(
         local,
         peers,
         env.clock.clone(),
         reports_tx,
+        dialer,
     ));
     // A forwarded lease request waits for the leader at most one election timeout.
     let forwarder = peer::forward::Forwarder::new(
@@ -276,13 +301,33 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         None => services,
     };
     let mut servers = Vec::new();
-    for addr in peer_addrs {
-        tracing::info!(%addr, "serving peer traffic");
-        servers.push(tokio::spawn(serve_peers(peer_service.clone(), addr)));
+    for (addr, https) in peer_addrs {
+        tracing::info!(%addr, https, "serving peer traffic");
+        #[cfg(not(madsim))]
+        let served = serve_peers(
+            peer_service.clone(),
+            addr,
+            https.then(|| member_tls.peer_server.clone()).flatten(),
+        );
+        #[cfg(madsim)]
+        let served = {
+            let _ = https;
+            serve_peers(peer_service.clone(), addr)
+        };
+        servers.push(tokio::spawn(served));
     }
-    for addr in client_addrs {
-        tracing::info!(%addr, "serving client requests");
-        servers.push(tokio::spawn(services.clone().serve(addr)));
+    for (addr, https) in client_addrs {
+        tracing::info!(%addr, https, "serving client requests");
+        #[cfg(not(madsim))]
+        let served = services
+            .clone()
+            .serve_tls(addr, https.then(|| member_tls.client.clone()).flatten());
+        #[cfg(madsim)]
+        let served = {
+            let _ = https;
+            services.clone().serve(addr)
+        };
+        servers.push(tokio::spawn(served));
     }
     #[cfg(not(madsim))]
     for addr in config.metrics_listen_addrs()? {

@@ -58,6 +58,17 @@ impl From<String> for Credential {
     }
 }
 
+/// How the server names a caller authenticated by a verified client certificate instead of
+/// a token (etcd's `AuthInfoFromTLS`, under `--client-cert-auth`): this prefix, then the
+/// certificate's CommonName, in place of the token. No client can send it: gRPC metadata and
+/// HTTP header values cannot hold a NUL byte.
+pub const COMMON_NAME_CALLER: &str = "\0cn:";
+
+/// The caller token for a client certificate whose CommonName is `common_name`.
+pub fn common_name_caller(common_name: &str) -> String {
+    format!("{COMMON_NAME_CALLER}{common_name}")
+}
+
 /// Who a request runs as: the user its token names and the auth revision when the token was
 /// resolved (etcd's `AuthInfo`). Revision 0 means "no user".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

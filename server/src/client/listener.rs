@@ -7,11 +7,17 @@
 //! The bytes are peeked, not read, so both servers see the connection from its first byte.
 //! Classifying runs on the connection's own task: a client that sends nothing holds up no
 //! one else.
+//!
+//! On an `https://` listener the TLS handshake ([`crate::tls`]) comes first, on that same
+//! task; then the ALPN protocol decides (`h2`: gRPC, `http/1.1`: the gateway), or, when the
+//! client offered none, the first decrypted bytes do, read and put back.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::transport::server::Router;
@@ -20,6 +26,8 @@ use super::authority::AuthorityFix;
 use crate::error::ServerError;
 use crate::gateway::Gateway;
 use crate::status::serve_error;
+use crate::tls::stream::{handshake, ConnIo};
+use crate::tls::ServerTls;
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -51,8 +59,35 @@ pub fn classify(first: &[u8]) -> Option<Protocol> {
     (n == PREFACE.len()).then_some(Protocol::Grpc)
 }
 
+/// Tells a connection's protocol: peeked on a plain one, by ALPN or by its first bytes
+/// (read, then put back) on a TLS one. None when it closed first.
+async fn sniff(conn: &mut ConnIo) -> io::Result<Option<Protocol>> {
+    if let Some(tcp) = conn.tcp() {
+        return peek(tcp).await;
+    }
+    match conn.alpn() {
+        Some(b"h2") => return Ok(Some(Protocol::Grpc)),
+        Some(b"http/1.1") => return Ok(Some(Protocol::Http1)),
+        _ => {}
+    }
+    let mut buf = [0u8; PREFACE.len()];
+    let mut seen = 0;
+    let protocol = loop {
+        let n = conn.read(&mut buf[seen..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        seen += n;
+        if let Some(protocol) = classify(&buf[..seen]) {
+            break protocol;
+        }
+    };
+    conn.unread(&buf[..seen]);
+    Ok(Some(protocol))
+}
+
 /// Peeks at `stream` until its protocol is known. None when it closed first.
-async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+async fn peek(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     let mut buf = [0u8; PREFACE.len()];
     let mut seen = 0;
     loop {
@@ -72,12 +107,18 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     }
 }
 
-/// Serves `router` (gRPC) and `gateway` (HTTP/1.x) on `addr` until the listener fails.
-pub async fn serve(router: Router, gateway: Gateway, addr: SocketAddr) -> Result<(), ServerError> {
+/// Serves `router` (gRPC) and `gateway` (HTTP/1.x) on `addr` until the listener fails, over
+/// TLS when `tls` is given.
+pub async fn serve(
+    router: Router,
+    gateway: Gateway,
+    addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
+) -> Result<(), ServerError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| serve_error(addr, e))?;
-    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<AuthorityFix<TcpStream>>>(GRPC_BACKLOG);
+    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<AuthorityFix<ConnIo>>>(GRPC_BACKLOG);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let grpc = router.serve_with_incoming(incoming);
     let accept = async {
@@ -93,7 +134,12 @@ pub async fn serve(router: Router, gateway: Gateway, addr: SocketAddr) -> Result
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
             }
-            tokio::spawn(dispatch(stream, peer, grpc_tx.clone(), gateway.clone()));
+            let conn = Conn {
+                stream,
+                peer,
+                tls: tls.clone(),
+            };
+            tokio::spawn(dispatch(conn, grpc_tx.clone(), gateway.clone()));
         }
     };
     tokio::select! {
@@ -120,14 +166,24 @@ pub async fn serve_http(gateway: Gateway, addr: SocketAddr) -> Result<(), Server
     }
 }
 
-/// Hands one connection to the server for its protocol.
-async fn dispatch(
+/// An accepted connection, before its handshake.
+struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    grpc: mpsc::Sender<io::Result<AuthorityFix<TcpStream>>>,
+    tls: Option<Arc<ServerTls>>,
+}
+
+/// Hands one connection to the server for its protocol.
+async fn dispatch(
+    conn: Conn,
+    grpc: mpsc::Sender<io::Result<AuthorityFix<ConnIo>>>,
     gateway: Gateway,
 ) {
-    let protocol = match tokio::time::timeout(CLASSIFY_TIMEOUT, sniff(&stream)).await {
+    let peer = conn.peer;
+    let Some(mut stream) = handshake(conn.stream, peer, conn.tls.as_deref()).await else {
+        return;
+    };
+    let protocol = match tokio::time::timeout(CLASSIFY_TIMEOUT, sniff(&mut stream)).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

@@ -101,6 +101,27 @@ impl Services {
     /// Serves every etcd v3 service on `addr` until the listener fails: gRPC, and in the
     /// tokio build the JSON gateway on the same port ([`listener`]).
     pub async fn serve(self, addr: SocketAddr) -> Result<(), ServerError> {
+        #[cfg(not(madsim))]
+        return self.serve_tls(addr, None).await;
+        #[cfg(madsim)]
+        return self.serve_with(addr).await;
+    }
+
+    /// [`Services::serve`] over TLS when `tls` is given (an `https://` client URL).
+    #[cfg(not(madsim))]
+    pub async fn serve_tls(
+        self,
+        addr: SocketAddr,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+    ) -> Result<(), ServerError> {
+        self.serve_with(addr, tls).await
+    }
+
+    async fn serve_with(
+        self,
+        addr: SocketAddr,
+        #[cfg(not(madsim))] tls: Option<Arc<crate::tls::ServerTls>>,
+    ) -> Result<(), ServerError> {
         // tonic refuses messages above this outright (with its own wording); messages between
         // the gRPC limit and this cap reach `check_message`, which answers with grpc-go's.
         let decode_cap = 4 * self.max_message_bytes();
@@ -140,7 +161,7 @@ impl Services {
             if let Some(v2) = v2 {
                 gateway = gateway.with_v2(v2);
             }
-            listener::serve(router, gateway, addr).await
+            listener::serve(router, gateway, addr, tls).await
         };
         served
     }

@@ -11,10 +11,14 @@ use tonic::Request as GrpcRequest;
 use super::jwt::JwtTokens;
 
 /// The auth token a client sent: gRPC metadata `token` (etcd's clients), or
-/// `authorization` (etcd's gateway).
+/// `authorization` (etcd's gateway). Without one, a connection whose verified client
+/// certificate names a user (`--client-cert-auth`, [`crate::tls`]) acts as that user, as in
+/// etcd; a token, when sent, wins.
 pub(crate) fn auth_token<T>(request: &GrpcRequest<T>) -> Option<String> {
     let md = request.metadata();
-    let value = md.get("token").or_else(|| md.get("authorization"))?;
+    let Some(value) = md.get("token").or_else(|| md.get("authorization")) else {
+        return common_name(request);
+    };
     // A token that is not ASCII can name no one: it is passed on to be refused as invalid.
     Some(value.to_str().unwrap_or("\u{fffd}").to_string())
 }
@@ -77,6 +81,11 @@ impl Tokens {
     /// A client's token as the engine takes it: a simple token is resolved by the engine; a
     /// JWT is verified here (one that fails is refused as `invalid auth token`).
     pub fn credential(&self, token: String) -> Credential {
+        if token.starts_with(keel_engine::auth::COMMON_NAME_CALLER) {
+            // A verified client certificate's user (`--client-cert-auth`): whatever the kind
+            // of token, the engine names the caller from it.
+            return Credential::Token(token);
+        }
         match self {
             Tokens::Simple => Credential::Token(token),
             Tokens::Jwt(jwt) => jwt.credential(&token),
@@ -136,4 +145,17 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
     }
     Ok(Duration::from_nanos(total as u64))
+}
+
+/// The caller named by the connection's verified client certificate, if any.
+#[cfg(not(madsim))]
+fn common_name<T>(request: &GrpcRequest<T>) -> Option<String> {
+    let info = request.extensions().get::<crate::tls::stream::ConnInfo>()?;
+    let name = info.common_name.as_deref()?;
+    Some(keel_engine::auth::common_name_caller(name))
+}
+
+#[cfg(madsim)]
+fn common_name<T>(_request: &GrpcRequest<T>) -> Option<String> {
+    None
 }

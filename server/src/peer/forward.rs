@@ -15,7 +15,7 @@ use keel_proto::etcdserverpb::{
 };
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::{LeaseKeepAliveForward, LeaseTimeToLiveForward, MemberPromoteForward};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use super::link::CONNECT_TIMEOUT;
@@ -51,11 +51,10 @@ impl Forwarder {
         let url = self.transport.peer_url(member).ok_or_else(|| {
             Status::unavailable(format!("keel: leader {member:x} is not a known peer"))
         })?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Status::unavailable(format!("keel: peer URL {url}: {e}")))?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
+        let channel = self
+            .transport
+            .dialer()
+            .connect(&url, Some(CONNECT_TIMEOUT))
             .await
             .map_err(|e| Status::unavailable(format!("keel: reaching leader at {url}: {e}")))?;
         let client = PeerClient::new(channel);

@@ -24,10 +24,9 @@ use keel_engine::raftpb::Message;
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::SnapshotChunk;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 use tonic::{Status, Streaming};
 
-use super::link::{LocalIdentity, CONNECT_TIMEOUT};
+use super::link::{Dialer, LocalIdentity, CONNECT_TIMEOUT};
 
 /// Bytes of snapshot data per chunk.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -42,6 +41,7 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// Sends one `MsgSnapshot` to `url` and reports the outcome to the node through `reports`.
 pub async fn send_snapshot(
     local: LocalIdentity,
+    dialer: Dialer,
     url: String,
     mut message: Message,
     reports: mpsc::UnboundedSender<Input>,
@@ -51,7 +51,7 @@ pub async fn send_snapshot(
     let index = message.get_snapshot().get_metadata().index;
     let mib = (data.len() as u64).div_ceil(1 << 20);
     let limit = TRANSFER_BASE + Duration::from_millis(TRANSFER_MS_PER_MIB * mib);
-    let result = tokio::time::timeout(limit, transfer(local, &url, &message, data)).await;
+    let result = tokio::time::timeout(limit, transfer(local, &dialer, &url, &message, data)).await;
     let ok = match result {
         Ok(Ok(())) => {
             tracing::info!(to, index, "snapshot sent");
@@ -72,16 +72,12 @@ pub async fn send_snapshot(
 
 async fn transfer(
     local: LocalIdentity,
+    dialer: &Dialer,
     url: &str,
     message: &Message,
     data: Bytes,
 ) -> Result<(), String> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| e.to_string())?;
-    let channel = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = dialer.connect(url, Some(CONNECT_TIMEOUT)).await?;
     let mut client = PeerClient::new(channel)
         .max_decoding_message_size(2 * CHUNK_BYTES)
         .max_encoding_message_size(2 * CHUNK_BYTES);

@@ -26,9 +26,8 @@ use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::MessageBatch;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
-use super::link::{LocalIdentity, CONNECT_TIMEOUT};
+use super::link::{Dialer, LocalIdentity, CONNECT_TIMEOUT};
 use super::snapshot::send_snapshot;
 use crate::clock::Clock;
 use crate::driver::Outbound;
@@ -61,6 +60,8 @@ pub struct Transport {
     dropped: Arc<AtomicU64>,
     /// Snapshot outcomes and unreachable peers, for the node.
     reports: mpsc::UnboundedSender<Input>,
+    /// How connections are opened (TLS for `https://` peer URLs).
+    dialer: Dialer,
 }
 
 impl Transport {
@@ -72,12 +73,24 @@ impl Transport {
         clock: Arc<dyn Clock>,
         reports: mpsc::UnboundedSender<Input>,
     ) -> Transport {
+        Transport::start_with(local, peers, clock, reports, Dialer::default())
+    }
+
+    /// [`Transport::start`], dialing peers through `dialer` (peer TLS).
+    pub fn start_with(
+        local: LocalIdentity,
+        peers: BTreeMap<u64, String>,
+        clock: Arc<dyn Clock>,
+        reports: mpsc::UnboundedSender<Input>,
+        dialer: Dialer,
+    ) -> Transport {
         let transport = Transport {
             local,
             clock,
             peers: Mutex::new(BTreeMap::new()),
             dropped: Arc::new(AtomicU64::new(0)),
             reports,
+            dialer,
         };
         transport.set_peers(peers);
         transport
@@ -100,10 +113,16 @@ impl Transport {
                 url: url.clone(),
                 clock: Arc::clone(&self.clock),
                 reports: self.reports.clone(),
+                dialer: self.dialer.clone(),
             };
             tokio::spawn(sender.run(rx));
             peers.insert(peer, PeerQueue { url, queue: tx });
         }
+    }
+
+    /// How this transport opens connections to peers.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The peer URL the transport reaches `member` at.
@@ -146,6 +165,7 @@ impl Transport {
         };
         tokio::spawn(send_snapshot(
             self.local,
+            self.dialer.clone(),
             url.clone(),
             message,
             self.reports.clone(),
@@ -176,6 +196,7 @@ struct PeerSender {
     url: String,
     clock: Arc<dyn Clock>,
     reports: mpsc::UnboundedSender<Input>,
+    dialer: Dialer,
 }
 
 impl PeerSender {
@@ -198,14 +219,12 @@ impl PeerSender {
             let Some(first) = queue.recv().await else {
                 return;
             };
-            let connected = match Endpoint::from_shared(url.clone()) {
-                Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
-                Err(e) => {
-                    tracing::error!(peer, %url, error = %e, "unusable peer URL; dropping its traffic");
-                    while queue.recv().await.is_some() {}
-                    return;
-                }
-            };
+            if let Err(e) = tonic::transport::Uri::try_from(url.as_str()) {
+                tracing::error!(peer, %url, error = %e, "unusable peer URL; dropping its traffic");
+                while queue.recv().await.is_some() {}
+                return;
+            }
+            let connected = self.dialer.connect(&url, Some(CONNECT_TIMEOUT)).await;
             let channel = match connected {
                 Ok(channel) => channel,
                 Err(e) => {

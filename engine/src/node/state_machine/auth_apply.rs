@@ -37,6 +37,13 @@ impl StateMachine {
             Some(Credential::Invalid) => return Err(Error::InvalidAuthToken),
             Some(Credential::Token(token)) => token,
         };
+        if let Some(user) = token.strip_prefix(auth::COMMON_NAME_CALLER) {
+            // A verified certificate names its user directly, at the current revision.
+            return Ok(AuthInfo {
+                username: user.to_string(),
+                revision: self.auth.revision(),
+            });
+        }
         match self.tokens.info(token, now_ms) {
             Some(username) => Ok(AuthInfo {
                 username,

@@ -1,0 +1,163 @@
+//! Peer TLS with real processes: a 3-member cluster whose peer URLs are `https://`, with
+//! `--peer-client-cert-auth`, elects, replicates and survives killing its leader; a fourth
+//! process with a self-signed certificate (`--peer-auto-tls`) is refused at the handshake,
+//! before any raft message is read, and the cluster does not notice it.
+
+// Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
+#![cfg(not(madsim))]
+
+mod common;
+mod tls_common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use tls_common::{eventually, Ca};
+
+fn peer_url(ports: Ports) -> String {
+    format!("https://127.0.0.1:{}", ports.peer)
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=2s", "--command-timeout=4s"])
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The member id of the leader, as member `endpoint` sees it.
+fn leader(endpoint: &str) -> Result<u64> {
+    let json = etcdctl(endpoint, &["endpoint", "status", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    let leader = v[0]["Status"]["leader"]
+        .as_u64()
+        .context("leader in status")?;
+    anyhow::ensure!(leader != 0, "no leader yet");
+    Ok(leader)
+}
+
+fn member_id(endpoint: &str) -> Result<u64> {
+    let json = etcdctl(endpoint, &["endpoint", "status", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&json)?;
+    v[0]["Status"]["header"]["member_id"]
+        .as_u64()
+        .context("member id")
+}
+
+#[test]
+fn a_cluster_on_peer_tls_replicates_survives_its_leader_and_refuses_a_rogue_peer() -> Result<()> {
+    require_on_path("etcdctl")?;
+    let dir = TempDir::new("tls-peers")?;
+    let ca = Ca::new(dir.path(), "peer-ca")?;
+    let ports: Vec<Ports> = (0..3).map(|_| Ports::pick()).collect();
+    let cluster: Vec<String> = (0..3)
+        .map(|i| format!("n{i}={}", peer_url(ports[i])))
+        .collect();
+    let mut members = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let leaf = ca.issue(&format!("peer{i}"), &format!("n{i}"))?;
+        let args = vec![
+            format!("--name=n{i}"),
+            format!("--data-dir={}", dir.path().join(format!("n{i}")).display()),
+            format!("--listen-client-urls={}", p.client_url()),
+            format!("--advertise-client-urls={}", p.client_url()),
+            format!("--listen-peer-urls={}", peer_url(*p)),
+            format!("--initial-advertise-peer-urls={}", peer_url(*p)),
+            format!("--initial-cluster={}", cluster.join(",")),
+            format!("--peer-cert-file={}", leaf.cert.display()),
+            format!("--peer-key-file={}", leaf.key.display()),
+            format!("--peer-trusted-ca-file={}", ca.cert_path.display()),
+            "--peer-client-cert-auth".to_string(),
+        ];
+        let log = dir.path().join(format!("n{i}.log"));
+        members.push(Server::spawn(
+            &format!("n{i}"),
+            &keel_bin(),
+            &args,
+            *p,
+            &log,
+        )?);
+    }
+    let mut members: Vec<Server> = members
+        .into_iter()
+        .map(|m| m.wait_ready(common::START_TIMEOUT))
+        .collect::<Result<_>>()?;
+    let eps: Vec<String> = ports.iter().map(|p| p.client_url()).collect();
+    let elected = eventually(Duration::from_secs(15), || leader(&eps[0]))?;
+    eventually(Duration::from_secs(10), || {
+        etcdctl(&eps[0], &["put", "k", "v1"])
+    })?;
+    for ep in &eps {
+        let got = eventually(Duration::from_secs(5), || etcdctl(ep, &["get", "k"]))?;
+        assert_eq!(got, "k\nv1\n", "replicated to {ep} over peer TLS");
+    }
+
+    // A rogue: a self-signed peer certificate, claiming a seat next to n0.
+    let rogue_ports = Ports::pick();
+    let rogue_args = vec![
+        "--name=rogue".to_string(),
+        format!("--data-dir={}", dir.path().join("rogue").display()),
+        format!("--listen-client-urls={}", rogue_ports.client_url()),
+        format!("--advertise-client-urls={}", rogue_ports.client_url()),
+        format!("--listen-peer-urls={}", peer_url(rogue_ports)),
+        format!("--initial-advertise-peer-urls={}", peer_url(rogue_ports)),
+        format!(
+            "--initial-cluster=rogue={},{}",
+            peer_url(rogue_ports),
+            cluster.join(",")
+        ),
+        "--peer-auto-tls".to_string(),
+    ];
+    let rogue_log = dir.path().join("rogue.log");
+    let _rogue = Server::start("rogue", &keel_bin(), &rogue_args, rogue_ports, &rogue_log)?;
+    let refused = eventually(Duration::from_secs(10), || {
+        let logs: String = members.iter().map(|m| m.log_tail(200_000)).collect();
+        anyhow::ensure!(
+            logs.contains("rejected connection (TLS handshake)"),
+            "not yet"
+        );
+        Ok(())
+    });
+    refused.context("the members refuse the rogue's handshakes")?;
+    let logs: String = members.iter().map(|m| m.log_tail(200_000)).collect();
+    assert!(
+        !logs.contains("belongs to cluster"),
+        "no raft message of the rogue was read (the cluster id check never ran)"
+    );
+    assert_eq!(leader(&eps[1])?, elected, "the rogue disturbed no election");
+    let list = etcdctl(&eps[1], &["member", "list"])?;
+    assert_eq!(list.lines().count(), 3, "still three members: {list}");
+
+    // Kill the leader; the other two elect a new one and keep serving.
+    let victim = (0..3)
+        .find(|&i| member_id(&eps[i]).ok() == Some(elected))
+        .context("the leader is one of the three")?;
+    members[victim].kill();
+    let alive: Vec<&String> = (0..3).filter(|&i| i != victim).map(|i| &eps[i]).collect();
+    let next = eventually(Duration::from_secs(15), || {
+        let l = leader(alive[0])?;
+        anyhow::ensure!(l != elected, "old leader still reported");
+        Ok(l)
+    })?;
+    assert_ne!(next, elected, "a new leader");
+    eventually(Duration::from_secs(10), || {
+        etcdctl(alive[0], &["put", "k", "v2"])
+    })?;
+    let got = eventually(Duration::from_secs(5), || {
+        let got = etcdctl(alive[1], &["get", "k"])?;
+        anyhow::ensure!(got == "k\nv2\n", "not yet: {got}");
+        Ok(got)
+    })?;
+    assert_eq!(got, "k\nv2\n", "replicated after the leader died");
+    Ok(())
+}
