@@ -31,7 +31,7 @@
 
 pub mod check;
 pub mod gen;
-#[cfg(feature = "harness")]
+#[cfg(all(feature = "harness", not(madsim)))]
 pub mod harness;
 pub mod history;
 pub mod model;

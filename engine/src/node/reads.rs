@@ -17,6 +17,9 @@ use crate::request::{Read, Route};
 /// Requests waiting for a leader, at most.
 pub const WAITING_FOR_LEADER_MAX: usize = 10_000;
 
+/// A confirmed round: its read index, when it started (node clock, ms), its reads.
+type Confirmed = (u64, u64, Vec<(u64, Read)>);
+
 /// Linearizable reads waiting for, in, or confirmed by a ReadIndex round.
 #[derive(Debug)]
 pub(super) struct ReadQueue {
@@ -30,8 +33,8 @@ pub(super) struct ReadQueue {
     next_ctx: u64,
     /// When the round in flight started (node clock, ms).
     round_started_ms: u64,
-    /// Confirmed read index → reads to serve once applied reaches it.
-    confirmed: VecDeque<(u64, Vec<(u64, Read)>)>,
+    /// Confirmed read index, when its round started → reads to serve once applied reaches it.
+    confirmed: VecDeque<Confirmed>,
 }
 
 impl ReadQueue {
@@ -87,20 +90,22 @@ impl ReadQueue {
             return false;
         }
         if let Some((_, batch)) = self.in_flight.take() {
-            self.confirmed.push_back((index, batch));
+            self.confirmed
+                .push_back((index, self.round_started_ms, batch));
         }
         true
     }
 
-    /// The confirmed reads the applied index has reached, in order.
-    pub(super) fn take_servable(&mut self, applied: u64) -> Vec<(u64, Read)> {
+    /// The confirmed reads the applied index has reached, in order, each with the time its
+    /// round started (the confirmation says this member led then, not now).
+    pub(super) fn take_servable(&mut self, applied: u64) -> Vec<(u64, Read, u64)> {
         let mut reads = Vec::new();
-        while let Some((index, _)) = self.confirmed.front() {
+        while let Some((index, _, _)) = self.confirmed.front() {
             if *index > applied {
                 break;
             }
-            if let Some((_, mut batch)) = self.confirmed.pop_front() {
-                reads.append(&mut batch);
+            if let Some((_, started_ms, batch)) = self.confirmed.pop_front() {
+                reads.extend(batch.into_iter().map(|(t, r)| (t, r, started_ms)));
             }
         }
         reads

@@ -296,9 +296,21 @@ impl Node {
     pub(super) fn serve_confirmed_reads(&mut self) {
         let reads = self.reads.take_servable(self.sm.applied_index());
         let leading = self.core.is_leader();
-        for (token, read) in reads {
+        let stale_before = self
+            .clock
+            .now_ms
+            .saturating_sub(self.clock.election_timeout_ms());
+        for (token, read, started_ms) in reads {
             if let Err(e) = self.check_served(token, &read) {
                 self.reply(token, Err(e));
+                continue;
+            }
+            if matches!(read, Read::LeaseKeepAlive(_)) && started_ms < stale_before {
+                // The round proves this member led when it started, an election timeout or
+                // more ago (it was paused, or its acks were held up): another member may have
+                // been elected since and expired the lease. A renewal now could outlive the
+                // lease there, so the client is sent to find the current leader instead.
+                self.reply(token, Err(Error::NotLeader));
                 continue;
             }
             let result = self.sm.serve_confirmed_read(self.clock, leading, read);

@@ -63,9 +63,11 @@ enum Command {
         unrecorded_deletes: bool,
     },
     /// Run a real cluster under faults and check it (root only).
+    #[cfg(not(madsim))]
     Test(test_cmd::TestArgs),
 }
 
+#[cfg(not(madsim))]
 #[path = "keel-jepsen/test_cmd.rs"]
 mod test_cmd;
 
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             };
             check_watch(&history, &watches, &options)
         }
+        #[cfg(not(madsim))]
         Command::Test(args) => test_cmd::run(args),
     }
 }

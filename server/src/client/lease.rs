@@ -15,25 +15,38 @@ use crate::status::to_status;
 
 /// Keepalive answers queued towards one client stream, at most.
 pub const KEEPALIVE_REPLIES_MAX: usize = 64;
+/// How long a keepalive waits for a leader to be known before it fails.
+pub const KEEPALIVE_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The pause between tries while no other leader is known.
+const KEEPALIVE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Services {
-    /// One keepalive: served by the leader, forwarded to it by a follower.
+    /// One keepalive: served by the leader, forwarded to it by a follower. A member that
+    /// still believes it leads but could not confirm it recently (it was paused, or cut off)
+    /// answers not-leader; as etcd's `LeaseRenew` waits for a leader, the keepalive is tried
+    /// again until a leader is known (this member, confirmed afresh, or another one, which is
+    /// asked), for at most [`KEEPALIVE_LEADER_WAIT`].
     async fn keep_alive(
         &self,
         keepalive: LeaseKeepAliveRequest,
     ) -> Result<LeaseKeepAliveResponse, Status> {
-        match self.handle.call(keepalive).await {
-            Ok(r) => Ok(r),
-            Err(Error::NotLeader) => {
-                let status = self.handle.status().await.map_err(to_status)?;
-                if status.leader == 0 || status.leader == status.member_id {
-                    return Err(to_status(Error::NoLeader));
-                }
+        let give_up = tokio::time::Instant::now() + KEEPALIVE_LEADER_WAIT;
+        loop {
+            match self.handle.call(keepalive).await {
+                Ok(r) => return Ok(r),
+                Err(Error::NotLeader) => {}
+                Err(e) => return Err(to_status(e)),
+            }
+            let status = self.handle.status().await.map_err(to_status)?;
+            if status.leader != 0 && status.leader != status.member_id {
                 let mut resp = self.forwarder.keep_alive(status.leader, keepalive).await?;
                 self.local_header(&mut resp.header);
-                Ok(resp)
+                return Ok(resp);
             }
-            Err(e) => Err(to_status(e)),
+            if tokio::time::Instant::now() >= give_up {
+                return Err(to_status(Error::NoLeader));
+            }
+            tokio::time::sleep(KEEPALIVE_RETRY).await;
         }
     }
 }
