@@ -389,7 +389,7 @@ pub enum ConfigError {
     },
     /// An `--auth-token` that does not parse, or whose keys do not load.
     #[error("--auth-token: {0}")]
-    AuthToken(crate::client::token::TokenError),
+    AuthToken(crate::tokens::TokenError),
     /// A maintenance flag (quota, auto-compaction, corruption checks) that does not parse.
     #[error("{0}")]
     Maintenance(String),
@@ -477,8 +477,8 @@ impl Config {
 
     /// `--auth-token` (etcd's syntax): `simple`, or `jwt,pub-key=…,priv-key=…,sign-method=…,
     /// ttl=…`; keys are read now, and a bad flag stops the start with etcd's error text.
-    pub fn auth_tokens(&self) -> Result<crate::client::token::Tokens, ConfigError> {
-        crate::client::token::Tokens::parse(&self.auth_token).map_err(ConfigError::AuthToken)
+    pub fn auth_tokens(&self) -> Result<crate::tokens::Tokens, ConfigError> {
+        crate::tokens::Tokens::parse(&self.auth_token).map_err(ConfigError::AuthToken)
     }
 
     /// The raft tick length and election timeout in ticks.

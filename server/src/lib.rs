@@ -38,6 +38,7 @@ pub mod peer;
 pub mod status;
 #[cfg(not(madsim))]
 pub mod tls;
+pub mod tokens;
 pub mod version;
 
 use std::net::SocketAddr;

@@ -9,7 +9,7 @@
 //! token (etcd 3.4's simple tokens: `<16 letters>.<raft index>`). With `--auth-token jwt`
 //! the entry carries no token: once it applied (the login is current at the revision the
 //! password was checked at), this member signs a JWT for that user and revision
-//! ([`super::jwt`]). No password, hash or token is ever logged.
+//! ([`crate::tokens::jwt`]). No password, hash or token is ever logged.
 
 use keel_engine::error::Error;
 use keel_proto::etcdserverpb::auth_server::Auth;
@@ -28,9 +28,9 @@ use keel_proto::etcdserverpb::{
 use keel_proto::keelpb::{InternalAuthenticate, PasswordLookup};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::token::{TokenError, Tokens};
 use super::{auth_token, Services};
 use crate::status::to_status;
+use crate::tokens::{TokenError, Tokens};
 
 /// Authenticate tries this often when the auth store changes between the password check and
 /// the login's apply (etcd retries without bound).

@@ -17,7 +17,7 @@ pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod election;
-pub mod jwt;
+
 pub mod kv;
 pub mod lease;
 #[cfg(not(madsim))]

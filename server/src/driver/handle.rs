@@ -14,7 +14,7 @@ use keel_engine::watch::{StreamId, WatchInput, STREAM_WINDOW};
 use keel_proto::etcdserverpb::{WatchCreateRequest, WatchResponse};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::token::Tokens;
+use crate::tokens::Tokens;
 
 /// What the gRPC layer asks of the driver.
 pub(super) enum Command {

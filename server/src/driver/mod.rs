@@ -172,7 +172,7 @@ pub fn start(
             request_timeout,
             wal_bytes,
             snap_bytes,
-            tokens: crate::client::token::Tokens::Simple,
+            tokens: crate::tokens::Tokens::Simple,
             v2_hub,
         },
         fatal_rx,

@@ -2,7 +2,7 @@
 //! tests/auth_jwt.rs with openssl-made keys).
 
 use super::*;
-use crate::client::token::Tokens;
+use crate::tokens::Tokens;
 
 /// A scratch file removed on drop.
 struct Scratch(std::path::PathBuf);

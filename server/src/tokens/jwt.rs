@@ -25,7 +25,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use keel_engine::auth::{AuthInfo, Credential};
 use serde::{Deserialize, Serialize};
 
-use crate::client::token::{parse_go_duration, TokenError};
+use super::syntax::{parse_go_duration, TokenError};
 
 /// `ttl` when the option is not given (etcd's `DefaultTTL`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
