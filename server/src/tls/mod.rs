@@ -149,15 +149,7 @@ fn client_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
     };
     let given = !config.cert_file.is_empty() || !config.key_file.is_empty();
     if config.auto_tls && !given {
-        let dir = config.data_dir.join("fixtures").join("client");
-        let (cert, key) = auto::self_cert(&dir, &config.listen_client_urls)?;
-        return Ok(Some(TlsFiles {
-            cert,
-            key,
-            trusted_ca: None,
-            client_cert_auth: false,
-            self_signed: true,
-        }));
+        return auto_files(config, "client", &config.listen_client_urls).map(Some);
     }
     side_files(
         url,
@@ -173,6 +165,20 @@ fn client_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
     .map(Some)
 }
 
+/// `--auto-tls` / `--peer-auto-tls`: a self-signed certificate under the data dir's
+/// `fixtures/<side>`, made at the first start and reused after.
+fn auto_files(config: &Config, side: &str, urls: &str) -> Result<TlsFiles, TlsError> {
+    let dir = config.data_dir.join("fixtures").join(side);
+    let (cert, key) = auto::self_cert(&dir, urls)?;
+    Ok(TlsFiles {
+        cert,
+        key,
+        trusted_ca: None,
+        client_cert_auth: false,
+        self_signed: true,
+    })
+}
+
 fn peer_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
     let mut https = https_urls(&config.listen_peer_urls);
     https.extend(https_urls(&config.initial_advertise_peer_urls));
@@ -181,15 +187,7 @@ fn peer_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
     };
     let given = !config.peer_cert_file.is_empty() || !config.peer_key_file.is_empty();
     if config.peer_auto_tls && !given {
-        let dir = config.data_dir.join("fixtures").join("peer");
-        let (cert, key) = auto::self_cert(&dir, &config.listen_peer_urls)?;
-        return Ok(Some(TlsFiles {
-            cert,
-            key,
-            trusted_ca: None,
-            client_cert_auth: false,
-            self_signed: true,
-        }));
+        return auto_files(config, "peer", &config.listen_peer_urls).map(Some);
     }
     side_files(
         url,
