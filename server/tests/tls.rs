@@ -275,6 +275,15 @@ fn auto_tls_generates_a_self_signed_certificate_under_the_data_dir() -> Result<(
         "k\nv\n",
         "trusting the cert"
     );
+    let pem = std::fs::read(fixtures.join("cert.pem"))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).context("cert.pem is PEM")?;
+    let cert = pem.parse_x509().context("cert.pem is X.509")?;
+    let validity = cert.validity();
+    let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
+    assert_eq!(
+        days, 365,
+        "valid for one year, as etcd's (--self-signed-cert-validity 1)"
+    );
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! (`--cert-file --key-file --trusted-ca-file --client-cert-auth`, `https://` client URLs),
 //! answer the same etcdctl commands with the same output and the same errors: with a client
 //! certificate, without one, with one from another CA, trusting the wrong CA, with
-//! `--insecure-skip-tls-verify`, and logged in by a certificate's CommonName under auth.
+//! `--insecure-skip-tls-verify`, and logged in by a certificate's CommonName under auth; and
+//! with `--client-crl-file` and `--client-cert-allowed-hostname`, the same certificates
+//! refused.
 
 // Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
 #![cfg(not(madsim))]
@@ -113,6 +115,17 @@ fn run(endpoint: &str, pki: &Pki, who: As, args: &[&str]) -> Result<String> {
 }
 
 fn start(label: &str, program: &Path, dir: &Path, server: &Leaf, ca: &Path) -> Result<Server> {
+    start_with(label, program, dir, server, ca, &[])
+}
+
+fn start_with(
+    label: &str,
+    program: &Path,
+    dir: &Path,
+    server: &Leaf,
+    ca: &Path,
+    extra: &[String],
+) -> Result<Server> {
     let ports = Ports::pick();
     let client = format!("https://127.0.0.1:{}", ports.client);
     let mut args = vec![
@@ -125,6 +138,7 @@ fn start(label: &str, program: &Path, dir: &Path, server: &Leaf, ca: &Path) -> R
         format!("--initial-cluster={label}={}", ports.peer_url()),
     ];
     args.extend(client_tls_flags(server, Some(ca)));
+    args.extend(extra.iter().cloned());
     let log = dir.join(format!("{label}.log"));
     Server::start(label, program, &args, ports, &log)
 }
@@ -170,6 +184,84 @@ fn etcdctl_sees_keel_tls_as_etcd() -> Result<()> {
         differ.is_empty(),
         "keel differs from etcd:\n{}",
         differ.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn revoked_certificates_and_other_hosts_are_refused_as_etcd_refuses_them() -> Result<()> {
+    let etcd_bin = require_on_path("etcd")?;
+    require_on_path("etcdctl")?;
+    let dir = TempDir::new("tls-crl")?;
+    let ca = Ca::new(dir.path(), "ca")?;
+    let server = ca.issue("server", "server")?;
+    let good = ca.issue_with("good", "good", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(1001u64))
+    })?;
+    let revoked = ca.issue_with("revoked", "revoked", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(1002u64))
+    })?;
+    let elsewhere = ca.issue_with("elsewhere", "elsewhere", |p| {
+        p.serial_number = Some(rcgen::SerialNumber::from(1003u64));
+        p.subject_alt_names = vec![rcgen::SanType::DnsName(
+            "other.example".try_into().expect("a DNS name"),
+        )];
+    })?;
+    let crl = ca.crl("revoked.crl", &[1002])?;
+    let extra = [
+        format!("--client-crl-file={}", crl.display()),
+        "--client-cert-allowed-hostname=localhost".to_string(),
+    ];
+    let etcd = start_with(
+        "etcd",
+        &etcd_bin,
+        dir.path(),
+        &server,
+        &ca.cert_path,
+        &extra,
+    )?;
+    let keel = start_with(
+        "keel",
+        &keel_bin(),
+        dir.path(),
+        &server,
+        &ca.cert_path,
+        &extra,
+    )?;
+    let flags = |leaf: &Leaf| etcdctl_tls(&ca.cert_path, Some(leaf));
+    for s in [&etcd, &keel] {
+        let ready = || ok(etcdctl(&s.endpoint(), &flags(&good), &["put", "k", "v"])?);
+        eventually(Duration::from_secs(15), ready)?;
+    }
+    let mut seen = Vec::new();
+    for s in [&etcd, &keel] {
+        let mut runs = Vec::new();
+        for (who, leaf) in [
+            ("good", &good),
+            ("revoked", &revoked),
+            ("elsewhere", &elsewhere),
+        ] {
+            let out = etcdctl(&s.endpoint(), &flags(leaf), &["get", "k"])?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            runs.push(format!(
+                "{who}: ok={} stdout={:?} error={:?}",
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout),
+                stderr.lines().last().unwrap_or_default()
+            ));
+        }
+        seen.push(runs);
+    }
+    assert_eq!(seen[0], seen[1], "etcd (left) and keel (right) differ");
+    assert!(
+        seen[1][0].starts_with("good: ok=true") && seen[1][1].starts_with("revoked: ok=false"),
+        "the good certificate works and the revoked one is refused: {:?}",
+        seen[1]
+    );
+    assert!(
+        seen[1][2].starts_with("elsewhere: ok=false"),
+        "a certificate not valid for the allowed hostname is refused: {:?}",
+        seen[1]
     );
     Ok(())
 }

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 use super::error::TlsError;
 
 /// The certificate and key files under `dir`, generated now if either is missing, for the
-/// hosts of `urls` (a comma-separated URL list) plus `localhost` and 127.0.0.1.
-pub fn self_cert(dir: &Path, urls: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+/// hosts of `urls` (a comma-separated URL list) plus `localhost` and 127.0.0.1, valid from
+/// now for `years` years (`--self-signed-cert-validity`, etcd's 1 by default).
+pub fn self_cert(dir: &Path, urls: &str, years: u32) -> Result<(PathBuf, PathBuf), TlsError> {
+    if years == 0 {
+        return Err(TlsError::Flag(
+            "--self-signed-cert-validity must be at least 1 (years)".into(),
+        ));
+    }
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     if cert_path.exists() && key_path.exists() {
@@ -31,6 +37,9 @@ pub fn self_cert(dir: &Path, urls: &str) -> Result<(PathBuf, PathBuf), TlsError>
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "keel");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(365 * i64::from(years));
     let key = rcgen::KeyPair::generate().map_err(|e| auto(&e))?;
     let cert = params.self_signed(&key).map_err(|e| auto(&e))?;
     std::fs::create_dir_all(dir)

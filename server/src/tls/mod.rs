@@ -18,9 +18,11 @@ pub mod files;
 pub mod options;
 pub mod reload;
 pub mod stream;
+pub mod verify;
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
@@ -29,6 +31,7 @@ pub use error::TlsError;
 pub use files::TlsFiles;
 pub use options::TlsOptions;
 pub use reload::{Reloading, ServerTls};
+pub use verify::Allowed;
 
 /// ALPN protocols the client port offers, in the server's order of preference: a client
 /// that offers both (curl) speaks HTTP/1.1 to the gateway; gRPC clients offer only `h2`.
@@ -44,10 +47,21 @@ pub fn server_config(files: &TlsFiles, options: &TlsOptions) -> Result<ServerCon
     let builder = match (&files.trusted_ca, files.requires_client_cert()) {
         (Some(ca), true) => {
             let roots = files::roots("trusted CA file", ca)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &files.crl {
+                verifier = verifier
+                    .with_crls(verify::crls(crl)?)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
+            }
+            let verifier = verifier
                 .build()
                 .map_err(|e| content("trusted CA file", ca, e))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(verify::CheckedClient {
+                inner: verifier,
+                allowed: files.allowed.clone(),
+            }))
         }
         (None, true) => {
             return Err(TlsError::Flag(
@@ -71,13 +85,28 @@ pub fn client_config(files: &TlsFiles, options: &TlsOptions) -> Result<ClientCon
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(options.versions())
         .map_err(|e| TlsError::Flag(format!("TLS versions and cipher suites: {e}")))?;
-    let builder = match (&files.trusted_ca, files.self_signed) {
-        (Some(ca), _) => builder.with_root_certificates(files::roots("peer trusted CA file", ca)?),
-        (None, true) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(files::AcceptAny(provider))),
-        (None, false) => builder.with_root_certificates(rustls::RootCertStore::empty()),
-    };
+    let inner: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        match (&files.trusted_ca, files.self_signed) {
+            (Some(ca), _) => {
+                let roots = Arc::new(files::roots("peer trusted CA file", ca)?);
+                WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| content("peer trusted CA file", ca, e))?
+            }
+            (None, true) => Arc::new(files::AcceptAny(Arc::clone(&provider))),
+            (None, false) => {
+                let roots = Arc::new(rustls::RootCertStore::empty());
+                WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+                    .build()
+                    .map_err(|e| TlsError::Flag(format!("peer TLS without a trusted CA: {e}")))?
+            }
+        };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verify::CheckedServer {
+            inner,
+            allowed: files.allowed.clone(),
+        }));
     let mut config = builder.with_client_cert_resolver(Arc::new(files::Single(key)));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
@@ -148,8 +177,13 @@ fn client_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
         return Ok(None);
     };
     let given = !config.cert_file.is_empty() || !config.key_file.is_empty();
+    let checks = (
+        &config.client_crl_file,
+        Allowed::from_flags("", &config.client_cert_allowed_hostname)?,
+    );
     if config.auto_tls && !given {
-        return auto_files(config, "client", &config.listen_client_urls).map(Some);
+        let auto = auto_files(config, "client", &config.listen_client_urls)?;
+        return Ok(Some(with_checks(auto, checks)));
     }
     side_files(
         url,
@@ -162,20 +196,28 @@ fn client_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
             "--trusted-ca-file",
         ),
     )
-    .map(Some)
+    .map(|files| Some(with_checks(files, checks)))
+}
+
+/// `files` with the CRL (a path, "" for none) and the allowed name of its side's flags.
+fn with_checks(mut files: TlsFiles, (crl, allowed): (&String, Allowed)) -> TlsFiles {
+    files.crl = (!crl.is_empty()).then(|| crl.into());
+    files.allowed = allowed;
+    files
 }
 
 /// `--auto-tls` / `--peer-auto-tls`: a self-signed certificate under the data dir's
 /// `fixtures/<side>`, made at the first start and reused after.
 fn auto_files(config: &Config, side: &str, urls: &str) -> Result<TlsFiles, TlsError> {
     let dir = config.data_dir.join("fixtures").join(side);
-    let (cert, key) = auto::self_cert(&dir, urls)?;
+    let (cert, key) = auto::self_cert(&dir, urls, config.self_signed_cert_validity)?;
     Ok(TlsFiles {
         cert,
         key,
         trusted_ca: None,
         client_cert_auth: false,
         self_signed: true,
+        ..TlsFiles::default()
     })
 }
 
@@ -186,8 +228,16 @@ fn peer_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
         return Ok(None);
     };
     let given = !config.peer_cert_file.is_empty() || !config.peer_key_file.is_empty();
+    let checks = (
+        &config.peer_crl_file,
+        Allowed::from_flags(
+            &config.peer_cert_allowed_cn,
+            &config.peer_cert_allowed_hostname,
+        )?,
+    );
     if config.peer_auto_tls && !given {
-        return auto_files(config, "peer", &config.listen_peer_urls).map(Some);
+        let auto = auto_files(config, "peer", &config.listen_peer_urls)?;
+        return Ok(Some(with_checks(auto, checks)));
     }
     side_files(
         url,
@@ -204,7 +254,7 @@ fn peer_files(config: &Config) -> Result<Option<TlsFiles>, TlsError> {
             "--peer-trusted-ca-file",
         ),
     )
-    .map(Some)
+    .map(|files| Some(with_checks(files, checks)))
 }
 
 fn side_files(
@@ -231,5 +281,6 @@ fn side_files(
         trusted_ca: (!ca.is_empty()).then(|| ca.into()),
         client_cert_auth,
         self_signed: false,
+        ..TlsFiles::default()
     })
 }

@@ -76,6 +76,34 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A certificate revocation list signed by this CA listing `serials`, DER (etcd's
+    /// format), as `dir/file`.
+    pub fn crl(&self, file: &str, serials: &[u64]) -> Result<PathBuf> {
+        let revoked_certs = serials
+            .iter()
+            .map(|&serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)?;
+        let path = self.dir.join(file);
+        std::fs::write(&path, crl.der())?;
+        Ok(path)
+    }
+}
+
 /// Server flags for `leaf` (and `--trusted-ca-file`/`--client-cert-auth` when `ca` is given).
 pub fn client_tls_flags(leaf: &Leaf, ca: Option<&Path>) -> Vec<String> {
     let mut flags = vec![

@@ -89,7 +89,7 @@ fn unknown_etcd_variables_are_warned_about() {
 fn etcd_flags_keel_lacks_are_accepted_only_at_etcds_default() {
     let loaded = load_with(
         &["--wal-dir=", "--strict-reconfig-check", "--max-wals", "5"],
-        &[("ETCD_ENABLE_PPROF", "false"), ("ETCD_PEER_CRL_FILE", "")],
+        &[("ETCD_ENABLE_PPROF", "false"), ("ETCD_DISCOVERY_SRV", "")],
     )
     .expect("etcd's defaults are what keel does");
     assert_eq!(loaded.notes.len(), 5, "each one noted: {:?}", loaded.notes);
