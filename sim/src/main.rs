@@ -82,6 +82,11 @@ mod cli {
         /// proposed by the leader from the simulated clock.
         #[arg(long = "auto-compaction")]
         auto_compaction: Option<String>,
+        /// Auth mode: users and roles on disjoint prefixes, auth clients logged in as them,
+        /// and a churn client granting and revoking permissions and roles and deleting users
+        /// during the faults (lease, watch and lock clients off).
+        #[arg(long)]
+        auth: bool,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
@@ -121,6 +126,7 @@ mod cli {
             lock_clients: args.lock_clients,
             lock_rogue: args.lock_rogue,
             auto_compaction: args.auto_compaction.clone(),
+            auth: args.auth,
             ..SimConfig::new(seed)
         }
     }
