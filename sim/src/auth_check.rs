@@ -56,9 +56,12 @@
 //! Other refusals (`invalid auth token`, `revision of auth store is old`, ...) are never
 //! wrong: the client re-authenticates and retries, as etcd's client does.
 //!
-//! Refusals are checked on one-member clusters only: on several members, a write arriving at
-//! a follower is checked first against that follower's applied state, which may lag a change
-//! another member already acknowledged.
+//! Refusals of writes are checked on one-member clusters only: on several members, a write
+//! arriving at a follower is checked first against that follower's applied state, which may
+//! lag a change another member already acknowledged. Refusals of linearizable reads are
+//! checked on any cluster (a read is checked when served, after its ReadIndex round, so the
+//! serving member has applied every change acknowledged before the read was sent);
+//! serializable reads are never (they may be served by a lagging member).
 //!
 //! # Worked example
 //! ```text
@@ -472,58 +475,74 @@ impl Model {
     }
 }
 
-/// Checks the run's auth log (see the module doc); `refusals`: also check `permission
-/// denied` answers (one-member clusters). At most one failure per direction, the first.
-pub fn check_auth(changes: &[AuthChange], ops: &[AuthOp], refusals: bool) -> Vec<Failure> {
+/// Checks the run's auth log (see the module doc); `one_member`: also check `permission
+/// denied` answers to writes (reads' are checked on any cluster). At most one failure per
+/// direction, the first.
+pub fn check_auth(changes: &[AuthChange], ops: &[AuthOp], one_member: bool) -> Vec<Failure> {
     let model = Model::new(changes, ops);
-    let mut failures = Vec::new();
-    let served = ops.iter().find_map(|op| {
-        let OpOutcome::Served { revision, wrote } = op.outcome else {
-            return None;
-        };
-        let (lo, hi) = if wrote {
-            ((revision, 0, 0), (revision, 0, 0))
-        } else {
-            ((revision, 0, usize::MAX), (revision + 1, 0, 0))
-        };
-        op.needs.iter().find_map(|(prefix, bits)| {
-            [READ, WRITE].into_iter().filter(|b| bits & b != 0).find_map(|bit| {
-                model.maybe_allowed(&op.user, prefix, bit, lo, hi).err().map(|why| {
-                    Failure::new(
-                        FailureKind::AuthServedWithoutPermission,
-                        format!(
-                            "{} was served at revision {revision} without {} permission on {prefix}* at its apply point",
-                            op.user,
-                            perm_name(bit)
-                        ),
-                        model.evidence(op, &why),
-                    )
-                })
-            })
+    let served = ops
+        .iter()
+        .find_map(|op| served_without_permission(&model, op));
+    let refused = ops
+        .iter()
+        .filter(|op| op.outcome == OpOutcome::Denied && !op.serializable)
+        .filter(|op| one_member || op.needs.iter().all(|(_, bits)| bits & WRITE == 0))
+        .find_map(|op| refused_with_permission(&model, op));
+    served.into_iter().chain(refused).collect()
+}
+
+/// Each single access `op` needs: (prefix, one permission bit).
+fn accesses(op: &AuthOp) -> impl Iterator<Item = (&str, u8)> {
+    op.needs.iter().flat_map(|(prefix, bits)| {
+        [READ, WRITE]
+            .into_iter()
+            .filter(move |b| bits & b != 0)
+            .map(move |b| (prefix.as_str(), b))
+    })
+}
+
+/// A served `op` no possible auth state at its position allowed, as a failure.
+fn served_without_permission(model: &Model, op: &AuthOp) -> Option<Failure> {
+    let OpOutcome::Served { revision, wrote } = op.outcome else {
+        return None;
+    };
+    let (lo, hi) = if wrote {
+        ((revision, 0, 0), (revision, 0, 0))
+    } else {
+        ((revision, 0, usize::MAX), (revision + 1, 0, 0))
+    };
+    accesses(op).find_map(|(prefix, bit)| {
+        let why = model.maybe_allowed(&op.user, prefix, bit, lo, hi).err()?;
+        Some(Failure::new(
+            FailureKind::AuthServedWithoutPermission,
+            format!(
+                "{} was served at revision {revision} without {} permission on {prefix}* at \
+                 its apply point",
+                op.user,
+                perm_name(bit)
+            ),
+            model.evidence(op, &why),
+        ))
+    })
+}
+
+/// A `permission denied` to `op` while one role surely granted each access it needed
+/// throughout, as a failure.
+fn refused_with_permission(model: &Model, op: &AuthOp) -> Option<Failure> {
+    let roles: Vec<String> = accesses(op)
+        .map(|(prefix, bit)| {
+            model.surely_allowed(&op.user, prefix, bit, op.invoke_ns, op.complete_ns)
         })
-    });
-    failures.extend(served);
-    if refusals {
-        let refused = ops.iter().filter(|op| op.outcome == OpOutcome::Denied && !op.serializable).find_map(|op| {
-            let all: Option<Vec<String>> = op
-                .needs
-                .iter()
-                .flat_map(|(prefix, bits)| [READ, WRITE].into_iter().filter(move |b| bits & b != 0).map(move |b| (prefix, b)))
-                .map(|(prefix, bit)| model.surely_allowed(&op.user, prefix, bit, op.invoke_ns, op.complete_ns))
-                .collect();
-            let roles = all?;
-            Some(Failure::new(
-                FailureKind::AuthRefusedWithPermission,
-                format!(
-                    "{} was refused with permission denied though roles {roles:?} granted what it needed throughout the request",
-                    op.user
-                ),
-                vec![op.to_string()],
-            ))
-        });
-        failures.extend(refused);
-    }
-    failures
+        .collect::<Option<_>>()?;
+    Some(Failure::new(
+        FailureKind::AuthRefusedWithPermission,
+        format!(
+            "{} was refused with permission denied though roles {roles:?} granted what it \
+             needed throughout the request",
+            op.user
+        ),
+        vec![op.to_string()],
+    ))
 }
 
 #[cfg(test)]

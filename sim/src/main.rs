@@ -64,7 +64,8 @@ mod cli {
         #[arg(long)]
         lock_rogue: bool,
         /// Inject a bug (repeatable): ack-before-fsync, skip-crc, stale-read,
-        /// watch-skip-compaction-boundary, lease-expire-on-follower-clock.
+        /// watch-skip-compaction-boundary, lease-expire-on-follower-clock, skip-apply-auth-check
+        /// (see `keel_engine::bugs::Bug`).
         #[arg(long = "bug", value_parser = parse_bug)]
         bugs: Vec<Bug>,
         /// Add a learner, let it join and promote it during the faults (membership nemesis).

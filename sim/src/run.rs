@@ -466,7 +466,7 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
     }
     if config.auth {
         let (changes, ops) = auth_log.records();
-        // Refusals only on one member (see `auth_check`).
+        // Refusals of writes only on one member (see `auth_check`).
         failures.extend(check_auth(&changes, &ops, config.nodes == 1));
     }
     for i in 0..config.nodes {
