@@ -42,11 +42,15 @@ pub enum Bug {
     /// changed. Its store then differs from the others' (HashKV), which the corruption checks
     /// must catch with the `CORRUPT` alarm.
     ApplyWrong,
+    /// Writes are checked against the auth store only when they arrive, not again at apply:
+    /// a put accepted before a revoke that lands between its arrival and its apply is
+    /// applied without the permission.
+    SkipApplyAuthCheck,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -57,6 +61,7 @@ impl Bug {
         Bug::ForgetVote,
         Bug::ReleaseWalEarly,
         Bug::ApplyWrong,
+        Bug::SkipApplyAuthCheck,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -72,6 +77,7 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::ReleaseWalEarly => "release-wal-early",
             Bug::ApplyWrong => "apply-wrong",
+            Bug::SkipApplyAuthCheck => "skip-apply-auth-check",
         }
     }
 

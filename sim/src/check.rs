@@ -43,6 +43,14 @@ pub enum FailureKind {
     AckAfterDiskFault,
     /// A member started on a WAL with a flipped bit and served: corruption went undetected.
     UndetectedCorruption,
+    /// An auth client's request was served without the permission it needed at its apply
+    /// point (`src/auth_check.rs`).
+    AuthServedWithoutPermission,
+    /// An auth client's request was refused with `permission denied` though its user had the
+    /// permission throughout (`src/auth_check.rs`).
+    AuthRefusedWithPermission,
+    /// The auth setup (root, auth enable, users and roles) or the final auth disable failed.
+    AuthSetup,
     /// The simulation panicked (an assertion in keel or the harness).
     Panic,
 }
@@ -66,6 +74,9 @@ impl FailureKind {
             FailureKind::LockOverlap => "lock-overlap",
             FailureKind::AckAfterDiskFault => "ack-after-disk-fault",
             FailureKind::UndetectedCorruption => "undetected-corruption",
+            FailureKind::AuthServedWithoutPermission => "auth-served-without-permission",
+            FailureKind::AuthRefusedWithPermission => "auth-refused-with-permission",
+            FailureKind::AuthSetup => "auth-setup",
             FailureKind::Panic => "panic",
         }
     }

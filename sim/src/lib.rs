@@ -18,6 +18,11 @@
 
 #[cfg(madsim)]
 pub mod alarm;
+#[cfg(madsim)]
+pub mod auth;
+pub mod auth_check;
+#[cfg(madsim)]
+pub mod auth_client;
 pub mod check;
 pub mod clock;
 #[cfg(madsim)]

@@ -64,7 +64,8 @@ mod cli {
         #[arg(long)]
         lock_rogue: bool,
         /// Inject a bug (repeatable): ack-before-fsync, skip-crc, stale-read,
-        /// watch-skip-compaction-boundary, lease-expire-on-follower-clock.
+        /// watch-skip-compaction-boundary, lease-expire-on-follower-clock, skip-apply-auth-check
+        /// (see `keel_engine::bugs::Bug`).
         #[arg(long = "bug", value_parser = parse_bug)]
         bugs: Vec<Bug>,
         /// Add a learner, let it join and promote it during the faults (membership nemesis).
@@ -82,6 +83,11 @@ mod cli {
         /// proposed by the leader from the simulated clock.
         #[arg(long = "auto-compaction")]
         auto_compaction: Option<String>,
+        /// Auth mode: users and roles on disjoint prefixes, auth clients logged in as them,
+        /// and a churn client granting and revoking permissions and roles and deleting users
+        /// during the faults (lease, watch and lock clients off).
+        #[arg(long)]
+        auth: bool,
         /// Print the single seed's trace (every nemesis event and operation).
         #[arg(long)]
         trace: bool,
@@ -121,6 +127,7 @@ mod cli {
             lock_clients: args.lock_clients,
             lock_rogue: args.lock_rogue,
             auto_compaction: args.auto_compaction.clone(),
+            auth: args.auth,
             ..SimConfig::new(seed)
         }
     }

@@ -12,6 +12,9 @@ use keel_proto::etcdserverpb::HashKvRequest;
 use madsim::runtime::Runtime;
 
 use crate::alarm::{disarm_alarms, is_no_space_text};
+use crate::auth;
+use crate::auth_check::{check_auth, AuthLog};
+use crate::auth_client::spawn_auth_clients;
 use crate::check::{acked_writes_survive, events_between, Failure, FailureKind};
 use crate::cluster::Cluster;
 use crate::history::{to_jepsen, Entry, Op, Outcome};
@@ -67,6 +70,10 @@ pub struct SimConfig {
     /// Every member runs periodic auto-compaction with this retention (`--auto-compaction-
     /// retention`, e.g. `1s`), proposed by the leader from the simulated clock.
     pub auto_compaction: Option<String>,
+    /// Auth mode (`src/auth.rs`): root, users and roles, auth enable; `clients` auth clients
+    /// log in as users while a churn client changes their permissions during the faults;
+    /// lease, watch and lock clients (which have no credentials) do not run.
+    pub auth: bool,
 }
 
 impl SimConfig {
@@ -86,18 +93,39 @@ impl SimConfig {
             lock_clients: 0,
             lock_rogue: false,
             auto_compaction: None,
+            auth: false,
+        }
+    }
+
+    /// In auth mode, no lease, watch or lock clients: they carry no token, so auth would
+    /// refuse all they do.
+    fn without_uncredentialed_clients(&self) -> SimConfig {
+        match self.auth {
+            true => SimConfig {
+                lease_clients: 0,
+                watch_clients: 0,
+                lock_clients: 0,
+                lock_rogue: false,
+                ..self.clone()
+            },
+            false => self.clone(),
         }
     }
 
     /// The server flags every member gets beyond the simulator's own.
     pub fn extra_flags(&self) -> Vec<String> {
-        match &self.auto_compaction {
+        let mut flags = match &self.auto_compaction {
             Some(retention) => vec![
                 "--auto-compaction-mode=periodic".to_string(),
                 format!("--auto-compaction-retention={retention}"),
             ],
             None => Vec::new(),
+        };
+        if self.auth {
+            // bcrypt's smallest cost: hashing is real CPU time, which a simulation only wastes.
+            flags.push("--bcrypt-cost=4".to_string());
         }
+        flags
     }
 
     /// The seed's fault mix.
@@ -140,6 +168,9 @@ impl SimConfig {
         }
         if let Some(retention) = &self.auto_compaction {
             cmd.push_str(&format!(" --auto-compaction {retention}"));
+        }
+        if self.auth {
+            cmd.push_str(" --auth");
         }
         cmd
     }
@@ -365,8 +396,21 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
 
 /// The safety phase, the liveness phase and the checks; returns the failures.
 async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) -> Vec<Failure> {
+    let auth_log = AuthLog::default();
+    let admin = match config.auth {
+        true => match auth::setup(cluster, ctx, &auth_log, config.seed).await {
+            Ok(admin) => Some(admin),
+            Err(f) => return vec![f],
+        },
+        false => None,
+    };
+    let config = &config.without_uncredentialed_clients();
     let until = tokio::time::Instant::now() + Duration::from_secs(config.duration_s);
-    let mut clients = spawn_clients(cluster, ctx, config.clients, config.seed, until);
+    let mut clients = match config.auth {
+        true => spawn_auth_clients(cluster, ctx, &auth_log, config.clients, config.seed, until),
+        false => spawn_clients(cluster, ctx, config.clients, config.seed, until),
+    };
+    let churn = admin.map(|admin| auth::spawn_churn(cluster, admin, until));
     clients.extend(spawn_lease_clients(
         cluster,
         ctx,
@@ -403,12 +447,28 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
     for c in clients {
         let _ = c.await;
     }
+    let admin = match churn {
+        Some(churn) => churn.await.ok(),
+        None => None,
+    };
     nemesis.heal();
     let mut failures: Vec<Failure> = ctx.violations();
     failures.extend(check_locks(&locks.holdings()));
     let healed_ns = ctx.now_ns();
     let bound = Duration::from_secs(config.liveness_bound_s);
     let deadline = tokio::time::Instant::now() + bound;
+    if let Some(admin) = admin {
+        // The probes and the final read carry no token.
+        if let Some(f) = auth::disable(cluster, admin, deadline).await {
+            failures.push(f);
+            return failures;
+        }
+    }
+    if config.auth {
+        let (changes, ops) = auth_log.records();
+        // Refusals of writes only on one member (see `auth_check`).
+        failures.extend(check_auth(&changes, &ops, config.nodes == 1));
+    }
     for i in 0..config.nodes {
         if let Err(f) = serve_again(cluster, ctx, i, deadline).await {
             failures.push(f);

@@ -81,6 +81,9 @@ pub(super) struct StateMachine {
     /// Only ever set by the simulator's `apply-wrong` bug: the next put at revision 8 or
     /// later is applied with a changed value.
     applies_wrongly: bool,
+    /// Only ever set by the simulator's `skip-apply-auth-check` bug: writes are checked
+    /// against the auth store only when they arrive.
+    skips_apply_auth_check: bool,
 }
 
 impl StateMachine {
@@ -106,6 +109,8 @@ impl StateMachine {
             quota_bytes: cfg.maintenance.quota_bytes,
             refused_by_quota: false,
             applies_wrongly: false,
+            // On from the start, so a replayed entry is applied as it was the first time.
+            skips_apply_auth_check: cfg.bugs.has(crate::bugs::Bug::SkipApplyAuthCheck),
         })
     }
 
@@ -423,7 +428,11 @@ impl StateMachine {
         }
         // Checked again at apply, against the auth store of this index: a permission revoked
         // since the request was proposed is honoured (etcd's authApplierV3).
-        if let Err(e) = self.check_write(caller, &body) {
+        let checked = match self.skips_apply_auth_check {
+            false => self.check_write(caller, &body),
+            true => Ok(()),
+        };
+        if let Err(e) = checked {
             return Some(Err(e));
         }
         // etcd's quota applier: an entry over this member's quota is applied all the same

@@ -1,0 +1,317 @@
+//! Auth mode's KV clients: client `i` logs in (simple token) as user `u{i % USERS}` and does
+//! puts, linearizable and serializable gets, prefix ranges and two-key txns, mostly inside
+//! its user's prefix and sometimes in another's, while the churn (`src/auth.rs`) changes who
+//! may do what. A token the server no longer accepts (`invalid auth token`, `revision of auth
+//! store is old`, `user name not found`) makes the client log in again, as etcd's client
+//! does; a login refused (the user is deleted) is retried after a pause.
+//!
+//! Each operation goes into the run's [`AuthLog`] (with the access it needs) for
+//! `src/auth_check.rs`, and every put, get and txn also into the KV history, so the
+//! linearizability checker explains every revision and checks the reads; prefix ranges are
+//! not in the KV history (reads need not be).
+
+use std::time::Duration;
+
+use keel_proto::etcdserverpb::auth_client::AuthClient;
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::request_op::Request as ReqOp;
+use keel_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::auth::{
+    certainly_refused, login, needs_login, password, prefix, user, with_token, USERS,
+};
+use crate::auth_check::{AuthLog, AuthOp, OpOutcome, READ, WRITE};
+use crate::cluster::Cluster;
+use crate::history::{prefix_end, Entry, KeyValue, Op, OpResult, Outcome};
+use crate::nemesis::SeedRng;
+use crate::workload::{Ctx, OP_TIMEOUT, THINK_MS_MAX};
+
+/// History client ids of the auth clients start here.
+pub const AUTH_HISTORY_CLIENT_BASE: usize = 6000;
+/// Keys per prefix.
+const KEYS_PER_PREFIX: u64 = 3;
+
+/// One auth client.
+struct AuthKvClient {
+    ctx: Ctx,
+    log: AuthLog,
+    id: usize,
+    user: usize,
+    endpoints: Vec<String>,
+    member: usize,
+    rng: SeedRng,
+    conn: Option<(KvClient<Channel>, AuthClient<Channel>)>,
+    token: Option<String>,
+    serial: u64,
+}
+
+/// What one operation does: the KV-history op (none for prefix ranges), the access it
+/// needs, and the request.
+enum Request {
+    Put(String, String),
+    Get(String, bool),
+    Range(String),
+    Txn(Vec<(String, String)>),
+}
+
+impl AuthKvClient {
+    async fn connect(&mut self) -> Option<(KvClient<Channel>, AuthClient<Channel>)> {
+        if self.conn.is_none() {
+            let e = self.endpoints[self.member].clone();
+            let both = async {
+                Some((
+                    KvClient::connect(e.clone()).await.ok()?,
+                    AuthClient::connect(e).await.ok()?,
+                ))
+            };
+            self.conn = tokio::time::timeout(OP_TIMEOUT, both).await.ok().flatten();
+            if self.conn.is_none() {
+                self.next_member();
+            }
+        }
+        self.conn.clone()
+    }
+
+    fn next_member(&mut self) {
+        self.conn = None;
+        self.member = (self.member + 1) % self.endpoints.len();
+    }
+
+    fn key(&mut self) -> (String, String) {
+        let n = if self.rng.chance(2, 3) {
+            self.user
+        } else {
+            self.rng.index(USERS)
+        };
+        let p = prefix(n);
+        let k = format!("{p}k{}", self.rng.below(KEYS_PER_PREFIX));
+        (p, k)
+    }
+
+    fn next_request(&mut self) -> (Request, Vec<(String, u8)>) {
+        self.serial += 1;
+        let value = format!("a{}-{}", self.id, self.serial);
+        let (p, k) = self.key();
+        match self.rng.below(8) {
+            0..=2 => (Request::Put(k, value), vec![(p, WRITE)]),
+            3 | 4 => (Request::Get(k, false), vec![(p, READ)]),
+            5 => (Request::Get(k, true), vec![(p, READ)]),
+            6 => (Request::Range(p.clone()), vec![(p, READ)]),
+            _ => {
+                let (p2, k2) = self.key();
+                if k2 == k {
+                    return (Request::Put(k, value), vec![(p, WRITE)]);
+                }
+                let kvs = vec![(k, format!("{value}a")), (k2, format!("{value}b"))];
+                (Request::Txn(kvs), vec![(p, WRITE), (p2, WRITE)])
+            }
+        }
+    }
+
+    /// One round: log in if needed, then one operation.
+    async fn round(&mut self) {
+        let Some((mut kv, mut auth)) = self.connect().await else {
+            return;
+        };
+        if self.token.is_none() {
+            match login(&mut auth, &user(self.user), &password(self.user)).await {
+                Ok(t) => self.token = Some(t),
+                Err(s) => {
+                    self.ctx
+                        .trace
+                        .record(format!("auth a{} login: {}", self.id, s.message()));
+                    if !certainly_refused(&s) {
+                        self.next_member();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return;
+                }
+            }
+        }
+        let (request, needs) = self.next_request();
+        let invoke_ns = self.ctx.now_ns();
+        let invoke_seq = self.ctx.history.tick();
+        let token = self.token.clone();
+        let answer =
+            tokio::time::timeout(OP_TIMEOUT, execute(&mut kv, token.as_deref(), &request)).await;
+        let answer = answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("timeout")));
+        self.record(request, needs, invoke_ns, invoke_seq, answer);
+    }
+
+    fn record(
+        &mut self,
+        request: Request,
+        needs: Vec<(String, u8)>,
+        invoke_ns: u64,
+        invoke_seq: u64,
+        answer: Result<OpResult, Status>,
+    ) {
+        let (op, what, serializable) = match request {
+            Request::Put(key, value) => (Some(Op::Put { key, value }), None, false),
+            Request::Get(key, serializable) => {
+                (Some(Op::Get { key, serializable }), None, serializable)
+            }
+            Request::Range(p) => (None, Some(format!("range {p}*")), false),
+            Request::Txn(kvs) => (Some(Op::MultiPut { kvs }), None, false),
+        };
+        let what = what.unwrap_or_else(|| op.as_ref().map(|o| o.to_string()).unwrap_or_default());
+        let is_write = op.as_ref().is_some_and(|o| o.is_write());
+        let (outcome, auth_outcome) = match answer {
+            Ok(r) => {
+                let served = OpOutcome::Served {
+                    revision: r.revision(),
+                    wrote: is_write,
+                };
+                (Outcome::Ok(r), served)
+            }
+            Err(s) => {
+                let why = format!("{:?}: {}", s.code(), s.message());
+                if needs_login(&s) {
+                    self.token = None;
+                } else if !certainly_refused(&s) {
+                    self.next_member();
+                }
+                let denied = s.message().contains("permission denied");
+                let auth_outcome = if denied {
+                    OpOutcome::Denied
+                } else {
+                    OpOutcome::Other(why.clone())
+                };
+                if is_write && !certainly_refused(&s) {
+                    (Outcome::Info(why), auth_outcome)
+                } else {
+                    (Outcome::Fail(why), auth_outcome)
+                }
+            }
+        };
+        let complete_ns = self.ctx.now_ns();
+        let op_record = AuthOp {
+            client: self.id,
+            user: user(self.user),
+            member: self.member,
+            what,
+            needs,
+            serializable,
+            invoke_ns,
+            complete_ns,
+            outcome: auth_outcome,
+        };
+        self.ctx.trace.record(format!("auth op {op_record}"));
+        self.log.op(op_record);
+        if let Some(op) = op {
+            self.ctx.history.push(Entry {
+                index: 0,
+                client: AUTH_HISTORY_CLIENT_BASE + self.id,
+                member: self.member,
+                op,
+                invoke_ns,
+                complete_ns,
+                invoke_seq,
+                complete_seq: 0,
+                outcome,
+            });
+        }
+    }
+}
+
+fn put_op(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+async fn execute(
+    kv: &mut KvClient<Channel>,
+    token: Option<&str>,
+    request: &Request,
+) -> Result<OpResult, Status> {
+    let write = |revision| OpResult::Write {
+        revision,
+        succeeded: true,
+        deleted: 0,
+    };
+    let read = |key: &str, end: Option<String>, serializable| RangeRequest {
+        key: key.as_bytes().to_vec().into(),
+        range_end: end.map(|e| e.into_bytes().into()).unwrap_or_default(),
+        serializable,
+        ..Default::default()
+    };
+    let range = match request {
+        Request::Put(k, v) => {
+            let r = kv.put(with_token(put_op(k, v), token)).await?.into_inner();
+            return Ok(write(r.header.map_or(0, |h| h.revision)));
+        }
+        Request::Txn(kvs) => {
+            let success = kvs
+                .iter()
+                .map(|(k, v)| RequestOp {
+                    request: Some(ReqOp::RequestPut(put_op(k, v))),
+                })
+                .collect();
+            let txn = TxnRequest {
+                compare: vec![],
+                success,
+                failure: vec![],
+            };
+            let r = kv.txn(with_token(txn, token)).await?.into_inner();
+            return Ok(write(r.header.map_or(0, |h| h.revision)));
+        }
+        Request::Get(k, serializable) => read(k, None, *serializable),
+        Request::Range(p) => read(p, Some(prefix_end(p)), false),
+    };
+    let r = kv.range(with_token(range, token)).await?.into_inner();
+    let kvs = r
+        .kvs
+        .iter()
+        .map(|kv| KeyValue {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            mod_revision: kv.mod_revision,
+            create_revision: kv.create_revision,
+            version: kv.version,
+        })
+        .collect();
+    Ok(OpResult::Read {
+        revision: r.header.map_or(0, |h| h.revision),
+        kvs,
+    })
+}
+
+/// Spawns `clients` auth clients on the cluster's client node; they stop at `until`.
+pub fn spawn_auth_clients(
+    cluster: &Cluster,
+    ctx: &Ctx,
+    log: &AuthLog,
+    clients: usize,
+    seed: u64,
+    until: tokio::time::Instant,
+) -> Vec<madsim::task::JoinHandle<()>> {
+    let endpoints = cluster.endpoints();
+    (0..clients)
+        .map(|id| {
+            let mut c = AuthKvClient {
+                ctx: ctx.clone(),
+                log: log.clone(),
+                id,
+                user: id % USERS,
+                member: id % endpoints.len(),
+                endpoints: endpoints.clone(),
+                rng: SeedRng::new(seed, 0xA0_7C11 + id as u64),
+                conn: None,
+                token: None,
+                serial: 0,
+            };
+            cluster.client_node.spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    let think = c.rng.between(0, THINK_MS_MAX);
+                    tokio::time::sleep(Duration::from_millis(think)).await;
+                    c.round().await;
+                }
+            })
+        })
+        .collect()
+}
