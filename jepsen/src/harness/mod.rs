@@ -68,6 +68,9 @@ pub enum HarnessError {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
+    /// `latency.svg` could not be drawn.
+    #[error("latency plot: {0}")]
+    Plot(String),
 }
 
 /// Which server the members run (both take etcd's flags).

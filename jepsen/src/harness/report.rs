@@ -77,10 +77,13 @@ pub fn write_results(
         "{:?} {:?}, {} members, nemesis {:?}, seed {}: {word}",
         opts.server, opts.workload, opts.nodes, opts.nemesis, opts.seed
     );
-    let svg = super::plot::latency_svg(summary.history, summary.windows, &title);
-    write(&opts.results.join("latency.svg"), svg)?;
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     write(&opts.results.join("results.json"), text + "\n")?;
+    // The picture is for people; a failure to draw it does not change the verdict.
+    match super::plot::latency_svg(summary.history, summary.windows, &title) {
+        Ok(svg) => write(&opts.results.join("latency.svg"), svg)?,
+        Err(e) => eprintln!("{e}"),
+    }
     println!(
         "{word}: {} ops ({ok} ok, {fail} fail, {info} info), {} faults, healed in {}, checker {} ms; results in {}",
         ok + fail + info,
