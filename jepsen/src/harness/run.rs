@@ -167,6 +167,9 @@ async fn fault_phase(
         timeline,
         cut_off,
     );
+    if let Some(log) = &logs.locks {
+        nemesis.target_lock_holders(log.clone());
+    }
     let ran = nemesis.run(until).await;
     for t in tasks {
         let _ = t.await;
