@@ -9,6 +9,7 @@
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use super::lock::LockRecord;
 use super::nemesis::{Kind, Window};
 use super::HarnessError;
 use crate::history::{History, Outcome};
@@ -48,31 +49,68 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> HarnessError {
 
 type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, LogCoord<f64>>>;
 
-/// One point: (invocation second, latency ms clamped to the axis) and its outcome's index.
-fn points(history: &History, end_ns: u64) -> Vec<((f64, f64), usize)> {
+/// One operation to plot: when it was invoked, when it completed (`None`: never) and its
+/// outcome (an index into [`OUTCOME_COLOURS`]: 0 ok, 1 fail, 2 info).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// Invocation, on the history's clock.
+    pub invoke_ns: u64,
+    /// Completion.
+    pub complete_ns: Option<u64>,
+    /// 0 ok, 1 fail, 2 info.
+    pub outcome: usize,
+}
+
+/// The operations of a history.
+pub fn history_ops(history: &History) -> Vec<Op> {
     let ops = history.operations().unwrap_or_default();
     ops.iter()
-        .map(|o| {
-            let complete = o.complete_time.unwrap_or(end_ns);
-            let lat_ms = complete.saturating_sub(o.invoke_time) as f64 / 1e6;
-            let outcome = match o.outcome {
+        .map(|o| Op {
+            invoke_ns: o.invoke_time,
+            complete_ns: o.complete_time,
+            outcome: match o.outcome {
                 Outcome::Ok(_) => 0,
                 Outcome::Fail(_) => 1,
                 Outcome::Info(_) => 2,
-            };
+            },
+        })
+        .collect()
+}
+
+/// The lock workload's steps (acquire, write, release) as operations.
+pub fn lock_ops(records: &[LockRecord]) -> Vec<Op> {
+    records
+        .iter()
+        .map(|r| Op {
+            invoke_ns: r.invoke_ns,
+            complete_ns: Some(r.complete_ns),
+            outcome: match r.outcome.as_str() {
+                "ok" => 0,
+                "fail" => 1,
+                _ => 2,
+            },
+        })
+        .collect()
+}
+
+/// One point: (invocation second, latency ms clamped to the axis) and its outcome's index.
+fn points(ops: &[Op], end_ns: u64) -> Vec<((f64, f64), usize)> {
+    ops.iter()
+        .map(|o| {
+            let complete = o.complete_ns.unwrap_or(end_ns);
+            let lat_ms = complete.saturating_sub(o.invoke_ns) as f64 / 1e6;
             let at = (
-                o.invoke_time as f64 / 1e9,
+                o.invoke_ns as f64 / 1e9,
                 lat_ms.clamp(LAT_MIN_MS, LAT_MAX_MS),
             );
-            (at, outcome)
+            (at, o.outcome.min(2))
         })
         .collect()
 }
 
 /// The run's end on the history's clock: the last completion or fault end.
-fn end_of(history: &History, windows: &[Window]) -> u64 {
-    let ops = history.operations().unwrap_or_default();
-    let last_op = ops.iter().map(|o| o.complete_time.unwrap_or(o.invoke_time));
+fn end_of(ops: &[Op], windows: &[Window]) -> u64 {
+    let last_op = ops.iter().map(|o| o.complete_ns.unwrap_or(o.invoke_ns));
     let last_fault = windows.iter().map(|w| w.end_ns.unwrap_or(w.start_ns));
     last_op.chain(last_fault).max().unwrap_or(0).max(1)
 }
@@ -132,14 +170,10 @@ fn draw_points(chart: &mut Chart<'_, '_>, pts: &[((f64, f64), usize)]) -> Result
     Ok(())
 }
 
-/// The SVG of a run's latencies and faults, titled `title`.
-pub fn latency_svg(
-    history: &History,
-    windows: &[Window],
-    title: &str,
-) -> Result<String, HarnessError> {
-    let end_ns = end_of(history, windows);
-    let pts = points(history, end_ns);
+/// The SVG of a run's operations ([`history_ops`], [`lock_ops`]) and faults, titled `title`.
+pub fn latency_svg(ops: &[Op], windows: &[Window], title: &str) -> Result<String, HarnessError> {
+    let end_ns = end_of(ops, windows);
+    let pts = points(ops, end_ns);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -278,7 +312,8 @@ mod tests {
             window(Kind::Partition, 4.0, 6.0),
             window(Kind::Pause, 7.0, 8.5),
         ];
-        let svg = latency_svg(&history, &windows, "keel lock <seed 1>").expect("the plot renders");
+        let svg = latency_svg(&history_ops(&history), &windows, "keel lock <seed 1>")
+            .expect("the plot renders");
         well_formed(&svg).unwrap_or_else(|e| panic!("not well-formed SVG: {e}"));
         assert!(
             svg.contains("<svg") && svg.contains("xmlns=\"http://www.w3.org/2000/svg\""),
@@ -345,7 +380,7 @@ mod tests {
 
     #[test]
     fn an_empty_run_still_renders() {
-        let svg = latency_svg(&History::builder().build(), &[], "empty").expect("renders");
+        let svg = latency_svg(&[], &[], "empty").expect("renders");
         well_formed(&svg).unwrap_or_else(|e| panic!("not well-formed SVG: {e}"));
         assert_eq!(count_elements(&svg, "circle", &[]), 0, "no points");
     }

@@ -80,7 +80,11 @@ pub fn write_results(
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     write(&opts.results.join("results.json"), text + "\n")?;
     // The picture is for people; a failure to draw it does not change the verdict.
-    match super::plot::latency_svg(summary.history, summary.windows, &title) {
+    let ops = match summary.locks {
+        Some(records) => super::plot::lock_ops(records),
+        None => super::plot::history_ops(summary.history),
+    };
+    match super::plot::latency_svg(&ops, summary.windows, &title) {
         Ok(svg) => write(&opts.results.join("latency.svg"), svg)?,
         Err(e) => eprintln!("{e}"),
     }

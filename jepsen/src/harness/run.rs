@@ -219,13 +219,14 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await
     };
     members.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
+    let lock_records = phase.logs.locks.as_ref().map(|l| l.records());
     let inputs = Inputs {
         results: &opts.results,
         time_limit: Duration::from_secs(opts.check_time_limit_secs),
         history: phase.rec.history(),
         watches: phase.logs.watches.as_ref().map(|w| w.log()),
         leases: phase.logs.leases.as_ref().map(|l| l.records()),
-        locks: phase.logs.locks.as_ref().map(|l| l.records()),
+        locks: lock_records.clone(),
         elections: phase.logs.elections.as_ref().map(|l| l.records()),
     };
     let checked = run_checks(inputs).await?;
@@ -236,6 +237,7 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         final_ok,
         check_ms: checked.check_ms,
         extra: &checked.extra,
+        locks: lock_records.as_deref(),
     };
     super::report::write_results(opts, &summary, &checked.verdict)
 }
@@ -254,6 +256,8 @@ pub struct Summary<'a> {
     pub check_ms: u64,
     /// The workload's own checks (watch, lease).
     pub extra: &'a [ExtraCheck],
+    /// The lock workload's records (plotted instead of the empty history).
+    pub locks: Option<&'a [super::lock::LockRecord]>,
 }
 
 impl Summary<'_> {
