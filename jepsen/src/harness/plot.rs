@@ -123,8 +123,10 @@ fn draw_windows(
     end_ns: u64,
 ) -> Result<(), HarnessError> {
     let mut kinds: Vec<Kind> = Vec::new();
-    for w in windows {
+    for (k, w) in windows.iter().enumerate() {
         let (name, colour) = fault_style(w.fault);
+        // Labels step down over three rows so that those of close windows overlap less.
+        let row = LAT_MAX_MS * [0.6, 0.33, 0.18][k % 3];
         let x0 = w.start_ns as f64 / 1e9;
         let x1 = w.end_ns.unwrap_or(end_ns) as f64 / 1e9;
         let shade = Rectangle::new(
@@ -133,7 +135,7 @@ fn draw_windows(
         );
         let label = Text::new(
             name,
-            (x0, LAT_MAX_MS * 0.6),
+            (x0, row),
             ("sans-serif", 13).into_font().color(&colour),
         );
         chart.draw_series([shade]).map_err(plot_error)?;
