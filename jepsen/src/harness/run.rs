@@ -145,6 +145,7 @@ struct FaultPhase {
     rec: Recorder,
     logs: Logs,
     windows: Vec<Window>,
+    left_out: Option<String>,
 }
 
 async fn fault_phase(
@@ -179,6 +180,7 @@ async fn fault_phase(
         rec,
         logs,
         windows: nemesis.windows,
+        left_out: nemesis.left_out,
     })
 }
 
@@ -238,6 +240,7 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         check_ms: checked.check_ms,
         extra: &checked.extra,
         locks: lock_records.as_deref(),
+        left_out: phase.left_out.as_deref(),
     };
     super::report::write_results(opts, &summary, &checked.verdict)
 }
@@ -256,6 +259,8 @@ pub struct Summary<'a> {
     pub check_ms: u64,
     /// The workload's own checks (watch, lease).
     pub extra: &'a [ExtraCheck],
+    /// Why a removed member could not be added back, if so (the run is then unavailable).
+    pub left_out: Option<&'a str>,
     /// The lock workload's records (plotted instead of the empty history).
     pub locks: Option<&'a [super::lock::LockRecord]>,
 }
