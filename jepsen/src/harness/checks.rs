@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::election::{check_elections, ElectionRecord};
 use super::lease::LeaseRecord;
 use super::lease_check::check_leases;
-use super::lock::{check_locks, LockRecord};
+use super::lock::LockRecord;
+use super::lock_check::check_locks;
 use super::HarnessError;
 use crate::check::{check, CheckOptions, Verdict};
 use crate::history::History;
@@ -67,25 +68,33 @@ fn jsonl<T: serde::Serialize>(records: &[T]) -> String {
 }
 
 /// The lock check as one violation text: fenced writes that went backwards (what keel and
-/// etcd guarantee never happens), and overlapping holds (mutual exclusion without fencing,
-/// which a lease expiring under a paused or cut-off holder breaks, on etcd as on keel).
+/// etcd guarantee never happens), overlapping holds and writes by clients that had lost the
+/// lock (mutual exclusion without fencing, which a lease expiring under a paused or cut-off
+/// holder breaks, on etcd as on keel).
 fn lock_check(records: &[LockRecord]) -> Option<String> {
-    let (overlaps, backwards) = check_locks(records);
+    let found = check_locks(records);
     let mut text = String::new();
-    if let Some(b) = backwards {
+    if let Some(b) = &found.backwards {
         text.push_str(&format!("fenced writes went backwards: {b}\n"));
     }
-    if !overlaps.is_empty() {
+    if !found.exclusive() {
         text.push_str(&format!(
-            "two holders at once ({} overlapping holds; fenced writes {}):\n",
-            overlaps.len(),
-            if text.is_empty() {
-                "never went backwards"
-            } else {
+            "two holders at once: {} overlapping holds, {} writes by a client that had lost the lock ({} of them applied); fenced writes {}:\n",
+            found.overlaps.len(),
+            found.stale.len(),
+            found.stale_applied,
+            if found.backwards.is_some() {
                 "went backwards"
+            } else {
+                "never went backwards"
             }
         ));
-        for o in overlaps.iter().take(3) {
+        for o in found
+            .overlaps
+            .iter()
+            .take(3)
+            .chain(found.stale.iter().take(3))
+        {
             text.push_str(&format!("  {o}\n"));
         }
     }

@@ -187,11 +187,12 @@ pub async fn leased_put(
     Ok(Response::put(header_rev(&r.await?.into_inner().header)))
 }
 
-/// Whether a write that failed with `status` certainly did not take effect (etcd rejected it
-/// before it reached raft). Anything else (timeouts, lost connections, leader changes) leaves
-/// the write in doubt.
+/// Whether a write that failed with `status` certainly did not take effect: etcd rejected it
+/// before it reached raft, or the client could not even connect to the member (the request was
+/// never sent: a killed, removed or paused-at-accept member). Anything else (timeouts, lost
+/// connections, leader changes) leaves the write in doubt.
 pub fn write_certainly_failed(status: &Status) -> bool {
-    matches!(
+    let rejected = matches!(
         status.code(),
         Code::InvalidArgument
             | Code::NotFound
@@ -200,7 +201,10 @@ pub fn write_certainly_failed(status: &Status) -> bool {
             | Code::FailedPrecondition
             | Code::OutOfRange
             | Code::Unimplemented
-    )
+    );
+    let never_sent =
+        status.code() == Code::Unavailable && status.message().starts_with("tcp connect error");
+    rejected || never_sent
 }
 
 /// The history's error text for a status: etcd's `compacted` and `future_rev` keep the names
@@ -213,5 +217,30 @@ pub fn error_text(status: &Status) -> String {
         "future_rev".to_string()
     } else {
         format!("{:?}: {m}", status.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rejections_and_failed_connects_are_certain_failures() {
+        let certain = [
+            Status::invalid_argument("etcdserver: key is not provided"),
+            Status::unavailable("tcp connect error"),
+        ];
+        for s in &certain {
+            assert!(write_certainly_failed(s), "certainly not applied: {s:?}");
+        }
+        let in_doubt = [
+            Status::unavailable("etcdserver: request timed out"),
+            Status::unknown("transport error"),
+            Status::cancelled("Timeout expired"),
+            Status::unavailable("connection reset; tcp connect error later"),
+        ];
+        for s in &in_doubt {
+            assert!(!write_certainly_failed(s), "in doubt: {s:?}");
+        }
     }
 }

@@ -4,7 +4,11 @@
 //! key with its fence (`txn: value(jfence) < fence ? put jfence=fence, jowner=me`), unlocks
 //! and revokes. Every step goes to `locks.jsonl` ([`LockRecord`]); the Lock service's own
 //! writes and the lease expiries make revisions no client reports, so this workload is judged
-//! by [`check_locks`], not by the linearizability checker.
+//! by [`super::lock_check::check_locks`], not by the linearizability checker.
+//!
+//! A holder believes it holds the lock until it unlocks: its fenced write waits up to
+//! [`WRITE_WAIT`] (longer than any pause), as a worker blocked on a slow or paused member
+//! would. A lease can expire under it meanwhile (Jepsen's 2020 etcd finding).
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,11 +25,14 @@ use keel_proto::v3lockpb::{LockRequest, UnlockRequest};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-use super::member::channel;
+use super::member::{channel, channel_with};
 use super::recorder::Recorder;
 
 const CALL: Duration = Duration::from_millis(1500);
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long a holder's fenced write waits: longer than the nemesis's longest pause, so a holder
+/// whose member was paused writes when it wakes, as Jepsen's clients did.
+pub const WRITE_WAIT: Duration = Duration::from_secs(15);
 
 /// One step of a lock client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +51,8 @@ pub struct LockRecord {
     pub outcome: String,
     /// For a write: whether the fence guard held (the write applied).
     pub applied: bool,
-    /// For a write: its header revision.
+    /// For a write: its header revision; for an acquire: the Lock response's header revision
+    /// (no older lock key existed at it: the holder owned the lock there).
     pub revision: i64,
 }
 
@@ -59,6 +67,19 @@ impl LockLog {
     /// The records so far.
     pub fn records(&self) -> Vec<LockRecord> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// The client that acquired the lock last and has not invoked its unlock yet (the one
+    /// that believes it holds the lock now), if any.
+    pub fn holder(&self) -> Option<u64> {
+        let records = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last = records
+            .iter()
+            .rev()
+            .find(|r| r.op == "acquire" && r.outcome == "ok")?;
+        let released = records.iter().any(|r| {
+            r.client == last.client && r.op == "release" && r.invoke_ns >= last.complete_ns
+        });
+        (!released).then_some(last.client)
     }
 }
 
@@ -134,7 +155,7 @@ impl Locker {
             failure: vec![],
         };
         let invoke = self.rec.now_ns();
-        match tokio::time::timeout(CALL, kv.txn(txn)).await {
+        match tokio::time::timeout(WRITE_WAIT, kv.txn(txn)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 let rev = r.header.map_or(0, |h| h.revision);
@@ -158,9 +179,11 @@ impl Locker {
         });
         let key = match tokio::time::timeout(LOCK_WAIT, call).await {
             Ok(Ok(r)) => {
-                let key = r.into_inner().key.to_vec();
+                let r = r.into_inner();
+                let granted = r.header.map_or(0, |h| h.revision);
+                let key = r.key.to_vec();
                 let fence = self.fence_of(&key).await;
-                self.record("acquire", fence, invoke, "ok", (false, 0));
+                self.record("acquire", fence, invoke, "ok", (false, granted));
                 tokio::time::sleep(hold).await;
                 self.fenced_write(fence).await;
                 Some((key, fence))
@@ -236,7 +259,8 @@ pub async fn init(n: usize) {
 
 /// Runs lock client `client` (on member `client % n`) until `until`.
 pub async fn client(rec: Recorder, log: LockLog, client: u64, n: usize, until: Instant) {
-    let Ok(ch) = channel(client as usize % n, CALL) else {
+    // Each call bounds itself (CALL, LOCK_WAIT, WRITE_WAIT); the channel allows the longest.
+    let Ok(ch) = channel_with(client as usize % n, CALL, WRITE_WAIT) else {
         return;
     };
     let locker = Locker {
@@ -251,46 +275,4 @@ pub async fn client(rec: Recorder, log: LockLog, client: u64, n: usize, until: I
         let hold = Duration::from_millis(200 + (client * 131 + rounds * 97) % 600);
         locker.round(hold).await;
     }
-}
-
-/// What the lock check found: overlapping holds (mutual exclusion broken) and fenced writes
-/// that went backwards (the guarantee keel and etcd give).
-pub fn check_locks(records: &[LockRecord]) -> (Vec<String>, Option<String>) {
-    let mut holds: Vec<(u64, u64, &LockRecord)> = Vec::new();
-    for a in records
-        .iter()
-        .filter(|r| r.op == "acquire" && r.outcome == "ok")
-    {
-        let end = records
-            .iter()
-            .filter(|r| r.client == a.client && r.op == "release" && r.invoke_ns >= a.complete_ns)
-            .map(|r| r.invoke_ns)
-            .min()
-            .unwrap_or(u64::MAX);
-        holds.push((a.complete_ns, end, a));
-    }
-    holds.sort_by_key(|h| h.0);
-    let mut overlaps = Vec::new();
-    for (i, x) in holds.iter().enumerate() {
-        for y in holds[i + 1..].iter().take_while(|y| y.0 < x.1) {
-            if y.2.client != x.2.client {
-                overlaps.push(format!(
-                    "client {} (fence {}) held [t {}..{}] while client {} (fence {}) acquired at t {}",
-                    x.2.client, x.2.fence, x.0, x.1, y.2.client, y.2.fence, y.0
-                ));
-            }
-        }
-    }
-    let mut writes: Vec<&LockRecord> = records
-        .iter()
-        .filter(|r| r.op == "write" && r.applied)
-        .collect();
-    writes.sort_by_key(|w| w.revision);
-    let backwards = writes.windows(2).find(|w| w[1].fence <= w[0].fence).map(|w| {
-        format!(
-            "fenced write of client {} with fence {} at rev {} after client {}'s fence {} at rev {}",
-            w[1].client, w[1].fence, w[1].revision, w[0].client, w[0].fence, w[0].revision
-        )
-    });
-    (overlaps, backwards)
 }

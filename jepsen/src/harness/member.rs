@@ -36,11 +36,21 @@ pub fn member_name(i: usize) -> String {
 
 /// A gRPC channel to member `i` that connects lazily (and reconnects) with short timeouts.
 pub fn channel(i: usize, timeout: Duration) -> Result<Channel, HarnessError> {
+    channel_with(i, timeout, timeout)
+}
+
+/// A lazy channel to member `i` whose requests may take up to `request` (connecting up to
+/// `connect`).
+pub fn channel_with(
+    i: usize,
+    connect: Duration,
+    request: Duration,
+) -> Result<Channel, HarnessError> {
     let endpoint = Endpoint::from_shared(client_url(i))
         .map_err(|e| HarnessError::Client { why: e.to_string() })?;
     Ok(endpoint
-        .connect_timeout(timeout)
-        .timeout(timeout)
+        .connect_timeout(connect)
+        .timeout(request)
         .connect_lazy())
 }
 

@@ -7,7 +7,7 @@
 //! - [`member`], [`membership`]: the member processes, their flags, membership changes.
 //! - [`client`], [`recorder`]: the gRPC KV client and the history it records.
 //! - [`register`], [`watch`], [`lease`], [`lock`], [`election`]: the workloads, spawned by
-//!   [`clients`]; [`checks`], [`lease_check`]: the checkers of a run.
+//!   [`clients`]; [`checks`], [`lease_check`], [`lock_check`]: the checkers of a run.
 //! - [`nemesis`], [`partition`]: faults and their timeline.
 //! - [`run`]: the phases of one test; [`report`], [`plot`]: `results.json`, `latency.svg`.
 use std::path::PathBuf;
@@ -19,6 +19,7 @@ pub mod election;
 pub mod lease;
 pub mod lease_check;
 pub mod lock;
+pub mod lock_check;
 pub mod member;
 pub mod membership;
 pub mod nemesis;
@@ -68,6 +69,9 @@ pub enum HarnessError {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted")]
     Interrupted,
+    /// `latency.svg` could not be drawn.
+    #[error("latency plot: {0}")]
+    Plot(String),
 }
 
 /// Which server the members run (both take etcd's flags).

@@ -2,7 +2,10 @@
 //! with its start and end to the timeline (`timeline.jsonl`, one JSON object a line).
 //!
 //! - `kill`: SIGKILL a member, restart it on the same data after the hold.
-//! - `pause`: SIGSTOP a member (the leader half of the time), SIGCONT after the hold.
+//! - `pause`: SIGSTOP a member (the leader half of the time), SIGCONT after the hold. In the
+//!   lock workload, three pauses in four target the member of the client that holds the lock
+//!   and last 4–10 s, longer than the lock's lease TTL (2 s) plus an election: the lease can
+//!   expire under the paused holder, as in Jepsen's 2020 etcd test.
 //! - `partition`: majority/minority, isolate the leader, bridge or ring, as nftables drops
 //!   inside the members' namespaces (clients in the root namespace are never cut off).
 //! - `netem`: delay with jitter, loss and reordering on every member's link (`tc netem`;
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use keel_rng::SplitMix64;
 use serde::Serialize;
 
+use super::lock::LockLog;
 use super::member::{leader, Members};
 use super::membership;
 use super::net::Hosts;
@@ -113,8 +117,14 @@ pub struct Nemesis {
     rec: Recorder,
     timeline: std::fs::File,
     cut_off: CutOff,
+    /// The lock workload's log: pauses then aim at the lock holder's member.
+    lock_holders: Option<LockLog>,
+    /// The hold the fault just started chose for itself (a pause of the lock holder).
+    long_hold: Option<Duration>,
     /// Every window so far.
     pub windows: Vec<Window>,
+    /// A member the cluster would not take back (MemberAdd refused): the run cannot heal.
+    pub left_out: Option<String>,
 }
 
 fn lock(m: &Mutex<Members>) -> std::sync::MutexGuard<'_, Members> {
@@ -140,8 +150,16 @@ impl Nemesis {
             rec,
             timeline,
             cut_off,
+            lock_holders: None,
+            long_hold: None,
             windows: Vec::new(),
+            left_out: None,
         }
+    }
+
+    /// Lets pauses aim at the member of the client that holds the lock (lock workload).
+    pub fn target_lock_holders(&mut self, log: LockLog) {
+        self.lock_holders = Some(log);
     }
 
     fn log(&mut self, event: &str, w: &Window) {
@@ -183,12 +201,17 @@ impl Nemesis {
             };
             self.log("start", &w);
             let hold = self.between(2000, 6000);
+            let hold = self.long_hold.take().unwrap_or(hold);
             let left = until.saturating_duration_since(Instant::now());
             tokio::time::sleep(hold.min(left)).await;
             self.end(active).await?;
             w.end_ns = Some(self.rec.now_ns());
             self.log("end", &w);
             self.windows.push(w);
+            if self.left_out.is_some() {
+                tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+                return Ok(());
+            }
         }
     }
 
@@ -209,11 +232,7 @@ impl Nemesis {
                 lock(&self.members).kill(i);
                 Ok((Active::Killed(i), format!("kill -9 m{}", i + 1)))
             }
-            Kind::Pause => {
-                let i = self.target(true).await;
-                lock(&self.members).pause(i);
-                Ok((Active::Paused(i), format!("SIGSTOP m{}", i + 1)))
-            }
+            Kind::Pause => self.pause().await,
             Kind::Partition => {
                 let n = self.hosts.n;
                 let known_leader = leader(n, Duration::from_millis(500)).await;
@@ -276,7 +295,41 @@ impl Nemesis {
     }
 }
 
+/// The client that holds the lock, waiting up to 2 s for one.
+async fn wait_holder(log: &LockLog) -> Option<u64> {
+    for _ in 0..100 {
+        if let Some(client) = log.holder() {
+            return Some(client);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 impl Nemesis {
+    /// SIGSTOP a member: in the lock workload, three times in four the lock holder's member
+    /// for 4–10 s (the choice and the hold come from the seed, the holder from the run).
+    async fn pause(&mut self) -> Result<(Active, String), HarnessError> {
+        if let Some(log) = self.lock_holders.clone() {
+            let aim = self.rng.below(4) != 0;
+            let hold = self.between(4000, 10_000);
+            if let Some(client) = if aim { wait_holder(&log).await } else { None } {
+                let i = client as usize % self.hosts.n;
+                lock(&self.members).pause(i);
+                self.long_hold = Some(hold);
+                let why = format!(
+                    "SIGSTOP m{} (the member of lock holder client {client}) for {} ms",
+                    i + 1,
+                    hold.as_millis()
+                );
+                return Ok((Active::Paused(i), why));
+            }
+        }
+        let i = self.target(true).await;
+        lock(&self.members).pause(i);
+        Ok((Active::Paused(i), format!("SIGSTOP m{}", i + 1)))
+    }
+
     async fn remove_member(&mut self) -> Result<(Active, String), HarnessError> {
         let n = self.hosts.n;
         let i = self.target(false).await;
@@ -297,12 +350,19 @@ impl Nemesis {
         ))
     }
 
+    /// Adds member `i` back. When no member accepts the MemberAdd (the cluster has no quorum),
+    /// the member stays out and the run is marked as unable to heal ([`Nemesis::left_out`]);
+    /// the faults stop there.
     async fn add_back(&mut self, i: usize) -> Result<(), HarnessError> {
         if !membership::add(self.hosts.n, i).await {
-            return Err(HarnessError::Command {
-                command: format!("MemberAdd m{}", i + 1),
-                why: format!("no member accepted it within {:?}", membership::BOUND),
-            });
+            let why = format!(
+                "MemberAdd m{}: no member accepted it within {:?}",
+                i + 1,
+                membership::BOUND
+            );
+            eprintln!("nemesis: {why}; no more faults");
+            self.left_out = Some(why);
+            return Ok(());
         }
         lock(&self.members).join(i)
     }

@@ -6,13 +6,13 @@ use super::{HarnessError, TestOptions};
 use crate::check::Verdict;
 
 /// The verdict word: a history that checks valid still fails when the cluster did not serve
-/// again within the heal bound (`unavailable`).
+/// again within the heal bound, or would not take a removed member back (`unavailable`).
 fn verdict_word(summary: &Summary<'_>, verdict: &Verdict) -> &'static str {
     if verdict.is_valid() && summary.extra.iter().any(|c| c.violation.is_some()) {
         return "invalid";
     }
     match verdict {
-        Verdict::Valid if summary.healed.is_none() => "unavailable",
+        Verdict::Valid if summary.healed.is_none() || summary.left_out.is_some() => "unavailable",
         Verdict::Valid => "valid",
         Verdict::Invalid(_) => "invalid",
         Verdict::Unknown { .. } => "unknown",
@@ -37,6 +37,9 @@ pub fn write_results(
         Verdict::Valid => String::new(),
         v => v.to_string(),
     };
+    if let Some(why) = summary.left_out {
+        explanation.push_str(&format!("unavailable: {why}\n"));
+    }
     let mut extra = serde_json::Map::new();
     for c in summary.extra {
         if let Some(v) = &c.violation {
@@ -69,6 +72,7 @@ pub fn write_results(
         "faults": faults.len(),
         "fault_windows": faults,
         "healed_ms": summary.healed.map(|d| d.as_millis() as u64),
+        "left_out": summary.left_out,
         "heal_bound_secs": opts.heal_bound_secs,
         "final_reads_ok": summary.final_ok,
         "checker_ms": summary.check_ms,
@@ -77,10 +81,17 @@ pub fn write_results(
         "{:?} {:?}, {} members, nemesis {:?}, seed {}: {word}",
         opts.server, opts.workload, opts.nodes, opts.nemesis, opts.seed
     );
-    let svg = super::plot::latency_svg(summary.history, summary.windows, &title);
-    write(&opts.results.join("latency.svg"), svg)?;
     let text = serde_json::to_string_pretty(&json).unwrap_or_default();
     write(&opts.results.join("results.json"), text + "\n")?;
+    // The picture is for people; a failure to draw it does not change the verdict.
+    let ops = match summary.locks {
+        Some(records) => super::plot::lock_ops(records),
+        None => super::plot::history_ops(summary.history),
+    };
+    match super::plot::latency_svg(&ops, summary.windows, &title) {
+        Ok(svg) => write(&opts.results.join("latency.svg"), svg)?,
+        Err(e) => eprintln!("{e}"),
+    }
     println!(
         "{word}: {} ops ({ok} ok, {fail} fail, {info} info), {} faults, healed in {}, checker {} ms; results in {}",
         ok + fail + info,

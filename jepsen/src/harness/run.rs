@@ -145,6 +145,7 @@ struct FaultPhase {
     rec: Recorder,
     logs: Logs,
     windows: Vec<Window>,
+    left_out: Option<String>,
 }
 
 async fn fault_phase(
@@ -167,6 +168,9 @@ async fn fault_phase(
         timeline,
         cut_off,
     );
+    if let Some(log) = &logs.locks {
+        nemesis.target_lock_holders(log.clone());
+    }
     let ran = nemesis.run(until).await;
     for t in tasks {
         let _ = t.await;
@@ -176,6 +180,7 @@ async fn fault_phase(
         rec,
         logs,
         windows: nemesis.windows,
+        left_out: nemesis.left_out,
     })
 }
 
@@ -216,13 +221,14 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await
     };
     members.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
+    let lock_records = phase.logs.locks.as_ref().map(|l| l.records());
     let inputs = Inputs {
         results: &opts.results,
         time_limit: Duration::from_secs(opts.check_time_limit_secs),
         history: phase.rec.history(),
         watches: phase.logs.watches.as_ref().map(|w| w.log()),
         leases: phase.logs.leases.as_ref().map(|l| l.records()),
-        locks: phase.logs.locks.as_ref().map(|l| l.records()),
+        locks: lock_records.clone(),
         elections: phase.logs.elections.as_ref().map(|l| l.records()),
     };
     let checked = run_checks(inputs).await?;
@@ -233,6 +239,8 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         final_ok,
         check_ms: checked.check_ms,
         extra: &checked.extra,
+        locks: lock_records.as_deref(),
+        left_out: phase.left_out.as_deref(),
     };
     super::report::write_results(opts, &summary, &checked.verdict)
 }
@@ -251,6 +259,10 @@ pub struct Summary<'a> {
     pub check_ms: u64,
     /// The workload's own checks (watch, lease).
     pub extra: &'a [ExtraCheck],
+    /// Why a removed member could not be added back, if so (the run is then unavailable).
+    pub left_out: Option<&'a str>,
+    /// The lock workload's records (plotted instead of the empty history).
+    pub locks: Option<&'a [super::lock::LockRecord]>,
 }
 
 impl Summary<'_> {
