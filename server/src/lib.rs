@@ -31,6 +31,7 @@ pub mod driver;
 pub mod error;
 #[cfg(not(madsim))]
 pub mod gateway;
+mod identity_file;
 pub mod logging;
 pub mod member_lock;
 pub mod metrics;
@@ -186,8 +187,16 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         tls: member_tls.peer_client.clone(),
     };
     let mut boot = identity(&config)?;
-    if config.initial_cluster_state == "existing" {
-        boot = join(&config, &env.clock, boot, &dialer).await?;
+    match identity_file::load(&env.disk, &config)? {
+        // Started before: that member again, whatever the bootstrap flags say (etcd reads
+        // its ids from the WAL and ignores them too).
+        Some(stored) => boot = stored.apply(boot),
+        None => {
+            if config.initial_cluster_state == "existing" {
+                boot = join(&config, &env.clock, boot, &dialer).await?;
+            }
+            identity_file::save(&env.disk, &config, &boot);
+        }
     }
     let identity = boot.identity.clone();
     let peers = driver::peer_urls(&boot.peers);

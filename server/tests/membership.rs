@@ -5,6 +5,8 @@
 //!   the same `endpoint hashkv` everywhere once promoted);
 //! - `member promote`, then `member remove` of a voter: the removed process stops;
 //! - `member list` shows the table with every member's published name and client URLs;
+//! - a removed member, wiped and added back, restarted later with its original bootstrap
+//!   flags, is the member it was added as (its data dir keeps its identity);
 //! - bad membership commands get the same codes and texts from keel as from etcd 3.4.
 // These tests run real processes on real sockets: tokio build only.
 #![cfg(not(madsim))]
@@ -355,6 +357,60 @@ fn learner_scenario(dir: &Path) -> Result<()> {
             &["put", "after-existing-restart", "v"],
         )
     })?;
+    rejoin_and_restart(&keel, dir, &mut members, &bootstrap)
+}
+
+/// The removed m2, wiped and added back (a new id), joins; then restarted with its original
+/// bootstrap flags, it is still the member it was added as (its data dir says so), not the
+/// removed one its flags derive.
+fn rejoin_and_restart(
+    keel: &Path,
+    dir: &Path,
+    members: &mut [Member],
+    bootstrap: &str,
+) -> Result<()> {
+    std::fs::remove_dir_all(dir.join("m2")).context("wiping m2")?;
+    let live = endpoints(members);
+    let add = retry("member add m2 again", || {
+        etcdctl_ok(
+            &live,
+            &[
+                "member",
+                "add",
+                "m2",
+                &format!("--peer-urls={}", members[2].ports.peer_url()),
+            ],
+        )
+    })?;
+    let new_id = added_id(&add)?;
+    let current = initial_cluster(members);
+    start_with(keel, dir, members, 2, "existing", &current)?;
+    let endpoint = members[2].ports.endpoint();
+    retry("the re-added m2 serves", || {
+        etcdctl_ok(std::slice::from_ref(&endpoint), &["put", "rejoined", "v"])
+    })?;
+    members[2].server = None;
+    start_with(keel, dir, members, 2, "new", bootstrap)?;
+    retry(
+        "m2 restarted on its bootstrap flags serves as its new id",
+        || {
+            let out = etcdctl_ok(
+                std::slice::from_ref(&endpoint),
+                &["endpoint", "status", "-w", "json"],
+            )?;
+            let value: serde_json::Value = serde_json::from_str(&out)?;
+            let id = value[0]["Status"]["header"]["member_id"].as_u64();
+            ensure!(
+                id == Some(new_id),
+                "m2 answers as {id:?}, added as {new_id}"
+            );
+            etcdctl_ok(std::slice::from_ref(&endpoint), &["put", "restarted", "v"])
+        },
+    )?;
+    ensure!(
+        members[2].server.as_mut().is_some_and(Server::is_running),
+        "m2 keeps running"
+    );
     Ok(())
 }
 
