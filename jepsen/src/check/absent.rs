@@ -58,6 +58,11 @@ impl Absences {
         a
     }
 
+    /// The keys some read showed absent.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.at.keys().map(String::as_str)
+    }
+
     /// The first revision after `r` at which a read showed `key` absent.
     pub fn next_after(&self, key: &str, r: Revision) -> Option<Revision> {
         let revs = self.at.get(key)?;

@@ -15,6 +15,7 @@ use super::absent::Absences;
 use super::describe::{request_text, who};
 use super::facts::Facts;
 use super::order::Prepared;
+use super::prune::{delete_ranges, put_keys, puts_needed, Pins};
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
 use crate::history::{KeyValue, Operation, Request, RequestOp, Response, ResponseOp, Revision};
 use crate::model::{in_range, Model, Undo};
@@ -109,6 +110,7 @@ pub struct Search<'a> {
     ok_by_revision: Vec<(Revision, usize)>,
     facts: &'a Facts,
     absences: Absences,
+    pins: Pins,
 }
 
 fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
@@ -168,6 +170,7 @@ impl<'a> Search<'a> {
             ok_by_revision: Vec::new(),
             facts,
             absences: Absences::new(p, facts),
+            pins: Pins::default(),
         };
         s.index();
         s
@@ -197,6 +200,14 @@ impl<'a> Search<'a> {
             seen.sort_unstable();
             seen.dedup();
         }
+        let p = self.p;
+        let shown = p
+            .reads_at
+            .values()
+            .flatten()
+            .filter_map(|&id| p.ops[id].ok())
+            .flat_map(shown_kvs);
+        self.pins = Pins::new(p, self.facts, shown);
         for &id in &self.p.in_doubt {
             self.min_revision.push((self.p.min_revision[id], id));
         }
@@ -381,7 +392,7 @@ impl<'a> Search<'a> {
         let open = self.min_revision[..n]
             .iter()
             .map(|x| x.1)
-            .filter(|&id| !self.used[id]);
+            .filter(|&id| !self.used[id] && self.pins.allows(id, r));
         if let Some(hints) = self.hints.get(&r) {
             let wanted: Vec<(&str, &str)> = hints
                 .iter()
@@ -402,7 +413,39 @@ impl<'a> Search<'a> {
         let (mut quiet, mut seen): (Vec<usize>, Vec<usize>) =
             open.partition(|&id| !self.is_observed(id));
         quiet.append(&mut seen);
+        quiet.sort_by_cached_key(|&id| self.deadline(id, r - 1));
         quiet
+    }
+
+    /// The earliest revision by which something op `id` would do must be done, with the model
+    /// at `r`: a put a read's version count still needs (rule 3 of [`Pins`]), or the delete of
+    /// a live key a read shows absent. Trying the most urgent candidates first finds a
+    /// linearization sooner; the order changes nothing else.
+    fn deadline(&self, id: usize, r: Revision) -> Revision {
+        let req = &self.p.ops[id].request;
+        let mut best = Revision::MAX;
+        for key in put_keys(req) {
+            let Some(versions) = self.seen_versions.get(key) else {
+                continue;
+            };
+            if let Some((m, needed)) =
+                puts_needed(&self.model, r, key, versions, (self.facts, &self.pins))
+            {
+                if needed > 0 {
+                    best = best.min(m);
+                }
+            }
+        }
+        for (start, end) in delete_ranges(req) {
+            for key in self.absences.keys() {
+                if in_range(key, start, end) && self.model.current(key).is_some() {
+                    if let Some(d) = self.absences.next_after(key, r) {
+                        best = best.min(d);
+                    }
+                }
+            }
+        }
+        best
     }
 
     fn is_observed(&self, id: usize) -> bool {
@@ -440,7 +483,9 @@ impl<'a> Search<'a> {
             };
             if self.model.revision() != r
                 || !self.hints_hold(r)
+                || !self.pins.creates_hold(&self.model, r)
                 || !self.unseen_by_reads(&undo, r, id)
+                || !self.counts_fit(r, id)
             {
                 self.model.undo(undo);
                 continue;
@@ -457,6 +502,19 @@ impl<'a> Search<'a> {
             });
             return Ok(());
         }
+    }
+
+    /// Rule 3 of [`Pins`] with in-doubt op `id` placed at `r` (not yet marked used).
+    fn counts_fit(&mut self, r: Revision, id: usize) -> bool {
+        self.used[id] = true;
+        let fit = self.pins.counts_fit(
+            &self.model,
+            r,
+            &self.seen_versions,
+            (self.p, self.facts, &self.used),
+        ) && self.all_can_vanish(r);
+        self.used[id] = false;
+        fit
     }
 
     /// Whether what reads saw allows op `id`'s writes at `r`.
@@ -477,9 +535,17 @@ impl<'a> Search<'a> {
         let Some(d) = self.absences.next_after(key, r) else {
             return true;
         };
+        // An in-doubt delete needs a gap of its own in (r, d] that no read forbids it and that
+        // no read pins to another write.
         let deletes = |rev: &Option<Revision>, op: usize| match rev {
             Some(at) => *at > r && *at <= d,
-            None => op != id && !self.used[op] && self.p.min_revision[op] <= d,
+            None => {
+                op != id
+                    && !self.used[op]
+                    && self.p.could_place(op, r, d, |g| {
+                        !self.facts.no_deletes.forbids(key, g) && self.pins.allows(op, g)
+                    })
+            }
         };
         let one = self
             .facts
@@ -492,6 +558,15 @@ impl<'a> Search<'a> {
                 .deletes
                 .iter()
                 .any(|(s, e, rev, op)| in_range(key, s, e.as_deref()) && deletes(rev, *op))
+    }
+
+    /// Every live key that a later read shows absent can still be deleted in time (see
+    /// [`Search::can_vanish`]), with the model at `r`.
+    fn all_can_vanish(&self, r: Revision) -> bool {
+        self.absences
+            .keys()
+            .filter(|k| self.model.current(k).is_some())
+            .all(|k| self.can_vanish(k, r, usize::MAX))
     }
 
     /// A put of `key` at `r` leaves it at `e`; the next version a read saw, `(m, c, v)` with
