@@ -189,3 +189,26 @@ fn a_delete_deadline_is_decided_among_many_interchangeable_writes() {
     // revs 4..=7, and the urgent candidate (the delete) is tried first.
     valid(&vanished(20, 8, true), 2_000);
 }
+
+#[test]
+fn fixtures_from_fault_runs_are_decided() {
+    // Histories of keel-sim seeds the checker once left undecided (`jepsen/fixtures`).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.display().to_string();
+        if !name.ends_with(".jsonl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v = keel_jepsen::check::check_jsonl(&text, &CheckOptions::default()).unwrap();
+        if name.ends_with("-invalid.jsonl") {
+            assert!(matches!(v, Verdict::Invalid(_)), "{name}: {v}");
+        } else {
+            assert!(v.is_valid(), "{name}: {v}");
+        }
+        n += 1;
+    }
+    assert!(n >= 4, "the fixtures are missing from {}", dir.display());
+}
