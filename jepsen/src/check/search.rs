@@ -537,27 +537,15 @@ impl<'a> Search<'a> {
         };
         // An in-doubt delete needs a gap of its own in (r, d] that no read forbids it and that
         // no read pins to another write.
-        let deletes = |rev: &Option<Revision>, op: usize| match rev {
-            Some(at) => *at > r && *at <= d,
-            None => {
+        let (acked, in_doubt) = self.absences.deleters(key, r, d);
+        acked
+            || in_doubt.iter().any(|&op| {
                 op != id
                     && !self.used[op]
                     && self.p.could_place(op, r, d, |g| {
                         !self.facts.no_deletes.forbids(key, g) && self.pins.allows(op, g)
                     })
-            }
-        };
-        let one = self
-            .facts
-            .key_deletes
-            .get(key)
-            .map_or(&[][..], |v| v.as_slice());
-        one.iter().any(|(rev, op)| deletes(rev, *op))
-            || self
-                .facts
-                .deletes
-                .iter()
-                .any(|(s, e, rev, op)| in_range(key, s, e.as_deref()) && deletes(rev, *op))
+            })
     }
 
     /// Every live key that a later read shows absent can still be deleted in time (see
