@@ -95,6 +95,10 @@ mod cli {
         /// watch log (keel-jepsen watch-log JSON lines) next to it as `<stem>.watch.jsonl`.
         #[arg(long)]
         history_out: Option<std::path::PathBuf>,
+        /// Write every seed's history (keel-jepsen JSON lines) to `DIR/seed-N.jsonl`, for a
+        /// sweep whose histories `keel-jepsen check` decides again without re-running the sim.
+        #[arg(long, value_name = "DIR")]
+        history_dir: Option<std::path::PathBuf>,
     }
 
     fn parse_range(s: &str) -> Result<Range<u64>, String> {
@@ -193,6 +197,12 @@ mod cli {
                     if let Err(e) = std::fs::write(&watch_path, report.watch_log.to_jsonl()) {
                         eprintln!("writing {}: {e}", watch_path.display());
                     }
+                }
+            }
+            if let Some(dir) = &args.history_dir {
+                let path = dir.join(format!("seed-{seed}.jsonl"));
+                if let Err(e) = std::fs::write(&path, &report.history_jsonl) {
+                    eprintln!("writing {}: {e}", path.display());
                 }
             }
             print_report(&report);

@@ -18,6 +18,9 @@ use crate::model::in_range;
 #[derive(Default)]
 pub struct Absences {
     at: HashMap<String, Vec<Revision>>,
+    /// Per key read absent: the revisions of acknowledged deletes of it (ascending) and the
+    /// in-doubt ops that may delete it.
+    deleters: HashMap<String, (Vec<Revision>, Vec<usize>)>,
 }
 
 impl Absences {
@@ -55,7 +58,46 @@ impl Absences {
             revs.sort_unstable();
             revs.dedup();
         }
+        a.index_deleters(facts);
         a
+    }
+
+    fn index_deleters(&mut self, facts: &Facts) {
+        for key in self.at.keys() {
+            let mut acked: Vec<Revision> = Vec::new();
+            let mut in_doubt: Vec<usize> = Vec::new();
+            let one = facts.key_deletes.get(key).map_or(&[][..], |v| v.as_slice());
+            let ranges = facts
+                .deletes
+                .iter()
+                .filter(|(s, e, _, _)| in_range(key, s, e.as_deref()))
+                .map(|(_, _, rev, op)| (rev, op));
+            for (rev, &op) in one.iter().map(|(rev, op)| (rev, op)).chain(ranges) {
+                match rev {
+                    Some(r) => acked.push(*r),
+                    None => in_doubt.push(op),
+                }
+            }
+            acked.sort_unstable();
+            in_doubt.sort_unstable();
+            in_doubt.dedup();
+            self.deleters.insert(key.clone(), (acked, in_doubt));
+        }
+    }
+
+    /// Whether an acknowledged delete of `key` (read absent somewhere) lies in `(lo, hi]`, and
+    /// the in-doubt ops that may delete it.
+    pub fn deleters(&self, key: &str, lo: Revision, hi: Revision) -> (bool, &[usize]) {
+        let Some((acked, in_doubt)) = self.deleters.get(key) else {
+            return (false, &[]);
+        };
+        let n = acked.partition_point(|r| *r <= lo);
+        (acked.get(n).is_some_and(|r| *r <= hi), in_doubt)
+    }
+
+    /// The keys some read showed absent.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.at.keys().map(String::as_str)
     }
 
     /// The first revision after `r` at which a read showed `key` absent.

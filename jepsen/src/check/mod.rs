@@ -35,6 +35,7 @@ pub mod describe;
 pub mod facts;
 pub mod forbid;
 pub mod order;
+pub mod prune;
 pub mod search;
 
 /// What a checker concluded. Callers must treat [`Verdict::Unknown`] as a failure.

@@ -11,12 +11,17 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+mod explain;
+
+use explain::first_differing_key;
+
 use super::absent::Absences;
-use super::describe::{request_text, who};
+use super::describe::who;
 use super::facts::Facts;
 use super::order::Prepared;
+use super::prune::{delete_ranges, put_keys, puts_needed, Pins};
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
-use crate::history::{KeyValue, Operation, Request, RequestOp, Response, ResponseOp, Revision};
+use crate::history::{KeyValue, Request, RequestOp, Response, ResponseOp, Revision};
 use crate::model::{in_range, Model, Undo};
 
 /// What the replay did.
@@ -109,6 +114,7 @@ pub struct Search<'a> {
     ok_by_revision: Vec<(Revision, usize)>,
     facts: &'a Facts,
     absences: Absences,
+    pins: Pins,
 }
 
 fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
@@ -125,22 +131,6 @@ fn shown_kvs(resp: &Response) -> Vec<&KeyValue> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// The first key whose pair differs between two range results.
-fn first_differing_key(expected: &[KeyValue], actual: &[KeyValue]) -> Option<String> {
-    let mut keys: Vec<&str> = expected
-        .iter()
-        .chain(actual)
-        .map(|k| k.key.as_str())
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.into_iter()
-        .find(|key| {
-            expected.iter().find(|k| k.key == *key) != actual.iter().find(|k| k.key == *key)
-        })
-        .map(str::to_string)
 }
 
 impl<'a> Search<'a> {
@@ -168,6 +158,7 @@ impl<'a> Search<'a> {
             ok_by_revision: Vec::new(),
             facts,
             absences: Absences::new(p, facts),
+            pins: Pins::default(),
         };
         s.index();
         s
@@ -197,6 +188,14 @@ impl<'a> Search<'a> {
             seen.sort_unstable();
             seen.dedup();
         }
+        let p = self.p;
+        let shown = p
+            .reads_at
+            .values()
+            .flatten()
+            .filter_map(|&id| p.ops[id].ok())
+            .flat_map(shown_kvs);
+        self.pins = Pins::new(p, self.facts, shown);
         for &id in &self.p.in_doubt {
             self.min_revision.push((self.p.min_revision[id], id));
         }
@@ -381,7 +380,7 @@ impl<'a> Search<'a> {
         let open = self.min_revision[..n]
             .iter()
             .map(|x| x.1)
-            .filter(|&id| !self.used[id]);
+            .filter(|&id| !self.used[id] && self.pins.allows(id, r));
         if let Some(hints) = self.hints.get(&r) {
             let wanted: Vec<(&str, &str)> = hints
                 .iter()
@@ -402,7 +401,39 @@ impl<'a> Search<'a> {
         let (mut quiet, mut seen): (Vec<usize>, Vec<usize>) =
             open.partition(|&id| !self.is_observed(id));
         quiet.append(&mut seen);
+        quiet.sort_by_cached_key(|&id| self.deadline(id, r - 1));
         quiet
+    }
+
+    /// The earliest revision by which something op `id` would do must be done, with the model
+    /// at `r`: a put a read's version count still needs (rule 3 of [`Pins`]), or the delete of
+    /// a live key a read shows absent. Trying the most urgent candidates first finds a
+    /// linearization sooner; the order changes nothing else.
+    fn deadline(&self, id: usize, r: Revision) -> Revision {
+        let req = &self.p.ops[id].request;
+        let mut best = Revision::MAX;
+        for key in put_keys(req) {
+            let Some(versions) = self.seen_versions.get(key) else {
+                continue;
+            };
+            if let Some((m, needed)) =
+                puts_needed(&self.model, r, key, versions, (self.facts, &self.pins))
+            {
+                if needed > 0 {
+                    best = best.min(m);
+                }
+            }
+        }
+        for (start, end) in delete_ranges(req) {
+            for key in self.absences.keys() {
+                if in_range(key, start, end) && self.model.current(key).is_some() {
+                    if let Some(d) = self.absences.next_after(key, r) {
+                        best = best.min(d);
+                    }
+                }
+            }
+        }
+        best
     }
 
     fn is_observed(&self, id: usize) -> bool {
@@ -440,7 +471,9 @@ impl<'a> Search<'a> {
             };
             if self.model.revision() != r
                 || !self.hints_hold(r)
+                || !self.pins.creates_hold(&self.model, r)
                 || !self.unseen_by_reads(&undo, r, id)
+                || !self.counts_fit(r, id)
             {
                 self.model.undo(undo);
                 continue;
@@ -457,6 +490,19 @@ impl<'a> Search<'a> {
             });
             return Ok(());
         }
+    }
+
+    /// Rule 3 of [`Pins`] with in-doubt op `id` placed at `r` (not yet marked used).
+    fn counts_fit(&mut self, r: Revision, id: usize) -> bool {
+        self.used[id] = true;
+        let fit = self.pins.counts_fit(
+            &self.model,
+            r,
+            &self.seen_versions,
+            (self.p, self.facts, &self.used),
+        ) && self.all_can_vanish(r);
+        self.used[id] = false;
+        fit
     }
 
     /// Whether what reads saw allows op `id`'s writes at `r`.
@@ -477,21 +523,26 @@ impl<'a> Search<'a> {
         let Some(d) = self.absences.next_after(key, r) else {
             return true;
         };
-        let deletes = |rev: &Option<Revision>, op: usize| match rev {
-            Some(at) => *at > r && *at <= d,
-            None => op != id && !self.used[op] && self.p.min_revision[op] <= d,
-        };
-        let one = self
-            .facts
-            .key_deletes
-            .get(key)
-            .map_or(&[][..], |v| v.as_slice());
-        one.iter().any(|(rev, op)| deletes(rev, *op))
-            || self
-                .facts
-                .deletes
-                .iter()
-                .any(|(s, e, rev, op)| in_range(key, s, e.as_deref()) && deletes(rev, *op))
+        // An in-doubt delete needs a gap of its own in (r, d] that no read forbids it and that
+        // no read pins to another write.
+        let (acked, in_doubt) = self.absences.deleters(key, r, d);
+        acked
+            || in_doubt.iter().any(|&op| {
+                op != id
+                    && !self.used[op]
+                    && self.p.could_place(op, r, d, |g| {
+                        !self.facts.no_deletes.forbids(key, g) && self.pins.allows(op, g)
+                    })
+            })
+    }
+
+    /// Every live key that a later read shows absent can still be deleted in time (see
+    /// [`Search::can_vanish`]), with the model at `r`.
+    fn all_can_vanish(&self, r: Revision) -> bool {
+        self.absences
+            .keys()
+            .filter(|k| self.model.current(k).is_some())
+            .all(|k| self.can_vanish(k, r, usize::MAX))
     }
 
     /// A put of `key` at `r` leaves it at `e`; the next version a read saw, `(m, c, v)` with
@@ -531,62 +582,6 @@ impl<'a> Search<'a> {
                     && e.version == kv.version
             })
         })
-    }
-
-    fn unexplained(&self, r: Revision, tried: &[usize]) -> Violation {
-        let mut named: Vec<&Operation> = Vec::new();
-        let n = self.ok_by_revision.partition_point(|x| x.0 < r);
-        if let Some(&(rev, id)) = self.ok_by_revision.get(n) {
-            named.push(&self.p.ops[id]);
-            let mut why = format!(
-                "rev {r} was made by no operation: no acknowledged write reports rev {r} and no \
-                 in-doubt write can make it, yet {} reports rev {rev}",
-                who(&self.p.ops[id])
-            );
-            for &cid in tried.iter().take(2) {
-                let cop = &self.p.ops[cid];
-                named.push(cop);
-                why.push_str(&format!(
-                    "; {} could sit there, but applied to the state at rev {} it changes nothing \
-                     or contradicts what reads saw",
-                    who(cop),
-                    r - 1
-                ));
-            }
-            let late = self
-                .min_revision
-                .iter()
-                .find(|x| x.0 > r && !self.used[x.1]);
-            if let Some(&(min, lid)) = late {
-                let lop = &self.p.ops[lid];
-                named.push(lop);
-                why.push_str(&format!(
-                    "; {} is in doubt but was invoked after rev {} was already observed",
-                    who(lop),
-                    min - 1
-                ));
-            }
-            if let Some(hints) = self.hints.get(&r) {
-                for (rid, kv) in hints.iter().take(2) {
-                    named.push(&self.p.ops[*rid]);
-                    why.push_str(&format!(
-                        "; p{} saw {kv} written at rev {r}",
-                        self.p.ops[*rid].process
-                    ));
-                }
-            }
-            return Violation::new(ViolationKind::UnexplainedRevision, &named, why);
-        }
-        Violation::new(
-            ViolationKind::UnexplainedRevision,
-            &named,
-            format!("rev {r} was made by no operation"),
-        )
-    }
-
-    fn writer_of(&self, rev: Revision) -> Option<&'a Operation> {
-        let id = self.p.writer.get(&rev).or_else(|| self.chosen.get(&rev))?;
-        Some(&self.p.ops[*id])
     }
 
     /// Applies the acknowledged write at revision `r`; its response must match.
@@ -671,192 +666,5 @@ impl<'a> Search<'a> {
             }
         }
         Ok(())
-    }
-
-    fn wrong(&self, op: &'a Operation, why: String) -> Violation {
-        let mut named = vec![op];
-        // Name the writers of every revision the explanation shows as `@rev` (at most three).
-        for part in why.split('@').skip(1) {
-            if named.len() > 3 {
-                break;
-            }
-            let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
-            let Ok(rev) = digits.parse::<Revision>() else {
-                continue;
-            };
-            if let Some(w) = self.writer_of(rev) {
-                if !named.iter().any(|n| n.id == w.id) {
-                    named.push(w);
-                }
-            }
-        }
-        Violation::new(ViolationKind::WrongResponse, &named, why)
-    }
-
-    /// Why `actual` differs from `expected` (the model's answer at revision `at`), if it does.
-    fn diff(
-        &self,
-        op: &Operation,
-        expected: &Response,
-        actual: &Response,
-        at: Revision,
-    ) -> Option<String> {
-        let subject = format!(
-            "{} (ok {})",
-            who(op),
-            super::describe::response_text(actual)
-        );
-        match (expected, actual) {
-            (Response::Range(e), Response::Range(a)) => {
-                self.diff_range(&subject, &e.kvs, &a.kvs, at).or_else(|| {
-                    (e.count != a.count || e.more != a.more).then(|| {
-                        format!(
-                            "{subject}: count {} more {}, but the state at rev {at} gives \
-                                 count {} more {}",
-                            a.count, a.more, e.count, e.more
-                        )
-                    })
-                })
-            }
-            (Response::Txn(e), Response::Txn(a)) => self.diff_txn(op, &subject, e, a, at),
-            (Response::Delete(e), Response::Delete(a)) => {
-                let same =
-                    e.deleted == a.deleted && (a.prev_kvs.is_empty() || a.prev_kvs == e.prev_kvs);
-                (!same).then(|| {
-                    format!(
-                        "{subject}: deleted {}, but the state at rev {at} gives deleted {}{}",
-                        a.deleted,
-                        e.deleted,
-                        self.key_state(&e.prev_kvs)
-                    )
-                })
-            }
-            (Response::Put(e), Response::Put(a)) => {
-                let same = a.prev_kv.is_none() || a.prev_kv == e.prev_kv;
-                (!same).then(|| {
-                    format!(
-                        "{subject}: prev_kv {:?}, but at rev {at} it is {}",
-                        a.prev_kv.as_ref().map(|k| k.to_string()),
-                        e.prev_kv
-                            .as_ref()
-                            .map_or("absent".to_string(), |k| self.kv_with_writer(k))
-                    )
-                })
-            }
-            (Response::Compact(_), Response::Compact(_)) => None,
-            _ => Some(format!("{subject}: response of the wrong kind")),
-        }
-    }
-
-    fn kv_with_writer(&self, kv: &KeyValue) -> String {
-        match self.writer_of(kv.mod_revision) {
-            Some(w) => format!("{kv} written by {}", who(w)),
-            None => kv.to_string(),
-        }
-    }
-
-    fn key_state(&self, kvs: &[KeyValue]) -> String {
-        if kvs.is_empty() {
-            return String::new();
-        }
-        let parts: Vec<String> = kvs.iter().take(3).map(|k| self.kv_with_writer(k)).collect();
-        format!(" ({})", parts.join(", "))
-    }
-
-    fn diff_range(
-        &self,
-        subject: &str,
-        expected: &[KeyValue],
-        actual: &[KeyValue],
-        at: Revision,
-    ) -> Option<String> {
-        if expected == actual {
-            return None;
-        }
-        let mut keys: Vec<&str> = expected
-            .iter()
-            .chain(actual)
-            .map(|k| k.key.as_str())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
-            let e = expected.iter().find(|k| k.key == key);
-            let a = actual.iter().find(|k| k.key == key);
-            if e == a {
-                continue;
-            }
-            let saw = a.map_or(format!("no {key}"), |k| k.to_string());
-            let is = match e {
-                Some(k) => format!("{key} is {}", self.kv_with_writer(k)),
-                None => format!("{key} does not exist"),
-            };
-            return Some(format!("{subject} saw {saw}, but at rev {at} {is}"));
-        }
-        Some(format!("{subject}: kvs differ from the state at rev {at}"))
-    }
-
-    fn diff_txn(
-        &self,
-        op: &Operation,
-        subject: &str,
-        e: &crate::history::TxnResponse,
-        a: &crate::history::TxnResponse,
-        at: Revision,
-    ) -> Option<String> {
-        if e.succeeded != a.succeeded {
-            let Request::Txn(t) = &op.request else {
-                return Some(format!("{subject}: not a txn"));
-            };
-            let keys: Vec<String> = t
-                .compares
-                .iter()
-                .map(|c| match self.model.current(&c.key) {
-                    // The model has already been undone to `at` for reads; for writes it is
-                    // at `at + 1`, so show the entry as of `at` from the expected state.
-                    Some(x) if x.mod_revision <= at => {
-                        let kv = KeyValue::new(
-                            &c.key,
-                            &x.value,
-                            x.create_revision,
-                            x.mod_revision,
-                            x.version,
-                        );
-                        self.kv_with_writer(&kv)
-                    }
-                    Some(_) => format!("{} (changed by this txn)", c.key),
-                    None => format!("{} absent", c.key),
-                })
-                .collect();
-            return Some(format!(
-                "{subject} {}, but its compares ({}) are {} at rev {at}: {}",
-                if a.succeeded { "succeeded" } else { "failed" },
-                request_text(&op.request)
-                    .trim_start_matches("txn if ")
-                    .split(" then ")
-                    .next()
-                    .unwrap_or(""),
-                if e.succeeded { "true" } else { "false" },
-                keys.join(", ")
-            ));
-        }
-        if e.responses.len() != a.responses.len() {
-            return Some(format!("{subject}: wrong number of responses"));
-        }
-        for (er, ar) in e.responses.iter().zip(&a.responses) {
-            let why = match (er, ar) {
-                (ResponseOp::Range(x), ResponseOp::Range(y)) => {
-                    self.diff_range(subject, &x.kvs, &y.kvs, at)
-                }
-                (ResponseOp::Delete(x), ResponseOp::Delete(y)) => (x.deleted != y.deleted)
-                    .then(|| format!("{subject}: deleted {}, expected {}", y.deleted, x.deleted)),
-                (ResponseOp::Put(_), ResponseOp::Put(_)) => None,
-                _ => Some(format!("{subject}: responses of the wrong kind")),
-            };
-            if why.is_some() {
-                return why;
-            }
-        }
-        None
     }
 }
