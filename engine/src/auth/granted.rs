@@ -2,7 +2,7 @@
 //! ranges it may read and write as sorted, merged intervals. The store keeps one per user and
 //! rebuilds it when an auth change touches the user or one of its roles, so a permission check
 //! is a map lookup and a binary search instead of a gather-and-sort of every granted range
-//! (see benches/README.md, "Auth on vs off").
+//! (see benches/README.md, "Auth and TLS: what they cost").
 
 use std::collections::BTreeMap;
 
