@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use keel_proto::etcdserverpb::auth_client::AuthClient;
 use keel_proto::etcdserverpb::kv_client::KvClient;
-use keel_proto::etcdserverpb::{PutRequest, RangeRequest};
+use keel_proto::etcdserverpb::{AuthenticateRequest, PutRequest, RangeRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
@@ -84,20 +85,27 @@ enum Workload {
         /// `(key_space_size, key_size)`: read one random encoded key per request.
         random: Option<(u64, usize)>,
     },
+    /// Log in, again and again.
+    Authenticate(AuthenticateRequest),
 }
 
 /// Runs the benchmark described by `cli` to completion.
 pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
     let channels = connect(cli, cli.conns).await?;
-    let token = login(cli, &channels[0]).await?;
-    let workload = workload(&cli.command);
+    let workload = workload(&cli.command, cli.user.as_deref())?;
+    let token = match workload {
+        // Each request is a login; none carries a token.
+        Workload::Authenticate(_) => None,
+        _ => login(cli, &channels[0]).await?,
+    };
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(cli.clients);
     for client_index in 0..cli.clients {
-        let client = KvClient::new(channels[client_index % channels.len()].clone());
+        let channel = channels[client_index % channels.len()].clone();
         let job = Job {
-            client,
+            client: KvClient::new(channel.clone()),
+            auth: AuthClient::new(channel),
             workload: workload.clone(),
             next: next.clone(),
             total: cli.total,
@@ -133,11 +141,7 @@ async fn login(
     let Some(user) = &cli.user else {
         return Ok(None);
     };
-    let (name, password) = user.split_once(':').context("--user is name:password")?;
-    let request = keel_proto::etcdserverpb::AuthenticateRequest {
-        name: name.to_string(),
-        password: password.to_string(),
-    };
+    let request = authenticate_request(user)?;
     let mut auth = keel_proto::etcdserverpb::auth_client::AuthClient::new(channel.clone());
     let token = auth.authenticate(request).await?.into_inner().token;
     Ok(Some(token.parse().context("a token is ASCII")?))
@@ -175,8 +179,18 @@ pub async fn connect(cli: &Cli, count: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(channels)
 }
 
-fn workload(command: &Command) -> Workload {
-    match command {
+/// An Authenticate request for `name:password`.
+fn authenticate_request(user: &str) -> anyhow::Result<AuthenticateRequest> {
+    let (name, password) = user.split_once(':').context("--user is name:password")?;
+    Ok(AuthenticateRequest {
+        name: name.to_string(),
+        password: password.to_string(),
+    })
+}
+
+/// The work `command` describes (`user`: `--user`, which Authenticate needs).
+fn workload(command: &Command, user: Option<&str>) -> anyhow::Result<Workload> {
+    Ok(match command {
         Command::Put {
             key_size,
             val_size,
@@ -211,8 +225,12 @@ fn workload(command: &Command) -> Workload {
             },
             random: key_space_size.map(|space| (space, *key_size)),
         },
-        other => panic!("not a KV load: {other:?}"),
-    }
+        Command::Authenticate => {
+            let user = user.context("authenticate needs --user")?;
+            Workload::Authenticate(authenticate_request(user)?)
+        }
+        other => anyhow::bail!("not a KV load: {other:?}"),
+    })
 }
 
 /// Encodes key number `n` big-endian into exactly `key_size` bytes (keeping the low bytes when
@@ -236,6 +254,7 @@ struct Outcome {
 /// spent.
 struct Job {
     client: KvClient<Channel>,
+    auth: AuthClient<Channel>,
     workload: Workload,
     next: Arc<AtomicU64>,
     total: u64,
@@ -318,6 +337,11 @@ impl Job {
                 let response = self.client.range(request).await?.into_inner();
                 Ok(response.kvs.len() as u64)
             }
+            Workload::Authenticate(request) => {
+                let request = tonic::Request::new(request.clone());
+                self.auth.authenticate(request).await?;
+                Ok(0)
+            }
         }
     }
 }
@@ -342,7 +366,9 @@ mod tests {
             key_space_size,
             key_size: 8,
         };
-        let Workload::Range { request, random } = workload(&command(Some(1000))) else {
+        let Workload::Range { request, random } =
+            workload(&command(Some(1000)), None).expect("a KV load")
+        else {
             panic!("a range command must build a range workload");
         };
         assert_eq!(
@@ -351,7 +377,9 @@ mod tests {
             "random keys come from the key space"
         );
         assert!(!request.serializable, "consistency l is linearizable");
-        let Workload::Range { request, random } = workload(&command(None)) else {
+        let Workload::Range { request, random } =
+            workload(&command(None), None).expect("a KV load")
+        else {
             panic!("a range command must build a range workload");
         };
         assert_eq!(random, None, "without a key space the fixed key is read");

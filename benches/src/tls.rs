@@ -40,7 +40,7 @@ impl Connector {
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let mut config = match (&cli.cert, &cli.key) {
+        let mut config = match (&cli.cert, &cli.key_file) {
             (Some(cert), Some(key)) => {
                 let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert)?.collect();
                 let key = PrivateKeyDer::from_pem_file(key).context("reading --key")?;

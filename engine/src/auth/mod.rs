@@ -28,6 +28,7 @@
 //! assert!(auth.check(Some(&u), b"k", b"", Perm::Read).is_err());
 //! ```
 
+mod granted;
 mod perms;
 mod store;
 mod tokens;

@@ -1,11 +1,10 @@
 //! Permission checks (etcd's `isOpPermitted` and `authApplierV3`): which requests a user may
 //! make, by the key ranges its roles grant.
 
-use bytes::Bytes;
 use keel_proto::etcdserverpb::{request_op, RequestOp, TxnRequest};
 use keel_proto::keelpb::raft_request::Request as LogRequest;
 
-use super::{AuthInfo, AuthStore, ROOT};
+use super::{AuthInfo, AuthStore};
 use crate::error::Error;
 use crate::lease::Leases;
 use crate::request::Read;
@@ -17,53 +16,6 @@ pub enum Perm {
     Read,
     /// Put, delete, a lease revoke's keys.
     Write,
-}
-
-/// A permission's or a request's keys as a half-open interval `[begin, end)`; `None` for
-/// no end (etcd's `"\0"` range end). An empty range end is the one key: `[key, key\0)`.
-pub(super) fn interval(key: &[u8], range_end: &[u8]) -> (Bytes, Option<Bytes>) {
-    let begin = Bytes::copy_from_slice(key);
-    match range_end {
-        [] => (begin, Some(point_end(key))),
-        [0] => (begin, None),
-        end => (begin, Some(Bytes::copy_from_slice(end))),
-    }
-}
-
-fn point_end(key: &[u8]) -> Bytes {
-    let mut end = key.to_vec();
-    end.push(0);
-    end.into()
-}
-
-/// Whether the union of `granted` covers the whole of `want` (etcd's interval tree
-/// `Contains`; a point is covered by any interval holding it).
-fn covers(mut granted: Vec<(Bytes, Option<Bytes>)>, want: (Bytes, Option<Bytes>)) -> bool {
-    let (begin, end) = want;
-    let end = match end {
-        // An empty or backwards range is checked as its first key.
-        Some(e) if e <= begin => Some(point_end(&begin)),
-        e => e,
-    };
-    granted.sort();
-    // `reach`: the key up to which [begin, reach) is covered; None once unbounded.
-    let mut reach = Some(begin);
-    for (b, e) in granted {
-        let Some(r) = &reach else { break };
-        if b > *r {
-            break;
-        }
-        match (&e, r) {
-            (None, _) => reach = None,
-            (Some(e), r) if e > r => reach = Some(e.clone()),
-            _ => {}
-        }
-    }
-    match (reach, end) {
-        (None, _) => true,
-        (Some(_), None) => false,
-        (Some(r), Some(e)) => r >= e,
-    }
 }
 
 impl AuthStore {
@@ -93,12 +45,10 @@ impl AuthStore {
             );
             return Err(Error::AuthOldRevision);
         }
-        let user = self.user(&info.username).ok_or(Error::PermissionDenied)?;
-        if user.roles.iter().any(|r| r == ROOT) {
-            return Ok(());
-        }
-        let granted = self.intervals(user, perm == Perm::Read);
-        if covers(granted, interval(key, range_end)) {
+        let granted = self
+            .granted(&info.username)
+            .ok_or(Error::PermissionDenied)?;
+        if granted.root || granted.covers(perm, key, range_end) {
             Ok(())
         } else {
             Err(Error::PermissionDenied)
@@ -234,40 +184,5 @@ pub fn check_read(auth: &AuthStore, info: Option<&AuthInfo>, read: &Read) -> Res
         | Read::AuthStatus(_)
         | Read::PasswordLookup(_)
         | Read::V2(_) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn iv(k: &str, e: &str) -> (Bytes, Option<Bytes>) {
-        interval(k.as_bytes(), e.as_bytes())
-    }
-
-    #[test]
-    fn coverage_of_points_ranges_and_prefixes() {
-        let granted = vec![iv("a", "c"), iv("c", "e"), iv("x", "")];
-        assert!(covers(granted.clone(), iv("b", "")), "a point inside");
-        assert!(
-            covers(granted.clone(), iv("a", "e")),
-            "two adjacent ranges join"
-        );
-        assert!(!covers(granted.clone(), iv("a", "f")), "past the end");
-        assert!(covers(granted.clone(), iv("x", "")), "a granted point");
-        assert!(
-            !covers(granted.clone(), iv("x", "y")),
-            "a point covers no range"
-        );
-        assert!(!covers(granted.clone(), iv("e", "")), "end is exclusive");
-        assert!(
-            !covers(granted.clone(), iv("a", "\0")),
-            "from-key needs an open end"
-        );
-        assert!(
-            covers(vec![iv("p", "\0")], iv("q", "\0")),
-            "from-key covers from-key"
-        );
-        assert!(!covers(vec![], iv("a", "")), "nothing granted");
     }
 }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use keel_proto::authpb::{permission, Permission, Role, User, UserAddOptions};
+use keel_proto::authpb::{Permission, Role, User, UserAddOptions};
 use keel_proto::keelpb::AuthTable;
 use prost::Message as _;
 
+use super::granted::Granted;
 use super::AuthInfo;
 use crate::error::Error;
 
@@ -33,6 +34,9 @@ pub struct AuthStore {
     revision: u64,
     users: BTreeMap<String, User>,
     roles: BTreeMap<String, Role>,
+    /// Each user's permissions resolved from `users` and `roles` (derived state, rebuilt by
+    /// every change that touches them; never encoded).
+    granted: BTreeMap<String, Granted>,
 }
 
 impl Default for AuthStore {
@@ -43,6 +47,7 @@ impl Default for AuthStore {
             revision: 1,
             users: BTreeMap::new(),
             roles: BTreeMap::new(),
+            granted: BTreeMap::new(),
         }
     }
 }
@@ -77,6 +82,49 @@ impl AuthStore {
 
     fn commit(&mut self) {
         self.revision += 1;
+    }
+
+    /// A user's resolved permissions (`None`: no such user).
+    pub(super) fn granted(&self, name: &str) -> Option<&Granted> {
+        self.granted.get(name)
+    }
+
+    /// The resolved permissions match the users and roles they come from.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.granted.len(),
+            self.users.len(),
+            "resolved permissions and users differ in number"
+        );
+        for (name, user) in &self.users {
+            assert!(
+                self.granted.get(name) == Some(&Granted::of(user, &self.roles)),
+                "the resolved permissions of user {name:?} are stale"
+            );
+        }
+    }
+
+    /// Resolves `name`'s permissions again (or forgets them, once the user is gone).
+    fn regrant(&mut self, name: &str) {
+        match self.users.get(name) {
+            Some(user) => {
+                let granted = Granted::of(user, &self.roles);
+                self.granted.insert(name.to_string(), granted);
+            }
+            None => {
+                self.granted.remove(name);
+            }
+        }
+    }
+
+    /// Resolves again the permissions of every user holding `role`.
+    fn regrant_holders(&mut self, role: &str) {
+        for (name, user) in &self.users {
+            if user.roles.iter().any(|r| r == role) {
+                self.granted
+                    .insert(name.clone(), Granted::of(user, &self.roles));
+            }
+        }
     }
 
     /// AuthEnable: only with a `root` user that has the `root` role. Enabling twice is no
@@ -120,6 +168,7 @@ impl AuthStore {
             options: Some(UserAddOptions { no_password }),
         };
         self.users.insert(name.to_string(), user);
+        self.regrant(name);
         self.commit();
         Ok(())
     }
@@ -130,6 +179,7 @@ impl AuthStore {
             return Err(Error::InvalidAuthMgmt);
         }
         self.users.remove(name).ok_or(Error::UserNotFound)?;
+        self.regrant(name);
         self.commit();
         Ok(())
     }
@@ -154,6 +204,7 @@ impl AuthStore {
             Ok(_) => return Ok(()),
             Err(at) => user.roles.insert(at, role.to_string()),
         }
+        self.regrant(name);
         self.commit();
         Ok(())
     }
@@ -169,6 +220,7 @@ impl AuthStore {
         if user.roles.len() == before {
             return Err(Error::RoleNotGranted);
         }
+        self.regrant(name);
         self.commit();
         Ok(())
     }
@@ -186,6 +238,7 @@ impl AuthStore {
             key_permission: Vec::new(),
         };
         self.roles.insert(name.to_string(), role);
+        self.regrant_holders(name);
         self.commit();
         Ok(())
     }
@@ -197,8 +250,16 @@ impl AuthStore {
             return Err(Error::InvalidAuthMgmt);
         }
         self.roles.remove(name).ok_or(Error::RoleNotFound)?;
-        for user in self.users.values_mut() {
+        let mut holders = Vec::new();
+        for (user_name, user) in self.users.iter_mut() {
+            let before = user.roles.len();
             user.roles.retain(|r| r != name);
+            if user.roles.len() != before {
+                holders.push(user_name.clone());
+            }
+        }
+        for user in holders {
+            self.regrant(&user);
         }
         self.commit();
         Ok(())
@@ -219,6 +280,7 @@ impl AuthStore {
                 perms.insert(after, perm);
             }
         }
+        self.regrant_holders(name);
         self.commit();
         Ok(())
     }
@@ -237,6 +299,7 @@ impl AuthStore {
         if role.key_permission.len() == before {
             return Err(Error::PermissionNotGranted);
         }
+        self.regrant_holders(name);
         self.commit();
         Ok(())
     }
@@ -288,6 +351,7 @@ impl AuthStore {
             revision: table.revision,
             users: BTreeMap::new(),
             roles: BTreeMap::new(),
+            granted: BTreeMap::new(),
         };
         for user in table.users {
             let name = utf8_name(&user.name)?;
@@ -301,25 +365,11 @@ impl AuthStore {
                 return Err(AuthSectionError::Name(name));
             }
         }
-        Ok(store)
-    }
-
-    /// Permissions of the given kind granted to `user` through its roles, as half-open
-    /// intervals `[begin, end)` (`None`: to the end of the keyspace).
-    pub(super) fn intervals(&self, user: &User, read: bool) -> Vec<(Bytes, Option<Bytes>)> {
-        let wanted = |t: i32| match permission::Type::try_from(t) {
-            Ok(permission::Type::Readwrite) => true,
-            Ok(permission::Type::Read) => read,
-            Ok(permission::Type::Write) => !read,
-            Err(_) => false,
-        };
-        let mut out = Vec::new();
-        for role in user.roles.iter().filter_map(|r| self.roles.get(r)) {
-            for p in role.key_permission.iter().filter(|p| wanted(p.perm_type)) {
-                out.push(super::perms::interval(&p.key, &p.range_end));
-            }
+        let names: Vec<String> = store.users.keys().cloned().collect();
+        for name in names {
+            store.regrant(&name);
         }
-        out
+        Ok(store)
     }
 }
 

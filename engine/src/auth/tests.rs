@@ -317,3 +317,51 @@ fn tokens_expire_after_their_ttl_without_use() {
     assert!(t.is_empty(), "disable forgets every token");
     t.check_invariants();
 }
+
+#[test]
+fn a_used_token_expires_its_ttl_after_the_last_use() {
+    let mut t = SimpleTokens::new(1000);
+    t.enable();
+    t.assign("tok.1".into(), "alice", 0);
+    for now in [100, 600, 999, 1500, 2400] {
+        assert_eq!(t.info("tok.1", now).as_deref(), Some("alice"), "at {now}");
+        t.check_invariants();
+    }
+    t.expire(3399);
+    assert_eq!(t.len(), 1, "alive until 1000 ms after its last use (2400)");
+    t.check_invariants();
+    t.expire(3400);
+    assert!(t.is_empty(), "gone 1000 ms after its last use");
+    t.check_invariants();
+}
+
+#[test]
+fn resolved_permissions_follow_every_change() {
+    let mut a = store();
+    a.check_invariants();
+    let alice = |a: &AuthStore| as_user(a, "alice");
+    assert!(a.check(Some(&alice(&a)), b"foo", b"", Perm::Write).is_ok());
+    a.role_revoke_permission("r", b"foo", b"").expect("revoke");
+    a.check_invariants();
+    assert_eq!(
+        a.check(Some(&alice(&a)), b"foo", b"", Perm::Write),
+        Err(Error::PermissionDenied),
+        "a revoked permission is gone at once"
+    );
+    a.role_add("w").expect("w");
+    a.role_grant_permission("w", perm(Type::Write, "foo", "fop"))
+        .expect("grant");
+    a.user_grant_role("alice", "w").expect("grant role");
+    a.check_invariants();
+    assert!(a.check(Some(&alice(&a)), b"foo", b"", Perm::Write).is_ok());
+    a.role_delete("w").expect("delete role");
+    a.check_invariants();
+    assert!(a.check(Some(&alice(&a)), b"foo", b"", Perm::Write).is_err());
+    a.user_revoke_role("alice", "r").expect("revoke role");
+    a.check_invariants();
+    assert!(a.check(Some(&alice(&a)), b"x", b"", Perm::Write).is_err());
+    a.user_delete("alice").expect("delete");
+    a.check_invariants();
+    let decoded = AuthStore::decode_section(&a.encode_section()).expect("decodes");
+    decoded.check_invariants();
+}

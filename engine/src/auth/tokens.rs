@@ -5,7 +5,7 @@
 //! restart forgets them (clients log in again). They are assigned only by applying an entry,
 //! and expire by the driver's clock (`now_ms`), so the simulator replays them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Tokens held at most; past it the one closest to expiry is dropped (a client that loses
 /// its token logs in again). Bounds memory under a storm of logins.
@@ -14,7 +14,12 @@ pub const TOKENS_MAX: usize = 1 << 20;
 #[derive(Clone, Debug)]
 struct Token {
     user: String,
+    /// When it expires: its last use plus the TTL.
     deadline_ms: u64,
+    /// The deadline it is filed under in the expiry index: not after `deadline_ms`. A use
+    /// moves only `deadline_ms`; the index catches up when the old deadline comes due, so a
+    /// request costs one map lookup, not a re-keying of the index.
+    filed_ms: u64,
 }
 
 /// The tokens this member knows, with their expiry.
@@ -22,8 +27,8 @@ struct Token {
 pub struct SimpleTokens {
     ttl_ms: u64,
     tokens: BTreeMap<String, Token>,
-    /// (deadline, token): expiry in order.
-    deadlines: BTreeMap<(u64, String), ()>,
+    /// (filed deadline, token): expiry in order, each deadline at most the token's own.
+    deadlines: BTreeSet<(u64, String)>,
     enabled: bool,
 }
 
@@ -33,7 +38,7 @@ impl SimpleTokens {
         SimpleTokens {
             ttl_ms,
             tokens: BTreeMap::new(),
-            deadlines: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             enabled: false,
         }
     }
@@ -65,28 +70,28 @@ impl SimpleTokens {
         if !self.enabled {
             return;
         }
+        self.remove(&token);
         if self.tokens.len() >= TOKENS_MAX {
-            if let Some(((_, oldest), ())) = self.deadlines.pop_first() {
-                self.tokens.remove(&oldest);
-            }
+            self.drop_closest_to_expiry();
         }
         let deadline_ms = now_ms.saturating_add(self.ttl_ms);
-        self.remove(&token);
-        self.deadlines.insert((deadline_ms, token.clone()), ());
+        self.deadlines.insert((deadline_ms, token.clone()));
         let user = user.to_string();
-        self.tokens.insert(token, Token { user, deadline_ms });
+        let filed_ms = deadline_ms;
+        let t = Token {
+            user,
+            deadline_ms,
+            filed_ms,
+        };
+        self.tokens.insert(token, t);
     }
 
     /// The user a live token names; using it restarts its TTL (etcd's `resetSimpleToken`).
     pub fn info(&mut self, token: &str, now_ms: u64) -> Option<String> {
         self.expire(now_ms);
         let t = self.tokens.get_mut(token)?;
-        let old = (t.deadline_ms, token.to_string());
         t.deadline_ms = now_ms.saturating_add(self.ttl_ms);
-        let user = t.user.clone();
-        self.deadlines.remove(&old);
-        self.deadlines.insert((t.deadline_ms, old.1), ());
-        Some(user)
+        Some(t.user.clone())
     }
 
     /// Forgets every token of `user` (deleted, or its password changed).
@@ -102,20 +107,44 @@ impl SimpleTokens {
         }
     }
 
-    /// Forgets tokens unused for their TTL.
+    /// Forgets tokens unused for their TTL. A token used since it was filed is filed again
+    /// under its real deadline instead.
     pub fn expire(&mut self, now_ms: u64) {
-        while let Some(entry) = self.deadlines.first_entry() {
-            if entry.key().0 > now_ms {
+        while self.deadlines.first().is_some_and(|(d, _)| *d <= now_ms) {
+            let Some((_, token)) = self.deadlines.pop_first() else {
                 break;
-            }
-            let ((_, token), ()) = entry.remove_entry();
-            self.tokens.remove(&token);
+            };
+            self.refile_or_drop(token, |deadline_ms| deadline_ms <= now_ms);
         }
+    }
+
+    /// Drops the token that expires first (making room under [`TOKENS_MAX`]).
+    fn drop_closest_to_expiry(&mut self) {
+        while let Some((filed_ms, token)) = self.deadlines.pop_first() {
+            if self.refile_or_drop(token, |deadline_ms| deadline_ms <= filed_ms) {
+                return;
+            }
+        }
+    }
+
+    /// `token`, just taken out of the index: dropped if `drop` says so of its deadline
+    /// (true returned), else filed again under its deadline.
+    fn refile_or_drop(&mut self, token: String, drop: impl Fn(u64) -> bool) -> bool {
+        let Some(t) = self.tokens.get_mut(&token) else {
+            return false;
+        };
+        if drop(t.deadline_ms) {
+            self.tokens.remove(&token);
+            return true;
+        }
+        t.filed_ms = t.deadline_ms;
+        self.deadlines.insert((t.deadline_ms, token));
+        false
     }
 
     fn remove(&mut self, token: &str) {
         if let Some(t) = self.tokens.remove(token) {
-            self.deadlines.remove(&(t.deadline_ms, token.to_string()));
+            self.deadlines.remove(&(t.filed_ms, token.to_string()));
         }
     }
 
@@ -126,11 +155,11 @@ impl SimpleTokens {
             self.deadlines.len(),
             "token table and deadline index differ in size"
         );
-        for ((deadline, token), ()) in &self.deadlines {
+        for (filed, token) in &self.deadlines {
             let t = self.tokens.get(token);
             assert!(
-                t.is_some_and(|t| t.deadline_ms == *deadline),
-                "deadline index names a token it does not hold"
+                t.is_some_and(|t| t.filed_ms == *filed && *filed <= t.deadline_ms),
+                "deadline index names a token it does not hold, or files it too late"
             );
         }
     }

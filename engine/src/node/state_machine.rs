@@ -585,6 +585,7 @@ impl StateMachine {
         self.store.check_invariants();
         self.leases.check_invariants();
         self.tokens.check_invariants();
+        self.auth.check_invariants();
         self.v2.check_invariants();
         assert!(
             self.proposals.len() <= PROPOSALS_IN_FLIGHT_MAX,
