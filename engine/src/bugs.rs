@@ -42,11 +42,14 @@ pub enum Bug {
     /// changed. Its store then differs from the others' (HashKV), which the corruption checks
     /// must catch with the `CORRUPT` alarm.
     ApplyWrong,
+    /// v2 `quorum=true` reads are served from the member's own store, with no ReadIndex
+    /// round: a follower behind the leader, or a deposed leader, answers stale.
+    V2QuorumReadLocal,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -57,6 +60,7 @@ impl Bug {
         Bug::ForgetVote,
         Bug::ReleaseWalEarly,
         Bug::ApplyWrong,
+        Bug::V2QuorumReadLocal,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -72,6 +76,7 @@ impl Bug {
             Bug::ForgetVote => "forget-vote",
             Bug::ReleaseWalEarly => "release-wal-early",
             Bug::ApplyWrong => "apply-wrong",
+            Bug::V2QuorumReadLocal => "v2-quorum-read-local",
         }
     }
 

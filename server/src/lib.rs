@@ -31,6 +31,10 @@ pub mod driver;
 pub mod error;
 #[cfg(not(madsim))]
 pub mod gateway;
+/// The simulation build's HTTP surface: the v2 API alone (see `gateway/sim.rs`).
+#[cfg(madsim)]
+#[path = "gateway/sim.rs"]
+pub mod gateway;
 pub mod logging;
 pub mod member_lock;
 pub mod metrics;
@@ -282,7 +286,6 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             corrupt::checker(handle.clone(), env.clock.clone(), identity.member_id, check);
         tokio::spawn(checker);
     }
-    #[cfg(not(madsim))]
     let v2 = config.enable_v2.then(|| {
         let v2 = gateway::v2::V2Http::new(
             handle.clone(),
@@ -329,6 +332,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             services.clone().serve(addr)
         };
         servers.push(tokio::spawn(served));
+        // The v2 API on madsim's TCP beside the simulated gRPC endpoint (gateway/sim.rs).
+        #[cfg(madsim)]
+        if let Some(v2) = &v2 {
+            servers.push(tokio::spawn(gateway::serve_v2(Arc::clone(v2), addr)));
+        }
     }
     #[cfg(not(madsim))]
     for addr in config.metrics_listen_addrs()? {

@@ -43,6 +43,10 @@ pub enum FailureKind {
     AckAfterDiskFault,
     /// A member started on a WAL with a flipped bit and served: corruption went undetected.
     UndetectedCorruption,
+    /// The v2 clients' history is not linearizable (`src/v2_check.rs`).
+    V2Linearizability,
+    /// The v2 checker gave up within its step budget (counted as a failure).
+    V2LinearizabilityUnknown,
     /// The simulation panicked (an assertion in keel or the harness).
     Panic,
 }
@@ -66,6 +70,8 @@ impl FailureKind {
             FailureKind::LockOverlap => "lock-overlap",
             FailureKind::AckAfterDiskFault => "ack-after-disk-fault",
             FailureKind::UndetectedCorruption => "undetected-corruption",
+            FailureKind::V2Linearizability => "v2-linearizability",
+            FailureKind::V2LinearizabilityUnknown => "v2-linearizability-unknown",
             FailureKind::Panic => "panic",
         }
     }

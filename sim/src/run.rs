@@ -23,6 +23,8 @@ use crate::lock_check::check_locks;
 use crate::membership::add_and_promote_spare;
 use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
+use crate::v2::{final_v2_reads, spawn_v2_clients};
+use crate::v2_check::check_v2;
 use crate::watch::{lease_deletions, spawn_watch_clients};
 use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
 use keel_jepsen::watch::WatchLog;
@@ -67,6 +69,8 @@ pub struct SimConfig {
     /// Every member runs periodic auto-compaction with this retention (`--auto-compaction-
     /// retention`, e.g. `1s`), proposed by the leader from the simulated clock.
     pub auto_compaction: Option<String>,
+    /// v2 clients (see `src/v2.rs`); none by default. With any, members run `--enable-v2`.
+    pub v2_clients: usize,
 }
 
 impl SimConfig {
@@ -86,18 +90,23 @@ impl SimConfig {
             lock_clients: 0,
             lock_rogue: false,
             auto_compaction: None,
+            v2_clients: 0,
         }
     }
 
     /// The server flags every member gets beyond the simulator's own.
     pub fn extra_flags(&self) -> Vec<String> {
-        match &self.auto_compaction {
+        let mut flags = match &self.auto_compaction {
             Some(retention) => vec![
                 "--auto-compaction-mode=periodic".to_string(),
                 format!("--auto-compaction-retention={retention}"),
             ],
             None => Vec::new(),
+        };
+        if self.v2_clients > 0 {
+            flags.push("--enable-v2".to_string());
         }
+        flags
     }
 
     /// The seed's fault mix.
@@ -140,6 +149,9 @@ impl SimConfig {
         }
         if let Some(retention) = &self.auto_compaction {
             cmd.push_str(&format!(" --auto-compaction {retention}"));
+        }
+        if self.v2_clients > 0 {
+            cmd.push_str(&format!(" --v2-clients {}", self.v2_clients));
         }
         cmd
     }
@@ -392,6 +404,9 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         until,
     );
     clients.extend(lockers);
+    let (v2_clients, v2_log) =
+        spawn_v2_clients(cluster, ctx, config.v2_clients, config.seed, until);
+    clients.extend(v2_clients);
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
     let spare_voter = if config.membership {
         let changes = add_and_promote_spare(cluster, ctx, config.seed, until);
@@ -449,6 +464,10 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
             "the final read could not connect".to_string(),
             Vec::new(),
         )),
+    }
+    if config.v2_clients > 0 {
+        final_v2_reads(cluster, ctx, &v2_log, 3 * config.nodes).await;
+        failures.extend(check_v2(&v2_log.entries()));
     }
     let entries = ctx.history.entries();
     failures.extend(check_leases(
