@@ -25,6 +25,7 @@ use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
 use crate::v2::{final_v2_reads, spawn_v2_clients};
 use crate::v2_check::check_v2;
+use crate::v2_history::{V2Entry, V2Log};
 use crate::watch::{lease_deletions, spawn_watch_clients};
 use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
 use keel_jepsen::watch::WatchLog;
@@ -182,6 +183,8 @@ pub struct Report {
     pub entries: Vec<Entry>,
     /// The nemesis events: (simulated ns since start, description).
     pub events: Vec<(u64, String)>,
+    /// The v2 clients' history (empty without `v2_clients`).
+    pub v2_entries: Vec<V2Entry>,
 }
 
 impl Report {
@@ -312,6 +315,7 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
         trace_events,
         entries,
         events,
+        v2_entries: Vec::new(),
     }
 }
 
@@ -354,8 +358,9 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
             ));
         }
     }
+    let v2_log = V2Log::default();
     if failures.is_empty() {
-        failures = phases(&config, &cluster, &ctx, swarm.clone()).await;
+        failures = phases(&config, &cluster, &ctx, swarm.clone(), &v2_log).await;
     }
     record_lease_deletions(&ctx);
     let entries = ctx.history.entries();
@@ -372,11 +377,18 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         trace_events: trace.events(),
         entries,
         events: ctx.events(),
+        v2_entries: v2_log.entries(),
     }
 }
 
 /// The safety phase, the liveness phase and the checks; returns the failures.
-async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) -> Vec<Failure> {
+async fn phases(
+    config: &SimConfig,
+    cluster: &Cluster,
+    ctx: &Ctx,
+    swarm: Swarm,
+    v2_log: &V2Log,
+) -> Vec<Failure> {
     let until = tokio::time::Instant::now() + Duration::from_secs(config.duration_s);
     let mut clients = spawn_clients(cluster, ctx, config.clients, config.seed, until);
     clients.extend(spawn_lease_clients(
@@ -404,9 +416,14 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         until,
     );
     clients.extend(lockers);
-    let (v2_clients, v2_log) =
-        spawn_v2_clients(cluster, ctx, config.v2_clients, config.seed, until);
-    clients.extend(v2_clients);
+    clients.extend(spawn_v2_clients(
+        cluster,
+        ctx,
+        v2_log,
+        config.v2_clients,
+        config.seed,
+        until,
+    ));
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
     let spare_voter = if config.membership {
         let changes = add_and_promote_spare(cluster, ctx, config.seed, until);
@@ -466,7 +483,7 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         )),
     }
     if config.v2_clients > 0 {
-        final_v2_reads(cluster, ctx, &v2_log, 3 * config.nodes).await;
+        final_v2_reads(cluster, ctx, v2_log, 3 * config.nodes).await;
         failures.extend(check_v2(&v2_log.entries()));
     }
     let entries = ctx.history.entries();

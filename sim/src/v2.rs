@@ -336,16 +336,16 @@ fn member_addr(cluster: &Cluster, i: usize) -> SocketAddr {
 }
 
 /// Spawns `clients` v2 clients on the cluster's client node (client `c` asks member
-/// `c % n`); they stop at `until`. Their operations go into the returned log.
+/// `c % n`); they stop at `until`. Their operations go into `log`.
 pub fn spawn_v2_clients(
     cluster: &Cluster,
     ctx: &Ctx,
+    log: &V2Log,
     clients: usize,
     seed: u64,
     until: tokio::time::Instant,
-) -> (Vec<madsim::task::JoinHandle<()>>, V2Log) {
-    let log = V2Log::default();
-    let tasks = (0..clients)
+) -> Vec<madsim::task::JoinHandle<()>> {
+    (0..clients)
         .map(|id| {
             let member = id % cluster.members.len();
             let mut c = V2Client {
@@ -368,8 +368,7 @@ pub fn spawn_v2_clients(
                 }
             })
         })
-        .collect();
-    (tasks, log)
+        .collect()
 }
 
 /// After the liveness phase: a quorum read of every v2 key through each member in turn (up
