@@ -2,7 +2,8 @@
 //! `/v2/keys` (sets, quorum and plain reads, compare-and-swap on `prevIndex` and
 //! `prevValue`, compare-and-delete, creates, deletes) while members crash, partition, pause
 //! and fill their disks, and the v2 history must be linearizable (`keel_sim::v2_check`).
-//! The `v2-quorum-read-local` bug (quorum reads without a ReadIndex round) must be caught.
+//! The `v2-quorum-read-local` bug (quorum reads without a ReadIndex round) and the
+//! `v2-cas-created-index` bug (CAS compares `prevIndex` with the wrong index) must be caught.
 #![cfg(madsim)]
 
 use keel_engine::bugs::Bug;
@@ -73,6 +74,33 @@ fn stale_v2_quorum_reads_are_caught() {
     );
     for &seed in &caught {
         let clean = run_seed(&with_v2(seed, 3, 6));
+        assert!(clean.passed(), "{}", clean.describe());
+    }
+}
+
+#[test]
+fn a_cas_on_the_wrong_index_is_caught() {
+    let mut caught = Vec::new();
+    for seed in 0..20u64 {
+        let config = SimConfig {
+            bugs: vec![Bug::V2CasCreatedIndex],
+            ..with_v2(seed, 1, 4)
+        };
+        if run_seed(&config).failed_with(FailureKind::V2Linearizability) {
+            caught.push(seed);
+            if caught.len() == 3 {
+                break;
+            }
+        }
+    }
+    eprintln!("v2-cas-created-index caught by seeds {caught:?}");
+    assert_eq!(
+        caught.len(),
+        3,
+        "the v2 checker caught v2-cas-created-index in {caught:?} of seeds 0..20"
+    );
+    for &seed in &caught {
+        let clean = run_seed(&with_v2(seed, 1, 4));
         assert!(clean.passed(), "{}", clean.describe());
     }
 }
