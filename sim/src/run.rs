@@ -484,7 +484,7 @@ async fn phases(
     }
     if config.v2_clients > 0 {
         final_v2_reads(cluster, ctx, v2_log, 3 * config.nodes).await;
-        failures.extend(check_v2(&v2_log.entries()));
+        failures.extend(check_v2_with_events(&v2_log.entries(), &ctx.events()));
     }
     let entries = ctx.history.entries();
     failures.extend(check_leases(
@@ -494,6 +494,21 @@ async fn phases(
         &ctx.events(),
     ));
     failures
+}
+
+/// The v2 checker's verdict, with the nemesis events while its evidence ran.
+fn check_v2_with_events(entries: &[V2Entry], events: &[(u64, String)]) -> Option<Failure> {
+    let mut f = check_v2(entries)?;
+    let shown: Vec<&V2Entry> = entries
+        .iter()
+        .filter(|e| f.evidence.contains(&e.to_string()))
+        .collect();
+    let from = shown.iter().map(|e| e.invoke_ns).min();
+    let to = shown.iter().map(|e| e.complete_ns).max();
+    if let (Some(from), Some(to)) = (from, to) {
+        f.evidence.extend(events_between(events, from, to, 8));
+    }
+    Some(f)
 }
 
 /// Requires member `i` to take a linearizable write and read before `deadline`.
