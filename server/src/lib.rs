@@ -256,6 +256,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         reports_tx,
         dialer,
     ));
+    // etcd's v2 raft stats: the transport counts appends out, the peer service appends in.
+    let peer_stats = transport.stats();
     // A forwarded lease request waits for the leader at most one election timeout.
     let forwarder = peer::forward::Forwarder::new(
         identity.cluster_id,
@@ -279,7 +281,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
     );
     let handle = handle.with_tokens(tokens);
-    let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()));
+    let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()))
+        .with_stats(Arc::clone(&peer_stats), env.clock.clone());
     let check = maintenance.corrupt_check;
     if check.initial || check.interval_ms.is_some() {
         let checker =
@@ -292,7 +295,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             identity.clone(),
             env.clock.clone(),
             config.max_request_bytes as usize,
-        );
+        )
+        .with_peer_stats(Arc::clone(&peer_stats));
         let expiry =
             gateway::v2::expire_ttls(handle.clone(), env.clock.clone(), identity.member_id);
         tokio::spawn(expiry);

@@ -193,15 +193,31 @@ impl V2Http {
             "StateFollower"
         };
         let now = self.now_ns();
+        let since = self.peer_stats.leader_since(leader, now);
+        let t = self.peer_stats.traffic();
+        // etcd leaves the rates out while they are zero (`omitempty`).
+        let rate = |name: &str, v: f64| {
+            if v == 0.0 {
+                String::new()
+            } else {
+                format!(",\"{name}\":{v}")
+            }
+        };
         let body = format!(
             "{{\"name\":{},\"id\":\"{:x}\",\"state\":\"{state}\",\"startTime\":\"{}\",\
              \"leaderInfo\":{{\"leader\":\"{leader:x}\",\"uptime\":\"{}\",\"startTime\":\"{}\"}},\
-             \"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}}",
+             \"recvAppendRequestCnt\":{}{}{},\"sendAppendRequestCnt\":{}{}{}}}",
             go_string(&self.identity.name),
             self.identity.member_id,
             super::render::rfc3339_nano(self.started_ns),
-            go_duration(now - self.started_ns),
-            super::render::rfc3339_nano(self.started_ns),
+            go_duration(now - since),
+            super::render::rfc3339_nano(since),
+            t.recv_count,
+            rate("recvPkgRate", t.recv_pkg_rate),
+            rate("recvBandwidthRate", t.recv_bandwidth_rate),
+            t.send_count,
+            rate("sendPkgRate", t.send_pkg_rate),
+            rate("sendBandwidthRate", t.send_bandwidth_rate),
         );
         json::json_reply(StatusCode::OK, Bytes::from(body))
     }
@@ -211,15 +227,25 @@ impl V2Http {
         if leader != self.identity.member_id {
             return http_error(StatusCode::FORBIDDEN, "not current leader");
         }
+        let stats = self.peer_stats.followers();
         let members = self.member_list().await.unwrap_or_default();
         let followers: Vec<String> = members
             .iter()
             .filter(|m| m.id != leader)
             .map(|m| {
+                let f = stats.get(&m.id).cloned().unwrap_or_default();
                 format!(
-                    "\"{:x}\":{{\"latency\":{{\"current\":0,\"average\":0,\"standardDeviation\":0,\
-                     \"minimum\":0,\"maximum\":0}},\"counts\":{{\"fail\":0,\"success\":0}}}}",
-                    m.id
+                    "\"{:x}\":{{\"latency\":{{\"current\":{},\"average\":{},\
+                     \"standardDeviation\":{},\"minimum\":{},\"maximum\":{}}},\
+                     \"counts\":{{\"fail\":{},\"success\":{}}}}}",
+                    m.id,
+                    f.current,
+                    f.average,
+                    f.standard_deviation,
+                    f.minimum,
+                    f.maximum,
+                    f.fail,
+                    f.success
                 )
             })
             .collect();
