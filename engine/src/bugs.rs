@@ -46,11 +46,18 @@ pub enum Bug {
     /// a put accepted before a revoke that lands between its arrival and its apply is
     /// applied without the permission.
     SkipApplyAuthCheck,
+    /// v2 `quorum=true` reads are served from the member's own store, with no ReadIndex
+    /// round: a follower behind the leader, or a deposed leader, answers stale.
+    V2QuorumReadLocal,
+    /// v2 compare-and-swap compares `prevIndex` with the key's `createdIndex`, not its
+    /// `modifiedIndex`: a CAS on the index a client just read fails once the key has been
+    /// swapped, and one on the key's creation index succeeds.
+    V2CasCreatedIndex,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -62,6 +69,8 @@ impl Bug {
         Bug::ReleaseWalEarly,
         Bug::ApplyWrong,
         Bug::SkipApplyAuthCheck,
+        Bug::V2QuorumReadLocal,
+        Bug::V2CasCreatedIndex,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -78,6 +87,8 @@ impl Bug {
             Bug::ReleaseWalEarly => "release-wal-early",
             Bug::ApplyWrong => "apply-wrong",
             Bug::SkipApplyAuthCheck => "skip-apply-auth-check",
+            Bug::V2QuorumReadLocal => "v2-quorum-read-local",
+            Bug::V2CasCreatedIndex => "v2-cas-created-index",
         }
     }
 

@@ -31,6 +31,10 @@ pub mod driver;
 pub mod error;
 #[cfg(not(madsim))]
 pub mod gateway;
+/// The simulation build's HTTP surface: the v2 API alone (see `gateway/sim.rs`).
+#[cfg(madsim)]
+#[path = "gateway/sim.rs"]
+pub mod gateway;
 mod identity_file;
 pub mod logging;
 pub mod member_lock;
@@ -261,6 +265,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         reports_tx,
         dialer,
     ));
+    // etcd's v2 raft stats: the transport counts appends out, the peer service appends in.
+    let peer_stats = transport.stats();
     // A forwarded lease request waits for the leader at most one election timeout.
     let forwarder = peer::forward::Forwarder::new(
         identity.cluster_id,
@@ -284,21 +290,22 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         },
     );
     let handle = handle.with_tokens(tokens);
-    let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()));
+    let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()))
+        .with_stats(Arc::clone(&peer_stats), env.clock.clone());
     let check = maintenance.corrupt_check;
     if check.initial || check.interval_ms.is_some() {
         let checker =
             corrupt::checker(handle.clone(), env.clock.clone(), identity.member_id, check);
         tokio::spawn(checker);
     }
-    #[cfg(not(madsim))]
     let v2 = config.enable_v2.then(|| {
         let v2 = gateway::v2::V2Http::new(
             handle.clone(),
             identity.clone(),
             env.clock.clone(),
             config.max_request_bytes as usize,
-        );
+        )
+        .with_peer_stats(Arc::clone(&peer_stats));
         let expiry =
             gateway::v2::expire_ttls(handle.clone(), env.clock.clone(), identity.member_id);
         tokio::spawn(expiry);
@@ -338,6 +345,11 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
             services.clone().serve(addr)
         };
         servers.push(tokio::spawn(served));
+        // The v2 API on madsim's TCP beside the simulated gRPC endpoint (gateway/sim.rs).
+        #[cfg(madsim)]
+        if let Some(v2) = &v2 {
+            servers.push(tokio::spawn(gateway::serve_v2(Arc::clone(v2), addr)));
+        }
     }
     #[cfg(not(madsim))]
     for addr in config.metrics_listen_addrs()? {

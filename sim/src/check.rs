@@ -51,6 +51,10 @@ pub enum FailureKind {
     AuthRefusedWithPermission,
     /// The auth setup (root, auth enable, users and roles) or the final auth disable failed.
     AuthSetup,
+    /// The v2 clients' history is not linearizable (`src/v2_check.rs`).
+    V2Linearizability,
+    /// The v2 checker gave up within its step budget (counted as a failure).
+    V2LinearizabilityUnknown,
     /// The simulation panicked (an assertion in keel or the harness).
     Panic,
 }
@@ -77,6 +81,8 @@ impl FailureKind {
             FailureKind::AuthServedWithoutPermission => "auth-served-without-permission",
             FailureKind::AuthRefusedWithPermission => "auth-refused-with-permission",
             FailureKind::AuthSetup => "auth-setup",
+            FailureKind::V2Linearizability => "v2-linearizability",
+            FailureKind::V2LinearizabilityUnknown => "v2-linearizability-unknown",
             FailureKind::Panic => "panic",
         }
     }

@@ -42,6 +42,10 @@ pub mod nemesis;
 pub mod run;
 pub mod trace;
 #[cfg(madsim)]
+pub mod v2;
+pub mod v2_check;
+pub mod v2_history;
+#[cfg(madsim)]
 pub mod watch;
 #[cfg(madsim)]
 pub mod workload;

@@ -60,6 +60,9 @@ mod cli {
         /// Lock clients (etcd's Lock service, fenced writes, the lock-overlap check).
         #[arg(long, default_value_t = 0)]
         lock_clients: usize,
+        /// v2 clients (etcd's v2 keys API over HTTP; members run `--enable-v2`).
+        #[arg(long, default_value_t = 0)]
+        v2_clients: usize,
         /// Make lock client 0 take the lock without waiting: an injected overlap.
         #[arg(long)]
         lock_rogue: bool,
@@ -132,6 +135,7 @@ mod cli {
             lock_rogue: args.lock_rogue,
             auto_compaction: args.auto_compaction.clone(),
             auth: args.auth,
+            v2_clients: args.v2_clients,
             ..SimConfig::new(seed)
         }
     }

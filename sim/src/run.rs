@@ -26,6 +26,9 @@ use crate::lock_check::check_locks;
 use crate::membership::add_and_promote_spare;
 use crate::nemesis::{Nemesis, Swarm};
 use crate::trace::Trace;
+use crate::v2::{final_v2_reads, spawn_v2_clients};
+use crate::v2_check::check_v2;
+use crate::v2_history::{V2Entry, V2Log};
 use crate::watch::{lease_deletions, spawn_watch_clients};
 use crate::workload::{probe_serves, recorded_op, spawn_clients, Ctx, OP_TIMEOUT};
 use keel_jepsen::watch::WatchLog;
@@ -74,6 +77,8 @@ pub struct SimConfig {
     /// log in as users while a churn client changes their permissions during the faults;
     /// lease, watch and lock clients (which have no credentials) do not run.
     pub auth: bool,
+    /// v2 clients (see `src/v2.rs`); none by default. With any, members run `--enable-v2`.
+    pub v2_clients: usize,
 }
 
 impl SimConfig {
@@ -94,6 +99,7 @@ impl SimConfig {
             lock_rogue: false,
             auto_compaction: None,
             auth: false,
+            v2_clients: 0,
         }
     }
 
@@ -124,6 +130,9 @@ impl SimConfig {
         if self.auth {
             // bcrypt's smallest cost: hashing is real CPU time, which a simulation only wastes.
             flags.push("--bcrypt-cost=4".to_string());
+        }
+        if self.v2_clients > 0 {
+            flags.push("--enable-v2".to_string());
         }
         flags
     }
@@ -172,6 +181,9 @@ impl SimConfig {
         if self.auth {
             cmd.push_str(" --auth");
         }
+        if self.v2_clients > 0 {
+            cmd.push_str(&format!(" --v2-clients {}", self.v2_clients));
+        }
         cmd
     }
 }
@@ -201,6 +213,8 @@ pub struct Report {
     pub entries: Vec<Entry>,
     /// The nemesis events: (simulated ns since start, description).
     pub events: Vec<(u64, String)>,
+    /// The v2 clients' history (empty without `v2_clients`).
+    pub v2_entries: Vec<V2Entry>,
 }
 
 impl Report {
@@ -331,6 +345,7 @@ fn panicked_report(config: &SimConfig, recorder: &Recorder, msg: String) -> Repo
         trace_events,
         entries,
         events,
+        v2_entries: Vec::new(),
     }
 }
 
@@ -373,8 +388,9 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
             ));
         }
     }
+    let v2_log = V2Log::default();
     if failures.is_empty() {
-        failures = phases(&config, &cluster, &ctx, swarm.clone()).await;
+        failures = phases(&config, &cluster, &ctx, swarm.clone(), &v2_log).await;
     }
     record_lease_deletions(&ctx);
     let entries = ctx.history.entries();
@@ -391,11 +407,18 @@ async fn simulate(config: SimConfig, recorder: Recorder) -> Report {
         trace_events: trace.events(),
         entries,
         events: ctx.events(),
+        v2_entries: v2_log.entries(),
     }
 }
 
 /// The safety phase, the liveness phase and the checks; returns the failures.
-async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) -> Vec<Failure> {
+async fn phases(
+    config: &SimConfig,
+    cluster: &Cluster,
+    ctx: &Ctx,
+    swarm: Swarm,
+    v2_log: &V2Log,
+) -> Vec<Failure> {
     let auth_log = AuthLog::default();
     let admin = match config.auth {
         true => match auth::setup(cluster, ctx, &auth_log, config.seed).await {
@@ -436,6 +459,14 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         until,
     );
     clients.extend(lockers);
+    clients.extend(spawn_v2_clients(
+        cluster,
+        ctx,
+        v2_log,
+        config.v2_clients,
+        config.seed,
+        until,
+    ));
     let mut nemesis = Nemesis::new(cluster, swarm, config.seed, ctx.clone());
     let spare_voter = if config.membership {
         let changes = add_and_promote_spare(cluster, ctx, config.seed, until);
@@ -510,6 +541,10 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
             Vec::new(),
         )),
     }
+    if config.v2_clients > 0 {
+        final_v2_reads(cluster, ctx, v2_log, 3 * config.nodes).await;
+        failures.extend(check_v2_with_events(&v2_log.entries(), &ctx.events()));
+    }
     let entries = ctx.history.entries();
     failures.extend(check_leases(
         &entries,
@@ -518,6 +553,21 @@ async fn phases(config: &SimConfig, cluster: &Cluster, ctx: &Ctx, swarm: Swarm) 
         &ctx.events(),
     ));
     failures
+}
+
+/// The v2 checker's verdict, with the nemesis events while its evidence ran.
+fn check_v2_with_events(entries: &[V2Entry], events: &[(u64, String)]) -> Option<Failure> {
+    let mut f = check_v2(entries)?;
+    let shown: Vec<&V2Entry> = entries
+        .iter()
+        .filter(|e| f.evidence.contains(&e.to_string()))
+        .collect();
+    let from = shown.iter().map(|e| e.invoke_ns).min();
+    let to = shown.iter().map(|e| e.complete_ns).max();
+    if let (Some(from), Some(to)) = (from, to) {
+        f.evidence.extend(events_between(events, from, to, 8));
+    }
+    Some(f)
 }
 
 /// Requires member `i` to take a linearizable write and read before `deadline`.

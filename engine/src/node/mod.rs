@@ -275,6 +275,10 @@ impl Node {
         if bugs.has(Bug::ApplyWrong) && first_voter {
             self.sm.apply_wrongly();
         }
+        #[cfg(madsim)]
+        if bugs.has(Bug::V2CasCreatedIndex) {
+            self.sm.cas_on_created_index();
+        }
         self.bugs = bugs;
     }
 

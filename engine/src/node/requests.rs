@@ -129,6 +129,12 @@ impl Node {
                 // from its own state without confirming it still leads.
                 self.serve_read(token, read)
             }
+            Route::Read { read, .. }
+                if self.bugs.has(Bug::V2QuorumReadLocal) && matches!(read, Read::V2(_)) =>
+            {
+                // The `v2-quorum-read-local` bug: a v2 quorum read skips the ReadIndex round.
+                self.serve_read(token, read)
+            }
             route if !self.core.has_leader() => {
                 if let Err(token) = self.leader_wait.wait(self.clock.now_ms, token, route) {
                     self.reply(token, Err(Error::NoLeader));

@@ -528,6 +528,11 @@ impl StateMachine {
         };
         self.leases.restore_section(sections[&SECTION_LEASES])?;
         self.alarms = alarms;
+        #[cfg(madsim)]
+        let v2 = V2Store {
+            cas_on_created: self.v2.cas_on_created,
+            ..v2
+        };
         self.v2 = v2;
         if auth.is_enabled() {
             self.tokens.enable();

@@ -28,6 +28,10 @@ pub struct V2Store {
     pub(crate) outbox: Vec<V2Event>,
     /// This member's counters (soft state: not in snapshots).
     pub(crate) stats: V2Stats,
+    /// Only ever set by the simulator's `v2-cas-created-index` bug: compare-and-swap checks
+    /// `prevIndex` against the key's `createdIndex`.
+    #[cfg(madsim)]
+    pub(crate) cas_on_created: bool,
 }
 
 impl Default for V2Store {
@@ -39,6 +43,8 @@ impl Default for V2Store {
             history: History::default(),
             outbox: Vec::new(),
             stats: V2Stats::default(),
+            #[cfg(madsim)]
+            cas_on_created: false,
         }
     }
 }
@@ -336,6 +342,16 @@ impl V2Store {
         if n.is_dir() {
             return Err(error(NOT_FILE, path, self.index));
         }
+        #[cfg(madsim)]
+        if self.cas_on_created && prev_index > 0 {
+            // The bug: the compare reads the wrong index of the node.
+            let mut wrong = n.clone();
+            wrong.modified = n.created;
+            compare(&wrong, prev_value, prev_index, self.index)?;
+        } else {
+            compare(n, prev_value, prev_index, self.index)?;
+        }
+        #[cfg(not(madsim))]
         compare(n, prev_value, prev_index, self.index)?;
         let value = if refresh { n.value() } else { value }.to_string();
         let next = self.index + 1;

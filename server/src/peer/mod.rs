@@ -4,12 +4,14 @@
 //! - [`service`]: the `keelpb.Peer` service that takes them in (and forwarded requests);
 //! - [`snapshot`]: streaming a snapshot to a follower in chunks;
 //! - [`forward`]: a follower's lease and MemberPromote requests, forwarded to the leader;
-//! - [`link`]: what every peer connection shares.
+//! - [`link`]: what every peer connection shares;
+//! - [`stats`]: etcd's raft traffic statistics (`/v2/stats/self`, `/v2/stats/leader`).
 
 pub mod forward;
 pub mod link;
 pub mod service;
 pub mod snapshot;
+pub mod stats;
 pub mod transport;
 
 pub use link::LocalIdentity;

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::link::LocalIdentity;
 use super::snapshot::receive_snapshot;
+use super::stats::PeerStats;
 use crate::driver::Handle;
 use crate::metrics::metrics;
 use crate::status::to_status;
@@ -29,6 +30,11 @@ pub struct PeerService {
     inbound: mpsc::Sender<Message>,
     /// Serves lease requests forwarded by followers, and the member table.
     handle: Option<Handle>,
+    /// Counts the appends received (etcd's v2 stats), when given.
+    stats: Option<(
+        std::sync::Arc<PeerStats>,
+        std::sync::Arc<dyn crate::clock::Clock>,
+    )>,
 }
 
 impl PeerService {
@@ -43,7 +49,18 @@ impl PeerService {
             local,
             inbound,
             handle,
+            stats: None,
         }
+    }
+
+    /// This service counting the appends it receives into `stats` (wall times by `clock`).
+    pub fn with_stats(
+        mut self,
+        stats: std::sync::Arc<PeerStats>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+    ) -> Self {
+        self.stats = Some((stats, clock));
+        self
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<&Handle, Status> {
@@ -91,6 +108,13 @@ impl Peer for PeerService {
                 }
                 if message.get_msg_type() == MessageType::MsgHeartbeatResponse {
                     metrics().heartbeat_answered(message.to, message.from);
+                }
+                if let (MessageType::MsgAppend, Some((stats, clock))) =
+                    (message.get_msg_type(), &self.stats)
+                {
+                    let since = clock.wall().duration_since(std::time::UNIX_EPOCH);
+                    let now = since.map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                    stats.append_received(message.from, bytes.len(), now);
                 }
                 if self.inbound.send(message).await.is_err() {
                     return Err(Status::unavailable("keel: member is stopping"));

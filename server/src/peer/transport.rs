@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use super::link::{Dialer, LocalIdentity, CONNECT_TIMEOUT};
 use super::snapshot::send_snapshot;
+use super::stats::PeerStats;
 use crate::clock::Clock;
 use crate::driver::Outbound;
 use crate::metrics::metrics;
@@ -62,6 +63,8 @@ pub struct Transport {
     reports: mpsc::UnboundedSender<Input>,
     /// How connections are opened (TLS for `https://` peer URLs).
     dialer: Dialer,
+    /// Appends sent and each follower's latency (etcd's v2 stats).
+    stats: Arc<PeerStats>,
 }
 
 impl Transport {
@@ -91,6 +94,7 @@ impl Transport {
             dropped: Arc::new(AtomicU64::new(0)),
             reports,
             dialer,
+            stats: Arc::default(),
         };
         transport.set_peers(peers);
         transport
@@ -106,6 +110,7 @@ impl Transport {
                 continue;
             }
             tracing::info!(peer = format_args!("{peer:x}"), %url, "peer added to transport");
+            self.stats.add_follower(peer);
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
             let sender = PeerSender {
                 local: self.local,
@@ -114,10 +119,17 @@ impl Transport {
                 clock: Arc::clone(&self.clock),
                 reports: self.reports.clone(),
                 dialer: self.dialer.clone(),
+                stats: Arc::clone(&self.stats),
             };
             tokio::spawn(sender.run(rx));
             peers.insert(peer, PeerQueue { url, queue: tx });
         }
+    }
+
+    /// The raft traffic statistics this transport keeps (shared with the peer service and
+    /// the v2 API).
+    pub fn stats(&self) -> Arc<PeerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// How this transport opens connections to peers.
@@ -197,6 +209,7 @@ struct PeerSender {
     clock: Arc<dyn Clock>,
     reports: mpsc::UnboundedSender<Input>,
     dialer: Dialer,
+    stats: Arc<PeerStats>,
 }
 
 impl PeerSender {
@@ -230,6 +243,9 @@ impl PeerSender {
                 Err(e) => {
                     tracing::debug!(peer, %url, error = %e, "peer unreachable; retrying");
                     self.unreachable();
+                    if first.get_msg_type() == MessageType::MsgAppend {
+                        self.stats.append_failed(peer);
+                    }
                     // `first` is dropped: raft will send again.
                     clock.sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -247,7 +263,14 @@ impl PeerSender {
             let sent = metrics()
                 .peer_sent
                 .with_label_values(&[format!("{:x}", self.peer).as_str()]);
-            let ended = pump(local, first, &mut queue, batches, &sent).await;
+            let out = Out {
+                batches,
+                sent: &sent,
+                stats: &self.stats,
+                clock: clock.as_ref(),
+                peer,
+            };
+            let ended = pump(local, first, &mut queue, out).await;
             match call.await {
                 Ok(Ok(_)) => tracing::debug!(peer, "peer stream closed"),
                 Ok(Err(status)) => {
@@ -264,14 +287,22 @@ impl PeerSender {
     }
 }
 
+/// Where [`pump`] puts batches, and what it counts.
+struct Out<'a> {
+    batches: mpsc::Sender<MessageBatch>,
+    sent: &'a IntCounter,
+    stats: &'a PeerStats,
+    clock: &'a dyn Clock,
+    peer: u64,
+}
+
 /// Moves queued messages into batches on one stream until the stream breaks (returns false) or
 /// the transport is dropped (returns true).
 async fn pump(
     local: LocalIdentity,
     first: Message,
     queue: &mut mpsc::Receiver<Message>,
-    batches: mpsc::Sender<MessageBatch>,
-    sent: &IntCounter,
+    out: Out<'_>,
 ) -> bool {
     let mut pending = vec![first];
     loop {
@@ -281,6 +312,8 @@ async fn pump(
                 Err(_) => break,
             }
         }
+        // The sizes of the batch's appends, for etcd's v2 stats.
+        let mut appends = Vec::new();
         let batch = MessageBatch {
             from: local.member_id,
             cluster_id: local.cluster_id,
@@ -290,14 +323,32 @@ async fn pump(
                     if m.get_msg_type() == MessageType::MsgHeartbeat {
                         metrics().heartbeat_sent(m.from, m.to);
                     }
-                    encode_message(&m).into()
+                    let bytes = encode_message(&m);
+                    if m.get_msg_type() == MessageType::MsgAppend {
+                        appends.push(bytes.len());
+                    }
+                    bytes.into()
                 })
                 .collect(),
         };
         let bytes: usize = batch.messages.iter().map(|m| m.len()).sum();
-        sent.inc_by(bytes as u64);
-        if batches.send(batch).await.is_err() {
+        out.sent.inc_by(bytes as u64);
+        let start = tokio::time::Instant::now();
+        if out.batches.send(batch).await.is_err() {
+            for _ in appends {
+                out.stats.append_failed(out.peer);
+            }
             return false; // the stream ended; what was in it is lost, raft retransmits
+        }
+        let took = start.elapsed();
+        let now_ns = out
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        for size in appends {
+            out.stats
+                .append_sent(local.member_id, out.peer, size, took, now_ns);
         }
         match queue.recv().await {
             Some(m) => pending.push(m),

@@ -16,6 +16,13 @@ impl StateMachine {
         Response::V2(resp)
     }
 
+    /// The `v2-cas-created-index` bug: v2 compare-and-swap compares `prevIndex` with the
+    /// key's `createdIndex`.
+    #[cfg(madsim)]
+    pub(in crate::node) fn cas_on_created_index(&mut self) {
+        self.v2.cas_on_created = true;
+    }
+
     /// Serves a v2 read from the applied store.
     pub(super) fn serve_v2(&mut self, r: &V2Request) -> Response {
         let mut resp = self.v2.read(r);

@@ -8,7 +8,7 @@ use hyper::{Method, Request, StatusCode};
 use keel_engine::error::Error;
 use keel_engine::membership::Member;
 use keel_engine::v2::STATS_FIELDS;
-use keel_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
+use keel_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, MemberUpdateRequest};
 use keel_proto::keelpb::V2Request;
 
 use super::V2Http;
@@ -71,6 +71,10 @@ impl V2Http {
             (Method::GET, _) => http_error(StatusCode::NOT_FOUND, "Not found"),
             (Method::POST, _) => self.member_add(request).await,
             (Method::DELETE, id) => self.member_remove(id).await,
+            (Method::PUT, id) => {
+                let id = id.to_string();
+                self.member_update(&id, request).await
+            }
             _ => {
                 let mut r = json::text_reply(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
                 let allow = hyper::header::HeaderValue::from_static("GET,POST,DELETE,PUT");
@@ -94,22 +98,28 @@ impl V2Http {
         }
     }
 
-    async fn member_add(&self, request: Request<Incoming>) -> Reply {
+    /// The `peerURLs` of a member create or update body, or the answer refusing it.
+    async fn peer_urls(&self, request: Request<Incoming>) -> Result<Vec<String>, Reply> {
         #[derive(serde::Deserialize)]
-        struct Create {
+        struct Urls {
             #[serde(rename = "peerURLs", default)]
             peer_urls: Vec<String>,
         }
-        let body = match json::read_body(request.into_body(), self.max_request_bytes).await {
-            Ok(b) => b,
-            Err(e) => return http_error(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
-        let create: Create = match serde_json::from_slice(&body) {
-            Ok(c) => c,
-            Err(e) => return http_error(StatusCode::BAD_REQUEST, &e.to_string()),
+        let body = json::read_body(request.into_body(), self.max_request_bytes)
+            .await
+            .map_err(|e| http_error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        let urls: Urls = serde_json::from_slice(&body)
+            .map_err(|e| http_error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        Ok(urls.peer_urls)
+    }
+
+    async fn member_add(&self, request: Request<Incoming>) -> Reply {
+        let peer_urls = match self.peer_urls(request).await {
+            Ok(urls) => urls,
+            Err(reply) => return reply,
         };
         let add = MemberAddRequest {
-            peer_ur_ls: create.peer_urls,
+            peer_ur_ls: peer_urls,
             is_learner: false,
         };
         match self.handle.call(add).await {
@@ -121,6 +131,32 @@ impl V2Http {
                 json::json_reply(StatusCode::CREATED, Bytes::from(member_json(&m) + "\n"))
             }
             Err(Error::MemberExist) => http_error(StatusCode::CONFLICT, "membership: ID exists"),
+            Err(Error::PeerUrlExist) => {
+                http_error(StatusCode::CONFLICT, "membership: peerURL exists")
+            }
+            Err(Error::MemberBadUrls) => http_error(StatusCode::BAD_REQUEST, "Invalid URLs"),
+            Err(e) => http_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+
+    /// `PUT /v2/members/ID` with `{"peerURLs": [...]}`: etcd 3.4's peer URL update (204).
+    async fn member_update(&self, id_text: &str, request: Request<Incoming>) -> Reply {
+        let Ok(id) = u64::from_str_radix(id_text, 16) else {
+            return http_error(StatusCode::NOT_FOUND, &format!("No such member: {id_text}"));
+        };
+        let peer_urls = match self.peer_urls(request).await {
+            Ok(urls) => urls,
+            Err(reply) => return reply,
+        };
+        let update = MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        };
+        match self.handle.call(update).await {
+            Ok(_) => json::empty_reply(StatusCode::NO_CONTENT),
+            Err(Error::MemberNotFound) => {
+                http_error(StatusCode::NOT_FOUND, &format!("No such member: {id:x}"))
+            }
             Err(Error::PeerUrlExist) => {
                 http_error(StatusCode::CONFLICT, "membership: peerURL exists")
             }
@@ -193,15 +229,31 @@ impl V2Http {
             "StateFollower"
         };
         let now = self.now_ns();
+        let since = self.peer_stats.leader_since(leader, now);
+        let t = self.peer_stats.traffic();
+        // etcd leaves the rates out while they are zero (`omitempty`).
+        let rate = |name: &str, v: f64| {
+            if v == 0.0 {
+                String::new()
+            } else {
+                format!(",\"{name}\":{v}")
+            }
+        };
         let body = format!(
             "{{\"name\":{},\"id\":\"{:x}\",\"state\":\"{state}\",\"startTime\":\"{}\",\
              \"leaderInfo\":{{\"leader\":\"{leader:x}\",\"uptime\":\"{}\",\"startTime\":\"{}\"}},\
-             \"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}}",
+             \"recvAppendRequestCnt\":{}{}{},\"sendAppendRequestCnt\":{}{}{}}}",
             go_string(&self.identity.name),
             self.identity.member_id,
             super::render::rfc3339_nano(self.started_ns),
-            go_duration(now - self.started_ns),
-            super::render::rfc3339_nano(self.started_ns),
+            go_duration(now - since),
+            super::render::rfc3339_nano(since),
+            t.recv_count,
+            rate("recvPkgRate", t.recv_pkg_rate),
+            rate("recvBandwidthRate", t.recv_bandwidth_rate),
+            t.send_count,
+            rate("sendPkgRate", t.send_pkg_rate),
+            rate("sendBandwidthRate", t.send_bandwidth_rate),
         );
         json::json_reply(StatusCode::OK, Bytes::from(body))
     }
@@ -211,15 +263,25 @@ impl V2Http {
         if leader != self.identity.member_id {
             return http_error(StatusCode::FORBIDDEN, "not current leader");
         }
+        let stats = self.peer_stats.followers();
         let members = self.member_list().await.unwrap_or_default();
         let followers: Vec<String> = members
             .iter()
             .filter(|m| m.id != leader)
             .map(|m| {
+                let f = stats.get(&m.id).cloned().unwrap_or_default();
                 format!(
-                    "\"{:x}\":{{\"latency\":{{\"current\":0,\"average\":0,\"standardDeviation\":0,\
-                     \"minimum\":0,\"maximum\":0}},\"counts\":{{\"fail\":0,\"success\":0}}}}",
-                    m.id
+                    "\"{:x}\":{{\"latency\":{{\"current\":{},\"average\":{},\
+                     \"standardDeviation\":{},\"minimum\":{},\"maximum\":{}}},\
+                     \"counts\":{{\"fail\":{},\"success\":{}}}}}",
+                    m.id,
+                    f.current,
+                    f.average,
+                    f.standard_deviation,
+                    f.minimum,
+                    f.maximum,
+                    f.fail,
+                    f.success
                 )
             })
             .collect();

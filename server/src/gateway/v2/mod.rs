@@ -34,6 +34,8 @@ pub struct V2Http {
     clock: Arc<dyn Clock>,
     max_request_bytes: usize,
     started_ns: i64,
+    /// The raft traffic statistics `/v2/stats/self` and `/v2/stats/leader` show.
+    peer_stats: Arc<crate::peer::stats::PeerStats>,
 }
 
 impl V2Http {
@@ -52,7 +54,14 @@ impl V2Http {
             clock,
             max_request_bytes,
             started_ns,
+            peer_stats: Arc::default(),
         }
+    }
+
+    /// This API showing `stats` (the member's transport's) in `/v2/stats/self|leader`.
+    pub fn with_peer_stats(mut self, stats: Arc<crate::peer::stats::PeerStats>) -> V2Http {
+        self.peer_stats = stats;
+        self
     }
 
     fn now_ns(&self) -> i64 {
