@@ -42,9 +42,9 @@ pub enum Bug {
     /// changed. Its store then differs from the others' (HashKV), which the corruption checks
     /// must catch with the `CORRUPT` alarm.
     ApplyWrong,
-    /// Writes are checked against the auth store only when they arrive, not again at apply:
-    /// a put accepted before a revoke that lands between its arrival and its apply is
-    /// applied without the permission.
+    /// Writes are checked against the auth store when they arrive instead of at apply: a put
+    /// accepted before a revoke that lands between its arrival and its apply is applied
+    /// without the permission.
     SkipApplyAuthCheck,
     /// v2 `quorum=true` reads are served from the member's own store, with no ReadIndex
     /// round: a follower behind the leader, or a deposed leader, answers stale.

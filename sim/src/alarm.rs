@@ -32,10 +32,11 @@ pub fn is_no_space_text(outcome: &str) -> bool {
 pub async fn disarm_alarms(cluster: &Cluster, ctx: &Ctx, i: usize) -> Option<usize> {
     let endpoint = cluster.endpoint(i);
     let task = cluster.client_node.spawn(async move {
+        let timed_out = |what: &str| format!("{what}: timed out");
         let mut m = tokio::time::timeout(OP_TIMEOUT, MaintenanceClient::connect(endpoint))
             .await
-            .ok()?
-            .ok()?;
+            .map_err(|_| timed_out("connect"))?
+            .map_err(|e| format!("connect: {e}"))?;
         let list = AlarmRequest {
             action: AlarmAction::Get as i32,
             member_id: 0,
@@ -43,8 +44,8 @@ pub async fn disarm_alarms(cluster: &Cluster, ctx: &Ctx, i: usize) -> Option<usi
         };
         let listed = tokio::time::timeout(OP_TIMEOUT, m.alarm(list))
             .await
-            .ok()?
-            .ok()?
+            .map_err(|_| timed_out("alarm list"))?
+            .map_err(|e| format!("alarm list: {}", e.message()))?
             .into_inner()
             .alarms;
         let mut disarmed: Vec<AlarmMember> = Vec::new();
@@ -56,15 +57,18 @@ pub async fn disarm_alarms(cluster: &Cluster, ctx: &Ctx, i: usize) -> Option<usi
             };
             tokio::time::timeout(OP_TIMEOUT, m.alarm(disarm))
                 .await
-                .ok()?
-                .ok()?;
+                .map_err(|_| timed_out("alarm disarm"))?
+                .map_err(|e| format!("alarm disarm: {}", e.message()))?;
             disarmed.push(a);
         }
-        Some(disarmed)
+        Ok::<_, String>(disarmed)
     });
-    let outcome = task.await.ok().flatten();
+    let outcome = match task.await {
+        Ok(result) => result,
+        Err(e) => Err(format!("task: {e}")),
+    };
     let what = match &outcome {
-        Some(list) => format!(
+        Ok(list) => format!(
             "{} alarm(s) [{}]",
             list.len(),
             list.iter()
@@ -76,8 +80,8 @@ pub async fn disarm_alarms(cluster: &Cluster, ctx: &Ctx, i: usize) -> Option<usi
                 .collect::<Vec<_>>()
                 .join(",")
         ),
-        None => "failed".to_string(),
+        Err(e) => format!("failed ({e})"),
     };
     ctx.event(format!("alarm disarm via n{}: {what}", i + 1));
-    outcome.map(|l| l.len())
+    outcome.ok().map(|l| l.len())
 }

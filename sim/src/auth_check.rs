@@ -56,9 +56,11 @@
 //! Other refusals (`invalid auth token`, `revision of auth store is old`, ...) are never
 //! wrong: the client re-authenticates and retries, as etcd's client does.
 //!
-//! Refusals of writes are checked on one-member clusters only: on several members, a write
-//! arriving at a follower is checked first against that follower's applied state, which may
-//! lag a change another member already acknowledged. Refusals of linearizable reads are
+//! Refusals of writes are checked on any cluster: keel checks a write only at apply, as
+//! etcd 3.4 does (it used to check it on arrival too, against the receiving member's applied
+//! state, which may lag a change another member already acknowledged: this check found a
+//! member restarting behind the others refusing a write its user had just been granted).
+//! Refusals of linearizable reads are
 //! checked on any cluster (a read is checked when served, after its ReadIndex round, so the
 //! serving member has applied every change acknowledged before the read was sent);
 //! serializable reads are never (they may be served by a lagging member).
