@@ -318,3 +318,46 @@ fn a_member_added_after_the_newest_snapshot_is_sent_one_that_names_it() {
         c.nodes[&1].store().hash_kv(0)
     );
 }
+
+// A leader's own log counts once its disk reports it durable, and raft-rs unwraps the
+// leader's own progress when it does. A leader whose removal is applied while later batches
+// of its log are still being written must not panic when they are reported (the
+// real-cluster harness's `member` nemesis hit it: raft.rs `on_persist_entries`).
+#[test]
+fn a_leader_removed_before_its_disk_catches_up_does_not_panic() {
+    use keel_engine::node::Input;
+    let mut c = start(&[1, 2, 3]);
+    let leader = c.the_leader();
+    c.slow_disks.insert(leader);
+    let remove = Request::MemberRemove(MemberRemoveRequest { id: leader });
+    c.node_mut(leader).step(Input::Request {
+        token: 9001,
+        request: remove,
+    });
+    c.settle();
+    for (token, key) in [(9002, "during-1"), (9003, "during-2")] {
+        c.node_mut(leader).step(Input::Request {
+            token,
+            request: common::put(key, "v"),
+        });
+        c.settle();
+    }
+    // The followers make the removal and the puts a quorum on their own; the leader applies
+    // each as its disk reports it, cut off meanwhile, so that it is still leader (its
+    // hand-over cannot reach anyone) when the batches after its removal are reported.
+    c.isolated.insert(leader);
+    let mut released = 0;
+    while c.release_persisted(leader) {
+        released += 1;
+    }
+    c.isolated.remove(&leader);
+    assert!(released >= 3, "the leader wrote its batches ({released})");
+    assert!(
+        matches!(c.take_reply(9001), Ok(Response::MemberRemove(_))),
+        "the removal is answered"
+    );
+    assert!(c.nodes[&leader].is_removed(), "the leader is removed");
+    c.nodes.remove(&leader);
+    c.tick_until(TICKS_MAX, |c| c.leader().is_some());
+    put(&mut c, "after");
+}

@@ -313,7 +313,7 @@ impl RaftCore {
     pub(super) fn emit(&mut self, batch: PersistBatch) -> Option<PersistBatch> {
         if batch.is_empty() {
             if self.persist.nothing_to_persist(batch.number) {
-                self.raw.on_persist_ready(batch.number);
+                self.persist_ready(batch.number);
             }
             return None;
         }
@@ -324,10 +324,27 @@ impl RaftCore {
     /// The driver reports batches up to `number` durable.
     pub(super) fn on_persisted(&mut self, number: u64) {
         let deferred = self.persist.durable(number);
-        self.raw.on_persist_ready(number);
+        self.persist_ready(number);
         if let Some(deferred) = deferred {
-            self.raw.on_persist_ready(deferred);
+            self.persist_ready(deferred);
         }
+    }
+
+    /// raft-rs's `on_persist_ready`, except on a leader that has applied its own removal:
+    /// raft-rs looks up the leader's own progress there and unwraps it, which would panic
+    /// (the real-cluster harness's `member` nemesis hit it). Such a member is handing its
+    /// leadership over and stopping, and its own log no longer counts toward any quorum; a
+    /// later Ready's acknowledgement covers the skipped ones if it steps down first.
+    fn persist_ready(&mut self, number: u64) {
+        let raft = &self.raw.raft;
+        if raft.state == raft::StateRole::Leader && raft.prs().get(raft.id).is_none() {
+            tracing::debug!(
+                number,
+                "removed leader: its persisted Ready is not reported"
+            );
+            return;
+        }
+        self.raw.on_persist_ready(number);
     }
 
     /// Tells raft the entries up to `index` are applied.

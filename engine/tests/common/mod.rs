@@ -56,6 +56,11 @@ pub struct Cluster {
     pub failing_saves: BTreeMap<u64, usize>,
     /// The index of every snapshot job handed out, by member, in order.
     pub save_jobs: Vec<(u64, u64)>,
+    /// Members whose disk is slow: their persisted batches are reported only when a test
+    /// releases them ([`Cluster::release_persisted`]), oldest first.
+    pub slow_disks: BTreeSet<u64>,
+    /// Persisted batch numbers not yet reported, by member.
+    held_persisted: BTreeMap<u64, VecDeque<u64>>,
     /// A one-member cluster: any message to a peer or member table change is a failure.
     solo: bool,
     /// Whether a watch input was stepped: before that, watch output is a failure.
@@ -81,6 +86,8 @@ impl Cluster {
             trace: None,
             failing_saves: BTreeMap::new(),
             save_jobs: Vec::new(),
+            slow_disks: BTreeSet::new(),
+            held_persisted: BTreeMap::new(),
             solo: false,
             watches_used: false,
             next_token: AUTO_TOKEN_FIRST,
@@ -223,6 +230,11 @@ impl Cluster {
                         },
                     );
                 }
+                if self.slow_disks.contains(&id) {
+                    let held = self.held_persisted.entry(id).or_default();
+                    held.push_back(batch.number);
+                    return;
+                }
                 self.step(
                     id,
                     Input::Persisted {
@@ -263,6 +275,20 @@ impl Cluster {
             // Waiting v2 clients live in the server; the engine tests read the store.
             Output::V2Events(_) => {}
         }
+    }
+
+    /// Reports member `id`'s oldest held persisted batch; whether there was one.
+    pub fn release_persisted(&mut self, id: u64) -> bool {
+        let Some(number) = self
+            .held_persisted
+            .get_mut(&id)
+            .and_then(VecDeque::pop_front)
+        else {
+            return false;
+        };
+        self.step(id, Input::Persisted { number });
+        self.settle();
+        true
     }
 
     /// Steps member `id` if it runs (a stopped member hears nothing).
