@@ -72,13 +72,13 @@ impl Node {
         }
     }
 
-    /// The check when a request arrives (etcd's API-layer checks): the cluster admin
-    /// requests against the applied auth store. Reads are checked when served; writes only
-    /// at apply, against the auth store of their index, as etcd 3.4 checks them (its
-    /// authApplierV3): this member's applied auth store may lag a change another member has
-    /// already acknowledged, and a write refused here on that stale state would be refused
-    /// with a permission its user had (the simulator's auth check found one on a member
-    /// restarting behind the others).
+    /// The check when a request arrives (etcd's API-layer checks): admin requests and the
+    /// other non-KV writes against the applied auth store. Reads are checked when served;
+    /// puts, deletes and txns only at apply, against the auth store of their index, as etcd
+    /// 3.4 checks them (its authApplierV3): this member's applied auth store may lag a change
+    /// another member has already acknowledged, and a write refused here on that stale state
+    /// would be refused with a permission its user had (the simulator's auth check found one
+    /// on a member restarting behind the others).
     fn check_arrival(&self, token: u64, route: &Route) -> Result<(), Error> {
         let Some(caller) = self.callers.get(&token) else {
             return Ok(()); // the cluster's own request
@@ -88,7 +88,8 @@ impl Node {
             Route::Write(body) if self.bugs.has(Bug::SkipApplyAuthCheck) => {
                 self.sm.check_write(Some(caller), body)
             }
-            Route::Write(_) => Ok(()),
+            Route::Write(body) if is_data_write(body) => Ok(()),
+            Route::Write(body) => self.sm.check_write(Some(caller), body),
             // etcd 3.4 checks MoveLeader for no one.
             Route::Admin(Admin::MoveLeader(_)) => Ok(()),
             Route::Admin(_) => self.sm.auth().check_admin(Some(caller)),
@@ -332,4 +333,10 @@ impl Node {
             self.reply(token, result);
         }
     }
+}
+
+/// Puts, deletes and txns: checked for permission only at apply (see `check_arrival`).
+fn is_data_write(body: &raft_request::Request) -> bool {
+    use raft_request::Request as R;
+    matches!(body, R::Put(_) | R::DeleteRange(_) | R::Txn(_))
 }
