@@ -118,14 +118,6 @@ pub fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError>
     Ok(store)
 }
 
-/// The subject CommonName of a certificate, if it has a non-empty one.
-pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    let name = cn.as_str().ok()?;
-    (!name.is_empty()).then(|| name.to_string())
-}
-
 /// One certificate for every handshake, either side.
 #[derive(Debug)]
 pub struct Single(pub Arc<CertifiedKey>);

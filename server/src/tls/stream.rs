@@ -179,7 +179,7 @@ pub async fn accept(
         let certs = stream.get_ref().1.peer_certificates();
         certs
             .and_then(|c| c.first())
-            .and_then(super::files::common_name)
+            .and_then(super::verify::common_name)
     } else {
         None
     };

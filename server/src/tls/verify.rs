@@ -21,7 +21,14 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::error::TlsError;
-use super::files::common_name;
+
+/// The subject CommonName of a certificate, if it has a non-empty one.
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    let name = cn.as_str().ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
 
 /// The name the other side's certificate must carry, if any.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
