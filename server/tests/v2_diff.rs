@@ -191,7 +191,8 @@ fn normalize(text: &str, base: u64, ports: Ports) -> String {
     mask_times_and_ids(&out)
 }
 
-/// RFC 3339 times → TIME; 16-hex-digit member ids → ID.
+/// RFC 3339 times → TIME; member ids (up to 16 hex digits: a random id's leading zeros are
+/// not printed, so etcd's may be 14 or fewer) → ID.
 fn mask_times_and_ids(s: &str) -> String {
     let mut out = String::new();
     for token in s.split_inclusive(['"', ' ', '\n', ',', '=']) {
@@ -201,7 +202,7 @@ fn mask_times_and_ids(s: &str) -> String {
         };
         let is_time =
             word.len() > 19 && word.as_bytes().get(10) == Some(&b'T') && word.ends_with('Z');
-        let is_id = (word.len() >= 15 && word.len() <= 16)
+        let is_id = (ID_DIGITS_MIN..=16).contains(&word.len())
             && word
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
@@ -226,8 +227,11 @@ fn mask_times_and_ids(s: &str) -> String {
     out
 }
 
+/// The fewest hex digits taken for a member id (one in 2^24 random ids has fewer).
+const ID_DIGITS_MIN: usize = 10;
+
 fn is_id_text(w: &str) -> bool {
-    (15..=16).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_hexdigit())
+    (ID_DIGITS_MIN..=16).contains(&w.len()) && w.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Runs `etcdctl` (API 2) against `s`; stdout, stderr and the exit code.
