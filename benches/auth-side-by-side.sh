@@ -63,18 +63,9 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
 fi
 
 # A CA, a server certificate for 127.0.0.1, a client certificate.
-(
-  cd "$WORK"
-  printf '[s]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >ext.cnf
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-    -out ca.pem -days 2 -subj /CN=bench-ca 2>/dev/null
-  for name in server client; do
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $name.key \
-      -out $name.csr -subj "/CN=$name" 2>/dev/null
-    openssl x509 -req -in $name.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $name.pem \
-      -days 2 -extfile ext.cnf -extensions s 2>/dev/null
-  done
-)
+# shellcheck source=benches/bench-certs.sh
+source "$ROOT/benches/bench-certs.sh"
+make_bench_certs "$WORK"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
