@@ -16,11 +16,10 @@
 mod common;
 mod gateway_http;
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::{keel_bin, Ports, Server, TempDir};
+use common::{keel_bin, require_python_module, run_python, Ports, Server, TempDir};
 use gateway_http::diff::{
     error_code, is_unimplemented, same, step, unimplemented, wait_healthy, Check, Pair, Step,
 };
@@ -423,17 +422,7 @@ print("etcd3gw ok")
 
 #[test]
 fn python_etcd3gw_works_against_keel() -> Result<()> {
-    let python = Path::new("/usr/bin/python3");
-    let has_module = python.exists()
-        && std::process::Command::new(python)
-            .args(["-c", "import etcd3gw"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if !has_module {
-        eprintln!("skipped: python3-etcd3gw is not installed (apt-get install python3-etcd3gw)");
-        return Ok(());
-    }
+    require_python_module("etcd3gw", "python3-etcd3gw")?;
     let dir = TempDir::new("gateway-etcd3gw")?;
     let keel = Server::start_etcd_style(
         "keel",
@@ -444,14 +433,10 @@ fn python_etcd3gw_works_against_keel() -> Result<()> {
         &[],
     )?;
     wait_healthy(keel.ports.client)?;
-    let out = std::process::Command::new(python)
-        .args(["-c", ETCD3GW_SCRIPT, &keel.ports.client.to_string()])
-        .output()?;
+    let out = run_python(ETCD3GW_SCRIPT, &[keel.ports.client.to_string()])?;
     assert!(
-        out.status.success(),
-        "etcd3gw script failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.contains("etcd3gw ok"),
+        "etcd3gw script did not finish: {out}"
     );
     Ok(())
 }

@@ -15,47 +15,13 @@ mod common;
 mod tls_common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use anyhow::Result;
+use common::{
+    keel_bin, require_on_path, require_python_module, run_python, Ports, Server, TempDir,
+};
 use tls_common::{client_tls_flags, etcdctl, etcdctl_tls, eventually, ok, Ca};
-
-const PYTHON: &str = "/usr/bin/python3";
-
-/// Fails loudly when python3-etcd3 is not importable.
-fn require_etcd3() -> Result<()> {
-    let out = Command::new(PYTHON)
-        .args(["-c", "import etcd3"])
-        .output()
-        .with_context(|| format!("running {PYTHON}"))?;
-    ensure!(
-        out.status.success(),
-        "python3-etcd3 is missing (apt-get install python3-etcd3, as scripts/install-deps \
-         does): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// Runs `script` with `args`; its stdout, or an error with both streams.
-fn run_python(script: &str, args: &[String]) -> Result<String> {
-    let out = Command::new(PYTHON)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .context("running the etcd3 script")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "etcd3 script failed ({}):\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
-}
 
 /// A single keel member serving `https://` with `tls` flags.
 fn start_https(dir: &TempDir, tls: &[String]) -> Result<Server> {
@@ -108,7 +74,7 @@ print("auth ok")
 
 #[test]
 fn python_etcd3_logs_in_is_permitted_and_refused_as_with_etcd() -> Result<()> {
-    require_etcd3()?;
+    require_python_module("etcd3", "python3-etcd3")?;
     require_on_path("etcdctl")?;
     let dir = TempDir::new("py-etcd3-auth")?;
     let ca = Ca::new(dir.path(), "ca")?;
@@ -180,7 +146,7 @@ print("tls ok")
 
 #[test]
 fn python_etcd3_works_over_tls_with_a_client_certificate() -> Result<()> {
-    require_etcd3()?;
+    require_python_module("etcd3", "python3-etcd3")?;
     let dir = TempDir::new("py-etcd3-tls")?;
     let ca = Ca::new(dir.path(), "ca")?;
     let server = ca.issue("server", "server")?;

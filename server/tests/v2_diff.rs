@@ -16,12 +16,13 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use common::{
+    keel_bin, require_on_path, require_python_module, run_python, Ports, Server, TempDir,
+};
 
 /// Both servers, started fresh, and each one's store index once it settled.
 struct Pair {
@@ -496,11 +497,7 @@ fn fill_indexes(t: &str, base: u64) -> String {
 
 #[test]
 fn python_etcd_works_against_keel() -> Result<()> {
-    let python = Path::new("/usr/bin/python3");
-    let check = Command::new(python).args(["-c", "import etcd"]).status()?;
-    if !check.success() {
-        bail!("Debian's python3-etcd is missing (scripts/install-deps installs it)");
-    }
+    require_python_module("etcd", "python3-etcd")?;
     let dir = TempDir::new("v2py")?;
     let keel = Server::start_etcd_style(
         "keel",
@@ -546,14 +543,9 @@ print("ok")
 "#,
         port = keel.ports.client
     );
-    let out = Command::new(python).args(["-c", &script]).output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() || !text.contains("ok") {
-        bail!("python3-etcd against keel failed:\n{text}");
+    let out = run_python(&script, &[]).context("python3-etcd against keel")?;
+    if !out.contains("ok") {
+        bail!("python3-etcd against keel did not finish:\n{out}");
     }
     Ok(())
 }

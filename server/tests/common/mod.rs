@@ -40,6 +40,44 @@ pub fn require_on_path(program: &str) -> Result<PathBuf> {
     })
 }
 
+/// The Python the client-library tests run (Debian's, where the python3-* packages go).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Fails loudly when the Python module `module` is not importable, naming the Debian package
+/// that provides it (scripts/install-deps installs each of them).
+pub fn require_python_module(module: &str, package: &str) -> Result<()> {
+    let out = Command::new(PYTHON)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .with_context(|| format!("running {PYTHON}"))?;
+    if !out.status.success() {
+        bail!(
+            "{package} is missing (apt-get install {package}, as scripts/install-deps does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs the Python `script` with `args`; its stdout, or an error with both streams.
+pub fn run_python(script: &str, args: &[String]) -> Result<String> {
+    let out = Command::new(PYTHON)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {PYTHON}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "the Python script failed ({}):\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Picks a free TCP port on 127.0.0.1. Ports are never handed out twice within one test process.
