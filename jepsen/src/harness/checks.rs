@@ -77,6 +77,14 @@ fn lock_check(records: &[LockRecord]) -> Option<String> {
     if let Some(b) = &found.backwards {
         text.push_str(&format!("fenced writes went backwards: {b}\n"));
     }
+    if let Some(why) = &found.unread {
+        text.push_str(&format!(
+            "the guarded key's history could not be read after the heal ({why}): in-doubt fenced writes are unchecked\n"
+        ));
+    }
+    for m in found.mismatches.iter().take(3) {
+        text.push_str(&format!("the store and the clients disagree: {m}\n"));
+    }
     if !found.exclusive() {
         text.push_str(&format!(
             "two holders at once: {} overlapping holds, {} writes by a client that had lost the lock ({} of them applied); fenced writes {}:\n",

@@ -61,7 +61,7 @@ pub struct LockRecord {
 pub struct LockLog(Arc<Mutex<Vec<LockRecord>>>);
 
 impl LockLog {
-    fn push(&self, r: LockRecord) {
+    pub(super) fn push(&self, r: LockRecord) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(r);
     }
     /// The records so far.

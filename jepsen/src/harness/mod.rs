@@ -20,6 +20,7 @@ pub mod lease;
 pub mod lease_check;
 pub mod lock;
 pub mod lock_check;
+pub mod lock_fences;
 pub mod member;
 pub mod membership;
 pub mod nemesis;

@@ -77,10 +77,12 @@ pub fn history_ops(history: &History) -> Vec<Op> {
         .collect()
 }
 
-/// The lock workload's steps (acquire, write, release) as operations.
+/// The lock workload's steps (acquire, write, release) as operations (not the store's list of
+/// applied writes read after the heal, which are no client's operations).
 pub fn lock_ops(records: &[LockRecord]) -> Vec<Op> {
     records
         .iter()
+        .filter(|r| matches!(r.op.as_str(), "acquire" | "write" | "release"))
         .map(|r| Op {
             invoke_ns: r.invoke_ns,
             complete_ns: Some(r.complete_ns),

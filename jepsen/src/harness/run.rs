@@ -220,6 +220,9 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
     } else {
         register::final_reads(&phase.rec, opts.nodes, FINAL_PROCESS).await
     };
+    if let Some(log) = &phase.logs.locks {
+        super::lock_fences::record_applied_fences(log, opts.nodes).await;
+    }
     members.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
     let lock_records = phase.logs.locks.as_ref().map(|l| l.records());
     let inputs = Inputs {
