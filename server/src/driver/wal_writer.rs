@@ -571,6 +571,8 @@ mod tests {
         block_on(async {
             let sim = Arc::new(SimDisk::new());
             let disk: Arc<dyn keel_storage::Disk> = sim.clone();
+            // (Simulation builds have one more field: the update is needed there.)
+            #[allow(clippy::needless_update)]
             let opts = WalOptions {
                 segment_bytes_max: 16 << 10,
                 ..WalOptions::default()
