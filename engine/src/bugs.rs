@@ -53,11 +53,17 @@ pub enum Bug {
     /// `modifiedIndex`: a CAS on the index a client just read fails once the key has been
     /// swapped, and one on the key's creation index succeeds.
     V2CasCreatedIndex,
+    /// Watch creation is not checked against the caller's read permission: a user watches a
+    /// range it may not read.
+    WatchCreateSkipAuth,
+    /// UserChangePassword leaves the user's tokens valid (etcd 3.4 invalidates them): a
+    /// token issued before the change is still served after it.
+    KeepTokensOnPasswordChange,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -71,6 +77,8 @@ impl Bug {
         Bug::SkipApplyAuthCheck,
         Bug::V2QuorumReadLocal,
         Bug::V2CasCreatedIndex,
+        Bug::WatchCreateSkipAuth,
+        Bug::KeepTokensOnPasswordChange,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -89,6 +97,8 @@ impl Bug {
             Bug::SkipApplyAuthCheck => "skip-apply-auth-check",
             Bug::V2QuorumReadLocal => "v2-quorum-read-local",
             Bug::V2CasCreatedIndex => "v2-cas-created-index",
+            Bug::WatchCreateSkipAuth => "watch-create-skip-auth",
+            Bug::KeepTokensOnPasswordChange => "keep-tokens-on-password-change",
         }
     }
 
@@ -98,8 +108,8 @@ impl Bug {
     }
 
     #[cfg(madsim)]
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
@@ -107,7 +117,7 @@ impl Bug {
 /// builds only can put a bug in it ([`Bugs::of`]).
 #[cfg(madsim)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Bugs(u16);
+pub struct Bugs(u32);
 
 /// A set of [`Bug`]s: always empty outside simulation builds (`--cfg madsim`).
 #[cfg(not(madsim))]

@@ -3,7 +3,8 @@
 //! `kaN/`, then auth enable. During the faults, one *churn* client changes the auth state:
 //! grants and revokes role permissions (on its own prefix or another user's, read, write or
 //! readwrite), revokes a user's role and replaces it by a fresh one (role delete, role add,
-//! permission, grant), deletes users and adds them back. After the faults, auth disable, so
+//! permission, grant), changes users' passwords (between their two, [`password_v`]),
+//! deletes users and adds them back. After the faults, auth disable, so
 //! the liveness probes and the final read run as before.
 //!
 //! Every change attempt goes into the run's [`AuthLog`] with its outcome (applied with its
@@ -36,9 +37,17 @@ pub fn user(n: usize) -> String {
     format!("u{n}")
 }
 
-/// User `n`'s password.
+/// User `n`'s password (its first: the one `UserAdd` gives it).
 pub fn password(n: usize) -> String {
-    format!("pw-u{n}")
+    password_v(n, 0)
+}
+
+/// User `n`'s `which`th password (0 or 1; the churn changes between them).
+pub fn password_v(n: usize, which: u8) -> String {
+    match which {
+        0 => format!("pw-u{n}"),
+        _ => format!("pw-u{n}-{which}"),
+    }
 }
 
 /// The prefix user `n` starts with readwrite access to: inside the `k*` key space, so the
@@ -81,14 +90,22 @@ pub fn needs_login(status: &Status) -> bool {
         || m.contains("user name not found")
 }
 
-/// Authenticates `name`, within the op timeout.
-pub async fn login(auth: &mut AuthClient<Channel>, name: &str, pw: &str) -> Result<String, Status> {
+/// Authenticates `name`, within the op timeout: the token and the response header's
+/// revision.
+pub async fn login(
+    auth: &mut AuthClient<Channel>,
+    name: &str,
+    pw: &str,
+) -> Result<(String, i64), Status> {
     let req = AuthenticateRequest {
         name: name.to_string(),
         password: pw.to_string(),
     };
     match tokio::time::timeout(OP_TIMEOUT, auth.authenticate(req)).await {
-        Ok(r) => Ok(r?.into_inner().token),
+        Ok(r) => {
+            let r = r?.into_inner();
+            Ok((r.token, r.header.map_or(0, |h| h.revision)))
+        }
         Err(_) => Err(Status::deadline_exceeded("timeout")),
     }
 }
@@ -184,6 +201,18 @@ async fn send(
                 .into_inner()
                 .header)
         }
+        Change::ChangePassword(u, which) => {
+            let req = AuthUserChangePasswordRequest {
+                name: u.clone(),
+                password: password_v(u[1..].parse().unwrap_or(0), *which),
+                ..Default::default()
+            };
+            rev(auth
+                .user_change_password(with_token(req, token))
+                .await?
+                .into_inner()
+                .header)
+        }
         Change::RevokePerm(r, p) => {
             let req = AuthRoleRevokePermissionRequest {
                 role: r.clone(),
@@ -208,6 +237,8 @@ struct Slot {
     role: String,
     generation: u64,
     granted: bool,
+    /// Which of its passwords the user has.
+    password: u8,
 }
 
 /// The admin: root's connection and token, and the churn's beliefs.
@@ -241,6 +272,7 @@ impl Admin {
                     role: format!("{}.g0", user(n)),
                     generation: 0,
                     granted: true,
+                    password: 0,
                 })
                 .collect(),
             seen_disabled: false,
@@ -306,7 +338,7 @@ impl Admin {
             return false;
         };
         match login(&mut auth, "root", ROOT_PASSWORD).await {
-            Ok(t) => self.token = Some(t),
+            Ok((t, _)) => self.token = Some(t),
             Err(s) => {
                 self.ctx
                     .trace
@@ -439,10 +471,11 @@ impl Admin {
             if self.applied(Change::UserAdd(user(n))).await {
                 self.slots[n].exists = true;
                 self.slots[n].granted = false;
+                self.slots[n].password = 0;
             }
             return;
         }
-        match self.rng.below(6) {
+        match self.rng.below(7) {
             0 | 1 => {
                 let bits = [READ, WRITE, READ | WRITE][self.rng.index(3)];
                 self.applied(Change::GrantPerm(slot.role, target, bits))
@@ -462,6 +495,12 @@ impl Admin {
             4 => {
                 if self.applied(Change::RevokeRole(user(n), slot.role)).await {
                     self.slots[n].granted = false;
+                }
+            }
+            6 => {
+                let which = 1 - slot.password;
+                if self.applied(Change::ChangePassword(user(n), which)).await {
+                    self.slots[n].password = which;
                 }
             }
             _ => {

@@ -77,6 +77,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+pub use crate::auth_token_check::{AuthLogin, LoginOutcome};
 use crate::check::{Failure, FailureKind};
 
 /// Permission bits: read.
@@ -103,6 +104,9 @@ pub enum Change {
     GrantPerm(String, String, u8),
     /// RoleRevokePermission(role, prefix).
     RevokePerm(String, String),
+    /// UserChangePassword(user, which): the user's password becomes its `which`th
+    /// (`crate::auth::password_v`); the user's tokens are invalidated, as in etcd 3.4.
+    ChangePassword(String, u8),
 }
 
 impl fmt::Display for Change {
@@ -118,6 +122,7 @@ impl fmt::Display for Change {
                 write!(f, "role grant-permission {r} {} {p}*", perm_name(*bits))
             }
             Change::RevokePerm(r, p) => write!(f, "role revoke-permission {r} {p}*"),
+            Change::ChangePassword(u, which) => write!(f, "user passwd {u} #{which}"),
         }
     }
 }
@@ -204,6 +209,8 @@ pub struct AuthOp {
     pub complete_ns: u64,
     /// The outcome.
     pub outcome: OpOutcome,
+    /// The header revision of the login that issued the token the request carried.
+    pub login_rev: Option<i64>,
 }
 
 impl fmt::Display for AuthOp {
@@ -222,24 +229,47 @@ impl fmt::Display for AuthOp {
     }
 }
 
-/// The auth changes and auth clients' operations of a run.
+/// What an [`AuthLog`] holds.
+#[derive(Debug, Default)]
+struct Records {
+    changes: Vec<AuthChange>,
+    ops: Vec<AuthOp>,
+    logins: Vec<AuthLogin>,
+}
+
+/// The auth changes, auth clients' operations and logins of a run.
 #[derive(Debug, Clone, Default)]
-pub struct AuthLog(Arc<Mutex<(Vec<AuthChange>, Vec<AuthOp>)>>);
+pub struct AuthLog(Arc<Mutex<Records>>);
 
 impl AuthLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records an auth change attempt (in the actor's order).
     pub fn change(&self, c: AuthChange) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).0.push(c);
+        self.lock().changes.push(c);
     }
 
     /// Records an auth client's operation.
     pub fn op(&self, op: AuthOp) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.push(op);
+        self.lock().ops.push(op);
     }
 
-    /// Everything recorded so far.
+    /// Records an auth client's login.
+    pub fn login(&self, login: AuthLogin) {
+        self.lock().logins.push(login);
+    }
+
+    /// The changes and operations recorded so far.
     pub fn records(&self) -> (Vec<AuthChange>, Vec<AuthOp>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let r = self.lock();
+        (r.changes.clone(), r.ops.clone())
+    }
+
+    /// The logins recorded so far.
+    pub fn logins(&self) -> Vec<AuthLogin> {
+        self.lock().logins.clone()
     }
 }
 
@@ -254,6 +284,8 @@ pub enum Fact {
     RoleExists(String),
     /// The role's permission bits on the prefix.
     Perm(String, String),
+    /// Which of its passwords the user has (`UserAdd` gives it the first, 0).
+    Password(String),
 }
 
 /// A position in the apply order: `(revision, 0)` a write, `(revision, 1, seq)` an auth
@@ -289,7 +321,8 @@ fn effects_of(
 ) -> Vec<(Fact, u8)> {
     let s = |x: &String| x.clone();
     match c {
-        Change::UserAdd(u) => vec![(Fact::UserExists(s(u)), 1)],
+        Change::UserAdd(u) => vec![(Fact::UserExists(s(u)), 1), (Fact::Password(s(u)), 0)],
+        Change::ChangePassword(u, which) => vec![(Fact::Password(s(u)), *which)],
         Change::UserDelete(u) => std::iter::once((Fact::UserExists(s(u)), 0))
             .chain(roles.iter().map(|r| (Fact::HasRole(s(u), s(r)), 0)))
             .collect(),
@@ -318,7 +351,7 @@ impl Model {
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for c in changes {
             match &c.change {
-                Change::UserAdd(u) | Change::UserDelete(u) => {
+                Change::UserAdd(u) | Change::UserDelete(u) | Change::ChangePassword(u, _) => {
                     users.insert(u.clone());
                 }
                 Change::GrantRole(u, r) | Change::RevokeRole(u, r) => {

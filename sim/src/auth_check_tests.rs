@@ -38,6 +38,7 @@ fn op(needs: u8, at_ms: u64, outcome: OpOutcome) -> AuthOp {
         invoke_ns: at_ms * 1_000_000,
         complete_ns: (at_ms + 5) * 1_000_000,
         outcome,
+        login_rev: None,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Auth mode's KV clients: client `i` logs in (simple token) as user `u{i % USERS}` and does
-//! puts, linearizable and serializable gets, prefix ranges and two-key txns, mostly inside
+//! puts, linearizable and serializable gets, prefix ranges, two-key txns and watch
+//! creations on a prefix (closed once answered), mostly inside
 //! its user's prefix and sometimes in another's, while the churn (`src/auth.rs`) changes who
 //! may do what. A token the server no longer accepts (`invalid auth token`, `revision of auth
 //! store is old`, `user name not found`) makes the client log in again, as etcd's client
-//! does; a login refused (the user is deleted) is retried after a pause.
+//! does; a login refused (the user is deleted, or its password changed: the client tries the
+//! other of its two passwords next) is retried after a pause. Logins go into the log too,
+//! and each operation carries the revision of the login that issued its token.
 //!
 //! Each operation goes into the run's [`AuthLog`] (with the access it needs) for
 //! `src/auth_check.rs`, and every put, get and txn also into the KV history, so the
@@ -15,14 +18,20 @@ use std::time::Duration;
 use keel_proto::etcdserverpb::auth_client::AuthClient;
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::request_op::Request as ReqOp;
-use keel_proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use keel_proto::etcdserverpb::watch_client::WatchClient;
+use keel_proto::etcdserverpb::watch_request::RequestUnion;
+use keel_proto::etcdserverpb::{
+    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+};
+use tokio::sync::mpsc;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::auth::{
-    certainly_refused, login, needs_login, password, prefix, user, with_token, USERS,
+    certainly_refused, login, needs_login, password_v, prefix, user, with_token, USERS,
 };
-use crate::auth_check::{AuthLog, AuthOp, OpOutcome, READ, WRITE};
+use crate::auth_check::{AuthLog, AuthLogin, AuthOp, LoginOutcome, OpOutcome, READ, WRITE};
 use crate::cluster::Cluster;
 use crate::history::{prefix_end, Entry, KeyValue, Op, OpResult, Outcome};
 use crate::nemesis::SeedRng;
@@ -42,10 +51,18 @@ struct AuthKvClient {
     endpoints: Vec<String>,
     member: usize,
     rng: SeedRng,
-    conn: Option<(KvClient<Channel>, AuthClient<Channel>)>,
+    conn: Option<Conn>,
     token: Option<String>,
+    /// The header revision of the login that issued `token`.
+    login_rev: Option<i64>,
+    /// Which of its passwords the client believes its user has (it tries the other when a
+    /// login is refused).
+    password: u8,
     serial: u64,
 }
+
+/// One member's clients.
+type Conn = (KvClient<Channel>, AuthClient<Channel>, WatchClient<Channel>);
 
 /// What one operation does: the KV-history op (none for prefix ranges), the access it
 /// needs, and the request.
@@ -54,16 +71,19 @@ enum Request {
     Get(String, bool),
     Range(String),
     Txn(Vec<(String, String)>),
+    /// Create a watch on the prefix, then close it.
+    Watch(String),
 }
 
 impl AuthKvClient {
-    async fn connect(&mut self) -> Option<(KvClient<Channel>, AuthClient<Channel>)> {
+    async fn connect(&mut self) -> Option<Conn> {
         if self.conn.is_none() {
             let e = self.endpoints[self.member].clone();
             let both = async {
                 Some((
                     KvClient::connect(e.clone()).await.ok()?,
-                    AuthClient::connect(e).await.ok()?,
+                    AuthClient::connect(e.clone()).await.ok()?,
+                    WatchClient::connect(e).await.ok()?,
                 ))
             };
             self.conn = tokio::time::timeout(OP_TIMEOUT, both).await.ok().flatten();
@@ -94,11 +114,12 @@ impl AuthKvClient {
         self.serial += 1;
         let value = format!("a{}-{}", self.id, self.serial);
         let (p, k) = self.key();
-        match self.rng.below(8) {
+        match self.rng.below(9) {
             0..=2 => (Request::Put(k, value), vec![(p, WRITE)]),
             3 | 4 => (Request::Get(k, false), vec![(p, READ)]),
             5 => (Request::Get(k, true), vec![(p, READ)]),
             6 => (Request::Range(p.clone()), vec![(p, READ)]),
+            7 => (Request::Watch(p.clone()), vec![(p, READ)]),
             _ => {
                 let (p2, k2) = self.key();
                 if k2 == k {
@@ -112,32 +133,60 @@ impl AuthKvClient {
 
     /// One round: log in if needed, then one operation.
     async fn round(&mut self) {
-        let Some((mut kv, mut auth)) = self.connect().await else {
+        let Some((mut kv, mut auth, mut watch)) = self.connect().await else {
             return;
         };
-        if self.token.is_none() {
-            match login(&mut auth, &user(self.user), &password(self.user)).await {
-                Ok(t) => self.token = Some(t),
-                Err(s) => {
-                    self.ctx
-                        .trace
-                        .record(format!("auth a{} login: {}", self.id, s.message()));
-                    if !certainly_refused(&s) {
-                        self.next_member();
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    return;
-                }
-            }
+        if self.token.is_none() && !self.login(&mut auth).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
         }
         let (request, needs) = self.next_request();
         let invoke_ns = self.ctx.now_ns();
         let invoke_seq = self.ctx.history.tick();
         let token = self.token.clone();
-        let answer =
-            tokio::time::timeout(OP_TIMEOUT, execute(&mut kv, token.as_deref(), &request)).await;
-        let answer = answer.unwrap_or_else(|_| Err(Status::deadline_exceeded("timeout")));
+        let answer = match &request {
+            Request::Watch(p) => create_watch(&mut watch, token.as_deref(), p).await,
+            _ => execute(&mut kv, token.as_deref(), &request).await,
+        };
         self.record(request, needs, invoke_ns, invoke_seq, answer);
+    }
+
+    /// Logs in with the password the client believes its user has (the other one next time
+    /// if refused), recorded; whether it has a token now.
+    async fn login(&mut self, auth: &mut AuthClient<Channel>) -> bool {
+        let (name, which) = (user(self.user), self.password);
+        let invoke_ns = self.ctx.now_ns();
+        let answer = login(auth, &name, &password_v(self.user, which)).await;
+        let outcome = match &answer {
+            Ok((_, rev)) => LoginOutcome::Served(*rev),
+            Err(s) => LoginOutcome::Other(s.message().to_string()),
+        };
+        let l = AuthLogin {
+            client: self.id,
+            user: name,
+            password: which,
+            invoke_ns,
+            complete_ns: self.ctx.now_ns(),
+            outcome,
+        };
+        self.ctx.trace.record(format!("auth {l}"));
+        self.log.login(l);
+        match answer {
+            Ok((t, rev)) => {
+                self.token = Some(t);
+                self.login_rev = Some(rev);
+                true
+            }
+            Err(s) => {
+                if s.message().contains("authentication failed") {
+                    self.password = 1 - which; // changed, or the user re-added
+                }
+                if !certainly_refused(&s) {
+                    self.next_member();
+                }
+                false
+            }
+        }
     }
 
     fn record(
@@ -154,6 +203,9 @@ impl AuthKvClient {
                 (Some(Op::Get { key, serializable }), None, serializable)
             }
             Request::Range(p) => (None, Some(format!("range {p}*")), false),
+            // Created against the member's applied auth store, which may lag: as a
+            // serializable read.
+            Request::Watch(p) => (None, Some(format!("watch {p}*")), true),
             Request::Txn(kvs) => (Some(Op::MultiPut { kvs }), None, false),
         };
         let what = what.unwrap_or_else(|| op.as_ref().map(|o| o.to_string()).unwrap_or_default());
@@ -197,6 +249,7 @@ impl AuthKvClient {
             invoke_ns,
             complete_ns,
             outcome: auth_outcome,
+            login_rev: self.login_rev,
         };
         self.ctx.trace.record(format!("auth op {op_record}"));
         self.log.op(op_record);
@@ -224,7 +277,63 @@ fn put_op(key: &str, value: &str) -> PutRequest {
     }
 }
 
+/// Creates a watch on `p*` and closes it: its revision if created; a cancel is refused with
+/// its reason.
+async fn create_watch(
+    watch: &mut WatchClient<Channel>,
+    token: Option<&str>,
+    p: &str,
+) -> Result<OpResult, Status> {
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: p.as_bytes().to_vec().into(),
+            range_end: prefix_end(p).into_bytes().into(),
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(create)
+        .await
+        .map_err(|_| Status::internal("watch request channel closed"))?;
+    let call = watch.watch(with_token(ReceiverStream::new(rx), token));
+    let first = async { call.await?.into_inner().message().await };
+    let Some(r) = tokio::time::timeout(OP_TIMEOUT, first)
+        .await
+        .map_err(|_| Status::deadline_exceeded("timeout"))??
+    else {
+        return Err(Status::unavailable("watch stream ended"));
+    };
+    let revision = r.header.map_or(0, |h| h.revision);
+    match (r.created, r.canceled) {
+        (true, false) => Ok(OpResult::Read {
+            revision,
+            kvs: Vec::new(),
+        }),
+        // A permission refusal, as etcd words it: "rpc error: code = PermissionDenied desc =
+        // etcdserver: permission denied".
+        (_, true) if r.cancel_reason.contains("permission denied") => {
+            Err(Status::permission_denied(r.cancel_reason))
+        }
+        _ => Err(Status::unknown(format!(
+            "watch not created: {}",
+            r.cancel_reason
+        ))),
+    }
+}
+
+/// Runs `request` (not a watch) within the op timeout.
 async fn execute(
+    kv: &mut KvClient<Channel>,
+    token: Option<&str>,
+    request: &Request,
+) -> Result<OpResult, Status> {
+    match tokio::time::timeout(OP_TIMEOUT, execute_kv(kv, token, request)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Status::deadline_exceeded("timeout")),
+    }
+}
+
+async fn execute_kv(
     kv: &mut KvClient<Channel>,
     token: Option<&str>,
     request: &Request,
@@ -261,7 +370,7 @@ async fn execute(
             return Ok(write(r.header.map_or(0, |h| h.revision)));
         }
         Request::Get(k, serializable) => read(k, None, *serializable),
-        Request::Range(p) => read(p, Some(prefix_end(p)), false),
+        Request::Range(p) | Request::Watch(p) => read(p, Some(prefix_end(p)), false),
     };
     let r = kv.range(with_token(range, token)).await?.into_inner();
     let kvs = r
@@ -303,6 +412,8 @@ pub fn spawn_auth_clients(
                 rng: SeedRng::new(seed, 0xA0_7C11 + id as u64),
                 conn: None,
                 token: None,
+                login_rev: None,
+                password: 0,
                 serial: 0,
             };
             cluster.client_node.spawn(async move {

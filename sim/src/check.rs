@@ -51,6 +51,11 @@ pub enum FailureKind {
     AuthRefusedWithPermission,
     /// The auth setup (root, auth enable, users and roles) or the final auth disable failed.
     AuthSetup,
+    /// A request was served with a token its user's password change (or deletion) had
+    /// invalidated before it (`src/auth_token_check.rs`).
+    AuthTokenOutlivedInvalidation,
+    /// A login was accepted with a password its user could not have had then.
+    AuthLoginWithWrongPassword,
     /// The v2 clients' history is not linearizable (`src/v2_check.rs`).
     V2Linearizability,
     /// The v2 checker gave up within its step budget (counted as a failure).
@@ -81,6 +86,8 @@ impl FailureKind {
             FailureKind::AuthServedWithoutPermission => "auth-served-without-permission",
             FailureKind::AuthRefusedWithPermission => "auth-refused-with-permission",
             FailureKind::AuthSetup => "auth-setup",
+            FailureKind::AuthTokenOutlivedInvalidation => "auth-token-outlived-invalidation",
+            FailureKind::AuthLoginWithWrongPassword => "auth-login-with-wrong-password",
             FailureKind::V2Linearizability => "v2-linearizability",
             FailureKind::V2LinearizabilityUnknown => "v2-linearizability-unknown",
             FailureKind::Panic => "panic",

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod auth_check;
 #[cfg(madsim)]
 pub mod auth_client;
+pub mod auth_token_check;
 pub mod check;
 pub mod clock;
 #[cfg(madsim)]

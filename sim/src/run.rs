@@ -499,6 +499,11 @@ async fn phases(
         let (changes, ops) = auth_log.records();
         // Refusals of writes are checked on any cluster: writes are checked only at apply.
         failures.extend(check_auth(&changes, &ops, true));
+        failures.extend(crate::auth_token_check::check_tokens(&changes, &ops));
+        failures.extend(crate::auth_token_check::check_logins(
+            &changes,
+            &auth_log.logins(),
+        ));
     }
     for i in 0..config.nodes {
         if let Err(f) = serve_again(cluster, ctx, i, deadline).await {

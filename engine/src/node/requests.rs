@@ -56,6 +56,9 @@ impl Node {
             .resolve_caller(auth_token.as_ref(), now_ms)
             .and_then(|caller| {
                 let (key, end) = (&request.key, &request.range_end);
+                if self.bugs.has(Bug::WatchCreateSkipAuth) {
+                    return Ok(()); // the simulator's `watch-create-skip-auth` bug
+                }
                 self.sm.auth().check(Some(&caller), key, end, Perm::Read)
             });
         let header = self.header_info();

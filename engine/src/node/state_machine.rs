@@ -84,6 +84,8 @@ pub(super) struct StateMachine {
     /// Only ever set by the simulator's `skip-apply-auth-check` bug: writes are checked
     /// against the auth store only when they arrive.
     skips_apply_auth_check: bool,
+    /// Only ever set by the simulator's `keep-tokens-on-password-change` bug.
+    keeps_tokens_on_password_change: bool,
 }
 
 impl StateMachine {
@@ -111,6 +113,9 @@ impl StateMachine {
             applies_wrongly: false,
             // On from the start, so a replayed entry is applied as it was the first time.
             skips_apply_auth_check: cfg.bugs.has(crate::bugs::Bug::SkipApplyAuthCheck),
+            keeps_tokens_on_password_change: cfg
+                .bugs
+                .has(crate::bugs::Bug::KeepTokensOnPasswordChange),
         })
     }
 
