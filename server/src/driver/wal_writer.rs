@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use keel_engine::bugs::{Bug, Bugs};
 use keel_engine::node::PersistBatch;
-use keel_engine::raft_log::{encode_conf_state, encode_entry, encode_hard_state};
+use keel_engine::raft_log::{encode_conf_state, encode_entry_into, encode_hard_state};
 use keel_engine::raftpb::{Message, Snapshot};
 use keel_storage::snap::{SnapDir, SnapError};
 use keel_storage::wal::{Wal, WalError};
@@ -398,6 +398,8 @@ pub(super) async fn simulated_fsync_latency() {}
 fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapshot>, DriverError> {
     let started = std::time::Instant::now();
     let mut installed = None;
+    // One buffer for every entry's encoding (the WAL copies it into its own batch buffer).
+    let mut scratch = Vec::new();
     for batch in group {
         if let Some(snapshot) = &batch.snapshot {
             let meta = snapshot.get_metadata();
@@ -409,8 +411,9 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapsh
             installed = Some((snapshot, path));
         }
         for entry in &batch.entries {
-            st.wal
-                .append_entry(entry.index, entry.term, &encode_entry(entry))?;
+            scratch.clear();
+            encode_entry_into(entry, &mut scratch);
+            st.wal.append_entry(entry.index, entry.term, &scratch)?;
         }
         if let Some(hs) = &batch.hard_state {
             st.wal.append_hard_state(&encode_hard_state(hs))?;
