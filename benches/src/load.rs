@@ -171,6 +171,14 @@ pub async fn connect(cli: &Cli, count: usize) -> anyhow::Result<Vec<Channel>> {
                 let connector = crate::tls::Connector::new(cli, endpoint.uri())?;
                 endpoint.connect_with_connector(connector).await
             }
+            #[cfg(not(madsim))]
+            _ => {
+                let connector = crate::coalesce::PlainConnector {
+                    coalesce: !cli.no_coalesce,
+                };
+                endpoint.connect_with_connector(connector).await
+            }
+            #[cfg(madsim)]
             _ => endpoint.connect().await,
         }
         .with_context(|| format!("connecting to {uri}"))?;

@@ -20,6 +20,8 @@
 
 #![cfg_attr(madsim, allow(dead_code, unused_imports))]
 
+#[cfg(not(madsim))]
+mod coalesce;
 mod histogram;
 #[cfg(not(madsim))]
 mod lease;
@@ -74,6 +76,10 @@ pub struct Cli {
     /// Per-request deadline in seconds; a request that misses it counts as an error.
     #[arg(long, global = true, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Write each request as h2 hands it over (tonic's default), instead of gathering the
+    /// requests of one scheduler turn into one write (see `coalesce.rs`).
+    #[arg(long, global = true)]
+    pub no_coalesce: bool,
     /// Tokio worker threads for the load generator (0: one per core).
     #[arg(long, global = true, default_value_t = 0)]
     pub threads: usize,

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
+use crate::coalesce::Coalesced;
 use crate::Cli;
 
 /// Dials one endpoint over TLS.
@@ -22,6 +23,7 @@ use crate::Cli;
 pub struct Connector {
     tls: tokio_rustls::TlsConnector,
     name: ServerName<'static>,
+    coalesce: bool,
 }
 
 impl Connector {
@@ -53,14 +55,16 @@ impl Connector {
         Ok(Connector {
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
             name: ServerName::try_from(host)?,
+            coalesce: !cli.no_coalesce,
         })
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TlsStream<TcpStream>>>> + Send>>;
+type Io = TokioIo<Coalesced<TlsStream<TcpStream>>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<Io>> + Send>>;
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Response = Io;
     type Error = io::Error;
     type Future = Connecting;
 
@@ -69,12 +73,13 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Connecting {
-        let (tls, name) = (self.tls.clone(), self.name.clone());
+        let (tls, name, coalesce) = (self.tls.clone(), self.name.clone(), self.coalesce);
         Box::pin(async move {
             let host = uri.host().unwrap_or("127.0.0.1").to_string();
             let tcp = TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(2379))).await?;
             tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(tls.connect(name, tcp).await?))
+            let stream = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(Coalesced::new(stream, coalesce)))
         })
     }
 }

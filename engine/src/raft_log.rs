@@ -19,6 +19,13 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("encoding a raft entry in memory cannot fail: {e}"))
 }
 
+/// Encodes a raft entry for the WAL into `out` (appended), so a writer can reuse one buffer.
+pub fn encode_entry_into(entry: &Entry, out: &mut Vec<u8>) {
+    entry
+        .write_to_vec(out)
+        .unwrap_or_else(|e| panic!("encoding a raft entry in memory cannot fail: {e}"));
+}
+
 /// Decodes a raft entry read back from the WAL.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, CodecError> {
     let mut entry = Entry::default();

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tonic::transport::server::Router;
 
 use super::authority::AuthorityFix;
+use super::coalesce::Coalesced;
 use crate::error::ServerError;
 use crate::gateway::Gateway;
 use crate::status::serve_error;
@@ -118,7 +119,8 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| serve_error(addr, e))?;
-    let (grpc_tx, grpc_rx) = mpsc::channel::<io::Result<AuthorityFix<ConnIo>>>(GRPC_BACKLOG);
+    let (grpc_tx, grpc_rx) =
+        mpsc::channel::<io::Result<AuthorityFix<Coalesced<ConnIo>>>>(GRPC_BACKLOG);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
     let grpc = router.serve_with_incoming(incoming);
     let accept = async {
@@ -176,7 +178,7 @@ struct Conn {
 /// Hands one connection to the server for its protocol.
 async fn dispatch(
     conn: Conn,
-    grpc: mpsc::Sender<io::Result<AuthorityFix<ConnIo>>>,
+    grpc: mpsc::Sender<io::Result<AuthorityFix<Coalesced<ConnIo>>>>,
     gateway: Gateway,
 ) {
     let peer = conn.peer;
@@ -197,7 +199,11 @@ async fn dispatch(
     };
     match protocol {
         Protocol::Grpc => {
-            if grpc.send(Ok(AuthorityFix::new(stream))).await.is_err() {
+            if grpc
+                .send(Ok(AuthorityFix::new(Coalesced::new(stream))))
+                .await
+                .is_err()
+            {
                 tracing::debug!(%peer, "gRPC server gone; connection dropped");
             }
         }

@@ -16,6 +16,8 @@ pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
+#[cfg(not(madsim))]
+pub mod coalesce;
 pub mod election;
 
 pub mod kv;

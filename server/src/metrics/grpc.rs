@@ -7,13 +7,16 @@
 //! front), else when the body's trailers pass by. A body dropped before its trailers (a client
 //! that went away) is counted `Canceled`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus::IntCounter;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
@@ -49,13 +52,61 @@ impl Labels {
             method.to_string(),
         ])
     }
+}
+
+/// One method's counters, resolved once: the labels, its `started` counter and its
+/// `handled{code="OK"}` counter (the common outcome), so a call neither allocates its label
+/// strings nor hashes them into the families.
+#[derive(Debug)]
+struct Method {
+    labels: Labels,
+    started: IntCounter,
+    /// Resolved at the first call handled OK (no series before, as before the cache).
+    handled_ok: OnceLock<IntCounter>,
+}
+
+/// Methods resolved at most, so a client sending made-up paths cannot grow the cache without
+/// bound (beyond it, calls resolve their labels each time, as before the cache).
+const METHODS_CACHED_MAX: usize = 256;
+
+impl Method {
+    fn resolve(labels: Labels) -> Method {
+        let [t, s, m] = &labels.0;
+        let m = [t.as_str(), s.as_str(), m.as_str()];
+        let families = metrics();
+        Method {
+            started: families.grpc_started.with_label_values(&m),
+            handled_ok: OnceLock::new(),
+            labels,
+        }
+    }
+
+    /// The method of a request path, from the cache when it is there.
+    fn of(path: &str) -> Arc<Method> {
+        static CACHE: OnceLock<RwLock<BTreeMap<String, Arc<Method>>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(method) = cache.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+            return Arc::clone(method);
+        }
+        let method = Arc::new(Method::resolve(Labels::of(path)));
+        let mut cache = cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.len() < METHODS_CACHED_MAX {
+            cache.insert(path.to_string(), Arc::clone(&method));
+        }
+        method
+    }
 
     fn handled(&self, code: &str) {
-        let [t, s, m] = &self.0;
-        metrics()
-            .grpc_handled
-            .with_label_values(&[t.as_str(), s.as_str(), m.as_str(), code])
-            .inc();
+        let [t, s, m] = &self.labels.0;
+        let resolve = || {
+            metrics()
+                .grpc_handled
+                .with_label_values(&[t.as_str(), s.as_str(), m.as_str(), code])
+        };
+        match code {
+            "OK" => self.handled_ok.get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        }
     }
 }
 
@@ -88,12 +139,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let labels = Labels::of(request.uri().path());
-        let [t, s, m] = &labels.0;
-        metrics()
-            .grpc_started
-            .with_label_values(&[t.as_str(), s.as_str(), m.as_str()])
-            .inc();
+        let labels = Method::of(request.uri().path());
+        labels.started.inc();
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;
@@ -115,7 +162,7 @@ where
 struct CountedBody {
     inner: Body,
     /// Taken once the call is counted.
-    labels: Option<Labels>,
+    labels: Option<Arc<Method>>,
 }
 
 impl CountedBody {
