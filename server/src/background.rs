@@ -21,23 +21,37 @@ use std::future::Future;
 pub const NICE: i32 = 10;
 
 /// Runs `work` on a thread of its own at priority [`NICE`] and waits for it without blocking
-/// the async workers. `None` if it panicked.
-pub async fn run<T: Send + 'static>(
-    name: &'static str,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
+/// the async workers (on the blocking pool, at normal priority, if no thread can be started).
+/// `None` if it panicked.
+pub async fn run<T, W>(name: &'static str, work: W) -> Option<T>
+where
+    T: Send + 'static,
+    W: FnOnce() -> T + Send + 'static,
+{
     #[cfg(not(madsim))]
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // The work goes over only once the thread runs, so a failed start keeps it here.
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<W>(1);
         let spawned = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 lower_priority();
-                let _ = tx.send(work());
+                if let Ok(work) = work_rx.recv() {
+                    let _ = tx.send(work());
+                }
             });
-        if let Err(e) = spawned {
-            tracing::error!(thread = name, error = %e, "could not start a background thread");
-            return None;
+        let sent = match spawned {
+            Ok(_) => work_tx
+                .send(work)
+                .map_err(|std::sync::mpsc::SendError(work)| work),
+            Err(e) => {
+                tracing::warn!(thread = name, error = %e, "no background thread; using the pool");
+                Err(work)
+            }
+        };
+        if let Err(work) = sent {
+            return pooled(name, work).await;
         }
         // A panic drops the sender: `rx` then fails.
         match rx.await {
@@ -50,16 +64,25 @@ pub async fn run<T: Send + 'static>(
     }
     #[cfg(madsim)]
     {
-        // madsim runs the closure as a simulated task (it marks spawn_blocking deprecated to
-        // say so).
-        #[allow(deprecated)]
-        let joined = tokio::task::spawn_blocking(work).await;
-        match joined {
-            Ok(done) => Some(done),
-            Err(e) => {
-                tracing::error!(thread = name, error = %e, "background work panicked");
-                None
-            }
+        pooled(name, work).await
+    }
+}
+
+/// Runs `work` on the runtime's blocking pool (under madsim: as a simulated task). `None` if
+/// it panicked.
+async fn pooled<T, W>(name: &'static str, work: W) -> Option<T>
+where
+    T: Send + 'static,
+    W: FnOnce() -> T + Send + 'static,
+{
+    // madsim marks spawn_blocking deprecated to say that it runs the closure as a task.
+    #[allow(deprecated)]
+    let joined = tokio::task::spawn_blocking(work).await;
+    match joined {
+        Ok(done) => Some(done),
+        Err(e) => {
+            tracing::error!(thread = name, error = %e, "background work panicked");
+            None
         }
     }
 }
