@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod background;
 pub mod backup;
 pub mod bootstrap;
 pub mod client;

@@ -15,6 +15,9 @@
 //! ([`SAVE_RETRY_MIN`] doubling up to [`SAVE_RETRY_MAX`]; reset by a success) reported
 //! [`Saved::Failed`]; the node then offers a fresh job, as of its applied index then.
 //!
+//! The steps run on threads of their own at a lower scheduling priority (`crate::background`):
+//! the encoding takes the CPU the driver loop, the WAL writer and the client workers leave.
+//!
 //! Under simulation the save takes virtual time (per buffer written, and per fsync), so that
 //! a power cut can land while a snapshot is being written.
 
@@ -173,18 +176,10 @@ async fn remove_tmp(snaps: &SnapDir, index: u64, term: u64) {
     }
 }
 
-/// Runs blocking disk work off the async workers; `None` if it panicked.
+/// Runs blocking disk work off the async workers, on a thread below the write path's priority
+/// (`crate::background`); `None` if it panicked.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    // Under madsim this runs the closure as a simulated task (see `wal_writer::run_blocking`).
-    #[allow(deprecated)]
-    let joined = tokio::task::spawn_blocking(work).await;
-    match joined {
-        Ok(done) => Some(done),
-        Err(e) => {
-            tracing::error!(error = %e, "snapshot write task panicked");
-            None
-        }
-    }
+    crate::background::run("keel-snapsave", work).await
 }
 
 /// Under simulation writing a snapshot takes virtual time: one fsync's worth per buffer of

@@ -167,7 +167,7 @@ impl Transport {
         }
     }
 
-    /// Streams a snapshot to its peer on a task of its own.
+    /// Streams a snapshot to its peer on a thread of its own (`crate::background::spawn`).
     fn send_snapshot(&self, peers: &BTreeMap<u64, PeerQueue>, message: Message) {
         let to = message.to;
         let Some(PeerQueue { url, .. }) = peers.get(&to) else {
@@ -175,13 +175,18 @@ impl Transport {
             let _ = self.reports.send(Input::SnapshotStatus { to, ok: false });
             return;
         };
-        tokio::spawn(send_snapshot(
-            self.local,
-            self.dialer.clone(),
-            url.clone(),
-            message,
-            self.reports.clone(),
-        ));
+        // The crc pass and the chunks' encoding and sending run below the write path's
+        // priority, on a thread and connection of their own.
+        crate::background::spawn(
+            "keel-snapsend",
+            send_snapshot(
+                self.local,
+                self.dialer.clone(),
+                url.clone(),
+                message,
+                self.reports.clone(),
+            ),
+        );
     }
 
     /// Messages dropped so far (full queues, unknown peers).

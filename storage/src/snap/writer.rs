@@ -3,7 +3,9 @@
 //!
 //! Example, 2.5 MiB of data: the header and the first 1 MiB go out in one append, the next
 //! 1 MiB in another, the last 0.5 MiB and the crc32 at [`SnapWriter::finish`], then one
-//! fsync. Memory held: one buffer, whatever the snapshot's size.
+//! fsync. Memory held: one buffer, whatever the snapshot's size. Every [`WRITE_BACK_BYTES`]
+//! the file is sent on to the disk ([`DiskFile::write_back`]), so the fsync at the end finds
+//! little left to write.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,12 @@ use super::{io_err, SnapError};
 
 /// Bytes a [`SnapWriter`] buffers before appending them to the file.
 pub const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Bytes a [`SnapWriter`] appends between two [`DiskFile::write_back`]s: the file goes to the
+/// disk in steps of this size as it is written, with at most two steps not yet written out,
+/// rather than in one flush at the end that the WAL's fsyncs would queue behind. Small, since
+/// a WAL fsync issued meanwhile waits behind what is queued: at ~240 MB/s (this machine's
+/// disk) 1 MiB is ~4 ms, 16 MiB ~70 ms.
+pub const WRITE_BACK_BYTES: u64 = 1024 * 1024;
 
 /// A snapshot file being written under its temporary name ([`super::SnapDir::create`]).
 /// Write exactly the announced number of data bytes, then [`SnapWriter::finish`].
@@ -25,6 +33,8 @@ pub struct SnapWriter {
     crc: crc32fast::Hasher,
     data_len: u64,
     data_written: u64,
+    /// The file's length at the last write-back.
+    written_back: u64,
 }
 
 impl std::fmt::Debug for SnapWriter {
@@ -80,6 +90,7 @@ impl SnapWriter {
             crc: crc32fast::Hasher::new(),
             data_len,
             data_written: 0,
+            written_back: 0,
         }
     }
 
@@ -106,6 +117,10 @@ impl SnapWriter {
         self.crc.update(&self.buf);
         self.file.append(&self.buf)?;
         self.buf.clear();
+        if self.file.len() >= self.written_back + WRITE_BACK_BYTES {
+            self.file.write_back()?;
+            self.written_back = self.file.len();
+        }
         Ok(())
     }
 
