@@ -224,26 +224,34 @@ impl RaftCore {
         self.raw.transfer_leader(target);
     }
 
-    /// A leader that removed itself stays leader in raft-rs until it stops, and proposals
-    /// forwarded to it meanwhile are lost; it hands leadership to the most up-to-date voter
-    /// (lowest id on a tie) so the others need not wait out an election timeout.
+    /// A leader that applied its own removal steps down at once: raft-rs would keep it
+    /// leader, and a leader without its own progress panics in raft-rs as soon as an append
+    /// response moves the remaining voters' quorum (`maybe_commit` unwraps the leader's own
+    /// progress; the real-cluster harness's `member` nemesis hit it). Before it steps down it
+    /// sends TimeoutNow to the most up-to-date voter (lowest id on a tie), so the others need
+    /// not wait out an election timeout; raft's vote rules keep that election safe whether or
+    /// not the target has every entry.
     pub(super) fn hand_over_leadership(&mut self) {
         if !self.is_leader() {
             return;
         }
-        let voters = self.raw.raft.prs().conf().voters().ids();
+        let raft = &self.raw.raft;
+        let voters = raft.prs().conf().voters().ids();
         let best = voters
             .iter()
             .filter(|&id| id != self.member_id)
-            .filter_map(|id| self.raw.raft.prs().get(id).map(|p| (p.matched, id)))
+            .filter_map(|id| raft.prs().get(id).map(|p| (p.matched, id)))
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        if let Some((_, target)) = best {
+        let term = raft.term;
+        if let Some((matched, target)) = best {
             tracing::info!(
                 target = format_args!("{target:x}"),
-                "handing over leadership"
+                matched,
+                "removed leader: handing over leadership"
             );
-            self.raw.transfer_leader(target);
+            self.raw.raft.send_timeout_now(target);
         }
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
     }
 
     /// Hands a committed conf change to raft and keeps the resulting configuration in its
