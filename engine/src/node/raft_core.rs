@@ -224,13 +224,10 @@ impl RaftCore {
         self.raw.transfer_leader(target);
     }
 
-    /// A leader that applied its own removal steps down at once: raft-rs would keep it
-    /// leader, and a leader without its own progress panics in raft-rs as soon as an append
-    /// response moves the remaining voters' quorum (`maybe_commit` unwraps the leader's own
-    /// progress; the real-cluster harness's `member` nemesis hit it). Before it steps down it
-    /// sends TimeoutNow to the most up-to-date voter (lowest id on a tie), so the others need
-    /// not wait out an election timeout; raft's vote rules keep that election safe whether or
-    /// not the target has every entry.
+    /// A leader that applied its own removal sends TimeoutNow to the most up-to-date voter
+    /// (lowest id on a tie; raft's vote rules keep that election safe) and steps down: kept
+    /// leader, it panics in raft-rs (`maybe_commit` unwraps its own, removed, progress) once
+    /// an append response moves the remaining voters' quorum (the harness's `member` nemesis).
     pub(super) fn hand_over_leadership(&mut self) {
         if !self.is_leader() {
             return;
