@@ -361,3 +361,54 @@ fn a_leader_removed_before_its_disk_catches_up_does_not_panic() {
     c.tick_until(TICKS_MAX, |c| c.leader().is_some());
     put(&mut c, "after");
 }
+
+// A leader that applied its own removal is no voter any more, yet raft-rs keeps it leader
+// while it hands over: an append response that then moves the quorum of the remaining voters
+// makes raft-rs commit and unwrap the leader's own (removed) progress, a panic (raft.rs
+// `maybe_commit`; the real-cluster harness's `member` nemesis hit it, seed 21). Here the
+// leader's log has a put after its removal, the hand-over target has it, the other voter is
+// cut off; when that voter comes back and acknowledges the put, the put commits.
+#[test]
+fn a_removed_leader_does_not_panic_when_a_later_entry_commits() {
+    use keel_engine::node::Input;
+    let mut c = start(&[1, 2, 3]);
+    let leader = c.the_leader();
+    let others: Vec<u64> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
+    let (target, cut) = (others[0], others[1]);
+    c.isolated.insert(cut);
+    c.slow_disks.insert(leader);
+    let remove = Request::MemberRemove(MemberRemoveRequest { id: leader });
+    c.node_mut(leader).step(Input::Request {
+        token: 9001,
+        request: remove,
+    });
+    c.settle();
+    c.node_mut(leader).step(Input::Request {
+        token: 9002,
+        request: common::put("after-removal", "v"),
+    });
+    c.settle();
+    // The leader's disk reports its batches: its own log counts, the removal commits with
+    // the target's acknowledgement and is applied; the put waits for a second voter.
+    while c.release_persisted(leader) {}
+    assert!(
+        c.nodes[&leader].is_removed(),
+        "the leader applied its removal"
+    );
+    // The target got the leader's TimeoutNow and campaigns at a higher term; cut off now, so
+    // that the leader is still leader when the other voter, back, acknowledges the put.
+    c.isolated.insert(target);
+    c.isolated.remove(&cut);
+    for _ in 0..TICKS_MAX {
+        c.tick();
+        if c.has_reply(9002) || c.leader().is_some_and(|l| l != leader) {
+            break;
+        }
+    }
+    c.nodes.remove(&leader);
+    c.isolated.remove(&target);
+    c.tick_until(TICKS_MAX, |c| c.leader().is_some());
+    assert_ne!(c.the_leader(), leader, "a remaining voter leads");
+    put(&mut c, "after");
+    caught_up(&mut c, &[target, cut]);
+}

@@ -224,26 +224,31 @@ impl RaftCore {
         self.raw.transfer_leader(target);
     }
 
-    /// A leader that removed itself stays leader in raft-rs until it stops, and proposals
-    /// forwarded to it meanwhile are lost; it hands leadership to the most up-to-date voter
-    /// (lowest id on a tie) so the others need not wait out an election timeout.
+    /// A leader that applied its own removal sends TimeoutNow to the most up-to-date voter
+    /// (lowest id on a tie; raft's vote rules keep that election safe) and steps down: kept
+    /// leader, it panics in raft-rs (`maybe_commit` unwraps its own, removed, progress) once
+    /// an append response moves the remaining voters' quorum (the harness's `member` nemesis).
     pub(super) fn hand_over_leadership(&mut self) {
         if !self.is_leader() {
             return;
         }
-        let voters = self.raw.raft.prs().conf().voters().ids();
+        let raft = &self.raw.raft;
+        let voters = raft.prs().conf().voters().ids();
         let best = voters
             .iter()
             .filter(|&id| id != self.member_id)
-            .filter_map(|id| self.raw.raft.prs().get(id).map(|p| (p.matched, id)))
+            .filter_map(|id| raft.prs().get(id).map(|p| (p.matched, id)))
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        if let Some((_, target)) = best {
+        let term = raft.term;
+        if let Some((matched, target)) = best {
             tracing::info!(
                 target = format_args!("{target:x}"),
-                "handing over leadership"
+                matched,
+                "removed leader: handing over leadership"
             );
-            self.raw.transfer_leader(target);
+            self.raw.raft.send_timeout_now(target);
         }
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
     }
 
     /// Hands a committed conf change to raft and keeps the resulting configuration in its

@@ -7,7 +7,7 @@
 //! take a revision at or before `d`. With neither, no order that extends the replay's choices
 //! satisfies that read, so the choice is refuted on the spot instead of after every choice up
 //! to `d` has been tried.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::facts::{shown, Facts};
 use super::order::{data_revision, Prepared};
@@ -17,7 +17,7 @@ use crate::model::in_range;
 /// Per key, the revisions at which reads showed it absent, ascending.
 #[derive(Default)]
 pub struct Absences {
-    at: HashMap<String, Vec<Revision>>,
+    at: BTreeMap<String, Vec<Revision>>,
     /// Per key read absent: the revisions of acknowledged deletes of it (ascending) and the
     /// in-doubt ops that may delete it.
     deleters: HashMap<String, (Vec<Revision>, Vec<usize>)>,
@@ -100,9 +100,46 @@ impl Absences {
         self.at.keys().map(String::as_str)
     }
 
+    /// The keys some read showed absent in the range `[start, end)` (etcd's range end: none
+    /// or empty for `start` alone, `"\0"` for every key from `start`), in order; a walk of
+    /// that range only, not of every key.
+    pub fn keys_in<'a>(
+        &'a self,
+        start: &'a str,
+        end: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.at
+            .range::<str, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k.as_str())
+            .take_while(move |k| in_range(k, start, end))
+    }
+
     /// The first revision after `r` at which a read showed `key` absent.
     pub fn next_after(&self, key: &str, r: Revision) -> Option<Revision> {
         let revs = self.at.get(key)?;
         revs.get(revs.partition_point(|d| *d <= r)).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Absences;
+
+    #[test]
+    fn keys_in_follows_etcds_range_ends() {
+        let mut a = Absences::default();
+        for k in ["a", "lease/1/a", "lease/1/b", "lease/2/a", "lease0", "m"] {
+            a.at.insert(k.to_string(), vec![1]);
+        }
+        let keys = |s: &'static str, e: Option<&'static str>| a.keys_in(s, e).collect::<Vec<_>>();
+        assert_eq!(
+            keys("lease/1/", Some("lease/10")),
+            ["lease/1/a", "lease/1/b"]
+        );
+        assert_eq!(keys("lease/1/a", None), ["lease/1/a"]);
+        assert_eq!(keys("lease/1/a", Some("")), ["lease/1/a"]);
+        assert_eq!(keys("lease/1/c", None), Vec::<&str>::new());
+        assert_eq!(keys("lease0", Some("\0")), ["lease0", "m"]);
+        assert_eq!(keys("b", Some("l")), Vec::<&str>::new());
     }
 }

@@ -107,6 +107,7 @@ impl Facts {
     }
 
     fn index_forbidden(&mut self, p: &Prepared<'_>) {
+        let distinct = distinct_revisions(&self.ok_puts);
         for op in p.ops {
             let Some(resp) = op.ok() else { continue };
             let read = p.key[op.id].is_some_and(|k| k % 2 == 1);
@@ -114,7 +115,7 @@ impl Facts {
                 let d = data_revision(op, resp.revision());
                 for (_, _, kvs, _) in shown(op, resp) {
                     for kv in kvs {
-                        self.forbid_around(kv, d);
+                        self.forbid_around(&distinct, kv, d);
                     }
                 }
             }
@@ -141,16 +142,29 @@ impl Facts {
         self.no_deletes.build();
     }
 
-    /// What a read at `d` showing `kv` forbids (see [`Forbidden`]).
-    fn forbid_around(&mut self, kv: &KeyValue, d: Revision) {
+    /// What a read at `d` showing `kv` forbids (see [`Forbidden`]). `distinct` is
+    /// [`distinct_revisions`] of the acknowledged puts.
+    fn forbid_around(
+        &mut self,
+        distinct: &HashMap<String, Vec<usize>>,
+        kv: &KeyValue,
+        d: Revision,
+    ) {
         let (c, m) = (kv.create_revision, kv.mod_revision);
-        let acked = self.ok_puts.get(&kv.key).map_or(0, |puts| {
-            let lo = puts.partition_point(|x| x.0 < c);
-            let hi = puts.partition_point(|x| x.0 <= m);
-            let mut revs: Vec<Revision> = puts[lo..hi.max(lo)].iter().map(|x| x.0).collect();
-            revs.dedup();
-            revs.len()
-        });
+        let acked = match (self.ok_puts.get(&kv.key), distinct.get(&kv.key)) {
+            (Some(puts), Some(starts)) => {
+                let lo = puts.partition_point(|x| x.0 < c);
+                let hi = puts.partition_point(|x| x.0 <= m).max(lo);
+                // The distinct revisions among puts[lo..hi]: the first, and every later one
+                // that differs from the put before it.
+                if hi > lo {
+                    1 + starts[hi] - starts[lo + 1]
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        };
         let counted = i64::try_from(acked).unwrap_or(i64::MAX) >= kv.version;
         self.no_puts
             .add(&kv.key, if counted { c - 1 } else { m }, d);
@@ -223,9 +237,11 @@ impl Facts {
             ));
         }
         if let Some(&wid) = p.writer.get(&m) {
-            let wrote = puts
+            let at = puts.partition_point(|x| x.0 < m);
+            let wrote = puts[at..]
                 .iter()
-                .any(|x| x.0 == m && x.1 == wid && x.2 == kv.value);
+                .take_while(|x| x.0 == m)
+                .any(|x| x.1 == wid && x.2 == kv.value);
             if !wrote {
                 let wop = &p.ops[wid];
                 return Err(Violation::new(
@@ -385,4 +401,51 @@ pub(crate) fn shown<'o>(
         _ => {}
     }
     out
+}
+
+/// Per key, over its acknowledged puts sorted by revision: `starts[i]` counts the puts among the
+/// first `i` that begin a new revision (revision differs from the put before), so the distinct
+/// revisions in `puts[lo..hi]` (`hi > lo`) are `1 + starts[hi] - starts[lo + 1]`, in constant
+/// time; counting them by a walk made the facts quadratic in a key's puts.
+fn distinct_revisions(
+    ok_puts: &BTreeMap<String, Vec<(Revision, usize, String)>>,
+) -> HashMap<String, Vec<usize>> {
+    ok_puts
+        .iter()
+        .map(|(key, puts)| {
+            let mut starts = Vec::with_capacity(puts.len() + 1);
+            starts.push(0);
+            for (i, put) in puts.iter().enumerate() {
+                let new = i == 0 || puts[i - 1].0 != put.0;
+                starts.push(starts[i] + usize::from(new));
+            }
+            (key.clone(), starts)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::distinct_revisions;
+
+    #[test]
+    fn distinct_revisions_in_a_range_match_a_walk() {
+        let revs = [3, 5, 5, 6, 9, 9, 9, 12];
+        let puts: Vec<_> = revs.iter().map(|&r| (r, 0, String::new())).collect();
+        let map = BTreeMap::from([("k".to_string(), puts)]);
+        let starts = &distinct_revisions(&map)["k"];
+        for lo in 0..revs.len() {
+            for hi in lo + 1..=revs.len() {
+                let mut walk = revs[lo..hi].to_vec();
+                walk.dedup();
+                assert_eq!(
+                    1 + starts[hi] - starts[lo + 1],
+                    walk.len(),
+                    "distinct revisions of puts[{lo}..{hi}]"
+                );
+            }
+        }
+    }
 }

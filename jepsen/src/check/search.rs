@@ -22,7 +22,7 @@ use super::order::Prepared;
 use super::prune::{delete_ranges, put_keys, puts_needed, Pins};
 use super::{CheckOptions, Verdict, Violation, ViolationKind};
 use crate::history::{KeyValue, Request, RequestOp, Response, ResponseOp, Revision};
-use crate::model::{in_range, Model, Undo};
+use crate::model::{Model, Undo};
 
 /// What the replay did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -425,8 +425,8 @@ impl<'a> Search<'a> {
             }
         }
         for (start, end) in delete_ranges(req) {
-            for key in self.absences.keys() {
-                if in_range(key, start, end) && self.model.current(key).is_some() {
+            for key in self.absences.keys_in(start, end) {
+                if self.model.current(key).is_some() {
                     if let Some(d) = self.absences.next_after(key, r) {
                         best = best.min(d);
                     }

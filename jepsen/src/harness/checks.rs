@@ -50,6 +50,22 @@ pub struct Checked {
     pub extra: Vec<ExtraCheck>,
     /// Wall time of all checkers.
     pub check_ms: u64,
+    /// The process's peak resident memory while the checkers ran, in KiB (`None` where
+    /// `/proc` cannot tell).
+    pub peak_kib: Option<u64>,
+}
+
+/// Resets the process's peak resident set (`VmHWM`) to its current size, so that a later
+/// [`peak_rss_kib`] measures what came after (Linux: `5` to `/proc/self/clear_refs`).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak resident set (`VmHWM`) in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
@@ -181,6 +197,7 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
         ..CheckOptions::default()
     };
     let (history, watches, leases) = (inputs.history, inputs.watches, inputs.leases);
+    let reset = reset_peak_rss();
     let started = Instant::now();
     let checked = tokio::task::spawn_blocking(move || {
         let verdict = check(&history, &options);
@@ -197,5 +214,24 @@ pub async fn run_checks(inputs: Inputs<'_>) -> Result<Checked, HarnessError> {
         verdict,
         extra,
         check_ms: started.elapsed().as_millis() as u64,
+        peak_kib: if reset { peak_rss_kib() } else { None },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{peak_rss_kib, reset_peak_rss};
+
+    #[test]
+    fn the_peak_resident_set_is_read_and_reset() {
+        assert!(reset_peak_rss(), "/proc/self/clear_refs takes 5 on Linux");
+        let before = peak_rss_kib().expect("VmHWM in /proc/self/status");
+        let block = vec![1u8; 64 << 20];
+        let after = peak_rss_kib().expect("VmHWM in /proc/self/status");
+        assert!(
+            after >= before + 60 * 1024,
+            "a 64 MiB block raises the peak: {before} -> {after} KiB ({})",
+            block.iter().map(|&b| b as usize).sum::<usize>()
+        );
+    }
 }

@@ -76,6 +76,7 @@ pub fn write_results(
         "heal_bound_secs": opts.heal_bound_secs,
         "final_reads_ok": summary.final_ok,
         "checker_ms": summary.check_ms,
+        "checker_peak_mib": summary.check_peak_kib.map(|k| k / 1024),
     });
     let title = format!(
         "{:?} {:?}, {} members, nemesis {:?}, seed {}: {word}",
@@ -93,13 +94,16 @@ pub fn write_results(
         Err(e) => eprintln!("{e}"),
     }
     println!(
-        "{word}: {} ops ({ok} ok, {fail} fail, {info} info), {} faults, healed in {}, checker {} ms; results in {}",
+        "{word}: {} ops ({ok} ok, {fail} fail, {info} info), {} faults, healed in {}, checker {} ms, {} MiB; results in {}",
         ok + fail + info,
         faults.len(),
         summary
             .healed
             .map_or("never".to_string(), |d| format!("{} ms", d.as_millis())),
         summary.check_ms,
+        summary
+            .check_peak_kib
+            .map_or("?".to_string(), |k| (k / 1024).to_string()),
         opts.results.display()
     );
     if !explanation.is_empty() {

@@ -241,6 +241,7 @@ async fn phases(opts: &TestOptions) -> Result<Report, HarnessError> {
         healed,
         final_ok,
         check_ms: checked.check_ms,
+        check_peak_kib: checked.peak_kib,
         extra: &checked.extra,
         locks: lock_records.as_deref(),
         left_out: phase.left_out.as_deref(),
@@ -260,6 +261,8 @@ pub struct Summary<'a> {
     pub final_ok: usize,
     /// The checkers' wall time.
     pub check_ms: u64,
+    /// The process's peak resident memory while the checkers ran, in KiB.
+    pub check_peak_kib: Option<u64>,
     /// The workload's own checks (watch, lease).
     pub extra: &'a [ExtraCheck],
     /// Why a removed member could not be added back, if so (the run is then unavailable).
