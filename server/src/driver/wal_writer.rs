@@ -605,6 +605,8 @@ mod tests {
             };
             let (wal, _) = Wal::open(disk.clone(), &PathBuf::from("/m/wal"), opts).expect("wal");
             let snaps = SnapDir::open(disk, &PathBuf::from("/m/snap"), 2).expect("snaps");
+            // Unbounded, because the writer's job queue is (as in the driver); in practice this
+            // test sends a few dozen batches.
             let (jobs, rx) = mpsc::unbounded_channel();
             let (durable, mut reports) = mpsc::channel(64);
             let bytes = super::super::disk_bytes::DiskBytes {
