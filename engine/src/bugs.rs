@@ -59,11 +59,14 @@ pub enum Bug {
     /// UserChangePassword leaves the user's tokens valid (etcd 3.4 invalidates them): a
     /// token issued before the change is still served after it.
     KeepTokensOnPasswordChange,
+    /// LeaseRevoke is not checked at apply for write permission on the lease's keys
+    /// (etcd's `checkLeasePuts`): a user revokes a lease, deleting keys it may not write.
+    LeaseRevokeSkipAuth,
 }
 
 impl Bug {
     /// Every bug, in CLI order.
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeFsync,
         Bug::SkipCrc,
         Bug::StaleRead,
@@ -79,6 +82,7 @@ impl Bug {
         Bug::V2CasCreatedIndex,
         Bug::WatchCreateSkipAuth,
         Bug::KeepTokensOnPasswordChange,
+        Bug::LeaseRevokeSkipAuth,
     ];
 
     /// The name used on the command line (`--bug NAME`).
@@ -99,6 +103,7 @@ impl Bug {
             Bug::V2CasCreatedIndex => "v2-cas-created-index",
             Bug::WatchCreateSkipAuth => "watch-create-skip-auth",
             Bug::KeepTokensOnPasswordChange => "keep-tokens-on-password-change",
+            Bug::LeaseRevokeSkipAuth => "lease-revoke-skip-auth",
         }
     }
 

@@ -1,6 +1,6 @@
 //! Auth mode (`--auth`): the admin side. Before the faults, as root: the root user and role,
 //! [`USERS`] users `u0..` each with a role `uN.g0` holding readwrite on its own prefix
-//! `kaN/`, then auth enable. During the faults, one *churn* client changes the auth state:
+//! `kaN/` and on its own lease key space [`lease_space`], then auth enable. During the faults, one *churn* client changes the auth state:
 //! grants and revokes role permissions (on its own prefix or another user's, read, write or
 //! readwrite), revokes a user's role and replaces it by a fresh one (role delete, role add,
 //! permission, grant), changes users' passwords (between their two, [`password_v`]),
@@ -54,6 +54,18 @@ pub fn password_v(n: usize, which: u8) -> String {
 /// final read and the acknowledged-write check cover its keys.
 pub fn prefix(n: usize) -> String {
     format!("ka{n}/")
+}
+
+/// User `n`'s lease key space: the keys of the leases whose ids [`crate::auth_lease`] gives
+/// to `n`'s space (`lease/00aN…`), inside the lease key space, so the linearizability
+/// checker covers their puts and the deletions their revokes and expiries make.
+pub fn lease_space(n: usize) -> String {
+    crate::auth_lease::space_prefix(n)
+}
+
+/// The prefixes user `n` starts with readwrite access to.
+fn own_prefixes(n: usize) -> [String; 2] {
+    [prefix(n), lease_space(n)]
 }
 
 /// A request carrying `token` (etcd's `token` metadata), if any.
@@ -382,7 +394,9 @@ impl Admin {
         for n in 0..USERS {
             let role = format!("{}.g0", user(n));
             plan.push(Change::RoleAdd(role.clone()));
-            plan.push(Change::GrantPerm(role.clone(), prefix(n), READ | WRITE));
+            for p in own_prefixes(n) {
+                plan.push(Change::GrantPerm(role.clone(), p, READ | WRITE));
+            }
             plan.push(Change::UserAdd(user(n)));
             plan.push(Change::GrantRole(user(n), role));
         }
@@ -460,11 +474,13 @@ impl Admin {
     /// One random change to user `n`'s auth state.
     async fn change_slot(&mut self, n: usize) {
         let slot = self.slots[n].clone();
-        let other = prefix(self.rng.index(USERS));
-        let target = if self.rng.chance(2, 3) {
-            prefix(n)
-        } else {
-            other
+        let whose = match self.rng.chance(2, 3) {
+            true => n,
+            false => self.rng.index(USERS),
+        };
+        let target = match self.rng.chance(1, 3) {
+            true => lease_space(whose),
+            false => prefix(whose),
         };
         if !slot.exists {
             // Add the user back with its current role.
@@ -513,7 +529,7 @@ impl Admin {
     }
 
     /// Revokes user `n`'s role, deletes it, and grants a fresh one with readwrite on the
-    /// user's prefix (fresh names: a delayed grant of an old role cannot bring it back).
+    /// user's prefix and lease key space (fresh names: a delayed grant of an old role cannot bring it back).
     async fn replace_role(&mut self, n: usize) {
         let old = self.slots[n].role.clone();
         self.applied(Change::RevokeRole(user(n), old.clone())).await;
@@ -526,8 +542,10 @@ impl Admin {
         if !self.applied(Change::RoleAdd(role.clone())).await {
             return;
         }
-        self.applied(Change::GrantPerm(role.clone(), prefix(n), READ | WRITE))
-            .await;
+        for p in own_prefixes(n) {
+            self.applied(Change::GrantPerm(role.clone(), p, READ | WRITE))
+                .await;
+        }
         if self.applied(Change::GrantRole(user(n), role)).await {
             self.slots[n].granted = true;
         }

@@ -1,6 +1,7 @@
 //! Auth mode's KV clients: client `i` logs in (simple token) as user `u{i % USERS}` and does
-//! puts, linearizable and serializable gets, prefix ranges, two-key txns and watch
-//! creations on a prefix (closed once answered), mostly inside
+//! puts, linearizable and serializable gets, prefix ranges, two-key txns, watch
+//! creations on a prefix (closed once answered), and lease grants, puts with a lease and
+//! lease revokes (`src/auth_lease.rs`), mostly inside
 //! its user's prefix and sometimes in another's, while the churn (`src/auth.rs`) changes who
 //! may do what. A token the server no longer accepts (`invalid auth token`, `revision of auth
 //! store is old`, `user name not found`) makes the client log in again, as etcd's client
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use keel_proto::etcdserverpb::auth_client::AuthClient;
 use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::lease_client::LeaseClient;
 use keel_proto::etcdserverpb::request_op::Request as ReqOp;
 use keel_proto::etcdserverpb::watch_client::WatchClient;
 use keel_proto::etcdserverpb::watch_request::RequestUnion;
@@ -29,9 +31,10 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::auth::{
-    certainly_refused, login, needs_login, password_v, prefix, user, with_token, USERS,
+    certainly_refused, lease_space, login, needs_login, password_v, prefix, user, with_token, USERS,
 };
 use crate::auth_check::{AuthLog, AuthLogin, AuthOp, LoginOutcome, OpOutcome, READ, WRITE};
+use crate::auth_lease::{self, AuthLease};
 use crate::cluster::Cluster;
 use crate::history::{prefix_end, Entry, KeyValue, Op, OpResult, Outcome};
 use crate::nemesis::SeedRng;
@@ -59,10 +62,18 @@ struct AuthKvClient {
     /// login is refused).
     password: u8,
     serial: u64,
+    /// The lease it attaches keys to, if any.
+    lease: Option<AuthLease>,
+    leases_granted: u64,
 }
 
 /// One member's clients.
-type Conn = (KvClient<Channel>, AuthClient<Channel>, WatchClient<Channel>);
+type Conn = (
+    KvClient<Channel>,
+    AuthClient<Channel>,
+    WatchClient<Channel>,
+    LeaseClient<Channel>,
+);
 
 /// What one operation does: the KV-history op (none for prefix ranges), the access it
 /// needs, and the request.
@@ -73,6 +84,10 @@ enum Request {
     Txn(Vec<(String, String)>),
     /// Create a watch on the prefix, then close it.
     Watch(String),
+    /// Put `(key, value)` attached to lease `id`.
+    LeasePut(String, String, i64),
+    /// Revoke lease `id` (one with keys, all known).
+    LeaseRevoke(i64),
 }
 
 impl AuthKvClient {
@@ -83,7 +98,8 @@ impl AuthKvClient {
                 Some((
                     KvClient::connect(e.clone()).await.ok()?,
                     AuthClient::connect(e.clone()).await.ok()?,
-                    WatchClient::connect(e).await.ok()?,
+                    WatchClient::connect(e.clone()).await.ok()?,
+                    LeaseClient::connect(e).await.ok()?,
                 ))
             };
             self.conn = tokio::time::timeout(OP_TIMEOUT, both).await.ok().flatten();
@@ -131,23 +147,80 @@ impl AuthKvClient {
         }
     }
 
+    /// The next lease operation: a put with the current lease, or its revoke once it has
+    /// enough keys; `None` when there is no usable lease (then one is granted).
+    async fn lease_request(
+        &mut self,
+        leases: &mut LeaseClient<Channel>,
+    ) -> Option<(Request, Vec<(String, u8)>)> {
+        let Some(lease) = self.lease.as_mut().filter(|l| l.usable()) else {
+            self.grant_lease(leases).await;
+            return None;
+        };
+        let needs = vec![(lease_space(lease.space), WRITE)];
+        if lease.revocable() && (lease.full() || self.rng.chance(1, 3)) {
+            let id = lease.id;
+            self.lease = None;
+            return Some((Request::LeaseRevoke(id), needs));
+        }
+        self.serial += 1;
+        let value = format!("a{}-{}", self.id, self.serial);
+        Some((Request::LeasePut(lease.next_key(), value, lease.id), needs))
+    }
+
+    /// Grants a fresh lease in its user's space or (one time in three) another's; a lease it
+    /// had is left to expire.
+    async fn grant_lease(&mut self, leases: &mut LeaseClient<Channel>) {
+        let space = match self.rng.chance(2, 3) {
+            true => self.user,
+            false => self.rng.index(USERS),
+        };
+        self.leases_granted += 1;
+        let id = auth_lease::lease_id(space, self.id, self.leases_granted);
+        let granted = auth_lease::grant(leases, self.token.as_deref(), id).await;
+        self.ctx.trace.record(format!(
+            "auth lease a{} grant {id:016x}: {granted:?}",
+            self.id
+        ));
+        self.lease = None;
+        match granted {
+            Ok(()) => self.lease = Some(AuthLease::new(id, space)),
+            Err(s) if needs_login(&s) => self.token = None,
+            Err(s) if !certainly_refused(&s) => self.next_member(),
+            Err(_) => {}
+        }
+    }
+
     /// One round: log in if needed, then one operation.
     async fn round(&mut self) {
-        let Some((mut kv, mut auth, mut watch)) = self.connect().await else {
+        let Some((mut kv, mut auth, mut watch, mut leases)) = self.connect().await else {
             return;
         };
         if self.token.is_none() && !self.login(&mut auth).await {
             tokio::time::sleep(Duration::from_millis(50)).await;
             return;
         }
-        let (request, needs) = self.next_request();
+        let (request, needs) = match self.rng.chance(1, 4) {
+            true => match self.lease_request(&mut leases).await {
+                Some(r) => r,
+                None => return,
+            },
+            false => self.next_request(),
+        };
         let invoke_ns = self.ctx.now_ns();
         let invoke_seq = self.ctx.history.tick();
-        let token = self.token.clone();
+        let token = self.token.as_deref();
         let answer = match &request {
-            Request::Watch(p) => create_watch(&mut watch, token.as_deref(), p).await,
-            _ => execute(&mut kv, token.as_deref(), &request).await,
+            Request::Watch(p) => create_watch(&mut watch, token, p).await,
+            Request::LeaseRevoke(id) => auth_lease::revoke(&mut leases, token, *id).await,
+            _ => execute(&mut kv, token, &request).await,
         };
+        if let (Request::LeasePut(_, _, id), Some(lease)) = (&request, self.lease.as_mut()) {
+            if lease.id == *id {
+                let refused = answer.as_ref().err().is_some_and(certainly_refused);
+                lease.attach_ended(answer.is_ok(), refused);
+            }
+        }
         self.record(request, needs, invoke_ns, invoke_seq, answer);
     }
 
@@ -197,6 +270,8 @@ impl AuthKvClient {
         invoke_seq: u64,
         answer: Result<OpResult, Status>,
     ) {
+        // A revoke of a lease with keys deletes them: a write, in no KV-history op.
+        let revokes = matches!(request, Request::LeaseRevoke(_));
         let (op, what, serializable) = match request {
             Request::Put(key, value) => (Some(Op::Put { key, value }), None, false),
             Request::Get(key, serializable) => {
@@ -207,9 +282,13 @@ impl AuthKvClient {
             // serializable read.
             Request::Watch(p) => (None, Some(format!("watch {p}*")), true),
             Request::Txn(kvs) => (Some(Op::MultiPut { kvs }), None, false),
+            Request::LeasePut(key, value, lease) => {
+                (Some(Op::LeasePut { key, value, lease }), None, false)
+            }
+            Request::LeaseRevoke(id) => (None, Some(format!("lease revoke {id:016x}")), false),
         };
         let what = what.unwrap_or_else(|| op.as_ref().map(|o| o.to_string()).unwrap_or_default());
-        let is_write = op.as_ref().is_some_and(|o| o.is_write());
+        let is_write = op.as_ref().is_some_and(|o| o.is_write()) || revokes;
         let (outcome, auth_outcome) = match answer {
             Ok(r) => {
                 let served = OpOutcome::Served {
@@ -354,6 +433,17 @@ async fn execute_kv(
             let r = kv.put(with_token(put_op(k, v), token)).await?.into_inner();
             return Ok(write(r.header.map_or(0, |h| h.revision)));
         }
+        Request::LeasePut(k, v, lease) => {
+            let put = PutRequest {
+                lease: *lease,
+                ..put_op(k, v)
+            };
+            let r = kv.put(with_token(put, token)).await?.into_inner();
+            return Ok(write(r.header.map_or(0, |h| h.revision)));
+        }
+        Request::LeaseRevoke(_) => {
+            return Err(Status::internal("a lease revoke goes to the Lease service"))
+        }
         Request::Txn(kvs) => {
             let success = kvs
                 .iter()
@@ -415,6 +505,8 @@ pub fn spawn_auth_clients(
                 login_rev: None,
                 password: 0,
                 serial: 0,
+                lease: None,
+                leases_granted: 0,
             };
             cluster.client_node.spawn(async move {
                 while tokio::time::Instant::now() < until {

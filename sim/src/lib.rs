@@ -23,6 +23,8 @@ pub mod auth;
 pub mod auth_check;
 #[cfg(madsim)]
 pub mod auth_client;
+#[cfg(madsim)]
+pub mod auth_lease;
 pub mod auth_token_check;
 pub mod check;
 pub mod clock;

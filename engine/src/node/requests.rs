@@ -77,7 +77,7 @@ impl Node {
 
     /// The check when a request arrives (etcd's API-layer checks): admin requests and the
     /// other non-KV writes against the applied auth store. Reads are checked when served;
-    /// puts, deletes and txns only at apply, against the auth store of their index, as etcd
+    /// puts, deletes, txns and lease revokes only at apply, against the auth store of their index, as etcd
     /// 3.4 checks them (its authApplierV3): this member's applied auth store may lag a change
     /// another member has already acknowledged, and a write refused here on that stale state
     /// would be refused with a permission its user had (the simulator's auth check found one
@@ -338,8 +338,13 @@ impl Node {
     }
 }
 
-/// Puts, deletes and txns: checked for permission only at apply (see `check_arrival`).
+/// Puts, deletes, txns and lease revokes: checked for permission only at apply (see
+/// `check_arrival`), as etcd 3.4 checks them (a revoke needs write permission on the lease's
+/// keys at its index, etcd's `checkLeasePuts`; its API layer checks nothing first).
 fn is_data_write(body: &raft_request::Request) -> bool {
     use raft_request::Request as R;
-    matches!(body, R::Put(_) | R::DeleteRange(_) | R::Txn(_))
+    matches!(
+        body,
+        R::Put(_) | R::DeleteRange(_) | R::Txn(_) | R::LeaseRevoke(_)
+    )
 }

@@ -86,6 +86,8 @@ pub(super) struct StateMachine {
     skips_apply_auth_check: bool,
     /// Only ever set by the simulator's `keep-tokens-on-password-change` bug.
     keeps_tokens_on_password_change: bool,
+    /// Only ever set by the simulator's `lease-revoke-skip-auth` bug.
+    skips_lease_revoke_auth: bool,
 }
 
 impl StateMachine {
@@ -116,6 +118,7 @@ impl StateMachine {
             keeps_tokens_on_password_change: cfg
                 .bugs
                 .has(crate::bugs::Bug::KeepTokensOnPasswordChange),
+            skips_lease_revoke_auth: cfg.bugs.has(crate::bugs::Bug::LeaseRevokeSkipAuth),
         })
     }
 
@@ -433,7 +436,9 @@ impl StateMachine {
         }
         // Checked again at apply, against the auth store of this index: a permission revoked
         // since the request was proposed is honoured (etcd's authApplierV3).
-        let checked = match self.skips_apply_auth_check {
+        let unchecked = self.skips_apply_auth_check
+            || (self.skips_lease_revoke_auth && matches!(body, R::LeaseRevoke(_)));
+        let checked = match unchecked {
             false => self.check_write(caller, &body),
             true => Ok(()),
         };
