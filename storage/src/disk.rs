@@ -130,8 +130,10 @@ pub trait Disk: Send + Sync + 'static {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// The whole content of the file at `path`, as shared bytes that may live outside the heap
     /// ([`OsDisk`] maps the file read-only). The file must not change while the bytes live:
-    /// keel maps only snapshot files, which are written once under a temporary name and never
-    /// modified after their rename.
+    /// keel maps snapshot files, which are written once under a temporary name and never
+    /// modified after their rename, and, during recovery only, WAL segments and the WAL's
+    /// reserve, before anything writes them (each mapping is dropped before its file is
+    /// repaired or opened for writing).
     fn read_shared(&self, path: &Path) -> io::Result<bytes::Bytes> {
         self.read(path).map(bytes::Bytes::from)
     }
@@ -356,9 +358,10 @@ impl Disk for OsDisk {
         if file.metadata()?.len() == 0 {
             return Ok(bytes::Bytes::new()); // an empty file cannot be mapped
         }
-        // SAFETY: the map is read-only and keel never writes, truncates or replaces a file it
-        // maps in place (snapshot files are immutable after their rename; removing one leaves
-        // the mapping valid on Unix). Another process modifying the file would be outside
+        // SAFETY: the map is read-only and keel never writes, truncates or replaces a file
+        // while it is mapped (snapshot files are immutable after their rename; WAL files are
+        // mapped only during recovery and unmapped before they are written; removing a file
+        // leaves the mapping valid on Unix). Another process modifying the file would be outside
         // keel's contract, as with any data directory.
         let map = unsafe { memmap2::Mmap::map(&file)? };
         Ok(bytes::Bytes::from_owner(mapped::Mapping::new(map)))

@@ -102,15 +102,18 @@ pub(super) fn adopt_reserve(
     len: u64,
 ) -> Result<Option<Reserve>, WalError> {
     let path = dir.join(RESERVE_NAME);
-    let bytes = disk.read(&path).map_err(io_err(IoOp::Read, &path))?;
-    if bytes.len() as u64 >= len && all_zero(&bytes) {
+    // Mapped (see `replay::recover`), and dropped before the file is opened for writing.
+    let bytes = disk.read_shared(&path).map_err(io_err(IoOp::Read, &path))?;
+    let (whole, allocated) = (bytes.len() as u64 >= len && all_zero(&bytes), bytes.len());
+    drop(bytes);
+    if whole {
         let file = disk.open_at(&path, 0).map_err(io_err(IoOp::Open, &path))?;
         return Ok(Some(Reserve {
             file,
-            allocated: bytes.len() as u64,
+            allocated: allocated as u64,
         }));
     }
-    tracing::info!(file = %path.display(), bytes = bytes.len(), "wal: removing an unfinished reserve");
+    tracing::info!(file = %path.display(), bytes = allocated, "wal: removing an unfinished reserve");
     disk.remove(&path).map_err(io_err(IoOp::Remove, &path))?;
     disk.sync_dir(dir).map_err(io_err(IoOp::SyncDir, dir))?;
     Ok(None)
