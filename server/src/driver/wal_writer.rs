@@ -38,12 +38,11 @@ use super::outbound::Outbound;
 /// Persist batches the WAL writer merges into one fsync, at most.
 pub const BATCHES_PER_SYNC_MAX: usize = 4096;
 /// Times the WAL writer lets the other ready tasks run, gathering the batches they queue, before
-/// it writes a group (`gather`). Under load the tasks ready to run are requests on their way to the driver loop, whose
-/// batches then share the fsync: measured at 100 clients, 25 % fewer fsyncs per put
-/// (benches/README.md, "Coalesced writes"). With nothing else ready a yield returns at once,
-/// so a lone write waits for nothing. None under simulation: the simulator's schedules (and the
-/// seeds its bug sweeps were tuned on) stay as they were.
-pub const GATHER_YIELDS: usize = if cfg!(madsim) { 0 } else { 3 };
+/// it writes a group (`gather`). Under load the tasks ready to run are requests on their way
+/// to the driver loop, whose batches then share the fsync: measured at 100 clients, 25 % fewer
+/// fsyncs per put (benches/README.md, "Coalesced writes"). With nothing else ready a yield
+/// returns at once, so a lone write waits for nothing. The simulator runs the same path.
+pub const GATHER_YIELDS: usize = 3;
 /// The first wait before a write that failed for lack of space is tried again; each failure
 /// doubles it, up to [`NO_SPACE_RETRY_MAX`].
 pub const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(100);
