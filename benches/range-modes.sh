@@ -10,7 +10,8 @@
 #   park            futex waits of Rust's std (FUTEX_WAIT_BITSET_PRIVATE, op 137): tokio
 #                   workers parking, std Mutex/Condvar waits
 #   wake            futex wakes (FUTEX_WAKE_PRIVATE, op 129), both kinds
-#   epoll, send, recv, cs   epoll_wait, sendto, recvfrom calls and context switches
+#   epoll, send, recv, write, writev, cs   epoll_wait, sendto, recvfrom, write, writev calls
+#                   (TLS responses leave by write) and context switches
 #   reads/round     linearizable reads per ReadIndex round (keel_server_linearizable_reads_total
 #                   over keel_server_read_index_rounds_total, from /metrics)
 #   req/turn        ranges per driver-loop turn (keel_driver_turns_total)
@@ -147,6 +148,7 @@ ranges() {
       -e syscalls:sys_enter_futex --filter 'op == 137' \
       -e syscalls:sys_enter_futex --filter 'op == 129' \
       -e syscalls:sys_enter_epoll_wait,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom \
+      -e syscalls:sys_enter_write,syscalls:sys_enter_writev \
       -e context-switches -p "$SERVER_PID" &
     perf_pid=$!
     sleep 0.3
@@ -156,7 +158,7 @@ ranges() {
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
     counts=$(awk -F, -v t="$TOTAL" '
-      BEGIN { split("lockwait park wake epoll send recv cs", name, " ") }
+      BEGIN { split("lockwait park wake epoll send recv write writev cs", name, " ") }
       /^[0-9]/ { i++; printf "%s=%.3f ", name[i], $1 / t }' "$WORK/perf.out")
   fi
   sleep 0.3 # the node's counts reach /metrics on the next tick
