@@ -8,7 +8,6 @@ use keel_server::{Env, SystemClock};
 use keel_storage::disk::OsDisk;
 
 fn main() -> anyhow::Result<()> {
-    limit_malloc_arenas();
     let loaded = match sources::load(std::env::args_os(), std::env::vars_os()) {
         Ok(loaded) => loaded,
         Err(LoadError::Usage(e)) => e.exit(),
@@ -48,29 +47,18 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Caps glibc malloc at [`MALLOC_ARENAS_MAX`] arenas, before any thread starts.
+/// keel's allocator: mimalloc, whose heaps are per thread, so the tokio workers never wait for
+/// each other to allocate or free.
 ///
-/// By default glibc gives each thread that allocates an arena of its own, up to eight per core,
-/// and free space in one arena never serves another. keel's store is built on the driver
-/// thread while tokio's workers, the WAL writer and the snapshot writer allocate and free
-/// request, batch and snapshot buffers in theirs, so every arena keeps its own high-water
-/// mark. Measured after loading 200 000 keys in order (8-byte keys, 256-byte values, 100
-/// clients), for a live heap of 130 MiB: anonymous RSS 178-200 MiB with the default arenas,
-/// 140-162 MiB with two, 137-138 MiB with one (three runs), at the same throughput (5.2-6.0k
-/// puts/s against 5.3k); mimalloc gave 151 MiB, for a dependency more.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    // SAFETY: mallopt only sets a tuning parameter of the allocator, and is called before any
-    // other thread exists.
-    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX) };
-    if set != 1 {
-        eprintln!("keel: mallopt(M_ARENA_MAX, {MALLOC_ARENAS_MAX}) failed; default arenas kept");
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
-/// glibc malloc arenas at most (see [`limit_malloc_arenas`]).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MALLOC_ARENAS_MAX: libc::c_int = 1;
+/// The binary used to cap glibc malloc at one arena (`mallopt(M_ARENA_MAX, 1)`) to keep the
+/// resident set small, and one arena is one lock for every thread. With both workers serving
+/// requests at once that lock was contended in spells that came and went between loads (after
+/// an idle period, after logins): a linearizable range then cost the server 20-27 µs of CPU
+/// instead of 16-18, with up to 0.64 futex waits and 1.4 futex wakes per range from the lock
+/// alone, and the range rate dropped by a third (benches/README.md, "Why keel's range rate was
+/// bimodal"). With mimalloc no spell in any run, 15-17 µs per range. Its transparent huge pages
+/// are off (Cargo feature `no_thp`): with them the resident set after loading 200 000 keys was
+/// 137 MiB, without them 121 MiB, as with glibc's one arena.
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

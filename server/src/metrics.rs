@@ -2,7 +2,7 @@
 //!
 //! Recording stays off the hot path:
 //! - the driver loop sets its gauges once per tick from [`keel_engine::node::Node::gauges`],
-//!   O(1) counts, not per request;
+//!   O(1) counts, not per request, and counts its own turns (a relaxed atomic add per turn);
 //! - the WAL writer and the snapshot saver observe one histogram sample per group commit,
 //!   fsync or save, on their own threads;
 //! - the peer transport adds each batch's bytes to a counter, and the gRPC layer

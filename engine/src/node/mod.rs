@@ -432,6 +432,7 @@ impl Node {
 
     /// Counts for the server's metrics, each O(1) to read.
     pub fn gauges(&self) -> NodeGauges {
+        let (linearizable_reads, read_index_rounds) = self.reads.totals();
         NodeGauges {
             member_id: self.cfg.member_id,
             leader: self.core.leader_id(),
@@ -441,6 +442,8 @@ impl Node {
             watchers: self.watches.watcher_count() as u64,
             leases: self.sm.leases().lessor().len() as u64,
             quota_bytes_used: quota::quota_used(self.sm.store()),
+            linearizable_reads,
+            read_index_rounds,
         }
     }
 

@@ -35,6 +35,10 @@ pub(super) struct ReadQueue {
     round_started_ms: u64,
     /// Confirmed read index, when its round started → reads to serve once applied reaches it.
     confirmed: VecDeque<Confirmed>,
+    /// Reads queued for a round since the node started (for the metrics).
+    reads_total: u64,
+    /// Rounds started since the node started, retries included (for the metrics).
+    rounds_total: u64,
 }
 
 impl ReadQueue {
@@ -48,12 +52,21 @@ impl ReadQueue {
             next_ctx: 1,
             round_started_ms: 0,
             confirmed: VecDeque::new(),
+            reads_total: 0,
+            rounds_total: 0,
         }
     }
 
     /// A read for the next round.
     pub(super) fn push(&mut self, token: u64, read: Read) {
         self.next.push((token, read));
+        self.reads_total += 1;
+    }
+
+    /// Reads queued and rounds started since the node started: their ratio is how many reads
+    /// share a round.
+    pub(super) fn totals(&self) -> (u64, u64) {
+        (self.reads_total, self.rounds_total)
     }
 
     /// Starts a round for the waiting reads, unless one is in flight or none wait: returns
@@ -66,6 +79,7 @@ impl ReadQueue {
         self.next_ctx += 1;
         self.in_flight = Some((ctx, std::mem::take(&mut self.next)));
         self.round_started_ms = now_ms;
+        self.rounds_total += 1;
         Some(self.context(ctx))
     }
 

@@ -360,6 +360,10 @@ pub struct NodeGauges {
     pub leases: u64,
     /// What the quota counts (Status's `dbSizeInUse`).
     pub quota_bytes_used: u64,
+    /// Linearizable reads queued for a ReadIndex round since the node started.
+    pub linearizable_reads: u64,
+    /// ReadIndex rounds started since the node started (retries included).
+    pub read_index_rounds: u64,
 }
 
 /// What the in-memory raft log holds ([`super::Node::raft_log_memory`]).

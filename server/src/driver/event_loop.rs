@@ -176,6 +176,7 @@ impl DriverLoop {
                 }
             }
             self.dispatch();
+            metrics().driver_turns.inc();
             if !self.defrags.is_empty() {
                 self.finish_defrags();
             }

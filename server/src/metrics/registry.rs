@@ -48,6 +48,15 @@ pub struct Metrics {
     pub watchers: IntGauge,
     /// `keel_lease_active`: live leases (etcd has no gauge of them).
     pub leases: IntGauge,
+    /// `keel_server_linearizable_reads_total`: linearizable reads queued for a ReadIndex round
+    /// (a gauge set from the node's count, as `proposals_committed`).
+    pub linearizable_reads: IntGauge,
+    /// `keel_server_read_index_rounds_total`: ReadIndex rounds started; reads over rounds is
+    /// how many reads share one round (a gauge set from the node's count).
+    pub read_index_rounds: IntGauge,
+    /// `keel_driver_turns_total`: turns of the driver loop (one wake-up, the inputs it took, the
+    /// outputs handed out); requests over turns is how many one turn serves.
+    pub driver_turns: IntCounter,
     /// `etcd_network_peer_sent_bytes_total{To}`.
     pub peer_sent: IntCounterVec,
     /// `etcd_network_peer_received_bytes_total{From}`.
@@ -154,6 +163,21 @@ impl Metrics {
                 "Total number of watchers.",
             ),
             leases: gauge(&r, "keel_lease_active", "Number of live leases."),
+            linearizable_reads: gauge(
+                &r,
+                "keel_server_linearizable_reads_total",
+                "Linearizable reads queued for a ReadIndex round.",
+            ),
+            read_index_rounds: gauge(
+                &r,
+                "keel_server_read_index_rounds_total",
+                "ReadIndex rounds started (retries included).",
+            ),
+            driver_turns: counter(
+                &r,
+                "keel_driver_turns_total",
+                "Turns of the driver loop (wake-ups that took inputs and handed out outputs).",
+            ),
             peer_sent: counter_vec(
                 &r,
                 "etcd_network_peer_sent_bytes_total",
@@ -228,6 +252,8 @@ impl Metrics {
         self.watch_streams.set(streams as i64);
         self.leases.set(g.leases as i64);
         self.db_in_use.set(g.quota_bytes_used as i64);
+        self.linearizable_reads.set(g.linearizable_reads as i64);
+        self.read_index_rounds.set(g.read_index_rounds as i64);
     }
 }
 
@@ -354,6 +380,8 @@ mod tests {
             watchers: 2,
             leases: 1,
             quota_bytes_used: 4096,
+            linearizable_reads: 30,
+            read_index_rounds: 5,
         };
         m.observe_node(&g, 4, 1, &mut last);
         m.observe_node(&g, 4, 1, &mut last);
@@ -370,6 +398,8 @@ mod tests {
             "etcd_server_proposals_pending 4",
             "etcd_debugging_mvcc_keys_total 3",
             "etcd_debugging_mvcc_watcher_total 2",
+            "keel_server_linearizable_reads_total 30",
+            "keel_server_read_index_rounds_total 5",
             "etcd_network_peer_sent_bytes_total{To=\"2\"} 10",
             "etcd_server_version{server_version=\"3.4.23\"} 1",
         ] {
