@@ -275,6 +275,7 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         Duration::from_millis(config.election_timeout_ms),
     );
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
+    let received_snaps = storage.snaps.clone();
     let (handle, fatal) = driver::start(
         node,
         storage,
@@ -292,7 +293,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
     );
     let handle = handle.with_tokens(tokens);
     let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()))
-        .with_stats(Arc::clone(&peer_stats), env.clock.clone());
+        .with_stats(Arc::clone(&peer_stats), env.clock.clone())
+        .with_snapshots(received_snaps);
     let check = maintenance.corrupt_check;
     if check.initial || check.interval_ms.is_some() {
         let checker =

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::link::LocalIdentity;
-use super::snapshot::receive_snapshot;
+use super::receive::receive_snapshot;
 use super::stats::PeerStats;
 use crate::driver::Handle;
 use crate::metrics::metrics;
@@ -35,6 +35,8 @@ pub struct PeerService {
         std::sync::Arc<PeerStats>,
         std::sync::Arc<dyn crate::clock::Clock>,
     )>,
+    /// Where received snapshots are written as they arrive (`None`: gathered in memory).
+    snaps: Option<keel_storage::snap::SnapDir>,
 }
 
 impl PeerService {
@@ -50,7 +52,15 @@ impl PeerService {
             inbound,
             handle,
             stats: None,
+            snaps: None,
         }
+    }
+
+    /// This service writing the snapshots it receives into `snaps` as they arrive (the
+    /// member's snapshot directory, which the WAL writer then publishes them from).
+    pub fn with_snapshots(mut self, snaps: keel_storage::snap::SnapDir) -> Self {
+        self.snaps = Some(snaps);
+        self
     }
 
     /// This service counting the appends it receives into `stats` (wall times by `clock`).
@@ -128,7 +138,8 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
-        let message = receive_snapshot(self.local, request.into_inner()).await?;
+        let message =
+            receive_snapshot(self.local, request.into_inner(), self.snaps.as_ref()).await?;
         if self.inbound.send(message).await.is_err() {
             return Err(Status::unavailable("keel: member is stopping"));
         }
