@@ -34,6 +34,10 @@ launch3() {
   PIDS+=("$LAST_PID")
 }
 
+# event OUT WHAT: appends "Unix-seconds WHAT" to OUT.events (kept with KEEP=1, to set beside
+# the members' logs and the chunks' timelines).
+event() { echo "$(date +%s.%N) $2" >>"$1.events"; }
+
 ctl() { ETCDCTL_API=3 timeout 10 etcdctl --dial-timeout 2s --command-timeout 8s "$@"; }
 
 # status_field EP KEY: a number from `endpoint status -w json` (revision, leader, member_id).
@@ -69,7 +73,7 @@ during_loop() {
   while [[ ! -e $out.done ]]; do
     i=$((i + 1))
     run_load "$out.$i" --endpoints "$eps" --conns "$CONNS" --clients "$CLIENTS" \
-      --total "$CHUNK_PUTS" put --key-space-size "$KEYS" --key-size 8 --val-size "$VAL_SIZE"
+      --timeline "$out.$i.timeline" --total "$CHUNK_PUTS" put --key-space-size "$KEYS" --key-size 8 --val-size "$VAL_SIZE"
   done
 }
 
@@ -100,7 +104,9 @@ rejoin() {
   peer="http://127.0.0.1:$((base + 100 + v))"
   sleep 1 # the load runs before the member goes
   log "$side: stopping m$v, removing it, wiping its data dir"
+  event "$out" "stopping m$v"
   stop_pid "${VICTIM_PID}"
+  event "$out" "stopped m$v"
   id=$(ctl --endpoints "$eps" member list 2>/dev/null | awk -F', ' -v n="m$v" '$3 == n { print $1 }')
   if [[ -z $id ]] || ! ctl --endpoints "$eps" member remove "$id" >/dev/null; then
     log "$side: member remove of m$v failed"; echo failed >"$out.catchup_s"; return 0
@@ -110,8 +116,10 @@ rejoin() {
     log "$side: member add failed: $(tail -1 "$out.add")"; echo failed >"$out.catchup_s"; return 0
   fi
   log "$side: m$v re-added; starting it with --initial-cluster-state existing"
+  event "$out" "re-added m$v"
   launch3 "$side" "$base" "$v" existing "$others,m$v=$peer"
   caught_up_wait "127.0.0.1:$((base + v))" "$eps" >"$out.catchup_s"
+  event "$out" "m$v caught up"
   log "$side: m$v caught up after $(cat "$out.catchup_s") s"
 }
 

@@ -184,6 +184,8 @@ pub async fn run(cli: &Cli, args: &LeaseArgs) -> anyhow::Result<Run> {
     }
     let mut run = Run {
         latencies: Vec::with_capacity(usize::try_from(cli.total).unwrap_or(0)),
+        sent: Vec::new(), // (no timeline for keepalives)
+        started_at: std::time::SystemTime::now(),
         elapsed: Duration::ZERO,
         errors: Errors::default(),
         range_kvs: 0,

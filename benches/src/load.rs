@@ -22,6 +22,10 @@ const ERROR_KINDS_MAX: usize = 16;
 pub struct Run {
     /// Latency of every successful request.
     pub latencies: Vec<Duration>,
+    /// When each of them was sent, after `started_at` (same order as `latencies`).
+    pub sent: Vec<Duration>,
+    /// The wall clock when the run started.
+    pub started_at: std::time::SystemTime,
     /// Wall time from the first request to the last response.
     pub elapsed: Duration,
     pub errors: Errors,
@@ -99,6 +103,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
         _ => login(cli, &channels[0]).await?,
     };
     let next = Arc::new(AtomicU64::new(0));
+    let started_at = std::time::SystemTime::now();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(cli.clients);
     for client_index in 0..cli.clients {
@@ -112,24 +117,56 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Run> {
             timeout: request_timeout(cli),
             rng: StdRng::seed_from_u64(0x6b65_656c ^ client_index as u64),
             token: token.clone(),
+            origin: started,
         };
         tasks.push(tokio::spawn(job.run()));
     }
     let mut latencies = Vec::with_capacity(usize::try_from(cli.total).unwrap_or(0));
+    let mut sent = Vec::with_capacity(latencies.capacity());
     let mut errors = Errors::default();
     let mut range_kvs = 0;
     for task in tasks {
         let outcome = task.await.context("client task panicked")?;
         latencies.extend(outcome.latencies);
+        sent.extend(outcome.sent);
         errors.merge(outcome.errors);
         range_kvs += outcome.range_kvs;
     }
     Ok(Run {
         latencies,
+        sent,
+        started_at,
         elapsed: started.elapsed(),
         errors,
         range_kvs,
     })
+}
+
+/// Writes `run`'s requests to `path` (`--timeline`): one line each, its start in Unix seconds
+/// and its latency in ms, in start order.
+pub fn write_timeline(run: &Run, path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let origin = run
+        .started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut rows: Vec<(Duration, Duration)> = run
+        .sent
+        .iter()
+        .zip(&run.latencies)
+        .map(|(sent, latency)| (origin + *sent, *latency))
+        .collect();
+    rows.sort();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (at, latency) in rows {
+        writeln!(
+            out,
+            "{:.6} {:.3}",
+            at.as_secs_f64(),
+            latency.as_secs_f64() * 1e3
+        )?;
+    }
+    out.flush()
 }
 
 /// With `--user name:password`, one login (etcd's benchmark logs in the same way): the
@@ -254,6 +291,7 @@ fn encode_key(n: u64, key_size: usize) -> bytes::Bytes {
 /// What one client measured.
 struct Outcome {
     latencies: Vec<Duration>,
+    sent: Vec<Duration>,
     errors: Errors,
     range_kvs: u64,
 }
@@ -270,12 +308,15 @@ struct Job {
     rng: StdRng,
     /// The auth token each request carries (`--user`).
     token: Option<tonic::metadata::AsciiMetadataValue>,
+    /// The run's start, which `Outcome::sent` counts from.
+    origin: Instant,
 }
 
 impl Job {
     async fn run(mut self) -> Outcome {
         let mut outcome = Outcome {
             latencies: Vec::new(),
+            sent: Vec::new(),
             errors: Errors::default(),
             range_kvs: 0,
         };
@@ -288,6 +329,7 @@ impl Job {
             match tokio::time::timeout(self.timeout, self.request(n)).await {
                 Ok(Ok(kvs)) => {
                     outcome.latencies.push(started.elapsed());
+                    outcome.sent.push(started.duration_since(self.origin));
                     outcome.range_kvs += kvs;
                 }
                 Ok(Err(status)) => {

@@ -86,6 +86,11 @@ pub struct Cli {
     /// Log in as `name:password` first and send every request with the token (auth on).
     #[arg(long, global = true)]
     pub user: Option<String>,
+    /// Also write every successful request of a put/range run to this file, one line each:
+    /// its start (Unix seconds, microsecond precision) and its latency in ms, in start order.
+    /// Shows when in a run the slow requests were sent (to set beside the servers' logs).
+    #[arg(long, global = true)]
+    pub timeline: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -251,6 +256,10 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Put { .. } | Command::Range { .. } | Command::Authenticate => {
             let run = runtime.block_on(load::run(&cli))?;
+            if let Some(path) = &cli.timeline {
+                load::write_timeline(&run, path)
+                    .with_context(|| format!("writing the timeline {}", path.display()))?;
+            }
             print_kv_report(&cli, &run);
         }
         Command::Watch(args) => {

@@ -101,8 +101,20 @@ fn a_single_member_snapshots_compacts_and_restarts_from_the_snapshot() {
 
 #[test]
 fn a_follower_cut_off_while_the_log_was_compacted_catches_up_by_snapshot() {
+    catches_up_by_snapshot(false);
+}
+
+/// The same, with each snapshot's store decoded before it is delivered (as the server's peer
+/// service does off its driver loop): the install takes it and ends in the same state.
+#[test]
+fn a_follower_installs_a_store_decoded_off_the_loop() {
+    catches_up_by_snapshot(true);
+}
+
+fn catches_up_by_snapshot(predecode: bool) {
     const VOTERS: [u64; 3] = [1, 2, 3];
     let mut c = cluster(&VOTERS, 30);
+    c.predecode = predecode;
     c.ticks(40);
     let leader = c.the_leader();
     let lagging = *VOTERS.iter().find(|&&id| id != leader).expect("a follower");

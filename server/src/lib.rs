@@ -275,6 +275,8 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         Duration::from_millis(config.election_timeout_ms),
     );
     let (inbound_tx, inbound) = tokio::sync::mpsc::channel(PEER_INBOUND_MAX);
+    let received_snaps = storage.snaps.clone();
+    let decoded = driver::DecodedSlot::default();
     let (handle, fatal) = driver::start(
         node,
         storage,
@@ -288,11 +290,14 @@ pub async fn run(config: Config, env: Env) -> Result<(), ServerError> {
         driver::Inbound {
             messages: inbound,
             reports,
+            decoded: decoded.clone(),
         },
     );
     let handle = handle.with_tokens(tokens);
     let peer_service = peer::PeerService::new(local, inbound_tx, Some(handle.clone()))
-        .with_stats(Arc::clone(&peer_stats), env.clock.clone());
+        .with_stats(Arc::clone(&peer_stats), env.clock.clone())
+        .with_snapshots(received_snaps)
+        .with_decoded(decoded);
     let check = maintenance.corrupt_check;
     if check.initial || check.interval_ms.is_some() {
         let checker =

@@ -18,6 +18,7 @@
 //! `meta` and `data` are opaque here: the engine puts raft's `ConfState` in `meta` and its
 //! state-machine encoding in `data`. [`Loaded::data`] is a slice of the mapping, not a copy.
 
+mod received;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -185,6 +186,8 @@ pub struct SnapDir {
     keep: usize,
     /// Held while a file is published (rename, directory fsync, pruning).
     publishing: Arc<Mutex<()>>,
+    /// The snapshot received from the leader that an install would put in place.
+    received: Arc<Mutex<received::Received>>,
 }
 
 impl std::fmt::Debug for SnapDir {
@@ -306,6 +309,7 @@ impl SnapDir {
             dir: dir.to_path_buf(),
             keep,
             publishing: Arc::default(),
+            received: Arc::default(),
         };
         let names = snaps
             .disk

@@ -53,6 +53,7 @@ mod compactor;
 mod conf_change;
 mod log_bytes;
 mod persist;
+mod predecoded;
 mod quota;
 mod raft_core;
 mod reads;
@@ -64,6 +65,7 @@ mod types;
 
 pub use compactor::{PERIODIC_INTERVAL_MAX_MS, PERIODIC_SAMPLES_PER_INTERVAL, REVISION_CHECK_MS};
 pub use conf_change::{check_urls, PEER_URLS_MAX};
+pub use predecoded::DecodedStore;
 pub use quota::{exceeds_quota, quota_cost, quota_used, LEASE_COST_BYTES, QUOTA_BASE_BYTES};
 pub use reads::WAITING_FOR_LEADER_MAX;
 pub use snapshots::{
@@ -185,6 +187,9 @@ pub struct Node {
     /// ([`Input::AuthRequest`]), until it is proposed (the caller goes into the entry),
     /// served or answered.
     callers: BTreeMap<u64, AuthInfo>,
+    /// A leader's snapshot's store decoded off the loop ([`Input::StoreDecoded`]), for the
+    /// install of the `MsgSnapshot` stepped next.
+    predecoded: Option<Box<DecodedStore>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -235,6 +240,7 @@ impl Node {
             compactor: None,
             bugs: Bugs::none(),
             callers: BTreeMap::new(),
+            predecoded: None,
             cfg,
         };
         if let Some(snapshot) = &restored {
@@ -288,6 +294,7 @@ impl Node {
         self.sm
             .restore(
                 snapshot,
+                None,
                 leading,
                 self.clock,
                 &mut self.watches,
@@ -303,6 +310,10 @@ impl Node {
 
     /// Feeds one input; outputs accumulate until [`Node::take_outputs`].
     pub fn step(&mut self, input: Input) {
+        // A store decoded for a snapshot lives until that `MsgSnapshot` is stepped: installed
+        // (in `drive`, below) or refused, it goes.
+        let snapshot_stepped = matches!(&input, Input::Peer(m)
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
         match input {
             Input::Tick => self.on_tick(),
             Input::Watch(w) => {
@@ -321,6 +332,7 @@ impl Node {
                 auth_token,
             } => self.on_watch_create(stream, request, auth_token),
             Input::Peer(msg) => self.core.step(*msg),
+            Input::StoreDecoded(decoded) => self.predecoded = Some(decoded),
             Input::Persisted { number } => self.on_persisted(number),
             Input::SnapshotSaved { snapshot } => {
                 let applied = self.sm.applied_index();
@@ -335,6 +347,9 @@ impl Node {
         }
         self.core.enforce_election_timeout();
         self.drive();
+        if snapshot_stepped {
+            self.predecoded = None;
+        }
         if !self.transfers.is_empty() {
             let done = self
                 .transfers
@@ -578,8 +593,16 @@ impl Node {
     fn install_snapshot(&mut self, snapshot: &Snapshot) {
         let index = snapshot.get_metadata().index;
         let leading = self.leads_leases();
+        let decoded = self
+            .predecoded
+            .take()
+            .and_then(|decoded| decoded.take_for(snapshot));
+        if decoded.is_some() {
+            tracing::debug!(index, "installing a store decoded off the loop");
+        }
         let restored = self.sm.restore(
             snapshot,
+            decoded,
             leading,
             self.clock,
             &mut self.watches,

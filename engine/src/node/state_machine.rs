@@ -517,13 +517,18 @@ impl StateMachine {
     pub(super) fn restore(
         &mut self,
         snapshot: &Snapshot,
+        decoded: Option<Store>,
         leading: bool,
         clock: Clock,
         watches: &mut WatchHub,
         out: &mut Outbox,
     ) -> Result<(), StateSnapshotError> {
         let sections = state_snapshot::decode_known(&snapshot.data)?;
-        let store = Store::decode_section(sections[&SECTION_MVCC])?;
+        // The store decoded off the loop from this very snapshot, if the driver had it.
+        let store = match decoded {
+            Some(store) => store,
+            None => Store::decode_section(sections[&SECTION_MVCC])?,
+        };
         let membership = Membership::decode(sections[&SECTION_MEMBERS])?;
         // Optional: a snapshot from before alarms existed holds none.
         let alarms = match sections.get(&SECTION_ALARMS) {

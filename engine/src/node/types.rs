@@ -195,6 +195,10 @@ pub enum Input {
     },
     /// A raft message from a peer.
     Peer(Box<Message>),
+    /// The MVCC store of a leader's snapshot, decoded off the driver loop
+    /// ([`super::DecodedStore::decode`]), stepped just before that snapshot's `MsgSnapshot`:
+    /// its install takes this store instead of decoding one (see `node/predecoded.rs`).
+    StoreDecoded(Box<super::DecodedStore>),
     /// Every [`PersistBatch`] numbered up to `number` is durable.
     Persisted {
         /// The batch number.

@@ -61,6 +61,9 @@ pub struct Cluster {
     pub slow_disks: BTreeSet<u64>,
     /// Persisted batch numbers not yet reported, by member.
     held_persisted: BTreeMap<u64, VecDeque<u64>>,
+    /// Decode each snapshot's store before delivering it and step it first
+    /// (`Input::StoreDecoded`), as the server's peer service does off its driver loop.
+    pub predecode: bool,
     /// A one-member cluster: any message to a peer or member table change is a failure.
     solo: bool,
     /// Whether a watch input was stepped: before that, watch output is a failure.
@@ -88,6 +91,7 @@ impl Cluster {
             save_jobs: Vec::new(),
             slow_disks: BTreeSet::new(),
             held_persisted: BTreeMap::new(),
+            predecode: false,
             solo: false,
             watches_used: false,
             next_token: AUTO_TOKEN_FIRST,
@@ -306,6 +310,11 @@ impl Cluster {
         let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
         let arrived = !cut && self.nodes.contains_key(&to);
         if arrived {
+            if is_snapshot && self.predecode {
+                let decoded = keel_engine::node::DecodedStore::decode(m.get_snapshot())
+                    .expect("the leader's snapshot decodes");
+                self.step(to, Input::StoreDecoded(Box::new(decoded)));
+            }
             self.step(to, Input::Peer(Box::new(m)));
         }
         if is_snapshot {

@@ -56,6 +56,8 @@ pub(super) struct DriverLoop {
     last_leader: u64,
     /// Waiting v2 clients, woken by applied v2 changes.
     v2_hub: Arc<super::v2_hub::V2Hub>,
+    /// A received snapshot's store, decoded off the loop by the peer service.
+    decoded: super::decoded::DecodedSlot,
 }
 
 impl DriverLoop {
@@ -83,7 +85,25 @@ impl DriverLoop {
             bugs,
             last_leader: 0,
             v2_hub,
+            decoded: super::decoded::DecodedSlot::default(),
         }
+    }
+
+    /// This loop taking the stores of received snapshots from `decoded`.
+    pub(super) fn with_decoded(mut self, decoded: super::decoded::DecodedSlot) -> Self {
+        self.decoded = decoded;
+        self
+    }
+
+    /// Steps a peer's message; a `MsgSnapshot` after the store decoded from it, if the peer
+    /// service left one.
+    fn on_peer(&mut self, message: Message) {
+        if message.get_msg_type() == keel_engine::raftpb::MessageType::MsgSnapshot {
+            if let Some(store) = self.decoded.take() {
+                self.node.step(Input::StoreDecoded(store));
+            }
+        }
+        self.node.step(Input::Peer(Box::new(message)));
     }
 
     /// Runs until the node cannot go on; returns why.
@@ -154,10 +174,10 @@ impl DriverLoop {
                     }
                 }
                 Some(message) = inbound.recv() => {
-                    self.node.step(Input::Peer(Box::new(message)));
+                    self.on_peer(message);
                     for _ in 1..PEER_MESSAGES_PER_TURN_MAX {
                         match inbound.try_recv() {
-                            Ok(message) => self.node.step(Input::Peer(Box::new(message))),
+                            Ok(message) => self.on_peer(message),
                             Err(_) => break,
                         }
                     }

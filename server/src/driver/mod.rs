@@ -22,6 +22,7 @@
 //! transport implements it, `outbound.rs`) and [`DriverError`] (`error.rs`). This module
 //! starts the four tasks.
 
+mod decoded;
 mod disk_bytes;
 mod error;
 mod event_loop;
@@ -40,6 +41,7 @@ use keel_engine::node::{Input, Node};
 use keel_engine::raftpb::Message;
 use tokio::sync::{mpsc, oneshot};
 
+pub use decoded::DecodedSlot;
 pub use error::DriverError;
 pub use event_loop::{COMMANDS_PER_TURN_MAX, PEER_MESSAGES_PER_TURN_MAX, REMOVED_GRACE_TICKS};
 pub use handle::{Handle, WatchMessage};
@@ -91,6 +93,7 @@ pub fn start(
     let Inbound {
         messages: inbound,
         reports,
+        decoded,
     } = inbound;
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     // Unbounded, because a Watch stream returns credit from `poll_next` and reports its close
@@ -146,7 +149,8 @@ pub fn start(
         transport,
         bugs,
         Arc::clone(&v2_hub),
-    );
+    )
+    .with_decoded(decoded);
     tokio::spawn(async move {
         let err = driver
             .run(
@@ -195,4 +199,6 @@ pub struct Inbound {
     pub messages: mpsc::Receiver<Message>,
     /// The transport's reports: snapshot outcomes, unreachable peers.
     pub reports: mpsc::UnboundedReceiver<Input>,
+    /// The store of a received snapshot, decoded off the loop by the peer service.
+    pub decoded: DecodedSlot,
 }

@@ -445,10 +445,11 @@ pub(super) async fn simulated_fsync_latency() {
 pub(super) async fn simulated_fsync_latency() {}
 
 /// Appends a group of batches to the WAL and fsyncs once. A batch that installs a leader's
-/// snapshot saves the snapshot file first (durably, streamed from the received data through
-/// the writer's buffer: no second copy), so the WAL's mark never points at a snapshot that is
-/// not on disk. After the fsync, the newest snapshot installed is read back mapped (`Some`),
-/// for the node to hold instead of the received copy.
+/// snapshot saves the snapshot file first, so the WAL's mark never points at a snapshot that
+/// is not on disk: the file it was received into is put in place (rename), or, if there is
+/// none, the data is written (durably, streamed through the writer's buffer). After the
+/// fsync, a snapshot whose data was written here is read back mapped (`Some`), for the node
+/// to hold instead of the received copy.
 fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapshot>, DriverError> {
     let started = std::time::Instant::now();
     let mut installed = None;
@@ -458,11 +459,13 @@ fn write_group(st: &mut Storage, group: &[PersistBatch]) -> Result<Option<Snapsh
         if let Some(snapshot) = &batch.snapshot {
             let meta = snapshot.get_metadata();
             let conf = encode_conf_state(meta.get_conf_state());
-            let path = st
-                .snaps
-                .save(meta.index, meta.term, &conf, &snapshot.data)?;
+            // A snapshot received into a file of its own is put in place, not written again;
+            // its data is already a mapping of that file (peer/snapshot.rs).
+            let (path, written) =
+                st.snaps
+                    .save_installed(meta.index, meta.term, &conf, &snapshot.data)?;
             st.wal.append_snapshot(meta.index, meta.term)?;
-            installed = Some((snapshot, path));
+            installed = written.then_some((snapshot, path));
         }
         for entry in &batch.entries {
             scratch.clear();

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::link::LocalIdentity;
-use super::snapshot::receive_snapshot;
+use super::receive::receive_snapshot;
 use super::stats::PeerStats;
 use crate::driver::Handle;
 use crate::metrics::metrics;
@@ -35,6 +35,10 @@ pub struct PeerService {
         std::sync::Arc<PeerStats>,
         std::sync::Arc<dyn crate::clock::Clock>,
     )>,
+    /// Where received snapshots are written as they arrive (`None`: gathered in memory).
+    snaps: Option<keel_storage::snap::SnapDir>,
+    /// Where the store of a received snapshot goes once decoded (`None`: the node decodes it).
+    decoded: Option<crate::driver::DecodedSlot>,
 }
 
 impl PeerService {
@@ -50,7 +54,24 @@ impl PeerService {
             inbound,
             handle,
             stats: None,
+            snaps: None,
+            decoded: None,
         }
+    }
+
+    /// This service decoding the store of each snapshot it receives off the driver loop, at
+    /// background priority, and leaving it in `decoded` for the loop before it queues the
+    /// `MsgSnapshot` (see `keel_engine::node::DecodedStore`).
+    pub fn with_decoded(mut self, decoded: crate::driver::DecodedSlot) -> Self {
+        self.decoded = Some(decoded);
+        self
+    }
+
+    /// This service writing the snapshots it receives into `snaps` as they arrive (the
+    /// member's snapshot directory, which the WAL writer then publishes them from).
+    pub fn with_snapshots(mut self, snaps: keel_storage::snap::SnapDir) -> Self {
+        self.snaps = Some(snaps);
+        self
     }
 
     /// This service counting the appends it receives into `stats` (wall times by `clock`).
@@ -128,7 +149,11 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
-        let message = receive_snapshot(self.local, request.into_inner()).await?;
+        let message =
+            receive_snapshot(self.local, request.into_inner(), self.snaps.as_ref()).await?;
+        if let Some(slot) = &self.decoded {
+            decode_store(slot, &message).await;
+        }
         if self.inbound.send(message).await.is_err() {
             return Err(Status::unavailable("keel: member is stopping"));
         }
@@ -187,5 +212,18 @@ impl Peer for PeerService {
             .await
             .map(Response::new)
             .map_err(to_status)
+    }
+}
+
+/// Decodes the store of `message`'s snapshot on a thread at background priority and leaves it
+/// in `slot`. A snapshot that does not decode is left to the node, whose install reports it.
+async fn decode_store(slot: &crate::driver::DecodedSlot, message: &Message) {
+    let snapshot = message.get_snapshot().clone();
+    let index = snapshot.get_metadata().index;
+    let decode = move || keel_engine::node::DecodedStore::decode(&snapshot);
+    match crate::background::run("keel-snapdecode", decode).await {
+        Some(Ok(store)) => slot.put(store),
+        Some(Err(e)) => tracing::warn!(index, error = %e, "a received snapshot does not decode"),
+        None => {}
     }
 }

@@ -4,8 +4,8 @@
 //! It goes on a stream of its own (one task per transfer) in [`CHUNK_BYTES`] chunks, so the
 //! peer's ordinary message stream — heartbeats, appends — and every other peer carry on while
 //! it is in flight. The first chunk carries the message without its data plus the data's length
-//! and crc32; the receiver reassembles the data, checks both, and only then hands the message
-//! to its node. The sender reports the outcome to its node ([`Input::SnapshotStatus`]), which
+//! and crc32; the receiver ([`super::receive`]) writes the data to a file as it arrives, checks
+//! both, and only then hands the message to its node. The sender reports the outcome to its node ([`Input::SnapshotStatus`]), which
 //! raft-rs needs to leave its "snapshot in flight" state for that follower.
 //!
 //! ```text
@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_engine::node::Input;
-use keel_engine::raft_log::{decode_message, encode_message};
+use keel_engine::raft_log::encode_message;
 use keel_engine::raftpb::Message;
 use keel_proto::keelpb::peer_client::PeerClient;
 use keel_proto::keelpb::SnapshotChunk;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
 
 use super::link::{Dialer, LocalIdentity, CONNECT_TIMEOUT};
 
@@ -112,62 +111,4 @@ async fn transfer(
         .await;
     feeder.abort();
     result.map(|_| ()).map_err(|status| status.to_string())
-}
-
-/// Receives one snapshot transfer: returns the `MsgSnapshot` with its data restored, once the
-/// length and crc32 match. `local` is the receiving member.
-pub async fn receive_snapshot(
-    local: LocalIdentity,
-    mut stream: Streaming<SnapshotChunk>,
-) -> Result<Message, Status> {
-    let header = stream
-        .message()
-        .await?
-        .ok_or_else(|| Status::invalid_argument("keel: empty snapshot stream"))?;
-    if header.cluster_id != local.cluster_id {
-        return Err(Status::failed_precondition(format!(
-            "keel: snapshot from cluster {:x} sent to a member of cluster {:x}",
-            header.cluster_id, local.cluster_id
-        )));
-    }
-    let mut message = decode_message(&header.message)
-        .map_err(|e| Status::invalid_argument(format!("keel: {e}")))?;
-    if message.to != local.member_id {
-        return Err(Status::invalid_argument(format!(
-            "keel: snapshot for member {:x} sent to member {:x}",
-            message.to, local.member_id
-        )));
-    }
-    if header.data_len > SNAPSHOT_BYTES_MAX {
-        return Err(Status::resource_exhausted(format!(
-            "keel: snapshot of {} bytes exceeds the {SNAPSHOT_BYTES_MAX}-byte limit",
-            header.data_len
-        )));
-    }
-    let expected = header.data_len as usize;
-    let mut data = Vec::with_capacity(expected.min(64 << 20));
-    data.extend_from_slice(&header.data);
-    while let Some(chunk) = stream.message().await? {
-        if data.len() + chunk.data.len() > expected {
-            return Err(Status::invalid_argument(
-                "keel: snapshot data longer than announced",
-            ));
-        }
-        data.extend_from_slice(&chunk.data);
-    }
-    if data.len() != expected {
-        return Err(Status::invalid_argument(format!(
-            "keel: snapshot data ended at {} of {expected} bytes",
-            data.len()
-        )));
-    }
-    let crc = crc32fast::hash(&data);
-    if crc != header.data_crc {
-        return Err(Status::data_loss(format!(
-            "keel: snapshot data crc32 {crc:08x}, announced {:08x}",
-            header.data_crc
-        )));
-    }
-    message.mut_snapshot().data = Bytes::from(data);
-    Ok(message)
 }

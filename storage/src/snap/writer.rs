@@ -56,6 +56,11 @@ pub struct Synced {
 }
 
 impl Synced {
+    /// The temporary file, written and fsynced.
+    pub fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// (temporary path, final path).
     pub(super) fn into_paths(self) -> (PathBuf, PathBuf) {
         (self.tmp, self.path)
