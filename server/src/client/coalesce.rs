@@ -13,13 +13,17 @@
 //! responses they hand to the same connection join the buffer, and the next flush writes them
 //! all. A connection with nothing else to run is flushed one scheduler turn later; nothing is
 //! held back by time. Reads pass straight through.
+//!
+//! The request streams now run on their connection's task ([`super::h2conn`]), which takes a
+//! wake of the connection during its own poll as "poll the connection again": the deferred
+//! flush then waits for one more pass over the connection's ready streams, whose answers
+//! join the buffer, rather than for a scheduler turn.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::Connected;
 
 /// Bytes buffered at most before a write goes to the connection without waiting for a flush
 /// (large responses stream through rather than pile up).
@@ -137,14 +141,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
-impl<T: Connected> Connected for Coalesced<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
     }
 }
 

@@ -1,8 +1,9 @@
 //! One client listener, two protocols, as etcd's (cmux) does: each accepted connection is
 //! told apart by its first bytes. One that opens with the HTTP/2 connection preface
 //! (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`) is gRPC and goes to tonic's router, behind the
-//! `:authority` shim ([`super::authority`]); anything else is HTTP/1.x and goes to the JSON
-//! gateway ([`crate::gateway`]). Tokio build only.
+//! `:authority` shim ([`super::authority`]), served on the connection's own task
+//! ([`super::h2conn`]); anything else is HTTP/1.x and goes to the JSON gateway
+//! ([`crate::gateway`]). Tokio build only.
 //!
 //! The bytes are peeked, not read, so both servers see the connection from its first byte.
 //! Classifying runs on the connection's own task: a client that sends nothing holds up no
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
 
 use super::authority::AuthorityFix;
 use super::coalesce::Coalesced;
+use super::h2conn;
 use crate::error::ServerError;
 use crate::gateway::Gateway;
 use crate::status::serve_error;
@@ -32,8 +34,6 @@ use crate::tls::ServerTls;
 
 /// The HTTP/2 client connection preface (RFC 9113 section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Accepted gRPC connections waiting for tonic, at most.
-const GRPC_BACKLOG: usize = 1024;
 /// How long to wait for the rest of a preface that arrived in pieces, between peeks.
 const PEEK_RETRY: Duration = Duration::from_millis(2);
 /// A connection whose first bytes do not settle within this is dropped.
@@ -108,10 +108,10 @@ async fn peek(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     }
 }
 
-/// Serves `router` (gRPC) and `gateway` (HTTP/1.x) on `addr` until the listener fails, over
+/// Serves `routes` (gRPC) and `gateway` (HTTP/1.x) on `addr` until the listener fails, over
 /// TLS when `tls` is given.
 pub async fn serve(
-    router: Router,
+    routes: Routes,
     gateway: Gateway,
     addr: SocketAddr,
     tls: Option<Arc<ServerTls>>,
@@ -119,34 +119,25 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| serve_error(addr, e))?;
-    let (grpc_tx, grpc_rx) =
-        mpsc::channel::<io::Result<AuthorityFix<Coalesced<ConnIo>>>>(GRPC_BACKLOG);
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
-    let grpc = router.serve_with_incoming(incoming);
-    let accept = async {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(%addr, error = %e, "accepting a client connection");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
+    let routes = routes.prepare();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "accepting a client connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-            let conn = Conn {
-                stream,
-                peer,
-                tls: tls.clone(),
-            };
-            tokio::spawn(dispatch(conn, grpc_tx.clone(), gateway.clone()));
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
         }
-    };
-    tokio::select! {
-        served = grpc => served.map_err(|e| serve_error(addr, e)),
-        never = accept => never,
+        let conn = Conn {
+            stream,
+            peer,
+            tls: tls.clone(),
+        };
+        tokio::spawn(dispatch(conn, routes.clone(), gateway.clone()));
     }
 }
 
@@ -175,12 +166,8 @@ struct Conn {
     tls: Option<Arc<ServerTls>>,
 }
 
-/// Hands one connection to the server for its protocol.
-async fn dispatch(
-    conn: Conn,
-    grpc: mpsc::Sender<io::Result<AuthorityFix<Coalesced<ConnIo>>>>,
-    gateway: Gateway,
-) {
+/// Serves one connection with the server for its protocol, on this task.
+async fn dispatch(conn: Conn, routes: Routes, gateway: Gateway) {
     let peer = conn.peer;
     let Some(mut stream) = handshake(conn.stream, peer, conn.tls.as_deref()).await else {
         return;
@@ -199,13 +186,9 @@ async fn dispatch(
     };
     match protocol {
         Protocol::Grpc => {
-            if grpc
-                .send(Ok(AuthorityFix::new(Coalesced::new(stream))))
-                .await
-                .is_err()
-            {
-                tracing::debug!(%peer, "gRPC server gone; connection dropped");
-            }
+            let info = stream.connect_info();
+            let io = AuthorityFix::new(Coalesced::new(stream));
+            h2conn::serve(io, info, routes).await;
         }
         Protocol::Http1 => gateway.serve_connection(stream).await,
     }

@@ -19,6 +19,8 @@ pub mod cluster;
 #[cfg(not(madsim))]
 pub mod coalesce;
 pub mod election;
+#[cfg(not(madsim))]
+pub mod h2conn;
 
 pub mod kv;
 pub mod lease;
@@ -133,27 +135,33 @@ impl Services {
         let kv = Arc::new(self.clone());
         let watch = Arc::new(WatchService::new(self.handle.clone()));
         // Every service is counted for `grpc_server_*_total` (see crate::metrics::grpc).
-        let router = tonic::transport::Server::builder()
-            .add_service(counted(
-                KvServer::from_arc(kv.clone()).max_decoding_message_size(decode_cap),
-            ))
-            .add_service(counted(MaintenanceServer::from_arc(kv.clone())))
-            .add_service(counted(ClusterServer::from_arc(kv.clone())))
-            .add_service(counted(HealthServer::from_arc(kv.clone())))
-            .add_service(counted(WatchServer::from_arc(watch.clone())))
-            .add_service(counted(LeaseServer::from_arc(kv.clone())))
-            .add_service(counted(AuthServer::from_arc(kv.clone())))
-            .add_service(counted(LockServer::from_arc(kv.clone())))
-            .add_service(counted(ElectionServer::from_arc(kv.clone())));
+        macro_rules! add_services {
+            ($to:expr) => {
+                $to.add_service(counted(
+                    KvServer::from_arc(kv.clone()).max_decoding_message_size(decode_cap),
+                ))
+                .add_service(counted(MaintenanceServer::from_arc(kv.clone())))
+                .add_service(counted(ClusterServer::from_arc(kv.clone())))
+                .add_service(counted(HealthServer::from_arc(kv.clone())))
+                .add_service(counted(WatchServer::from_arc(watch.clone())))
+                .add_service(counted(LeaseServer::from_arc(kv.clone())))
+                .add_service(counted(AuthServer::from_arc(kv.clone())))
+                .add_service(counted(LockServer::from_arc(kv.clone())))
+                .add_service(counted(ElectionServer::from_arc(kv.clone())))
+            };
+        }
         // The simulator's tonic clients send proper authorities (etcdctl 3.4 does not), and
-        // speak no HTTP/1: under madsim the port serves gRPC alone.
+        // speak no HTTP/1: under madsim the port serves gRPC alone, through tonic's server.
         #[cfg(madsim)]
         let served = {
+            let router = add_services!(tonic::transport::Server::builder());
             let _ = (kv, watch);
             router.serve(addr).await.map_err(|e| serve_error(addr, e))
         };
         #[cfg(not(madsim))]
         let served = {
+            // The tokio build serves each gRPC connection itself ([`h2conn`]).
+            let grpc = add_services!(tonic::service::Routes::default());
             let apis = gateway_apis(kv, watch);
             // A JSON body carries bytes as base64 (4/3 of their size) plus field names: twice
             // the gRPC decode cap lets every message gRPC would decode reach the service, which
@@ -163,7 +171,7 @@ impl Services {
             if let Some(v2) = v2 {
                 gateway = gateway.with_v2(v2);
             }
-            listener::serve(router, gateway, addr, tls).await
+            listener::serve(grpc, gateway, addr, tls).await
         };
         served
     }
