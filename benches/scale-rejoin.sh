@@ -46,25 +46,16 @@ status_field() {
     grep -o "\"$2\":[0-9]*" | head -1 | cut -d: -f2
 }
 
-# caught_up_wait SIDE REJOINED_EP OTHER_EPS: polls until the rejoined member's revision reaches
-# what the others had one poll earlier; prints the seconds it took, or "failed".
+# caught_up_wait REJOINED_EP OTHER_EPS: polls (every POLL_S) until the rejoined member's
+# revision reaches what the others had one poll earlier; prints the seconds it took, or "failed".
+# `keel-bench catch-up` asks Maintenance.Status over one connection per member: three `etcdctl
+# endpoint status` processes per poll cost ~13 ms of CPU each, a fifth of a core at five polls
+# a second, taken from the servers being measured.
 caught_up_wait() {
-  local rejoined=$1 others=$2 start=$(date +%s%N) deadline=$((SECONDS + CATCHUP_TIMEOUT))
-  local before=-1 now mine ep r
-  while ((SECONDS < deadline)); do
-    now=0
-    for ep in ${others//,/ }; do
-      r=$(status_field "$ep" revision); [[ -n "$r" ]] && ((r > now)) && now=$r
-    done
-    mine=$(status_field "$rejoined" revision)
-    if [[ -n "$mine" ]] && ((before > 0 && mine >= before)); then
-      awk -v ns=$(($(date +%s%N) - start)) 'BEGIN { printf "%.2f\n", ns / 1e9 }'
-      return 0
-    fi
-    before=$now
-    sleep "$POLL_S"
-  done
-  echo failed
+  local rejoined=$1 others=$2 poll_ms
+  poll_ms=$(awk -v s="$POLL_S" 'BEGIN { printf "%d", s * 1000 }')
+  "$BENCH_BIN" --endpoints "$others" catch-up --rejoined "$rejoined" --poll-ms "$poll_ms" \
+    --give-up-secs "$CATCHUP_TIMEOUT" 2>>"$WORK/catchup.err" || echo failed
 }
 
 # during_loop OUT EPS: random puts in chunks until OUT.done exists (run in the background).
@@ -77,10 +68,26 @@ during_loop() {
   done
 }
 
+# window_p99 OUT FROM TO: the p99 latency (ms) of the puts of every chunk sent between the
+# events FROM and TO (patterns matched in OUT's events file), or "-".
+window_p99() {
+  local out=$1 from to
+  from=$(awk -v p="$2" '$0 ~ p { print $1; exit }' "${out%.during}.events" 2>/dev/null)
+  to=$(awk -v p="$3" '$0 ~ p { print $1; exit }' "${out%.during}.events" 2>/dev/null)
+  if [[ -z $from || -z $to ]]; then echo -; return 0; fi
+  cat "$out".[0-9]*.timeline 2>/dev/null | awk -v a="$from" -v b="$to" '$1 >= a && $1 <= b { print $2 }' |
+    sort -g | awk '{ v[NR] = $1 } END { if (NR) { i = int(NR * 0.99); if (i < 1) i = 1; print v[i] } else print "-" }'
+}
+
 # summarize_during OUT: one RESULT line over the chunks: puts, rps (puts over the chunks' summed
-# time), the chunks' median and worst p99, errors.
+# time), the chunks' median and worst p99, errors; and the p99 over all puts sent while the
+# member was away and caught up (`p99_rejoin_ms`: its stop to caught-up) and while it was
+# brought back (`p99_xfer_ms`: its `member add` to caught-up: the leader's snapshot for it, the
+# transfer, the install and the log's tail).
 summarize_during() {
-  local out=$1 f p99s med
+  local out=$1 f p99s med rejoin xfer
+  rejoin=$(window_p99 "$out" "stopping m" "caught up")
+  xfer=$(window_p99 "$out" "re-added m" "caught up")
   for f in "$out".[0-9]*.result; do
     [[ -e $f ]] || continue
     echo "$(field "$f" total) $(field "$f" rps) $(field "$f" p99_ms) $(field "$f" errors)"
@@ -88,12 +95,13 @@ summarize_during() {
   if [[ ! -s $out.chunks ]]; then echo "RESULT failed" >"$out.result"; return 0; fi
   p99s=$(awk '{ print $3 }' "$out.chunks" | sort -g | tr '\n' ' ')
   med=$(echo "$p99s" | awk '{ print (NF % 2) ? $((NF + 1) / 2) : ($(NF / 2) + $(NF / 2 + 1)) / 2 }')
-  awk -v med="$med" -v max="${p99s%% }" '
+  awk -v med="$med" -v max="${p99s%% }" -v rejoin="$rejoin" -v xfer="$xfer" '
     { n++; puts += $1; secs += $1 / $2; errs += $4 }
     END {
       sub(/.* /, "", max)
-      printf "RESULT op=put chunks=%d total=%d rps=%.1f p99_ms=%.3f p99_max_ms=%.3f errors=%d\n",
-        n, puts, puts / secs, med, max, errs
+      printf "RESULT op=put chunks=%d total=%d rps=%.1f p99_ms=%.3f p99_max_ms=%.3f", n, puts,
+        puts / secs, med, max
+      printf " p99_rejoin_ms=%s p99_xfer_ms=%s errors=%d\n", rejoin, xfer, errs
     }' "$out.chunks" >"$out.result"
 }
 
@@ -112,9 +120,15 @@ rejoin() {
     log "$side: member remove of m$v failed"; echo failed >"$out.catchup_s"; return 0
   fi
   rm -rf "$WORK/$side.m$v.data" && mkdir -p "$WORK/$side.m$v.data"
-  if ! ctl --endpoints "$eps" member add "m$v" --peer-urls="$peer" >"$out.add" 2>&1; then
-    log "$side: member add failed: $(tail -1 "$out.add")"; echo failed >"$out.catchup_s"; return 0
-  fi
+  # etcd refuses an add ("unhealthy cluster", its strict reconfiguration check) until every
+  # voting member has been connected for 5 s: a short run reaches this sooner; retry for 10 s.
+  local tries=0
+  until ctl --endpoints "$eps" member add "m$v" --peer-urls="$peer" >"$out.add" 2>&1; do
+    if ((++tries > 20)) || ! grep -q "unhealthy cluster" "$out.add"; then
+      log "$side: member add failed: $(tail -1 "$out.add")"; echo failed >"$out.catchup_s"; return 0
+    fi
+    sleep 0.5
+  done
   log "$side: m$v re-added; starting it with --initial-cluster-state existing"
   event "$out" "re-added m$v"
   launch3 "$side" "$base" "$v" existing "$others,m$v=$peer"
@@ -172,7 +186,7 @@ table3() {
   printf '%s\n' "--------------------------------------------------------------"
   for load in bulk put during; do
     local ms=(rps p50_ms p99_ms p999_ms errors)
-    [[ $load == during ]] && ms=(rps p99_ms p99_max_ms errors chunks)
+    [[ $load == during ]] && ms=(rps p99_ms p99_max_ms p99_rejoin_ms p99_xfer_ms errors chunks)
     for m in "${ms[@]}"; do
       local e k
       e=$(metric etcd "$load" "$m"); k=$(metric keel "$load" "$m")
@@ -186,7 +200,9 @@ table3() {
     "$KEYS" "$PUTS"
   printf 'chunks of %s while a follower is stopped, removed, wiped, re-added and restarted\n' \
     "$CHUNK_PUTS"
-  printf '(during: rps over the chunks; p99_ms their median p99, p99_max_ms the worst chunk).\n'
+  printf '(during: rps over the chunks; p99_ms their median p99, p99_max_ms the worst chunk;\n'
+  printf 'p99_rejoin_ms over every put sent from the stop to the caught-up poll, p99_xfer_ms from\n'
+  printf 'the member add to it).\n'
   printf 'catchup_s: from the restart of the wiped member until its revision reaches the others'"'"'.\n'
   printf 'data dirs (MiB) after the rejoin: etcd %s, keel %s\n\n' "$(value etcd disk_mib)" \
     "$(value keel disk_mib)"

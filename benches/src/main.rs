@@ -21,6 +21,8 @@
 #![cfg_attr(madsim, allow(dead_code, unused_imports))]
 
 #[cfg(not(madsim))]
+mod catchup;
+#[cfg(not(madsim))]
 mod coalesce;
 mod histogram;
 #[cfg(not(madsim))]
@@ -140,6 +142,23 @@ pub enum Command {
     /// Log in with Authenticate as `--user name:password`, `--total` times (each login
     /// checks the password's bcrypt hash on the server, and assigns a token through raft).
     Authenticate,
+    /// Wait until the member at `--rejoined` reaches the revision the `--endpoints` had one
+    /// poll earlier (Maintenance.Status over one connection each); print the seconds taken.
+    CatchUp(CatchUpArgs),
+}
+
+/// Arguments of `catch-up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatchUpArgs {
+    /// The rejoined member's client endpoint (host:port or http://host:port).
+    #[arg(long)]
+    pub rejoined: String,
+    /// Milliseconds between polls.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+    /// Give up (exit with an error) after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub give_up_secs: u64,
 }
 
 /// Arguments of `watch`. Watchers and streams are spread over `--conns` connections.
@@ -270,6 +289,10 @@ fn main() -> anyhow::Result<()> {
             let report = runtime.block_on(watch_mem::run(&cli, args))?;
             print!("{}", report.render(&cli, args));
         }
+        Command::CatchUp(args) => {
+            let took = runtime.block_on(catchup::run(&cli, args))?;
+            println!("{:.2}", took.as_secs_f64());
+        }
         Command::LeaseKeepalive(args) => {
             let run = runtime.block_on(lease::run(&cli, args))?;
             println!(
@@ -354,6 +377,7 @@ fn op_name(command: &Command) -> &'static str {
         Command::WatchMem(_) => "watch-mem",
         Command::LeaseKeepalive(_) => "lease-keepalive",
         Command::Authenticate => "authenticate",
+        Command::CatchUp(_) => "catch-up",
     }
 }
 
