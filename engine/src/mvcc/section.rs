@@ -23,17 +23,27 @@
 //! assert!(Store::decode_section(&corrupt).is_err());
 //! ```
 //!
-//! Layout (integers big-endian):
+//! Layout of format 2, the one written (`uv`: an unsigned LEB128 varint; `sv`: a signed one,
+//! zigzag-mapped; `u32`: big-endian):
 //!
 //! ```text
-//! "KEELMVCC" | format u32 = 1 | current_revision i64 | compact_revision i64
-//! key_count u64 | per key: key | generation_count u32 | per generation:
-//!     created (main i64, sub i64) | changes i64 | entry_count u32 |
-//!     per entry: (main i64, sub i64) | lease i64 | value
-//! log_count u64 | per log entry: (main i64, sub i64) | tombstone u8 | key
+//! "KEELMVCC" | format u32 = 2 | current_revision sv | compact_revision sv
+//! key_count uv | per key: shared uv | suffix_len uv | suffix | generation_count uv |
+//!     per generation: created (main sv, sub sv) | changes sv | entry_count uv |
+//!     per entry: (main sv, sub sv) | lease sv | value_len uv | value
+//! log_count uv | per log entry: main - previous entry's main uv | sub uv | tombstone u8 |
+//!     key_len uv | key
 //! crc32 (IEEE) of everything before it, u32
 //! ```
-//! where a key or value is a u32 length and the bytes.
+//!
+//! A key is stored as the length of the prefix it shares with the key before it and the rest
+//! (keys are sorted, and real key spaces share long prefixes such as `/registry/pods/`). At
+//! 1M keys of 8 bytes with 256-byte values the section is ~20 % smaller than format 1's
+//! fixed-width integers, and so is every snapshot file, transfer and fallback copy.
+//!
+//! Format 1, which fixed-width big-endian integers (`i64` for every revision part, lease and
+//! change count, `u32` lengths and per-key counts, `u64` key and log counts, whole keys), is
+//! still read: snapshot files and backups written before format 2 load unchanged.
 
 use bytes::{Buf, Bytes};
 use imbl::Vector;
@@ -45,7 +55,10 @@ use super::tree_index::{Key, KeyRange, TreeIndex};
 use crate::sink::{Counter, CrcWriter, Sink};
 
 const MAGIC: &[u8; 8] = b"KEELMVCC";
-const FORMAT: u32 = 1;
+/// The format written.
+const FORMAT: u32 = 2;
+/// The fixed-width format read for files written before format 2.
+const FORMAT_FIXED: u32 = 1;
 
 /// Why an MVCC section could not be decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -64,14 +77,41 @@ pub enum SectionError {
     Inconsistent,
 }
 
+/// Appends `value` as an unsigned LEB128 varint.
+fn put_uv<S: Sink>(out: &mut S, mut value: u64) -> Result<(), S::Error> {
+    let mut buf = [0u8; 10];
+    let mut n = 0;
+    loop {
+        let low = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            buf[n] = low;
+            n += 1;
+            break;
+        }
+        buf[n] = low | 0x80;
+        n += 1;
+    }
+    out.put(&buf[..n])
+}
+
+/// Appends `value` zigzag-mapped (small magnitudes of either sign stay short) as a varint.
+fn put_sv<S: Sink>(out: &mut S, value: i64) -> Result<(), S::Error> {
+    put_uv(out, ((value << 1) ^ (value >> 63)) as u64)
+}
+
+fn put_len<S: Sink>(out: &mut S, len: usize) -> Result<(), S::Error> {
+    put_uv(out, len as u64)
+}
+
 fn put_bytes<S: Sink>(out: &mut S, bytes: &[u8]) -> Result<(), S::Error> {
     put_len(out, bytes.len())?;
     out.put(bytes)
 }
 
-fn put_len<S: Sink>(out: &mut S, len: usize) -> Result<(), S::Error> {
-    let len = u32::try_from(len).unwrap_or_else(|_| panic!("length or count over u32"));
-    out.put(&len.to_be_bytes())
+fn put_revision<S: Sink>(out: &mut S, revision: Revision) -> Result<(), S::Error> {
+    put_sv(out, revision.main)?;
+    put_sv(out, revision.sub)
 }
 
 impl Store {
@@ -103,26 +143,35 @@ impl Store {
     fn write_section_body<S: Sink>(&self, out: &mut S) -> Result<(), S::Error> {
         out.put(MAGIC)?;
         out.put(&FORMAT.to_be_bytes())?;
-        out.put(&self.current_revision.to_be_bytes())?;
-        out.put(&self.compact_revision.to_be_bytes())?;
-        out.put(&(self.index.len() as u64).to_be_bytes())?;
+        put_sv(out, self.current_revision)?;
+        put_sv(out, self.compact_revision)?;
+        put_len(out, self.index.len())?;
+        let mut previous: &[u8] = &[];
         for (key, key_index) in self.index.iter() {
-            put_bytes(out, key)?;
+            let shared = shared_prefix(previous, key);
+            put_len(out, shared)?;
+            put_bytes(out, &key[shared..])?;
+            previous = key;
             put_len(out, key_index.generations().len())?;
             for generation in key_index.generations() {
-                out.put(&generation.created.to_bytes())?;
-                out.put(&generation.changes.to_be_bytes())?;
+                put_revision(out, generation.created)?;
+                put_sv(out, generation.changes)?;
                 put_len(out, generation.entries.len())?;
                 for entry in &generation.entries {
-                    out.put(&entry.revision.to_bytes())?;
-                    out.put(&entry.lease.to_be_bytes())?;
+                    put_revision(out, entry.revision)?;
+                    put_sv(out, entry.lease)?;
                     put_bytes(out, &entry.value)?;
                 }
             }
         }
-        out.put(&(self.log.len() as u64).to_be_bytes())?;
+        put_len(out, self.log.len())?;
+        let mut previous_main = 0;
         for entry in &self.log {
-            out.put(&entry.revision().to_bytes())?;
+            let revision = entry.revision();
+            // The log is in revision order: the difference is never negative.
+            put_uv(out, revision.main.abs_diff(previous_main))?;
+            put_uv(out, revision.sub.unsigned_abs())?;
+            previous_main = revision.main;
             out.put(&[u8::from(entry.tombstone)])?;
             put_bytes(out, &entry.key)?;
         }
@@ -134,10 +183,18 @@ impl Store {
     pub fn decode_section(bytes: &[u8]) -> Result<Store, SectionError> {
         let body_len = bytes.len().checked_sub(4).ok_or(SectionError::Truncated)?;
         let (body, crc) = bytes.split_at(body_len);
-        let mut reader = Reader(body);
-        if reader.take(MAGIC.len())? != MAGIC || reader.u32()? != FORMAT {
+        let mut reader = Reader {
+            rest: body,
+            fixed: false,
+        };
+        if reader.take(MAGIC.len())? != MAGIC {
             return Err(SectionError::UnknownFormat);
         }
+        reader.fixed = match reader.take(4)?.get_u32() {
+            FORMAT => false,
+            FORMAT_FIXED => true,
+            _ => return Err(SectionError::UnknownFormat),
+        };
         let crc_bytes: [u8; 4] = crc.try_into().map_err(|_| SectionError::Truncated)?;
         if crc32fast::hash(body) != u32::from_be_bytes(crc_bytes) {
             return Err(SectionError::Checksum);
@@ -158,51 +215,114 @@ impl Store {
             &mut store.stored_bytes,
         )?;
         store.log = reader.log(&store.index, current_revision, compact_revision)?;
-        if !reader.0.is_empty() {
+        if !reader.rest.is_empty() {
             return Err(SectionError::Inconsistent);
         }
         Ok(store)
     }
 }
 
-/// A cursor over the section body.
-struct Reader<'a>(&'a [u8]);
+/// The length of the prefix `a` and `b` share.
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A cursor over the section body, in format 2 or (`fixed`) format 1.
+struct Reader<'a> {
+    rest: &'a [u8],
+    fixed: bool,
+}
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], SectionError> {
-        if self.0.len() < n {
+        if self.rest.len() < n {
             return Err(SectionError::Truncated);
         }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
         Ok(head)
     }
-    fn u32(&mut self) -> Result<u32, SectionError> {
-        Ok(self.take(4)?.get_u32())
-    }
-    fn u64(&mut self) -> Result<u64, SectionError> {
-        Ok(self.take(8)?.get_u64())
+    /// An unsigned varint; more than 64 bits of value is damage.
+    fn uv(&mut self) -> Result<u64, SectionError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1)?[0];
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(SectionError::Inconsistent);
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(SectionError::Inconsistent)
     }
     fn i64(&mut self) -> Result<i64, SectionError> {
-        Ok(self.take(8)?.get_i64())
+        if self.fixed {
+            return Ok(self.take(8)?.get_i64());
+        }
+        let zigzag = self.uv()?;
+        Ok((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
     }
     fn revision(&mut self) -> Result<Revision, SectionError> {
         Ok(Revision::new(self.i64()?, self.i64()?))
     }
+    fn len(&mut self) -> Result<usize, SectionError> {
+        let len = if self.fixed {
+            u64::from(self.take(4)?.get_u32())
+        } else {
+            self.uv()?
+        };
+        usize::try_from(len).map_err(|_| SectionError::Truncated)
+    }
     fn bytes(&mut self) -> Result<Bytes, SectionError> {
-        let len = self.u32()? as usize;
+        let len = self.len()?;
         Ok(Bytes::copy_from_slice(self.take(len)?))
     }
-    /// A count of items each at least `item_bytes_min` long: rejects counts the remaining
-    /// bytes cannot hold, so a damaged count cannot make us allocate without bound.
+    /// The next key of the index, given the one before it (format 2 stores what they share
+    /// once).
+    fn key(&mut self, previous: &[u8]) -> Result<Bytes, SectionError> {
+        if self.fixed {
+            return self.bytes();
+        }
+        let shared = self.len()?;
+        if shared > previous.len() {
+            return Err(SectionError::Inconsistent);
+        }
+        let suffix_len = self.len()?;
+        let suffix = self.take(suffix_len)?;
+        let mut key = Vec::with_capacity(shared + suffix.len());
+        key.extend_from_slice(&previous[..shared]);
+        key.extend_from_slice(suffix);
+        Ok(Bytes::from(key))
+    }
+    /// The next revision of the log, given the one before it (format 2 stores the difference
+    /// of their main parts).
+    fn log_revision(&mut self, previous: Revision) -> Result<Revision, SectionError> {
+        if self.fixed {
+            return self.revision();
+        }
+        let delta = i64::try_from(self.uv()?).map_err(|_| SectionError::Inconsistent)?;
+        let sub = i64::try_from(self.uv()?).map_err(|_| SectionError::Inconsistent)?;
+        let main = previous
+            .main
+            .checked_add(delta)
+            .ok_or(SectionError::Inconsistent)?;
+        Ok(Revision::new(main, sub))
+    }
+    /// A count of items each at least `item_bytes_min` long (in format 1: `wide` counts are
+    /// u64, the others u32): rejects counts the remaining bytes cannot hold, so a damaged count
+    /// cannot make us allocate without bound.
     fn count(&mut self, wide: bool, item_bytes_min: usize) -> Result<usize, SectionError> {
-        let count = if wide {
-            self.u64()?
-        } else {
-            u64::from(self.u32()?)
+        let count = match (self.fixed, wide) {
+            (true, true) => self.take(8)?.get_u64(),
+            (true, false) => u64::from(self.take(4)?.get_u32()),
+            (false, _) => self.uv()?,
         };
         let count = usize::try_from(count).map_err(|_| SectionError::Truncated)?;
-        if count.saturating_mul(item_bytes_min) > self.0.len() {
+        let item_bytes_min = if self.fixed { item_bytes_min } else { 1 };
+        if count.saturating_mul(item_bytes_min) > self.rest.len() {
             return Err(SectionError::Truncated);
         }
         Ok(count)
@@ -217,7 +337,7 @@ impl<'a> Reader<'a> {
         let mut index = TreeIndex::default();
         let mut previous: Option<Bytes> = None;
         for _ in 0..self.count(true, 8)? {
-            let key = self.bytes()?;
+            let key = self.key(previous.as_deref().unwrap_or_default())?;
             if key.is_empty() || previous.as_ref().is_some_and(|p| *p >= key) {
                 return Err(SectionError::Inconsistent); // keys are unique and sorted
             }
@@ -271,7 +391,7 @@ impl<'a> Reader<'a> {
         let mut log = Vector::new();
         let mut previous = Revision::default();
         for _ in 0..count {
-            let revision = self.revision()?;
+            let revision = self.log_revision(previous)?;
             let tombstone = match self.take(1)?[0] {
                 0 => false,
                 1 => true,
@@ -297,3 +417,6 @@ impl<'a> Reader<'a> {
         Ok(log)
     }
 }
+
+#[cfg(test)]
+mod tests;
