@@ -16,7 +16,9 @@ pub mod wal;
 pub use disk::{is_no_space, Disk, DiskFile, IoOp, OsDisk};
 pub use sim_disk::SimDisk;
 pub use snap::{SnapCorruption, SnapDir, SnapError};
-pub use wal::{Corruption, Recovered, RecoveredEntry, SnapshotMark, Wal, WalError, WalOptions};
+pub use wal::{
+    Corruption, Recovered, RecoveredEntry, Released, SnapshotMark, Wal, WalError, WalOptions,
+};
 
 #[cfg(test)]
 mod tests {

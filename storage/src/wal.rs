@@ -369,6 +369,45 @@ impl std::fmt::Debug for Wal {
     }
 }
 
+/// Segments taken out of a [`Wal`] by [`Wal::detach_before`], whose files are still on disk.
+#[must_use = "the segments' files stay on disk until removed"]
+pub struct Released {
+    disk: Arc<dyn Disk>,
+    dir: PathBuf,
+    /// Oldest first.
+    paths: Vec<PathBuf>,
+}
+
+impl Released {
+    /// How many segments these are.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Deletes the segments' files, oldest first, each followed by a directory sync: a crash
+    /// part-way leaves the newer ones, so the segments on disk stay contiguous in `seq`. A file
+    /// already gone counts as removed. Returns how many there were.
+    pub fn remove(self) -> Result<usize, WalError> {
+        for path in &self.paths {
+            match self.disk.remove(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(IoOp::Remove, path)(e)),
+            }
+            self.disk
+                .sync_dir(&self.dir)
+                .map_err(io_err(IoOp::SyncDir, &self.dir))?;
+            tracing::info!(segment = %path.display(), "wal: released segment");
+        }
+        Ok(self.paths.len())
+    }
+}
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, repairing a torn tail, and returns what it
     /// holds. Fails with [`WalError::Corrupt`] on damage a torn write cannot explain.
@@ -488,31 +527,31 @@ impl Wal {
 
     /// Removes whole segments whose entries all lie below `index` (the caller holds a snapshot
     /// covering them). The active segment is never removed. Returns how many were removed.
+    /// A failed removal poisons this `Wal`.
     pub fn release_before(&mut self, index: u64) -> Result<usize, WalError> {
+        let released = self.detach_before(index)?;
+        released.remove().inspect_err(|_| self.poisoned = true)
+    }
+
+    /// Takes the segments whose entries all lie below `index` out of this `Wal` (the caller
+    /// holds a snapshot covering them) without touching the disk: [`Released::remove`] deletes
+    /// their files, on any thread, so a writer's thread need not wait for the file system to
+    /// free a segment's blocks. The active segment is never detached. Until their files are
+    /// removed, a crash or [`Wal::open`] finds them again, as before the release (they are the
+    /// oldest, contiguous in `seq`).
+    pub fn detach_before(&mut self, index: u64) -> Result<Released, WalError> {
         self.check_poisoned()?;
-        let mut removed = 0;
         // Every live entry of segment k is below segment k+1's first_index.
-        while self.segments.len() >= 2 && self.segments[1].first_index <= index {
-            let path = self.segments[0].path.clone();
-            let result = self
-                .disk
-                .remove(&path)
-                .map_err(io_err(IoOp::Remove, &path))
-                .and_then(|()| {
-                    // One directory sync per removal: a crash never leaves a gap in the seqs.
-                    self.disk
-                        .sync_dir(&self.dir)
-                        .map_err(io_err(IoOp::SyncDir, &self.dir))
-                });
-            if let Err(e) = result {
-                self.poisoned = true;
-                return Err(e);
-            }
-            tracing::info!(segment = %path.display(), "wal: released segment");
-            self.segments.remove(0);
-            removed += 1;
+        let mut count = 0;
+        while count + 1 < self.segments.len() && self.segments[count + 1].first_index <= index {
+            count += 1;
         }
-        Ok(removed)
+        let paths = self.segments.drain(..count).map(|s| s.path).collect();
+        Ok(Released {
+            disk: Arc::clone(&self.disk),
+            dir: self.dir.clone(),
+            paths,
+        })
     }
 
     /// The index of the first entry (including buffered ones), or `last_index + 1` if empty.

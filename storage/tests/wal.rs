@@ -540,6 +540,73 @@ fn failed_rotation_poisons() {
     assert_eq!(rec.entries.len(), 3);
 }
 
+/// The `.wal` segment files in the WAL directory.
+fn segment_files(disk: &SimDisk) -> Vec<String> {
+    disk.list_dir(dir())
+        .expect("the WAL directory lists")
+        .into_iter()
+        .filter(|n| n.ends_with(".wal") && !n.starts_with("next"))
+        .collect()
+}
+
+#[test]
+fn detached_segments_stay_on_disk_until_removed_and_a_crash_between_keeps_the_log_whole() {
+    let disk = SimDisk::new();
+    let (mut wal, _) = open(&disk, 500).unwrap();
+    let mut all = Vec::new();
+    for b in 0..30u64 {
+        let mut recs = entries(b * 2 + 1..=b * 2 + 2, 1);
+        recs.push(Rec::Hs(format!("hs{b}").into_bytes()));
+        commit(&mut wal, &recs);
+        all.extend(recs);
+    }
+    let files_before = segment_files(&disk);
+    let segments_before = wal.segment_count();
+    let released = wal.detach_before(31).unwrap();
+    let detached = released.len();
+    assert!(detached > 0, "segments below 31 are detached");
+    assert_eq!(wal.segment_count(), segments_before - detached);
+    assert_eq!(segment_files(&disk), files_before, "no file removed yet");
+    // A crash before the removal: the detached segments are found again, the log is whole.
+    disk.crash(7);
+    drop(released);
+    drop(wal);
+    let (mut wal, rec) = open(&disk, 500).unwrap();
+    let model = Model::replay(&all);
+    assert_eq!(
+        rec.entries[..],
+        model.entries[..],
+        "nothing lost, nothing extra"
+    );
+    assert_eq!(rec.hard_state, model.hard_state);
+    // Detached and removed (on another thread): the files go, oldest first, durably.
+    let released = wal.detach_before(31).unwrap();
+    let detached = released.len();
+    let remover = std::thread::spawn(move || released.remove());
+    assert_eq!(
+        remover.join().expect("the remover ran").unwrap(),
+        detached,
+        "each detached segment is removed"
+    );
+    assert_eq!(segment_files(&disk).len(), files_before.len() - detached);
+    disk.crash(8);
+    drop(wal);
+    let (mut wal, rec) = open(&disk, 500).unwrap();
+    let first = rec.entries[0].index;
+    assert!(first <= 31, "entry 31 must survive, log starts at {first}");
+    assert_eq!(rec.entries[..], model.entries[(first - 1) as usize..]);
+    // A file already gone counts as removed.
+    commit(&mut wal, &entries(61..=80, 1));
+    let released = wal.detach_before(75).unwrap();
+    assert!(!released.is_empty(), "older segments are detached");
+    for name in segment_files(&disk).iter().take(1) {
+        disk.remove(&dir().join(name))
+            .expect("the oldest segment file is removable");
+    }
+    let count = released.len();
+    assert_eq!(released.remove().unwrap(), count);
+}
+
 #[test]
 fn release_before_removes_whole_segments_below_the_index() {
     let disk = SimDisk::new();

@@ -1,5 +1,7 @@
 //! The WAL writer task: group commit of persist batches (saving a leader's snapshot a batch
-//! installs, before its WAL mark), and releasing WAL segments that durable snapshots cover.
+//! installs, before its WAL mark), and releasing WAL segments that durable snapshots cover
+//! (their files deleted on a thread of their own: unlinking a 64 MiB segment and syncing the
+//! directory took tens of ms on the writer's thread, while every put waited for its fsync).
 //!
 //! # A full disk
 //! A persist group whose write fails for lack of space (`ENOSPC` while appending to the WAL or
@@ -102,6 +104,10 @@ pub(super) async fn wal_writer(
     let mut st = storage;
     let mut next: Option<Job> = None;
     let mut low = LowSpace::default();
+    // Unbounded, so that handing released segments over never waits: in practice it holds at
+    // most the segments of a snapshot or two (a release comes once per saved snapshot).
+    let (remove_tx, remove_rx) = mpsc::unbounded_channel();
+    tokio::spawn(remove_released(remove_rx, durable.clone()));
     loop {
         // The reservation is retried when due even while jobs keep coming: a member that gets
         // a batch more often than the backoff (heartbeats' commits, its own NOSPACE proposals)
@@ -136,15 +142,15 @@ pub(super) async fn wal_writer(
         };
         st = match first {
             Job::Release { before } => {
-                let work = move |st: &mut Storage| st.wal.release_before(before);
-                let Some((st, released)) = run_blocking(st, work).await else {
-                    return;
-                };
-                // A failed removal poisons the WAL: fatal, like a failed WAL write.
-                match released {
-                    Ok(0) => {}
-                    Ok(segments) => {
-                        tracing::info!(before, segments, "released WAL segments");
+                // Only the in-memory list changes here; the files go on a thread of their own
+                // (`remove_released`), so no fsync waits for the file system to free them.
+                match st.wal.detach_before(before) {
+                    Ok(released) if released.is_empty() => {}
+                    Ok(released) => {
+                        tracing::info!(before, segments = released.len(), "released WAL segments");
+                        if remove_tx.send(released).is_err() {
+                            return; // the remover stopped: it reported why
+                        }
                     }
                     Err(e) => {
                         let _ = durable.send(Err(e.into())).await;
@@ -175,6 +181,26 @@ pub(super) async fn wal_writer(
         }
         let total = bytes.wal.load(Ordering::Relaxed) + bytes.snaps.load(Ordering::Relaxed);
         metrics().db_total_size.set(total as i64);
+    }
+}
+
+/// Deletes released WAL segments' files, in the order they were released, below the write
+/// path's priority (`crate::background`). A failed removal is fatal, like a failed WAL write:
+/// it is reported to the loop, and nothing after it is removed (the segments on disk stay
+/// contiguous).
+async fn remove_released(
+    mut released: mpsc::UnboundedReceiver<keel_storage::wal::Released>,
+    durable: mpsc::Sender<Durable>,
+) {
+    while let Some(segments) = released.recv().await {
+        match crate::background::run("keel-walrm", move || segments.remove()).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let _ = durable.send(Err(e.into())).await;
+                return;
+            }
+            None => return, // panicked: logged by `background::run`
+        }
     }
 }
 
