@@ -540,6 +540,20 @@ fn failed_rotation_poisons() {
     assert_eq!(rec.entries.len(), 3);
 }
 
+/// A WAL of small (500-byte) segments holding 30 committed batches of two entries and a hard
+/// state each; the records written, in order.
+fn thirty_batches(disk: &SimDisk) -> (Wal, Vec<Rec>) {
+    let (mut wal, _) = open(disk, 500).unwrap();
+    let mut all = Vec::new();
+    for b in 0..30u64 {
+        let mut recs = entries(b * 2 + 1..=b * 2 + 2, 1);
+        recs.push(Rec::Hs(format!("hs{b}").into_bytes()));
+        commit(&mut wal, &recs);
+        all.extend(recs);
+    }
+    (wal, all)
+}
+
 /// The `.wal` segment files in the WAL directory.
 fn segment_files(disk: &SimDisk) -> Vec<String> {
     disk.list_dir(dir())
@@ -552,14 +566,7 @@ fn segment_files(disk: &SimDisk) -> Vec<String> {
 #[test]
 fn detached_segments_stay_on_disk_until_removed_and_a_crash_between_keeps_the_log_whole() {
     let disk = SimDisk::new();
-    let (mut wal, _) = open(&disk, 500).unwrap();
-    let mut all = Vec::new();
-    for b in 0..30u64 {
-        let mut recs = entries(b * 2 + 1..=b * 2 + 2, 1);
-        recs.push(Rec::Hs(format!("hs{b}").into_bytes()));
-        commit(&mut wal, &recs);
-        all.extend(recs);
-    }
+    let (mut wal, all) = thirty_batches(&disk);
     let files_before = segment_files(&disk);
     let segments_before = wal.segment_count();
     let released = wal.detach_before(31).unwrap();
@@ -610,14 +617,7 @@ fn detached_segments_stay_on_disk_until_removed_and_a_crash_between_keeps_the_lo
 #[test]
 fn release_before_removes_whole_segments_below_the_index() {
     let disk = SimDisk::new();
-    let (mut wal, _) = open(&disk, 500).unwrap();
-    let mut all = Vec::new();
-    for b in 0..30u64 {
-        let mut recs = entries(b * 2 + 1..=b * 2 + 2, 1);
-        recs.push(Rec::Hs(format!("hs{b}").into_bytes()));
-        commit(&mut wal, &recs);
-        all.extend(recs);
-    }
+    let (mut wal, all) = thirty_batches(&disk);
     let before = wal.segment_count();
     assert_eq!(wal.release_before(0).unwrap(), 0);
     let removed = wal.release_before(31).unwrap();
