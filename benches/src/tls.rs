@@ -9,13 +9,13 @@ use std::task::{Context, Poll};
 
 use anyhow::{Context as _, Result};
 use hyper_util::rt::TokioIo;
+use keel_proto::io::Coalesced;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
-use crate::coalesce::Coalesced;
 use crate::Cli;
 
 /// Dials one endpoint over TLS.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{client_url, peer_url, Cluster, TestConfig};
 use keel_engine::error::Error;
-use keel_engine::node::{Request, Response};
+use keel_engine::node::{Input, Request, Response};
 use keel_proto::etcdserverpb::{
     MemberAddRequest, MemberListRequest, MemberPromoteRequest, MemberRemoveRequest,
     MemberUpdateRequest,
@@ -71,6 +71,21 @@ fn add(peer: &str, is_learner: bool) -> Request {
         peer_ur_ls: vec![peer.to_string()],
         is_learner,
     })
+}
+
+/// Hands `request` to member `on` as request `token` and lets the cluster settle.
+fn propose(c: &mut Cluster, on: u64, token: u64, request: Request) {
+    c.node_mut(on).step(Input::Request { token, request });
+    c.settle();
+}
+
+/// Every member's table is the same as `reference`'s.
+fn assert_tables_agree(c: &Cluster, reference: u64) {
+    let tables = tables(c);
+    assert!(
+        tables.values().all(|t| *t == tables[&reference]),
+        "tables differ"
+    );
 }
 
 fn added_id(response: Result<Response, Error>) -> u64 {
@@ -137,8 +152,7 @@ fn a_learner_joins_catches_up_is_promoted_and_a_voter_is_removed() {
     c.nodes.remove(&3);
     put(&mut c, "after-remove");
     caught_up(&mut c, &[1, 2, new]);
-    let tables = tables(&c);
-    assert!(tables.values().all(|t| *t == tables[&1]), "tables differ");
+    assert_tables_agree(&c, 1);
     let ids: Vec<u64> = c.nodes[&1]
         .members()
         .members()
@@ -208,8 +222,7 @@ fn bad_membership_requests_get_etcds_errors() {
         on_leader(&mut c, remove(learner)),
         Err(Error::MemberNotFound)
     );
-    let tables = tables(&c);
-    assert!(tables.values().all(|t| *t == tables[&1]), "tables differ");
+    assert_tables_agree(&c, 1);
 }
 
 #[test]
@@ -231,8 +244,7 @@ fn member_update_changes_peer_urls_everywhere() {
         other => panic!("member update: {other:?}"),
     }
     caught_up(&mut c, &[1, 2, 3]);
-    let tables = tables(&c);
-    assert!(tables.values().all(|t| *t == tables[&1]), "tables differ");
+    assert_tables_agree(&c, 1);
 }
 
 #[test]
@@ -276,11 +288,7 @@ fn a_leader_that_removes_itself_hands_over_leadership() {
     put(&mut c, "after-leader-removed");
     let left: Vec<u64> = c.nodes.keys().copied().collect();
     caught_up(&mut c, &left);
-    let tables = tables(&c);
-    assert!(
-        tables.values().all(|t| *t == tables[&left[0]]),
-        "tables differ"
-    );
+    assert_tables_agree(&c, left[0]);
 }
 
 // raft-rs restores only a snapshot whose configuration names the member; the leader's newest
@@ -325,22 +333,13 @@ fn a_member_added_after_the_newest_snapshot_is_sent_one_that_names_it() {
 // real-cluster harness's `member` nemesis hit it: raft.rs `on_persist_entries`).
 #[test]
 fn a_leader_removed_before_its_disk_catches_up_does_not_panic() {
-    use keel_engine::node::Input;
     let mut c = start(&[1, 2, 3]);
     let leader = c.the_leader();
     c.slow_disks.insert(leader);
     let remove = Request::MemberRemove(MemberRemoveRequest { id: leader });
-    c.node_mut(leader).step(Input::Request {
-        token: 9001,
-        request: remove,
-    });
-    c.settle();
+    propose(&mut c, leader, 9001, remove);
     for (token, key) in [(9002, "during-1"), (9003, "during-2")] {
-        c.node_mut(leader).step(Input::Request {
-            token,
-            request: common::put(key, "v"),
-        });
-        c.settle();
+        propose(&mut c, leader, token, common::put(key, "v"));
     }
     // The followers make the removal and the puts a quorum on their own; the leader applies
     // each as its disk reports it, cut off meanwhile, so that it is still leader (its
@@ -370,7 +369,6 @@ fn a_leader_removed_before_its_disk_catches_up_does_not_panic() {
 // cut off; when that voter comes back and acknowledges the put, the put commits.
 #[test]
 fn a_removed_leader_does_not_panic_when_a_later_entry_commits() {
-    use keel_engine::node::Input;
     let mut c = start(&[1, 2, 3]);
     let leader = c.the_leader();
     let others: Vec<u64> = c.nodes.keys().copied().filter(|&id| id != leader).collect();
@@ -378,16 +376,8 @@ fn a_removed_leader_does_not_panic_when_a_later_entry_commits() {
     c.isolated.insert(cut);
     c.slow_disks.insert(leader);
     let remove = Request::MemberRemove(MemberRemoveRequest { id: leader });
-    c.node_mut(leader).step(Input::Request {
-        token: 9001,
-        request: remove,
-    });
-    c.settle();
-    c.node_mut(leader).step(Input::Request {
-        token: 9002,
-        request: common::put("after-removal", "v"),
-    });
-    c.settle();
+    propose(&mut c, leader, 9001, remove);
+    propose(&mut c, leader, 9002, common::put("after-removal", "v"));
     // The leader's disk reports its batches: its own log counts, the removal commits with
     // the target's acknowledgement and is applied; the put waits for a second voter.
     while c.release_persisted(leader) {}

@@ -23,7 +23,9 @@
 //! With the `grpc` feature each service `Foo` has `foo_client::FooClient` and
 //! `foo_server::{Foo, FooServer}`. Every server trait method has a default body that answers
 //! `Unimplemented`, and server-streaming methods return `tonic::codegen::BoxStream<Response>`,
-//! in the tokio build and under `--cfg madsim` alike.
+//! in the tokio build and under `--cfg madsim` alike. In the tokio build the feature also
+//! brings `io::Coalesced`, the write coalescing keel's client port and keel-bench put under
+//! h2.
 
 #![allow(missing_docs)]
 
@@ -86,6 +88,11 @@ pub mod v3electionpb {
 pub mod keelpb {
     generated!("keelpb");
 }
+
+// Write coalescing under h2 (tokio build only); documented inside.
+#[cfg(all(feature = "grpc", not(madsim)))]
+#[deny(missing_docs)]
+pub mod io;
 
 /// The standard gRPC health service (`grpc.health.v1`).
 #[allow(clippy::all, clippy::unwrap_used)]

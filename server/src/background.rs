@@ -31,26 +31,10 @@ where
     #[cfg(not(madsim))]
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // The work goes over only once the thread runs, so a failed start keeps it here.
-        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<W>(1);
-        let spawned = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                lower_priority();
-                if let Ok(work) = work_rx.recv() {
-                    let _ = tx.send(work());
-                }
-            });
-        let sent = match spawned {
-            Ok(_) => work_tx
-                .send(work)
-                .map_err(|std::sync::mpsc::SendError(work)| work),
-            Err(e) => {
-                tracing::warn!(thread = name, error = %e, "no background thread; using the pool");
-                Err(work)
-            }
+        let body = move |work: W| {
+            let _ = tx.send(work());
         };
-        if let Err(work) = sent {
+        if let Err(work) = spawn_niced(name, "using the pool", work, body) {
             return pooled(name, work).await;
         }
         // A panic drops the sender: `rx` then fails.
@@ -108,26 +92,8 @@ where
                 return;
             }
         };
-        // The task goes over only once the thread runs, so a failed start keeps it here.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<F>(1);
-        let spawned = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                lower_priority();
-                if let Ok(task) = rx.recv() {
-                    runtime.block_on(task);
-                }
-            });
-        let sent = match spawned {
-            Ok(_) => tx
-                .send(task)
-                .map_err(|std::sync::mpsc::SendError(task)| task),
-            Err(e) => {
-                tracing::warn!(thread = name, error = %e, "no background thread; running inline");
-                Err(task)
-            }
-        };
-        if let Err(task) = sent {
+        let body = move |task: F| runtime.block_on(task);
+        if let Err(task) = spawn_niced(name, "running inline", task, body) {
             tokio::spawn(task);
         }
     }
@@ -135,6 +101,35 @@ where
     {
         let _ = name;
         tokio::spawn(task);
+    }
+}
+
+/// Starts a thread named `name` at priority [`NICE`] that runs `body(payload)`. The payload
+/// goes over only once the thread runs, so a failed start hands it back (logged as a warning
+/// with `fallback`, what the caller does with it instead).
+#[cfg(not(madsim))]
+fn spawn_niced<P, B>(name: &'static str, fallback: &str, payload: P, body: B) -> Result<(), P>
+where
+    P: Send + 'static,
+    B: FnOnce(P) + Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<P>(1);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            lower_priority();
+            if let Ok(payload) = rx.recv() {
+                body(payload);
+            }
+        });
+    match spawned {
+        Ok(_) => tx
+            .send(payload)
+            .map_err(|std::sync::mpsc::SendError(payload)| payload),
+        Err(e) => {
+            tracing::warn!(thread = name, error = %e, "no background thread; {fallback}");
+            Err(payload)
+        }
     }
 }
 

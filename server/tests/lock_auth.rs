@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use common::{keel_bin, require_on_path, Server, TempDir};
 use etcd_client::{Client, ConnectOptions, Permission, ProclaimOptions};
 
 /// How long a client may take to connect and be answered.
@@ -33,14 +33,7 @@ async fn client(server: &Server, user: Option<(&str, &str)>) -> Result<Client> {
 
 /// The session's outcomes on one server, a line each.
 async fn session(label: &str, program: &Path, dir: &TempDir) -> Result<Vec<String>> {
-    let server = Server::start_etcd_style(
-        label,
-        program,
-        "default",
-        &dir.path().join(format!("{label}.data")),
-        Ports::pick(),
-        &[],
-    )?;
+    let server = Server::start_default(label, program, dir.path(), &[])?;
     let mut admin = client(&server, None).await?;
     // Until the member serves reads, setup calls may fail: wait for one read.
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;

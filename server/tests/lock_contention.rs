@@ -9,29 +9,11 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
-use etcd_client::{Client, LockOptions};
-
-/// A client of `server`, once the server serves linearizable reads.
-async fn connect(server: &Server) -> Result<Client> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut client) = Client::connect([server.endpoint()], None).await {
-            if client.get("probe", None).await.is_ok() {
-                return Ok(client);
-            }
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} never served a read",
-            server.label()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use common::etcd::serving_client;
+use common::{keel_bin, require_on_path, Server, TempDir};
+use etcd_client::LockOptions;
 
 fn lease_opt(lease: i64) -> LockOptions {
     LockOptions::new().with_lease(lease)
@@ -56,7 +38,7 @@ const CLIENTS: usize = 8;
 const ROUNDS: usize = 10;
 
 async fn contend(server: &Server, worker: usize) -> Result<Vec<Holding>> {
-    let mut client = connect(server).await?;
+    let mut client = serving_client(server).await?;
     let lease = client.lease_grant(60, None).await?.id();
     let mut held = Vec::new();
     for round in 0..ROUNDS {
@@ -123,14 +105,7 @@ fn check_exclusion(label: &str, mut held: Vec<Holding>) -> Result<()> {
 
 async fn contention(label: &str, program: &Path) -> Result<()> {
     let dir = TempDir::new("lock-contention")?;
-    let server = Server::start_etcd_style(
-        label,
-        program,
-        "default",
-        &dir.path().join(format!("{label}.data")),
-        Ports::pick(),
-        &[],
-    )?;
+    let server = Server::start_default(label, program, dir.path(), &[])?;
     let server = &server;
     let workers: Vec<_> = (0..CLIENTS).map(|w| contend(server, w)).collect();
     let mut held = Vec::new();
@@ -138,7 +113,7 @@ async fn contention(label: &str, program: &Path) -> Result<()> {
         held.extend(result.with_context(|| label.to_string())?);
     }
     check_exclusion(label, held)?;
-    let mut client = connect(server).await?;
+    let mut client = serving_client(server).await?;
     let counter = client.get("counter", None).await?;
     let last = counter.kvs().first().map(|kv| kv.value().to_vec());
     let expected = (CLIENTS * ROUNDS).to_string().into_bytes();

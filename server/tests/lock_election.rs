@@ -20,7 +20,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use common::etcd::serving_client;
+use common::{keel_bin, require_on_path, Server, TempDir};
 use etcd_client::{
     Client, Error as ClientError, GetOptions, LeaderKey, LockOptions, ProclaimOptions,
     ResignOptions, ResponseHeader,
@@ -38,37 +39,12 @@ struct Target {
 }
 
 async fn start(label: &str, program: &Path, dir: &TempDir) -> Result<Target> {
-    let server = Server::start_etcd_style(
-        label,
-        program,
-        "default",
-        &dir.path().join(format!("{label}.data")),
-        Ports::pick(),
-        &[],
-    )?;
-    let client = connect(&server).await?;
+    let server = Server::start_default(label, program, dir.path(), &[])?;
+    let client = serving_client(&server).await?;
     Ok(Target {
         _server: server,
         client,
     })
-}
-
-/// A client of `server`, once the server serves linearizable reads.
-async fn connect(server: &Server) -> Result<Client> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut client) = Client::connect([server.endpoint()], None).await {
-            if client.get("probe", None).await.is_ok() {
-                return Ok(client);
-            }
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{} never served a read",
-            server.label()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// One server's transcript, with lease ids named in the order they first appear.

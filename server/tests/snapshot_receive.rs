@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,6 @@ use bytes::Bytes;
 use keel_engine::raft_log::{encode_conf_state, encode_message};
 use keel_engine::raftpb::{Message, MessageType};
 use keel_proto::keelpb::peer_client::PeerClient;
-use keel_proto::keelpb::peer_server::PeerServer;
 use keel_proto::keelpb::SnapshotChunk;
 use keel_server::peer::{LocalIdentity, PeerService};
 use keel_storage::snap::SnapDir;
@@ -49,16 +47,7 @@ async fn follower() -> Follower {
     };
     let service = PeerService::new(local, tx, None).with_snapshots(snaps.clone());
     let port = common::free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(PeerServer::new(service))
-            .serve_with_shutdown(addr, async {
-                let _ = stopped.await;
-            }),
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stop = common::peer::serve_peer(service, port).await;
     Follower {
         inbound,
         snaps,

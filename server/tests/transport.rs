@@ -6,12 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_engine::raftpb::{Message, MessageType};
-use keel_proto::keelpb::peer_server::PeerServer;
 use keel_server::peer::transport::PEER_QUEUE_MAX;
 use keel_server::peer::{LocalIdentity, PeerService, Transport};
 use keel_server::SystemClock;
@@ -32,10 +30,9 @@ fn heartbeat(to: u64, term: u64) -> Message {
     }
 }
 
-/// Serves member `me`'s peer service on `addr` until the returned sender is dropped or fired.
-async fn serve(me: u64, addr: SocketAddr) -> (mpsc::Receiver<Message>, oneshot::Sender<()>) {
+/// Serves member `me`'s peer service on `port` until the returned sender is dropped or fired.
+async fn serve(me: u64, port: u16) -> (mpsc::Receiver<Message>, oneshot::Sender<()>) {
     let (inbound, rx) = mpsc::channel(100_000);
-    let (stop, stopped) = oneshot::channel::<()>();
     let service = PeerService::new(
         LocalIdentity {
             member_id: me,
@@ -44,16 +41,7 @@ async fn serve(me: u64, addr: SocketAddr) -> (mpsc::Receiver<Message>, oneshot::
         inbound,
         None,
     );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(PeerServer::new(service))
-            .serve_with_shutdown(addr, async {
-                let _ = stopped.await;
-            }),
-    );
-    // Give the listener a moment to bind.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    (rx, stop)
+    (rx, common::peer::serve_peer(service, port).await)
 }
 
 async fn receive(rx: &mut mpsc::Receiver<Message>, n: usize) -> Vec<u64> {
@@ -66,10 +54,6 @@ async fn receive(rx: &mut mpsc::Receiver<Message>, n: usize) -> Vec<u64> {
         }
     }
     terms
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 fn transport(peers: &[(u64, u16)]) -> Transport {
@@ -91,7 +75,7 @@ fn transport(peers: &[(u64, u16)]) -> Transport {
 #[tokio::test]
 async fn messages_arrive_in_order_and_a_dead_peer_does_not_block_a_live_one() {
     let (b_port, c_port) = (common::free_port(), common::free_port());
-    let (mut b_rx, _b_stop) = serve(B, addr(b_port)).await;
+    let (mut b_rx, _b_stop) = serve(B, b_port).await;
     // Nobody listens on c_port.
     let t = transport(&[(B, b_port), (C, c_port)]);
 
@@ -120,7 +104,7 @@ async fn messages_arrive_in_order_and_a_dead_peer_does_not_block_a_live_one() {
 #[tokio::test]
 async fn a_sender_reconnects_when_its_peer_comes_back() {
     let b_port = common::free_port();
-    let (mut b_rx, stop) = serve(B, addr(b_port)).await;
+    let (mut b_rx, stop) = serve(B, b_port).await;
     let t = transport(&[(B, b_port)]);
     t.send(vec![heartbeat(B, 1)]);
     assert_eq!(receive(&mut b_rx, 1).await, vec![1]);
@@ -136,7 +120,7 @@ async fn a_sender_reconnects_when_its_peer_comes_back() {
     }
 
     // B is back on the same address: raft keeps sending, and messages flow again.
-    let (mut b_rx, _stop) = serve(B, addr(b_port)).await;
+    let (mut b_rx, _stop) = serve(B, b_port).await;
     let mut seen = Vec::new();
     for term in 100..200 {
         t.send(vec![heartbeat(B, term)]);
@@ -158,7 +142,7 @@ async fn a_sender_reconnects_when_its_peer_comes_back() {
 #[tokio::test]
 async fn a_batch_from_another_cluster_is_refused() {
     let b_port = common::free_port();
-    let (mut b_rx, _stop) = serve(B, addr(b_port)).await;
+    let (mut b_rx, _stop) = serve(B, b_port).await;
     let stranger = Transport::start(
         LocalIdentity {
             member_id: A,
@@ -196,7 +180,7 @@ fn snapshot_message(to: u64, data: bytes::Bytes) -> Message {
 #[tokio::test]
 async fn a_snapshot_streams_in_chunks_beside_heartbeats_and_reports_its_outcome() {
     let (b_port, c_port) = (common::free_port(), common::free_port());
-    let (mut b_rx, _stop) = serve(B, addr(b_port)).await;
+    let (mut b_rx, _stop) = serve(B, b_port).await;
     let peers: BTreeMap<u64, String> = [(B, b_port), (C, c_port)]
         .iter()
         .map(|(id, port)| (*id, format!("http://127.0.0.1:{port}")))

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use common::{keel_bin, require_on_path, Server, TempDir};
 use keel_proto::etcdserverpb::kv_client::KvClient;
 use keel_proto::etcdserverpb::request_op::Request as Op;
 use keel_proto::etcdserverpb::watch_client::WatchClient;
@@ -292,16 +292,8 @@ async fn step(t: &mut Target, s: &Step) -> Result<String> {
 async fn diff(other_label: &str, other: &Path) -> Result<()> {
     let etcd = require_on_path("etcd")?;
     let mut dir = TempDir::new("watch-diff")?;
-    let start = |label: &str, program: &Path| {
-        Server::start_etcd_style(
-            label,
-            program,
-            "default",
-            &dir.path().join(format!("{label}.data")),
-            Ports::pick(),
-            &[],
-        )
-    };
+    let start =
+        |label: &str, program: &Path| Server::start_default(label, program, dir.path(), &[]);
     let a = start("etcd", &etcd)?;
     let b = start(other_label, other)?;
     let mut ta = connect(&a).await?;

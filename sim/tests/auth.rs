@@ -9,6 +9,8 @@
 //! seed must replay to the same trace.
 #![cfg(madsim)]
 
+use std::ops::Range;
+
 use keel_engine::bugs::Bug;
 use keel_sim::check::FailureKind;
 use keel_sim::run::{catches, run_seed, Report, SimConfig};
@@ -72,15 +74,51 @@ fn bounded_auth_sweep_passes() {
     );
 }
 
-/// Seeds whose run catches `skip-apply-auth-check` among `seeds`, at most `enough`.
-fn catching(nodes: usize, seeds: std::ops::Range<u64>, enough: usize) -> Vec<u64> {
-    catching_bug(
-        Bug::SkipApplyAuthCheck,
-        FailureKind::AuthServedWithoutPermission,
+/// One sweep of a bug's check: `nodes` members on `seeds`, stopping at `enough` catches; at
+/// least `required` must catch it.
+struct Sweep {
+    nodes: usize,
+    seeds: Range<u64>,
+    enough: usize,
+    required: usize,
+}
+
+fn sweep(nodes: usize, seeds: Range<u64>, enough: usize, required: usize) -> Sweep {
+    Sweep {
         nodes,
         seeds,
         enough,
-    )
+        required,
+    }
+}
+
+/// Runs each sweep with `bug` on; each must catch it as `kind` on its required number of
+/// seeds. The catching seeds, a list per sweep.
+fn bug_is_caught<const N: usize>(bug: Bug, kind: FailureKind, sweeps: [Sweep; N]) -> [Vec<u64>; N] {
+    let caught = sweeps
+        .each_ref()
+        .map(|s| catching_bug(bug, kind, s.nodes, s.seeds.clone(), s.enough));
+    let seen: Vec<String> = sweeps
+        .iter()
+        .zip(&caught)
+        .map(|(s, seeds)| format!("{}-member seeds {seeds:?}", s.nodes))
+        .collect();
+    eprintln!("{} caught by {}", bug.name(), seen.join(", "));
+    for (s, seeds) in sweeps.iter().zip(&caught) {
+        let (n, range) = (s.nodes, &s.seeds);
+        if s.required == 1 {
+            assert!(
+                !seeds.is_empty(),
+                "no {n}-member seed in {range:?} caught it"
+            );
+        } else {
+            assert!(
+                seeds.len() >= s.required,
+                "only {seeds:?} of {n}-member seeds {range:?}"
+            );
+        }
+    }
+    caught
 }
 
 /// Seeds whose run catches `bug` as `kind` among `seeds`, at most `enough`.
@@ -88,7 +126,7 @@ fn catching_bug(
     bug: Bug,
     kind: FailureKind,
     nodes: usize,
-    seeds: std::ops::Range<u64>,
+    seeds: Range<u64>,
     enough: usize,
 ) -> Vec<u64> {
     seeds
@@ -107,15 +145,13 @@ fn catching_bug(
 fn skip_apply_auth_check_is_caught() {
     // Three members: a write that reaches a follower is checked on arrival against the
     // follower's (lagging) auth store. About half of the seeds catch it.
-    let three = catching(3, 0..10, 2);
     // One member: a write must arrive between a change's proposal and its apply (one
     // fsync). 7 of 0..300 at the time of writing (149, 154, 165, 195, 203, 254, 265: since
     // the workload also creates watches and the churn changes passwords, fewer writes meet
     // that window than the 4 of 0..60 before); the search stops at the first.
-    let one = catching(1, 0..200, 1);
-    eprintln!("caught by three-member seeds {three:?}, one-member seeds {one:?}");
-    assert!(!three.is_empty(), "no three-member seed in 0..10 caught it");
-    assert!(!one.is_empty(), "no one-member seed in 0..200 caught it");
+    let kind = FailureKind::AuthServedWithoutPermission;
+    let sweeps = [sweep(3, 0..10, 2, 1), sweep(1, 0..200, 1, 1)];
+    let [three, _one] = bug_is_caught(Bug::SkipApplyAuthCheck, kind, sweeps);
     // The same seeds pass without the bug: the failure is the bug's.
     for seed in three {
         let r = run_seed(&auth(seed, 3));
@@ -136,14 +172,8 @@ fn watch_create_skip_auth_is_caught() {
     // A watch on another user's prefix, created while the user may not read it: 20 of 20
     // one-member seeds and 19 of 20 three-member seeds (0..20) at the time of writing.
     let kind = FailureKind::AuthServedWithoutPermission;
-    let one = catching_bug(Bug::WatchCreateSkipAuth, kind, 1, 0..10, 10);
-    let three = catching_bug(Bug::WatchCreateSkipAuth, kind, 3, 0..6, 6);
-    eprintln!("watch-create-skip-auth caught by one-member seeds {one:?}, three {three:?}");
-    assert!(one.len() >= 8, "only {one:?} of one-member seeds 0..10");
-    assert!(
-        three.len() >= 4,
-        "only {three:?} of three-member seeds 0..6"
-    );
+    let sweeps = [sweep(1, 0..10, 10, 8), sweep(3, 0..6, 6, 4)];
+    bug_is_caught(Bug::WatchCreateSkipAuth, kind, sweeps);
 }
 
 #[test]
@@ -151,11 +181,8 @@ fn keep_tokens_on_password_change_is_caught() {
     // A client keeps using its token after its user's password changed: 12 of 20 one-member
     // seeds and 5 of 20 three-member seeds (0..20) at the time of writing.
     let kind = FailureKind::AuthTokenOutlivedInvalidation;
-    let one = catching_bug(Bug::KeepTokensOnPasswordChange, kind, 1, 0..10, 10);
-    let three = catching_bug(Bug::KeepTokensOnPasswordChange, kind, 3, 0..20, 1);
-    eprintln!("keep-tokens-on-password-change caught by one-member seeds {one:?}, three {three:?}");
-    assert!(one.len() >= 3, "only {one:?} of one-member seeds 0..10");
-    assert!(!three.is_empty(), "no three-member seed in 0..20 caught it");
+    let sweeps = [sweep(1, 0..10, 10, 3), sweep(3, 0..20, 1, 1)];
+    let [one, three] = bug_is_caught(Bug::KeepTokensOnPasswordChange, kind, sweeps);
     // The same seeds pass without the bug: the failure is the bug's.
     let runs = one
         .iter()
@@ -175,14 +202,8 @@ fn lease_revoke_skip_auth_is_caught() {
     // 12, 15, 17, ...) at the time of writing (about the same share as the 29 of 0..100 when
     // the test was written; which seeds catch it moves whenever a trace does).
     let kind = FailureKind::AuthServedWithoutPermission;
-    let one = catching_bug(Bug::LeaseRevokeSkipAuth, kind, 1, 0..10, 3);
-    let three = catching_bug(Bug::LeaseRevokeSkipAuth, kind, 3, 0..20, 2);
-    eprintln!("lease-revoke-skip-auth caught by one-member seeds {one:?}, three {three:?}");
-    assert!(one.len() >= 3, "only {one:?} of one-member seeds 0..10");
-    assert!(
-        three.len() >= 2,
-        "only {three:?} of three-member seeds 0..20"
-    );
+    let sweeps = [sweep(1, 0..10, 3, 3), sweep(3, 0..20, 2, 2)];
+    let [one, _three] = bug_is_caught(Bug::LeaseRevokeSkipAuth, kind, sweeps);
     // Revokes are served and refused in a run without the bug, and the run passes.
     let r = run_seed(&auth(one[0], 1));
     assert!(r.passed(), "{}", r.describe());

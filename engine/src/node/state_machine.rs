@@ -30,22 +30,16 @@ use crate::state_snapshot::{
 };
 use crate::v2::V2Store;
 use crate::watch::{HeaderInfo, WatchHub};
+use bug_flags::BugFlags;
 
 mod auth_apply;
+mod bug_flags;
 mod conf_apply;
 mod v2_apply;
 
 /// Proposals in flight (proposed, not yet applied), at most; etcd bounds the same gap at 5000
 /// entries between commit and apply.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 100_000;
-
-/// A deliberately stale copy of the store: the simulator's `stale-read` bug.
-struct StaleReads {
-    /// The copy is refreshed every this many applied entries.
-    every_applied: u64,
-    applied_since_refresh: u64,
-    copy: Store,
-}
 
 /// The replicated state as of the applied index, and the proposals waiting for it.
 pub(super) struct StateMachine {
@@ -68,26 +62,13 @@ pub(super) struct StateMachine {
     watch_events: Vec<Event>,
     /// The member table changed in the entries being applied.
     members_changed: bool,
-    /// Only ever set by the simulator's `stale-read` bug.
-    stale_reads: Option<StaleReads>,
-    /// Only ever set by the simulator's `commit-without-quorum` bug: entries may be applied
-    /// before raft commits them.
-    applies_ahead: bool,
     /// The quota (`NodeConfig::maintenance`), checked again at apply.
     quota_bytes: Option<u64>,
     /// An entry applied since the last [`StateMachine::take_refused_by_quota`] was refused
     /// for the quota.
     refused_by_quota: bool,
-    /// Only ever set by the simulator's `apply-wrong` bug: the next put at revision 8 or
-    /// later is applied with a changed value.
-    applies_wrongly: bool,
-    /// Only ever set by the simulator's `skip-apply-auth-check` bug: writes are checked
-    /// against the auth store only when they arrive.
-    skips_apply_auth_check: bool,
-    /// Only ever set by the simulator's `keep-tokens-on-password-change` bug.
-    keeps_tokens_on_password_change: bool,
-    /// Only ever set by the simulator's `lease-revoke-skip-auth` bug.
-    skips_lease_revoke_auth: bool,
+    /// The simulator's bugs of the apply path (all off outside simulation builds).
+    bugs: BugFlags,
 }
 
 impl StateMachine {
@@ -108,17 +89,9 @@ impl StateMachine {
             next_proposal_seq: 0,
             watch_events: Vec::new(),
             members_changed: false,
-            stale_reads: None,
-            applies_ahead: false,
             quota_bytes: cfg.maintenance.quota_bytes,
             refused_by_quota: false,
-            applies_wrongly: false,
-            // On from the start, so a replayed entry is applied as it was the first time.
-            skips_apply_auth_check: cfg.bugs.has(crate::bugs::Bug::SkipApplyAuthCheck),
-            keeps_tokens_on_password_change: cfg
-                .bugs
-                .has(crate::bugs::Bug::KeepTokensOnPasswordChange),
-            skips_lease_revoke_auth: cfg.bugs.has(crate::bugs::Bug::LeaseRevokeSkipAuth),
+            bugs: BugFlags::new(cfg.bugs),
         })
     }
 
@@ -162,30 +135,6 @@ impl StateMachine {
     /// Whether an entry was refused for the quota since the last call.
     pub(super) fn take_refused_by_quota(&mut self) -> bool {
         std::mem::take(&mut self.refused_by_quota)
-    }
-
-    /// The `stale-read` bug: linearizable ranges come from a copy of the store refreshed
-    /// every `every_applied` applied entries.
-    pub(super) fn serve_stale_reads(&mut self, every_applied: u64) {
-        assert!(
-            every_applied > 0,
-            "stale copy refresh interval must be positive"
-        );
-        self.stale_reads = Some(StaleReads {
-            every_applied,
-            applied_since_refresh: 0,
-            copy: self.store.clone(),
-        });
-    }
-
-    /// The `apply-wrong` bug: the next put at revision 8 or later is applied wrongly.
-    pub(super) fn apply_wrongly(&mut self) {
-        self.applies_wrongly = true;
-    }
-
-    /// The `commit-without-quorum` bug: entries may be applied ahead of their commit.
-    pub(super) fn apply_ahead(&mut self) {
-        self.applies_ahead = true;
     }
 
     /// A fresh proposal id: never one used before by this run (or, through the incarnation,
@@ -265,8 +214,8 @@ impl StateMachine {
         leading: bool,
         read: Read,
     ) -> Result<Response, Error> {
-        match (&self.stale_reads, read) {
-            (Some(stale), Read::Range(r)) => apply::range(&stale.copy, &r).map(Response::Range),
+        match (self.bugs.stale_copy(), read) {
+            (Some(copy), Read::Range(r)) => apply::range(copy, &r).map(Response::Range),
             (_, read) => self.serve_read(clock, leading, read),
         }
     }
@@ -285,7 +234,7 @@ impl StateMachine {
             return;
         };
         for entry in entries {
-            if self.applies_ahead && entry.index <= self.applied_index {
+            if self.bugs.applies_ahead && entry.index <= self.applied_index {
                 continue; // applied ahead of its commit by the bug
             }
             assert!(
@@ -321,30 +270,6 @@ impl StateMachine {
         }
     }
 
-    /// The `commit-without-quorum` bug: applies entries durable here but not (yet)
-    /// committed. Conf changes wait for their commit.
-    pub(super) fn apply_uncommitted(
-        &mut self,
-        entries: &[Entry],
-        term: u64,
-        clock: Clock,
-        watches: &mut WatchHub,
-        out: &mut Outbox,
-    ) {
-        for entry in entries {
-            if entry.entry_type == EntryType::EntryNormal {
-                self.apply_normal(entry, term, clock, watches, out);
-            }
-            assert!(
-                entry.index == self.applied_index + 1,
-                "applied index must advance by one: applied {}, entry {}",
-                self.applied_index,
-                entry.index
-            );
-            self.applied_index = entry.index; // the stale copy (another bug) is not refreshed
-        }
-    }
-
     fn set_applied(&mut self, index: u64) {
         assert!(
             index > self.applied_index,
@@ -352,13 +277,7 @@ impl StateMachine {
             self.applied_index
         );
         self.applied_index = index;
-        if let Some(stale) = &mut self.stale_reads {
-            stale.applied_since_refresh += 1;
-            if stale.applied_since_refresh >= stale.every_applied {
-                stale.applied_since_refresh = 0;
-                stale.copy = self.store.clone();
-            }
-        }
+        self.bugs.on_applied(&self.store);
     }
 
     /// What watch response headers carry besides the revision.
@@ -436,9 +355,7 @@ impl StateMachine {
         }
         // Checked again at apply, against the auth store of this index: a permission revoked
         // since the request was proposed is honoured (etcd's authApplierV3).
-        let unchecked = self.skips_apply_auth_check
-            || (self.skips_lease_revoke_auth && matches!(body, R::LeaseRevoke(_)));
-        let checked = match unchecked {
+        let checked = match self.bugs.skips_auth_check(&body) {
             false => self.check_write(caller, &body),
             true => Ok(()),
         };
@@ -452,13 +369,8 @@ impl StateMachine {
         let over_quota = crate::node::exceeds_quota(self.quota_bytes, used, &body);
         let result = match body {
             R::Put(mut p) => {
-                if self.applies_wrongly && self.store.current_revision() >= 7 {
-                    // The simulator's `apply-wrong` bug, once.
-                    self.applies_wrongly = false;
-                    let mut value = p.value.to_vec();
-                    value.push(b'!');
-                    p.value = value.into();
-                }
+                let revision = self.store.current_revision();
+                self.bugs.maybe_apply_wrongly(revision, &mut p);
                 apply::put(&mut self.store, &p, &self.leases).map(Response::Put)
             }
             R::DeleteRange(d) => {
@@ -562,10 +474,7 @@ impl StateMachine {
         let old_revision = self.store.current_revision();
         self.store = store;
         watches.desync_all(old_revision + 1);
-        if let Some(stale) = &mut self.stale_reads {
-            stale.copy = self.store.clone();
-            stale.applied_since_refresh = 0;
-        }
+        self.bugs.on_store_replaced(&self.store);
         if leading {
             self.leases
                 .set_leader(true, clock.lease_stamp_ms(), clock.election_timeout_ms());
@@ -578,7 +487,7 @@ impl StateMachine {
     /// which will never be applied here.
     pub(super) fn jump_to(&mut self, index: u64) -> Vec<u64> {
         assert!(
-            index >= self.applied_index || self.applies_ahead,
+            index >= self.applied_index || self.bugs.applies_ahead,
             "a snapshot at {index} would take applied back from {}",
             self.applied_index
         );

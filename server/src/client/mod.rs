@@ -16,8 +16,6 @@ pub mod auth;
 #[cfg(not(madsim))]
 pub mod authority;
 pub mod cluster;
-#[cfg(not(madsim))]
-pub mod coalesce;
 pub mod election;
 #[cfg(not(madsim))]
 pub mod h2conn;

@@ -2,7 +2,14 @@
 //! [`Server`] guard that runs an etcd-compatible server process (keel or real etcd) and kills it on drop.
 //!
 //! Every integration test that includes this module (`mod common;`) uses a different subset of it.
+//! Tokio build only: [`etcd`] (an `etcd-client` connected once a server serves reads) and
+//! [`peer`] (a member's peer service on a loopback port).
 #![allow(dead_code)]
+
+#[cfg(not(madsim))]
+pub mod etcd;
+#[cfg(not(madsim))]
+pub mod peer;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -253,6 +260,18 @@ impl Server {
         args.extend(extra.iter().cloned());
         let log_path = data_dir.with_extension("log");
         Server::start(label, program, &args, ports, &log_path)
+    }
+
+    /// [`Server::start_etcd_style`] as the member `default`, with its data in `DIR/LABEL.data`
+    /// (its log in `DIR/LABEL.log`) and fresh ports.
+    pub fn start_default(
+        label: &str,
+        program: &Path,
+        dir: &Path,
+        extra: &[String],
+    ) -> Result<Server> {
+        let data_dir = dir.join(format!("{label}.data"));
+        Server::start_etcd_style(label, program, "default", &data_dir, Ports::pick(), extra)
     }
 
     /// Waits until the client port accepts TCP connections.

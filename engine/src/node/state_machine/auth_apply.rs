@@ -109,7 +109,7 @@ impl StateMachine {
             R::UserChangePassword(r) => {
                 let hash = r.hashed_password.as_bytes().to_vec().into();
                 a.user_change_password(&r.name, hash).map(|()| {
-                    if !self.keeps_tokens_on_password_change {
+                    if !self.bugs.keeps_tokens_on_password_change {
                         self.tokens.invalidate_user(&r.name);
                     }
                     Response::UserChangePassword(AuthUserChangePasswordResponse::default())

@@ -1,23 +1,19 @@
-//! Write coalescing for client connections (tokio build only): the responses that become
-//! ready in one scheduler round leave in one write.
+//! Write coalescing under h2 (the `grpc` feature, tokio build only): the frames h2 writes in
+//! one scheduler round leave in one write.
 //!
-//! A batch of puts is answered at once when its fsync is done: the driver loop wakes one task
-//! per request, each hands its response to its connection, and tokio runs a woken connection
-//! task right after the task that woke it (its LIFO slot). So h2 wrote and flushed every
-//! response on its own, one `writev` (and, over TLS, one record) per response. Measured
-//! (benches/README.md, "Coalesced writes"): 0.92 writes per put with 100 clients on 10
-//! connections.
+//! h2 writes and flushes each message's frames as soon as they are ready, so every response
+//! (on keel's client port) or request (in keel-bench's load generator) became one `writev`
+//! of its own, and over TLS one record of its own, even when many were ready at once.
 //!
 //! [`Coalesced`] takes h2's writes into a buffer and, when h2 flushes, first lets the other
-//! tasks already waiting to run go ahead (it wakes itself and answers `Pending` once): the
-//! responses they hand to the same connection join the buffer, and the next flush writes them
-//! all. A connection with nothing else to run is flushed one scheduler turn later; nothing is
-//! held back by time. Reads pass straight through.
+//! tasks already waiting to run go ahead (it wakes itself and answers `Pending` once): what
+//! they hand to the same connection joins the buffer, and the next flush writes it all. A
+//! connection with nothing else to run is flushed one scheduler turn later; nothing is held
+//! back by time. A full buffer ([`WRITE_BUFFER_BYTES_MAX`]) is written without waiting for a
+//! flush, so large messages stream through. Reads pass straight through.
 //!
-//! The request streams now run on their connection's task ([`super::h2conn`]), which takes a
-//! wake of the connection during its own poll as "poll the connection again": the deferred
-//! flush then waits for one more pass over the connection's ready streams, whose answers
-//! join the buffer, rather than for a scheduler turn.
+//! Users: keel's client port (`server/src/client/listener.rs`, always on) and keel-bench's
+//! connectors (`benches/src/coalesce.rs`, off with `--no-coalesce`).
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +22,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes buffered at most before a write goes to the connection without waiting for a flush
-/// (large responses stream through rather than pile up).
+/// (large messages stream through rather than pile up).
 pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024;
 
 /// An I/O stream whose writes are gathered until a flush, which is deferred by one scheduler
@@ -38,16 +34,19 @@ pub struct Coalesced<T> {
     sent: usize,
     /// Whether the current flush already let the other tasks run once.
     deferred: bool,
+    /// Off: every write goes straight to the connection, as tonic's own connector does.
+    enabled: bool,
 }
 
 impl<T> Coalesced<T> {
-    /// Wraps a client connection.
-    pub fn new(inner: T) -> Self {
+    /// Wraps a connection; `enabled: false` passes writes straight through.
+    pub fn new(inner: T, enabled: bool) -> Self {
         Coalesced {
             inner,
             buf: Vec::new(),
             sent: 0,
             deferred: false,
+            enabled,
         }
     }
 
@@ -98,6 +97,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if !this.enabled {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
         ready!(this.poll_room(cx))?;
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -109,6 +111,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if !this.enabled {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
         ready!(this.poll_room(cx))?;
         let mut n = 0;
         for b in bufs {
@@ -118,14 +123,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         Poll::Ready(Ok(n))
     }
 
+    /// Buffered writes take slices cheaply; passed through, they are as vectored as the
+    /// connection.
     fn is_write_vectored(&self) -> bool {
-        true
+        self.enabled || self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending() > 0 && !this.deferred {
-            // Let the tasks already waiting run first; what they answer on this connection
+            // Let the tasks already waiting run first; what they write on this connection
             // joins the buffer. Waking ourselves puts this task behind them (tokio schedules
             // a task woken while it runs as a yield, not in the LIFO slot).
             this.deferred = true;
@@ -153,7 +160,7 @@ mod tests {
     #[tokio::test]
     async fn writes_wait_for_the_flush_then_leave_together() {
         let (client, mut server) = tokio::io::duplex(1 << 20);
-        let mut c = Coalesced::new(client);
+        let mut c = Coalesced::new(client, true);
         c.write_all(b"one ").await.expect("buffered");
         c.write_all(b"two").await.expect("buffered");
         let mut seen = [0u8; 7];
@@ -171,7 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_buffer_is_sent_without_a_flush_and_shutdown_sends_the_rest() {
         let (client, mut server) = tokio::io::duplex(1 << 20);
-        let mut c = Coalesced::new(client);
+        let mut c = Coalesced::new(client, true);
         let big = vec![7u8; WRITE_BUFFER_BYTES_MAX + 10];
         c.write_all(&big).await.expect("buffered");
         c.write_all(b"tail")
@@ -179,10 +186,23 @@ mod tests {
             .expect("the full buffer went out first");
         let mut first = vec![0u8; big.len()];
         server.read_exact(&mut first).await.expect("sent unflushed");
-        assert_eq!(first, big);
+        assert_eq!(first, big, "the full buffer, unflushed");
         c.shutdown().await.expect("shut down");
         let mut rest = Vec::new();
         server.read_to_end(&mut rest).await.expect("read");
         assert_eq!(rest, b"tail", "shutdown sends what is buffered");
+    }
+
+    #[tokio::test]
+    async fn disabled_writes_go_straight_through() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut c = Coalesced::new(client, false);
+        c.write_all(b"now").await.expect("written");
+        let mut seen = [0u8; 3];
+        server
+            .read_exact(&mut seen)
+            .await
+            .expect("read without a flush");
+        assert_eq!(&seen, b"now", "the write, unbuffered");
     }
 }
