@@ -102,6 +102,18 @@ stop_all() {
   PIDS=()
 }
 
+# cleanup_on_exit: on exit, stops every server started (stop_all) and removes $WORK unless
+# KEEP=1; an interrupt or TERM exits with 130 (through the same clean-up).
+cleanup_on_exit() {
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+  stop_all
+  if [[ "${KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+
 # run_load OUT_PREFIX ARGS...: runs keel-bench with a deadline, keeps the full report in
 # OUT_PREFIX.out and the RESULT line (or "RESULT failed") in OUT_PREFIX.result.
 run_load() {

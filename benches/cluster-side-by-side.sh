@@ -33,12 +33,7 @@ WORK=$(mktemp -d "$TARGET_DIR/cluster-side-by-side.XXXXXX")
 # shellcheck source=benches/bench-lib.sh
 source "$ROOT/benches/bench-lib.sh"
 
-cleanup() {
-  stop_all
-  if [[ "${KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit
 
 LOADS=(put-1 put-100 put-1000 range-l-100 range-s-100)
 

@@ -45,12 +45,7 @@ WORK=$(mktemp -d /tmp/keel-scale.XXXXXX)
 # shellcheck source=bench-lib.sh
 source "$ROOT/benches/bench-lib.sh"
 
-cleanup() {
-  stop_all
-  if [[ "${KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit
 
 LOADS=(bulk put range-l)
 SCALARS=(rss_mib disk_mib restart_s)

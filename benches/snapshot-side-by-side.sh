@@ -41,12 +41,7 @@ WORK=$(mktemp -d /tmp/keel-snapshot.XXXXXX)
 # shellcheck source=bench-lib.sh
 source "$ROOT/benches/bench-lib.sh"
 
-cleanup() {
-  stop_all
-  if [[ "${KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit
 
 LOADS=(bulk put-alone put-during)
 CHUNK_METRICS=(chunks p99_ms p999_ms errors)

@@ -33,12 +33,7 @@ WORK=$(mktemp -d "$TARGET_DIR/watch-side-by-side.XXXXXX")
 # shellcheck source=benches/bench-lib.sh
 source "$ROOT/benches/bench-lib.sh"
 
-cleanup() {
-  stop_all
-  if [[ "${KEEP:-0}" == 1 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+cleanup_on_exit
 
 LOADS=(watch-10k watch-10k-burst watch-100k lease-ka mem-100k)
 if [[ "$MEM_1M" == 1 ]]; then LOADS+=(mem-1m); fi
