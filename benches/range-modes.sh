@@ -12,6 +12,10 @@
 #   wake            futex wakes (FUTEX_WAKE_PRIVATE, op 129), both kinds
 #   epoll, send, recv, write, writev, cs   epoll_wait, sendto, recvfrom, write, writev calls
 #                   (TLS responses leave by write) and context switches
+#   mig             CPU migrations of the server's threads
+#   threads         how the server's CPU split over its threads during the load, in %, busiest
+#                   first (threads under 1 % left out): the two busiest are the tokio workers
+#                   (tokio names its blocking threads, the WAL writer's among them, alike)
 #   reads/round     linearizable reads per ReadIndex round (keel_server_linearizable_reads_total
 #                   over keel_server_read_index_rounds_total, from /metrics)
 #   req/turn        ranges per driver-loop turn (keel_driver_turns_total)
@@ -100,6 +104,25 @@ if [[ $MODE == auth || $MODE == auth+tls ]]; then
 fi
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
+# thread_ticks: one line per server thread, "TID NS": its time on a CPU (schedstat), in ns.
+thread_ticks() {
+  local t
+  for t in /proc/"$SERVER_PID"/task/*; do
+    awk -v tid="${t##*/}" '{ print tid, $1 }' "$t/schedstat" 2>/dev/null || true
+  done
+}
+# thread_split BEFORE AFTER: the threads' shares of the server's CPU between two thread_ticks,
+# busiest first, those of 1 % or more: "62/36/1".
+thread_split() {
+  awk 'NR == FNR { t0[$1] = $2; next }
+    { d = $2 - t0[$1]; total += d; w[++n] = d }
+    END {
+      if (total <= 0) { print "-"; exit }
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (w[j] > w[i]) { x = w[i]; w[i] = w[j]; w[j] = x }
+      for (i = 1; i <= n && 100 * w[i] / total >= 0.5; i++) s = s (i > 1 ? "/" : "") sprintf("%.0f", 100 * w[i] / total)
+      print s
+    }' <(echo "$1") <(echo "$2")
+}
 # The whole machine's busy ticks, all cores (user, nice, system, irq, softirq, steal).
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 
@@ -149,16 +172,19 @@ ranges() {
       -e syscalls:sys_enter_futex --filter 'op == 129' \
       -e syscalls:sys_enter_epoll_wait,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom \
       -e syscalls:sys_enter_write,syscalls:sys_enter_writev \
-      -e context-switches -p "$SERVER_PID" &
+      -e context-switches -e cpu-migrations -p "$SERVER_PID" &
     perf_pid=$!
     sleep 0.3
   fi
+  local threads0 threads1
+  threads0=$(thread_ticks)
   load "$TOTAL" "${RANGE_ARGS[@]}"
+  threads1=$(thread_ticks)
   if [[ -n $perf_pid ]]; then
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
     counts=$(awk -F, -v t="$TOTAL" '
-      BEGIN { split("lockwait park wake epoll send recv write writev cs", name, " ") }
+      BEGIN { split("lockwait park wake epoll send recv write writev cs mig", name, " ") }
       /^[0-9]/ { i++; printf "%s=%.3f ", name[i], $1 / t }' "$WORK/perf.out")
   fi
   sleep 0.3 # the node's counts reach /metrics on the next tick
@@ -166,8 +192,9 @@ ranges() {
   reads=$(($(metric keel_server_linearizable_reads_total) - reads0))
   rounds=$(($(metric keel_server_read_index_rounds_total) - rounds0))
   turns=$(($(metric keel_driver_turns_total) - turns0))
-  printf '%-5s %-4s %-10s rps=%-6s cpu_us=%-3s others=%-3s %s reads/round=%s req/turn=%s\n' \
+  printf '%-5s %-4s %-10s rps=%-6s cpu_us=%-3s others=%-3s %s threads=%s reads/round=%s req/turn=%s\n' \
     "$ROUND" "$MODE" "$label" "$RPS" "$CPU_US" "$OTHERS%" "$counts" \
+    "$(thread_split "$threads0" "$threads1")" \
     "$(awk -v a="$reads" -v b="$rounds" 'BEGIN { printf (b ? "%.2f" : "-"), a / b }')" \
     "$(awk -v a="$TOTAL" -v b="$turns" 'BEGIN { printf (b ? "%.2f" : "-"), a / b }')"
 }

@@ -144,6 +144,48 @@ fn many_reads_share_a_read_index_round_and_all_are_answered() {
     );
 }
 
+// The driver steps the requests of one loop turn together: their linearizable reads share
+// one ReadIndex round, even on one member (whose leader confirms a round at once), and each
+// is answered as if stepped alone.
+#[test]
+fn requests_stepped_together_share_one_read_index_round() {
+    let mut c = start(6, Disk::default());
+    assert!(request(&mut c, 1, put("k", "v")).is_ok());
+    let before = c.node(MEMBER).gauges();
+    let reads: Vec<Input> = (10..15)
+        .map(|token| Input::Request {
+            token,
+            request: get("k", false),
+        })
+        .collect();
+    c.node_mut(MEMBER).step_requests(reads);
+    let outputs = c.node_mut(MEMBER).take_outputs();
+    let answered: Vec<u64> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Reply {
+                token,
+                result: Ok(r),
+            } if value(Ok(r.clone())) == Some(b"v".to_vec()) => Some(*token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        (10..15).collect::<Vec<_>>(),
+        "every read answered with the value, in order, in the same step: {outputs:?}"
+    );
+    let after = c.node(MEMBER).gauges();
+    assert_eq!(
+        (
+            after.linearizable_reads - before.linearizable_reads,
+            after.read_index_rounds - before.read_index_rounds
+        ),
+        (5, 1),
+        "five reads, one round"
+    );
+}
+
 #[test]
 fn a_restarted_member_recovers_every_acknowledged_write_from_its_log() {
     let mut c = start(4, Disk::default());

@@ -311,9 +311,18 @@ impl Node {
     /// Feeds one input; outputs accumulate until [`Node::take_outputs`].
     pub fn step(&mut self, input: Input) {
         // A store decoded for a snapshot lives until that `MsgSnapshot` is stepped: installed
-        // (in `drive`, below) or refused, it goes.
+        // (in `drive`, via `settle`) or refused, it goes.
         let snapshot_stepped = matches!(&input, Input::Peer(m)
             if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot);
+        self.feed(input);
+        self.settle();
+        if snapshot_stepped {
+            self.predecoded = None;
+        }
+    }
+
+    /// Takes one input in, without handling what raft makes of it yet (see `settle`).
+    fn feed(&mut self, input: Input) {
         match input {
             Input::Tick => self.on_tick(),
             Input::Watch(w) => {
@@ -345,11 +354,16 @@ impl Node {
             Input::DiskFull { full } => self.on_disk_full(full),
             Input::Defragment => self.snapshots.force(self.sm.applied_index()),
         }
+    }
+
+    /// After inputs are fed: starts a ReadIndex round for the reads they brought, handles
+    /// every raft Ready, and what follows from it.
+    fn settle(&mut self) {
+        if self.reads.take_pushed() {
+            self.start_read_round();
+        }
         self.core.enforce_election_timeout();
         self.drive();
-        if snapshot_stepped {
-            self.predecoded = None;
-        }
         if !self.transfers.is_empty() {
             let done = self
                 .transfers

@@ -39,6 +39,8 @@ pub(super) struct ReadQueue {
     reads_total: u64,
     /// Rounds started since the node started, retries included (for the metrics).
     rounds_total: u64,
+    /// Whether reads were pushed since [`ReadQueue::take_pushed`] last looked.
+    pushed: bool,
 }
 
 impl ReadQueue {
@@ -54,6 +56,7 @@ impl ReadQueue {
             confirmed: VecDeque::new(),
             reads_total: 0,
             rounds_total: 0,
+            pushed: false,
         }
     }
 
@@ -61,6 +64,13 @@ impl ReadQueue {
     pub(super) fn push(&mut self, token: u64, read: Read) {
         self.next.push((token, read));
         self.reads_total += 1;
+        self.pushed = true;
+    }
+
+    /// Whether reads were pushed since the last call: the node then starts a round for them
+    /// once the inputs that arrived together are all in (see `Node::step_requests`).
+    pub(super) fn take_pushed(&mut self) -> bool {
+        std::mem::take(&mut self.pushed)
     }
 
     /// Reads queued and rounds started since the node started: their ratio is how many reads

@@ -5,7 +5,7 @@ use keel_proto::etcdserverpb::{AlarmType, LeaseRevokeRequest, WatchCreateRequest
 use keel_proto::keelpb::{raft_request, AuthHeader, RaftRequest};
 use prost::Message as _;
 
-use super::Node;
+use super::{Input, Node};
 use crate::alarm;
 use crate::auth::{Credential, Perm};
 use crate::bugs::Bug;
@@ -14,6 +14,28 @@ use crate::request::{Admin, Read, Request, Route};
 use crate::watch::WatchInput;
 
 impl Node {
+    /// Feeds client requests that arrived together (the driver's commands of one turn): as
+    /// stepping each in turn, except that raft's Ready is handled once, after all of them, so
+    /// their linearizable reads share one ReadIndex round and their writes one persist batch.
+    /// Any other input among them is stepped on its own, after the requests before it.
+    pub fn step_requests(&mut self, inputs: Vec<Input>) {
+        let mut fed = false;
+        for input in inputs {
+            if matches!(input, Input::Request { .. } | Input::AuthRequest { .. }) {
+                self.feed(input);
+                fed = true;
+            } else {
+                if std::mem::take(&mut fed) {
+                    self.settle();
+                }
+                self.step(input);
+            }
+        }
+        if fed {
+            self.settle();
+        }
+    }
+
     /// A client request with its caller: resolves the token (etcd's `AuthInfoFromCtx`),
     /// remembers the caller for the checks, and routes the request.
     pub(super) fn on_auth_request(
@@ -153,10 +175,8 @@ impl Node {
                     self.reply(token, Err(Error::NoLeader));
                 }
             }
-            Route::Read { read, .. } => {
-                self.reads.push(token, read);
-                self.start_read_round();
-            }
+            // The round starts once the inputs that arrived with this one are in (`settle`).
+            Route::Read { read, .. } => self.reads.push(token, read),
             Route::Write(body) => self.propose(token, body),
             Route::Admin(Admin::MemberAdd(r)) => self.member_add(token, r),
             Route::Admin(Admin::MemberRemove(r)) => self.member_remove(token, r.id),

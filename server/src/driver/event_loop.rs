@@ -186,13 +186,15 @@ impl DriverLoop {
                     let Some(command) = command else {
                         return DriverError::Task("all handles dropped".into());
                     };
-                    self.on_command(command);
+                    let mut requests = Vec::new();
+                    self.on_command(command, &mut requests);
                     for _ in 1..COMMANDS_PER_TURN_MAX {
                         match commands.try_recv() {
-                            Ok(command) => self.on_command(command),
+                            Ok(command) => self.on_command(command, &mut requests),
                             Err(_) => break,
                         }
                     }
+                    self.step_requests(&mut requests);
                 }
             }
             self.dispatch();
@@ -232,7 +234,20 @@ impl DriverLoop {
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    /// Steps the client requests gathered from the commands of this turn together: their
+    /// linearizable reads share one ReadIndex round (`Node::step_requests`).
+    fn step_requests(&mut self, requests: &mut Vec<Input>) {
+        if !requests.is_empty() {
+            self.node.step_requests(std::mem::take(requests));
+        }
+    }
+
+    /// Takes one command: a client request joins `requests` (stepped with the others of the
+    /// turn); any other command is handled now, after the requests before it.
+    fn on_command(&mut self, command: Command, requests: &mut Vec<Input>) {
+        if !matches!(command, Command::Request { .. }) {
+            self.step_requests(requests);
+        }
         match command {
             Command::Request {
                 request,
@@ -242,7 +257,7 @@ impl DriverLoop {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.replies.insert(token, reply);
-                self.node.step(match client {
+                requests.push(match client {
                     None => Input::Request { token, request },
                     Some(auth_token) => Input::AuthRequest {
                         token,
