@@ -57,11 +57,7 @@ pub async fn run(cli: &Cli, args: &CatchUpArgs) -> anyhow::Result<Duration> {
 
 /// A channel to `endpoint` that connects on first use and again after a failure.
 fn lazy_channel(endpoint: &str) -> anyhow::Result<Channel> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
+    let uri = crate::load::endpoint_uri(endpoint);
     if uri.starts_with("https://") {
         bail!("catch-up polls plain http endpoints only: {endpoint}");
     }

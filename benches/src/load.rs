@@ -184,16 +184,21 @@ async fn login(
     Ok(Some(token.parse().context("a token is ASCII")?))
 }
 
+/// `endpoint` as a URI: `host:port` means `http://host:port`.
+pub fn endpoint_uri(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// Opens `count` channels, spreading them over the endpoints round-robin.
 pub async fn connect(cli: &Cli, count: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(count);
     for conn_index in 0..count {
         let endpoint = &cli.endpoints[conn_index % cli.endpoints.len()];
-        let uri = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
+        let uri = endpoint_uri(endpoint);
         let tls = uri
             .strip_prefix("https://")
             .map(|rest| format!("http://{rest}"));
