@@ -13,7 +13,7 @@ pub mod sim_disk;
 pub mod snap;
 pub mod wal;
 
-pub use disk::{is_no_space, Disk, DiskFile, IoOp, OsDisk};
+pub use disk::{is_no_space, Disk, DiskFile, IoOp, OsDisk, REMOVE_STEP};
 pub use sim_disk::SimDisk;
 pub use snap::{SnapCorruption, SnapDir, SnapError};
 pub use wal::{

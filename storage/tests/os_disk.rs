@@ -173,3 +173,64 @@ fn os_disk_write_back_in_steps_keeps_every_byte() {
     g.sync().unwrap();
     assert_eq!(disk.read(&path).unwrap()[10], b'x');
 }
+
+/// A file of `len` bytes at `path` whose byte `i` is `i * 7 % 251`, so any lost or moved
+/// range shows.
+fn patterned(path: &std::path::Path, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+#[test]
+fn os_disk_remove_frees_big_files_in_steps_but_never_under_a_mapping_or_another_name() {
+    let tmp = TempDir::new("remove");
+    std::fs::create_dir_all(&tmp.0).unwrap();
+    let disk = OsDisk::new();
+    let len = (3 * keel_storage::REMOVE_STEP + 12345) as usize;
+
+    // Unmapped, one name: removed (its blocks freed in steps, which nothing can observe but
+    // the free space).
+    let plain = tmp.0.join("plain");
+    patterned(&plain, len);
+    disk.remove(&plain).unwrap();
+    assert!(!plain.exists());
+    assert_eq!(
+        disk.remove(&plain).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+
+    // Mapped: the mapping keeps every byte after the removal (a shrunk file would fault).
+    let mapped = tmp.0.join("mapped");
+    let want = patterned(&mapped, len);
+    let bytes = disk.read_shared(&mapped).unwrap();
+    disk.remove(&mapped).unwrap();
+    assert!(!mapped.exists());
+    assert_eq!(bytes.len(), len);
+    assert!(
+        bytes[..] == want[..],
+        "a mapped file was shrunk by its removal"
+    );
+    drop(bytes);
+
+    // Another name: the file lives on whole under it.
+    let first = tmp.0.join("first");
+    let second = tmp.0.join("second");
+    let want = patterned(&first, len);
+    std::fs::hard_link(&first, &second).unwrap();
+    disk.remove(&first).unwrap();
+    assert!(!first.exists());
+    assert!(
+        std::fs::read(&second).unwrap() == want,
+        "a linked file was shrunk"
+    );
+
+    // A file that cannot be opened for writing is still removed.
+    let read_only = tmp.0.join("read-only");
+    patterned(&read_only, len);
+    let mut perms = std::fs::metadata(&read_only).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&read_only, perms).unwrap();
+    disk.remove(&read_only).unwrap();
+    assert!(!read_only.exists());
+}
