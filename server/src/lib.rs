@@ -164,20 +164,35 @@ async fn serve_peers(
         addr: addr.to_string(),
         reason: e.to_string(),
     };
-    let router = tonic::transport::Server::builder()
-        .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service));
     #[cfg(not(madsim))]
-    if let Some(tls) = tls {
+    {
+        // Two lanes (`peer::lanes`): snapshot transfers are served on a background thread.
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| serve_error(&e))?;
-        let incoming = tls::stream::incoming(listener, tls);
-        return router
-            .serve_with_incoming(incoming)
-            .await
-            .map_err(|e| serve_error(&e));
+        let (accept, lanes) = peer::lanes::sort(listener, tls);
+        let snapshots = tonic::transport::Server::builder().add_service(
+            keel_proto::keelpb::peer_server::PeerServer::new(service.clone()),
+        );
+        // Ends when the accept loop is dropped (its lane closes), with this future.
+        background::spawn("keel-snapserve", async move {
+            if let Err(e) = snapshots.serve_with_incoming(lanes.snapshots).await {
+                tracing::error!(error = %e, "the snapshot lane stopped");
+            }
+        });
+        let router = tonic::transport::Server::builder()
+            .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service));
+        tokio::select! {
+            served = router.serve_with_incoming(lanes.raft) => served.map_err(|e| serve_error(&e)),
+            () = accept => Err(serve_error(&"the accept loop ended")),
+        }
     }
-    router.serve(addr).await.map_err(|e| serve_error(&e))
+    #[cfg(madsim)]
+    {
+        let router = tonic::transport::Server::builder()
+            .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service));
+        router.serve(addr).await.map_err(|e| serve_error(&e))
+    }
 }
 
 /// Runs a keel member until it fails. Never returns `Ok` on its own: the caller stops it by

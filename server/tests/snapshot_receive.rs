@@ -219,3 +219,64 @@ async fn a_damaged_short_or_long_transfer_is_refused_and_leaves_no_file() {
         "the retry's data arrives whole"
     );
 }
+
+/// A receiver with one lane (an older member: its peer port takes only HTTP/2) refuses the
+/// snapshot lane's preface; the sender then tries it without, and the transfer lands.
+#[tokio::test]
+async fn a_receiver_without_a_snapshot_lane_gets_the_next_attempt_without_the_preface() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use keel_engine::node::Input;
+    use keel_server::peer::link::Dialer;
+    use keel_server::peer::snapshot::send_snapshot;
+
+    let mut f = follower().await;
+    let data = data(3 * CHUNK + 17);
+    let mut message = snapshot_message();
+    message.mut_snapshot().data = data.clone();
+    let leader = LocalIdentity {
+        member_id: LEADER,
+        cluster_id: CLUSTER,
+    };
+    let lane = Arc::new(AtomicBool::new(true));
+    let (reports, mut outcomes) = mpsc::unbounded_channel();
+    let attempt = |lane: &Arc<AtomicBool>| {
+        send_snapshot(
+            leader,
+            Dialer::default(),
+            f.url.clone(),
+            message.clone(),
+            reports.clone(),
+            Arc::clone(lane),
+        )
+    };
+
+    attempt(&lane).await;
+    match outcomes.try_recv() {
+        Ok(Input::SnapshotStatus { to, ok }) => {
+            assert_eq!(to, FOLLOWER);
+            assert!(!ok, "a one-lane receiver cannot read the preface");
+        }
+        _ => panic!("one outcome reported"),
+    }
+    assert!(
+        !lane.load(Ordering::Relaxed),
+        "the next attempt goes without it"
+    );
+    assert!(f.inbound.try_recv().is_err(), "nothing reached the node");
+
+    attempt(&lane).await;
+    match outcomes.try_recv() {
+        Ok(Input::SnapshotStatus { ok, .. }) => assert!(ok, "the plain attempt lands"),
+        _ => panic!("one outcome reported"),
+    }
+    assert!(
+        !lane.load(Ordering::Relaxed),
+        "a success keeps the way that worked"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(10), f.inbound.recv())
+        .await
+        .expect("in time")
+        .expect("a message");
+    assert!(m.get_snapshot().data == data, "the data arrives whole");
+}

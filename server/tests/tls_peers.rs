@@ -1,7 +1,9 @@
 //! Peer TLS with real processes: a 3-member cluster whose peer URLs are `https://`, with
 //! `--peer-client-cert-auth`, elects, replicates and survives killing its leader; a fourth
 //! process with a self-signed certificate (`--peer-auto-tls`) is refused at the handshake,
-//! before any raft message is read, and the cluster does not notice it.
+//! before any raft message is read, and the cluster does not notice it. The killed leader,
+//! restarted after the others moved past what they keep for followers, catches up through a
+//! snapshot streamed over peer TLS (on the receiver's snapshot lane).
 
 // Real processes on real sockets, and TLS (which the madsim build has not): tokio build only.
 #![cfg(not(madsim))]
@@ -14,7 +16,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use common::{keel_bin, require_on_path, Ports, Server, TempDir};
+use keel_proto::etcdserverpb::kv_client::KvClient;
+use keel_proto::etcdserverpb::PutRequest;
 use tls_common::{eventually, Ca};
+
+/// Applied entries between snapshots (the others keep about this many for followers).
+const SNAPSHOT_COUNT: u64 = 100;
 
 fn peer_url(ports: Ports) -> String {
     format!("https://127.0.0.1:{}", ports.peer)
@@ -64,6 +71,7 @@ fn a_cluster_on_peer_tls_replicates_survives_its_leader_and_refuses_a_rogue_peer
         .map(|i| format!("n{i}={}", peer_url(ports[i])))
         .collect();
     let mut members = Vec::new();
+    let mut member_args = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let leaf = ca.issue(&format!("peer{i}"), &format!("n{i}"))?;
         let args = vec![
@@ -78,6 +86,8 @@ fn a_cluster_on_peer_tls_replicates_survives_its_leader_and_refuses_a_rogue_peer
             format!("--peer-key-file={}", leaf.key.display()),
             format!("--peer-trusted-ca-file={}", ca.cert_path.display()),
             "--peer-client-cert-auth".to_string(),
+            format!("--snapshot-count={SNAPSHOT_COUNT}"),
+            "--snapshot-log-percent=0".to_string(),
         ];
         let log = dir.path().join(format!("n{i}.log"));
         members.push(Server::spawn(
@@ -87,6 +97,7 @@ fn a_cluster_on_peer_tls_replicates_survives_its_leader_and_refuses_a_rogue_peer
             *p,
             &log,
         )?);
+        member_args.push(args);
     }
     let mut members: Vec<Server> = members
         .into_iter()
@@ -159,5 +170,44 @@ fn a_cluster_on_peer_tls_replicates_survives_its_leader_and_refuses_a_rogue_peer
         Ok(got)
     })?;
     assert_eq!(got, "k\nv2\n", "replicated after the leader died");
+
+    // Move the other two well past the entries they keep for followers, then restart the
+    // old leader: it can only catch up through a snapshot, sent over peer TLS.
+    let writes = 4 * SNAPSHOT_COUNT;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let mut kv = KvClient::connect(alive[0].clone()).await?;
+        for i in 0..writes {
+            kv.put(PutRequest {
+                key: format!("bulk/{i:04}").into_bytes().into(),
+                value: b"x".to_vec().into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let log = dir.path().join(format!("n{victim}-restarted.log"));
+    let restarted = Server::spawn(
+        &format!("n{victim}"),
+        &keel_bin(),
+        &member_args[victim],
+        ports[victim],
+        &log,
+    )?
+    .wait_ready(common::START_TIMEOUT)?;
+    let last = format!("bulk/{:04}", writes - 1);
+    eventually(Duration::from_secs(20), || {
+        let got = etcdctl(&eps[victim], &["get", &last, "--consistency=s"])?;
+        anyhow::ensure!(got == format!("{last}\nx\n"), "not yet: {got:?}");
+        Ok(())
+    })
+    .context("the restarted member caught up")?;
+    let text = restarted.log_tail(2_000_000);
+    assert!(
+        text.contains("installed the leader's snapshot"),
+        "the restarted member caught up without a snapshot; its log: {}",
+        log.display()
+    );
     Ok(())
 }

@@ -41,12 +41,53 @@ impl Dialer {
         endpoint.connect().await.map_err(|e| e.to_string())
     }
 
+    /// Connects for one snapshot transfer, as [`Dialer::connect`] does, but opens the
+    /// connection with `crate::peer::lanes::SNAPSHOT_PREFACE`, so that the receiver serves
+    /// it on its snapshot lane, below its write path's priority. (Under madsim: a plain
+    /// connection, as the simulator's peer port has one lane.)
+    pub async fn connect_snapshot(
+        &self,
+        url: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Channel, String> {
+        #[cfg(not(madsim))]
+        {
+            let preface: &'static [u8] = super::lanes::SNAPSHOT_PREFACE;
+            if let Some(rest) = url.strip_prefix("https://") {
+                return self
+                    .connect_tls_with(url, rest, timeout, Some(preface))
+                    .await;
+            }
+            let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
+            if let Some(timeout) = timeout {
+                endpoint = endpoint.connect_timeout(timeout);
+            }
+            endpoint
+                .connect_with_connector(PrefacedConnector { preface })
+                .await
+                .map_err(|e| error_chain(&e))
+        }
+        #[cfg(madsim)]
+        self.connect(url, timeout).await
+    }
+
     #[cfg(not(madsim))]
     async fn connect_tls(
         &self,
         url: &str,
         rest: &str,
         timeout: Option<Duration>,
+    ) -> Result<Channel, String> {
+        self.connect_tls_with(url, rest, timeout, None).await
+    }
+
+    #[cfg(not(madsim))]
+    async fn connect_tls_with(
+        &self,
+        url: &str,
+        rest: &str,
+        timeout: Option<Duration>,
+        preface: Option<&'static [u8]>,
     ) -> Result<Channel, String> {
         let Some(tls) = &self.tls else {
             return Err(format!(
@@ -61,19 +102,67 @@ impl Dialer {
             endpoint = endpoint.connect_timeout(timeout);
         }
         let host = endpoint.uri().host().unwrap_or_default().to_string();
-        let connector =
+        let mut connector =
             crate::tls::connector::PeerConnector::new(std::sync::Arc::clone(tls), &host)?;
+        if let Some(preface) = preface {
+            connector = connector.with_preface(preface);
+        }
         endpoint
             .connect_with_connector(connector)
             .await
-            .map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                text
-            })
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// `e` and its sources, one after another.
+#[cfg(not(madsim))]
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// Dials a plain peer URL and writes `preface` on the connection before handing it to
+/// HTTP/2.
+#[cfg(not(madsim))]
+#[derive(Clone, Copy)]
+struct PrefacedConnector {
+    preface: &'static [u8],
+}
+
+#[cfg(not(madsim))]
+impl tower_service::Service<tonic::transport::Uri> for PrefacedConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::transport::Uri) -> Self::Future {
+        let preface = self.preface;
+        Box::pin(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(2380);
+            let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            tcp.write_all(preface).await?;
+            Ok(hyper_util::rt::TokioIo::new(tcp))
+        })
     }
 }

@@ -15,6 +15,8 @@
 //!                                                                  follower node ◀┘
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,33 +40,46 @@ const TRANSFER_MS_PER_MIB: u64 = 1000;
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 
 /// Sends one `MsgSnapshot` to `url` and reports the outcome to the node through `reports`.
+/// With `lane` set the connection asks for the receiver's snapshot lane (`super::lanes`);
+/// a failed transfer flips it, so a receiver that refuses the lane's preface (a member not
+/// yet upgraded) gets every other attempt without it, and one that failed for another reason
+/// is tried on the lane again next time.
 pub async fn send_snapshot(
     local: LocalIdentity,
     dialer: Dialer,
     url: String,
     mut message: Message,
     reports: mpsc::UnboundedSender<Input>,
+    lane: Arc<AtomicBool>,
 ) {
     let to = message.to;
     let data: Bytes = std::mem::take(&mut message.mut_snapshot().data);
     let index = message.get_snapshot().get_metadata().index;
     let mib = (data.len() as u64).div_ceil(1 << 20);
     let limit = TRANSFER_BASE + Duration::from_millis(TRANSFER_MS_PER_MIB * mib);
-    let result = tokio::time::timeout(limit, transfer(local, &dialer, &url, &message, data)).await;
+    let on_lane = lane.load(Ordering::Relaxed);
+    let result = tokio::time::timeout(
+        limit,
+        transfer(local, &dialer, &url, &message, data, on_lane),
+    )
+    .await;
     let ok = match result {
         Ok(Ok(())) => {
             tracing::info!(to, index, "snapshot sent");
             true
         }
         Ok(Err(e)) => {
-            tracing::warn!(to, index, error = %e, "snapshot send failed");
+            tracing::warn!(to, index, on_lane, error = %e, "snapshot send failed");
             false
         }
         Err(_) => {
-            tracing::warn!(to, index, ?limit, "snapshot send timed out");
+            tracing::warn!(to, index, on_lane, ?limit, "snapshot send timed out");
             false
         }
     };
+    if !ok {
+        lane.store(!on_lane, Ordering::Relaxed);
+    }
     // The node is gone only when the member stops.
     let _ = reports.send(Input::SnapshotStatus { to, ok });
 }
@@ -75,8 +90,14 @@ async fn transfer(
     url: &str,
     message: &Message,
     data: Bytes,
+    on_lane: bool,
 ) -> Result<(), String> {
-    let channel = dialer.connect(url, Some(CONNECT_TIMEOUT)).await?;
+    // A connection of its own, on the receiver's snapshot lane (`super::lanes`) if asked.
+    let channel = if on_lane {
+        dialer.connect_snapshot(url, Some(CONNECT_TIMEOUT)).await?
+    } else {
+        dialer.connect(url, Some(CONNECT_TIMEOUT)).await?
+    };
     let mut client = PeerClient::new(channel)
         .max_decoding_message_size(2 * CHUNK_BYTES)
         .max_encoding_message_size(2 * CHUNK_BYTES);

@@ -16,7 +16,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 struct PeerQueue {
     url: String,
     queue: mpsc::Sender<Message>,
+    /// Whether the next snapshot to this peer goes on its snapshot lane (`super::lanes`);
+    /// flipped by each failed transfer (see [`send_snapshot`]).
+    snapshot_lane: Arc<AtomicBool>,
 }
 
 /// Outbound raft traffic to every peer.
@@ -122,7 +125,14 @@ impl Transport {
                 stats: Arc::clone(&self.stats),
             };
             tokio::spawn(sender.run(rx));
-            peers.insert(peer, PeerQueue { url, queue: tx });
+            peers.insert(
+                peer,
+                PeerQueue {
+                    url,
+                    queue: tx,
+                    snapshot_lane: Arc::new(AtomicBool::new(true)),
+                },
+            );
         }
     }
 
@@ -170,7 +180,10 @@ impl Transport {
     /// Streams a snapshot to its peer on a thread of its own (`crate::background::spawn`).
     fn send_snapshot(&self, peers: &BTreeMap<u64, PeerQueue>, message: Message) {
         let to = message.to;
-        let Some(PeerQueue { url, .. }) = peers.get(&to) else {
+        let Some(PeerQueue {
+            url, snapshot_lane, ..
+        }) = peers.get(&to)
+        else {
             tracing::debug!(to, "snapshot to an unknown peer dropped");
             let _ = self.reports.send(Input::SnapshotStatus { to, ok: false });
             return;
@@ -185,6 +198,7 @@ impl Transport {
                 url.clone(),
                 message,
                 self.reports.clone(),
+                Arc::clone(snapshot_lane),
             ),
         );
     }

@@ -22,6 +22,8 @@ pub struct PeerConnector {
     config: Arc<Reloading<ClientConfig>>,
     /// The name the peer's certificate must carry: the peer URL's host.
     server_name: ServerName<'static>,
+    /// Bytes written first, once the handshake is done (see `crate::peer::lanes`).
+    preface: Option<&'static [u8]>,
 }
 
 impl PeerConnector {
@@ -33,7 +35,14 @@ impl PeerConnector {
         Ok(PeerConnector {
             config,
             server_name,
+            preface: None,
         })
+    }
+
+    /// This connector writing `preface` on each connection before handing it to HTTP/2.
+    pub fn with_preface(mut self, preface: &'static [u8]) -> Self {
+        self.preface = Some(preface);
+        self
     }
 }
 
@@ -51,13 +60,19 @@ impl tower_service::Service<Uri> for PeerConnector {
     fn call(&mut self, uri: Uri) -> Connecting {
         let connector = tokio_rustls::TlsConnector::from(self.config.current());
         let name = self.server_name.clone();
+        let preface = self.preface;
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             let port = uri.port_u16().unwrap_or(2380);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(name, tcp).await?;
+            let mut tls = connector.connect(name, tcp).await?;
+            if let Some(preface) = preface {
+                use tokio::io::AsyncWriteExt as _;
+                tls.write_all(preface).await?;
+                tls.flush().await?;
+            }
             Ok(TokioIo::new(tls))
         })
     }
