@@ -265,18 +265,18 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        storage.append(&log).unwrap();
-        storage.compact(5).unwrap();
+        storage.append(&log).expect("append");
+        storage.compact(5).expect("compact");
         let plain = |low, high, max: Option<u64>| {
             storage
                 .log()
                 .entries(low, high, max, GetEntriesContext::empty(false))
-                .unwrap()
+                .expect("MemStorage's entries")
         };
         let ours = |low, high, max: Option<u64>| {
             storage
                 .entries(low, high, max, GetEntriesContext::empty(false))
-                .unwrap()
+                .expect("our entries")
         };
         let limits = [
             None,
