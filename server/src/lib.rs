@@ -170,22 +170,9 @@ async fn serve_peers(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| serve_error(&e))?;
-        let (accept, lanes) = peer::lanes::sort(listener, tls);
-        let snapshots = tonic::transport::Server::builder().add_service(
-            keel_proto::keelpb::peer_server::PeerServer::new(service.clone()),
-        );
-        // Ends when the accept loop is dropped (its lane closes), with this future.
-        background::spawn("keel-snapserve", async move {
-            if let Err(e) = snapshots.serve_with_incoming(lanes.snapshots).await {
-                tracing::error!(error = %e, "the snapshot lane stopped");
-            }
-        });
-        let router = tonic::transport::Server::builder()
-            .add_service(keel_proto::keelpb::peer_server::PeerServer::new(service));
-        tokio::select! {
-            served = router.serve_with_incoming(lanes.raft) => served.map_err(|e| serve_error(&e)),
-            () = accept => Err(serve_error(&"the accept loop ended")),
-        }
+        peer::lanes::serve(service, listener, tls)
+            .await
+            .map_err(|e| serve_error(&e))
     }
     #[cfg(madsim)]
     {

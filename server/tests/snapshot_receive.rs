@@ -37,6 +37,12 @@ struct Follower {
 
 /// Serves a follower's peer service that writes received snapshots into a snapshot directory.
 async fn follower() -> Follower {
+    follower_served(false).await
+}
+
+/// [`follower`], served as a member does, or with one lane (an older member: no snapshot
+/// lane, HTTP/2 from the first byte).
+async fn follower_served(one_lane: bool) -> Follower {
     let dir = common::TempDir::new("snaprecv").expect("temp dir");
     let disk: Arc<dyn Disk> = Arc::new(OsDisk);
     let snaps = SnapDir::open(disk, &dir.path().join("snap"), 2).expect("snap dir");
@@ -47,7 +53,11 @@ async fn follower() -> Follower {
     };
     let service = PeerService::new(local, tx, None).with_snapshots(snaps.clone());
     let port = common::free_port();
-    let stop = common::peer::serve_peer(service, port).await;
+    let stop = if one_lane {
+        common::peer::serve_peer_one_lane(service, port).await
+    } else {
+        common::peer::serve_peer(service, port).await
+    };
     Follower {
         inbound,
         snaps,
@@ -170,7 +180,7 @@ async fn a_whole_transfer_is_written_to_a_file_and_installed_from_it() {
 
 #[tokio::test]
 async fn a_damaged_short_or_long_transfer_is_refused_and_leaves_no_file() {
-    let mut f = follower().await;
+    let mut f = follower_served(true).await;
     let data = data(3 * CHUNK + 17);
     let crc = crc32fast::hash(&data);
     let snap_dir = f.dir.path().join("snap");
@@ -230,7 +240,7 @@ async fn a_receiver_without_a_snapshot_lane_gets_the_next_attempt_without_the_pr
     use keel_server::peer::link::Dialer;
     use keel_server::peer::snapshot::send_snapshot;
 
-    let mut f = follower().await;
+    let mut f = follower_served(true).await;
     let data = data(3 * CHUNK + 17);
     let mut message = snapshot_message();
     message.mut_snapshot().data = data.clone();

@@ -27,6 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use keel_proto::keelpb::peer_server::PeerServer;
+use tonic::transport::Server;
+
+use super::PeerService;
 use crate::tls::stream::{handshake, ConnIo, HANDSHAKE_TIMEOUT};
 use crate::tls::ServerTls;
 
@@ -121,6 +125,30 @@ pub fn sort(
         snapshots: ReceiverStream::new(snap_rx),
     };
     (accept, lanes)
+}
+
+/// Serves `service` on `listener` (TLS handshakes with `tls`, when given) in two lanes: the
+/// raft lane on the current runtime, the snapshot lane on a `keel-snapserve` thread at
+/// background priority with a runtime of its own. Returns only if the raft lane's server
+/// fails; dropping the future closes the listener, and the snapshot lane's server then ends.
+pub async fn serve(
+    service: PeerService,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+) -> Result<(), String> {
+    let (accept, lanes) = sort(listener, tls);
+    let snapshots = Server::builder().add_service(PeerServer::new(service.clone()));
+    // Ends when the accept loop is dropped (its lane closes), with this future.
+    crate::background::spawn("keel-snapserve", async move {
+        if let Err(e) = snapshots.serve_with_incoming(lanes.snapshots).await {
+            tracing::error!(error = %e, "the snapshot lane stopped");
+        }
+    });
+    let router = Server::builder().add_service(PeerServer::new(service));
+    tokio::select! {
+        served = router.serve_with_incoming(lanes.raft) => served.map_err(|e| e.to_string()),
+        () = accept => Err("the accept loop ended".to_string()),
+    }
 }
 
 fn debug_dropped(remote: SocketAddr, why: &dyn std::fmt::Display) {
