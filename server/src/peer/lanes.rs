@@ -30,13 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use keel_proto::keelpb::peer_server::PeerServer;
 use tonic::transport::Server;
 
-use super::PeerService;
+pub use super::link::SNAPSHOT_PREFACE;
+use super::service::PeerService;
 use crate::tls::stream::{handshake, ConnIo, HANDSHAKE_TIMEOUT};
 use crate::tls::ServerTls;
-
-/// The bytes a snapshot transfer's connection opens with, before anything else (after the
-/// TLS handshake on an `https://` peer URL).
-pub const SNAPSHOT_PREFACE: &[u8; 8] = b"KEELSNAP";
 
 /// Connections sorted and not yet taken by their server, at most, per lane.
 const LANE_BACKLOG: usize = 64;

@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+/// The bytes a snapshot transfer's connection opens with, before anything else (after the
+/// TLS handshake on an `https://` peer URL): they put it on the receiver's snapshot lane
+/// (`super::lanes`, tokio build).
+pub const SNAPSHOT_PREFACE: &[u8; 8] = b"KEELSNAP";
+
 /// How long one connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -42,7 +47,7 @@ impl Dialer {
     }
 
     /// Connects for one snapshot transfer, as [`Dialer::connect`] does, but opens the
-    /// connection with `crate::peer::lanes::SNAPSHOT_PREFACE`, so that the receiver serves
+    /// connection with [`SNAPSHOT_PREFACE`], so that the receiver serves
     /// it on its snapshot lane, below its write path's priority. (Under madsim: a plain
     /// connection, as the simulator's peer port has one lane.)
     pub async fn connect_snapshot(
@@ -52,7 +57,7 @@ impl Dialer {
     ) -> Result<Channel, String> {
         #[cfg(not(madsim))]
         {
-            let preface: &'static [u8] = super::lanes::SNAPSHOT_PREFACE;
+            let preface: &'static [u8] = SNAPSHOT_PREFACE;
             if let Some(rest) = url.strip_prefix("https://") {
                 return self
                     .connect_tls_with(url, rest, timeout, Some(preface))
